@@ -1,0 +1,38 @@
+# tunefleet: every target does its own setup on a fresh machine (Python 3.11, x86_64).
+#   make demo   fine-tune real pretrained models on real data, through the service, offline
+#   make test   lint, stale-proto check and the full test suite
+#   make proto  regenerate the committed Python bindings from proto/
+#   make bench  benchmarks (ratios against baselines measured in the same run)
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.tunefleet-installed
+
+.PHONY: setup demo test lint proto bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[worker,dev,demo]"
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	HF_HUB_OFFLINE=1 $(PY) examples/demo.py
+
+lint: setup
+	$(PY) -m ruff check .
+
+test: setup lint
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+proto: setup
+	PYTHON=$(PY) proto/gen.sh
+
+bench: setup
+	HF_HUB_OFFLINE=1 $(PY) bench/engine_vs_trainer.py
+
+clean:
+	rm -rf .tunefleet demo-runs .pytest_cache

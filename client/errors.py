@@ -1,0 +1,192 @@
+"""The SDK's one exception tree: users catch `TunefleetError`, never a raw `grpc.RpcError`.
+
+    TunefleetError
+    ├── ValidationError       INVALID_ARGUMENT, OUT_OF_RANGE, a bad local spec (.errors)
+    ├── NotFound              NOT_FOUND
+    ├── AlreadyExists         ALREADY_EXISTS
+    ├── PermissionDenied      PERMISSION_DENIED
+    ├── Unauthenticated       UNAUTHENTICATED
+    ├── FailedPrecondition    FAILED_PRECONDITION
+    ├── Aborted               ABORTED
+    ├── ResourceExhausted     RESOURCE_EXHAUSTED
+    ├── DeadlineExceeded      DEADLINE_EXCEEDED, and `JobHandle.wait(timeout=...)` running out
+    ├── Unavailable           UNAVAILABLE (after the client's own retries gave up)
+    ├── Cancelled             CANCELLED (the call, not the job)
+    ├── Unimplemented         UNIMPLEMENTED (client and coordinator versions disagree)
+    ├── InternalError         UNKNOWN, INTERNAL, DATA_LOSS
+    └── JobFailed             `JobHandle.wait(raise_on_failure=True)` saw FAILED or CANCELLED
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import grpc
+
+from tunefleet.spec.errors import FieldError, SpecError
+
+if TYPE_CHECKING:
+    from tunefleet.client.types import Job
+
+__all__ = [
+    "Aborted",
+    "AlreadyExists",
+    "Cancelled",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "FieldError",
+    "InternalError",
+    "JobFailed",
+    "NotFound",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "TunefleetError",
+    "Unauthenticated",
+    "Unavailable",
+    "Unimplemented",
+    "ValidationError",
+    "from_rpc_error",
+    "parse_field_errors",
+]
+
+
+class TunefleetError(Exception):
+    """Root of every error the SDK raises.
+
+    Attributes:
+        message: What went wrong, in words a user can act on.
+        code: The gRPC status code name (e.g. "NOT_FOUND") when the error came from the
+            coordinator, else None.
+    """
+
+    def __init__(self, message: str, *, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+class ValidationError(TunefleetError, ValueError):
+    """A job spec (or another argument) was rejected; `.errors` lists every problem."""
+
+    def __init__(self, message: str, errors: list[FieldError] | None = None, **kw):
+        self.errors: list[FieldError] = list(errors or [])
+        if self.errors and "\n" not in message:
+            message = message + ":\n" + "\n".join(f"- {e}" for e in self.errors)
+        super().__init__(message, **kw)
+
+    @classmethod
+    def from_spec_error(cls, e: SpecError) -> ValidationError:
+        return cls(str(e), e.errors)
+
+
+class NotFound(TunefleetError, LookupError):
+    """The job (or worker) does not exist on this coordinator."""
+
+
+class AlreadyExists(TunefleetError):
+    pass
+
+
+class PermissionDenied(TunefleetError):
+    pass
+
+
+class Unauthenticated(TunefleetError):
+    pass
+
+
+class FailedPrecondition(TunefleetError):
+    """The call is valid but not in the object's current state (e.g. a finished job)."""
+
+
+class Aborted(TunefleetError):
+    pass
+
+
+class ResourceExhausted(TunefleetError):
+    pass
+
+
+class DeadlineExceeded(TunefleetError, TimeoutError):
+    """A call (or a wait) ran past its deadline."""
+
+
+class Unavailable(TunefleetError, ConnectionError):
+    """The coordinator could not be reached, even after retrying with backoff."""
+
+
+class Cancelled(TunefleetError):
+    pass
+
+
+class Unimplemented(TunefleetError):
+    pass
+
+
+class InternalError(TunefleetError):
+    pass
+
+
+class JobFailed(TunefleetError):
+    """Raised by `JobHandle.wait(raise_on_failure=True)` when the job did not succeed.
+
+    `.job` is the final `Job` (state FAILED or CANCELLED, with its reason).
+    """
+
+    def __init__(self, job: Job):
+        self.job = job
+        reason = f": {job.reason}" if job.reason else ""
+        super().__init__(f"job {job.id} {job.state.value}{reason}")
+
+
+_BY_CODE: dict[grpc.StatusCode, type[TunefleetError]] = {
+    grpc.StatusCode.CANCELLED: Cancelled,
+    grpc.StatusCode.UNKNOWN: InternalError,
+    grpc.StatusCode.INVALID_ARGUMENT: ValidationError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.ABORTED: Aborted,
+    grpc.StatusCode.OUT_OF_RANGE: ValidationError,
+    grpc.StatusCode.UNIMPLEMENTED: Unimplemented,
+    grpc.StatusCode.INTERNAL: InternalError,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.DATA_LOSS: InternalError,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    # OK never arrives as an error; mapped so that every code has an answer.
+    grpc.StatusCode.OK: InternalError,
+}
+
+
+def parse_field_errors(details: str) -> list[FieldError]:
+    """The coordinator's INVALID_ARGUMENT text ("invalid job spec:\\n- path: message"...)
+    back into FieldErrors: each line starting with "- " split at the first ": "."""
+    errors = []
+    for line in details.splitlines():
+        if not line.startswith("- "):
+            continue
+        path, sep, message = line[2:].partition(": ")
+        errors.append(FieldError(path, message) if sep else FieldError("", path))
+    return errors
+
+
+def from_rpc_error(e: grpc.RpcError, *, target: str | None = None) -> TunefleetError:
+    """Map a failed gRPC call to the matching TunefleetError (see the module docstring)."""
+    code = e.code() if hasattr(e, "code") else None
+    details = (e.details() if hasattr(e, "details") else None) or ""
+    if not isinstance(code, grpc.StatusCode):
+        return InternalError(details or str(e) or "unknown gRPC error")
+    cls = _BY_CODE[code]
+    if cls is Unavailable:
+        where = f" at {target}" if target else ""
+        message = f"cannot reach coordinator{where}" + (f" ({details})" if details else "")
+    elif cls is DeadlineExceeded and not details.strip():
+        message = "deadline exceeded"
+    else:
+        message = details or code.name.lower().replace("_", " ")
+    if cls is ValidationError:
+        return ValidationError(message, parse_field_errors(details), code=code.name)
+    return cls(message, code=code.name)

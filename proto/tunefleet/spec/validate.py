@@ -1,0 +1,350 @@
+"""The one validator: used by `ftctl validate`, the SDK before submitting, and the
+coordinator on SubmitJob, so all three report exactly the same problems."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from tunefleet.spec import choices as C
+from tunefleet.spec.defaults import default_lr
+from tunefleet.spec.errors import FieldError
+from tunefleet.spec.model_blocks import body_block_count
+from tunefleet.spec.paths import looks_local
+from tunefleet.v1 import spec_pb2
+
+
+class _Check:
+    def __init__(self) -> None:
+        self.errors: list[FieldError] = []
+
+    def fail(self, path: str, message: str) -> None:
+        self.errors.append(FieldError(path, message))
+
+    def choice(self, path: str, value: str, allowed: tuple[str, ...], *, required=True) -> bool:
+        if not value:
+            if required:
+                self.fail(path, f"required; {C.one_of(allowed)}")
+            return False
+        if value not in allowed:
+            self.fail(path, f"{value!r} is not allowed; {C.one_of(allowed)}")
+            return False
+        return True
+
+    def at_least(self, msg, field: str, path: str, low, *, strict=False) -> None:
+        if not msg.HasField(field):
+            return
+        v = getattr(msg, field)
+        if v < low or (strict and v == low):
+            self.fail(path, f"must be {'>' if strict else '>='} {low:g}, got {v:g}")
+
+    def within(
+        self, msg, field: str, path: str, low, high, *, high_open=False, low_open=False
+    ) -> None:
+        if not msg.HasField(field):
+            return
+        v = getattr(msg, field)
+        bad = v < low or v > high or (low_open and v == low) or (high_open and v == high)
+        if bad:
+            lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
+            self.fail(path, f"must be in {lo}{low:g}, {high:g}{hi}, got {v:g}")
+
+    def regex(self, path: str, pattern: str) -> None:
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            self.fail(path, f"not a valid regular expression: {e}")
+
+    def file(self, path: str, value: str, *, check_paths: bool, folder=False) -> None:
+        if not value or not check_paths:
+            return
+        p = Path(value)
+        if not p.is_absolute():
+            self.fail(
+                path,
+                f"relative path {value!r}: give an absolute path (ftctl and the SDK "
+                "resolve paths against the YAML file's folder)",
+            )
+        elif folder and not p.is_dir():
+            self.fail(path, f"no such folder: {value}")
+        elif not folder and not p.exists():
+            self.fail(path, f"no such file: {value}")
+
+
+def validate(spec: spec_pb2.JobSpec, *, check_paths: bool = True) -> list[FieldError]:
+    """Every problem in `spec`, each with its field path; an empty list means valid."""
+    c = _Check()
+    if not spec.name:
+        c.fail("name", "required: a short name for the job")
+    elif len(spec.name) > 100:
+        c.fail("name", "at most 100 characters")
+    _model(c, spec, check_paths)
+    _data(c, spec, check_paths)
+    _finetune(c, spec)
+    _optimizer(c, spec.optimizer)
+    _schedule(c, spec)
+    _train(c, spec)
+    _eval(c, spec)
+    _resources(c, spec.resources)
+    _compression(c, spec)
+    return c.errors
+
+
+def _model(c: _Check, spec, check_paths: bool) -> None:
+    m = spec.model
+    if not spec.HasField("model"):
+        c.fail("model", "required: e.g. {source: hf, name: sentence-transformers/all-MiniLM-L6-v2}")
+        return
+    if not c.choice("model.source", m.source, C.MODEL_SOURCES):
+        return
+    if m.source == "job":
+        if not m.job:
+            c.fail("model.job", "required with source: job (the id of a finished job)")
+    elif not m.name:
+        what = "a hub id or a local folder" if m.source == "hf" else C.one_of(C.TORCHVISION_ARCHS)
+        c.fail("model.name", f"required: {what}")
+    elif m.source == "torchvision":
+        c.choice("model.name", m.name, C.TORCHVISION_ARCHS)
+    elif m.source == "hf" and check_paths and (looks_local(m.name) or Path(m.name).is_absolute()):
+        c.file("model.name", m.name, check_paths=True, folder=True)
+    if m.job and m.source != "job":
+        c.fail("model.job", "only applies to source: job")
+    if m.weights and m.source != "torchvision":
+        c.fail("model.weights", "only applies to source: torchvision (hf models load their own)")
+    if m.weights and m.checkpoint:
+        c.fail("model.checkpoint", "give either weights (download) or checkpoint (local), not both")
+    if m.checkpoint:
+        if m.source != "torchvision":
+            c.fail("model.checkpoint", "only applies to source: torchvision")
+        c.file("model.checkpoint", m.checkpoint, check_paths=check_paths)
+    c.at_least(m, "num_labels", "model.num_labels", 2)
+    if m.labels:
+        if len(set(m.labels)) != len(m.labels):
+            c.fail("model.labels", "label names must be unique")
+        if m.HasField("num_labels") and m.num_labels != len(m.labels):
+            c.fail(
+                "model.num_labels", f"is {m.num_labels} but model.labels has {len(m.labels)} names"
+            )
+    h = m.head
+    c.choice("model.head.init", h.init, C.HEAD_INIT, required=False)
+    c.at_least(h, "init_std", "model.head.init_std", 0.0, strict=True)
+    c.within(h, "dropout", "model.head.dropout", 0.0, 1.0, high_open=True)
+    c.at_least(h, "hidden", "model.head.hidden", 0)
+
+
+def _data(c: _Check, spec, check_paths: bool) -> None:
+    d = spec.data
+    if not spec.HasField("data"):
+        c.fail("data", "required: e.g. {source: csv, train: train.csv, eval: test.csv}")
+        return
+    if not c.choice("data.source", d.source, C.DATA_SOURCES):
+        return
+    if d.source in C.FILE_DATA_SOURCES:
+        if not d.train:
+            c.fail("data.train", f"required: the path of the training {d.source} file")
+        c.file("data.train", d.train, check_paths=check_paths)
+        c.file("data.eval", d.eval, check_paths=check_paths)
+    if d.source == "hf" and not d.name:
+        c.fail("data.name", "required with source: hf (a dataset id such as glue)")
+    if d.source == "torchvision":
+        c.choice("data.name", d.name, C.TORCHVISION_DATASETS)
+    if d.source in C.IMAGE_DATA_SOURCES:
+        if not d.root:
+            c.fail("data.root", f"required with source: {d.source} (a local folder)")
+        elif not d.download:
+            c.file("data.root", d.root, check_paths=check_paths, folder=True)
+    if d.download and d.source != "torchvision":
+        c.fail("data.download", "only applies to source: torchvision")
+    image = d.source in C.IMAGE_DATA_SOURCES
+    if image:
+        for field in ("text_column", "text_pair_column"):
+            if getattr(d, field):
+                c.fail(f"data.{field}", f"does not apply to image data (source: {d.source})")
+    elif d.augment and d.augment != "none":
+        c.fail("data.augment", "augmentation presets apply to image data only")
+    c.choice("data.augment", d.augment, C.AUGMENT, required=False)
+    c.within(d, "max_length", "data.max_length", 1, 8192)
+    c.at_least(d, "num_workers", "data.num_workers", 0)
+    c.at_least(d, "image_size", "data.image_size", 8)
+    c.at_least(d, "limit_train", "data.limit_train", 0)
+    c.at_least(d, "limit_eval", "data.limit_eval", 0)
+    if any(k < 0 for k in d.classes):
+        c.fail("data.classes", "class ids must be >= 0")
+    if len(set(d.classes)) != len(d.classes):
+        c.fail("data.classes", "class ids must be unique")
+    if d.classes and len(d.classes) < 2:
+        c.fail("data.classes", "keep at least 2 classes")
+    # The model and the data must be the same modality.
+    m = spec.model
+    if m.source == "hf" and image:
+        c.fail("data.source", f"{d.source} is image data but model.source hf is a text model")
+    if m.source == "torchvision" and d.source in C.TEXT_DATA_SOURCES:
+        c.fail(
+            "data.source", f"{d.source} is text data but model.source torchvision is an image model"
+        )
+
+
+def _finetune(c: _Check, spec) -> None:
+    f = spec.finetune
+    ok = c.choice("finetune.strategy", f.strategy, C.STRATEGIES, required=False)
+    strategy = f.strategy or "full"
+    if ok and strategy in C.UNSUPPORTED_STRATEGIES:
+        c.fail("finetune.strategy", f"{strategy!r} is not supported yet")
+    if strategy == "last_k":
+        if not f.HasField("k"):
+            c.fail("finetune.k", "required with strategy: last_k (how many last blocks train)")
+        elif f.k < 1:
+            c.fail("finetune.k", f"must be >= 1, got {f.k}")
+        else:
+            blocks = body_block_count(spec.model.source, spec.model.name)
+            if blocks is not None and f.k > blocks:
+                c.fail(
+                    "finetune.k",
+                    f"{f.k} is larger than the model's {blocks} blocks "
+                    f"({spec.model.name}); use at most {blocks}, or "
+                    "strategy: full",
+                )
+    elif f.HasField("k"):
+        c.fail("finetune.k", "only applies to strategy: last_k")
+    if strategy == "patterns" and not (f.trainable or f.frozen):
+        c.fail("finetune.trainable", "strategy: patterns needs trainable and/or frozen regexes")
+    if strategy != "patterns" and (f.trainable or f.frozen):
+        c.fail("finetune.trainable", "trainable/frozen only apply to strategy: patterns")
+    for i, p in enumerate(f.trainable):
+        c.regex(f"finetune.trainable[{i}]", p)
+    for i, p in enumerate(f.frozen):
+        c.regex(f"finetune.frozen[{i}]", p)
+    c.at_least(f, "unfreeze_every", "finetune.unfreeze_every", 1)
+    if f.HasField("unfreeze_every") and strategy != "gradual":
+        c.fail("finetune.unfreeze_every", "only applies to strategy: gradual")
+    c.at_least(f, "probe_epochs", "finetune.probe_epochs", 1)
+    if f.HasField("probe_epochs"):
+        if strategy != "lp_ft":
+            c.fail("finetune.probe_epochs", "only applies to strategy: lp_ft")
+        elif spec.train.HasField("epochs") and f.probe_epochs >= spec.train.epochs:
+            c.fail(
+                "finetune.probe_epochs",
+                f"{f.probe_epochs} leaves no epoch for the full "
+                f"fine-tune (train.epochs is {spec.train.epochs})",
+            )
+    if f.HasField("lora") and strategy != "lora":
+        c.fail("finetune.lora", "only applies to strategy: lora")
+    c.within(f, "layerwise_lr_decay", "finetune.layerwise_lr_decay", 0.0, 1.0, low_open=True)
+    for i, g in enumerate(f.lr_groups):
+        if not g.pattern:
+            c.fail(f"finetune.lr_groups[{i}].pattern", "required: a regex over parameter names")
+        else:
+            c.regex(f"finetune.lr_groups[{i}].pattern", g.pattern)
+        if g.lr <= 0:
+            c.fail(f"finetune.lr_groups[{i}].lr", f"must be > 0, got {g.lr:g}")
+
+
+def _optimizer(c: _Check, o) -> None:
+    c.choice("optimizer.name", o.name, C.OPTIMIZERS, required=False)
+    name = o.name or "adamw"
+    c.at_least(o, "lr", "optimizer.lr", 0.0, strict=True)
+    c.at_least(o, "weight_decay", "optimizer.weight_decay", 0.0)
+    c.within(o, "momentum", "optimizer.momentum", 0.0, 1.0, high_open=True)
+    if name != "sgd" and o.momentum > 0:
+        c.fail("optimizer.momentum", "only applies to sgd (adam/adamw use betas)")
+    if o.nesterov and (name != "sgd" or not o.momentum > 0 and o.HasField("momentum")):
+        c.fail("optimizer.nesterov", "needs optimizer sgd with momentum > 0")
+    if o.betas:
+        if name == "sgd":
+            c.fail("optimizer.betas", "only applies to adam/adamw")
+        if len(o.betas) != 2:
+            c.fail("optimizer.betas", f"needs exactly 2 values, got {len(o.betas)}")
+        for i, b in enumerate(o.betas):
+            if not 0.0 <= b < 1.0:
+                c.fail(f"optimizer.betas[{i}]", f"must be in [0, 1), got {b:g}")
+    c.at_least(o, "eps", "optimizer.eps", 0.0, strict=True)
+
+
+def _effective_lr(o) -> float:
+    if o.HasField("lr"):
+        return o.lr
+    return default_lr(o.name or "adamw")
+
+
+def _schedule(c: _Check, spec) -> None:
+    s = spec.schedule
+    c.choice("schedule.name", s.name, C.SCHEDULES, required=False)
+    c.at_least(s, "warmup_steps", "schedule.warmup_steps", 0)
+    c.within(s, "warmup_ratio", "schedule.warmup_ratio", 0.0, 1.0, high_open=True)
+    if s.HasField("warmup_steps") and s.HasField("warmup_ratio") and s.warmup_steps > 0:
+        c.fail("schedule.warmup_ratio", "give warmup_steps or warmup_ratio, not both")
+    c.at_least(s, "min_lr", "schedule.min_lr", 0.0)
+    if s.HasField("min_lr") and s.min_lr > 0:
+        if (s.name or "linear") != "cosine":
+            c.fail("schedule.min_lr", "only applies to schedule cosine")
+        elif s.min_lr >= _effective_lr(spec.optimizer):
+            c.fail(
+                "schedule.min_lr", f"must be below optimizer.lr ({_effective_lr(spec.optimizer):g})"
+            )
+    c.at_least(s, "step_size", "schedule.step_size", 1)
+    c.within(s, "gamma", "schedule.gamma", 0.0, 1.0, low_open=True)
+
+
+def _train(c: _Check, spec) -> None:
+    t = spec.train
+    c.at_least(t, "epochs", "train.epochs", 1)
+    c.at_least(t, "max_steps", "train.max_steps", 0)
+    c.at_least(t, "batch_size", "train.batch_size", 1)
+    c.at_least(t, "grad_accum_steps", "train.grad_accum_steps", 1)
+    c.at_least(t, "max_grad_norm", "train.max_grad_norm", 0.0)
+    precision_ok = c.choice("train.precision", t.precision, C.PRECISIONS, required=False)
+    if precision_ok and t.precision == "fp16" and spec.resources.gpus < 1:
+        c.fail("train.precision", "fp16 needs a GPU (resources.gpus >= 1); use bf16 on CPU")
+    c.at_least(t, "seed", "train.seed", 0)
+    c.at_least(t, "log_every_steps", "train.log_every_steps", 1)
+    c.at_least(t, "checkpoint_every_steps", "train.checkpoint_every_steps", 0)
+    c.at_least(t, "keep_checkpoints", "train.keep_checkpoints", 1)
+    c.at_least(t, "max_restarts", "train.max_restarts", 0)
+
+
+def _eval(c: _Check, spec) -> None:
+    e = spec.eval
+    c.choice("eval.metric", e.metric, C.EVAL_METRICS, required=False)
+    c.at_least(e, "every_steps", "eval.every_steps", 0)
+    c.at_least(e, "early_stopping_patience", "eval.early_stopping_patience", 0)
+    c.at_least(e, "batch_size", "eval.batch_size", 1)
+    has_eval = bool(spec.data.eval) or spec.data.source == "torchvision"
+    if e.early_stopping_patience > 0 and not has_eval:
+        c.fail("eval.early_stopping_patience", "needs evaluation data (data.eval)")
+
+
+def _resources(c: _Check, r) -> None:
+    c.at_least(r, "gpus", "resources.gpus", 0)
+    c.at_least(r, "processes", "resources.processes", 1)
+    if r.HasField("processes") and r.gpus > 0 and r.processes > r.gpus:
+        c.fail(
+            "resources.processes",
+            f"{r.processes} processes on {r.gpus} GPUs: use at most one process per GPU",
+        )
+    c.at_least(r, "nodes", "resources.nodes", 1)
+    if r.nodes > 1:
+        c.fail("resources.nodes", "multi-node jobs are not supported yet; use nodes: 1")
+
+
+def _compression(c: _Check, spec) -> None:
+    if not spec.HasField("compression"):
+        return
+    comp = spec.compression
+    if comp.HasField("prune"):
+        p = comp.prune
+        if not 0.0 < p.amount < 1.0:
+            c.fail("compression.prune.amount", f"must be in (0, 1), got {p.amount:g}")
+        c.choice("compression.prune.scope", p.scope, C.PRUNE_SCOPES, required=False)
+        c.choice("compression.prune.method", p.method, C.PRUNE_METHODS, required=False)
+        c.at_least(p, "recovery_steps", "compression.prune.recovery_steps", 0)
+        if p.recovery_steps > 0:
+            c.fail(
+                "compression.prune.recovery_steps",
+                "recovery fine-tuning is not supported yet; use 0",
+            )
+    if comp.HasField("quantize"):
+        c.choice(
+            "compression.quantize.method", comp.quantize.method, C.QUANTIZE_METHODS, required=False
+        )
+    if not (comp.HasField("prune") or comp.HasField("quantize")):
+        c.fail("compression", "give prune and/or quantize")

@@ -1,0 +1,14 @@
+"""Job lifecycle facts shared by every component."""
+
+from tunefleet.v1 import job_pb2
+
+TERMINAL_STATES = frozenset({job_pb2.SUCCEEDED, job_pb2.FAILED, job_pb2.CANCELLED})
+
+
+def is_terminal(state: int) -> bool:
+    """A terminal job never changes state again, so followers can stop."""
+    return state in TERMINAL_STATES
+
+
+def state_name(state: int) -> str:
+    return job_pb2.JobState.Name(state)

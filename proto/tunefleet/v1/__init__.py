@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC bindings (make proto). Do not edit by hand."""

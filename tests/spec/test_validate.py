@@ -1,0 +1,160 @@
+"""The one validator: every problem, with its field path, before anything is queued."""
+
+import json
+
+import pytest
+
+from tunefleet.spec import SpecError, load_job_file, prepare, resolve_defaults, spec_to_dict
+
+GOOD = """\
+name: minilm-topics
+model: {source: hf, name: ./model, num_labels: 4}
+data:
+  source: csv
+  train: data/train.csv
+  eval: data/test.csv
+  text_column: text
+  label_column: label
+  max_length: 128
+finetune: {strategy: last_k, k: 2}
+optimizer: {name: adamw, lr: 5.0e-5, weight_decay: 0.01}
+schedule: {name: linear, warmup_ratio: 0.06}
+train: {epochs: 3, batch_size: 32, max_grad_norm: 1.0, precision: "no", seed: 0}
+resources: {gpus: 0}
+"""
+
+
+@pytest.fixture
+def job_dir(tmp_path):
+    (tmp_path / "data").mkdir()
+    for split in ("train", "test"):
+        (tmp_path / "data" / f"{split}.csv").write_text("text,label\nhello,a\n")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text(json.dumps({"num_hidden_layers": 6}))
+    return tmp_path
+
+
+def write(folder, text, name="job.yaml"):
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+def errors_of(path) -> dict[str, str]:
+    with pytest.raises(SpecError) as info:
+        load_job_file(path)
+    return {e.path: e.message for e in info.value.errors}
+
+
+def test_good_spec_resolves_paths_and_defaults(job_dir):
+    spec = load_job_file(write(job_dir, GOOD))
+    assert spec.data.train == str(job_dir / "data" / "train.csv")
+    assert spec.model.name == str(job_dir / "model")
+    assert spec.train.log_every_steps == 10 and spec.eval.metric == "accuracy"
+    assert spec.resources.processes == 1
+    # Idempotent: the coordinator re-prepares what the client sent.
+    assert prepare(spec) == spec
+    assert resolve_defaults(spec) == spec
+
+
+def test_hub_ids_stay_hub_ids(job_dir):
+    text = GOOD.replace("./model", "sentence-transformers/all-MiniLM-L6-v2")
+    spec = load_job_file(write(job_dir, text))
+    assert spec.model.name == "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def test_every_problem_reported_together(job_dir):
+    bad = (
+        GOOD.replace("epochs: 3", "epochs: 0")
+        .replace("lr: 5.0e-5", "lr: 0")
+        .replace("k: 2", "k: 9")
+        .replace("data/test.csv", "data/missing.csv")
+        .replace("max_length: 128", "max_length: 128\n  colour: blue")
+        .replace('precision: "no"', "precision: no")
+        .replace("batch_size: 32", "batch_size: big")
+    )
+    errs = errors_of(write(job_dir, bad))
+    assert set(errs) == {
+        "train.epochs",
+        "optimizer.lr",
+        "finetune.k",
+        "data.eval",
+        "data.colour",
+        "train.precision",
+        "train.batch_size",
+    }
+    assert "7 blocks" in errs["finetune.k"]
+    assert "missing.csv" in errs["data.eval"]
+    assert "unknown field" in errs["data.colour"]
+    assert "quote it" in errs["train.precision"]
+
+
+@pytest.mark.parametrize(
+    ("patch", "path", "fragment"),
+    [
+        ({"finetune": {"strategy": "lora"}}, "finetune.strategy", "not supported yet"),
+        ({"finetune": {"strategy": "sideways"}}, "finetune.strategy", "one of"),
+        ({"finetune": {"strategy": "full", "k": 2}}, "finetune.k", "only applies"),
+        ({"optimizer": {"name": "adamw", "momentum": 0.9}}, "optimizer.momentum", "only applies"),
+        ({"optimizer": {"name": "sgd", "betas": [0.9, 0.9]}}, "optimizer.betas", "adam"),
+        ({"schedule": {"name": "cosine", "min_lr": 1.0}}, "schedule.min_lr", "below"),
+        ({"train": {"precision": "fp16"}}, "train.precision", "GPU"),
+        ({"resources": {"nodes": 2}}, "resources.nodes", "not supported yet"),
+        ({"resources": {"gpus": 1, "processes": 2}}, "resources.processes", "per GPU"),
+        (
+            {"finetune": {"strategy": "patterns", "trainable": ["("]}},
+            "finetune.trainable[0]",
+            "regular",
+        ),
+        ({"compression": {"prune": {"amount": 1.5}}}, "compression.prune.amount", "(0, 1)"),
+        (
+            {"data": {"source": "torchvision", "name": "ImageNet", "root": "/"}},
+            "data.name",
+            "one of",
+        ),
+        ({"model": {"source": "job"}}, "model.job", "required"),
+        ({"model": {"source": "torchvision", "name": "resnet18"}}, "data.source", "text data"),
+    ],
+)
+def test_single_problems_name_their_field(job_dir, patch, path, fragment):
+    base = {
+        "name": "t",
+        "model": {"source": "hf", "name": str(job_dir / "model")},
+        "data": {"source": "csv", "train": str(job_dir / "data" / "train.csv")},
+    }
+    base.update(patch)
+    if "data" not in patch and base["model"].get("source") == "torchvision":
+        pass
+    with pytest.raises(SpecError) as info:
+        prepare(base)
+    errs = {e.path: e.message for e in info.value.errors}
+    assert path in errs, errs
+    assert fragment in errs[path]
+
+
+def test_file_level_errors_name_the_file(tmp_path):
+    assert "no such file" in errors_of(tmp_path / "absent.yaml")["<file>"]
+    assert "line 3" in errors_of(write(tmp_path, "name: x\nmodel: [\n"))["<file>"]
+    assert "empty" in errors_of(write(tmp_path, ""))["<file>"]
+    assert "mapping" in errors_of(write(tmp_path, "- a\n- b\n"))["<root>"]
+
+
+def test_relative_paths_rejected_without_a_base(job_dir):
+    spec = {
+        "name": "t",
+        "model": {"source": "hf", "name": "x/y"},
+        "data": {"source": "csv", "train": "data/train.csv"},
+    }
+    with pytest.raises(SpecError) as info:
+        prepare(spec)
+    assert "absolute path" in str(info.value)
+
+
+def test_yaml_round_trips_through_the_proto(job_dir):
+    spec = load_job_file(write(job_dir, GOOD))
+    assert prepare(spec_to_dict(spec)) == spec
+
+
+def test_unquoted_exponent_is_a_number(job_dir):
+    spec = load_job_file(write(job_dir, GOOD.replace("lr: 5.0e-5", "lr: 5e-5")))
+    assert spec.optimizer.lr == pytest.approx(5e-5)
