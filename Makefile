@@ -19,7 +19,13 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-demo: setup
+FMNIST := /usr/share/datasets/fashion-mnist
+
+$(FMNIST):
+	@echo "Fashion-MNIST comes from the Debian package dataset-fashion-mnist; installing it"
+	apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist
+
+demo: setup $(FMNIST)
 	HF_HUB_OFFLINE=1 $(PY) examples/demo.py
 
 lint: setup

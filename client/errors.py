@@ -1,20 +1,20 @@
 """The SDK's one exception tree: users catch `TunefleetError`, never a raw `grpc.RpcError`.
 
-    TunefleetError
-    ├── ValidationError       INVALID_ARGUMENT, OUT_OF_RANGE, a bad local spec (.errors)
-    ├── NotFound              NOT_FOUND
-    ├── AlreadyExists         ALREADY_EXISTS
-    ├── PermissionDenied      PERMISSION_DENIED
-    ├── Unauthenticated       UNAUTHENTICATED
-    ├── FailedPrecondition    FAILED_PRECONDITION
-    ├── Aborted               ABORTED
-    ├── ResourceExhausted     RESOURCE_EXHAUSTED
-    ├── DeadlineExceeded      DEADLINE_EXCEEDED, and `JobHandle.wait(timeout=...)` running out
-    ├── Unavailable           UNAVAILABLE (after the client's own retries gave up)
-    ├── Cancelled             CANCELLED (the call, not the job)
-    ├── Unimplemented         UNIMPLEMENTED (client and coordinator versions disagree)
-    ├── InternalError         UNKNOWN, INTERNAL, DATA_LOSS
-    └── JobFailed             `JobHandle.wait(raise_on_failure=True)` saw FAILED or CANCELLED
+TunefleetError
+├── ValidationError       INVALID_ARGUMENT, OUT_OF_RANGE, a bad local spec (.errors)
+├── NotFound              NOT_FOUND
+├── AlreadyExists         ALREADY_EXISTS
+├── PermissionDenied      PERMISSION_DENIED
+├── Unauthenticated       UNAUTHENTICATED
+├── FailedPrecondition    FAILED_PRECONDITION
+├── Aborted               ABORTED
+├── ResourceExhausted     RESOURCE_EXHAUSTED
+├── DeadlineExceeded      DEADLINE_EXCEEDED, and `JobHandle.wait(timeout=...)` running out
+├── Unavailable           UNAVAILABLE (after the client's own retries gave up)
+├── Cancelled             CANCELLED (the call, not the job)
+├── Unimplemented         UNIMPLEMENTED (client and coordinator versions disagree)
+├── InternalError         UNKNOWN, INTERNAL, DATA_LOSS
+└── JobFailed             `JobHandle.wait(raise_on_failure=True)` saw FAILED or CANCELLED
 """
 
 from __future__ import annotations
@@ -57,12 +57,14 @@ class TunefleetError(Exception):
         message: What went wrong, in words a user can act on.
         code: The gRPC status code name (e.g. "NOT_FOUND") when the error came from the
             coordinator, else None.
+        target: The coordinator address the failed call went to, if any.
     """
 
-    def __init__(self, message: str, *, code: str | None = None):
+    def __init__(self, message: str, *, code: str | None = None, target: str | None = None):
         super().__init__(message)
         self.message = message
         self.code = code
+        self.target = target
 
 
 class ValidationError(TunefleetError, ValueError):
@@ -188,5 +190,5 @@ def from_rpc_error(e: grpc.RpcError, *, target: str | None = None) -> TunefleetE
     else:
         message = details or code.name.lower().replace("_", " ")
     if cls is ValidationError:
-        return ValidationError(message, parse_field_errors(details), code=code.name)
-    return cls(message, code=code.name)
+        return ValidationError(message, parse_field_errors(details), code=code.name, target=target)
+    return cls(message, code=code.name, target=target)

@@ -294,12 +294,16 @@ class Worker:
 
     @classmethod
     def from_proto(cls, msg: coordinator_pb2.Worker) -> Worker:
+        try:
+            state = coordinator_pb2.WorkerState.Name(msg.state).replace("WORKER_STATE_", "")
+        except ValueError:  # a state newer than this SDK
+            state = str(msg.state)
         return cls(
             id=msg.id,
             hostname=msg.hostname,
             gpus=msg.resources.gpus,
             free_gpus=msg.free_gpus,
-            state=coordinator_pb2.WorkerState.Name(msg.state).replace("WORKER_STATE_", ""),
+            state=state,
             job_ids=tuple(msg.job_ids),
             last_heartbeat_age_s=msg.last_heartbeat_age_s,
             cpus=msg.resources.cpus,

@@ -1,0 +1,362 @@
+"""The tunefleet SDK: submit fine-tuning jobs to a coordinator, follow them, cancel them.
+
+    from tunefleet.client import Client
+
+    with Client("127.0.0.1:50051") as client:
+        job = client.submit("examples/sst2.yaml")
+        for event in job.events():
+            print(event.kind, event.payload)
+        print(job.wait().summary)
+
+Every call raises a `TunefleetError` subclass (see `tunefleet.client.errors`), never a
+raw gRPC error. Unary calls carry a deadline and retry on UNAVAILABLE with exponential
+backoff; event streams reconnect and resume after the last event they yielded.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+
+from tunefleet.client.errors import (
+    DeadlineExceeded,
+    JobFailed,
+    TunefleetError,
+    ValidationError,
+    from_rpc_error,
+)
+from tunefleet.client.types import Event, Job, JobState, Worker
+from tunefleet.v1 import coordinator_pb2, coordinator_pb2_grpc, spec_pb2
+
+__all__ = ["DEFAULT_TARGET", "ENV_TARGET", "Client", "JobHandle", "RetryPolicy"]
+
+ENV_TARGET = "TUNEFLEET_COORDINATOR"
+DEFAULT_TARGET = "127.0.0.1:50051"
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+# Keepalive pings find a dead connection under a quiet event stream. We ping every 30 s
+# only while a call is open and keep gRPC's default cap of 2 pings without data: a
+# coordinator with default settings answers faster pings (or more of them) with a
+# GOAWAY "too_many_pings", which would break exactly the long streams we protect.
+_CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 0),
+    # gRPC's reconnect backoff grows to 120 s by default; a restarted coordinator should
+    # be found again within a couple of seconds.
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
+)
+
+T = TypeVar("T")
+SpecLike = spec_pb2.JobSpec | dict | str | os.PathLike
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long the client keeps trying an unreachable coordinator.
+
+    Attributes:
+        initial_backoff_s: First pause after an UNAVAILABLE answer.
+        max_backoff_s: Longest single pause.
+        multiplier: Growth of the pause after each failed try (with +-20% jitter).
+        max_elapsed_s: Give up a unary call (raise `Unavailable`) after this long.
+        stream_max_elapsed_s: Give up reconnecting an event stream after this long
+            without a connection; a restarting coordinator usually needs seconds.
+    """
+
+    initial_backoff_s: float = 0.1
+    max_backoff_s: float = 2.0
+    multiplier: float = 2.0
+    max_elapsed_s: float = 10.0
+    stream_max_elapsed_s: float = 60.0
+
+    def delays(self) -> Iterator[float]:
+        delay = self.initial_backoff_s
+        while True:
+            yield delay * random.uniform(0.8, 1.2)
+            delay = min(delay * self.multiplier, self.max_backoff_s)
+
+
+class Client:
+    """A connection to one tunefleet coordinator.
+
+    Args:
+        target: "host:port" of the coordinator. Default: $TUNEFLEET_COORDINATOR, else
+            "127.0.0.1:50051".
+        timeout: Deadline in seconds for each unary call.
+        retry: Backoff for UNAVAILABLE answers (see `RetryPolicy`).
+        channel_options: Extra gRPC channel arguments, appended to the defaults.
+    """
+
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        timeout: float = 30.0,
+        retry: RetryPolicy | None = None,
+        channel_options: Iterable[tuple[str, int | str]] = (),
+    ):
+        self.target = target or os.environ.get(ENV_TARGET) or DEFAULT_TARGET
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self._channel = grpc.insecure_channel(
+            self.target, options=[*_CHANNEL_OPTIONS, *channel_options]
+        )
+        self._stub = coordinator_pb2_grpc.CoordinatorStub(self._channel)
+        self._closed = False
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._closed = True
+        self._channel.close()
+
+    def __repr__(self) -> str:
+        return f"Client({self.target!r})"
+
+    # --- jobs -------------------------------------------------------------------------
+
+    def submit(
+        self,
+        spec: SpecLike,
+        *,
+        idempotency_key: str | None = None,
+        priority: int | None = None,
+        check_paths: bool = True,
+    ) -> JobHandle:
+        """Validate a job spec locally, then submit it.
+
+        Args:
+            spec: A job YAML path, a dict in the YAML's shape, or a `JobSpec`. Relative
+                paths in a YAML resolve against its folder; in a dict or JobSpec, against
+                the current directory.
+            idempotency_key: Submitting twice with one key creates one job. A fresh key is
+                generated when not given, which is what makes retrying a submit safe.
+            priority: Overrides the spec's `priority` (higher runs first).
+            check_paths: Check that local data/model paths exist before submitting; turn
+                off when they exist only on the coordinator's and workers' machines.
+
+        Raises:
+            ValidationError: The spec is invalid; `.errors` lists every problem, exactly as
+                the coordinator would report them.
+        """
+        job_spec = prepare_spec(spec, check_paths=check_paths)
+        if priority is not None:
+            job_spec.priority = priority
+        request = coordinator_pb2.SubmitJobRequest(
+            spec=job_spec, idempotency_key=idempotency_key or uuid.uuid4().hex
+        )
+        job = Job.from_proto(self._unary(self._stub.SubmitJob, request))
+        return JobHandle(self, job.id, job=job)
+
+    def get(self, job_id: str) -> Job:
+        """The job's current state. Raises NotFound for an unknown id."""
+        return Job.from_proto(
+            self._unary(self._stub.GetJob, coordinator_pb2.GetJobRequest(job_id=job_id))
+        )
+
+    def list(self, states: Iterable[JobState | str] | None = None, limit: int = 100) -> list[Job]:
+        """Jobs, newest first, optionally only those in `states` ("running", JobState.QUEUED...)."""
+        try:
+            wanted = [JobState.parse(s).to_proto() for s in states or ()]
+        except ValueError as e:
+            raise ValidationError(str(e)) from None
+        request = coordinator_pb2.ListJobsRequest(states=wanted, limit=limit)
+        return [Job.from_proto(j) for j in self._unary(self._stub.ListJobs, request).jobs]
+
+    def cancel(self, job_id: str, reason: str = "") -> Job:
+        """Ask the coordinator to cancel a job; returns the job as it stands after the request."""
+        request = coordinator_pb2.CancelJobRequest(job_id=job_id, reason=reason)
+        return Job.from_proto(self._unary(self._stub.CancelJob, request))
+
+    def job(self, job_id: str) -> JobHandle:
+        """A handle on an existing job (no call is made until you use it)."""
+        return JobHandle(self, job_id)
+
+    def events(
+        self,
+        job_id: str,
+        after_seq: int = 0,
+        follow: bool = True,
+        *,
+        timeout: float | None = None,
+    ) -> Iterator[Event]:
+        """The job's events with seq > after_seq; with follow, live ones until it ends.
+
+        The iterator survives coordinator restarts and network blips: it reconnects with
+        backoff (up to `retry.stream_max_elapsed_s` per outage) and resumes after the last
+        event it yielded, so every event is yielded exactly once and in order.
+
+        Args:
+            timeout: Raise DeadlineExceeded if the stream is still open after this long.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return self._stream_events(job_id, after_seq, follow, deadline)
+
+    # --- workers ----------------------------------------------------------------------
+
+    def workers(self) -> list[Worker]:
+        response = self._unary(self._stub.ListWorkers, coordinator_pb2.ListWorkersRequest())
+        return [Worker.from_proto(w) for w in response.workers]
+
+    # --- plumbing ---------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TunefleetError("this Client is closed; create a new one")
+
+    def _unary(self, rpc: Callable[..., T], request) -> T:
+        self._check_open()
+        give_up = time.monotonic() + self.retry.max_elapsed_s
+        delays = self.retry.delays()
+        while True:
+            try:
+                return rpc(request, timeout=self.timeout)
+            except grpc.RpcError as e:
+                delay = next(delays)
+                retry = e.code() == grpc.StatusCode.UNAVAILABLE
+                if not retry or time.monotonic() + delay > give_up:
+                    raise from_rpc_error(e, target=self.target) from None
+                time.sleep(delay)
+
+    def _stream_events(
+        self, job_id: str, after_seq: int, follow: bool, deadline: float | None
+    ) -> Iterator[Event]:
+        self._check_open()
+        last = after_seq
+        outage_since: float | None = None
+        delays = self.retry.delays()
+        while True:
+            call = None
+            received = False
+            try:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise DeadlineExceeded(f"job {job_id}: still running after the timeout")
+                request = coordinator_pb2.StreamEventsRequest(
+                    job_id=job_id, after_seq=last, follow=follow
+                )
+                call = self._stub.StreamEvents(request, timeout=remaining)
+                for msg in call:
+                    outage_since, received = None, True
+                    delays = self.retry.delays()
+                    if msg.seq <= last:
+                        continue  # already yielded before a reconnect
+                    event = Event.from_proto(msg)
+                    last = event.seq
+                    yield event
+                    if follow and event.is_terminal():
+                        return
+                if not follow:
+                    return
+                # The stream ended without the terminal event: the coordinator may have
+                # closed it while shutting down. Done only if the job really is.
+                job = self.get(job_id)
+                if job.state.is_terminal() and job.last_seq <= last:
+                    return
+                if not received:
+                    time.sleep(next(delays))
+            except grpc.RpcError as e:
+                code = e.code()
+                now = time.monotonic()
+                if code == grpc.StatusCode.DEADLINE_EXCEEDED and deadline and now >= deadline:
+                    raise DeadlineExceeded(
+                        f"job {job_id}: still running after the timeout", code=code.name
+                    ) from None
+                if code != grpc.StatusCode.UNAVAILABLE:
+                    raise from_rpc_error(e, target=self.target) from None
+                outage_since = outage_since or now
+                delay = next(delays)
+                if deadline is not None:
+                    delay = min(delay, max(0.0, deadline - now))
+                if now + delay - outage_since > self.retry.stream_max_elapsed_s:
+                    raise from_rpc_error(e, target=self.target) from None
+                time.sleep(delay)
+            finally:
+                if call is not None:
+                    call.cancel()
+
+
+class JobHandle:
+    """A submitted job: its id plus calls that act on it.
+
+    `state` and `get()` ask the coordinator each time; `job` is the last Job fetched.
+    """
+
+    def __init__(self, client: Client, job_id: str, *, job: Job | None = None):
+        self.id = job_id
+        self.client = client
+        self.job = job
+
+    def __repr__(self) -> str:
+        return f"JobHandle({self.id!r})"
+
+    def get(self) -> Job:
+        self.job = self.client.get(self.id)
+        return self.job
+
+    @property
+    def state(self) -> JobState:
+        return self.get().state
+
+    def events(self, after_seq: int = 0, follow: bool = True) -> Iterator[Event]:
+        """See `Client.events`: reconnects on UNAVAILABLE, never yields an event twice."""
+        return self.client.events(self.id, after_seq, follow)
+
+    def wait(self, timeout: float | None = None, *, raise_on_failure: bool = False) -> Job:
+        """Block until the job ends; return the final Job.
+
+        Args:
+            timeout: Seconds to wait; raises DeadlineExceeded (a TimeoutError) when the
+                job is still running by then. The job itself keeps running.
+            raise_on_failure: Raise JobFailed (with `.job`) if the job ends FAILED or
+                CANCELLED instead of returning it.
+        """
+        job = self.get()
+        if not job.is_terminal():
+            for event in self.client.events(self.id, job.last_seq, True, timeout=timeout):
+                if event.is_terminal():
+                    break
+            job = self.get()
+        if raise_on_failure and job.state is not JobState.SUCCEEDED:
+            raise JobFailed(job)
+        return job
+
+    def cancel(self, reason: str = "") -> Job:
+        self.job = self.client.cancel(self.id, reason)
+        return self.job
+
+
+def prepare_spec(spec: SpecLike, *, check_paths: bool = True) -> spec_pb2.JobSpec:
+    """A path, dict or JobSpec -> a validated JobSpec with defaults filled in.
+
+    Raises ValidationError (every problem) or a plain TunefleetError for an unusable
+    argument.
+    """
+    from tunefleet.spec import SpecError, load_job_file, prepare
+
+    try:
+        if isinstance(spec, (str, os.PathLike)):
+            return load_job_file(spec, check_paths=check_paths)
+        if isinstance(spec, (dict, spec_pb2.JobSpec)):
+            return prepare(spec, base_dir=Path.cwd(), check_paths=check_paths)
+    except SpecError as e:
+        raise ValidationError.from_spec_error(e) from None
+    raise TunefleetError(
+        f"cannot submit a {type(spec).__name__}: give a YAML path, a dict or a JobSpec"
+    )

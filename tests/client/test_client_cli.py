@@ -1,0 +1,252 @@
+"""`ftctl` end to end: through main() (captured output) and as the installed console script.
+
+Exit codes and one-line errors are part of the interface: scripts and CI depend on them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from client_helpers import BAD_PATHS, needs_coordinator, unused_port
+
+from tunefleet.client.cli import main
+from tunefleet.v1 import job_pb2
+
+FTCTL = Path(sys.executable).parent / "ftctl"
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def submitted_id(out: str) -> str:
+    match = re.search(r"submitted job (\S+)", out)
+    assert match, out
+    return match.group(1)
+
+
+# --- no coordinator needed ------------------------------------------------------------
+
+
+def test_validate_ok(capsys, job_yaml):
+    code, out, err = run_cli(capsys, "validate", job_yaml)
+    assert (code, err) == (0, "")
+    assert out.strip() == f"ok: {job_yaml} (client-test)"
+
+
+def test_validate_lists_every_problem_and_exits_1(capsys, bad_yaml, job_yaml):
+    code, out, err = run_cli(capsys, "validate", bad_yaml, job_yaml)
+    assert code == 1
+    assert f"invalid: {bad_yaml} (5 problems)" in err
+    for path in BAD_PATHS:
+        assert re.search(rf"^  {re.escape(path)}: .+", err, re.M), (path, err)
+    assert f"ok: {job_yaml}" in out  # the other file is still checked
+
+
+def test_validate_a_missing_file(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "validate", tmp_path / "nope.yaml")
+    assert code == 1
+    assert "no such file" in err and "Traceback" not in err
+
+
+def test_unreachable_coordinator_is_one_clear_line(capsys):
+    addr = f"127.0.0.1:{unused_port()}"
+    code, out, err = run_cli(capsys, "jobs", "--coordinator", addr, "--connect-timeout", "0.3")
+    assert code == 1 and out == ""
+    assert err.strip() == (
+        f"error: cannot reach coordinator at {addr}: is `ftctl server` running? "
+        "(set --coordinator or TUNEFLEET_COORDINATOR)"
+    )
+
+
+def test_coordinator_from_the_environment(capsys, monkeypatch):
+    addr = f"127.0.0.1:{unused_port()}"
+    monkeypatch.setenv("TUNEFLEET_COORDINATOR", addr)
+    code, _, err = run_cli(capsys, "--connect-timeout", "0", "workers")
+    assert code == 1 and f"cannot reach coordinator at {addr}" in err
+
+
+def test_bad_command_line_exits_2(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["submit"])
+    assert info.value.code == 2
+
+
+def test_run_without_the_worker_extra_says_what_to_install(job_yaml):
+    # `None` in sys.modules makes `import torch` fail the way a missing package does.
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from tunefleet.client.cli import main\n"
+        f"sys.exit(main(['run', {str(job_yaml)!r}, '--out', {str(job_yaml.parent / 'out')!r}]))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    assert "pip install 'tunefleet[worker]'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_console_script_validate(bad_yaml):
+    proc = subprocess.run(
+        [str(FTCTL), "validate", str(bad_yaml)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 1
+    for path in BAD_PATHS:
+        assert f"  {path}: " in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_console_script_help_documents_exit_codes():
+    proc = subprocess.run([str(FTCTL), "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0
+    assert "exit codes:" in proc.stdout and "130" in proc.stdout
+
+
+# --- against a real coordinator -------------------------------------------------------
+
+
+@needs_coordinator
+def test_console_script_get_unknown_job(cluster):
+    proc = subprocess.run(
+        [str(FTCTL), "get", "job-nonexistent", "--coordinator", cluster.address],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "error: job job-nonexistent not found"
+    assert proc.stdout == ""
+
+
+@needs_coordinator
+def test_submit_get_jobs_logs_cancel(capsys, cluster, job_yaml):
+    addr = cluster.address
+    code, out, _ = run_cli(capsys, "--coordinator", addr, "submit", job_yaml, "--priority", "3")
+    assert code == 0
+    job_id = submitted_id(out)
+    assert f"ftctl logs {job_id} -f --coordinator {addr}" in out
+
+    code, out, _ = run_cli(capsys, "get", job_id, "--coordinator", addr)
+    assert code == 0
+    assert job_id in out and "QUEUED" in out and "priority  3" in out
+
+    code, out, _ = run_cli(capsys, "submit", job_yaml, "-q", "--coordinator", addr)
+    assert code == 0 and re.fullmatch(r"\S+\n", out) and out.strip() != job_id
+
+    code, out, _ = run_cli(capsys, "get", job_id, "--json", "--coordinator", addr)
+    data = json.loads(out)
+    assert data["state"] == "QUEUED" and data["spec"]["priority"] == 3
+
+    code, out, _ = run_cli(capsys, "jobs", "--state", "queued,running", "--coordinator", addr)
+    assert code == 0 and job_id in out
+    code, out, _ = run_cli(capsys, "jobs", "--state", "succeeded", "--coordinator", addr)
+    assert out.strip() == "no jobs in state succeeded"
+
+    code, out, _ = run_cli(capsys, "cancel", job_id, "--reason", "typo", "--coordinator", addr)
+    assert code == 0 and f"job {job_id}: CANCELLED typo" in out
+
+    code, out, _ = run_cli(capsys, "logs", job_id, "--coordinator", addr)
+    assert code == 0
+    assert out.splitlines() == ["QUEUED submitted", "CANCELLED typo"]
+    code, out, _ = run_cli(capsys, "logs", job_id, "--after", "1", "--coordinator", addr)
+    assert out.splitlines() == ["CANCELLED typo"]
+
+    # Cancelling a finished job is refused with the coordinator's reason, not a traceback.
+    code, _, err = run_cli(capsys, "cancel", job_id, "--coordinator", addr)
+    assert code == 1 and err.startswith("error: ") and "CANCELLED" in err
+
+
+@needs_coordinator
+def test_submit_of_an_invalid_job_prints_every_problem(capsys, cluster, bad_yaml):
+    code, out, err = run_cli(capsys, "--coordinator", cluster.address, "submit", bad_yaml)
+    assert code == 1 and out == ""
+    for path in BAD_PATHS:
+        assert f"  {path}: " in err
+    with cluster.client() as client:
+        assert client.list() == []
+
+
+def _drive(worker, final_state, events=()):
+    job_id, attempt = worker.acquire()
+    if events:
+        worker.report(job_id, attempt, list(events))
+    worker.finish(
+        job_id,
+        attempt,
+        state=final_state,
+        reason="" if final_state == job_pb2.SUCCEEDED else "scripted end",
+        artifacts={"model": "/runs/x/model"} if final_state == job_pb2.SUCCEEDED else {},
+        summary={"accuracy": 0.75} if final_state == job_pb2.SUCCEEDED else {},
+    )
+
+
+@needs_coordinator
+@pytest.mark.parametrize(
+    ("final", "exit_code"),
+    [(job_pb2.SUCCEEDED, 0), (job_pb2.FAILED, 1), (job_pb2.CANCELLED, 3)],
+    ids=["succeeded", "failed", "cancelled"],
+)
+def test_submit_follow_exit_code_says_how_the_job_ended(
+    capsys, cluster, scripted_worker, job_yaml, final, exit_code
+):
+    events = [
+        job_pb2.Event(report=job_pb2.Report(name="freeze_plan", text="PLAN TABLE")),
+        job_pb2.Event(
+            metrics=job_pb2.Metrics(phase="train", step=2, epoch=0.5, loss=0.25, total_steps=4)
+        ),
+        job_pb2.Event(
+            metrics=job_pb2.Metrics(phase="eval", step=4, epoch=1.0, values={"accuracy": 0.75})
+        ),
+        job_pb2.Event(log=job_pb2.LogLine(level="info", message="saved best checkpoint")),
+    ]
+    driver = threading.Thread(target=_drive, args=(scripted_worker, final, events))
+    driver.start()
+    try:
+        code, out, err = run_cli(
+            capsys, "submit", job_yaml, "--follow", "--coordinator", cluster.address
+        )
+    finally:
+        driver.join(10)
+    assert code == exit_code, (out, err)
+    lines = out.splitlines()
+    assert lines[0].startswith("submitted job ")
+    assert "QUEUED submitted" in lines
+    assert "PLAN TABLE" in lines and "[info] saved best checkpoint" in lines
+    assert any(line.startswith("train step 2/4 epoch 0.50 loss 0.25") for line in lines)
+    assert "eval  step 4 epoch 1.00 accuracy 0.75" in lines
+    state = job_pb2.JobState.Name(final)
+    assert any(line.startswith(f"{state} job ") for line in lines), lines  # the summary
+    if final == job_pb2.SUCCEEDED:
+        assert "    model  /runs/x/model" in lines and "  metrics: accuracy 0.75" in lines
+    else:
+        assert "  reason: scripted end" in lines
+
+
+@needs_coordinator
+def test_logs_follow_exits_with_the_job(capsys, cluster, scripted_worker, job_yaml):
+    code, out, _ = run_cli(capsys, "submit", job_yaml, "--coordinator", cluster.address)
+    job_id = submitted_id(out)
+    driver = threading.Thread(target=_drive, args=(scripted_worker, job_pb2.SUCCEEDED))
+    driver.start()
+    try:
+        code, out, _ = run_cli(capsys, "logs", job_id, "-f", "--coordinator", cluster.address)
+    finally:
+        driver.join(10)
+    assert code == 0
+    assert out.splitlines()[0] == "QUEUED submitted"
+    assert any(line.startswith(f"SUCCEEDED job {job_id}") for line in out.splitlines())
+
+
+@needs_coordinator
+def test_workers(capsys, cluster, scripted_worker):
+    code, out, _ = run_cli(capsys, "workers", "--coordinator", cluster.address)
+    assert code == 0 and "w-test" in out and "LIVE" in out
+    code, out, _ = run_cli(capsys, "workers", "--json", "--coordinator", cluster.address)
+    assert json.loads(out)[0]["id"] == "w-test"

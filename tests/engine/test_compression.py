@@ -1,0 +1,212 @@
+"""compress: pruning reaches its amount and leaves plain weights; int8 runs, agrees, reloads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from tunefleet.v1 import spec_pb2
+from tunefleet.worker.engine.compression import (
+    REPORT_COLUMNS,
+    compress,
+    load_int8,
+    prunable_weights,
+    quantize_dynamic_int8,
+)
+
+
+def tiny_bert() -> nn.Module:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=32, num_labels=3,
+    )  # fmt: skip
+    return BertForSequenceClassification(config).eval()
+
+
+class TinyCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+        )  # fmt: skip
+        self.head = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def text_batch(n=16, length=12) -> dict:
+    g = torch.Generator().manual_seed(1)
+    return {
+        "input_ids": torch.randint(5, 50, (n, length), generator=g),
+        "attention_mask": torch.ones(n, length, dtype=torch.long),
+        "token_type_ids": torch.zeros(n, length, dtype=torch.long),
+        "labels": torch.zeros(n, dtype=torch.long),
+    }
+
+
+def image_batch(n=16) -> dict:
+    g = torch.Generator().manual_seed(1)
+    return {"pixel_values": torch.randn(n, 1, 16, 16, generator=g), "labels": torch.zeros(n)}
+
+
+def logits(model, batch, kind):
+    with torch.inference_mode():
+        if kind == "image":
+            return model(batch["pixel_values"])
+        return model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+
+
+def agreement_evaluator(reference: torch.Tensor, batch: dict, kind: str):
+    """Accuracy against the fp32 model's own predictions: 1.0 for the fp32 row."""
+    target = reference.argmax(-1)
+
+    def evaluate(model):
+        out = logits(model, batch, kind)
+        loss = nn.functional.cross_entropy(out, target).item()
+        return {"accuracy": (out.argmax(-1) == target).float().mean().item(), "loss": loss}
+
+    return evaluate
+
+
+def make_spec(amount=0.5, scope="global", method="unstructured", quantize=True, recovery=0):
+    spec = spec_pb2.CompressionSpec()
+    if amount:
+        spec.prune.amount, spec.prune.scope, spec.prune.method = amount, scope, method
+        spec.prune.recovery_steps = recovery
+    if quantize:
+        spec.quantize.method = "dynamic_int8"
+    return spec
+
+
+def hf_export(model, folder: Path):
+    model.save_pretrained(folder)
+
+
+def cnn_export(model, folder: Path):
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()},
+        str(folder / "model.safetensors"),
+    )
+    (folder / "tunefleet_model.json").write_text(
+        json.dumps({"kind": "torchvision", "arch": "tiny"})
+    )
+
+
+def sparsity(modules) -> float:
+    total = sum(m.weight.numel() for m, _ in modules)
+    return sum(int((m.weight == 0).sum()) for m, _ in modules) / total
+
+
+def test_bert_global_prune_then_int8(tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    model, batch = tiny_bert(), text_batch()
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    reference = logits(model, batch, "text")
+    result = compress(
+        model, make_spec(0.5, recovery=10), kind="hf",
+        evaluate=agreement_evaluator(reference, batch, "text"), example_batch=batch,
+        out_dir=tmp_path, export=hf_export,
+    )  # fmt: skip
+
+    # the caller's model is untouched
+    assert all(torch.equal(v, original[k]) for k, v in model.state_dict().items())
+    assert set(result.artifacts) == {"model_pruned", "model_int8", "compression_report"}
+
+    pruned = AutoModelForSequenceClassification.from_pretrained(result.artifacts["model_pruned"])
+    assert not any("weight_orig" in k or "weight_mask" in k for k in pruned.state_dict())
+    assert sparsity(prunable_weights(pruned)) == pytest.approx(0.5, abs=0.01)
+    assert result.summary["pruned_sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert pruned.bert.embeddings.word_embeddings.weight[1:].ne(0).all()  # row 0 is padding
+    assert pruned.bert.embeddings.LayerNorm.weight.ne(0).all()
+
+    # int8 reloads without pickle and matches a fresh quantization of the pruned model
+    qmodel = load_int8(result.artifacts["model_int8"])
+    expected = logits(quantize_dynamic_int8(pruned), batch, "text")
+    assert torch.allclose(logits(qmodel, batch, "text"), expected, atol=1e-5)
+    agree = (expected.argmax(-1) == logits(pruned, batch, "text").argmax(-1)).float().mean()
+    assert agree >= 0.8
+
+    report = result.report
+    assert report.name == "compression" and list(report.columns) == REPORT_COLUMNS
+    assert [r.cells[0] for r in report.rows] == ["fp32", "pruned", "pruned+int8"]
+    assert all(len(r.cells) == len(REPORT_COLUMNS) for r in report.rows)
+    assert report.rows[0].cells[5] == "1.0000"
+    assert "recovery_steps=10 not run" in report.text and "pruned+int8" in report.text
+    for key in ("fp32_accuracy", "pruned_accuracy", "int8_accuracy", "int8_speedup",
+                "int8_size_ratio", "int8_latency_ms"):  # fmt: skip
+        assert isinstance(result.summary[key], float)
+    assert result.summary["fp32_accuracy"] == 1.0
+
+    saved = json.loads(Path(result.artifacts["compression_report"]).read_text())
+    assert [s["model"] for s in saved["stages"]] == ["fp32", "pruned", "pruned+int8"]
+    rows = {s["model"]: s for s in saved["stages"]}
+    assert rows["pruned"]["nonzero"] < rows["fp32"]["nonzero"] <= rows["fp32"]["params"]
+    assert rows["pruned+int8"]["params"] == rows["fp32"]["params"]
+    assert rows["pruned+int8"]["size_bytes"] < rows["fp32"]["size_bytes"]
+    assert not list(tmp_path.glob(".*"))  # no temp folders or files left behind
+
+
+def test_cnn_layer_scope_and_structured(tmp_path):
+    batch = image_batch()
+    for method, scope in (("unstructured", "layer"), ("structured", "global")):
+        torch.manual_seed(0)
+        model = TinyCNN().eval()
+        reference = logits(model, batch, "image")
+        out = tmp_path / method
+        result = compress(
+            model, make_spec(0.25, scope=scope, method=method), kind="torchvision",
+            evaluate=agreement_evaluator(reference, batch, "image"), example_batch=batch,
+            out_dir=out, export=cnn_export,
+        )  # fmt: skip
+        from safetensors.torch import load_file
+
+        state = load_file(str(out / "model_pruned" / "model.safetensors"))
+        assert not any(k.endswith(("_orig", "_mask")) for k in state)
+        for name in ("features.0.weight", "features.4.weight", "head.0.weight", "head.2.weight"):
+            w = state[name]
+            if method == "unstructured":  # every layer alone reaches the amount
+                assert (w == 0).float().mean().item() == pytest.approx(0.25, abs=0.01)
+            else:  # whole output channels / neurons are zero
+                zero_rows = (w.flatten(1) == 0).all(dim=1).sum().item()
+                assert zero_rows == round(0.25 * w.shape[0])
+        assert state["features.1.weight"].ne(0).all()  # BatchNorm untouched
+
+        float_model = TinyCNN()
+        float_model.load_state_dict(state)
+        qmodel = load_int8(out / "model_int8", TinyCNN)
+        got, want = logits(qmodel, batch, "image"), logits(float_model, batch, "image")
+        assert (got.argmax(-1) == want.argmax(-1)).float().mean() >= 0.8
+        assert [r.cells[0] for r in result.report.rows] == ["fp32", "pruned", "pruned+int8"]
+
+
+def test_quantize_only_and_prune_only(tmp_path):
+    model, batch = tiny_bert(), text_batch(8)
+    evaluate = agreement_evaluator(logits(model, batch, "text"), batch, "text")
+    only_q = compress(
+        model, make_spec(amount=0), kind="hf", evaluate=evaluate, example_batch=batch,
+        out_dir=tmp_path / "q", export=hf_export,
+    )  # fmt: skip
+    assert [r.cells[0] for r in only_q.report.rows] == ["fp32", "int8"]
+    assert "model_pruned" not in only_q.artifacts and "pruned_sparsity" not in only_q.summary
+    assert only_q.summary["int8_accuracy"] >= 0.8
+
+    only_p = compress(
+        model, make_spec(0.3, quantize=False), kind="hf", evaluate=evaluate,
+        example_batch=batch, out_dir=tmp_path / "p", export=hf_export,
+    )  # fmt: skip
+    assert [r.cells[0] for r in only_p.report.rows] == ["fp32", "pruned"]
+    assert "model_int8" not in only_p.artifacts
+    assert "not run" not in only_p.report.text

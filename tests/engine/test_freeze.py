@@ -1,0 +1,152 @@
+"""FreezePlan: blocks per architecture, what each strategy trains, frozen BatchNorm."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tunefleet.v1 import spec_pb2
+from tunefleet.worker.engine import models
+from tunefleet.worker.engine.errors import InvalidJobInput
+from tunefleet.worker.engine.freeze import FreezePlan, model_blocks, plan_table
+
+
+@pytest.fixture
+def bert_bundle(bert_dir, text_csvs, text_spec):
+    """bert_bundle(**finetune) -> (spec, ModelBundle) of the tiny BERT."""
+
+    def build(**finetune):
+        spec = text_spec(
+            bert_dir, text_csvs, finetune=finetune or {"strategy": "full"}, train={"epochs": 8}
+        )
+        return spec, models.build_model(spec, models.resolve_task(spec), 2, ["neg", "pos"])
+
+    return build
+
+
+def test_bert_blocks_are_embeddings_layers_head(bert_bundle):
+    _, bundle = bert_bundle()
+    blocks = model_blocks(bundle.model, "hf")
+    assert [b.name for b in blocks] == ["embeddings", "layer.0", "layer.1", "head"]
+    head = set(blocks[-1].params)
+    assert {"classifier.weight", "classifier.bias", "bert.pooler.dense.weight"} <= head
+    assert sum(b.numel for b in blocks) == sum(p.numel() for p in bundle.model.parameters())
+
+
+def test_torchvision_blocks():
+    resnet = models.build_torchvision_arch("resnet18")
+    assert [b.name for b in model_blocks(resnet, "torchvision", "fc")] == [
+        "stem",
+        "layer1",
+        "layer2",
+        "layer3",
+        "layer4",
+        "head",
+    ]
+    cnn = models.SmallCNN()
+    assert [b.name for b in model_blocks(cnn, "torchvision", "head")] == [
+        "stem",
+        "stage1",
+        "stage2",
+        "head",
+    ]
+    mobilenet = models.build_torchvision_arch("mobilenet_v3_small")
+    names = [b.name for b in model_blocks(mobilenet, "torchvision", "classifier.3")]
+    assert names[0] == "features.0" and names[-1] == "head" and len(names) == 14
+
+
+def test_vit_blocks():
+    vit = models.build_torchvision_arch("vit_b_16")
+    blocks = model_blocks(vit, "torchvision", "heads.head")
+    assert [b.name for b in blocks] == ["stem", *[f"layer.{i}" for i in range(12)], "head"]
+    assert {"class_token", "conv_proj.weight", "encoder.pos_embedding"} <= set(blocks[0].params)
+    assert {"encoder.ln.weight", "heads.head.weight"} <= set(blocks[-1].params)
+
+
+@pytest.mark.parametrize(
+    ("finetune", "blocks"),
+    [
+        ({"strategy": "full"}, ["embeddings", "layer.0", "layer.1", "head"]),
+        ({"strategy": "head_only"}, ["head"]),
+        ({"strategy": "last_k", "k": 1}, ["layer.1", "head"]),
+        ({"strategy": "last_k", "k": 3}, ["embeddings", "layer.0", "layer.1", "head"]),
+    ],
+)
+def test_block_strategies_train_exactly_their_blocks(bert_bundle, finetune, blocks):
+    spec, bundle = bert_bundle(**finetune)
+    plan = FreezePlan.for_model(bundle.model, "hf", spec.finetune)
+    want = {p for b in plan.blocks if b.name in blocks for p in b.params}
+    assert plan.trainable(0) == want
+    plan.apply(bundle.model, 0)
+    assert {n for n, p in bundle.model.named_parameters() if p.requires_grad} == want
+
+
+def test_last_k_larger_than_the_model_names_k_and_the_count(bert_dir, text_csvs, text_spec):
+    spec = text_spec(bert_dir, text_csvs)
+    spec.finetune.strategy, spec.finetune.k = "last_k", 4
+    bundle = models.build_model(spec, models.resolve_task(spec), 2, ["a", "b"])
+    with pytest.raises(InvalidJobInput, match=r"finetune\.k: 4 .* 3 blocks"):
+        FreezePlan.for_model(bundle.model, "hf", spec.finetune)
+
+
+def test_lora_is_not_supported_yet():
+    with pytest.raises(InvalidJobInput, match="lora is not supported yet"):
+        FreezePlan.for_model(
+            models.SmallCNN(), "torchvision", spec_pb2.FinetuneSpec(strategy="lora")
+        )
+
+
+def test_patterns_frozen_wins(bert_bundle):
+    spec, bundle = bert_bundle(
+        strategy="patterns", trainable=[r"layer\.1\.", "classifier"], frozen=["bias$"]
+    )
+    plan = FreezePlan.for_model(bundle.model, "hf", spec.finetune)
+    got = plan.trainable(0)
+    assert got and all(
+        ("layer.1." in n or "classifier" in n) and not n.endswith("bias") for n in got
+    )
+    assert "classifier.weight" in got
+    assert "partial" in plan.table(bundle.model)
+
+
+def test_gradual_unfreezes_one_block_from_the_top_every_n_epochs(bert_bundle):
+    spec, bundle = bert_bundle(strategy="gradual", unfreeze_every=2)
+    plan = FreezePlan.for_model(bundle.model, "hf", spec.finetune)
+    by_name = {b.name: set(b.params) for b in plan.blocks}
+    assert plan.trainable(0) == plan.trainable(1) == by_name["head"]
+    assert plan.trainable(2) == by_name["head"] | by_name["layer.1"]
+    assert plan.trainable(4) == by_name["head"] | by_name["layer.1"] | by_name["layer.0"]
+    assert plan.trainable(6) == {p for b in plan.blocks for p in b.params}
+    assert "from epoch 3" in plan.table(bundle.model)
+
+
+def test_lp_ft_probes_then_trains_everything(bert_bundle):
+    spec, bundle = bert_bundle(strategy="lp_ft", probe_epochs=1)
+    plan = FreezePlan.for_model(bundle.model, "hf", spec.finetune)
+    assert plan.dynamic
+    assert plan.trainable(0) == set(plan.blocks[-1].params)
+    assert plan.trainable(1) == {n for n, _ in bundle.model.named_parameters()}
+
+
+def test_frozen_batchnorm_stays_in_eval_mode():
+    model = models.SmallCNN()
+    plan = FreezePlan.for_model(
+        model, "torchvision", spec_pb2.FinetuneSpec(strategy="last_k", k=1), "head"
+    )
+    model.train()
+    plan.apply(model, 0)
+    assert not model.stem[1].training and not model.stage1[1].training
+    assert model.stage2[1].training and model.training
+    before = model.stem[1].running_mean.clone()
+    model(torch.randn(4, 1, 28, 28) + 3)
+    assert torch.equal(model.stem[1].running_mean, before)
+
+
+def test_plan_table_builds_the_model_without_data(smallcnn_checkpoint, image_spec):
+    spec = image_spec(
+        smallcnn_checkpoint, finetune={"strategy": "last_k", "k": 1}, model={"num_labels": 10}
+    )
+    text = plan_table(spec)
+    assert "strategy last_k" in text
+    lines = {line.split()[0]: line.split()[-1] for line in text.splitlines()[3:]}
+    assert lines == {"stem": "no", "stage1": "no", "stage2": "yes", "head": "yes"}

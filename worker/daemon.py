@@ -1,0 +1,370 @@
+"""WorkerDaemon: registers with the coordinator, keeps its lease, and runs the jobs it is
+given, one at a time.
+
+Three things happen concurrently: the main loop (AcquireJob long poll, then the job's
+JobRunner), a heartbeat thread (renews the lease, learns which jobs to cancel), and
+`stop()` from a signal handler. The coordinator may be unreachable at any moment (restart,
+network): every call retries with backoff, and nothing but `stop()` ends the daemon.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import grpc
+
+from tunefleet.v1 import coordinator_pb2, coordinator_pb2_grpc, job_pb2
+from tunefleet.worker.job_runner import CommandFactory, JobOutcome, JobRunner
+
+log = logging.getLogger(__name__)
+
+_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+    # Pings notice a dead connection during a long poll; the coordinator accepts them.
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+# Failures that say "try again later", as opposed to "this request is wrong".
+RETRYABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+    }
+)
+# The coordinator says this attempt is not ours any more: drop it quietly.
+_NOT_OURS = frozenset({grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND})
+
+_RPC_TIMEOUT_S = 30.0
+_MAX_BACKOFF_S = 5.0
+# After stop(), how long we keep trying to tell the coordinator how the job ended.
+_STOP_PATIENCE_S = 10.0
+
+
+def detect_gpus() -> tuple[int, str]:
+    """(count, name of GPU 0) from torch if it is installed; (0, "") otherwise.
+
+    Imported here, not at module level: the daemon itself must not pay torch's import
+    time, and the base install (SDK, coordinator) has no torch at all.
+    """
+    try:
+        import torch
+
+        count = torch.cuda.device_count()
+        return count, (torch.cuda.get_device_name(0) if count else "")
+    except Exception:  # no torch, or a broken CUDA setup: run CPU jobs
+        return 0, ""
+
+
+class WorkerDaemon:
+    """A tunefleet worker. `run()` blocks until `stop()` (thread-safe) is called."""
+
+    def __init__(
+        self,
+        coordinator: str,
+        *,
+        artifacts_root: Path = Path(".tunefleet/artifacts"),
+        work_root: Path | None = None,
+        gpus: int | None = None,
+        worker_id: str | None = None,
+        poll_s: float = 5.0,
+        command_factory: CommandFactory | None = None,
+    ):
+        """
+        Args:
+            coordinator: HOST:PORT of the coordinator.
+            artifacts_root: jobs without `output.dir` write to artifacts_root/JOB_ID.
+            work_root: working directory of the training processes (default: ours).
+            gpus: GPUs to offer; detected with torch when None.
+            worker_id: a stable id across restarts; the coordinator assigns one when None.
+            poll_s: how long one AcquireJob long poll waits for work.
+            command_factory: builds the training command; default: the engine's launcher.
+        """
+        self.coordinator = coordinator
+        self.artifacts_root = Path(artifacts_root).resolve()
+        self.work_root = Path(work_root).resolve() if work_root else None
+        self.gpus = gpus
+        self.worker_id = worker_id or ""
+        self.poll_s = poll_s
+        self.command_factory = command_factory
+        self.heartbeat_interval_s = 2.0
+        self._gpu_name = ""
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._register_lock = threading.Lock()
+        self._runner: JobRunner | None = None
+        self._acquire_call: grpc.Future | None = None
+        self._failing: set[str] = set()  # RPCs failing right now, to log each outage once
+        self._channel = grpc.insecure_channel(coordinator, options=CHANNEL_OPTIONS)
+        self._stub = coordinator_pb2_grpc.CoordinatorStub(self._channel)
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Registers, then acquires and runs jobs until stop()."""
+        if self.gpus is None:
+            self.gpus, self._gpu_name = detect_gpus()
+        heartbeat = threading.Thread(
+            target=self._heartbeat_loop, name="tunefleet-heartbeat", daemon=True
+        )
+        try:
+            if not self._register():
+                return
+            heartbeat.start()
+            backoff = _Backoff()
+            while not self._stopping.is_set():
+                try:
+                    assignment = self._acquire()
+                    self._rpc_ok("AcquireJob")
+                    backoff.reset()
+                except Exception as exc:  # never die from a coordinator problem
+                    self._log_rpc_failure("AcquireJob", exc)
+                    self._stopping.wait(backoff.next())
+                    continue
+                if assignment is not None:
+                    self._run_job(assignment)
+        finally:
+            self._stopping.set()
+            if heartbeat.is_alive():
+                heartbeat.join(timeout=5)
+            self._channel.close()
+            log.info("worker %s stopped", self.worker_id or "(unregistered)")
+
+    def stop(self) -> None:
+        """Ends run(): kills a running job (reported FAILED "worker stopped").
+
+        Thread-safe, and safe to call from a signal handler: the handler may have
+        interrupted the main thread while it held a lock, so the work is done on a helper
+        thread and stop() itself takes no lock.
+        """
+        threading.Thread(target=self._stop_now, name="tunefleet-stop", daemon=True).start()
+
+    def _stop_now(self) -> None:
+        self._stopping.set()
+        with self._lock:
+            runner, call = self._runner, self._acquire_call
+        if runner is not None:
+            runner.stop("worker stopped")
+        if call is not None:
+            call.cancel()
+
+    @property
+    def running_job_id(self) -> str | None:
+        with self._lock:
+            return self._runner.job_id if self._runner else None
+
+    # ---- coordinator calls -------------------------------------------------------------
+
+    def _register(self) -> bool:
+        """Registers (again), retrying until it works or stop(); True when registered."""
+        resources = coordinator_pb2.WorkerResources(
+            gpus=self.gpus or 0, cpus=os.cpu_count() or 0, gpu_name=self._gpu_name
+        )
+        with self._register_lock:
+            backoff = _Backoff()
+            while not self._stopping.is_set():
+                request = coordinator_pb2.RegisterWorkerRequest(
+                    worker_id=self.worker_id, hostname=socket.gethostname(), resources=resources
+                )
+                try:
+                    response = self._stub.RegisterWorker(request, timeout=_RPC_TIMEOUT_S)
+                except grpc.RpcError as exc:
+                    self._log_rpc_failure("RegisterWorker", exc)
+                    self._stopping.wait(backoff.next())
+                    continue
+                self._rpc_ok("RegisterWorker")
+                self.worker_id = response.worker_id
+                self.heartbeat_interval_s = response.heartbeat_interval_s or 2.0
+                log.info(
+                    "registered with %s as %s (%d GPUs)",
+                    self.coordinator,
+                    self.worker_id,
+                    resources.gpus,
+                )
+                return True
+        return False
+
+    def _acquire(self) -> coordinator_pb2.Assignment | None:
+        request = coordinator_pb2.AcquireJobRequest(
+            worker_id=self.worker_id, wait_seconds=self.poll_s
+        )
+        call = self._stub.AcquireJob.future(request, timeout=self.poll_s + _RPC_TIMEOUT_S)
+        with self._lock:
+            self._acquire_call = call
+        if self._stopping.is_set():  # stop() may have run before _acquire_call was set
+            call.cancel()
+        try:
+            response = call.result()
+        except grpc.FutureCancelledError:
+            return None
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.CANCELLED and self._stopping.is_set():
+                return None
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:  # we were declared lost
+                log.warning("coordinator: %s", exc.details())
+                self._register()
+                return None
+            raise
+        finally:
+            with self._lock:
+                self._acquire_call = None
+        return response.assignment if response.HasField("assignment") else None
+
+    def _call(self, method: str, request, *, patience_after_stop_s: float = 0.0):
+        """Calls the RPC `method`, retrying transient failures with backoff. After stop() it
+        gives up once `patience_after_stop_s` has passed, raising the last error."""
+        rpc = getattr(self._stub, method)
+        backoff = _Backoff()
+        stop_deadline = None
+        while True:
+            try:
+                response = rpc(request, timeout=_RPC_TIMEOUT_S)
+                self._rpc_ok(method)
+                return response
+            except grpc.RpcError as exc:
+                if exc.code() not in RETRYABLE:
+                    raise
+                self._log_rpc_failure(method, exc)
+                if self._stopping.is_set():
+                    stop_deadline = stop_deadline or time.monotonic() + patience_after_stop_s
+                    remaining = stop_deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise
+                    time.sleep(min(backoff.next(), remaining))
+                else:
+                    self._stopping.wait(backoff.next())
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stopping.wait(self.heartbeat_interval_s):
+            running = self.running_job_id
+            request = coordinator_pb2.HeartbeatRequest(
+                worker_id=self.worker_id, running_job_ids=[running] if running else []
+            )
+            try:
+                response = self._stub.Heartbeat(
+                    request, timeout=max(self.heartbeat_interval_s, 5.0)
+                )
+            except grpc.RpcError as exc:
+                self._log_rpc_failure("Heartbeat", exc)
+                continue
+            self._rpc_ok("Heartbeat")
+            if not response.known:
+                log.warning(
+                    "the coordinator no longer knows worker %s; registering again", self.worker_id
+                )
+                self._register()
+            for job_id in response.cancel_job_ids:
+                with self._lock:
+                    runner = self._runner
+                if runner is not None and runner.job_id == job_id:
+                    log.info("job %s: cancel requested by the coordinator", job_id)
+                    runner.cancel()
+
+    # ---- one job -----------------------------------------------------------------------
+
+    def _run_job(self, assignment: coordinator_pb2.Assignment) -> None:
+        job, attempt = assignment.job, assignment.attempt
+        out_dir = Path(job.spec.output.dir) if job.spec.output.dir else self.artifacts_root / job.id
+        runner = JobRunner(
+            job,
+            attempt,
+            worker_id=self.worker_id,
+            out_dir=out_dir,
+            cwd=self.work_root,
+            command_factory=self.command_factory,
+        )
+        with self._lock:
+            self._runner = runner
+        if self._stopping.is_set():  # stop() may have missed the runner
+            runner.stop("worker stopped")
+        log.info("job %s attempt %d: running in %s", job.id, attempt, out_dir)
+        try:
+            outcome = runner.run(lambda events: self._report(job.id, attempt, events))
+        except Exception as exc:  # a bug of ours must not take the daemon down
+            log.exception("job %s: the runner failed", job.id)
+            outcome = JobOutcome(
+                job_pb2.FAILED, f"internal error on worker {self.worker_id}: {exc}"
+            )
+        finally:
+            with self._lock:
+                self._runner = None
+        if outcome is not None:
+            self._finish(job.id, attempt, outcome)
+
+    def _report(self, job_id: str, attempt: int, events: list[job_pb2.Event]) -> bool:
+        request = coordinator_pb2.ReportEventsRequest(
+            worker_id=self.worker_id, job_id=job_id, attempt=attempt, events=events
+        )
+        try:
+            self._call("ReportEvents", request)
+        except grpc.RpcError as exc:
+            if exc.code() in _NOT_OURS:
+                log.warning("job %s: %s", job_id, exc.details())
+                return False
+            # Stopping with the coordinator unreachable, or a batch it refuses: the events
+            # are lost, the job itself goes on.
+            log.error("job %s: dropped %d events: %s", job_id, len(events), exc.details())
+        return True
+
+    def _finish(self, job_id: str, attempt: int, outcome: JobOutcome) -> None:
+        request = coordinator_pb2.FinishJobRequest(
+            worker_id=self.worker_id,
+            job_id=job_id,
+            attempt=attempt,
+            state=outcome.state,
+            reason=outcome.reason,
+            artifacts=outcome.artifacts,
+            summary=outcome.summary,
+        )
+        try:
+            self._call("FinishJob", request, patience_after_stop_s=_STOP_PATIENCE_S)
+        except grpc.RpcError as exc:
+            level = logging.INFO if exc.code() in _NOT_OURS else logging.ERROR
+            log.log(level, "job %s: could not report its end: %s", job_id, exc.details())
+            return
+        log.info(
+            "job %s attempt %d ended %s %s",
+            job_id,
+            attempt,
+            job_pb2.JobState.Name(outcome.state),
+            outcome.reason,
+        )
+
+    def _log_rpc_failure(self, what: str, exc: Exception) -> None:
+        """Warns once per outage of each RPC; repeats go to debug until it works again."""
+        if not isinstance(exc, grpc.RpcError):
+            log.exception("%s failed", what)
+            return
+        level = logging.DEBUG if what in self._failing else logging.WARNING
+        self._failing.add(what)
+        log.log(level, "%s failed: %s %s (retrying)", what, exc.code().name, exc.details())
+
+    def _rpc_ok(self, what: str) -> None:
+        if what in self._failing:
+            self._failing.discard(what)
+            log.info("%s works again", what)
+
+
+class _Backoff:
+    """Exponential backoff from 0.2 s up to _MAX_BACKOFF_S."""
+
+    def __init__(self) -> None:
+        self._delay = 0.2
+
+    def next(self) -> float:
+        delay = self._delay
+        self._delay = min(self._delay * 2, _MAX_BACKOFF_S)
+        return delay
+
+    def reset(self) -> None:
+        self._delay = 0.2

@@ -1,0 +1,68 @@
+"""Child-process entry point of the engine (see INTERFACES.md).
+
+    python -m tunefleet.worker.engine --spec SPEC.json --out DIR --events EVENTS.jsonl [--no-resume]
+
+Exit codes: 0 success (DIR/result.json written), 2 invalid job input (do not retry),
+anything else a crash (the worker may restart; the run resumes from its last checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from tunefleet.spec import spec_from_dict
+from tunefleet.worker.engine.errors import InvalidJobInput
+from tunefleet.worker.engine.events import JsonlEventSink, log_event
+
+EXIT_INVALID_INPUT = 2
+
+
+def _is_main_process() -> bool:
+    # Set by accelerate launch / torchrun for every rank; absent for a single process.
+    return os.environ.get("RANK", "0") == "0"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tunefleet.worker.engine", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--spec", required=True, type=Path, help="resolved JobSpec as JSON")
+    parser.add_argument("--out", required=True, type=Path, help="the job's output folder")
+    parser.add_argument(
+        "--events", required=True, type=Path, help="events JSON-lines file (appended)"
+    )
+    parser.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
+    args = parser.parse_args(argv)
+
+    sink = JsonlEventSink(args.events) if _is_main_process() else None
+    emit = sink if sink is not None else (lambda event: None)
+    try:
+        try:
+            spec = spec_from_dict(json.loads(args.spec.read_text(encoding="utf-8")))
+        except (OSError, ValueError) as e:
+            raise InvalidJobInput(f"--spec {args.spec}: cannot read the job spec: {e}") from e
+
+        from tunefleet.worker.engine.trainer import run_job
+
+        run_job(spec, args.out, emit, resume=not args.no_resume)
+        return 0
+    except InvalidJobInput as e:
+        print(f"invalid job input: {e}", file=sys.stderr)
+        emit(log_event(f"invalid job input: {e}", level="error"))
+        return EXIT_INVALID_INPUT
+    except Exception as e:
+        # A crash: say what it was in the job's events too, then let the traceback and the
+        # non-zero exit code tell the worker (which may restart and resume).
+        emit(log_event(f"engine crashed: {type(e).__name__}: {e}", level="error"))
+        raise
+    finally:
+        if sink is not None:
+            sink.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

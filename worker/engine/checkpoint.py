@@ -1,0 +1,187 @@
+"""Resumable checkpoints: checkpoints/step-NNNNNNN/.
+
+A checkpoint holds everything needed to continue a run exactly where it stopped:
+  model.safetensors      the (unwrapped) model's weights
+  optimizer.pt           optimizer state (torch.save; loaded with weights_only=True)
+  scheduler.pt           LR scheduler state
+  rng-<rank>.pt          python / numpy / torch (/ cuda) RNG states of every process
+  trainer_state.json     epoch, batch within the epoch, global step, best-so-far, ...
+  MANIFEST.json          written last: a checkpoint without it is incomplete and ignored
+
+Every file is written into ``step-NNNNNNN.tmp`` first, then the directory is renamed with
+os.replace, so a crash mid-save never leaves a half checkpoint under the real name.
+
+In multi-process runs each rank writes its own RNG file, so the caller runs `save` in three
+phases separated by barriers: `begin` (main), `write_rng` (every rank), `commit` (main).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+MANIFEST = "MANIFEST.json"
+_STEP_DIR = re.compile(r"^step-(\d{7,})$")
+
+
+def step_dir(root: Path, step: int) -> Path:
+    return Path(root) / f"step-{step:07d}"
+
+
+def _tmp_dir(root: Path, step: int) -> Path:
+    return Path(root) / f"step-{step:07d}.tmp"
+
+
+# ----------------------------------------------------------------------------- RNG
+
+
+def capture_rng() -> dict[str, Any]:
+    """All RNG states of this process, in types that torch.load(weights_only=True) accepts."""
+    version, keys, gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [version, list(keys), gauss],
+        "numpy": [
+            np_name,
+            torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
+            np_pos,
+            np_has_gauss,
+            np_gauss,
+        ],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    version, keys, gauss = state["python"]
+    random.setstate((version, tuple(keys), gauss))
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = state["numpy"]
+    np.random.set_state(
+        (np_name, np_keys.numpy().astype(np.uint32), np_pos, np_has_gauss, np_gauss)
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----------------------------------------------------------------------------- save
+
+
+def begin(root: Path, step: int) -> Path:
+    """Main process: a fresh temp directory for the checkpoint of ``step``."""
+    tmp = _tmp_dir(root, step)
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def write_rng(tmp: Path, rank: int) -> None:
+    """Every process: its RNG states."""
+    torch.save(capture_rng(), tmp / f"rng-{rank}.pt")
+
+
+def commit(
+    root: Path,
+    step: int,
+    *,
+    model: nn.Module,
+    optimizer_state: dict[str, Any],
+    scheduler_state: dict[str, Any],
+    trainer_state: dict[str, Any],
+    keep: int,
+) -> Path:
+    """Main process: write the rest, MANIFEST last, rename into place, prune old checkpoints."""
+    from safetensors.torch import save_model
+
+    tmp = _tmp_dir(root, step)
+    save_model(model, str(tmp / "model.safetensors"))
+    torch.save(optimizer_state, tmp / "optimizer.pt")
+    torch.save(scheduler_state, tmp / "scheduler.pt")
+    (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2), encoding="utf-8")
+    files = sorted(p.name for p in tmp.iterdir())
+    manifest = {"step": step, "files": files, "created": time.time()}
+    with open(tmp / MANIFEST, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    final = step_dir(root, step)
+    if final.exists():  # a re-run of the same step after a resume: replace it
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    prune(root, keep)
+    return final
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints (with MANIFEST.json), oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        match = _STEP_DIR.match(path.name)
+        if match and (path / MANIFEST).is_file():
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
+def latest(root: Path) -> Path | None:
+    checkpoints = list_checkpoints(root)
+    return checkpoints[-1] if checkpoints else None
+
+
+def prune(root: Path, keep: int) -> None:
+    """Keep the newest ``keep`` complete checkpoints; drop stale temp dirs."""
+    checkpoints = list_checkpoints(root)
+    for path in checkpoints[: max(len(checkpoints) - max(keep, 1), 0)]:
+        shutil.rmtree(path, ignore_errors=True)
+    for path in Path(root).glob("step-*.tmp"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- load
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    trainer_state: dict[str, Any]
+
+    def load_model(self, model: nn.Module) -> None:
+        from safetensors.torch import load_model
+
+        load_model(model, str(self.path / "model.safetensors"))
+
+    def optimizer_state(self) -> dict[str, Any]:
+        return torch.load(self.path / "optimizer.pt", weights_only=True, map_location="cpu")
+
+    def scheduler_state(self) -> dict[str, Any]:
+        return torch.load(self.path / "scheduler.pt", weights_only=True, map_location="cpu")
+
+    def restore_rng(self, rank: int) -> bool:
+        """Restore this rank's RNG; False when the checkpoint has none for it."""
+        path = self.path / f"rng-{rank}.pt"
+        if not path.is_file():
+            return False
+        restore_rng(torch.load(path, weights_only=True))
+        return True
+
+
+def load(path: Path) -> Checkpoint:
+    state = json.loads((Path(path) / "trainer_state.json").read_text(encoding="utf-8"))
+    return Checkpoint(Path(path), state)

@@ -1,0 +1,113 @@
+"""The final model folder (``out_dir/model``) and `load_model`, its one-line loader.
+
+hf:           save_pretrained + tokenizer (AutoModelForSequenceClassification / AutoTokenizer
+              load it directly; id2label carries the label names) + tunefleet_model.json
+torchvision:  model.safetensors + tunefleet_model.json (arch, head, labels, input format)
+
+tunefleet_model.json: {"kind", "arch", "num_labels", "labels", "head", "task", "spec"}.
+The folder is written under a temporary name and renamed, so a reader never sees half of it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from tunefleet.worker.engine.models import (
+    META_FILE,
+    build_torchvision_arch,
+    quiet_transformers,
+    read_meta,
+    replace_hf_head,
+    replace_torchvision_head,
+)
+
+
+def export_model(
+    model: nn.Module,
+    folder: str | Path,
+    *,
+    kind: str,
+    arch: str,
+    labels: list[str],
+    head: dict[str, Any],
+    task: dict[str, Any] | None = None,
+    spec: dict[str, Any] | None = None,
+    tokenizer: Any = None,
+) -> Path:
+    """Write ``model`` (unwrapped) as a self-describing folder; returns the folder."""
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    if kind == "hf":
+        with quiet_transformers():
+            model.save_pretrained(tmp)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+    else:
+        from safetensors.torch import save_model
+
+        save_model(model, str(tmp / "model.safetensors"))
+    meta = {
+        "kind": kind,
+        "arch": arch,
+        "num_labels": len(labels),
+        "labels": list(labels),
+        "head": dict(head),
+        "task": dict(task or {}),
+        "spec": spec or {},
+    }
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    if folder.exists():
+        old = folder.with_name(folder.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(folder, old)
+        os.replace(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, folder)
+    return folder
+
+
+def load_model(folder: str | Path) -> nn.Module:
+    """A ready-to-use classifier (eval mode) from an exported tunefleet model folder.
+
+    >>> model = load_model("runs/job-1/model")
+    >>> logits = model(pixel_values)            # torchvision
+    >>> logits = model(**tokens).logits          # hf
+    """
+    folder = Path(folder)
+    meta = read_meta(folder)
+    if meta["kind"] == "hf":
+        model = _load_hf_folder(folder, meta)
+    else:
+        from safetensors.torch import load_model as load_weights
+
+        in_channels = meta.get("task", {}).get("in_channels", 3) or 3
+        model = build_torchvision_arch(meta["arch"], in_channels=in_channels)
+        model, _ = replace_torchvision_head(model, meta["num_labels"], meta["head"])
+        load_weights(model, str(folder / "model.safetensors"))
+    return model.eval()
+
+
+def _load_hf_folder(folder: Path, meta: dict[str, Any]) -> nn.Module:
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    with quiet_transformers():
+        if not meta["head"].get("hidden"):
+            return AutoModelForSequenceClassification.from_pretrained(folder)
+        # A head with a hidden layer is not a stock HF classifier: rebuild it, then load.
+        from safetensors.torch import load_file
+
+        config = AutoConfig.from_pretrained(folder)
+        model = AutoModelForSequenceClassification.from_config(config)
+        model, _ = replace_hf_head(model, meta["num_labels"], meta["labels"], meta["head"])
+        model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    return model

@@ -1,0 +1,104 @@
+"""Parameter groups and optimizers.
+
+One param group per (block, decay/no_decay): e.g. ``layer.5`` and ``layer.5.no_decay``. That
+gives three things in one place:
+- layerwise lr decay: lr of a block = lr * decay ** depth, depth counted from the top (head 0);
+- ``finetune.lr_groups``: parameters matching a regex get their own lr (first match wins), in
+  groups named ``lr_group.<i>``;
+- no weight decay for biases and normalisation weights (1-d tensors, names with norm/bn/ln).
+
+Static strategies put only the trainable parameters in the optimizer. Dynamic ones (gradual,
+lp_ft) put every parameter in from the start: frozen ones get no gradient, and torch optimizers
+skip parameters whose ``grad`` is None, so unfreezing never rebuilds the optimizer or scheduler.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+from torch import nn
+
+from tunefleet.v1 import spec_pb2
+from tunefleet.worker.engine.errors import InvalidJobInput
+from tunefleet.worker.engine.freeze import FreezePlan
+
+_NORM_SEGMENT = re.compile(r"^(bn|ln|norm)\d*(_\d+)?$|norm", re.IGNORECASE)
+
+
+def no_weight_decay(name: str, param: torch.Tensor) -> bool:
+    """Biases and normalisation weights are not decayed (decaying them only hurts)."""
+    if param.ndim <= 1:
+        return True
+    return any(_NORM_SEGMENT.search(segment) for segment in name.split(".")[:-1])
+
+
+def build_param_groups(
+    model: nn.Module,
+    plan: FreezePlan,
+    finetune: spec_pb2.FinetuneSpec,
+    optimizer: spec_pb2.OptimizerSpec,
+) -> list[dict[str, Any]]:
+    """Named param groups: each dict has name, params, lr, weight_decay."""
+    base_lr = optimizer.lr
+    weight_decay = optimizer.weight_decay
+    decay = finetune.layerwise_lr_decay if finetune.HasField("layerwise_lr_decay") else 1.0
+    overrides = [(re.compile(g.pattern), g.lr) for g in finetune.lr_groups]
+    include = set(plan.all_params) if plan.dynamic else plan.trainable(0)
+    params = dict(model.named_parameters())
+    n_blocks = len(plan.blocks)
+
+    groups: dict[str, dict[str, Any]] = {}
+
+    def add(group: str, lr: float, name: str) -> None:
+        nd = no_weight_decay(name, params[name])
+        key = f"{group}.no_decay" if nd else group
+        if key not in groups:
+            groups[key] = {
+                "name": key,
+                "params": [],
+                "lr": lr,
+                "weight_decay": 0.0 if nd else weight_decay,
+            }
+        groups[key]["params"].append(params[name])
+
+    # Head first, so that group 0 (the "lr" reported in metrics) is the head's lr.
+    for index in reversed(range(n_blocks)):
+        block = plan.blocks[index]
+        depth = n_blocks - 1 - index
+        for name in block.params:
+            if name not in include:
+                continue
+            match = next((i for i, (rx, _) in enumerate(overrides) if rx.search(name)), None)
+            if match is not None:
+                add(f"lr_group.{match}", overrides[match][1], name)
+            else:
+                add(block.name, base_lr * decay**depth, name)
+    if not groups:
+        raise InvalidJobInput("finetune: no trainable parameters for the optimizer")
+    return list(groups.values())
+
+
+def build_optimizer(
+    groups: list[dict[str, Any]], spec: spec_pb2.OptimizerSpec
+) -> torch.optim.Optimizer:
+    name = spec.name or "adamw"
+    if name == "sgd":
+        return torch.optim.SGD(
+            groups,
+            lr=spec.lr,
+            momentum=spec.momentum,
+            nesterov=spec.nesterov,
+            weight_decay=spec.weight_decay,
+        )
+    if name in ("adam", "adamw"):
+        betas = tuple(spec.betas) if len(spec.betas) == 2 else (0.9, 0.999)
+        eps = spec.eps if spec.HasField("eps") else 1e-8
+        cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
+        return cls(groups, lr=spec.lr, betas=betas, eps=eps, weight_decay=spec.weight_decay)
+    raise InvalidJobInput(f"optimizer.name: unknown optimizer {name!r} (sgd | adam | adamw)")
+
+
+def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    return {g.get("name", str(i)): g["lr"] for i, g in enumerate(optimizer.param_groups)}

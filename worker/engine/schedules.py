@@ -1,0 +1,79 @@
+"""Learning-rate schedules as pure multipliers of the base lr.
+
+`LrSchedule.multiplier(t)` is the factor applied to every param group's own base lr for the
+optimizer step ``t`` (1-based: the first update uses ``multiplier(1)``). Scaling all groups by
+the same factor keeps layerwise lr decay and ``lr_groups`` ratios intact across the schedule.
+
+Formulas (T = total optimizer steps, W = warmup steps):
+- warmup (any schedule), t <= W:  t / W          (lr0/W at the first step, lr0 at step W)
+- constant:                       1
+- linear:   1 - (t-W-1)/(T-W)     (lr_t = lr0 - (t-1)*lr0/T when W = 0)
+- cosine:   f + (1-f) * (1 + cos(pi * (t-W-1)/(T-W))) / 2,  f = min_lr / lr0
+- step:     gamma ** ((t-W-1) // step_size)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from tunefleet.v1 import spec_pb2
+
+SCHEDULES = ("constant", "linear", "cosine", "step")
+
+
+@dataclass(frozen=True)
+class LrSchedule:
+    name: str
+    total_steps: int
+    warmup_steps: int = 0
+    min_ratio: float = 0.0
+    step_size: int = 1
+    gamma: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.name not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.name!r}; expected one of {SCHEDULES}")
+        if self.total_steps < 1:
+            raise ValueError(f"total_steps must be >= 1, got {self.total_steps}")
+
+    def multiplier(self, t: int) -> float:
+        """The lr factor for optimizer step t (1-based)."""
+        w = min(self.warmup_steps, self.total_steps)
+        if w > 0 and t <= w:
+            return t / w
+        decay_steps = max(self.total_steps - w, 1)
+        k = t - w - 1  # steps taken since the warmup ended (0 at the first post-warmup step)
+        if self.name == "constant":
+            return 1.0
+        if self.name == "linear":
+            return max(1.0 - k / decay_steps, 0.0)
+        if self.name == "cosine":
+            progress = min(k / decay_steps, 1.0)
+            return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (
+                1.0 + math.cos(math.pi * progress)
+            )
+        return self.gamma ** (k // max(self.step_size, 1))
+
+    def lambda_lr(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+        """A LambdaLR whose k-th ``step()`` sets the lr for optimizer step k+1."""
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: self.multiplier(i + 1))
+
+
+def build_schedule(spec: spec_pb2.ScheduleSpec, *, base_lr: float, total_steps: int) -> LrSchedule:
+    """The schedule of a resolved ScheduleSpec for a run of ``total_steps`` optimizer steps."""
+    if spec.HasField("warmup_ratio") and spec.warmup_ratio > 0:
+        warmup = round(spec.warmup_ratio * total_steps)
+    else:
+        warmup = spec.warmup_steps
+    min_ratio = spec.min_lr / base_lr if base_lr > 0 else 0.0
+    return LrSchedule(
+        name=spec.name or "linear",
+        total_steps=max(total_steps, 1),
+        warmup_steps=max(warmup, 0),
+        min_ratio=min(max(min_ratio, 0.0), 1.0),
+        step_size=spec.step_size if spec.HasField("step_size") else 1,
+        gamma=spec.gamma if spec.HasField("gamma") else 0.1,
+    )
