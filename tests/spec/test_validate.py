@@ -158,3 +158,14 @@ def test_yaml_round_trips_through_the_proto(job_dir):
 def test_unquoted_exponent_is_a_number(job_dir):
     spec = load_job_file(write(job_dir, GOOD.replace("lr: 5.0e-5", "lr: 5e-5")))
     assert spec.optimizer.lr == pytest.approx(5e-5)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+@pytest.mark.parametrize("schedule", ["constant", "linear", "cosine", "step"])
+def test_resolved_specs_validate_again(job_dir, optimizer, schedule):
+    """The coordinator re-validates what clients resolved: defaults must never conflict."""
+    text = GOOD.replace("name: adamw", f"name: {optimizer}").replace(
+        "name: linear", f"name: {schedule}"
+    )
+    spec = load_job_file(write(job_dir, text))
+    assert prepare(spec) == spec

@@ -58,7 +58,7 @@ def resolve_defaults(spec: spec_pb2.JobSpec) -> spec_pb2.JobSpec:
     _default(o, "lr", default_lr(o.name))
     _default(o, "weight_decay", 0.01 if o.name == "adamw" else 0.0)
     _default(o, "momentum", 0.9 if o.name == "sgd" else 0.0)
-    if not o.betas:
+    if not o.betas and o.name in ("adam", "adamw"):
         o.betas.extend([0.9, 0.999])
     _default(o, "eps", 1e-8)
 
@@ -81,7 +81,7 @@ def resolve_defaults(spec: spec_pb2.JobSpec) -> spec_pb2.JobSpec:
     _default(t, "log_every_steps", 10)
     _default(t, "checkpoint_every_steps", 0)
     _default(t, "keep_checkpoints", 2)
-    _default(t, "max_restarts", 3)
+    _default(t, "max_restarts", 0)
 
     e = s.eval
     _default(e, "every_steps", 0)

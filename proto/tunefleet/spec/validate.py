@@ -300,6 +300,8 @@ def _train(c: _Check, spec) -> None:
     c.at_least(t, "checkpoint_every_steps", "train.checkpoint_every_steps", 0)
     c.at_least(t, "keep_checkpoints", "train.keep_checkpoints", 1)
     c.at_least(t, "max_restarts", "train.max_restarts", 0)
+    if t.max_restarts > 0:
+        c.fail("train.max_restarts", "automatic retries are not supported yet; use 0")
 
 
 def _eval(c: _Check, spec) -> None:
