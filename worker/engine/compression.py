@@ -94,11 +94,13 @@ class _Stage:
 # --------------------------------------------------------------------------- pruning
 
 
-def prunable_weights(model: nn.Module) -> list[tuple[nn.Module, str]]:
+def prunable_weights(model: nn.Module, keep: tuple[str, ...] = ()) -> list[tuple[nn.Module, str]]:
     """(module, "weight") of every Linear / Conv layer, each parameter once.
 
     Embeddings and norms are skipped, and so is a Linear whose weight is tied to an
-    embedding (an LM head): zeroing it would prune the embedding too.
+    embedding (an LM head): zeroing it would prune the embedding too. Modules under a
+    path in `keep` are skipped too: the new classification head is initialised N(0, 0.01),
+    so a global magnitude ranking would prune it first and flatten every logit.
     """
     conv1d = _hf_conv1d()
     kinds = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d) + ((conv1d,) if conv1d else ())
@@ -107,7 +109,9 @@ def prunable_weights(model: nn.Module) -> list[tuple[nn.Module, str]]:
     }
     seen: set[int] = set()
     out = []
-    for m in model.modules():
+    for path, m in model.named_modules():
+        if any(path == k or path.startswith(k + ".") for k in keep):
+            continue
         w = getattr(m, "weight", None)
         if isinstance(m, kinds) and isinstance(w, nn.Parameter):
             if id(w) in embedded or id(w) in seen:
@@ -125,9 +129,9 @@ def _hf_conv1d():
     return Conv1D
 
 
-def prune_model(model: nn.Module, spec) -> dict[str, float]:
+def prune_model(model: nn.Module, spec, keep: tuple[str, ...] = ()) -> dict[str, float]:
     """Prune `model` in place per a PruneSpec; returns {"sparsity", "pruned_params"}."""
-    targets = prunable_weights(model)
+    targets = prunable_weights(model, keep)
     if not targets:
         raise InvalidJobInput("compression.prune: the model has no Linear or Conv layer to prune")
     amount = float(spec.amount)
@@ -419,6 +423,7 @@ def compress(
     example_batch: dict,
     out_dir: Path,
     export: Callable[[nn.Module, Path], None],
+    keep: tuple[str, ...] = (),
 ) -> CompressionResult:
     """Run the stages of `spec` (a CompressionSpec) on CPU copies of `model` (left as is).
 
@@ -426,6 +431,7 @@ def compress(
     or "torchvision"/"image" (the model takes `pixel_values`). `evaluate` gets each stage's
     model on the CPU (int8 kernels only run there, and one device keeps the rows comparable).
     `export(model, folder)` writes a float model folder the way the trainer does.
+    `keep`: module paths never pruned (the trainer passes the classification head).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -443,7 +449,7 @@ def compress(
         if spec.HasField("prune"):
             p = spec.prune
             pruned = copy.deepcopy(fp32)
-            stats = prune_model(pruned, p)
+            stats = prune_model(pruned, p, keep)
             dst = out_dir / "model_pruned"
             _export_to(export, pruned, dst)
             artifacts["model_pruned"] = str(dst)
@@ -457,7 +463,9 @@ def compress(
             notes.append(
                 f"pruned: {p.amount:.0%} of Linear/Conv weights, {method}, {scope}; "
                 f"sparsity reached {stats['sparsity']:.2%} of {int(stats['pruned_params']):,} "
-                "prunable weights (embeddings, norms and biases kept); saved dense"
+                "prunable weights (embeddings, norms and biases kept"
+                + (f"; {', '.join(keep)} not pruned" if keep else "")
+                + "); saved dense"
             )
             if p.HasField("recovery_steps") and p.recovery_steps > 0:
                 notes.append(f"pruned: recovery_steps={p.recovery_steps} not run")
