@@ -25,6 +25,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 from rich.console import Console  # noqa: E402
 from rich.text import Text  # noqa: E402
 
+from tunefleet.client.channel import ChannelSecurity  # noqa: E402
 from tunefleet.client.client import (  # noqa: E402
     DEFAULT_TARGET,
     ENV_TARGET,
@@ -90,8 +91,25 @@ def _state_exit_code(state: JobState) -> int:
     return {JobState.SUCCEEDED: EXIT_OK, JobState.CANCELLED: EXIT_CANCELLED}.get(state, EXIT_FAILED)
 
 
+def _security(args) -> ChannelSecurity:
+    """--token-file / --tls-ca (+ a worker's --tls-cert/--tls-key), then the environment."""
+    try:
+        return ChannelSecurity.resolve(
+            token_file=args.token_file,
+            tls_ca=args.tls_ca,
+            tls_cert=getattr(args, "tls_cert", None),
+            tls_key=getattr(args, "tls_key", None),
+        )
+    except ValueError as e:
+        raise TunefleetError(str(e)) from None
+
+
 def _client(args) -> Client:
-    return Client(args.coordinator, retry=RetryPolicy(max_elapsed_s=args.connect_timeout))
+    return Client(
+        args.coordinator,
+        retry=RetryPolicy(max_elapsed_s=args.connect_timeout),
+        security=_security(args),
+    )
 
 
 def _coordinator_flag(args) -> str:
@@ -320,6 +338,7 @@ def _job_dict(job: Job, *, spec: bool = False) -> dict:
         "artifacts": job.artifacts,
         "summary": job.summary,
         "last_seq": job.last_seq,
+        "submitter": job.submitter,
     }
     if spec:
         d["spec"] = spec_to_dict(job.spec)
@@ -350,29 +369,66 @@ def _raise_stop(signum, frame):
     raise _Stop()
 
 
+def _server_security(args) -> dict:
+    """start_server's tls= and tokens= from --tls-cert/--tls-key/--tls-client-ca/--tokens
+    (or $TUNEFLEET_TOKENS / $TUNEFLEET_TOKENS_FILE)."""
+    from tunefleet.coordinator.auth import TokenTable
+    from tunefleet.coordinator.server import ServerTls
+
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise TunefleetError("give both --tls-cert and --tls-key, or neither")
+    client_ca = getattr(args, "tls_client_ca", None)
+    if client_ca and not args.tls_cert:
+        raise TunefleetError("--tls-client-ca needs --tls-cert and --tls-key")
+    tls = ServerTls(Path(args.tls_cert), Path(args.tls_key), client_ca) if args.tls_cert else None
+    try:
+        tokens = TokenTable.from_file(args.tokens) if args.tokens else TokenTable.from_env()
+    except ValueError as e:
+        raise TunefleetError(str(e)) from None
+    return {"tls": tls, "tokens": tokens}
+
+
 def cmd_server(args) -> int:
     from tunefleet.coordinator import serve
 
+    security = _server_security(args)
     Path(args.db).parent.mkdir(parents=True, exist_ok=True)
+    _configure_logging(args.log_format)
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            serve(args.listen, args.db)
+            serve(
+                args.listen,
+                args.db,
+                metrics_port=args.metrics_port,
+                metrics_host=args.metrics_host,
+                insecure=args.insecure,
+                **security,
+            )
     except (RuntimeError, ValueError) as e:  # cannot bind, malformed --listen
         raise TunefleetError(str(e)) from None
     return EXIT_OK
 
 
 def cmd_worker(args) -> int:
+    from tunefleet.worker.__main__ import allowed_roots_from_args
+    from tunefleet.worker.artifact_store import ArtifactStoreError
     from tunefleet.worker.daemon import WorkerDaemon
 
     target = args.coordinator or os.environ.get(ENV_TARGET) or DEFAULT_TARGET
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    args.coordinator = target
+    _configure_logging(args.log_format)
+    try:
+        daemon = WorkerDaemon(
+            target,
+            artifacts_root=Path(args.artifacts),
+            gpus=args.gpus,
+            worker_id=args.id,
+            artifacts_uri=args.artifacts_uri,
+            security=_security(args),
+            allowed_roots=allowed_roots_from_args(args),
         )
-    daemon = WorkerDaemon(
-        target, artifacts_root=Path(args.artifacts), gpus=args.gpus, worker_id=args.id
-    )
+    except ArtifactStoreError as e:
+        raise TunefleetError(f"--artifacts-uri: {e}") from None
     # stop() is signal-safe and reports a running job before run() returns, which a
     # KeyboardInterrupt raised at a random point inside run() would not.
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -381,12 +437,69 @@ def cmd_worker(args) -> int:
     return EXIT_OK
 
 
+def _configure_logging(log_format: str) -> None:
+    from tunefleet.logging_setup import configure_logging
+
+    if log_format == "json" or not logging.getLogger().handlers:
+        configure_logging("INFO", log_format)
+
+
+# --- observability: curves and artifacts ---------------------------------------------
+
+
+def cmd_plot(args) -> int:
+    from tunefleet.client.plot import plot_job
+
+    with _client(args) as client:
+        path = plot_job(client, args.job, args.output or f"{args.job}-curves.png")
+    _stdout().print(Text(f"wrote {path}"))
+    return EXIT_OK
+
+
+def cmd_artifacts(args) -> int:
+    from tunefleet.worker.artifact_store import ArtifactStoreError, download_job
+
+    with _client(args) as client:
+        job = client.get(args.job)
+    console = _stdout()
+    if not args.download:
+        if not job.artifacts:
+            console.print(f"job {job.id} has no artifacts ({job.state.value})")
+        for name, location in sorted(job.artifacts.items()):
+            console.print(Text(f"{name:<24} {location}"))
+        return EXIT_OK
+    try:
+        files = download_job(job.artifacts, Path(args.download), args.name or ())
+    except ArtifactStoreError as e:
+        raise TunefleetError(f"job {job.id}: {e}") from None
+    for path in files:
+        console.print(Text(str(path)))
+    console.print(Text(f"downloaded {len(files)} files of job {job.id} to {args.download}"))
+    return EXIT_OK
+
+
 def cmd_up(args) -> int:
+    from tunefleet.client.channel import is_loopback
     from tunefleet.client.local import LocalCluster
 
     err = _stderr()
+    host = args.listen.rpartition(":")[0]
+    if not is_loopback(host):
+        raise TunefleetError(
+            f"ftctl up serves this machine only (loopback), not {host or 'all interfaces'}; "
+            "for a cluster run `ftctl server` and `ftctl worker`"
+        )
+    security = _server_security(args)
+    if security["tls"] is not None and not args.tls_ca:
+        raise TunefleetError("with --tls-cert, give --tls-ca: the CA the local worker trusts")
     cluster = LocalCluster(
-        listen=args.listen, db_path=args.db, artifacts=args.artifacts, gpus=args.gpus
+        listen=args.listen,
+        db_path=args.db,
+        artifacts=args.artifacts,
+        gpus=args.gpus,
+        tls_ca=args.tls_ca if security["tls"] is not None else None,
+        allowed_roots=tuple(args.allowed_root or ()),
+        **security,
     )
     signal.signal(signal.SIGTERM, _raise_stop)
     try:
@@ -400,7 +513,8 @@ def cmd_up(args) -> int:
                 f"tunefleet is up: coordinator {addr} (db {cluster.db_path}), "
                 f"worker {cluster.worker_id} (artifacts {cluster.artifacts})\n"
                 f"  export {ENV_TARGET}={addr}\n"
-                f"  ftctl submit job.yaml --follow{'' if addr == DEFAULT_TARGET else ' --coordinator ' + addr}\n"
+                f"  ftctl submit job.yaml --follow{'' if addr == DEFAULT_TARGET else ' --coordinator ' + addr}"
+                f"{_up_credentials_hint(args, security)}\n"
                 "Ctrl-C stops both."
             )
         )
@@ -421,6 +535,46 @@ def cmd_up(args) -> int:
 # --- the parser -----------------------------------------------------------------------
 
 
+def _up_credentials_hint(args, security: dict) -> str:
+    flags = ""
+    if security["tls"] is not None:
+        flags += f" --tls-ca {args.tls_ca}"
+    if security["tokens"] is not None:
+        flags += " --token-file YOUR_TOKEN_FILE"
+    return flags
+
+
+def cmd_token(args) -> int:
+    from tunefleet.coordinator.auth import new_token, tokens_entry
+
+    token = new_token()
+    print(token)
+    _stderr().print(
+        Text(
+            "Give the token above to its user (e.g. in a file for --token-file, chmod 600);\n"
+            "add this entry, which holds only its hash, to the coordinator's --tokens file:\n"
+            f"- {tokens_entry(args.name, args.role, token)}"
+        )
+    )
+    return EXIT_OK
+
+
+def _add_server_security(p: argparse.ArgumentParser, *, up: bool = False) -> None:
+    who = "the local worker and" if up else ""
+    p.add_argument(
+        "--tls-cert", metavar="PEM", help="the coordinator's certificate chain: serve TLS only"
+    )
+    p.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+    p.add_argument(
+        "--tokens",
+        metavar="FILE",
+        help=f"require a token from {who} every caller: a YAML/JSON list of "
+        "{name, role: admin|user|worker, token_sha256} (make them with `ftctl token`). "
+        "Default: $TUNEFLEET_TOKENS (the list itself) or $TUNEFLEET_TOKENS_FILE; none = "
+        "no authentication, and then only loopback addresses are served",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     # --coordinator is accepted before or after the subcommand; SUPPRESS keeps a
     # subcommand that does not repeat it from resetting the global value.
@@ -435,6 +589,18 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--connect-timeout", type=float, metavar="S", default=argparse.SUPPRESS, help=connect_help
     )
+    token_help = (
+        "file holding your token, sent with every call (default: $TUNEFLEET_TOKEN, else "
+        "the file in $TUNEFLEET_TOKEN_FILE). There is no flag taking the token itself: "
+        "`ps` and shell history would show it"
+    )
+    tls_ca_help = (
+        "CA certificate (PEM) that signed the coordinator's: connect with TLS (default: "
+        "$TUNEFLEET_TLS_CA). A coordinator requiring client certificates also needs "
+        "$TUNEFLEET_TLS_CERT and $TUNEFLEET_TLS_KEY"
+    )
+    common.add_argument("--token-file", metavar="FILE", default=argparse.SUPPRESS, help=token_help)
+    common.add_argument("--tls-ca", metavar="PEM", default=argparse.SUPPRESS, help=tls_ca_help)
     parser = argparse.ArgumentParser(
         prog="ftctl",
         description="tunefleet: submit and watch fine-tuning jobs, or run the cluster.",
@@ -450,6 +616,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--connect-timeout", type=float, metavar="S", default=10.0, help=connect_help
     )
+    parser.add_argument("--token-file", metavar="FILE", default=None, help=token_help)
+    parser.add_argument("--tls-ca", metavar="PEM", default=None, help=tls_ca_help)
     parser.add_argument("--version", action="version", version=f"ftctl {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -465,6 +633,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
+    log_format = {
+        "choices": ("text", "json"),
+        "default": "text",
+        "help": "log lines as text, or one JSON object per line (default: text)",
+    }
     throttle = {
         "type": float,
         "default": 2.0,
@@ -522,11 +695,44 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("server", cmd_server, "run the coordinator in the foreground")
     p.add_argument("--listen", default=DEFAULT_TARGET, metavar="HOST:PORT")
     p.add_argument("--db", default=DEFAULT_DB, metavar="PATH")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics on http://METRICS_HOST:PORT/metrics (default: off)",
+    )
+    p.add_argument(
+        "--metrics-host", default="127.0.0.1", metavar="HOST", help="(default: %(default)s)"
+    )
+    p.add_argument("--log-format", **log_format)
+    _add_server_security(p)
+    p.add_argument(
+        "--tls-client-ca",
+        metavar="PEM",
+        help="mutual TLS: require every connection (workers and users alike) to present a "
+        "certificate signed by this CA",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback --listen without TLS and tokens (a trusted network only)",
+    )
 
     p = add("worker", cmd_worker, "run a worker in the foreground")
     p.add_argument("--artifacts", default=DEFAULT_ARTIFACTS, metavar="DIR")
     p.add_argument("--gpus", type=int, help="GPUs to offer (default: all detected)")
     p.add_argument("--id", help="stable worker id (default: assigned by the coordinator)")
+    p.add_argument(
+        "--artifacts-uri",
+        default=os.environ.get("TUNEFLEET_ARTIFACTS_URI") or None,
+        metavar="URL",
+        help="also upload succeeded jobs' final artifacts to this fsspec URL, e.g. "
+        "s3://bucket/prefix (default: $TUNEFLEET_ARTIFACTS_URI)",
+    )
+    p.add_argument("--log-format", **log_format)
+    from tunefleet.worker.__main__ import add_security_arguments
+
+    add_security_arguments(p, tls_ca=False)
 
     p = add("up", cmd_up, "run a coordinator and one local worker in the foreground")
     p.add_argument("--listen", default=DEFAULT_TARGET, metavar="HOST:PORT")
@@ -540,6 +746,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="give up if the worker has not registered after S seconds",
     )
+    _add_server_security(p, up=True)
+    p.add_argument(
+        "--allowed-root",
+        action="append",
+        metavar="DIR",
+        help="confine the local worker's job paths to this folder (repeatable)",
+    )
+
+    p = add("token", cmd_token, "make a new random token and its tokens-file entry")
+    p.add_argument("name", metavar="NAME", help="who uses it (shown in logs, recorded on jobs)")
+    p.add_argument("--role", choices=("admin", "user", "worker"), default="user")
 
     p = add("run", cmd_run, "train a job here, without a coordinator", epilog=EXIT_CODES_HELP)
     p.add_argument("file", metavar="JOB.yaml")
@@ -555,6 +772,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("plan", cmd_plan, "print which blocks a job trains or freezes, without training")
     p.add_argument("file", metavar="JOB.yaml")
+
+    p = add("plot", cmd_plot, "draw a job's loss, eval metrics and learning rate to a PNG")
+    p.add_argument("job", metavar="JOB")
+    p.add_argument("-o", "--output", metavar="PNG", help="(default: JOB-curves.png)")
+
+    p = add("artifacts", cmd_artifacts, "list a job's artifacts, or download the uploaded ones")
+    p.add_argument("job", metavar="JOB")
+    p.add_argument("--download", metavar="DIR", help="fetch the uploaded artifacts into DIR")
+    p.add_argument(
+        "--name", action="append", metavar="NAME", help="only this artifact (repeatable): model..."
+    )
     return parser
 
 

@@ -8,6 +8,9 @@
             print(event.kind, event.payload)
         print(job.wait().summary)
 
+Against a coordinator with TLS and tokens: `Client(target, token=..., tls_ca="ca.pem")`,
+or set $TUNEFLEET_TOKEN (or $TUNEFLEET_TOKEN_FILE) and $TUNEFLEET_TLS_CA.
+
 Every call raises a `TunefleetError` subclass (see `tunefleet.client.errors`), never a
 raw gRPC error. Unary calls carry a deadline and retry on UNAVAILABLE with exponential
 backoff; event streams reconnect and resume after the last event they yielded.
@@ -26,6 +29,7 @@ from typing import TypeVar
 
 import grpc
 
+from tunefleet.client.channel import ChannelSecurity, open_channel
 from tunefleet.client.errors import (
     DeadlineExceeded,
     JobFailed,
@@ -45,7 +49,8 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # Keepalive pings find a dead connection under a quiet event stream. We ping every 30 s
 # only while a call is open and keep gRPC's default cap of 2 pings without data: a
 # coordinator with default settings answers faster pings (or more of them) with a
-# GOAWAY "too_many_pings", which would break exactly the long streams we protect.
+# GOAWAY "too_many_pings", which would break exactly the long streams we protect. Ours
+# accepts pings every 5 s (coordinator/server.py; tests/security checks the two agree).
 _CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -97,6 +102,17 @@ class Client:
         timeout: Deadline in seconds for each unary call.
         retry: Backoff for UNAVAILABLE answers (see `RetryPolicy`).
         channel_options: Extra gRPC channel arguments, appended to the defaults.
+        token: Sent as `authorization: Bearer ...` on every call. Default:
+            $TUNEFLEET_TOKEN, else the file named by $TUNEFLEET_TOKEN_FILE, else none.
+        tls_ca: PEM file of the CA that signed the coordinator's certificate; turns TLS
+            on. Default: $TUNEFLEET_TLS_CA.
+        tls_cert, tls_key: This client's certificate and key, for a coordinator that
+            requires client certificates (mutual TLS). Default: $TUNEFLEET_TLS_CERT/_KEY.
+        tls: True = TLS even without `tls_ca` (trusting the system's CAs); False = never.
+        security: A ready `ChannelSecurity`; replaces token/tls_* and the environment.
+
+    Raises:
+        ValidationError: Unreadable token or TLS files, or a certificate without a key.
     """
 
     def __init__(
@@ -106,13 +122,27 @@ class Client:
         timeout: float = 30.0,
         retry: RetryPolicy | None = None,
         channel_options: Iterable[tuple[str, int | str]] = (),
+        token: str | None = None,
+        tls_ca: str | os.PathLike | None = None,
+        tls_cert: str | os.PathLike | None = None,
+        tls_key: str | os.PathLike | None = None,
+        tls: bool | None = None,
+        security: ChannelSecurity | None = None,
     ):
         self.target = target or os.environ.get(ENV_TARGET) or DEFAULT_TARGET
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
-        self._channel = grpc.insecure_channel(
-            self.target, options=[*_CHANNEL_OPTIONS, *channel_options]
-        )
+        try:
+            if security is None:
+                security = ChannelSecurity.resolve(
+                    token=token, tls=tls, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key
+                )
+            self._channel = open_channel(
+                self.target, [*_CHANNEL_OPTIONS, *channel_options], security
+            )
+        except ValueError as e:
+            raise ValidationError(str(e)) from None
+        self.security = security
         self._stub = coordinator_pb2_grpc.CoordinatorStub(self._channel)
         self._closed = False
 

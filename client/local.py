@@ -6,6 +6,11 @@
 
 `ftctl up` is this class in the foreground. The worker runs in its own process group, so
 stopping the cluster also stops any training processes the worker started.
+
+With `tokens`, the cluster adds two tokens of its own that live only as long as it does:
+one the worker gets through its environment (never its command line, which `ps` shows),
+and one `cluster.client()` uses (admin). With `tls`, give `tls_ca` too: the CA its own
+clients and the worker trust.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from tunefleet.client.channel import ENV_TLS_CA, ENV_TOKEN, ChannelSecurity
 from tunefleet.client.client import Client, RetryPolicy
 from tunefleet.client.errors import TunefleetError
 
@@ -50,6 +56,10 @@ class LocalCluster:
         worker_env: Extra environment variables for the worker.
         coordinator_options: Extra keyword arguments for `tunefleet.coordinator.start_server`
             (heartbeat_interval_s, lease_timeout_s, check_paths...).
+        tokens: A `tunefleet.coordinator.auth.TokenTable`: the coordinator requires tokens.
+        tls: A `tunefleet.coordinator.server.ServerTls`: the coordinator speaks TLS.
+        tls_ca: The CA (PEM file) that signed `tls`'s certificate.
+        allowed_roots: The worker's `--allowed-root` folders (see worker/path_policy.py).
     """
 
     def __init__(
@@ -64,6 +74,10 @@ class LocalCluster:
         worker_log: str | os.PathLike | IO | None = None,
         worker_env: dict[str, str] | None = None,
         coordinator_options: dict[str, Any] | None = None,
+        tokens: Any = None,
+        tls: Any = None,
+        tls_ca: str | os.PathLike | None = None,
+        allowed_roots: tuple[str | os.PathLike, ...] = (),
     ):
         self._listen = listen
         self._tmp: str | None = None
@@ -78,6 +92,22 @@ class LocalCluster:
         self.worker_log = worker_log
         self.worker_env = dict(worker_env or {})
         self.coordinator_options = dict(coordinator_options or {})
+        self.allowed_roots = tuple(allowed_roots)
+        self.tls_ca = Path(tls_ca) if tls_ca else None
+        if tls is not None and self.tls_ca is None:
+            raise ValueError("a LocalCluster with tls needs tls_ca, the CA its clients trust")
+        self._worker_token: str | None = None
+        self._admin_token: str | None = None
+        if tokens is not None:
+            from tunefleet.coordinator.auth import Role, new_token
+
+            tokens = tokens.copy()
+            self._worker_token, self._admin_token = new_token(), new_token()
+            tokens.add(f"{worker_id}-worker", Role.WORKER, self._worker_token)
+            tokens.add("local-cluster", Role.ADMIN, self._admin_token)
+            self.coordinator_options["tokens"] = tokens
+        if tls is not None:
+            self.coordinator_options["tls"] = tls
         self.server = None
         self.worker: subprocess.Popen | None = None
         self._log_file: IO | None = None
@@ -144,6 +174,8 @@ class LocalCluster:
         cmd += ["--artifacts", str(self.artifacts), "--id", self.worker_id]
         if self.gpus is not None:
             cmd += ["--gpus", str(self.gpus)]
+        for root in self.allowed_roots:
+            cmd += ["--allowed-root", str(root)]
         return cmd
 
     def _spawn_worker(self) -> None:
@@ -154,6 +186,10 @@ class LocalCluster:
         elif self.worker_log is not None:
             out = self.worker_log
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.worker_env}
+        if self._worker_token is not None:
+            env[ENV_TOKEN] = self._worker_token
+        if self.tls_ca is not None:
+            env[ENV_TLS_CA] = str(self.tls_ca)
         self.worker = subprocess.Popen(
             self.worker_command(),
             stdout=out,
@@ -207,9 +243,15 @@ class LocalCluster:
     # --- convenience ------------------------------------------------------------------
 
     def client(self, **kwargs) -> Client:
-        """A Client for this cluster (keyword arguments go to Client)."""
+        """A Client for this cluster (keyword arguments go to Client). Unless given other
+        credentials, it uses the cluster's own admin token and CA."""
         if self.address is None:
             raise TunefleetError("the local cluster is not started")
+        own = {"token", "tls_ca", "tls_cert", "tls_key", "tls", "security"}
+        if not own & set(kwargs):
+            kwargs["security"] = ChannelSecurity(
+                token=self._admin_token, tls=self.tls_ca is not None, ca_file=self.tls_ca
+            )
         return Client(self.address, **kwargs)
 
 

@@ -102,6 +102,8 @@ class Job:
     last_seq: int
     updated_at: datetime | None = None
     cancel_requested: bool = False
+    # Who submitted it (the token's name); "" on a coordinator without tokens.
+    submitter: str = ""
 
     @property
     def priority(self) -> int:
@@ -138,6 +140,7 @@ class Job:
             last_seq=msg.last_seq,
             updated_at=_opt_time(msg, "updated_at"),
             cancel_requested=msg.cancel_requested,
+            submitter=msg.submitter,
         )
 
 

@@ -4,6 +4,17 @@ The bus carries no events, only "job X now has events up to seq N". Followers re
 events themselves from the JobStore, so what a follower sees is always the stored,
 contiguous sequence, and a slow follower costs no memory here.
 
+What a slow follower can hold is bounded end to end: one subscription (an int and a
+Condition) here, one replay batch (`service._REPLAY_BATCH` events) in its handler, and one
+message in gRPC, whose sync server blocks the handler's generator until the previous
+message is written. A follower that stops reading stalls only its own thread; the events
+wait in the store, not in queues.
+
+Live followers need not even read: `publish` may hand over the events just stored, and the
+bus keeps the last _RECENT_EVENTS of each followed job (`recent`), so N followers of a job
+cost no store reads and no decoding per event. The buffer only ever holds a contiguous run
+of stored events; anything it cannot vouch for is read from the store as before.
+
 A follower subscribes *before* its first read of the store: any event committed after
 that read is then published to its subscription, so nothing falls between the read and
 the wait.
@@ -11,7 +22,15 @@ the wait.
 
 from __future__ import annotations
 
+import itertools
 import threading
+from collections import deque
+from collections.abc import Sequence
+
+from tunefleet.v1 import job_pb2
+
+# Stored events kept in memory per followed job, for followers to read without the store.
+_RECENT_EVENTS = 2048
 
 
 class Subscription:
@@ -60,6 +79,7 @@ class EventBus:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._subscriptions: dict[str, set[Subscription]] = {}
+        self._recent: dict[str, deque[job_pb2.Event]] = {}
         self._closed = False
 
     @property
@@ -75,10 +95,35 @@ class EventBus:
                 self._subscriptions.setdefault(job_id, set()).add(subscription)
         return subscription
 
-    def publish(self, job_id: str, seq: int) -> None:
+    def publish(self, job_id: str, seq: int, events: Sequence[job_pb2.Event] = ()) -> None:
+        """Job `job_id` has stored events up to `seq`; `events` (optional) are the ones just
+        stored, in order, ending at `seq`."""
         with self._lock:
-            for subscription in self._subscriptions.get(job_id, ()):
+            subscriptions = self._subscriptions.get(job_id, ())
+            if subscriptions:
+                self._remember(job_id, events)
+            for subscription in subscriptions:
                 subscription._published(seq)
+
+    def recent(self, job_id: str, after_seq: int, limit: int) -> list[job_pb2.Event] | None:
+        """Up to `limit` stored events of `job_id` after `after_seq`, from memory; None when
+        the buffer does not hold the one after `after_seq` (then read the store)."""
+        with self._lock:
+            recent = self._recent.get(job_id)
+            if not recent or not recent[0].seq <= after_seq + 1 <= recent[-1].seq + 1:
+                return None
+            start = after_seq + 1 - recent[0].seq
+            return list(itertools.islice(recent, start, start + limit))
+
+    def _remember(self, job_id: str, events: Sequence[job_pb2.Event]) -> None:
+        recent = self._recent.get(job_id)
+        if not events:
+            # A notice without its events (a state change): what follows would leave a gap.
+            self._recent.pop(job_id, None)
+            return
+        if recent is None or recent[-1].seq + 1 != events[0].seq:
+            recent = self._recent[job_id] = deque(maxlen=_RECENT_EVENTS)
+        recent.extend(events)
 
     def follower_count(self, job_id: str | None = None) -> int:
         with self._lock:
@@ -101,3 +146,4 @@ class EventBus:
                 subs.discard(subscription)
                 if not subs:
                     del self._subscriptions[subscription.job_id]
+                    self._recent.pop(subscription.job_id, None)

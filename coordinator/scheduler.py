@@ -16,6 +16,23 @@ Placement model (deliberately simple for now):
   capacity for it is a later concern).
 - A job whose model comes from another job (`model.source: job`) waits until that job
   SUCCEEDED and takes its `artifacts["model"]` as `model.name` when it is assigned.
+
+Failures (each requeue or retry appends a log event with the cause and a state change):
+- A worker holds its jobs under a lease that its heartbeats renew. A worker silent for
+  longer than lease_timeout_s is LOST and its jobs go back to QUEUED ("worker lost"); so do
+  the jobs of a worker that registers again (it restarted) and a job the worker released
+  (it is draining, or the training process was preempted). None of these count against
+  train.max_restarts: the job did nothing wrong.
+- A training process that crashed (FinishJob FAILED with retryable) is queued again after
+  a backoff of retry_backoff_s * 2^(n-1) s (capped), up to train.max_restarts times; then
+  it FAILED. Deterministic failures (bad input, exit code 2) are FAILED at once.
+- The attempt number is the fencing token. Every placement starts the next attempt, and
+  reports, finishes and releases of any other attempt are refused (FAILED_PRECONDITION):
+  a worker that was cut off and comes back cannot overwrite the new attempt's work, and at
+  most one attempt of a job is ever ASSIGNED or RUNNING (the job row has one worker).
+- The next attempt resumes from the newest complete checkpoint because every attempt
+  writes to the same output folder (output.dir, else the worker's artifacts_root/JOB_ID,
+  which must be storage shared by all workers).
 """
 
 from __future__ import annotations
@@ -43,6 +60,10 @@ from tunefleet.v1 import coordinator_pb2, job_pb2, spec_pb2
 
 log = logging.getLogger(__name__)
 
+# Fleets up to this size (workers + active + queued jobs) are explained on every change;
+# larger ones by the lease watch.
+_EXPLAIN_AT_ONCE = 256
+
 # An AcquireJob long poll never holds a server thread longer than this.
 MAX_ACQUIRE_WAIT_S = 60.0
 
@@ -59,6 +80,12 @@ def _seconds(timestamp) -> float:
 
 def _gpus(job: job_pb2.Job) -> int:
     return job.spec.resources.gpus
+
+
+def _need(spec: bytes) -> tuple[int, str]:
+    """(GPUs, source job id) of a serialized spec: what explaining a wait looks at."""
+    parsed = spec_pb2.JobSpec.FromString(spec)
+    return parsed.resources.gpus, parsed.model.job if parsed.model.source == "job" else ""
 
 
 class _Capacity:
@@ -92,17 +119,26 @@ class Scheduler:
         heartbeat_interval_s: float = 2.0,
         lease_timeout_s: float = 10.0,
         check_paths: bool = True,
+        retry_backoff_s: float = 1.0,
+        retry_backoff_max_s: float = 60.0,
         clock: Callable[[], float] = time.time,
     ):
         self.store = store
         self.bus = bus
         self.heartbeat_interval_s = heartbeat_interval_s
         self.lease_timeout_s = lease_timeout_s
+        self.retry_backoff_s = retry_backoff_s
+        self.retry_backoff_max_s = retry_backoff_max_s
         self.check_paths = check_paths
         self._clock = clock
         self._lock = threading.RLock()
         self._work_available = threading.Condition(self._lock)
         self._closing = threading.Event()
+        # Explaining waits reads every worker, active and queued job; a large fleet is
+        # explained by the lease watch (see _explain_waiting).
+        self._explain_pending = False
+        self._explain_size = 0
+        self._needs: dict[str, tuple[int, str]] = {}  # queued job id -> _need(spec)
         # After a coordinator restart every LIVE worker gets a fresh lease: the workers kept
         # running while we were down and deserve lease_timeout_s to reach us again before
         # their jobs are written off.
@@ -124,8 +160,11 @@ class Scheduler:
 
     # ---- client API ------------------------------------------------------------------
 
-    def submit(self, spec: spec_pb2.JobSpec, idempotency_key: str = "") -> job_pb2.Job:
-        """Validates and queues a job; a retried submit (same key) returns the first job."""
+    def submit(
+        self, spec: spec_pb2.JobSpec, idempotency_key: str = "", *, submitter: str = ""
+    ) -> job_pb2.Job:
+        """Validates and queues a job; a retried submit (same key) returns the first job.
+        `submitter` is the authenticated caller's name ("" without authentication)."""
         spec = _prepare_spec(spec, self.check_paths)  # outside the lock: it may read files
         with self._lock:
             if idempotency_key:
@@ -140,6 +179,7 @@ class Scheduler:
                 reason="submitted",
                 idempotency_key=idempotency_key,
                 source_job=source.id if source else "",
+                submitter=submitter,
                 now=self._clock(),
             )
             self.bus.publish(job_id, event.seq)
@@ -227,28 +267,34 @@ class Scheduler:
             self._work_available.notify_all()
             return worker_id
 
-    def heartbeat(self, worker_id: str, running_job_ids: Iterable[str]) -> tuple[list[str], bool]:
-        """Renews the worker's lease; returns (job ids it must stop, whether it is known)."""
+    def heartbeat(
+        self, worker_id: str, running_job_ids: Iterable[str]
+    ) -> tuple[list[str], list[str], bool]:
+        """Renews the worker's lease; returns (job ids it must stop, the part of those that
+        are no longer its own, whether it is known)."""
         running = set(running_job_ids)
         with self._lock:
             worker = self.store.get_worker(worker_id)
             if worker is None or worker.state == coordinator_pb2.LOST:
-                return sorted(running), False
+                return sorted(running), sorted(running), False
             now = self._clock()
             self.store.touch_worker(worker_id, now)
             mine = {job.id: job for job in self.store.active_jobs(worker_id)}
-            stop = {job_id for job_id in running if job_id not in mine}
-            stop.update(job.id for job in mine.values() if job.cancel_requested)
+            lost = {job_id for job_id in running if job_id not in mine}
+            stop = lost | {job.id for job in mine.values() if job.cancel_requested}
             for job in mine.values():
-                # An assignment whose AcquireJob response never reached the worker.
-                unstarted_for = now - _seconds(job.updated_at)
-                if (
-                    job.state == job_pb2.ASSIGNED
-                    and job.id not in running
-                    and unstarted_for > self.lease_timeout_s
-                ):
+                # An assignment whose AcquireJob response never reached the worker, or a
+                # job the worker dropped without a word (it lists a job until it has told
+                # us how the job ended). Quiet for a lease: a fresh assignment or a late
+                # report is not mistaken for one.
+                quiet_for = now - _seconds(job.updated_at)
+                if job.id in running or quiet_for <= self.lease_timeout_s:
+                    continue
+                if job.state == job_pb2.ASSIGNED:
                     self._release(job, f"worker {worker_id} never started the job")
-            return sorted(stop), True
+                else:
+                    self._release(job, f"worker {worker_id} no longer runs the job")
+            return sorted(stop), sorted(lost), True
 
     def acquire(
         self, worker_id: str, wait_s: float, is_active: Callable[[], bool] = lambda: True
@@ -268,13 +314,23 @@ class Scheduler:
                 remaining = deadline - time.monotonic()
                 if job is not None or remaining <= 0 or not is_active():
                     return job
-                # Wakes early on submit/finish; the 1 s cap notices a vanished caller.
-                self._work_available.wait(min(remaining, 1.0))
+                # Wakes early on submit/finish; the 1 s cap notices a vanished caller, and a
+                # retry whose backoff ends sooner is placed when it ends.
+                self._work_available.wait(min(remaining, 1.0, self._next_backoff_end()))
 
     def report(
-        self, worker_id: str, job_id: str, attempt: int, events: Iterable[job_pb2.Event]
+        self,
+        worker_id: str,
+        job_id: str,
+        attempt: int,
+        events: Iterable[job_pb2.Event],
+        batch_seq: int = 0,
     ) -> int:
-        """Stores a worker's events for its current attempt; returns the job's last seq."""
+        """Stores a worker's events for its current attempt; returns the job's last seq.
+
+        A batch_seq already stored for this attempt is a retry and stores nothing; metrics
+        of steps already reported (by an earlier attempt) are dropped (see
+        JobStore.append_report)."""
         events = list(events)
         for i, event in enumerate(events):
             kind = event.WhichOneof("kind")
@@ -297,9 +353,15 @@ class Scheduler:
                     now=now,
                 )
                 self.bus.publish(job_id, event.seq)
-            stored = self.store.append_events(job_id, attempt, events, now=now)
+            stored, duplicate = self.store.append_report(
+                job_id, attempt, batch_seq, events, now=now
+            )
+            if duplicate:
+                log.info(
+                    "job %s: batch %d of attempt %d was stored before", job_id, batch_seq, attempt
+                )
             last_seq = stored[-1].seq if stored else job.last_seq
-            self.bus.publish(job_id, last_seq)
+            self.bus.publish(job_id, last_seq, stored)
             return last_seq
 
     def finish(
@@ -311,7 +373,10 @@ class Scheduler:
         reason: str = "",
         artifacts: dict[str, str] | None = None,
         summary: dict[str, float] | None = None,
+        retryable: bool = False,
     ) -> None:
+        """Ends the worker's attempt. FAILED with `retryable` (the training process crashed)
+        queues the job again while train.max_restarts allows, after a backoff."""
         if state not in TERMINAL_STATES:
             raise InvalidArgument(
                 f"state must be SUCCEEDED, FAILED or CANCELLED, not {state_name(state)}"
@@ -322,7 +387,16 @@ class Scheduler:
                 return  # a retried FinishJob whose first reply was lost
             job = self._owned_job(worker_id, job_id, attempt)
             reason = reason or _DEFAULT_FINISH_REASONS[state].format(worker=worker_id)
+            if state == job_pb2.FAILED and retryable and not job.cancel_requested:
+                self._retry(job, reason)
+                return
             self._finish(job, state, reason, artifacts=artifacts or {}, summary=summary or {})
+
+    def release(self, worker_id: str, job_id: str, attempt: int, reason: str = "") -> None:
+        """The worker gives its attempt back unfinished (draining, preempted): requeue."""
+        with self._lock:
+            job = self._owned_job(worker_id, job_id, attempt)
+            self._release(job, reason or f"released by worker {worker_id}")
 
     # ---- liveness --------------------------------------------------------------------
 
@@ -338,7 +412,12 @@ class Scheduler:
                 log.warning("worker %s lost (no heartbeat for %.1f s)", worker.id, silent_for)
                 self.store.set_worker_state(worker.id, coordinator_pb2.LOST)
                 for job in self.store.active_jobs(worker.id):
-                    self._release(job, "worker lost")
+                    self._release(
+                        job,
+                        "worker lost",
+                        detail=f"worker {worker.id} sent no heartbeat for {silent_for:.1f} s "
+                        f"(lease {self.lease_timeout_s:g} s)",
+                    )
                 lost.append(worker.id)
             if lost:
                 self._explain_waiting()
@@ -346,9 +425,21 @@ class Scheduler:
 
     def _watch_leases(self) -> None:
         period = min(max(self.lease_timeout_s / 4, 0.05), 1.0)
+        last_pass = time.monotonic()
         while not self._closing.wait(period):
             try:
+                stalled_for = time.monotonic() - last_pass
+                last_pass = time.monotonic()
+                if stalled_for > period + self.lease_timeout_s / 2:
+                    # We were stopped or starved (SIGSTOP, swapping, a long GC): the silence
+                    # was ours, not the workers'. Give them a full lease to reach us, as
+                    # after a restart, rather than requeue every running job.
+                    log.warning("lease watch stalled for %.1f s; renewing leases", stalled_for)
+                    self.store.renew_leases(coordinator_pb2.LIVE, self._clock())
+                    continue
                 self.expire_leases()
+                if self._explain_pending:
+                    self._explain_pass()  # outside the lock: see _explain_waiting
             except Exception:  # keep watching: one bad pass must not stop liveness
                 log.exception("lease check failed")
 
@@ -374,9 +465,10 @@ class Scheduler:
         return job
 
     def _place(self, worker: WorkerRecord) -> job_pb2.Job | None:
-        capacity = _Capacity(worker, self.store.active_jobs())
-        for job in self.store.queued_jobs():
-            if not capacity.fits(job):
+        capacity = _Capacity(worker, self.store.active_jobs(worker.id))
+        now = self._clock()
+        for job in self.store.iter_queued():
+            if not capacity.fits(job) or _seconds(job.not_before) > now:
                 continue
             spec = None
             if job.spec.model.source == "job":
@@ -390,7 +482,7 @@ class Scheduler:
                 spec = spec_pb2.JobSpec()
                 spec.CopyFrom(job.spec)
                 spec.model.name = model
-            fields = {"attempt": job.attempt + 1, "worker_id": worker.id}
+            fields = {"attempt": job.attempt + 1, "worker_id": worker.id, "report_batch": 0}
             if spec is not None:
                 fields["spec"] = spec
             job, event = self.store.transition(
@@ -417,15 +509,61 @@ class Scheduler:
         self._explain_waiting()
         self._work_available.notify_all()
 
-    def _release(self, job: job_pb2.Job, reason: str) -> None:
-        """Ends a job whose worker went away."""
+    def _release(self, job: job_pb2.Job, reason: str, *, detail: str = "") -> None:
+        """Queues again a job whose worker went away or gave it back; not a restart."""
         if job.cancel_requested:
             self._finish(job, job_pb2.CANCELLED, f"cancelled by user ({reason} before it stopped)")
             return
-        # Requeueing is a later issue. It would be:
-        #   self.store.transition(job.id, job_pb2.QUEUED, reason, worker_id="")
-        # the next placement bumps the attempt, so the old worker's late reports are stale.
-        self._finish(job, job_pb2.FAILED, reason)
+        self._requeue(
+            job,
+            reason,
+            f"attempt {job.attempt} on worker {job.worker_id} ended: {detail or reason}; "
+            "queued again (not counted against train.max_restarts), the next attempt resumes "
+            "from the newest checkpoint",
+        )
+
+    def _retry(self, job: job_pb2.Job, reason: str) -> None:
+        """A crashed training process: queue again after a backoff, or give up."""
+        limit = job.spec.train.max_restarts
+        if job.restarts >= limit:
+            self._finish(
+                job, job_pb2.FAILED, f"{reason} (no restarts left: train.max_restarts is {limit})"
+            )
+            return
+        restarts = job.restarts + 1
+        delay = min(self.retry_backoff_s * 2 ** (restarts - 1), self.retry_backoff_max_s)
+        self._requeue(
+            job,
+            f"restart {restarts} of {limit} in {delay:g} s: {reason}",
+            f"attempt {job.attempt} on worker {job.worker_id} crashed: {reason}; restart "
+            f"{restarts} of {limit} (train.max_restarts) in {delay:g} s, from the newest "
+            "checkpoint",
+            restarts=restarts,
+            not_before=self._clock() + delay,
+        )
+
+    def _requeue(self, job: job_pb2.Job, reason: str, note: str, **fields) -> None:
+        # The attempt stays; the next placement bumps it, which fences the old one: its
+        # late reports no longer match (and are refused while the job is QUEUED anyway).
+        job, event = self.store.transition(
+            job.id,
+            job_pb2.QUEUED,
+            reason,
+            now=self._clock(),
+            notes=[job_pb2.Event(log=job_pb2.LogLine(level="warning", message=note))],
+            worker_id="",
+            **fields,
+        )
+        self.bus.publish(job.id, event.seq)
+        log.warning("job %s: %s", job.id, note)
+        self._explain_waiting()
+        self._work_available.notify_all()
+
+    def _next_backoff_end(self) -> float:
+        """Seconds until the earliest retry backoff of a queued job ends (inf: none)."""
+        now = self._clock()
+        end = self.store.next_not_before(now)
+        return end - now if end is not None else float("inf")
 
     def _fail_dependents_of(self, source: job_pb2.Job) -> None:
         if source.state not in (job_pb2.FAILED, job_pb2.CANCELLED):
@@ -447,15 +585,37 @@ class Scheduler:
         return source
 
     def _explain_waiting(self) -> None:
-        """Keeps each queued job's reason saying what it waits for."""
+        """Keeps each queued job's reason saying what it waits for.
+
+        A pass reads every worker, active job and queued job. Up to _EXPLAIN_AT_ONCE of them
+        it runs at once, under the lock. A larger fleet is explained by the lease watch, at
+        most once per period and outside the lock: placements must not wait for scans of
+        thousands of rows, and a reason is advice that may lag a second.
+        """
+        if self._explain_size > _EXPLAIN_AT_ONCE:
+            self._explain_pending = True
+            return
+        self._explain_pass()
+
+    def _explain_pass(self) -> None:
+        self._explain_pending = False
         live = [w for w in self.store.list_workers() if w.state == coordinator_pb2.LIVE]
-        active = self.store.active_jobs()
-        capacities = [_Capacity(w, active) for w in live]
+        active: dict[str, list[job_pb2.Job]] = {}
+        for job in self.store.active_jobs():
+            active.setdefault(job.worker_id, []).append(job)
+        self._explain_size = len(live) + sum(map(len, active.values()))
+        capacities = [_Capacity(w, active.get(w.id, ())) for w in live]
         most_free_gpus = max((c.free_gpus for c in capacities), default=0)
         cpu_slot_free = any(not c.cpu_busy for c in capacities)
-        for job in self.store.queued_jobs():
-            need = _gpus(job)
-            source = job.spec.model.job if job.spec.model.source == "job" else ""
+        now = self._clock()
+        queued = self.store.queued_brief()
+        self._explain_size += len(queued)
+        reasons: dict[str, str] = {}
+        needs: dict[str, tuple[int, str]] = {}
+        for job_id, current, spec, not_before in queued:
+            need, source = needs[job_id] = self._needs.get(job_id) or _need(spec)
+            if not_before > now:
+                continue  # its reason says when its restart is due
             source_job = self.store.get_job(source) if source else None
             if source_job is not None and source_job.state != job_pb2.SUCCEEDED:
                 reason = (
@@ -468,8 +628,11 @@ class Scheduler:
                 reason = "waiting for a free worker"
             else:
                 continue
-            if reason != job.reason:
-                self.store.update_job(job.id, reason=reason, now=self._clock())
+            if reason != current:
+                reasons[job_id] = reason
+        self._needs = needs
+        if reasons:
+            self.store.set_reasons(reasons, now=self._clock())
 
     def _new_job_id(self) -> str:
         while True:

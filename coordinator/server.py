@@ -1,5 +1,10 @@
 """Starting and stopping the coordinator: `start_server` for tests and embedding, `serve`
-for `ftctl server`."""
+for `ftctl server`.
+
+Safe by default: without both TLS and tokens the coordinator listens on loopback only;
+any other address needs `insecure=True` (`--insecure`) and logs a warning. With tokens,
+every call is authenticated by `tunefleet.coordinator.auth.AuthInterceptor`.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,15 @@ import logging
 import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
+from tunefleet.client.channel import is_loopback
+from tunefleet.coordinator.auth import AuthInterceptor, RedactBearer, TokenTable
 from tunefleet.coordinator.event_bus import EventBus
+from tunefleet.coordinator.metrics import CoordinatorMetrics
 from tunefleet.coordinator.scheduler import Scheduler
 from tunefleet.coordinator.service import CoordinatorService
 from tunefleet.coordinator.store import JobStore
@@ -20,6 +29,9 @@ from tunefleet.v1 import coordinator_pb2_grpc
 log = logging.getLogger(__name__)
 
 _MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# Per HTTP/2 connection: one client cannot open more concurrent calls than this (each
+# follow or long poll holds a server thread, so a runaway client would starve the rest).
+MAX_CONCURRENT_STREAMS = 64
 
 SERVER_OPTIONS = [
     ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
@@ -29,10 +41,13 @@ SERVER_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
-    # Tolerate clients that ping us (the SDK and workers keep long polls and follows
-    # alive with pings): without these, gRPC answers frequent pings with GOAWAY.
+    # Accept client pings every 5 s or slower, with or without calls in flight. The SDK
+    # and workers ping every 30 s (tests/security checks the two sides agree), so they
+    # never collect a strike; a client pinging faster gets GOAWAY after gRPC's default
+    # 2 strikes, instead of being tolerated forever (a ping flood costs us CPU).
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
-    ("grpc.http2.max_ping_strikes", 0),
+    ("grpc.http2.max_ping_strikes", 2),
+    ("grpc.max_concurrent_streams", MAX_CONCURRENT_STREAMS),
     # gRPC enables SO_REUSEPORT by default: a second coordinator on the same port would
     # silently share the connections (and split the jobs). Fail to bind instead.
     ("grpc.so_reuseport", 0),
@@ -52,7 +67,11 @@ class CoordinatorServer:
         scheduler: Scheduler,
         store: JobStore,
         bus: EventBus,
+        metrics: CoordinatorMetrics | None = None,
+        health=None,
     ):
+        self.metrics = metrics  # .port: where /metrics is served, when it is
+        self._health = health
         self._server = server
         self._executor = executor
         self._host = host
@@ -74,6 +93,8 @@ class CoordinatorServer:
         with self._stop_lock:
             if self._stopped.is_set():
                 return
+            if self._health is not None:  # readiness probes fail from here on
+                self._health.enter_graceful_shutdown()
             self.scheduler.close()
             self.bus.close()
             self._server.stop(grace).wait()
@@ -84,6 +105,8 @@ class CoordinatorServer:
             )
             drain.start()
             drain.join(timeout=5)
+            if self.metrics is not None:
+                self.metrics.close()
             self.store.close()
             self._stopped.set()
             log.info("coordinator on %s stopped", self.address)
@@ -97,6 +120,50 @@ class CoordinatorServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """The coordinator's TLS: its certificate chain and key (PEM files), and optionally the
+    CA whose client certificates it requires (mutual TLS).
+
+    gRPC Python can only require client certificates of every connection or of none, so
+    with `client_ca_file` users' clients need certificates too, not just workers.
+    """
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+
+    def credentials(self) -> grpc.ServerCredentials:
+        def read(path: Path) -> bytes:
+            try:
+                return Path(path).read_bytes()
+            except OSError as exc:
+                raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+
+        client_ca = read(self.client_ca_file) if self.client_ca_file else None
+        return grpc.ssl_server_credentials(
+            [(read(self.key_file), read(self.cert_file))],
+            root_certificates=client_ca,
+            require_client_auth=client_ca is not None,
+        )
+
+
+def check_exposure(host: str, *, tls: bool, tokens: bool, insecure: bool) -> str | None:
+    """Refuses (ValueError) a non-loopback listen address without TLS and tokens unless
+    `insecure`; returns the warning to give when it is allowed that way."""
+    if is_loopback(host) or (tls and tokens):
+        return None
+    missing = " and ".join(w for w, ok in (("TLS", tls), ("tokens", tokens)) if not ok)
+    where = host or "all interfaces"
+    if not insecure:
+        raise ValueError(
+            f"refusing to listen on {where} without {missing}: anyone who can reach it could "
+            "submit jobs that read and write files on the workers. Give --tls-cert/--tls-key and "
+            "--tokens, listen on 127.0.0.1, or pass --insecure if the network is trusted"
+        )
+    return f"listening on {where} without {missing} (--insecure): the network must be trusted"
 
 
 def _split_listen(listen: str) -> tuple[str, str]:
@@ -114,13 +181,33 @@ def start_server(
     lease_timeout_s: float = 10.0,
     check_paths: bool = True,
     max_workers: int = 32,
+    metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
+    tls: ServerTls | None = None,
+    tokens: TokenTable | None = None,
+    insecure: bool = False,
+    max_concurrent_rpcs: int | None = None,
 ) -> CoordinatorServer:
     """Starts a coordinator serving on `listen` (port 0 picks a free port) and returns it.
 
     Each long-polling worker and each follower holds one of the `max_workers` server
-    threads while it waits.
+    threads while it waits. With `metrics_port` (0 = any free port), Prometheus metrics are
+    served on http://metrics_host:port/metrics.
+
+    With `tls`, the port speaks only TLS; with `tokens`, every call needs a token (see
+    tunefleet.coordinator.auth). Without both, `listen` must be a loopback address unless
+    `insecure` (ValueError otherwise). `max_concurrent_rpcs` (default 4 x max_workers) caps
+    the calls in progress or queued for a thread; more get RESOURCE_EXHAUSTED rather than
+    an unbounded queue.
     """
+    # Imported here so that `python -m tunefleet.coordinator.health` (the probe) runs cleanly.
+    from tunefleet.coordinator.health import add_health_service
+
     host, _ = _split_listen(listen)
+    warning = check_exposure(
+        host, tls=tls is not None, tokens=tokens is not None, insecure=insecure
+    )
+    credentials = tls.credentials() if tls is not None else None  # unreadable files fail here
     store = JobStore(db_path)
     bus = EventBus()
     scheduler = Scheduler(
@@ -131,12 +218,25 @@ def start_server(
         check_paths=check_paths,
     )
     executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="tunefleet-rpc")
-    server = grpc.server(executor, options=SERVER_OPTIONS)
+    metrics = CoordinatorMetrics(scheduler, store.path)
+    interceptors = [metrics.interceptor]
+    if tokens is not None:
+        interceptors.append(AuthInterceptor(tokens))
+    server = grpc.server(
+        executor,
+        options=SERVER_OPTIONS,
+        interceptors=interceptors,
+        maximum_concurrent_rpcs=max_concurrent_rpcs or 4 * max_workers,
+    )
     coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
         CoordinatorService(scheduler, store, bus), server
     )
+    health = add_health_service(server)
     try:
-        port = server.add_insecure_port(listen)
+        if credentials is not None:
+            port = server.add_secure_port(listen, credentials)
+        else:
+            port = server.add_insecure_port(listen)
     except RuntimeError as exc:
         port = 0
         cause = exc
@@ -146,10 +246,29 @@ def start_server(
         executor.shutdown(wait=False)
         store.close()
         raise RuntimeError(f"cannot listen on {listen} (address in use?)") from cause
+    if metrics_port is not None:
+        try:
+            metrics.serve(metrics_host, metrics_port)
+        except RuntimeError:
+            server.stop(None)
+            executor.shutdown(wait=False)
+            store.close()
+            raise
     server.start()
     scheduler.start()
     client_host = "127.0.0.1" if host in ("", "0.0.0.0", "[::]", "::") else host
-    log.info("coordinator listening on %s:%d (db %s)", client_host, port, store.path)
+    log.info(
+        "coordinator listening on %s:%d (db %s; %s, %s)",
+        client_host,
+        port,
+        store.path,
+        "TLS" + (" with client certificates" if tls and tls.client_ca_file else "")
+        if tls
+        else "plaintext",
+        f"{len(tokens)} tokens" if tokens is not None else "no authentication",
+    )
+    if warning:
+        log.warning("%s", warning)
     return CoordinatorServer(
         server=server,
         executor=executor,
@@ -158,6 +277,8 @@ def start_server(
         scheduler=scheduler,
         store=store,
         bus=bus,
+        metrics=metrics,
+        health=health,
     )
 
 
@@ -172,6 +293,8 @@ def serve(
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactBearer())
     stop_requested = threading.Event()
     previous = {
         sig: signal.signal(sig, lambda *_: stop_requested.set())
@@ -182,6 +305,9 @@ def serve(
         print(
             f"tunefleet coordinator listening on {server.address} (db {Path(db_path)})", flush=True
         )
+        if server.metrics is not None and server.metrics.port is not None:
+            metrics_host = options.get("metrics_host", "127.0.0.1")
+            print(f"metrics on http://{metrics_host}:{server.metrics.port}/metrics", flush=True)
         try:
             while not stop_requested.wait(1.0):
                 pass

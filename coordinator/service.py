@@ -13,7 +13,14 @@ import socket
 
 import grpc
 
-from tunefleet.coordinator.errors import CoordinatorError, InvalidArgument, Unavailable
+from tunefleet.coordinator import auth
+from tunefleet.coordinator.errors import (
+    CoordinatorError,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    invalid_spec,
+)
 from tunefleet.coordinator.event_bus import EventBus
 from tunefleet.coordinator.scheduler import Scheduler
 from tunefleet.coordinator.store import JobStore
@@ -70,41 +77,72 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
     def SubmitJob(self, request, context):
         if not request.HasField("spec"):
             raise InvalidArgument("SubmitJobRequest.spec is required")
-        return self.scheduler.submit(request.spec, request.idempotency_key)
+        principal = auth.caller(context)
+        key = request.idempotency_key
+        if key and principal is not None:
+            key = f"{principal.name}/{key}"  # one caller's key never returns another's job
+        model = request.spec.model
+        if model.source == "job" and model.job:
+            source = self.store.get_job(model.job)
+            if source is not None and not auth.may_see(principal, source.submitter):
+                # Starting from another user's model would hand it over: as if it did not exist.
+                raise invalid_spec([("model.job", f"job {model.job} not found")])
+        return self.scheduler.submit(
+            request.spec, key, submitter=principal.name if principal else ""
+        )
 
     @_unary
     def GetJob(self, request, context):
-        return self.scheduler.get_job(request.job_id)
+        return self._visible_job(context, request.job_id)
 
     @_unary
     def ListJobs(self, request, context):
-        jobs = self.store.list_jobs(request.states, request.limit)
+        principal = auth.caller(context)
+        mine = principal.name if principal and principal.role is not auth.Role.ADMIN else None
+        jobs = self.store.list_jobs(request.states, request.limit, submitter=mine)
         return coordinator_pb2.ListJobsResponse(jobs=jobs)
 
     @_unary
     def CancelJob(self, request, context):
+        self._visible_job(context, request.job_id)
         return self.scheduler.cancel(request.job_id, request.reason)
+
+    def _visible_job(self, context, job_id: str):
+        """The job, if the caller may see it. Another user's job is NOT_FOUND, with the same
+        message as a missing one, so job ids cannot be probed (see coordinator/auth.py)."""
+        job = self.scheduler.get_job(job_id)
+        if not auth.may_see(auth.caller(context), job.submitter):
+            raise NotFound(f"job {job_id} not found")
+        return job
 
     @_streaming
     def StreamEvents(self, request, context):
         job_id = request.job_id
-        self.scheduler.get_job(job_id)  # NOT_FOUND before anything is streamed
+        self._visible_job(context, job_id)  # NOT_FOUND before anything is streamed
         # Subscribe before the first read: see event_bus for why nothing can be missed.
         with self.bus.subscribe(job_id) as subscription:
             context.add_callback(subscription.close)  # the client went away or we stop
             seq = request.after_seq
             while context.is_active():
-                batch = self.store.events_after(job_id, seq, _REPLAY_BATCH)
+                # Live events from the bus's buffer; a replay or a gap from the store.
+                batch = self.bus.recent(job_id, seq, _REPLAY_BATCH)
+                if batch is None:
+                    batch = self.store.events_after(job_id, seq, _REPLAY_BATCH)
+                state_changed = False
                 for event in batch:
                     yield event
                     seq = event.seq
+                    state_changed |= event.HasField("state_change")
                 if len(batch) == _REPLAY_BATCH:
                     continue
                 if not request.follow:
                     return
-                job = self.scheduler.get_job(job_id)
-                if is_terminal(job.state) and seq >= job.last_seq:
-                    return
+                # A job ends with a state change event, so it can only have ended when we
+                # just sent one or have nothing new (saves a job read per batch).
+                if not batch or state_changed:
+                    job = self.scheduler.get_job(job_id)
+                    if is_terminal(job.state) and seq >= job.last_seq:
+                        return
                 if self.bus.closed:
                     raise Unavailable("the coordinator is shutting down; follow again later")
                 if subscription.closed:
@@ -113,7 +151,18 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
 
     @_unary
     def ListWorkers(self, request, context):
-        return coordinator_pb2.ListWorkersResponse(workers=self.scheduler.list_workers())
+        workers = self.scheduler.list_workers()
+        principal = auth.caller(context)
+        if principal is not None and principal.role is not auth.Role.ADMIN:
+            for worker in workers:  # a user sees capacity, but only its own jobs' ids
+                own = [j for j in worker.job_ids if self._may_see_id(principal, j)]
+                del worker.job_ids[:]
+                worker.job_ids.extend(own)
+        return coordinator_pb2.ListWorkersResponse(workers=workers)
+
+    def _may_see_id(self, principal, job_id: str) -> bool:
+        job = self.store.get_job(job_id)
+        return job is not None and auth.may_see(principal, job.submitter)
 
     # ---- worker API ------------------------------------------------------------------
 
@@ -133,8 +182,10 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
 
     @_unary
     def Heartbeat(self, request, context):
-        cancel, known = self.scheduler.heartbeat(request.worker_id, request.running_job_ids)
-        return coordinator_pb2.HeartbeatResponse(cancel_job_ids=cancel, known=known)
+        cancel, lost, known = self.scheduler.heartbeat(request.worker_id, request.running_job_ids)
+        return coordinator_pb2.HeartbeatResponse(
+            cancel_job_ids=cancel, lost_job_ids=lost, known=known
+        )
 
     @_unary
     def AcquireJob(self, request, context):
@@ -148,7 +199,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
     @_unary
     def ReportEvents(self, request, context):
         last_seq = self.scheduler.report(
-            request.worker_id, request.job_id, request.attempt, request.events
+            request.worker_id, request.job_id, request.attempt, request.events, request.batch_seq
         )
         return coordinator_pb2.ReportEventsResponse(last_seq=last_seq)
 
@@ -162,8 +213,14 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
             request.reason,
             artifacts=dict(request.artifacts),
             summary=dict(request.summary),
+            retryable=request.retryable,
         )
         return coordinator_pb2.FinishJobResponse()
+
+    @_unary
+    def ReleaseJob(self, request, context):
+        self.scheduler.release(request.worker_id, request.job_id, request.attempt, request.reason)
+        return coordinator_pb2.ReleaseJobResponse()
 
 
 def _peer_host(context) -> str:

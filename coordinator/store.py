@@ -69,8 +69,24 @@ CREATE TABLE IF NOT EXISTS workers (
 
 _JOB_COLUMNS = (
     "id, spec, state, reason, attempt, created_at, started_at, finished_at, updated_at, "
-    "worker_id, artifacts, summary, last_seq, cancel_requested"
+    "worker_id, artifacts, summary, last_seq, cancel_requested, submitter, restarts, not_before"
 )
+
+# Columns added after schema version 1 shipped; older databases gain them in place.
+_ADDED_JOB_COLUMNS = {
+    "submitter": "TEXT NOT NULL DEFAULT ''",
+    # Crash restarts so far (train.max_restarts caps them) and, while a retry backs off,
+    # the time before which the job is not placed.
+    "restarts": "INTEGER NOT NULL DEFAULT 0",
+    "not_before": "REAL NOT NULL DEFAULT 0",
+    # The last ReportEvents batch_seq stored for the current attempt: a retried batch
+    # (its reply was lost, e.g. in a coordinator crash) is recognised and not stored twice.
+    "report_batch": "INTEGER NOT NULL DEFAULT 0",
+    # {"train": step, "eval": step}: the highest metrics step stored per phase, over all
+    # attempts. A resumed attempt replays the steps after its checkpoint; metrics the
+    # user already saw are not stored again (see append_report).
+    "metric_steps": "TEXT NOT NULL DEFAULT '{}'",
+}
 
 ACTIVE_STATES = (job_pb2.ASSIGNED, job_pb2.RUNNING)
 
@@ -106,6 +122,9 @@ def _job_from_row(row: tuple) -> job_pb2.Job:
         summary,
         last_seq,
         cancel_requested,
+        submitter,
+        restarts,
+        not_before,
     ) = row
     job = job_pb2.Job(
         id=job_id,
@@ -118,7 +137,10 @@ def _job_from_row(row: tuple) -> job_pb2.Job:
         summary=json.loads(summary),
         last_seq=last_seq,
         cancel_requested=bool(cancel_requested),
+        submitter=submitter,
+        restarts=restarts,
     )
+    _set_time(job.not_before, not_before or None)
     _set_time(job.created_at, created_at)
     _set_time(job.started_at, started_at)
     _set_time(job.finished_at, finished_at)
@@ -149,6 +171,9 @@ _FIELD_ENCODERS = {
     "summary": lambda d: json.dumps(dict(d), sort_keys=True),
     "cancel_requested": int,
     "spec": lambda s: s.SerializeToString(),
+    "restarts": int,
+    "not_before": float,
+    "report_batch": int,
 }
 
 
@@ -175,6 +200,10 @@ class JobStore:
                 f"{SCHEMA_VERSION}"
             )
         self._conn.executescript(_SCHEMA + f"PRAGMA user_version={SCHEMA_VERSION};")
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(jobs)")}
+        for name, declaration in _ADDED_JOB_COLUMNS.items():
+            if name not in columns:
+                self._conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {declaration}")
 
     def close(self) -> None:
         with self._lock:
@@ -205,6 +234,7 @@ class JobStore:
         reason: str,
         idempotency_key: str = "",
         source_job: str = "",
+        submitter: str = "",
         now: float | None = None,
     ) -> tuple[job_pb2.Job, job_pb2.Event]:
         """Creates a QUEUED job and its first state_change event (seq 1)."""
@@ -212,7 +242,7 @@ class JobStore:
         with self._tx() as db:
             db.execute(
                 "INSERT INTO jobs (id, spec, state, reason, priority, created_at, updated_at, "
-                "idempotency_key, source_job) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "idempotency_key, source_job, submitter) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job_id,
                     spec.SerializeToString(),
@@ -223,17 +253,30 @@ class JobStore:
                     now,
                     idempotency_key or None,
                     source_job,
+                    submitter,
                 ),
             )
             event = self._append_state_change(db, job_id, 0, job_pb2.QUEUED, reason, now)
             return self._get_job(db, job_id), event
 
     def transition(
-        self, job_id: str, state: int, reason: str, *, now: float | None = None, **fields
+        self,
+        job_id: str,
+        state: int,
+        reason: str,
+        *,
+        now: float | None = None,
+        notes: Iterable[job_pb2.Event] = (),
+        **fields,
     ) -> tuple[job_pb2.Job, job_pb2.Event]:
-        """Moves a job to `state` and appends the matching state_change event, atomically."""
+        """Moves a job to `state` and appends the matching state_change event, atomically.
+        `notes` (log events explaining the change) are stored just before it, with the
+        attempt they are about."""
         now = time.time() if now is None else now
         with self._tx() as db:
+            (attempt,) = db.execute("SELECT attempt FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            for note in notes:
+                self._append(db, job_id, attempt, note, now)
             self._update(db, job_id, now, dict(fields, reason=reason), state=state)
             (attempt,) = db.execute("SELECT attempt FROM jobs WHERE id = ?", (job_id,)).fetchone()
             event = self._append_state_change(db, job_id, attempt, state, reason, now)
@@ -257,10 +300,52 @@ class JobStore:
         """Stores events with the next seqs; returns them as stored (job_id/seq/attempt set)."""
         now = time.time() if now is None else now
         with self._tx() as db:
-            stored = [self._append(db, job_id, attempt, event, now) for event in events]
+            stored = self._append_many(db, job_id, attempt, events, now)
             if stored:
                 db.execute("UPDATE jobs SET updated_at = ? WHERE id = ?", (now, job_id))
             return stored
+
+    def append_report(
+        self,
+        job_id: str,
+        attempt: int,
+        batch_seq: int,
+        events: Iterable[job_pb2.Event],
+        *,
+        now: float | None = None,
+    ) -> tuple[list[job_pb2.Event], bool]:
+        """Stores a worker's batch of events; returns (the events stored, whether the batch
+        was a retry of one already stored and so stored nothing).
+
+        A metrics event whose step is not above the highest step of its phase stored so
+        far is dropped: after a resume, the new attempt replays the steps between its
+        checkpoint and where the previous attempt stopped, and a follower must not see a
+        step twice. Within one attempt the steps of a phase only grow, so nothing else is
+        ever dropped. Deduplication and the step high-water mark change in the same
+        transaction as the events, so a crash cannot separate them.
+        """
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            last_batch, marks = db.execute(
+                "SELECT report_batch, metric_steps FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
+            if 0 < batch_seq <= last_batch:
+                return [], True
+            steps: dict[str, int] = json.loads(marks)
+            kept = []
+            for event in events:
+                if event.WhichOneof("kind") == "metrics":
+                    phase, step = event.metrics.phase, event.metrics.step
+                    if phase in steps and step <= steps[phase]:
+                        continue
+                    steps[phase] = step
+                kept.append(event)
+            stored = self._append_many(db, job_id, attempt, kept, now)
+            db.execute(
+                "UPDATE jobs SET report_batch = ?, metric_steps = ?, updated_at = ? WHERE id = ?",
+                (max(batch_seq, last_batch), json.dumps(steps, sort_keys=True), now, job_id),
+            )
+            return stored, False
 
     def get_job(self, job_id: str) -> job_pb2.Job | None:
         with self._lock:
@@ -270,13 +355,21 @@ class JobStore:
         rows = self._query(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE idempotency_key = ?", (key,))
         return _job_from_row(rows[0]) if rows else None
 
-    def list_jobs(self, states: Iterable[int] = (), limit: int = 0) -> list[job_pb2.Job]:
-        """Newest first; all states when `states` is empty; all jobs when limit <= 0."""
+    def list_jobs(
+        self, states: Iterable[int] = (), limit: int = 0, *, submitter: str | None = None
+    ) -> list[job_pb2.Job]:
+        """Newest first; all states when `states` is empty; all jobs when limit <= 0; only
+        `submitter`'s jobs when given."""
         states = list(states)
-        where = f"WHERE state IN ({','.join('?' * len(states))})" if states else ""
+        conditions = [f"state IN ({','.join('?' * len(states))})"] if states else []
+        args: list = list(states)
+        if submitter is not None:
+            conditions.append("submitter = ?")
+            args.append(submitter)
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
         rows = self._query(
             f"SELECT {_JOB_COLUMNS} FROM jobs {where} ORDER BY created_at DESC, rowid DESC LIMIT ?",
-            [*states, limit if limit > 0 else -1],
+            [*args, limit if limit > 0 else -1],
         )
         return [_job_from_row(r) for r in rows]
 
@@ -288,6 +381,49 @@ class JobStore:
             (job_pb2.QUEUED,),
         )
         return [_job_from_row(r) for r in rows]
+
+    def iter_queued(self, page: int = 16) -> Iterator[job_pb2.Job]:
+        """queued_jobs(), decoded a page at a time: a placement usually takes one of the
+        first jobs, and must not decode a queue of thousands to find it."""
+        offset = 0
+        while True:
+            rows = self._query(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = ? "
+                "ORDER BY priority DESC, created_at ASC, rowid ASC LIMIT ? OFFSET ?",
+                (job_pb2.QUEUED, page, offset),
+            )
+            yield from (_job_from_row(r) for r in rows)
+            if len(rows) < page:
+                return
+            offset += page
+
+    def queued_brief(self) -> list[tuple[str, str, bytes, float]]:
+        """(id, reason, serialized spec, not_before) of the QUEUED jobs in placement order:
+        what explaining waits needs, for a fraction of the cost of decoding whole jobs."""
+        rows = self._query(
+            "SELECT id, reason, spec, not_before FROM jobs WHERE state = ? "
+            "ORDER BY priority DESC, created_at ASC, rowid ASC",
+            (job_pb2.QUEUED,),
+        )
+        return [(i, r, b, t or 0.0) for i, r, b, t in rows]
+
+    def next_not_before(self, now: float) -> float | None:
+        """The earliest not_before after `now` of a QUEUED job (a retry backing off)."""
+        ((end,),) = self._query(
+            "SELECT MIN(not_before) FROM jobs WHERE state = ? AND not_before > ?",
+            (job_pb2.QUEUED, now),
+        )
+        return end
+
+    def set_reasons(self, reasons: dict[str, str], *, now: float | None = None) -> None:
+        """Sets the reasons of jobs that are still QUEUED, in one transaction (one commit, not
+        one per job)."""
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE jobs SET reason = ?, updated_at = ? WHERE id = ? AND state = ?",
+                [(reason, now, job_id, job_pb2.QUEUED) for job_id, reason in reasons.items()],
+            )
 
     def active_jobs(self, worker_id: str | None = None) -> list[job_pb2.Job]:
         """ASSIGNED and RUNNING jobs, of one worker or of all."""
@@ -398,23 +534,44 @@ class JobStore:
     def _append(
         db: sqlite3.Connection, job_id: str, attempt: int, event: job_pb2.Event, now: float
     ) -> job_pb2.Event:
+        return JobStore._append_many(db, job_id, attempt, [event], now)[0]
+
+    @staticmethod
+    def _append_many(
+        db: sqlite3.Connection,
+        job_id: str,
+        attempt: int,
+        events: Iterable[job_pb2.Event],
+        now: float,
+    ) -> list[job_pb2.Event]:
+        """Stores events with the next seqs: the job row is read and written once for all
+        of them, and the rows go in with one executemany (a batch of 100 metrics events
+        costs about what one event did)."""
         (last_seq,) = db.execute("SELECT last_seq FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        stored = job_pb2.Event()
-        stored.CopyFrom(event)
-        stored.job_id = job_id
-        stored.seq = last_seq + 1
-        stored.attempt = attempt
-        if not stored.HasField("time"):
-            _set_time(stored.time, now)
-        db.execute(
-            "INSERT INTO events (job_id, seq, attempt, time, blob) VALUES (?, ?, ?, ?, ?)",
-            (
-                job_id,
-                stored.seq,
-                attempt,
-                stored.time.ToNanoseconds() / 1e9,
-                stored.SerializeToString(),
-            ),
-        )
-        db.execute("UPDATE jobs SET last_seq = ? WHERE id = ?", (stored.seq, job_id))
-        return stored
+        stored_events, rows = [], []
+        for event in events:
+            last_seq += 1
+            stored = job_pb2.Event()
+            stored.CopyFrom(event)
+            stored.job_id = job_id
+            stored.seq = last_seq
+            stored.attempt = attempt
+            if not stored.HasField("time"):
+                _set_time(stored.time, now)
+            stored_events.append(stored)
+            rows.append(
+                (
+                    job_id,
+                    stored.seq,
+                    attempt,
+                    stored.time.ToNanoseconds() / 1e9,
+                    stored.SerializeToString(),
+                )
+            )
+        if rows:
+            db.executemany(
+                "INSERT INTO events (job_id, seq, attempt, time, blob) VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
+            db.execute("UPDATE jobs SET last_seq = ? WHERE id = ?", (last_seq, job_id))
+        return stored_events

@@ -1,6 +1,19 @@
 """WorkerDaemon: registers with the coordinator, keeps its lease, and runs the jobs it is
 given, one at a time.
 
+Leases and fencing: the coordinator requeues the jobs of a worker whose heartbeats stop
+for lease_timeout_s. We hold our side of that bargain: when no heartbeat got through for a
+whole lease (counted from when the last good one was *sent*, which is no later than the
+coordinator received it), the job may already run elsewhere, so the training process is
+killed at once, before it can write another checkpoint into the shared out dir. A worker
+that was paused (SIGSTOP, a frozen VM) does the same the moment it runs again; its late
+reports are refused anyway (the attempt number is the fencing token).
+
+stop() (SIGTERM, Ctrl-C) drains: the engine gets SIGTERM, finishes its step, writes a
+checkpoint and exits 75; we release the job (ReleaseJob: queued again, not counted as a
+restart) and return. Heartbeats go on meanwhile so the lease holds. A second stop() kills
+at once. A training process never outlives us: it dies with the worker (PDEATHSIG).
+
 Three things happen concurrently: the main loop (AcquireJob long poll, then the job's
 JobRunner), a heartbeat thread (renews the lease, learns which jobs to cancel), and
 `stop()` from a signal handler. The coordinator may be unreachable at any moment (restart,
@@ -9,6 +22,7 @@ network): every call retries with backoff, and nothing but `stop()` ends the dae
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import socket
@@ -18,8 +32,12 @@ from pathlib import Path
 
 import grpc
 
+from tunefleet.client.channel import ChannelSecurity, open_channel
+from tunefleet.logging_setup import job_log_context
 from tunefleet.v1 import coordinator_pb2, coordinator_pb2_grpc, job_pb2
+from tunefleet.worker.artifact_store import ArtifactStore, publish_artifacts
 from tunefleet.worker.job_runner import CommandFactory, JobOutcome, JobRunner
+from tunefleet.worker.path_policy import PathPolicy
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +49,11 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
+    # Reconnect quickly after a coordinator restart: gRPC's default backoff grows to 2
+    # minutes, and a lease is only seconds long.
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
 ]
 
 # Failures that say "try again later", as opposed to "this request is wrong".
@@ -46,7 +69,7 @@ RETRYABLE = frozenset(
 _NOT_OURS = frozenset({grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND})
 
 _RPC_TIMEOUT_S = 30.0
-_MAX_BACKOFF_S = 5.0
+_MAX_BACKOFF_S = 2.0  # a restarting coordinator is back in seconds
 # After stop(), how long we keep trying to tell the coordinator how the job ended.
 _STOP_PATIENCE_S = 10.0
 
@@ -79,6 +102,10 @@ class WorkerDaemon:
         worker_id: str | None = None,
         poll_s: float = 5.0,
         command_factory: CommandFactory | None = None,
+        security: ChannelSecurity | None = None,
+        allowed_roots: tuple[str | Path, ...] = (),
+        artifacts_uri: str | None = None,
+        drain_grace_s: float = 30.0,
     ):
         """
         Args:
@@ -89,6 +116,13 @@ class WorkerDaemon:
             worker_id: a stable id across restarts; the coordinator assigns one when None.
             poll_s: how long one AcquireJob long poll waits for work.
             command_factory: builds the training command; default: the engine's launcher.
+            security: TLS and token for the coordinator (default: plaintext, no token).
+            allowed_roots: folders job paths must stay in (see worker/path_policy.py);
+                empty = unrestricted.
+            artifacts_uri: an fsspec URL (s3://bucket/prefix...) where succeeded jobs' final
+                artifacts are uploaded (see tunefleet.worker.artifact_store).
+            drain_grace_s: on stop(), how long the training process has to checkpoint and
+                exit before it is killed.
         """
         self.coordinator = coordinator
         self.artifacts_root = Path(artifacts_root).resolve()
@@ -97,15 +131,24 @@ class WorkerDaemon:
         self.worker_id = worker_id or ""
         self.poll_s = poll_s
         self.command_factory = command_factory
+        self.artifact_store = ArtifactStore(artifacts_uri) if artifacts_uri else None
+        self.drain_grace_s = drain_grace_s
         self.heartbeat_interval_s = 2.0
+        self.lease_timeout_s = 10.0
+        self._lease_until = 0.0  # time.monotonic() when our lease may have run out
         self._gpu_name = ""
-        self._stopping = threading.Event()
+        self._stopping = threading.Event()  # no new jobs; drain the running one
+        self._stopped = threading.Event()  # run() is over: heartbeats end too
+        self._stop_count = 0
         self._lock = threading.Lock()
         self._register_lock = threading.Lock()
         self._runner: JobRunner | None = None
         self._acquire_call: grpc.Future | None = None
         self._failing: set[str] = set()  # RPCs failing right now, to log each outage once
-        self._channel = grpc.insecure_channel(coordinator, options=CHANNEL_OPTIONS)
+        self._channel = open_channel(coordinator, CHANNEL_OPTIONS, security)
+        self.path_policy = PathPolicy(
+            allowed_roots, always_allowed=[self.artifacts_root], cwd=self.work_root
+        )
         self._stub = coordinator_pb2_grpc.CoordinatorStub(self._channel)
 
     # ---- lifecycle ---------------------------------------------------------------------
@@ -132,31 +175,45 @@ class WorkerDaemon:
                     self._stopping.wait(backoff.next())
                     continue
                 if assignment is not None:
-                    self._run_job(assignment)
+                    with job_log_context(assignment.job.id, assignment.attempt):
+                        self._run_job(assignment)
         finally:
             self._stopping.set()
+            self._stopped.set()
             if heartbeat.is_alive():
                 heartbeat.join(timeout=5)
             self._channel.close()
             log.info("worker %s stopped", self.worker_id or "(unregistered)")
 
     def stop(self) -> None:
-        """Ends run(): kills a running job (reported FAILED "worker stopped").
+        """Ends run() after draining: a running job checkpoints, stops and is released to
+        run elsewhere (within drain_grace_s). Calling it again kills the job at once.
 
         Thread-safe, and safe to call from a signal handler: the handler may have
         interrupted the main thread while it held a lock, so the work is done on a helper
         thread and stop() itself takes no lock.
         """
-        threading.Thread(target=self._stop_now, name="tunefleet-stop", daemon=True).start()
+        self._stop_count += 1
+        hard = self._stop_count > 1
+        threading.Thread(
+            target=self._stop_now, args=(hard,), name="tunefleet-stop", daemon=True
+        ).start()
 
-    def _stop_now(self) -> None:
+    def _stop_now(self, hard: bool) -> None:
         self._stopping.set()
         with self._lock:
             runner, call = self._runner, self._acquire_call
         if runner is not None:
-            runner.stop("worker stopped")
+            log.info("job %s: %s", runner.job_id, "killing it" if hard else "draining")
+            runner.drain(self._drain_reason(), hard=hard)
         if call is not None:
             call.cancel()
+
+    def _drain_reason(self) -> str:
+        return f"worker {self.worker_id} is shutting down (drained)"
+
+    def _lease_valid(self) -> bool:
+        return time.monotonic() < self._lease_until
 
     @property
     def running_job_id(self) -> str | None:
@@ -176,6 +233,7 @@ class WorkerDaemon:
                 request = coordinator_pb2.RegisterWorkerRequest(
                     worker_id=self.worker_id, hostname=socket.gethostname(), resources=resources
                 )
+                sent_at = time.monotonic()
                 try:
                     response = self._stub.RegisterWorker(request, timeout=_RPC_TIMEOUT_S)
                 except grpc.RpcError as exc:
@@ -185,6 +243,8 @@ class WorkerDaemon:
                 self._rpc_ok("RegisterWorker")
                 self.worker_id = response.worker_id
                 self.heartbeat_interval_s = response.heartbeat_interval_s or 2.0
+                self.lease_timeout_s = response.lease_timeout_s or 10.0
+                self._lease_until = sent_at + self.lease_timeout_s
                 log.info(
                     "registered with %s as %s (%d GPUs)",
                     self.coordinator,
@@ -245,11 +305,15 @@ class WorkerDaemon:
                     self._stopping.wait(backoff.next())
 
     def _heartbeat_loop(self) -> None:
-        while not self._stopping.wait(self.heartbeat_interval_s):
-            running = self.running_job_id
+        # Until run() ends, not until stop(): a draining job needs its lease to hold.
+        while not self._stopped.wait(self.heartbeat_interval_s):
+            with self._lock:
+                runner = self._runner  # the verdicts below are about this one
+            running = runner.job_id if runner else None
             request = coordinator_pb2.HeartbeatRequest(
                 worker_id=self.worker_id, running_job_ids=[running] if running else []
             )
+            sent_at = time.monotonic()
             try:
                 response = self._stub.Heartbeat(
                     request, timeout=max(self.heartbeat_interval_s, 5.0)
@@ -258,22 +322,37 @@ class WorkerDaemon:
                 self._log_rpc_failure("Heartbeat", exc)
                 continue
             self._rpc_ok("Heartbeat")
-            if not response.known:
+            lost = set(response.lost_job_ids) if response.known else {running}
+            # A runner that is done is telling the coordinator how it ended: leave it be.
+            if runner is not None and not runner.done:
+                if runner.job_id in lost:
+                    log.warning(
+                        "job %s attempt %d is no longer ours (the coordinator requeued it); "
+                        "killing its training process",
+                        runner.job_id,
+                        runner.attempt,
+                    )
+                    runner.abandon()
+                elif runner.job_id in response.cancel_job_ids:
+                    log.info("job %s: cancel requested by the coordinator", runner.job_id)
+                    runner.cancel()
+            if response.known:
+                self._lease_until = sent_at + self.lease_timeout_s
+            else:
                 log.warning(
                     "the coordinator no longer knows worker %s; registering again", self.worker_id
                 )
                 self._register()
-            for job_id in response.cancel_job_ids:
-                with self._lock:
-                    runner = self._runner
-                if runner is not None and runner.job_id == job_id:
-                    log.info("job %s: cancel requested by the coordinator", job_id)
-                    runner.cancel()
 
     # ---- one job -----------------------------------------------------------------------
 
     def _run_job(self, assignment: coordinator_pb2.Assignment) -> None:
         job, attempt = assignment.job, assignment.attempt
+        refused = self.path_policy.check(job.spec)
+        if refused is not None:  # before anything reads or writes those paths
+            log.warning("job %s: %s", job.id, refused)
+            self._finish(job.id, attempt, JobOutcome(job_pb2.FAILED, refused))
+            return
         out_dir = Path(job.spec.output.dir) if job.spec.output.dir else self.artifacts_root / job.id
         runner = JobRunner(
             job,
@@ -282,28 +361,47 @@ class WorkerDaemon:
             out_dir=out_dir,
             cwd=self.work_root,
             command_factory=self.command_factory,
+            drain_grace_s=self.drain_grace_s,
+            lease_valid=self._lease_valid,
         )
         with self._lock:
             self._runner = runner
         if self._stopping.is_set():  # stop() may have missed the runner
-            runner.stop("worker stopped")
+            runner.drain(self._drain_reason())
         log.info("job %s attempt %d: running in %s", job.id, attempt, out_dir)
+        batches = itertools.count(1)  # ReportEvents.batch_seq: retries resend the same one
+
+        def report(events: list[job_pb2.Event]) -> bool:
+            return self._report(job.id, attempt, events, next(batches))
+
         try:
-            outcome = runner.run(lambda events: self._report(job.id, attempt, events))
+            outcome = runner.run(report)
+            outcome = publish_artifacts(self.artifact_store, job.id, out_dir, outcome, report)
         except Exception as exc:  # a bug of ours must not take the daemon down
             log.exception("job %s: the runner failed", job.id)
             outcome = JobOutcome(
                 job_pb2.FAILED, f"internal error on worker {self.worker_id}: {exc}"
             )
+        # Heartbeats list the job until the coordinator knows how it ended: a job its worker
+        # stops listing is written off after a lease.
+        try:
+            if outcome is not None and outcome.state == job_pb2.QUEUED:
+                self._release(job.id, attempt, outcome.reason)
+            elif outcome is not None:
+                self._finish(job.id, attempt, outcome)
         finally:
             with self._lock:
                 self._runner = None
-        if outcome is not None:
-            self._finish(job.id, attempt, outcome)
 
-    def _report(self, job_id: str, attempt: int, events: list[job_pb2.Event]) -> bool:
+    def _report(
+        self, job_id: str, attempt: int, events: list[job_pb2.Event], batch_seq: int = 0
+    ) -> bool:
         request = coordinator_pb2.ReportEventsRequest(
-            worker_id=self.worker_id, job_id=job_id, attempt=attempt, events=events
+            worker_id=self.worker_id,
+            job_id=job_id,
+            attempt=attempt,
+            events=events,
+            batch_seq=batch_seq,
         )
         try:
             self._call("ReportEvents", request)
@@ -325,20 +423,34 @@ class WorkerDaemon:
             reason=outcome.reason,
             artifacts=outcome.artifacts,
             summary=outcome.summary,
+            retryable=outcome.retryable,
         )
+        if self._tell("FinishJob", job_id, request):
+            log.info(
+                "job %s attempt %d ended %s %s",
+                job_id,
+                attempt,
+                job_pb2.JobState.Name(outcome.state),
+                outcome.reason,
+            )
+
+    def _release(self, job_id: str, attempt: int, reason: str) -> None:
+        request = coordinator_pb2.ReleaseJobRequest(
+            worker_id=self.worker_id, job_id=job_id, attempt=attempt, reason=reason
+        )
+        if self._tell("ReleaseJob", job_id, request):
+            log.info("job %s attempt %d released: %s", job_id, attempt, reason)
+
+    def _tell(self, method: str, job_id: str, request) -> bool:
+        """How an attempt ended; False if the coordinator did not take it."""
         try:
-            self._call("FinishJob", request, patience_after_stop_s=_STOP_PATIENCE_S)
+            self._call(method, request, patience_after_stop_s=_STOP_PATIENCE_S)
         except grpc.RpcError as exc:
+            # FAILED_PRECONDITION: the attempt was fenced off (requeued meanwhile).
             level = logging.INFO if exc.code() in _NOT_OURS else logging.ERROR
             log.log(level, "job %s: could not report its end: %s", job_id, exc.details())
-            return
-        log.info(
-            "job %s attempt %d ended %s %s",
-            job_id,
-            attempt,
-            job_pb2.JobState.Name(outcome.state),
-            outcome.reason,
-        )
+            return False
+        return True
 
     def _log_rpc_failure(self, what: str, exc: Exception) -> None:
         """Warns once per outage of each RPC; repeats go to debug until it works again."""

@@ -2,10 +2,26 @@
 
 The training process is the engine (`python -m tunefleet.worker.engine ...`, or the
 accelerate launcher around it). It runs in its own process group, so a cancel reaches
-every rank it started, and it appends events to out_dir/events.jsonl, which we tail and
-send to the coordinator in batches. Its stdout and stderr go to out_dir/engine.log; when
-it crashes, the last lines of that log are relayed too, so the user sees the traceback
-without logging into the worker.
+every rank it started, and it appends events to out_dir/attempts/N/events.jsonl, which we
+tail and send to the coordinator in batches. Its stdout and stderr go to
+out_dir/attempts/N/engine.log; when it crashes, the last lines of that log are relayed too,
+so the user sees the traceback without logging into the worker.
+
+Every attempt of a job runs in the same out_dir (storage shared by the workers), so the
+engine resumes from the newest checkpoint there; only the event file and the log are per
+attempt, so a stale attempt's process can never pass its lines off as the current one's.
+
+How an attempt ends, and what the daemon tells the coordinator (JobOutcome.state):
+  exit 0 + result.json     SUCCEEDED
+  exit 2                   FAILED (invalid input: retrying cannot help)
+  exit 75                  QUEUED: the engine checkpointed and stopped on SIGTERM
+                           (preempted); ReleaseJob, not counted as a restart
+  any other exit/signal    FAILED with retryable: a crash, restarted per train.max_restarts
+  drain()                  SIGTERM, up to drain_grace_s to checkpoint, then QUEUED
+  cancel()                 SIGTERM, then CANCELLED
+  abandon()                the job is no longer ours: SIGKILL at once (no checkpoint may
+                           race the attempt that replaced us), nothing reported
+  lease lost               as abandon, then QUEUED (ReleaseJob; refused if the job moved on)
 """
 
 from __future__ import annotations
@@ -16,6 +32,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +43,7 @@ from google.protobuf import json_format
 
 from tunefleet.spec import spec_to_dict
 from tunefleet.v1 import job_pb2, spec_pb2
+from tunefleet.worker.tensorboard_writer import TENSORBOARD_DIR, TensorBoardWriter
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +53,7 @@ CommandFactory = Callable[[spec_pb2.JobSpec, Path, Path, Path], list[str]]
 ReportFn = Callable[[list[job_pb2.Event]], bool]
 
 EXIT_INVALID_INPUT = 2  # the engine's exit code for InvalidJobInput (see INTERFACES.md)
+EXIT_PREEMPTED = 75  # the engine checkpointed and stopped on SIGTERM (EX_TEMPFAIL)
 CRASH_TAIL_LINES = 20
 _REASON_MAX_CHARS = 500
 
@@ -43,10 +62,14 @@ _REASON_MAX_CHARS = 500
 class JobOutcome:
     """How an attempt ended, as FinishJob wants it."""
 
-    state: int  # job_pb2.SUCCEEDED, FAILED or CANCELLED
+    # job_pb2.SUCCEEDED, FAILED or CANCELLED (FinishJob), or QUEUED: give the job back
+    # unfinished (ReleaseJob).
+    state: int
     reason: str = ""
     artifacts: dict[str, str] = field(default_factory=dict)
     summary: dict[str, float] = field(default_factory=dict)
+    # FAILED only: a crash, which a restart may get past (FinishJob.retryable).
+    retryable: bool = False
 
 
 def engine_command(
@@ -100,19 +123,42 @@ class EventTail:
             return []
         self._offset += len(data)
         *lines, self._partial = (self._partial + data).split(b"\n")
-        events = []
-        for line in lines:
-            if not line.strip():
-                continue
-            try:
-                events.append(
-                    json_format.Parse(
-                        line.decode("utf-8"), job_pb2.Event(), ignore_unknown_fields=True
-                    )
-                )
-            except (json_format.ParseError, UnicodeDecodeError) as exc:
-                log.warning("skipping an unreadable line of %s: %s", self.path, exc)
-        return events
+        return _parse_lines(lines, self.path)
+
+
+def _parse_lines(lines: list[bytes], path: Path) -> list[job_pb2.Event]:
+    events = []
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            events.append(
+                json_format.Parse(line.decode("utf-8"), job_pb2.Event(), ignore_unknown_fields=True)
+            )
+        except (json_format.ParseError, UnicodeDecodeError) as exc:
+            log.warning("skipping an unreadable line of %s: %s", path, exc)
+    return events
+
+
+def _read_events(path: Path) -> list[job_pb2.Event]:
+    """Every readable event of a whole events.jsonl file (a crashed writer's half line is
+    skipped)."""
+    try:
+        return _parse_lines(path.read_bytes().split(b"\n"), path)
+    except OSError:
+        return []
+
+
+def _newest_checkpoint_step(root: Path) -> int | None:
+    """The step of the checkpoint the engine resumes from: the newest complete one
+    (checkpoints/step-NNNNNNN/ with its MANIFEST.json; see worker/engine/checkpoint.py,
+    which needs torch, so the layout is read here directly)."""
+    steps = [
+        int(path.name[len("step-") :])
+        for path in (root.glob("step-*") if root.is_dir() else ())
+        if path.name[len("step-") :].isdigit() and (path / "MANIFEST.json").is_file()
+    ]
+    return max(steps, default=None)
 
 
 def _last_lines(path: Path, count: int, max_bytes: int = 64 * 1024) -> list[str]:
@@ -155,7 +201,18 @@ class JobRunner:
         report_interval_s: float = 0.5,
         report_max_events: int = 50,
         kill_grace_s: float = 5.0,
+        drain_grace_s: float = 30.0,
+        lease_valid: Callable[[], bool] = lambda: True,
     ):
+        """
+        Args:
+            kill_grace_s: after SIGTERM on cancel, how long before SIGKILL.
+            drain_grace_s: after SIGTERM on drain, how long the engine has to finish its
+                step and write a checkpoint before SIGKILL.
+            lease_valid: False once the worker could not renew its lease for a whole lease
+                period: the coordinator may have given the job to another worker, so the
+                training process is killed at once (self-fencing).
+        """
         self.job = job
         self.attempt = attempt
         self.worker_id = worker_id
@@ -165,9 +222,15 @@ class JobRunner:
         self.report_interval_s = report_interval_s
         self.report_max_events = report_max_events
         self.kill_grace_s = kill_grace_s
+        self.drain_grace_s = drain_grace_s
+        self.lease_valid = lease_valid
+        self.attempt_dir = self.out_dir / "attempts" / str(attempt)
         self._wake = threading.Event()
         self._stop_outcome: JobOutcome | None = None
+        self._hard_stop = False  # SIGKILL, no chance to checkpoint
+        self._abandoned = False
         self._last_error = ""
+        self.done = False  # run() returned: stop requests change nothing any more
 
     @property
     def job_id(self) -> str:
@@ -177,18 +240,31 @@ class JobRunner:
         """Stops the training process; the attempt ends CANCELLED."""
         self._request_stop(JobOutcome(job_pb2.CANCELLED, reason))
 
-    def stop(self, reason: str = "worker stopped") -> None:
-        """Stops the training process because the worker goes away; the attempt FAILED."""
-        self._request_stop(JobOutcome(job_pb2.FAILED, reason))
+    def drain(self, reason: str = "worker draining", *, hard: bool = False) -> None:
+        """The worker goes away: SIGTERM, so the engine checkpoints and stops (hard: SIGKILL
+        now); the attempt ends QUEUED and resumes elsewhere. A finished run still counts."""
+        self._request_stop(JobOutcome(job_pb2.QUEUED, reason), hard=hard)
 
-    def _request_stop(self, outcome: JobOutcome) -> None:
+    def abandon(self) -> None:
+        """The job is no longer ours: SIGKILL the training process, report nothing more."""
+        self._abandoned = True
+        self._request_stop(JobOutcome(job_pb2.QUEUED, "abandoned"), hard=True)
+
+    def _request_stop(self, outcome: JobOutcome, *, hard: bool = False) -> None:
         if self._stop_outcome is None:
             self._stop_outcome = outcome
+        self._hard_stop = self._hard_stop or hard
         self._wake.set()
 
     def run(self, report: ReportFn) -> JobOutcome | None:
         """Runs the attempt to its end. None when the coordinator says the job is no longer
         ours (then there is nothing to report)."""
+        try:
+            return self._run(report)
+        finally:
+            self.done = True
+
+    def _run(self, report: ReportFn) -> JobOutcome | None:
         try:
             command, events_path = self._prepare()
         except Exception as exc:
@@ -199,6 +275,10 @@ class JobRunner:
         if self._stop_outcome is not None:
             return self._stop_outcome
         tail = EventTail(events_path)
+        tensorboard = TensorBoardWriter(
+            self.out_dir / TENSORBOARD_DIR, filename_suffix=f".attempt-{self.attempt}"
+        )
+        report = tensorboard.tee(report)  # metrics also go to OUT_DIR/tensorboard
         try:
             process = self._start(command)
         except OSError as exc:
@@ -208,14 +288,36 @@ class JobRunner:
         )
         try:
             pending = [log_event(f"started on worker {self.worker_id} (pid {process.pid})")]
-            if not self._relay(process, tail, pending, report):
+            pending += self._unrelayed_metrics()
+            if not self._relay(process, tail, pending, report) or self._abandoned:
                 return None
             return self._outcome(process.returncode, report)
         finally:
+            tensorboard.close()
             if process.poll() is None or process.returncode != 0:
                 self._kill_group(process)  # no rank survives its job
 
     # ---- steps -------------------------------------------------------------------------
+
+    def _unrelayed_metrics(self) -> list[job_pb2.Event]:
+        """Metrics of earlier attempts up to the checkpoint this attempt resumes from.
+
+        A worker killed with -9 had not relayed its last events (up to report_interval_s of
+        them). The steps after the checkpoint are trained and reported again; the ones
+        before it would be missing from the job's metrics. Earlier attempts' event files
+        are in the shared out dir, so we send their metrics again: the coordinator stores
+        only the steps it has not seen (JobStore.append_report), the rest are dropped.
+        """
+        resume_step = _newest_checkpoint_step(self.out_dir / "checkpoints")
+        if self.attempt <= 1 or resume_step is None:
+            return []
+        metrics = []
+        for attempt in range(1, self.attempt):
+            path = self.out_dir / "attempts" / str(attempt) / "events.jsonl"
+            for event in _read_events(path):
+                if event.WhichOneof("kind") == "metrics" and event.metrics.step <= resume_step:
+                    metrics.append(event)
+        return metrics
 
     def _prepare(self) -> tuple[list[str], Path]:
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -223,7 +325,8 @@ class JobRunner:
         write_json_atomic(spec_path, spec_to_dict(self.job.spec))
         # A result.json left by an earlier attempt must not pass for this attempt's.
         (self.out_dir / "result.json").unlink(missing_ok=True)
-        events_path = self.out_dir / "events.jsonl"
+        self.attempt_dir.mkdir(parents=True, exist_ok=True)
+        events_path = self.attempt_dir / "events.jsonl"
         return self.command_factory(
             self.job.spec, spec_path, self.out_dir, events_path
         ), events_path
@@ -235,9 +338,9 @@ class JobRunner:
             TUNEFLEET_JOB_ID=self.job_id,
             TUNEFLEET_ATTEMPT=str(self.attempt),
         )
-        with (self.out_dir / "engine.log").open("ab") as log_file:
+        with (self.attempt_dir / "engine.log").open("ab") as log_file:
             return subprocess.Popen(
-                command,
+                dies_with_parent(command),
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -258,9 +361,31 @@ class JobRunner:
         while True:
             exited = process.poll() is not None
             pending += self._note_errors(tail.read())
+            if not exited and not self.lease_valid():
+                log.error(
+                    "job %s attempt %d: lease lost; killing the training process",
+                    self.job_id,
+                    self.attempt,
+                )
+                self._request_stop(
+                    JobOutcome(
+                        job_pb2.QUEUED,
+                        f"worker {self.worker_id} could not renew its lease in time and "
+                        "killed the training process",
+                    ),
+                    hard=True,
+                )
             if not exited and self._stop_outcome is not None:
-                self._terminate(process)
+                if self._hard_stop:
+                    self._kill_group(process)
+                else:
+                    cancelling = self._stop_outcome.state == job_pb2.CANCELLED
+                    self._terminate(
+                        process, self.kill_grace_s if cancelling else self.drain_grace_s
+                    )
                 continue
+            if self._abandoned:
+                return True
             due = time.monotonic() - last_sent >= self.report_interval_s
             if pending and (exited or due or len(pending) >= self.report_max_events):
                 if not self._send(pending, report):
@@ -272,9 +397,10 @@ class JobRunner:
             self._wake.wait(0.1)
 
     def _outcome(self, code: int, report: ReportFn) -> JobOutcome:
-        if self._stop_outcome is not None:
-            return self._stop_outcome
-        if code == 0:
+        stop = self._stop_outcome
+        if stop is not None and stop.state != job_pb2.QUEUED:
+            return stop  # cancelled: however the process ended
+        if code == 0:  # done, even if a drain came too late to matter
             try:
                 result = json.loads((self.out_dir / "result.json").read_text(encoding="utf-8"))
                 return JobOutcome(
@@ -286,7 +412,15 @@ class JobRunner:
                 reason = f"training process exited 0 but left no readable result.json ({exc})"
                 self._relay_crash_tail(reason, report)
                 return JobOutcome(job_pb2.FAILED, _clip(reason))
-        last_lines = _last_lines(self.out_dir / "engine.log", CRASH_TAIL_LINES)
+        if stop is not None:
+            return stop  # drained: the engine checkpointed if it could; resume elsewhere
+        if code == EXIT_PREEMPTED:
+            return JobOutcome(
+                job_pb2.QUEUED,
+                f"training process on worker {self.worker_id} was preempted (SIGTERM): it "
+                f"checkpointed and stopped (exit {EXIT_PREEMPTED})",
+            )
+        last_lines = _last_lines(self.attempt_dir / "engine.log", CRASH_TAIL_LINES)
         last_line = last_lines[-1] if last_lines else ""
         if code == EXIT_INVALID_INPUT:
             if self._last_error:  # the engine explained itself in an event already
@@ -297,10 +431,10 @@ class JobRunner:
         reason = f"training process exited with code {_exit_description(code)}"
         reason += f": {last_line}" if last_line else ""
         self._relay_crash_tail(reason, report)
-        return JobOutcome(job_pb2.FAILED, _clip(reason))
+        return JobOutcome(job_pb2.FAILED, _clip(reason), retryable=True)
 
     def _relay_crash_tail(self, headline: str, report: ReportFn) -> None:
-        lines = _last_lines(self.out_dir / "engine.log", CRASH_TAIL_LINES)
+        lines = _last_lines(self.attempt_dir / "engine.log", CRASH_TAIL_LINES)
         events = [log_event(f"{headline}; last lines of engine.log:", "error")]
         events += [log_event(line, "error") for line in lines]
         self._send(events, report)
@@ -322,11 +456,11 @@ class JobRunner:
                 return False
         return True
 
-    def _terminate(self, process: subprocess.Popen) -> None:
+    def _terminate(self, process: subprocess.Popen, grace_s: float) -> None:
         """SIGTERM the group, then SIGKILL whatever is left after the grace period."""
         self._signal_group(process, signal.SIGTERM)
         try:
-            process.wait(timeout=self.kill_grace_s)
+            process.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
             log.warning("job %s: pid %d ignored SIGTERM; killing", self.job_id, process.pid)
         self._kill_group(process)
@@ -343,3 +477,25 @@ class JobRunner:
         # start_new_session: the group id is the child's pid.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, sig)
+
+
+# Sets PR_SET_PDEATHSIG, then becomes the training process (exec keeps the setting). Not a
+# preexec_fn: Python code between fork and exec in a process running gRPC threads can
+# abort the child (gRPC's fork handlers), so the child execs this first instead.
+_DIE_WITH_PARENT = """\
+import ctypes, os, signal, sys
+ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(f"the worker (pid {sys.argv[1]}) exited before its training process started")
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
+
+
+def dies_with_parent(command: list[str]) -> list[str]:
+    """`command`, run so that the kernel SIGKILLs it when the worker dies, kill -9 included.
+    An orphaned training process would go on writing checkpoints into the job's shared out
+    dir while the next attempt runs there. Linux only; elsewhere `command` as is (the
+    worker's own exit paths still kill the process group)."""
+    if sys.platform != "linux":
+        return command
+    return [sys.executable, "-I", "-S", "-c", _DIE_WITH_PARENT, str(os.getpid()), *command]

@@ -115,9 +115,13 @@ class Worker:
         response = self.stub.AcquireJob(request, timeout=wait + RPC_TIMEOUT)
         return response.assignment if response.HasField("assignment") else None
 
-    def report(self, job_id: str, attempt: int, *events: job_pb2.Event) -> int:
+    def report(self, job_id: str, attempt: int, *events: job_pb2.Event, batch: int = 0) -> int:
         request = coordinator_pb2.ReportEventsRequest(
-            worker_id=self.worker_id, job_id=job_id, attempt=attempt, events=events
+            worker_id=self.worker_id,
+            job_id=job_id,
+            attempt=attempt,
+            events=events,
+            batch_seq=batch,
         )
         return self.stub.ReportEvents(request, timeout=RPC_TIMEOUT).last_seq
 
@@ -127,10 +131,28 @@ class Worker:
         )
         self.stub.FinishJob(request, timeout=RPC_TIMEOUT)
 
+    def release(self, job_id: str, attempt: int, reason: str = "") -> None:
+        request = coordinator_pb2.ReleaseJobRequest(
+            worker_id=self.worker_id, job_id=job_id, attempt=attempt, reason=reason
+        )
+        self.stub.ReleaseJob(request, timeout=RPC_TIMEOUT)
+
 
 def state_changes(events: list[job_pb2.Event]) -> list[tuple[str, str]]:
     return [
         (job_pb2.JobState.Name(e.state_change.state), e.state_change.reason)
         for e in events
         if e.WhichOneof("kind") == "state_change"
+    ]
+
+
+def train_metrics(step: int, phase: str = "train") -> job_pb2.Event:
+    return job_pb2.Event(metrics=job_pb2.Metrics(phase=phase, step=step))
+
+
+def metric_steps(events: list[job_pb2.Event], phase: str = "train") -> list[int]:
+    return [
+        e.metrics.step
+        for e in events
+        if e.WhichOneof("kind") == "metrics" and e.metrics.phase == phase
     ]

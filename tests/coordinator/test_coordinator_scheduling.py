@@ -174,7 +174,7 @@ def test_workers_cannot_forge_state_changes(client):
     assert client.get(job.id).state == job_pb2.ASSIGNED
 
 
-def test_lost_worker_fails_its_job_and_must_register_again(start_coordinator):
+def test_lost_worker_requeues_its_job_and_must_register_again(start_coordinator):
     server = start_coordinator(lease_timeout_s=1.0)
     client = Client(server.address)
     try:
@@ -183,14 +183,22 @@ def test_lost_worker_fails_its_job_and_must_register_again(start_coordinator):
         attempt = worker.acquire().attempt
         worker.report(job.id, attempt, log_event("working"))
 
-        lost = wait_for(lambda: client.get(job.id).state == job_pb2.FAILED, timeout=5)
+        lost = wait_for(lambda: client.get(job.id).state == job_pb2.QUEUED, timeout=5)
 
         assert lost
-        assert client.get(job.id).reason == "worker lost"
+        requeued = client.get(job.id)
+        assert (requeued.worker_id, requeued.restarts) == ("", 0)
+        # Soon "waiting for a free worker": no other worker is there.
+        assert requeued.reason in ("worker lost", "waiting for a free worker")
+        assert state_changes(client.events(job.id))[-1] == ("QUEUED", "worker lost")
+        note = client.events(job.id)[-2].log
+        assert note.level == "warning"
+        assert note.message.startswith("attempt 1 on worker w-flaky ended: worker w-flaky sent")
+        assert "not counted against train.max_restarts" in note.message
         assert client.workers()["w-flaky"].state == coordinator_pb2.LOST
         response = worker.heartbeat(job.id)
         assert not response.known
-        assert list(response.cancel_job_ids) == [job.id]
+        assert list(response.cancel_job_ids) == list(response.lost_job_ids) == [job.id]
         with pytest.raises(grpc.RpcError) as info:
             worker.acquire()
         assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -213,9 +221,10 @@ def test_assignment_the_worker_never_got_is_written_off(start_coordinator):
         job = client.submit(make_spec())
         worker.acquire()  # as if the reply was lost: the worker never lists the job
 
-        wait_for(lambda: worker.heartbeat().known and client.get(job.id).state == job_pb2.FAILED)
+        wait_for(lambda: worker.heartbeat().known and client.get(job.id).state == job_pb2.QUEUED)
 
         assert client.get(job.id).reason == "worker w-deaf never started the job"
+        assert worker.acquire().attempt == 2  # placed again
     finally:
         client.close()
 
@@ -242,7 +251,7 @@ def test_restarted_worker_loses_what_it_ran(client):
 
     worker.register()  # same id: the worker process restarted
 
-    assert client.get(job.id).state == job_pb2.FAILED
+    assert client.get(job.id).state == job_pb2.QUEUED
     assert client.get(job.id).reason == "worker w1 restarted"
 
 

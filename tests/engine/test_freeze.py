@@ -89,8 +89,8 @@ def test_last_k_larger_than_the_model_names_k_and_the_count(bert_dir, text_csvs,
         FreezePlan.for_model(bundle.model, "hf", spec.finetune)
 
 
-def test_lora_is_not_supported_yet():
-    with pytest.raises(InvalidJobInput, match="lora is not supported yet"):
+def test_lora_plan_needs_adapters_in_the_model():
+    with pytest.raises(InvalidJobInput, match="lora, but the model has no LoRA adapters"):
         FreezePlan.for_model(
             models.SmallCNN(), "torchvision", spec_pb2.FinetuneSpec(strategy="lora")
         )

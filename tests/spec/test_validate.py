@@ -92,7 +92,24 @@ def test_every_problem_reported_together(job_dir):
 @pytest.mark.parametrize(
     ("patch", "path", "fragment"),
     [
-        ({"finetune": {"strategy": "lora"}}, "finetune.strategy", "not supported yet"),
+        ({"finetune": {"strategy": "lora", "lora": {"r": 0}}}, "finetune.lora.r", ">= 1"),
+        ({"finetune": {"strategy": "lora", "lora": {"alpha": 0}}}, "finetune.lora.alpha", "> 0"),
+        (
+            {"finetune": {"strategy": "lora", "lora": {"dropout": 1.0}}},
+            "finetune.lora.dropout",
+            "[0, 1)",
+        ),
+        (
+            {"finetune": {"strategy": "lora", "lora": {"target_modules": ["query", "query"]}}},
+            "finetune.lora.target_modules[1]",
+            "twice",
+        ),
+        ({"finetune": {"strategy": "full", "lora": {"r": 4}}}, "finetune.lora", "only applies"),
+        (
+            {"model": {"source": "hf", "name": "some/model", "init": "scratch"}},
+            "model.init",
+            "one of: pretrained, random",
+        ),
         ({"finetune": {"strategy": "sideways"}}, "finetune.strategy", "one of"),
         ({"finetune": {"strategy": "full", "k": 2}}, "finetune.k", "only applies"),
         ({"optimizer": {"name": "adamw", "momentum": 0.9}}, "optimizer.momentum", "only applies"),
@@ -169,3 +186,64 @@ def test_resolved_specs_validate_again(job_dir, optimizer, schedule):
     )
     spec = load_job_file(write(job_dir, text))
     assert prepare(spec) == spec
+
+
+def test_lora_defaults_only_for_lora(job_dir):
+    base = {
+        "name": "t",
+        "model": {"source": "hf", "name": str(job_dir / "model")},
+        "data": {"source": "csv", "train": str(job_dir / "data" / "train.csv")},
+    }
+    spec = prepare({**base, "finetune": {"strategy": "lora"}})
+    lora = spec.finetune.lora
+    assert (lora.r, lora.alpha, lora.dropout) == (8, 16.0, 0.0)
+    assert list(lora.target_modules) == ["query", "value"]
+    assert spec.model.init == "pretrained"
+    assert not prepare(base).finetune.HasField("lora")
+    given = prepare(
+        {**base, "finetune": {"strategy": "lora", "lora": {"r": 4, "target_modules": ["key"]}}}
+    )
+    assert given.finetune.lora.r == 4 and list(given.finetune.lora.target_modules) == ["key"]
+    # torchvision layer names vary by architecture: no target list means every adaptable layer.
+    vision = prepare(
+        {
+            "name": "t",
+            "model": {"source": "torchvision", "name": "resnet18"},
+            "data": {"source": "imagefolder", "root": str(job_dir)},
+            "finetune": {"strategy": "lora"},
+        }
+    )
+    assert list(vision.finetune.lora.target_modules) == []
+
+
+def test_random_init_conflicts_with_weights_and_checkpoint(job_dir):
+    ckpt = job_dir / "w.safetensors"
+    ckpt.write_bytes(b"")
+    with pytest.raises(SpecError) as info:
+        prepare(
+            {
+                "name": "t",
+                "model": {
+                    "source": "torchvision",
+                    "name": "resnet18",
+                    "init": "random",
+                    "checkpoint": str(ckpt),
+                },
+                "data": {"source": "imagefolder", "root": str(job_dir)},
+            }
+        )
+    assert [e.path for e in info.value.errors] == ["model.checkpoint"]
+    assert "model.init random" in info.value.errors[0].message
+
+
+def test_last_k_checked_against_torchvision_block_counts(job_dir):
+    with pytest.raises(SpecError) as info:
+        prepare(
+            {
+                "name": "t",
+                "model": {"source": "torchvision", "name": "vgg11_bn"},
+                "data": {"source": "imagefolder", "root": str(job_dir)},
+                "finetune": {"strategy": "last_k", "k": 9},
+            }
+        )
+    assert {e.path: e.message for e in info.value.errors}["finetune.k"].startswith("9")

@@ -3,7 +3,9 @@
 
     python scripted_engine.py MODE SPEC.json OUT_DIR EVENTS.jsonl
 
-MODE: succeed | invalid | crash | hang | stubborn | chatty
+MODE: succeed | invalid | crash | hang | stubborn | chatty | preemptible
+(preemptible: like hang, but on SIGTERM it logs a checkpoint and exits 75, as the engine
+does when a worker drains.)
 """
 
 from __future__ import annotations
@@ -74,9 +76,16 @@ def main() -> int:
             log(events_path, f"line {i}")
         (out_dir / "result.json").write_text(json.dumps({"artifacts": {}, "summary": {}}))
         return 0
-    if mode in ("hang", "stubborn"):
+    if mode in ("hang", "stubborn", "preemptible"):
         if mode == "stubborn":
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if mode == "preemptible":
+
+            def checkpoint_and_exit(signum, frame):
+                log(events_path, "SIGTERM: checkpoint saved", "warning")
+                sys.exit(75)
+
+            signal.signal(signal.SIGTERM, checkpoint_and_exit)
         # A grandchild in the same process group, like an accelerate rank.
         grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
         (out_dir / "grandchild.pid").write_text(str(grandchild.pid))

@@ -11,11 +11,10 @@ import time
 from threading import Thread
 
 import pytest
-from coordinator_helpers import Client, make_spec, state_changes, wait_for
+from coordinator_helpers import Client, Worker, make_spec, state_changes, wait_for
 from worker_helpers import pid_alive, scripted_command
 
 from tunefleet.coordinator import start_server
-from tunefleet.states import is_terminal
 from tunefleet.v1 import coordinator_pb2, job_pb2
 from tunefleet.worker import WorkerDaemon
 
@@ -47,7 +46,8 @@ def test_daemon_runs_a_job_to_success(client, start_daemon, tmp_path):
     kinds = [e.WhichOneof("kind") for e in events]
     assert kinds.count("metrics") == 1 and kinds.count("report") == 1
     assert all(e.attempt == 1 for e in events[1:])
-    assert (out_dir / "spec.json").exists() and (out_dir / "engine.log").exists()
+    assert (out_dir / "spec.json").exists()
+    assert (out_dir / "attempts" / "1" / "engine.log").exists()
 
 
 def test_output_dir_from_the_spec_is_used(client, start_daemon, tmp_path):
@@ -63,12 +63,42 @@ def test_output_dir_from_the_spec_is_used(client, start_daemon, tmp_path):
 
 def test_failures_carry_the_engines_reason(client, start_daemon):
     start_daemon("crash")
-    job = client.submit(make_spec("crashy"))
+    spec = make_spec("crashy")
+    spec.train.max_restarts = 0
+    job = client.submit(spec)
 
     done = _wait_state(client, job.id, job_pb2.FAILED)
 
-    assert done.reason == "training process exited with code 3: RuntimeError: boom"
+    assert done.reason == (
+        "training process exited with code 3: RuntimeError: boom "
+        "(no restarts left: train.max_restarts is 0)"
+    )
     assert "RuntimeError: boom" in _messages(client.events(job.id))
+
+
+def test_a_crash_is_restarted_up_to_max_restarts(client, start_daemon):
+    start_daemon("crash")
+    spec = make_spec("crashy")
+    spec.train.max_restarts = 1
+    job = client.submit(spec)
+
+    done = _wait_state(client, job.id, job_pb2.FAILED, timeout=15)
+
+    assert (done.attempt, done.restarts) == (2, 1)
+    reasons = [reason for state, reason in state_changes(client.events(job.id))]
+    assert "restart 1 of 1 in 1 s: training process exited with code 3: RuntimeError: boom" in (
+        reasons
+    )
+
+
+def test_invalid_input_is_not_retried(client, start_daemon):
+    start_daemon("invalid")
+    job = client.submit(make_spec("bad-input"))
+
+    done = _wait_state(client, job.id, job_pb2.FAILED)
+
+    assert (done.attempt, done.restarts) == (1, 0)
+    assert done.reason == "data.train: no such file /data/train.csv"
 
 
 def test_cancel_stops_the_running_job(client, start_daemon, tmp_path):
@@ -88,27 +118,48 @@ def test_cancel_stops_the_running_job(client, start_daemon, tmp_path):
     wait_for(lambda: not client.workers()["w-cancel"].job_ids, timeout=5)
 
 
-def test_stopping_the_daemon_fails_its_job(client, coordinator, tmp_path):
+def test_stopping_the_daemon_drains_and_releases_its_job(client, coordinator, tmp_path):
     daemon = WorkerDaemon(
         coordinator.address,
         artifacts_root=tmp_path / "artifacts",
         gpus=0,
         worker_id="w-stop",
         poll_s=0.5,
-        command_factory=scripted_command("hang"),
+        command_factory=scripted_command("preemptible"),
     )
     thread = Thread(target=daemon.run)
     thread.start()
     try:
         job = client.submit(make_spec("long"))
-        _wait_state(client, job.id, job_pb2.RUNNING)
+        wait_for(lambda: "training" in _messages(client.events(job.id)), timeout=10)
     finally:
         daemon.stop()
         thread.join(timeout=15)
 
     assert not thread.is_alive()
-    done = client.get(job.id)
-    assert (done.state, done.reason) == (job_pb2.FAILED, "worker stopped")
+    events = client.events(job.id)
+    assert "SIGTERM: checkpoint saved" in _messages(events)
+    assert state_changes(events)[-1] == ("QUEUED", "worker w-stop is shutting down (drained)")
+    assert (client.get(job.id).state, client.get(job.id).restarts) == (job_pb2.QUEUED, 0)
+
+
+def test_a_job_requeued_elsewhere_is_killed_on_its_old_worker(client, start_daemon, tmp_path):
+    """The coordinator gave the job to someone else (here: the worker registered again
+    under its id, as after a restart): the next heartbeat tells the daemon, which kills the
+    training process without reporting anything."""
+    daemon = start_daemon("hang", worker_id="w-old")
+    job = client.submit(make_spec("moved"))
+    pid_file = tmp_path / "artifacts" / job.id / "grandchild.pid"
+    wait_for(lambda: "training" in _messages(client.events(job.id)) and pid_file.exists(), 10)
+
+    first_grandchild = int(pid_file.read_text())
+
+    Worker(client.stub, "w-old")  # registers w-old again: its job is requeued
+
+    wait_for(lambda: not pid_alive(first_grandchild), timeout=10)
+    # The daemon, still alive, takes the requeued job as the next attempt.
+    wait_for(lambda: client.get(job.id).attempt == 2, timeout=10)
+    assert daemon.worker_id == "w-old"
 
 
 def test_daemon_rides_out_a_coordinator_restart(tmp_path, start_daemon):
@@ -170,9 +221,11 @@ def test_worker_cli_takes_a_job_and_stops_on_sigterm(client, coordinator, tmp_pa
         assert client.get(job.id).attempt == 1
 
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=20) == 0
-        wait_for(lambda: is_terminal(client.get(job.id).state), timeout=10)
-        assert client.get(job.id).state == job_pb2.FAILED
+        assert proc.wait(timeout=40) == 0
+        # Drained: the job is released to run elsewhere (or failed, if the engine had
+        # already rejected the spec's missing files).
+        wait_for(lambda: client.get(job.id).state != job_pb2.RUNNING, timeout=10)
+        assert client.get(job.id).state in (job_pb2.QUEUED, job_pb2.FAILED)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -4,6 +4,8 @@ the `report` callback the daemon would send to the coordinator."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 
@@ -63,7 +65,9 @@ def test_success_relays_events_and_reads_the_result(tmp_path):
     assert all(e.time.seconds > 0 for e in reports.events)
     spec = json.loads((tmp_path / "out" / "spec.json").read_text())
     assert spec["name"] == "runner-test"
-    assert "scripted engine: succeed" in (tmp_path / "out" / "engine.log").read_text()
+    engine_log = tmp_path / "out" / "attempts" / "1" / "engine.log"
+    assert "scripted engine: succeed" in engine_log.read_text()
+    assert (tmp_path / "out" / "attempts" / "1" / "events.jsonl").exists()
 
 
 def test_many_events_go_out_in_batches(tmp_path):
@@ -84,6 +88,7 @@ def test_invalid_input_fails_with_the_engines_message(tmp_path):
 
     assert outcome.state == job_pb2.FAILED
     assert outcome.reason == "data.train: no such file /data/train.csv"
+    assert not outcome.retryable  # retrying cannot fix the input
 
 
 def test_crash_fails_with_exit_code_and_relays_the_log_tail(tmp_path):
@@ -93,6 +98,7 @@ def test_crash_fails_with_exit_code_and_relays_the_log_tail(tmp_path):
 
     assert outcome.state == job_pb2.FAILED
     assert outcome.reason == "training process exited with code 3: RuntimeError: boom"
+    assert outcome.retryable  # a crash: the coordinator may restart it
     messages = reports.messages()
     assert messages[-3:] == [
         "scripted engine: crash for runner-test",
@@ -130,11 +136,84 @@ def test_a_process_ignoring_sigterm_is_killed_after_the_grace_period(tmp_path):
     thread.start()
     wait_for(lambda: "training" in reports.messages(), timeout=10)
 
-    runner.stop()
+    runner.cancel()
     thread.join(timeout=10)
 
-    assert result["outcome"].state == job_pb2.FAILED
-    assert result["outcome"].reason == "worker stopped"
+    assert result["outcome"].state == job_pb2.CANCELLED
+
+
+def _run_in_thread(runner: JobRunner, reports: Reports) -> tuple[threading.Thread, dict]:
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(outcome=runner.run(reports)))
+    thread.start()
+    wait_for(lambda: "training" in reports.messages(), timeout=10)
+    return thread, result
+
+
+def test_drain_lets_the_engine_checkpoint_then_releases_the_job(tmp_path):
+    reports = Reports()
+    runner = _runner(tmp_path, "preemptible", drain_grace_s=10)
+    thread, result = _run_in_thread(runner, reports)
+
+    runner.drain("worker w-test is shutting down (drained)")
+    thread.join(timeout=10)
+
+    assert result["outcome"].state == job_pb2.QUEUED
+    assert result["outcome"].reason == "worker w-test is shutting down (drained)"
+    assert reports.messages()[-1] == "SIGTERM: checkpoint saved"  # relayed before the end
+
+
+def test_a_drain_the_engine_ignores_is_cut_short(tmp_path):
+    reports = Reports()
+    runner = _runner(tmp_path, "stubborn", drain_grace_s=0.5)
+    thread, result = _run_in_thread(runner, reports)
+
+    runner.drain()
+    thread.join(timeout=10)
+
+    assert result["outcome"].state == job_pb2.QUEUED
+
+
+def test_sigterm_from_elsewhere_is_a_preemption_not_a_crash(tmp_path):
+    reports = Reports()
+    runner = _runner(tmp_path, "preemptible")
+    thread, result = _run_in_thread(runner, reports)
+    pid = int(reports.messages()[0].split("(pid ")[1].rstrip(")"))
+
+    os.kill(pid, signal.SIGTERM)  # e.g. the machine is being taken away
+    thread.join(timeout=10)
+
+    assert result["outcome"].state == job_pb2.QUEUED
+    assert "preempted (SIGTERM)" in result["outcome"].reason
+
+
+def test_a_lost_lease_kills_the_training_process_at_once(tmp_path):
+    reports = Reports()
+    lease = {"valid": True}
+    runner = _runner(tmp_path, "preemptible", lease_valid=lambda: lease["valid"])
+    thread, result = _run_in_thread(runner, reports)
+
+    lease["valid"] = False
+    thread.join(timeout=10)
+
+    assert result["outcome"].state == job_pb2.QUEUED
+    assert "could not renew its lease" in result["outcome"].reason
+    # SIGKILL, not SIGTERM: no checkpoint may race the attempt that replaces this one.
+    assert "SIGTERM: checkpoint saved" not in reports.messages()
+    wait_for(lambda: not pid_alive(int((tmp_path / "out" / "grandchild.pid").read_text())), 5)
+
+
+def test_abandon_kills_and_reports_nothing_more(tmp_path):
+    reports = Reports()
+    runner = _runner(tmp_path, "preemptible")
+    thread, result = _run_in_thread(runner, reports)
+    sent = len(reports.batches)
+
+    runner.abandon()
+    thread.join(timeout=10)
+
+    assert result["outcome"] is None
+    assert len(reports.batches) == sent
 
 
 def test_a_job_that_is_no_longer_ours_is_abandoned_and_killed(tmp_path):
@@ -149,16 +228,16 @@ def test_a_job_that_is_no_longer_ours_is_abandoned_and_killed(tmp_path):
         wait_for(lambda: not pid_alive(int(pid_file.read_text())), timeout=5)
 
 
-def test_stop_before_start_runs_nothing(tmp_path):
+def test_drain_before_start_runs_nothing(tmp_path):
     reports = Reports()
     runner = _runner(tmp_path, "hang")
-    runner.stop()
+    runner.drain("draining")
 
     outcome = runner.run(reports)
 
-    assert outcome.reason == "worker stopped"
+    assert (outcome.state, outcome.reason) == (job_pb2.QUEUED, "draining")
     assert reports.batches == []
-    assert not (tmp_path / "out" / "engine.log").exists()
+    assert not (tmp_path / "out" / "attempts" / "1" / "engine.log").exists()
 
 
 def test_event_tail_skips_old_lines_and_waits_for_whole_lines(tmp_path):
@@ -173,3 +252,32 @@ def test_event_tail_skips_old_lines_and_waits_for_whole_lines(tmp_path):
     with path.open("a") as f:
         f.write('"}}\nnot json\n')
     assert [e.log.message for e in tail.read()] == ["half"]
+
+
+def test_a_resumed_attempt_resends_the_metrics_its_predecessor_left_unsent(tmp_path):
+    """attempt 1 (killed) wrote steps 8..11 but died before relaying them; attempt 2
+    resumes from the checkpoint at step 10 and sends 8..10 again (the coordinator keeps
+    the ones it has not seen); 11 is trained again, so it is not resent."""
+    out = tmp_path / "out"
+    (out / "checkpoints" / "step-0000010").mkdir(parents=True)
+    (out / "checkpoints" / "step-0000010" / "MANIFEST.json").write_text("{}")
+    (out / "checkpoints" / "step-0000020.tmp").mkdir()  # incomplete: not resumed from
+    old = out / "attempts" / "1" / "events.jsonl"
+    old.parent.mkdir(parents=True)
+    lines = [
+        json.dumps({"metrics": {"phase": phase, "step": str(step)}})
+        for phase, step in (("train", 8), ("train", 9), ("train", 10), ("eval", 10), ("train", 11))
+    ]
+    old.write_text("\n".join(lines) + '\n{"metrics": {"pha')  # died mid-line
+    reports = Reports()
+    runner = JobRunner(
+        _job(), 2, worker_id="w-test", out_dir=out, command_factory=scripted_command("succeed")
+    )
+
+    assert runner.run(reports).state == job_pb2.SUCCEEDED
+
+    first = reports.batches[0]
+    assert first[0].log.message.startswith("started on worker w-test")
+    resent = [(e.metrics.phase, e.metrics.step) for e in first[1:5]]
+    assert resent == [("train", 8), ("train", 9), ("train", 10), ("eval", 10)]
+    assert ("train", 11) not in [(e.metrics.phase, e.metrics.step) for e in reports.events]

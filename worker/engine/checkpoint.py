@@ -2,8 +2,11 @@
 
 A checkpoint holds everything needed to continue a run exactly where it stopped:
   model.safetensors      the (unwrapped) model's weights
-  optimizer.pt           optimizer state (torch.save; loaded with weights_only=True)
+  optimizer.pt           optimizer state (torch.save; loaded with weights_only=True, so a
+                         planted pickle cannot run code: it fails as InvalidJobInput)
   scheduler.pt           LR scheduler state
+                         (both are left out of a finished run's checkpoint: nothing steps
+                         again, and they are most of the bytes -- twice the model for Adam)
   rng-<rank>.pt          python / numpy / torch (/ cuda) RNG states of every process
   trainer_state.json     epoch, batch within the epoch, global step, best-so-far, ...
   MANIFEST.json          written last: a checkpoint without it is incomplete and ignored
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import re
 import shutil
@@ -30,6 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from tunefleet.worker.engine.errors import InvalidJobInput
 
 MANIFEST = "MANIFEST.json"
 _STEP_DIR = re.compile(r"^step-(\d{7,})$")
@@ -100,8 +106,8 @@ def commit(
     step: int,
     *,
     model: nn.Module,
-    optimizer_state: dict[str, Any],
-    scheduler_state: dict[str, Any],
+    optimizer_state: dict[str, Any] | None,
+    scheduler_state: dict[str, Any] | None,
     trainer_state: dict[str, Any],
     keep: int,
 ) -> Path:
@@ -110,8 +116,10 @@ def commit(
 
     tmp = _tmp_dir(root, step)
     save_model(model, str(tmp / "model.safetensors"))
-    torch.save(optimizer_state, tmp / "optimizer.pt")
-    torch.save(scheduler_state, tmp / "scheduler.pt")
+    if optimizer_state is not None:
+        torch.save(optimizer_state, tmp / "optimizer.pt")
+    if scheduler_state is not None:
+        torch.save(scheduler_state, tmp / "scheduler.pt")
     (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2), encoding="utf-8")
     files = sorted(p.name for p in tmp.iterdir())
     manifest = {"step": step, "files": files, "created": time.time()}
@@ -167,19 +175,38 @@ class Checkpoint:
 
         load_model(model, str(self.path / "model.safetensors"))
 
-    def optimizer_state(self) -> dict[str, Any]:
-        return torch.load(self.path / "optimizer.pt", weights_only=True, map_location="cpu")
+    def optimizer_state(self) -> dict[str, Any] | None:
+        """None in a finished run's checkpoint (see the module docstring)."""
+        path = self.path / "optimizer.pt"
+        return load_tensors(path) if path.is_file() else None
 
-    def scheduler_state(self) -> dict[str, Any]:
-        return torch.load(self.path / "scheduler.pt", weights_only=True, map_location="cpu")
+    def scheduler_state(self) -> dict[str, Any] | None:
+        path = self.path / "scheduler.pt"
+        return load_tensors(path) if path.is_file() else None
 
     def restore_rng(self, rank: int) -> bool:
         """Restore this rank's RNG; False when the checkpoint has none for it."""
         path = self.path / f"rng-{rank}.pt"
         if not path.is_file():
             return False
-        restore_rng(torch.load(path, weights_only=True))
+        restore_rng(load_tensors(path))
         return True
+
+
+def load_tensors(path: Path) -> Any:
+    """torch.load limited to tensors and plain containers (weights_only=True): loading never
+    runs code from the file. Anything else is refused as InvalidJobInput naming the file."""
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        why = next(
+            (line for line in lines if "unsupported" in line.lower()), lines[0] if lines else ""
+        )
+        raise InvalidJobInput(
+            f"{path}: refused to load: it holds more than tensors and plain data "
+            f"(a tampered checkpoint?): {why[:300]}"
+        ) from None
 
 
 def load(path: Path) -> Checkpoint:

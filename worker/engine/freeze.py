@@ -8,7 +8,7 @@ A model is seen as an ordered list of blocks, bottom to top, the last one always
 - smallcnn:    stem, stage1, stage2, head
 
 Strategies pick trainable blocks (full, head_only, last_k, gradual, lp_ft) or parameters
-(patterns). `FreezePlan.apply(model, epoch)` sets ``requires_grad`` and keeps frozen BatchNorm
+(patterns; lora: the LoRA adapters that models.apply_lora injected, plus the whole head). `FreezePlan.apply(model, epoch)` sets ``requires_grad`` and keeps frozen BatchNorm
 layers in eval mode, so their running statistics stay those of the pretrained model even though
 the rest of the network is in train mode. Call it after every ``model.train()``.
 """
@@ -24,8 +24,9 @@ from torch import nn
 from tunefleet.v1 import job_pb2, spec_pb2
 from tunefleet.worker.engine.errors import InvalidJobInput
 from tunefleet.worker.engine.events import render_table
+from tunefleet.worker.engine.models import is_lora_param
 
-STRATEGIES = ("full", "head_only", "last_k", "patterns", "gradual", "lp_ft")
+STRATEGIES = ("full", "head_only", "last_k", "patterns", "gradual", "lp_ft", "lora")
 DYNAMIC_STRATEGIES = ("gradual", "lp_ft")
 HEAD = "head"
 
@@ -35,6 +36,7 @@ class Block:
     name: str
     params: tuple[str, ...]  # parameter names, in model order
     numel: int
+    sizes: tuple[int, ...] = ()  # numel of each parameter, as `params`
 
 
 # ----------------------------------------------------------------------------- blocks
@@ -50,16 +52,24 @@ def model_blocks(model: nn.Module, kind: str, head_path: str = "") -> list[Block
         block = next((name for name, match in rules if match(pname)), HEAD)
         assigned[block].append(pname)
     numels = {n: p.numel() for n, p in model.named_parameters()}
-    blocks = [
-        Block(name, tuple(params), sum(numels[p] for p in params))
-        for name, params in assigned.items()
-        if params and name != HEAD
-    ]
-    return blocks + [Block(HEAD, tuple(assigned[HEAD]), sum(numels[p] for p in assigned[HEAD]))]
+
+    def block(name: str, params: list[str]) -> Block:
+        sizes = tuple(numels[p] for p in params)
+        return Block(name, tuple(params), sum(sizes), sizes)
+
+    blocks = [block(name, params) for name, params in assigned.items() if params and name != HEAD]
+    return blocks + [block(HEAD, assigned[HEAD])]
 
 
 def _prefix(path: str) -> Callable[[str], bool]:
     return lambda name: name == path or name.startswith(path + ".")
+
+
+def _any_prefix(paths: list[str]) -> Callable[[str], bool]:
+    return lambda name: any(name == p or name.startswith(p + ".") for p in paths)
+
+
+_NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
 
 
 def _hf_rules(model: nn.Module) -> list[tuple[str, Callable[[str], bool]]]:
@@ -103,10 +113,19 @@ def _vision_rules(model: nn.Module, head_path: str) -> list[tuple[str, Callable[
             (f"layer.{i}", _prefix(f"encoder.layers.{name}")) for i, name in enumerate(layers)
         ]
     if isinstance(children.get("features"), nn.Sequential):
+        # One block per child with parameters; a bare norm layer (vgg*_bn) joins the conv
+        # before it, so that last_k=1 trains a whole conv layer rather than one BatchNorm.
+        groups: list[list[str]] = []
+        for name, child in model.features.named_children():
+            if not any(True for _ in child.parameters()):
+                continue
+            if groups and isinstance(child, _NORM_LAYERS):
+                groups[-1].append(name)
+            else:
+                groups.append([name])
         return [
-            (f"features.{name}", _prefix(f"features.{name}"))
-            for name, child in model.features.named_children()
-            if any(True for _ in child.parameters())
+            (f"features.{group[0]}", _any_prefix([f"features.{n}" for n in group]))
+            for group in groups
         ]
     head_root = head_path.split(".")[0]
     return [
@@ -127,8 +146,6 @@ class FreezePlan:
         self.body = blocks[:-1]
         self.strategy = finetune.strategy or "full"
         self.finetune = finetune
-        if self.strategy == "lora":
-            raise InvalidJobInput("finetune.strategy: lora is not supported yet")
         if self.strategy not in STRATEGIES:
             raise InvalidJobInput(f"finetune.strategy: unknown strategy {self.strategy!r}")
         if self.strategy == "last_k":
@@ -141,6 +158,11 @@ class FreezePlan:
         self._patterns_trainable = [re.compile(p) for p in finetune.trainable]
         self._patterns_frozen = [re.compile(p) for p in finetune.frozen]
         self.all_params = [p for b in blocks for p in b.params]
+        self._numel = {n: k for b in blocks for n, k in zip(b.params, b.sizes, strict=False)}
+        if self.strategy == "lora" and not any(is_lora_param(p) for p in self.all_params):
+            raise InvalidJobInput(
+                "finetune.strategy: lora, but the model has no LoRA adapters (models.apply_lora)"
+            )
         if not self.trainable(0) and not self.dynamic:
             raise InvalidJobInput("finetune: this plan leaves no trainable parameters")
 
@@ -167,7 +189,7 @@ class FreezePlan:
             return self.finetune.probe_epochs if self.finetune.HasField("probe_epochs") else 1
         if self.strategy == "last_k":
             return 0 if depth <= self.finetune.k else -1
-        return -1  # head_only; patterns handled per parameter
+        return -1  # head_only; patterns and lora's adapters handled per parameter
 
     def trainable(self, epoch: int) -> set[str]:
         """Names of the parameters that train during ``epoch`` (0-based)."""
@@ -182,6 +204,8 @@ class FreezePlan:
                 and not any(p.search(name) for p in self._patterns_frozen)
             }
         names: set[str] = set()
+        if self.strategy == "lora":
+            names.update(p for p in self.all_params if is_lora_param(p))
         for i, block in enumerate(self.blocks):
             start = self.unfreeze_epoch(i)
             if 0 <= start <= epoch:
@@ -215,6 +239,9 @@ class FreezePlan:
                     state = f"partial ({hits}/{len(block.params)} tensors)"
                 else:
                     state = "no"
+            elif self.strategy == "lora" and i < len(self.body):
+                adapters = sum(self._numel[n] for n in block.params if is_lora_param(n))
+                state = f"lora {adapters:,}" if adapters else "no"
             else:
                 start = self.unfreeze_epoch(i)
                 state = "yes" if start == 0 else "no" if start < 0 else f"from epoch {start + 1}"

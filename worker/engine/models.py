@@ -8,6 +8,9 @@ Three sources (``model.source``):
 
 Whatever the source, the classifier is always replaced by a freshly initialised head sized for
 this job's labels: the pretrained body is what we transfer, the old head is task-specific.
+``model.init: random`` keeps the architecture (and tokenizer) but not the weights: the
+baseline that transfer learning is measured against. ``finetune.strategy: lora`` injects PEFT
+LoRA adapters into the body (`apply_lora`); the export folds them back in (`merge_lora`).
 
 Data loading needs to know the model's input format (tokenizer, image size, normalisation)
 before the number of labels is known, so `resolve_task` runs first and `build_model` second.
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +81,7 @@ class ModelBundle:
     head_path: str  # dotted module path of the new head, e.g. "classifier" or "fc"
     tokenizer: Any = None
     notes: list[str] = field(default_factory=list)  # things worth a log event
+    lora_targets: list[str] = field(default_factory=list)  # modules with LoRA adapters
 
 
 class SmallCNN(nn.Module):
@@ -329,16 +334,19 @@ def build_model(
     """Load/build the body named by spec.model and attach a new head for ``num_labels``."""
     kind, arch = model_kind(spec)
     head = head_dict(spec.model.head)
+    random_init = spec.model.init == "random"
     notes: list[str] = []
     if kind == "hf":
         revision = spec.model.revision if spec.model.source == "hf" else None
-        model = _load_hf(spec.model.name, revision)
+        model = _load_hf(spec.model.name, revision, random_init=random_init)
         model, head_path = replace_hf_head(model, num_labels, labels, head)
         pad_id = getattr(task.tokenizer, "pad_token_id", None)
         if getattr(model.config, "pad_token_id", None) is None and pad_id is not None:
             model.config.pad_token_id = pad_id  # decoder models find the last token by it
     else:
-        if spec.model.source == "job":
+        if spec.model.source == "job" and random_init:
+            model = build_torchvision_arch(arch, in_channels=task.in_channels or 3)
+        elif spec.model.source == "job":
             from tunefleet.worker.engine.export import load_model
 
             model = load_model(spec.model.name)
@@ -346,11 +354,23 @@ def build_model(
         else:
             model = _load_torchvision(spec, arch, task)
         model, head_path = replace_torchvision_head(model, num_labels, head)
+    if random_init:
+        notes.append("model.init random: the body's weights are randomly initialised")
     notes.append(
         f"new head at `{head_path}`: {num_labels} labels"
         + (f", hidden {head['hidden']}" if head["hidden"] else "")
         + f", init {head['init']}"
     )
+    lora_targets: list[str] = []
+    if spec.finetune.strategy == "lora":
+        lora_targets = apply_lora(model, kind, head_path, spec.finetune.lora)
+        lora = spec.finetune.lora
+        adapters = sum(p.numel() for n, p in model.named_parameters() if is_lora_param(n))
+        leaves = sorted({_short_name(t) for t in lora_targets})
+        notes.append(
+            f"LoRA r {lora.r}, alpha {lora.alpha:g}, dropout {lora.dropout:g} on "
+            f"{len(lora_targets)} layers ({_preview(leaves)}): {adapters:,} adapter params"
+        )
     return ModelBundle(
         model=model,
         kind=kind,
@@ -362,23 +382,41 @@ def build_model(
         head_path=head_path,
         tokenizer=task.tokenizer,
         notes=notes,
+        lora_targets=lora_targets,
     )
 
 
-def _load_hf(name: str, revision: str | None) -> nn.Module:
-    from transformers import AutoModelForSequenceClassification
+def _load_hf(name: str, revision: str | None, *, random_init: bool = False) -> nn.Module:
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
     try:
         with quiet_transformers():
+            if random_init:  # same architecture, fresh weights (from the global torch RNG)
+                config = AutoConfig.from_pretrained(name, revision=revision or None)
+                return AutoModelForSequenceClassification.from_config(config)
             # ignore_mismatched_sizes: the checkpoint's own head may have another label count;
             # it is replaced right after, so a size mismatch there is expected.
             return AutoModelForSequenceClassification.from_pretrained(
                 name, revision=revision or None, ignore_mismatched_sizes=True
             )
+    except pickle.UnpicklingError as e:
+        # transformers reads .bin weights with torch.load(weights_only=True): a pickle that
+        # would run code is refused, and retrying cannot change that.
+        raise InvalidJobInput(
+            f"model.name: refused to load {name!r}: its weights file is a pickle holding more "
+            f"than tensors ({_first_line(e)}); use safetensors weights"
+        ) from None
     except (OSError, ValueError) as e:
         raise InvalidJobInput(
             f"model.name: cannot load {name!r} as a Hugging Face model: {e}"
         ) from e
+
+
+def _first_line(e: Exception) -> str:
+    """torch's weights-only refusal, without its paragraph of advice."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    why = [line for line in lines if "unsupported" in line.lower()]
+    return (why or lines or [type(e).__name__])[0][:300]
 
 
 def build_torchvision_arch(
@@ -394,6 +432,8 @@ def build_torchvision_arch(
 
 
 def _load_torchvision(spec: spec_pb2.JobSpec, arch: str, task: TaskInfo) -> nn.Module:
+    if spec.model.init == "random":
+        return build_torchvision_arch(arch, in_channels=task.in_channels)
     try:
         model = build_torchvision_arch(
             arch, in_channels=task.in_channels, weights=spec.model.weights
@@ -436,3 +476,115 @@ def _load_checkpoint_into(model: nn.Module, path: Path) -> None:
             f"model.checkpoint: {path} does not fit {type(model).__name__}: "
             f"missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
+
+
+# ----------------------------------------------------------------------------- LoRA
+
+
+def is_lora_param(name: str) -> bool:
+    """LoRA adapter weights (lora_A / lora_B / lora_embedding_*), as PEFT names them."""
+    return any(part.startswith("lora_") for part in name.split("."))
+
+
+def _lora_eligible(module: nn.Module) -> bool:
+    """Layer types PEFT's LoRA can adapt *and merge back* into a plain layer."""
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        return module.groups == 1  # grouped/depthwise convs: PEFT cannot merge them
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        return True
+    return type(module).__name__ == "Conv1D"  # transformers' GPT-2 style projection
+
+
+def lora_candidates(model: nn.Module, kind: str, head_path: str) -> list[str]:
+    """Module names LoRA may target: adaptable layers of the body (the head trains fully).
+
+    Linears inside nn.MultiheadAttention are skipped: its forward reads ``out_proj.weight``
+    directly, so an adapter there would never see a gradient.
+    """
+    from tunefleet.worker.engine.freeze import model_blocks
+
+    body = {p for block in model_blocks(model, kind, head_path)[:-1] for p in block.params}
+    attention = [n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
+    return [
+        name
+        for name, module in model.named_modules()
+        if name
+        and _lora_eligible(module)
+        and f"{name}.weight" in body
+        and not any(name.startswith(a + ".") for a in attention)
+    ]
+
+
+def apply_lora(model: nn.Module, kind: str, head_path: str, lora: spec_pb2.LoraSpec) -> list[str]:
+    """Inject LoRA adapters (PEFT) in place; returns the adapted module names.
+
+    ``target_modules`` entries match a module by its name or name suffix (``query`` matches
+    ``bert.encoder.layer.0.attention.self.query``), as in PEFT; empty means every adaptable
+    layer below the head. The model keeps its class and parameter names (plus
+    ``.base_layer`` / ``.lora_A.default`` segments), so freeze plans, checkpoints and
+    Accelerate treat it like any other model; `merge_lora` turns it back into a plain one.
+    """
+    import warnings
+
+    from peft import LoraConfig, inject_adapter_in_model
+
+    candidates = lora_candidates(model, kind, head_path)
+    requested = list(lora.target_modules)
+    if requested:
+        targets = []
+        for want in requested:
+            hits = [n for n in candidates if n == want or n.endswith("." + want)]
+            if not hits:
+                leaves = sorted({_short_name(n) for n in candidates})
+                raise InvalidJobInput(
+                    f"finetune.lora.target_modules: {want!r} matches no adaptable layer below "
+                    f"the head of {type(model).__name__} (Linear, Conv with groups 1, "
+                    f"Embedding); layer names there: {_preview(leaves, 12)}"
+                )
+            targets += [n for n in hits if n not in targets]
+    else:
+        targets = candidates
+    if not targets:
+        raise InvalidJobInput(
+            f"finetune.strategy: lora found no adaptable layer below the head of "
+            f"{type(model).__name__}"
+        )
+    config = LoraConfig(
+        r=lora.r if lora.HasField("r") else 8,
+        lora_alpha=lora.alpha if lora.HasField("alpha") else 16.0,
+        lora_dropout=lora.dropout if lora.HasField("dropout") else 0.0,
+        target_modules=targets,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # e.g. "fan_in_fan_out set to True" for Conv1D
+        inject_adapter_in_model(config, model)
+    return targets
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold every LoRA adapter into its base layer (W += B A * alpha/r), in place.
+
+    What is left is the plain architecture with plain parameter names, which is what the
+    exported model/ folder holds: it loads with from_pretrained / load_model, no PEFT needed.
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    adapted = [(n, m) for n, m in model.named_modules() if isinstance(m, BaseTunerLayer)]
+    for name, module in adapted:
+        module.merge()
+        model.set_submodule(name, module.get_base_layer())
+    if hasattr(model, "peft_config"):
+        del model.peft_config
+    return model
+
+
+def _short_name(module: str) -> str:
+    """`bert.encoder.layer.0.attention.self.query` -> `query`; `stem.0` stays `stem.0`."""
+    parts = module.split(".")
+    keep = next((i for i in range(len(parts) - 1, -1, -1) if not parts[i].isdigit()), 0)
+    return ".".join(parts[keep:])
+
+
+def _preview(names: list[str], limit: int = 6) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")

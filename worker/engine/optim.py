@@ -85,19 +85,31 @@ def build_optimizer(
 ) -> torch.optim.Optimizer:
     name = spec.name or "adamw"
     if name == "sgd":
-        return torch.optim.SGD(
-            groups,
+        cls: type[torch.optim.Optimizer] = torch.optim.SGD
+        kwargs: dict[str, Any] = dict(
             lr=spec.lr,
             momentum=spec.momentum,
             nesterov=spec.nesterov,
             weight_decay=spec.weight_decay,
         )
-    if name in ("adam", "adamw"):
-        betas = tuple(spec.betas) if len(spec.betas) == 2 else (0.9, 0.999)
-        eps = spec.eps if spec.HasField("eps") else 1e-8
+    elif name in ("adam", "adamw"):
         cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
-        return cls(groups, lr=spec.lr, betas=betas, eps=eps, weight_decay=spec.weight_decay)
-    raise InvalidJobInput(f"optimizer.name: unknown optimizer {name!r} (sgd | adam | adamw)")
+        kwargs = dict(
+            lr=spec.lr,
+            betas=tuple(spec.betas) if len(spec.betas) == 2 else (0.9, 0.999),
+            eps=spec.eps if spec.HasField("eps") else 1e-8,
+            weight_decay=spec.weight_decay,
+        )
+    else:
+        raise InvalidJobInput(f"optimizer.name: unknown optimizer {name!r} (sgd | adam | adamw)")
+    # torch's default on CPU is the per-tensor Python loop, ~7x slower than the fused kernel
+    # for a 22M-parameter model (the step then costs as much as the backward pass). Fused
+    # kernels exist for CPU and CUDA float tensors (what HF Trainer uses by default too); fall
+    # back to the multi-tensor loop where they do not apply.
+    try:
+        return cls(groups, fused=True, **kwargs)
+    except (RuntimeError, ValueError):
+        return cls(groups, foreach=True, **kwargs)
 
 
 def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:

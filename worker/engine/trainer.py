@@ -22,6 +22,8 @@ import json
 import math
 import os
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -39,12 +41,58 @@ from tunefleet.worker.engine import checkpoint, models
 from tunefleet.worker.engine.errors import InvalidJobInput
 from tunefleet.worker.engine.events import log_event, metrics_event, report_message_event
 from tunefleet.worker.engine.export import export_model
+from tunefleet.worker.engine.feature_cache import FrozenFeatures
 from tunefleet.worker.engine.freeze import FreezePlan
 from tunefleet.worker.engine.optim import build_optimizer, build_param_groups, group_lrs
 from tunefleet.worker.engine.schedules import build_schedule
 
 Emit = Callable[[job_pb2.Event], None]
 HF_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+EXIT_PREEMPTED = 75  # the process's exit code after a SIGTERM checkpoint-and-stop
+
+
+class Preempted(SystemExit):
+    """SIGTERM arrived (the worker drains, or the machine is being taken away): the run wrote
+    a checkpoint at an optimizer-step boundary and stops. Being a SystemExit, it ends the
+    engine process with EXIT_PREEMPTED; the worker then requeues the job, which resumes from
+    that checkpoint."""
+
+    def __init__(self, step: int):
+        super().__init__(EXIT_PREEMPTED)
+        self.step = step
+
+
+class SigtermFlag:
+    """While entered (in the main thread), SIGTERM only sets a flag, which the training loop
+    checks after each optimizer step: stopping mid-step would lose the step, and a signal
+    handler cannot safely write a checkpoint."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self._previous: Any = None
+        self._installed = False
+
+    def __enter__(self) -> SigtermFlag:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._installed:
+            signal.signal(signal.SIGTERM, self._previous or signal.SIG_DFL)
+            self._installed = False
+
+    def _on_sigterm(self, signum, frame) -> None:
+        self.received = True
+
+    def agreed(self, accelerator) -> bool:
+        """True if any process got SIGTERM. Every process calls this at the same step, so
+        all of them checkpoint and stop together."""
+        if accelerator.num_processes == 1:
+            return self.received
+        flag = torch.tensor(float(self.received), device=accelerator.device)
+        return accelerator.reduce(flag, reduction="sum").item() > 0
 
 
 @dataclass
@@ -104,9 +152,10 @@ def run_job(
 
     try:
         run = TrainingRun(spec, Path(out_dir), emit)
-        run.setup(resume=resume)
-        run.train()
-        return run.finish()
+        with run.sigterm:
+            run.setup(resume=resume)
+            run.train()
+            return run.finish()
     finally:
         # Accelerate keeps process-wide singletons; release them so that the next job in this
         # process (tests, the in-process API) can use another precision or accumulation.
@@ -141,6 +190,7 @@ class TrainingRun:
         self.emit: Emit = emit if main else (lambda event: None)
         self.state = TrainerState()
         self.last_saved_step = -1
+        self.sigterm = SigtermFlag()
 
     # ------------------------------------------------------------------ setup
 
@@ -238,14 +288,31 @@ class TrainingRun:
                 f"{self.total_steps} optimizer steps"
             )
         )
+        # The frozen prefix runs in eval mode; its outputs are cached when that pays.
+        self.features = FrozenFeatures(
+            spec=spec,
+            accelerator=acc,
+            model=self.model,
+            plan=self.plan,
+            kind=self.bundle.kind,
+            data=self.data,
+            sampler=self.sampler,
+            num_epochs=self.num_epochs,
+            forward=lambda model, batch: _logits(model, batch, self.bundle.kind),
+            cache_dir=self.out_dir / "feature_cache",
+            emit=self.emit,
+        )
         if latest is not None:
             self._restore(latest)
 
     def _restore(self, path: Path) -> None:
         ckpt = checkpoint.load(path)
         ckpt.load_model(self.unwrapped)
-        self.optimizer.load_state_dict(ckpt.optimizer_state())
-        self.scheduler.load_state_dict(ckpt.scheduler_state())
+        optimizer_state, scheduler_state = ckpt.optimizer_state(), ckpt.scheduler_state()
+        if optimizer_state is not None:  # None: a finished run, which only exports again
+            self.optimizer.load_state_dict(optimizer_state)
+        if scheduler_state is not None:
+            self.scheduler.load_state_dict(scheduler_state)
         self.state = TrainerState(**ckpt.trainer_state)
         self.last_saved_step = self.state.global_step
         # RNG last: everything above may draw random numbers (e.g. the new head's init).
@@ -274,9 +341,10 @@ class TrainingRun:
 
         while not s.finished and s.epoch < self.num_epochs:
             epoch = s.epoch
-            loader = self.train_loader
+            epoch_loader = self.features.train_loader(epoch) or self.train_loader
+            loader = epoch_loader
             if s.batch_in_epoch > 0:
-                loader = acc.skip_first_batches(self.train_loader, s.batch_in_epoch)
+                loader = acc.skip_first_batches(epoch_loader, s.batch_in_epoch)
             self.sampler.set_epoch(epoch)
             self.loader_generator.manual_seed(spec.train.seed * 100_003 + epoch)
             loader.set_epoch(epoch)
@@ -318,6 +386,8 @@ class TrainingRun:
                     and s.batch_in_epoch < n_batches
                 ):
                     self.save_checkpoint()
+                if s.batch_in_epoch < n_batches and self.sigterm.agreed(acc):
+                    self._stop_on_sigterm()
 
             if s.batch_in_epoch >= n_batches:  # the epoch is complete
                 s.epoch += 1
@@ -328,6 +398,8 @@ class TrainingRun:
                 s.finished = True
             if not s.finished:
                 self.save_checkpoint()
+                if self.sigterm.agreed(acc):
+                    self._stop_on_sigterm()
 
         # The last stretch: log it, evaluate the final weights, and checkpoint the end state.
         s.finished = True
@@ -337,6 +409,22 @@ class TrainingRun:
             self._evaluate_and_track()
         if self.last_saved_step != s.global_step:
             self.save_checkpoint()
+        self.features.release()
+
+    def _stop_on_sigterm(self) -> None:
+        s = self.state
+        if self._window_batches:
+            self._log_train()  # the loss of the steps since the last log is not lost
+        if self.last_saved_step != s.global_step:
+            self.save_checkpoint()
+        self.emit(
+            log_event(
+                f"SIGTERM: stopped after step {s.global_step} and saved a checkpoint; the job "
+                f"resumes from it (exit {EXIT_PREEMPTED})",
+                level="warning",
+            )
+        )
+        raise Preempted(s.global_step)
 
     def _should_stop(self) -> bool:
         s, spec = self.state, self.spec
@@ -358,9 +446,10 @@ class TrainingRun:
     def _train_mode(self, epoch: int) -> None:
         self.model.train()
         self.plan.apply(self.unwrapped, epoch)
+        self.features.set_modes(epoch)
 
     def _loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return F.cross_entropy(_logits(model, batch, self.bundle.kind).float(), batch["labels"])
+        return F.cross_entropy(self.features.logits(model, batch).float(), batch["labels"])
 
     # ------------------------------------------------------------------ metrics
 
@@ -413,8 +502,8 @@ class TrainingRun:
         self.model.eval()
         losses, preds, labels = [], [], []
         with torch.no_grad():
-            for batch in self.eval_loader:
-                logits = _logits(self.model, batch, self.bundle.kind).float()
+            for batch in self.features.eval_loader() or self.eval_loader:
+                logits = self.features.logits(self.model, batch).float()
                 loss = F.cross_entropy(logits, batch["labels"], reduction="none")
                 loss, pred, label = acc.gather_for_metrics(
                     (loss, logits.argmax(-1), batch["labels"])
@@ -484,8 +573,9 @@ class TrainingRun:
                 self.ckpt_root,
                 s.global_step,
                 model=self.unwrapped,
-                optimizer_state=self.optimizer.state_dict(),
-                scheduler_state=self.scheduler.state_dict(),
+                # A finished run never steps again: skip the optimizer's 2x-model bytes.
+                optimizer_state=None if s.finished else self.optimizer.state_dict(),
+                scheduler_state=None if s.finished else self.scheduler.state_dict(),
                 trainer_state=asdict(s),
                 keep=self.spec.train.keep_checkpoints or 2,
             )
@@ -511,13 +601,18 @@ class TrainingRun:
         if acc.is_main_process:
             best = self.out_dir / "best" / "model.safetensors"
             if s.best_step >= 0 and best.is_file():
-                from safetensors.torch import load_model
+                if s.best_step != s.global_step:  # else the weights in memory are the best
+                    from safetensors.torch import load_model
 
-                load_model(self.unwrapped, str(best))
+                    load_model(self.unwrapped, str(best))
                 self.emit(log_event(f"exporting the best model (step {s.best_step})"))
             else:
                 self.emit(log_event(f"exporting the last model (step {s.global_step})"))
             model = self.unwrapped.cpu().eval()
+            if bundle.lora_targets:
+                # Exported models are plain: adapters folded into the weights they adapt.
+                model = models.merge_lora(model)
+                self.emit(log_event(f"merged LoRA into {len(bundle.lora_targets)} layers"))
             spec_dict = json_format.MessageToDict(self.spec, preserving_proto_field_name=True)
             spec_path = self.out_dir / "spec.json"
             if not spec_path.exists():
@@ -575,6 +670,7 @@ class TrainingRun:
             example_batch=next(iter(loader)),
             out_dir=self.out_dir,
             export=export,
+            keep=(self.bundle.head_path,),
         )
         self.emit(report_message_event(result.report))
         return dict(result.artifacts), dict(result.summary)

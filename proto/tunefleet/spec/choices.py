@@ -9,7 +9,16 @@ TORCHVISION_DATASETS = ("FashionMNIST", "MNIST", "CIFAR10", "CIFAR100")
 AUGMENT = ("none", "light", "strong")
 HEAD_INIT = ("normal", "default")
 STRATEGIES = ("full", "head_only", "last_k", "patterns", "gradual", "lp_ft", "lora")
-UNSUPPORTED_STRATEGIES = ("lora",)
+FEATURE_CACHE = ("auto", "off")
+UNSUPPORTED_STRATEGIES: tuple[str, ...] = ()
+MODEL_INITS = ("pretrained", "random")
+# LoRA defaults (finetune.lora, strategy lora only). Hugging Face BERT-like models name their
+# attention projections query/key/value; an empty target list means every Linear/Conv layer
+# below the head (the default for torchvision and source: job models, whose names vary).
+LORA_R = 8
+LORA_ALPHA = 16.0
+LORA_DROPOUT = 0.0
+LORA_HF_TARGETS = ("query", "value")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "linear", "cosine", "step")
 PRECISIONS = ("no", "bf16", "fp16")

@@ -6,6 +6,7 @@ before submitting and the coordinator resolve again without drift.
 
 from __future__ import annotations
 
+from tunefleet.spec import choices as C
 from tunefleet.v1 import spec_pb2
 
 
@@ -27,6 +28,7 @@ def resolve_defaults(spec: spec_pb2.JobSpec) -> spec_pb2.JobSpec:
     s = spec_pb2.JobSpec()
     s.CopyFrom(spec)
 
+    _default_str(s.model, "init", "pretrained")
     head = s.model.head
     _default_str(head, "init", "normal")
     _default(head, "init_std", 0.01)
@@ -48,10 +50,17 @@ def resolve_defaults(spec: spec_pb2.JobSpec) -> spec_pb2.JobSpec:
     f = s.finetune
     _default_str(f, "strategy", "full")
     _default(f, "layerwise_lr_decay", 1.0)
+    _default_str(f, "feature_cache", "auto")
     if f.strategy == "gradual":
         _default(f, "unfreeze_every", 1)
     if f.strategy == "lp_ft":
         _default(f, "probe_epochs", 1)
+    if f.strategy == "lora":
+        _default(f.lora, "r", C.LORA_R)
+        _default(f.lora, "alpha", C.LORA_ALPHA)
+        _default(f.lora, "dropout", C.LORA_DROPOUT)
+        if not f.lora.target_modules and s.model.source == "hf":
+            f.lora.target_modules.extend(C.LORA_HF_TARGETS)
 
     o = s.optimizer
     _default_str(o, "name", "adamw")
@@ -81,7 +90,7 @@ def resolve_defaults(spec: spec_pb2.JobSpec) -> spec_pb2.JobSpec:
     _default(t, "log_every_steps", 10)
     _default(t, "checkpoint_every_steps", 0)
     _default(t, "keep_checkpoints", 2)
-    _default(t, "max_restarts", 0)
+    _default(t, "max_restarts", 3)
 
     e = s.eval
     _default(e, "every_steps", 0)

@@ -10,9 +10,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+# Counted by the engine's FreezePlan on each architecture (tests/engine/test_architectures.py
+# checks every entry against the real model).
 _TORCHVISION_BLOCKS = {
     "smallcnn": 3,  # stem, stage1, stage2
     **{f"resnet{n}": 5 for n in (18, 34, 50, 101, 152)},  # stem, layer1..layer4
+    # features.<i>: one block per conv layer (with its BatchNorm in the _bn variants)
+    "alexnet": 5,
+    **{f"vgg{n}{bn}": c for n, c in ((11, 8), (13, 10), (16, 13), (19, 16)) for bn in ("", "_bn")},
+    # features.<i>: one block per stage
+    "mobilenet_v2": 19,
+    "mobilenet_v3_small": 13,
+    "mobilenet_v3_large": 17,
+    **{f"efficientnet_b{i}": 9 for i in range(8)},
+    # stem (patch embedding, class token, positions), then one block per encoder layer
+    "vit_b_16": 13,
+    "vit_b_32": 13,
+    "vit_l_16": 25,
 }
 
 _LAYER_KEYS = ("num_hidden_layers", "n_layers", "num_layers")

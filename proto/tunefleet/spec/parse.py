@@ -118,7 +118,8 @@ def _message(desc: Descriptor, data: Any, path: str, errors: list[FieldError]) -
     fields = _fields_by_key(desc)
     out: dict[str, Any] = {}
     for key, value in data.items():
-        kpath = _join(path, str(key))
+        # An empty or non-string key (YAML allows both) is quoted so the path still names it.
+        kpath = _join(path, key if isinstance(key, str) and key else repr(key))
         field = fields.get(key) if isinstance(key, str) else None
         if field is None:
             allowed = ", ".join(f.name for f in desc.fields)

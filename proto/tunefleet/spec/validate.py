@@ -125,6 +125,13 @@ def _model(c: _Check, spec, check_paths: bool) -> None:
             c.fail(
                 "model.num_labels", f"is {m.num_labels} but model.labels has {len(m.labels)} names"
             )
+    if c.choice("model.init", m.init, C.MODEL_INITS, required=False) and m.init == "random":
+        for field in ("weights", "checkpoint"):
+            if getattr(m, field):
+                c.fail(
+                    f"model.{field}",
+                    "model.init random starts from random weights; drop one of the two",
+                )
     h = m.head
     c.choice("model.head.init", h.init, C.HEAD_INIT, required=False)
     c.at_least(h, "init_std", "model.head.init_std", 0.0, strict=True)
@@ -229,7 +236,10 @@ def _finetune(c: _Check, spec) -> None:
             )
     if f.HasField("lora") and strategy != "lora":
         c.fail("finetune.lora", "only applies to strategy: lora")
+    elif strategy == "lora":
+        _lora(c, spec)
     c.within(f, "layerwise_lr_decay", "finetune.layerwise_lr_decay", 0.0, 1.0, low_open=True)
+    c.choice("finetune.feature_cache", f.feature_cache, C.FEATURE_CACHE, required=False)
     for i, g in enumerate(f.lr_groups):
         if not g.pattern:
             c.fail(f"finetune.lr_groups[{i}].pattern", "required: a regex over parameter names")
@@ -237,6 +247,21 @@ def _finetune(c: _Check, spec) -> None:
             c.regex(f"finetune.lr_groups[{i}].pattern", g.pattern)
         if g.lr <= 0:
             c.fail(f"finetune.lr_groups[{i}].lr", f"must be > 0, got {g.lr:g}")
+
+
+def _lora(c: _Check, spec) -> None:
+    lora = spec.finetune.lora
+    c.at_least(lora, "r", "finetune.lora.r", 1)
+    c.at_least(lora, "alpha", "finetune.lora.alpha", 0.0, strict=True)
+    c.within(lora, "dropout", "finetune.lora.dropout", 0.0, 1.0, high_open=True)
+    seen: set[str] = set()
+    for i, name in enumerate(lora.target_modules):
+        path = f"finetune.lora.target_modules[{i}]"
+        if not name.strip():
+            c.fail(path, "empty; give a module name such as query (matches *.query)")
+        elif name in seen:
+            c.fail(path, f"{name!r} is listed twice")
+        seen.add(name)
 
 
 def _optimizer(c: _Check, o) -> None:
@@ -300,8 +325,6 @@ def _train(c: _Check, spec) -> None:
     c.at_least(t, "checkpoint_every_steps", "train.checkpoint_every_steps", 0)
     c.at_least(t, "keep_checkpoints", "train.keep_checkpoints", 1)
     c.at_least(t, "max_restarts", "train.max_restarts", 0)
-    if t.max_restarts > 0:
-        c.fail("train.max_restarts", "automatic retries are not supported yet; use 0")
 
 
 def _eval(c: _Check, spec) -> None:

@@ -26,7 +26,7 @@ from tunefleet.v1 import job_pb2 as tunefleet_dot_v1_dot_job__pb2
 from tunefleet.v1 import spec_pb2 as tunefleet_dot_v1_dot_spec__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etunefleet/v1/coordinator.proto\x12\x0ctunefleet.v1\x1a\x16tunefleet/v1/job.proto\x1a\x17tunefleet/v1/spec.proto\"P\n\x10SubmitJobRequest\x12#\n\x04spec\x18\x01 \x01(\x0b\x32\x15.tunefleet.v1.JobSpec\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"H\n\x0fListJobsRequest\x12&\n\x06states\x18\x01 \x03(\x0e\x32\x16.tunefleet.v1.JobState\x12\r\n\x05limit\x18\x02 \x01(\x05\"3\n\x10ListJobsResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.tunefleet.v1.Job\"2\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"H\n\x13StreamEventsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"?\n\x0fWorkerResources\x12\x0c\n\x04gpus\x18\x01 \x01(\x05\x12\x0c\n\x04\x63pus\x18\x02 \x01(\x05\x12\x10\n\x08gpu_name\x18\x03 \x01(\t\"\xd5\x01\n\x06Worker\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x30\n\tresources\x18\x03 \x01(\x0b\x32\x1d.tunefleet.v1.WorkerResources\x12(\n\x05state\x18\x04 \x01(\x0e\x32\x19.tunefleet.v1.WorkerState\x12\x11\n\tfree_gpus\x18\x05 \x01(\x05\x12\x0f\n\x07job_ids\x18\x06 \x03(\t\x12\x1c\n\x14last_heartbeat_age_s\x18\x07 \x01(\x01\x12\x0f\n\x07\x61\x64\x64ress\x18\x08 \x01(\t\"\x14\n\x12ListWorkersRequest\"<\n\x13ListWorkersResponse\x12%\n\x07workers\x18\x01 \x03(\x0b\x32\x14.tunefleet.v1.Worker\"\x7f\n\x15RegisterWorkerRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x30\n\tresources\x18\x03 \x01(\x0b\x32\x1d.tunefleet.v1.WorkerResources\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\"b\n\x16RegisterWorkerResponse\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x01\x12\x17\n\x0flease_timeout_s\x18\x03 \x01(\x01\">\n\x10HeartbeatRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x17\n\x0frunning_job_ids\x18\x02 \x03(\t\":\n\x11HeartbeatResponse\x12\x16\n\x0e\x63\x61ncel_job_ids\x18\x01 \x03(\t\x12\r\n\x05known\x18\x02 \x01(\x08\"<\n\x11\x41\x63quireJobRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x14\n\x0cwait_seconds\x18\x02 \x01(\x01\"=\n\nAssignment\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.tunefleet.v1.Job\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\"B\n\x12\x41\x63quireJobResponse\x12,\n\nassignment\x18\x01 \x01(\x0b\x32\x18.tunefleet.v1.Assignment\"n\n\x13ReportEventsRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12#\n\x06\x65vents\x18\x04 \x03(\x0b\x32\x13.tunefleet.v1.Event\"(\n\x14ReportEventsResponse\x12\x10\n\x08last_seq\x18\x01 \x01(\x03\"\xdf\x02\n\x10\x46inishJobRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12%\n\x05state\x18\x04 \x01(\x0e\x32\x16.tunefleet.v1.JobState\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12@\n\tartifacts\x18\x06 \x03(\x0b\x32-.tunefleet.v1.FinishJobRequest.ArtifactsEntry\x12<\n\x07summary\x18\x07 \x03(\x0b\x32+.tunefleet.v1.FinishJobRequest.SummaryEntry\x1a\x30\n\x0e\x41rtifactsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cSummaryEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x13\n\x11\x46inishJobResponse*M\n\x0bWorkerState\x12\x1c\n\x18WORKER_STATE_UNSPECIFIED\x10\x00\x12\x08\n\x04LIVE\x10\x01\x12\x08\n\x04LOST\x10\x02\x12\x0c\n\x08\x44RAINING\x10\x03\x32\xd1\x06\n\x0b\x43oordinator\x12>\n\tSubmitJob\x12\x1e.tunefleet.v1.SubmitJobRequest\x1a\x11.tunefleet.v1.Job\x12\x38\n\x06GetJob\x12\x1b.tunefleet.v1.GetJobRequest\x1a\x11.tunefleet.v1.Job\x12I\n\x08ListJobs\x12\x1d.tunefleet.v1.ListJobsRequest\x1a\x1e.tunefleet.v1.ListJobsResponse\x12>\n\tCancelJob\x12\x1e.tunefleet.v1.CancelJobRequest\x1a\x11.tunefleet.v1.Job\x12H\n\x0cStreamEvents\x12!.tunefleet.v1.StreamEventsRequest\x1a\x13.tunefleet.v1.Event0\x01\x12R\n\x0bListWorkers\x12 .tunefleet.v1.ListWorkersRequest\x1a!.tunefleet.v1.ListWorkersResponse\x12[\n\x0eRegisterWorker\x12#.tunefleet.v1.RegisterWorkerRequest\x1a$.tunefleet.v1.RegisterWorkerResponse\x12L\n\tHeartbeat\x12\x1e.tunefleet.v1.HeartbeatRequest\x1a\x1f.tunefleet.v1.HeartbeatResponse\x12O\n\nAcquireJob\x12\x1f.tunefleet.v1.AcquireJobRequest\x1a .tunefleet.v1.AcquireJobResponse\x12U\n\x0cReportEvents\x12!.tunefleet.v1.ReportEventsRequest\x1a\".tunefleet.v1.ReportEventsResponse\x12L\n\tFinishJob\x12\x1e.tunefleet.v1.FinishJobRequest\x1a\x1f.tunefleet.v1.FinishJobResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etunefleet/v1/coordinator.proto\x12\x0ctunefleet.v1\x1a\x16tunefleet/v1/job.proto\x1a\x17tunefleet/v1/spec.proto\"P\n\x10SubmitJobRequest\x12#\n\x04spec\x18\x01 \x01(\x0b\x32\x15.tunefleet.v1.JobSpec\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"H\n\x0fListJobsRequest\x12&\n\x06states\x18\x01 \x03(\x0e\x32\x16.tunefleet.v1.JobState\x12\r\n\x05limit\x18\x02 \x01(\x05\"3\n\x10ListJobsResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.tunefleet.v1.Job\"2\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"H\n\x13StreamEventsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"?\n\x0fWorkerResources\x12\x0c\n\x04gpus\x18\x01 \x01(\x05\x12\x0c\n\x04\x63pus\x18\x02 \x01(\x05\x12\x10\n\x08gpu_name\x18\x03 \x01(\t\"\xd5\x01\n\x06Worker\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x30\n\tresources\x18\x03 \x01(\x0b\x32\x1d.tunefleet.v1.WorkerResources\x12(\n\x05state\x18\x04 \x01(\x0e\x32\x19.tunefleet.v1.WorkerState\x12\x11\n\tfree_gpus\x18\x05 \x01(\x05\x12\x0f\n\x07job_ids\x18\x06 \x03(\t\x12\x1c\n\x14last_heartbeat_age_s\x18\x07 \x01(\x01\x12\x0f\n\x07\x61\x64\x64ress\x18\x08 \x01(\t\"\x14\n\x12ListWorkersRequest\"<\n\x13ListWorkersResponse\x12%\n\x07workers\x18\x01 \x03(\x0b\x32\x14.tunefleet.v1.Worker\"\x7f\n\x15RegisterWorkerRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x30\n\tresources\x18\x03 \x01(\x0b\x32\x1d.tunefleet.v1.WorkerResources\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\"b\n\x16RegisterWorkerResponse\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x01\x12\x17\n\x0flease_timeout_s\x18\x03 \x01(\x01\">\n\x10HeartbeatRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x17\n\x0frunning_job_ids\x18\x02 \x03(\t\"P\n\x11HeartbeatResponse\x12\x16\n\x0e\x63\x61ncel_job_ids\x18\x01 \x03(\t\x12\r\n\x05known\x18\x02 \x01(\x08\x12\x14\n\x0clost_job_ids\x18\x03 \x03(\t\"<\n\x11\x41\x63quireJobRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x14\n\x0cwait_seconds\x18\x02 \x01(\x01\"=\n\nAssignment\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.tunefleet.v1.Job\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\"B\n\x12\x41\x63quireJobResponse\x12,\n\nassignment\x18\x01 \x01(\x0b\x32\x18.tunefleet.v1.Assignment\"\x81\x01\n\x13ReportEventsRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12#\n\x06\x65vents\x18\x04 \x03(\x0b\x32\x13.tunefleet.v1.Event\x12\x11\n\tbatch_seq\x18\x05 \x01(\x03\"(\n\x14ReportEventsResponse\x12\x10\n\x08last_seq\x18\x01 \x01(\x03\"\xf2\x02\n\x10\x46inishJobRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12%\n\x05state\x18\x04 \x01(\x0e\x32\x16.tunefleet.v1.JobState\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12@\n\tartifacts\x18\x06 \x03(\x0b\x32-.tunefleet.v1.FinishJobRequest.ArtifactsEntry\x12<\n\x07summary\x18\x07 \x03(\x0b\x32+.tunefleet.v1.FinishJobRequest.SummaryEntry\x12\x11\n\tretryable\x18\x08 \x01(\x08\x1a\x30\n\x0e\x41rtifactsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cSummaryEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x13\n\x11\x46inishJobResponse\"W\n\x11ReleaseJobRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x14\n\x12ReleaseJobResponse*M\n\x0bWorkerState\x12\x1c\n\x18WORKER_STATE_UNSPECIFIED\x10\x00\x12\x08\n\x04LIVE\x10\x01\x12\x08\n\x04LOST\x10\x02\x12\x0c\n\x08\x44RAINING\x10\x03\x32\xa2\x07\n\x0b\x43oordinator\x12>\n\tSubmitJob\x12\x1e.tunefleet.v1.SubmitJobRequest\x1a\x11.tunefleet.v1.Job\x12\x38\n\x06GetJob\x12\x1b.tunefleet.v1.GetJobRequest\x1a\x11.tunefleet.v1.Job\x12I\n\x08ListJobs\x12\x1d.tunefleet.v1.ListJobsRequest\x1a\x1e.tunefleet.v1.ListJobsResponse\x12>\n\tCancelJob\x12\x1e.tunefleet.v1.CancelJobRequest\x1a\x11.tunefleet.v1.Job\x12H\n\x0cStreamEvents\x12!.tunefleet.v1.StreamEventsRequest\x1a\x13.tunefleet.v1.Event0\x01\x12R\n\x0bListWorkers\x12 .tunefleet.v1.ListWorkersRequest\x1a!.tunefleet.v1.ListWorkersResponse\x12[\n\x0eRegisterWorker\x12#.tunefleet.v1.RegisterWorkerRequest\x1a$.tunefleet.v1.RegisterWorkerResponse\x12L\n\tHeartbeat\x12\x1e.tunefleet.v1.HeartbeatRequest\x1a\x1f.tunefleet.v1.HeartbeatResponse\x12O\n\nAcquireJob\x12\x1f.tunefleet.v1.AcquireJobRequest\x1a .tunefleet.v1.AcquireJobResponse\x12U\n\x0cReportEvents\x12!.tunefleet.v1.ReportEventsRequest\x1a\".tunefleet.v1.ReportEventsResponse\x12L\n\tFinishJob\x12\x1e.tunefleet.v1.FinishJobRequest\x1a\x1f.tunefleet.v1.FinishJobResponse\x12O\n\nReleaseJob\x12\x1f.tunefleet.v1.ReleaseJobRequest\x1a .tunefleet.v1.ReleaseJobResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,8 +37,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FINISHJOBREQUEST_ARTIFACTSENTRY']._serialized_options = b'8\001'
   _globals['_FINISHJOBREQUEST_SUMMARYENTRY']._loaded_options = None
   _globals['_FINISHJOBREQUEST_SUMMARYENTRY']._serialized_options = b'8\001'
-  _globals['_WORKERSTATE']._serialized_start=1905
-  _globals['_WORKERSTATE']._serialized_end=1982
+  _globals['_WORKERSTATE']._serialized_start=2077
+  _globals['_WORKERSTATE']._serialized_end=2154
   _globals['_SUBMITJOBREQUEST']._serialized_start=97
   _globals['_SUBMITJOBREQUEST']._serialized_end=177
   _globals['_GETJOBREQUEST']._serialized_start=179
@@ -66,25 +66,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEARTBEATREQUEST']._serialized_start=1059
   _globals['_HEARTBEATREQUEST']._serialized_end=1121
   _globals['_HEARTBEATRESPONSE']._serialized_start=1123
-  _globals['_HEARTBEATRESPONSE']._serialized_end=1181
-  _globals['_ACQUIREJOBREQUEST']._serialized_start=1183
-  _globals['_ACQUIREJOBREQUEST']._serialized_end=1243
-  _globals['_ASSIGNMENT']._serialized_start=1245
-  _globals['_ASSIGNMENT']._serialized_end=1306
-  _globals['_ACQUIREJOBRESPONSE']._serialized_start=1308
-  _globals['_ACQUIREJOBRESPONSE']._serialized_end=1374
-  _globals['_REPORTEVENTSREQUEST']._serialized_start=1376
-  _globals['_REPORTEVENTSREQUEST']._serialized_end=1486
-  _globals['_REPORTEVENTSRESPONSE']._serialized_start=1488
-  _globals['_REPORTEVENTSRESPONSE']._serialized_end=1528
-  _globals['_FINISHJOBREQUEST']._serialized_start=1531
-  _globals['_FINISHJOBREQUEST']._serialized_end=1882
-  _globals['_FINISHJOBREQUEST_ARTIFACTSENTRY']._serialized_start=1786
-  _globals['_FINISHJOBREQUEST_ARTIFACTSENTRY']._serialized_end=1834
-  _globals['_FINISHJOBREQUEST_SUMMARYENTRY']._serialized_start=1836
-  _globals['_FINISHJOBREQUEST_SUMMARYENTRY']._serialized_end=1882
-  _globals['_FINISHJOBRESPONSE']._serialized_start=1884
-  _globals['_FINISHJOBRESPONSE']._serialized_end=1903
-  _globals['_COORDINATOR']._serialized_start=1985
-  _globals['_COORDINATOR']._serialized_end=2834
+  _globals['_HEARTBEATRESPONSE']._serialized_end=1203
+  _globals['_ACQUIREJOBREQUEST']._serialized_start=1205
+  _globals['_ACQUIREJOBREQUEST']._serialized_end=1265
+  _globals['_ASSIGNMENT']._serialized_start=1267
+  _globals['_ASSIGNMENT']._serialized_end=1328
+  _globals['_ACQUIREJOBRESPONSE']._serialized_start=1330
+  _globals['_ACQUIREJOBRESPONSE']._serialized_end=1396
+  _globals['_REPORTEVENTSREQUEST']._serialized_start=1399
+  _globals['_REPORTEVENTSREQUEST']._serialized_end=1528
+  _globals['_REPORTEVENTSRESPONSE']._serialized_start=1530
+  _globals['_REPORTEVENTSRESPONSE']._serialized_end=1570
+  _globals['_FINISHJOBREQUEST']._serialized_start=1573
+  _globals['_FINISHJOBREQUEST']._serialized_end=1943
+  _globals['_FINISHJOBREQUEST_ARTIFACTSENTRY']._serialized_start=1847
+  _globals['_FINISHJOBREQUEST_ARTIFACTSENTRY']._serialized_end=1895
+  _globals['_FINISHJOBREQUEST_SUMMARYENTRY']._serialized_start=1897
+  _globals['_FINISHJOBREQUEST_SUMMARYENTRY']._serialized_end=1943
+  _globals['_FINISHJOBRESPONSE']._serialized_start=1945
+  _globals['_FINISHJOBRESPONSE']._serialized_end=1964
+  _globals['_RELEASEJOBREQUEST']._serialized_start=1966
+  _globals['_RELEASEJOBREQUEST']._serialized_end=2053
+  _globals['_RELEASEJOBRESPONSE']._serialized_start=2055
+  _globals['_RELEASEJOBRESPONSE']._serialized_end=2075
+  _globals['_COORDINATOR']._serialized_start=2157
+  _globals['_COORDINATOR']._serialized_end=3087
 # @@protoc_insertion_point(module_scope)

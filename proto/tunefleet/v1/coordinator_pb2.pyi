@@ -137,12 +137,14 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., running_job_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("cancel_job_ids", "known")
+    __slots__ = ("cancel_job_ids", "known", "lost_job_ids")
     CANCEL_JOB_IDS_FIELD_NUMBER: _ClassVar[int]
     KNOWN_FIELD_NUMBER: _ClassVar[int]
+    LOST_JOB_IDS_FIELD_NUMBER: _ClassVar[int]
     cancel_job_ids: _containers.RepeatedScalarFieldContainer[str]
     known: bool
-    def __init__(self, cancel_job_ids: _Optional[_Iterable[str]] = ..., known: _Optional[bool] = ...) -> None: ...
+    lost_job_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, cancel_job_ids: _Optional[_Iterable[str]] = ..., known: _Optional[bool] = ..., lost_job_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AcquireJobRequest(_message.Message):
     __slots__ = ("worker_id", "wait_seconds")
@@ -167,16 +169,18 @@ class AcquireJobResponse(_message.Message):
     def __init__(self, assignment: _Optional[_Union[Assignment, _Mapping]] = ...) -> None: ...
 
 class ReportEventsRequest(_message.Message):
-    __slots__ = ("worker_id", "job_id", "attempt", "events")
+    __slots__ = ("worker_id", "job_id", "attempt", "events", "batch_seq")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SEQ_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     job_id: str
     attempt: int
     events: _containers.RepeatedCompositeFieldContainer[_job_pb2.Event]
-    def __init__(self, worker_id: _Optional[str] = ..., job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., events: _Optional[_Iterable[_Union[_job_pb2.Event, _Mapping]]] = ...) -> None: ...
+    batch_seq: int
+    def __init__(self, worker_id: _Optional[str] = ..., job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., events: _Optional[_Iterable[_Union[_job_pb2.Event, _Mapping]]] = ..., batch_seq: _Optional[int] = ...) -> None: ...
 
 class ReportEventsResponse(_message.Message):
     __slots__ = ("last_seq",)
@@ -185,7 +189,7 @@ class ReportEventsResponse(_message.Message):
     def __init__(self, last_seq: _Optional[int] = ...) -> None: ...
 
 class FinishJobRequest(_message.Message):
-    __slots__ = ("worker_id", "job_id", "attempt", "state", "reason", "artifacts", "summary")
+    __slots__ = ("worker_id", "job_id", "attempt", "state", "reason", "artifacts", "summary", "retryable")
     class ArtifactsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -207,6 +211,7 @@ class FinishJobRequest(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     ARTIFACTS_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    RETRYABLE_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     job_id: str
     attempt: int
@@ -214,8 +219,25 @@ class FinishJobRequest(_message.Message):
     reason: str
     artifacts: _containers.ScalarMap[str, str]
     summary: _containers.ScalarMap[str, float]
-    def __init__(self, worker_id: _Optional[str] = ..., job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., state: _Optional[_Union[_job_pb2.JobState, str]] = ..., reason: _Optional[str] = ..., artifacts: _Optional[_Mapping[str, str]] = ..., summary: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    retryable: bool
+    def __init__(self, worker_id: _Optional[str] = ..., job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., state: _Optional[_Union[_job_pb2.JobState, str]] = ..., reason: _Optional[str] = ..., artifacts: _Optional[_Mapping[str, str]] = ..., summary: _Optional[_Mapping[str, float]] = ..., retryable: _Optional[bool] = ...) -> None: ...
 
 class FinishJobResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ReleaseJobRequest(_message.Message):
+    __slots__ = ("worker_id", "job_id", "attempt", "reason")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    job_id: str
+    attempt: int
+    reason: str
+    def __init__(self, worker_id: _Optional[str] = ..., job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ReleaseJobResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

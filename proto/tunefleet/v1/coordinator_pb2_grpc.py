@@ -90,6 +90,11 @@ class CoordinatorStub:
                 request_serializer=tunefleet_dot_v1_dot_coordinator__pb2.FinishJobRequest.SerializeToString,
                 response_deserializer=tunefleet_dot_v1_dot_coordinator__pb2.FinishJobResponse.FromString,
                 _registered_method=True)
+        self.ReleaseJob = channel.unary_unary(
+                '/tunefleet.v1.Coordinator/ReleaseJob',
+                request_serializer=tunefleet_dot_v1_dot_coordinator__pb2.ReleaseJobRequest.SerializeToString,
+                response_deserializer=tunefleet_dot_v1_dot_coordinator__pb2.ReleaseJobResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -167,6 +172,15 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReleaseJob(self, request, context):
+        """Gives a job back unfinished (the worker is draining, or its training process was
+        preempted): the job is queued again, and its next attempt resumes from the newest
+        checkpoint. Not counted against train.max_restarts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -224,6 +238,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.FinishJob,
                     request_deserializer=tunefleet_dot_v1_dot_coordinator__pb2.FinishJobRequest.FromString,
                     response_serializer=tunefleet_dot_v1_dot_coordinator__pb2.FinishJobResponse.SerializeToString,
+            ),
+            'ReleaseJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseJob,
+                    request_deserializer=tunefleet_dot_v1_dot_coordinator__pb2.ReleaseJobRequest.FromString,
+                    response_serializer=tunefleet_dot_v1_dot_coordinator__pb2.ReleaseJobResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -523,6 +542,33 @@ class Coordinator:
             '/tunefleet.v1.Coordinator/FinishJob',
             tunefleet_dot_v1_dot_coordinator__pb2.FinishJobRequest.SerializeToString,
             tunefleet_dot_v1_dot_coordinator__pb2.FinishJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tunefleet.v1.Coordinator/ReleaseJob',
+            tunefleet_dot_v1_dot_coordinator__pb2.ReleaseJobRequest.SerializeToString,
+            tunefleet_dot_v1_dot_coordinator__pb2.ReleaseJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -29,7 +29,7 @@ FAILED: JobState
 CANCELLED: JobState
 
 class Job(_message.Message):
-    __slots__ = ("id", "spec", "state", "reason", "attempt", "created_at", "started_at", "finished_at", "updated_at", "worker_id", "artifacts", "last_seq", "summary", "cancel_requested")
+    __slots__ = ("id", "spec", "state", "reason", "attempt", "created_at", "started_at", "finished_at", "updated_at", "worker_id", "artifacts", "last_seq", "summary", "cancel_requested", "submitter", "restarts", "not_before")
     class ArtifactsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +58,9 @@ class Job(_message.Message):
     LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
     CANCEL_REQUESTED_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTER_FIELD_NUMBER: _ClassVar[int]
+    RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    NOT_BEFORE_FIELD_NUMBER: _ClassVar[int]
     id: str
     spec: _spec_pb2.JobSpec
     state: JobState
@@ -72,7 +75,10 @@ class Job(_message.Message):
     last_seq: int
     summary: _containers.ScalarMap[str, float]
     cancel_requested: bool
-    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[_spec_pb2.JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., reason: _Optional[str] = ..., attempt: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., worker_id: _Optional[str] = ..., artifacts: _Optional[_Mapping[str, str]] = ..., last_seq: _Optional[int] = ..., summary: _Optional[_Mapping[str, float]] = ..., cancel_requested: _Optional[bool] = ...) -> None: ...
+    submitter: str
+    restarts: int
+    not_before: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[_spec_pb2.JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., reason: _Optional[str] = ..., attempt: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., worker_id: _Optional[str] = ..., artifacts: _Optional[_Mapping[str, str]] = ..., last_seq: _Optional[int] = ..., summary: _Optional[_Mapping[str, float]] = ..., cancel_requested: _Optional[bool] = ..., submitter: _Optional[str] = ..., restarts: _Optional[int] = ..., not_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class StateChange(_message.Message):
     __slots__ = ("state", "reason")

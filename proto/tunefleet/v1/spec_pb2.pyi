@@ -44,7 +44,7 @@ class JobSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ..., data: _Optional[_Union[DataSpec, _Mapping]] = ..., finetune: _Optional[_Union[FinetuneSpec, _Mapping]] = ..., optimizer: _Optional[_Union[OptimizerSpec, _Mapping]] = ..., schedule: _Optional[_Union[ScheduleSpec, _Mapping]] = ..., train: _Optional[_Union[TrainSpec, _Mapping]] = ..., eval: _Optional[_Union[EvalSpec, _Mapping]] = ..., resources: _Optional[_Union[ResourceSpec, _Mapping]] = ..., compression: _Optional[_Union[CompressionSpec, _Mapping]] = ..., output: _Optional[_Union[OutputSpec, _Mapping]] = ..., priority: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ModelSpec(_message.Message):
-    __slots__ = ("source", "name", "num_labels", "labels", "weights", "checkpoint", "job", "revision", "head")
+    __slots__ = ("source", "name", "num_labels", "labels", "weights", "checkpoint", "job", "revision", "head", "init")
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     NUM_LABELS_FIELD_NUMBER: _ClassVar[int]
@@ -54,6 +54,7 @@ class ModelSpec(_message.Message):
     JOB_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     HEAD_FIELD_NUMBER: _ClassVar[int]
+    INIT_FIELD_NUMBER: _ClassVar[int]
     source: str
     name: str
     num_labels: int
@@ -63,7 +64,8 @@ class ModelSpec(_message.Message):
     job: str
     revision: str
     head: HeadSpec
-    def __init__(self, source: _Optional[str] = ..., name: _Optional[str] = ..., num_labels: _Optional[int] = ..., labels: _Optional[_Iterable[str]] = ..., weights: _Optional[str] = ..., checkpoint: _Optional[str] = ..., job: _Optional[str] = ..., revision: _Optional[str] = ..., head: _Optional[_Union[HeadSpec, _Mapping]] = ...) -> None: ...
+    init: str
+    def __init__(self, source: _Optional[str] = ..., name: _Optional[str] = ..., num_labels: _Optional[int] = ..., labels: _Optional[_Iterable[str]] = ..., weights: _Optional[str] = ..., checkpoint: _Optional[str] = ..., job: _Optional[str] = ..., revision: _Optional[str] = ..., head: _Optional[_Union[HeadSpec, _Mapping]] = ..., init: _Optional[str] = ...) -> None: ...
 
 class HeadSpec(_message.Message):
     __slots__ = ("init", "init_std", "dropout", "hidden")
@@ -116,7 +118,7 @@ class DataSpec(_message.Message):
     def __init__(self, source: _Optional[str] = ..., name: _Optional[str] = ..., root: _Optional[str] = ..., train: _Optional[str] = ..., eval: _Optional[str] = ..., text_column: _Optional[str] = ..., text_pair_column: _Optional[str] = ..., label_column: _Optional[str] = ..., max_length: _Optional[int] = ..., classes: _Optional[_Iterable[int]] = ..., augment: _Optional[str] = ..., download: _Optional[bool] = ..., num_workers: _Optional[int] = ..., image_size: _Optional[int] = ..., limit_train: _Optional[int] = ..., limit_eval: _Optional[int] = ..., config: _Optional[str] = ...) -> None: ...
 
 class FinetuneSpec(_message.Message):
-    __slots__ = ("strategy", "k", "trainable", "frozen", "unfreeze_every", "probe_epochs", "lora", "layerwise_lr_decay", "lr_groups")
+    __slots__ = ("strategy", "k", "trainable", "frozen", "unfreeze_every", "probe_epochs", "lora", "layerwise_lr_decay", "lr_groups", "feature_cache")
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     TRAINABLE_FIELD_NUMBER: _ClassVar[int]
@@ -126,6 +128,7 @@ class FinetuneSpec(_message.Message):
     LORA_FIELD_NUMBER: _ClassVar[int]
     LAYERWISE_LR_DECAY_FIELD_NUMBER: _ClassVar[int]
     LR_GROUPS_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_CACHE_FIELD_NUMBER: _ClassVar[int]
     strategy: str
     k: int
     trainable: _containers.RepeatedScalarFieldContainer[str]
@@ -135,7 +138,8 @@ class FinetuneSpec(_message.Message):
     lora: LoraSpec
     layerwise_lr_decay: float
     lr_groups: _containers.RepeatedCompositeFieldContainer[LrGroup]
-    def __init__(self, strategy: _Optional[str] = ..., k: _Optional[int] = ..., trainable: _Optional[_Iterable[str]] = ..., frozen: _Optional[_Iterable[str]] = ..., unfreeze_every: _Optional[int] = ..., probe_epochs: _Optional[int] = ..., lora: _Optional[_Union[LoraSpec, _Mapping]] = ..., layerwise_lr_decay: _Optional[float] = ..., lr_groups: _Optional[_Iterable[_Union[LrGroup, _Mapping]]] = ...) -> None: ...
+    feature_cache: str
+    def __init__(self, strategy: _Optional[str] = ..., k: _Optional[int] = ..., trainable: _Optional[_Iterable[str]] = ..., frozen: _Optional[_Iterable[str]] = ..., unfreeze_every: _Optional[int] = ..., probe_epochs: _Optional[int] = ..., lora: _Optional[_Union[LoraSpec, _Mapping]] = ..., layerwise_lr_decay: _Optional[float] = ..., lr_groups: _Optional[_Iterable[_Union[LrGroup, _Mapping]]] = ..., feature_cache: _Optional[str] = ...) -> None: ...
 
 class LoraSpec(_message.Message):
     __slots__ = ("r", "alpha", "dropout", "target_modules")

@@ -1,0 +1,63 @@
+"""`python -m tunefleet.coordinator`: run a coordinator until SIGINT/SIGTERM.
+
+    python -m tunefleet.coordinator --listen 127.0.0.1:50051 --db .tunefleet/coordinator.db \
+        --heartbeat-s 2 --lease-s 10
+
+The same server as `ftctl server`, without the SDK's CLI around it: the fault-injection
+tests start it as a child process so they can kill -9 it. TLS and tokens are `ftctl
+server`'s options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tunefleet.coordinator.server import serve
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tunefleet.coordinator",
+        description="Run a tunefleet coordinator (jobs, events and workers in SQLite).",
+    )
+    parser.add_argument("--listen", default="127.0.0.1:50051", help="HOST:PORT (%(default)s)")
+    parser.add_argument(
+        "--db", type=Path, default=Path(".tunefleet/coordinator.db"), help="SQLite database"
+    )
+    parser.add_argument(
+        "--heartbeat-s",
+        type=float,
+        default=2.0,
+        help="how often workers send heartbeats (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--lease-s",
+        type=float,
+        default=10.0,
+        help="a worker silent this long is lost and its jobs are requeued (default: %(default)s)",
+    )
+    args = parser.parse_args(argv)
+    if args.heartbeat_s <= 0:
+        parser.error(f"--heartbeat-s must be > 0, got {args.heartbeat_s}")
+    if args.lease_s <= args.heartbeat_s:
+        parser.error(
+            f"--lease-s ({args.lease_s}) must be longer than --heartbeat-s ({args.heartbeat_s}): "
+            "a lease must outlive a few lost heartbeats"
+        )
+    try:
+        serve(
+            args.listen,
+            args.db,
+            heartbeat_interval_s=args.heartbeat_s,
+            lease_timeout_s=args.lease_s,
+        )
+    except (RuntimeError, ValueError) as exc:  # cannot bind, malformed --listen
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""torchvision architectures: a new head, a FreezePlan whose block count matches what the
+validator believes (tunefleet.spec.model_blocks), a forward pass, and LoRA where it applies.
+
+Random init (weights=None) and single tiny images; the big models are built, never trained.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tunefleet.spec.choices import TORCHVISION_ARCHS
+from tunefleet.spec.model_blocks import body_block_count
+from tunefleet.v1 import spec_pb2
+from tunefleet.worker.engine import models
+from tunefleet.worker.engine.errors import InvalidJobInput
+from tunefleet.worker.engine.freeze import FreezePlan, model_blocks
+
+HEAD = {"init": "normal", "init_std": 0.01, "dropout": 0.1, "hidden": 0}
+# arch -> (image size for the forward pass, where the new head goes)
+ARCHS = {
+    "resnet18": (32, "fc"),
+    "mobilenet_v3_small": (32, "classifier.3"),
+    "efficientnet_b0": (32, "classifier.1"),
+    "alexnet": (64, "classifier.6"),
+    "vgg11": (32, "classifier.6"),
+    "vit_b_16": (224, "heads.head"),  # a fixed 14x14 grid of 16 px patches
+}
+
+
+@pytest.mark.parametrize("arch", TORCHVISION_ARCHS)
+def test_validator_block_table_matches_the_freeze_plan(arch):
+    with torch.device("meta"):  # structure only: no memory, no init cost
+        model = models.build_torchvision_arch(arch)
+    head_path, _ = models._find_torchvision_head(model)
+    assert len(model_blocks(model, "torchvision", head_path)) - 1 == body_block_count(
+        "torchvision", arch
+    )
+
+
+@pytest.fixture(scope="module")
+def built():
+    cache: dict[str, tuple[torch.nn.Module, str]] = {}
+
+    def get(arch: str) -> tuple[torch.nn.Module, str]:
+        if arch not in cache:
+            torch.manual_seed(0)
+            model = models.build_torchvision_arch(arch)
+            cache[arch] = models.replace_torchvision_head(model, 3, HEAD)
+        return cache[arch]
+
+    return get
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_new_head_last_k_and_a_forward_pass(built, arch):
+    size, want_head = ARCHS[arch]
+    model, head_path = built(arch)
+    assert head_path == want_head
+    head = model.get_submodule(head_path)
+    assert isinstance(head, torch.nn.Sequential)  # Dropout(0.1) -> Linear
+    linear = head[-1]
+    assert linear.out_features == 3 and torch.all(linear.bias == 0)
+    assert 0.005 < linear.weight.std().item() < 0.015  # N(0, 0.01)
+
+    n_body = body_block_count("torchvision", arch)
+    plan = FreezePlan.for_model(
+        model, "torchvision", spec_pb2.FinetuneSpec(strategy="last_k", k=1), head_path
+    )
+    assert len(plan.body) == n_body
+    top, head_block = plan.blocks[-2], plan.blocks[-1]
+    assert plan.trainable(0) == set(top.params) | set(head_block.params)
+    assert f"{head_path}.1.weight" in head_block.params
+    with pytest.raises(InvalidJobInput, match=rf"finetune\.k: {n_body + 1} .* {n_body} blocks"):
+        FreezePlan.for_model(
+            model,
+            "torchvision",
+            spec_pb2.FinetuneSpec(strategy="last_k", k=n_body + 1),
+            head_path,
+        )
+
+    model.eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, size, size)).shape == (1, 3)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v3_small", "vit_b_16"])
+def test_lora_adapts_convs_and_linears_that_get_gradients(arch):
+    """Default targets: every Linear/Conv layer of the body PEFT can merge; depthwise convs
+    (mobilenet) and the MultiheadAttention projections (vit) are left out."""
+    size, _ = ARCHS[arch]
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        probe = models.build_torchvision_arch(arch)
+    probe, head_path = models.replace_torchvision_head(probe, 3, HEAD)
+    targets = models.lora_candidates(probe, "torchvision", head_path)
+    assert targets and not any(t.startswith(head_path.split(".")[0] + ".") for t in targets)
+    if arch == "mobilenet_v3_small":
+        assert all(probe.get_submodule(t).groups == 1 for t in targets if "features" in t)
+    if arch == "vit_b_16":
+        assert not any("self_attention" in t for t in targets)
+
+    model, head_path = models.replace_torchvision_head(models.build_torchvision_arch(arch), 3, HEAD)
+    assert models.apply_lora(model, "torchvision", head_path, spec_pb2.LoraSpec(r=4)) == targets
+    plan = FreezePlan.for_model(
+        model, "torchvision", spec_pb2.FinetuneSpec(strategy="lora"), head_path
+    )
+    model.train()
+    plan.apply(model, 0)
+    model(torch.randn(2, 3, size, size)).sum().backward()
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trained == plan.trainable(0)
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not no_grad, no_grad[:5]
+
+    merged = models.merge_lora(model)
+    assert not any(models.is_lora_param(n) for n, _ in merged.named_parameters())

@@ -1,0 +1,116 @@
+"""Training options end to end on the tiny BERT: gradient accumulation, clipping, bf16,
+max_steps; and the input format taken from torchvision weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tunefleet.spec import prepare
+from tunefleet.worker.engine import models, run_job
+from tunefleet.worker.engine.errors import InvalidJobInput
+
+
+def final_weights(out) -> dict[str, torch.Tensor]:
+    return load_file(str(sorted((out / "checkpoints").iterdir())[-1] / "model.safetensors"))
+
+
+def test_grad_accumulation_equals_the_larger_batch(
+    tmp_path, bert_nodrop_dir, text_csvs, text_spec, events
+):
+    big = text_spec(bert_nodrop_dir, text_csvs, train={"batch_size": 8, "epochs": 2})
+    run_job(big, tmp_path / "big", events)
+    want = events.train_losses()
+    events.clear()
+    accum = text_spec(
+        bert_nodrop_dir, text_csvs, train={"batch_size": 4, "grad_accum_steps": 2, "epochs": 2}
+    )
+    run_job(accum, tmp_path / "accum", events)
+    got = events.train_losses()
+    assert sorted(got) == sorted(want) == list(range(1, 7))  # optimizer steps, not batches
+    for step in want:
+        assert got[step] == pytest.approx(want[step], abs=1e-5)
+    a, b = final_weights(tmp_path / "big"), final_weights(tmp_path / "accum")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("max_norm", [1e-3, 0.0])
+def test_clipping_bounds_the_first_sgd_update(
+    tmp_path, bert_dir, text_csvs, text_spec, events, max_norm
+):
+    """One plain SGD step moves the weights by lr x the (clipped) gradient norm."""
+    spec = text_spec(
+        bert_dir,
+        text_csvs,
+        optimizer={"name": "sgd", "lr": 1.0, "momentum": 0.0, "weight_decay": 0.0},
+        schedule={"name": "constant"},
+        train={"max_steps": 1, "max_grad_norm": max_norm},
+    )
+    run_job(spec, tmp_path, events)
+    before = load_file(str(bert_dir / "model.safetensors"))
+    after = final_weights(tmp_path)
+    shared = [k for k in before if k.startswith("bert.")]  # the new head has no "before"
+    moved = torch.sqrt(sum(((after[k] - before[k]) ** 2).sum() for k in shared)).item()
+    if max_norm:
+        assert 0 < moved <= 1.0 * max_norm * 1.0001
+    else:
+        assert moved > 1e-2  # unclipped: far beyond the bound above
+
+
+def test_bf16_and_max_steps(tmp_path, bert_dir, text_csvs, text_spec, events):
+    spec = text_spec(bert_dir, text_csvs, train={"precision": "bf16", "max_steps": 3, "epochs": 5})
+    result = run_job(spec, tmp_path, events)
+    assert any("precision bf16" in m for m in events.logs())
+    train = [e.metrics for e in events.kind("metrics") if e.metrics.phase == "train"]
+    assert [m.step for m in train] == [1, 2, 3] and {m.total_steps for m in train} == {3}
+    assert all(torch.isfinite(torch.tensor(m.loss)) for m in train)
+    assert result.summary["steps"] == 3
+    # Weights stay float32 (autocast computes in bf16; the master weights do not round).
+    assert load_file(str(tmp_path / "model" / "model.safetensors"))["classifier.weight"].dtype == (
+        torch.float32
+    )
+
+
+@pytest.mark.parametrize(
+    ("arch", "weights", "size"),
+    [
+        ("resnet18", "IMAGENET1K_V1", 224),
+        ("efficientnet_b1", "IMAGENET1K_V2", 240),
+        ("vit_b_16", "IMAGENET1K_SWAG_E2E_V1", 384),
+    ],
+)
+def test_image_size_and_normalisation_follow_the_weights(tmp_path, arch, weights, size):
+    # Resolving the input format reads the weights' metadata only: nothing is downloaded.
+    spec = prepare(
+        {
+            "name": "t",
+            "model": {"source": "torchvision", "name": arch, "weights": weights},
+            "data": {"source": "imagefolder", "root": str(tmp_path)},
+        }
+    )
+    task = models.resolve_task(spec)
+    assert (task.image_size, task.in_channels) == (size, 3)
+    assert task.mean == pytest.approx((0.485, 0.456, 0.406))
+    assert task.std == pytest.approx((0.229, 0.224, 0.225))
+    spec.model.weights = "IMAGENET9K"
+    with pytest.raises(InvalidJobInput, match="model.weights: 'IMAGENET9K'"):
+        models.resolve_task(spec)
+
+
+def test_small_cnn_uses_the_dataset_statistics(tmp_path):
+    spec = prepare(
+        {
+            "name": "t",
+            "model": {"source": "torchvision", "name": "smallcnn"},
+            "data": {"source": "torchvision", "name": "FashionMNIST", "root": str(tmp_path)},
+        }
+    )
+    task = models.resolve_task(spec)
+    assert (task.image_size, task.in_channels, task.mean, task.std) == (
+        28,
+        1,
+        (0.2860,),
+        (0.3530,),
+    )

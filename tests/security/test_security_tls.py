@@ -1,0 +1,117 @@
+"""TLS and mutual TLS end to end, with a throwaway CA made in the test session."""
+
+from __future__ import annotations
+
+import threading
+
+import grpc
+import pytest
+from security_helpers import RPC_TIMEOUT, TOKENS, code_of
+
+from tunefleet.client import Client, Unavailable
+from tunefleet.client.channel import ChannelSecurity, open_channel
+from tunefleet.client.client import RetryPolicy
+from tunefleet.coordinator.auth import TokenTable
+from tunefleet.coordinator.server import ServerTls
+from tunefleet.v1 import coordinator_pb2, coordinator_pb2_grpc
+from tunefleet.worker.daemon import WorkerDaemon
+
+QUICK = RetryPolicy(max_elapsed_s=0.5, initial_backoff_s=0.05)
+SPEC = {
+    "name": "tls",
+    "model": {"source": "hf", "name": "/m"},
+    "data": {"source": "csv", "train": "/t.csv"},
+}
+
+
+@pytest.fixture
+def tls_server(start, pki, tokens_file):
+    tls = ServerTls(pki.server_cert, pki.server_key)
+    return start(tls=tls, tokens=TokenTable.from_file(tokens_file))
+
+
+@pytest.fixture
+def mtls_server(start, pki, tokens_file):
+    tls = ServerTls(pki.server_cert, pki.server_key, client_ca_file=pki.ca)
+    return start(tls=tls, tokens=TokenTable.from_file(tokens_file))
+
+
+def test_client_talks_to_a_tls_coordinator_with_its_ca(tls_server, pki):
+    with Client(tls_server.address, token=TOKENS["alice"], tls_ca=pki.ca) as client:
+        job = client.submit(SPEC, check_paths=False)
+        assert [j.id for j in client.list()] == [job.id]
+        events = list(client.events(job.id, follow=False))  # streaming over TLS
+        assert [e.seq for e in events] == [1]
+        assert client.cancel(job.id).state.value == "CANCELLED"
+    # "localhost" is in the certificate too.
+    port = tls_server.port
+    with Client(f"localhost:{port}", token=TOKENS["alice"], tls_ca=pki.ca) as client:
+        assert len(client.list()) == 1
+
+
+def test_tls_settings_from_the_environment(tls_server, pki, monkeypatch):
+    monkeypatch.setenv("TUNEFLEET_TLS_CA", str(pki.ca))
+    monkeypatch.setenv("TUNEFLEET_TOKEN", TOKENS["root"])
+    with Client(tls_server.address) as client:
+        assert client.security.tls and client.list() == []
+
+
+def test_tls_coordinator_refuses_plaintext_and_untrusted_clients(tls_server, pki):
+    plain = Client(tls_server.address, token=TOKENS["alice"], retry=QUICK, tls=False)
+    with plain, pytest.raises(Unavailable):
+        plain.list()
+    # A client trusting another CA does not accept the coordinator's certificate.
+    fooled = Client(tls_server.address, token=TOKENS["alice"], tls_ca=pki.rogue_ca, retry=QUICK)
+    with fooled, pytest.raises(Unavailable):
+        fooled.list()
+
+
+def test_mtls_rejects_a_worker_without_a_client_certificate(mtls_server, pki):
+    register = coordinator_pb2.RegisterWorkerRequest(worker_id="w-1")
+
+    def register_with(security: ChannelSecurity) -> None:
+        channel = open_channel(mtls_server.address, (), security)
+        try:
+            stub = coordinator_pb2_grpc.CoordinatorStub(channel)
+            stub.RegisterWorker(register, timeout=RPC_TIMEOUT)
+        finally:
+            channel.close()
+
+    token = TOKENS["worker-1"]
+    no_cert = ChannelSecurity(token=token, tls=True, ca_file=pki.ca)
+    assert code_of(lambda: register_with(no_cert)) == grpc.StatusCode.UNAVAILABLE
+    rogue = ChannelSecurity(
+        token=token,
+        tls=True,
+        ca_file=pki.ca,
+        cert_file=pki.rogue_client_cert,
+        key_file=pki.rogue_client_key,
+    )
+    assert code_of(lambda: register_with(rogue)) == grpc.StatusCode.UNAVAILABLE
+    assert not mtls_server.scheduler.list_workers()
+
+    # The real worker daemon, with the CA's client certificate and its token, gets in.
+    security = ChannelSecurity.resolve(
+        token=token, tls_ca=pki.ca, tls_cert=pki.client_cert, tls_key=pki.client_key
+    )
+    daemon = WorkerDaemon(mtls_server.address, worker_id="w-mtls", gpus=0, security=security)
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()
+    try:
+        deadline = threading.Event()
+        for _ in range(100):
+            if [w.id for w in mtls_server.scheduler.list_workers()] == ["w-mtls"]:
+                break
+            deadline.wait(0.05)
+        assert [w.id for w in mtls_server.scheduler.list_workers()] == ["w-mtls"]
+    finally:
+        daemon.stop()
+        thread.join(timeout=10)
+    assert not thread.is_alive()
+
+
+def test_server_tls_files_must_be_readable(start, pki, tmp_path):
+    with pytest.raises(ValueError, match="cannot read"):
+        start(tls=ServerTls(tmp_path / "missing.pem", pki.server_key))
+    with pytest.raises(ValueError, match="both"):
+        ChannelSecurity.resolve(tls_cert=pki.client_cert, environ={})

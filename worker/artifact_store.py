@@ -1,0 +1,226 @@
+"""Shared artifact storage: a worker started with `--artifacts-uri URL` copies each
+succeeded job's final artifacts there, and `ftctl artifacts JOB --download DIR` fetches
+them from anywhere. Any fsspec URL works: s3://bucket/prefix (with s3fs), gs://... (gcsfs),
+file:///mnt/shared, memory:// (tests).
+
+Training itself stays on local disk (checkpoints are written often and are large); only
+the final outputs travel, after the job succeeded:
+
+    URL/JOB_ID/model/...            every artifact except checkpoints/, under its name
+    URL/JOB_ID/model_int8/...       relative to the job's output folder
+    URL/JOB_ID/spec.json
+    URL/JOB_ID/tensorboard/...      the TensorBoard logs
+    URL/JOB_ID/attempts/N/...       each attempt's events.jsonl and engine.log
+    URL/JOB_ID/result.json          written last: its presence means the upload is complete
+
+The job's artifacts map keeps the local paths (a `model.source: job` chain on the same
+worker or a shared file system still loads from them) and gains one `NAME_uri` entry per
+uploaded artifact plus `artifacts_uri`, the job's folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+from tunefleet.v1 import job_pb2
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ROOT_KEY",
+    "URI_SUFFIX",
+    "ArtifactStore",
+    "ArtifactStoreError",
+    "download",
+    "download_job",
+    "publish_artifacts",
+    "remote_artifacts",
+]
+
+ROOT_KEY = "artifacts_uri"
+URI_SUFFIX = "_uri"
+# Artifacts that stay on the worker: resumable training state, not a result.
+LOCAL_ONLY = frozenset({"checkpoints"})
+# Files of the output folder uploaded besides the artifacts, by artifact name.
+EXTRA_FILES = {"spec": "spec.json", "tensorboard": "tensorboard", "attempts": "attempts"}
+RESULT_FILE = "result.json"
+
+ReportFn = Callable[[list[job_pb2.Event]], bool]
+
+
+class ArtifactStoreError(Exception):
+    """The storage URL cannot be used (unknown protocol, missing package, bad path)."""
+
+
+def _url_to_fs(url: str):
+    try:
+        import fsspec
+    except ImportError:
+        raise ArtifactStoreError(
+            "shared artifact storage needs fsspec: pip install 'tunefleet[worker]'"
+        ) from None
+    try:
+        return fsspec.core.url_to_fs(url)
+    except ImportError as exc:  # s3:// without s3fs, gs:// without gcsfs...
+        protocol = url.split("://", 1)[0] if "://" in url else "file"
+        raise ArtifactStoreError(f"{url}: the {protocol}:// file system needs {exc}") from None
+    except ValueError as exc:  # an unknown protocol
+        raise ArtifactStoreError(f"{url}: {exc}") from None
+
+
+def _join(*parts: str) -> str:
+    return "/".join(p.strip("/") if i else p.rstrip("/") for i, p in enumerate(parts) if p)
+
+
+def _files(path: Path) -> Iterator[tuple[Path, str]]:
+    """(file, path relative to `path`) for a file or every file below a folder."""
+    if path.is_file():
+        yield path, ""
+        return
+    for dirpath, _dirnames, filenames in os.walk(path):
+        for name in sorted(filenames):
+            file = Path(dirpath) / name
+            yield file, file.relative_to(path).as_posix()
+
+
+class ArtifactStore:
+    """One storage root (an fsspec URL) where jobs' final artifacts are published."""
+
+    def __init__(self, root_uri: str):
+        if not root_uri:
+            raise ArtifactStoreError("the artifact storage URL is empty")
+        if "://" not in root_uri:  # a plain path: absolute, so the recorded URLs are too
+            root_uri = str(Path(root_uri).resolve())
+        self.fs, self.root_path = _url_to_fs(root_uri)
+        self.root_uri = root_uri.rstrip("/")
+
+    def __repr__(self) -> str:
+        return f"ArtifactStore({self.root_uri!r})"
+
+    def job_uri(self, job_id: str) -> str:
+        return _join(self.root_uri, job_id)
+
+    def upload(self, job_id: str, out_dir: Path, artifacts: dict[str, str]) -> dict[str, str]:
+        """Copies a job's final artifacts; returns the `NAME_uri` entries and `artifacts_uri`.
+
+        A second upload of the same job (a later attempt) replaces the first.
+        """
+        out_dir = Path(out_dir).resolve()
+        items: list[tuple[str, Path, str]] = []
+        for name, location in sorted(artifacts.items()):
+            path = Path(location)
+            if name in LOCAL_ONLY or "://" in location or not path.exists():
+                continue
+            path = path.resolve()
+            relative = path.relative_to(out_dir).as_posix() if path.is_relative_to(out_dir) else ""
+            items.append((name, path, relative or path.name))
+        for name, relative in EXTRA_FILES.items():
+            if name not in artifacts and (out_dir / relative).exists():
+                items.append((name, out_dir / relative, relative))
+        result = out_dir / RESULT_FILE
+        if result.exists():
+            items.append(("result", result, RESULT_FILE))  # last: marks a complete upload
+
+        job_path = _join(self.root_path, job_id)
+        if self.fs.exists(job_path):
+            self.fs.rm(job_path, recursive=True)
+        uris = {ROOT_KEY: self.job_uri(job_id)}
+        count = size = 0
+        for name, path, relative in items:
+            for file, below in _files(path):
+                target = _join(job_path, relative, below)
+                self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+                self.fs.put_file(str(file), target)
+                count += 1
+                size += file.stat().st_size
+            uris[f"{name}{URI_SUFFIX}"] = _join(self.root_uri, job_id, relative)
+        log.info("uploaded %d files (%.1f MB) to %s", count, size / 1e6, uris[ROOT_KEY])
+        return uris
+
+
+def remote_artifacts(artifacts: dict[str, str]) -> dict[str, str]:
+    """The uploaded artifacts of a job's artifacts map, by name ("model" -> URL)."""
+    return {
+        name[: -len(URI_SUFFIX)]: uri
+        for name, uri in artifacts.items()
+        if name.endswith(URI_SUFFIX) and name != ROOT_KEY
+    }
+
+
+def download(uri: str, dest: Path, *, keep_name: bool = False) -> list[Path]:
+    """Copies a file or a whole folder at `uri` into the folder `dest`; returns the files.
+
+    A file lands as dest/NAME; a folder's contents land directly in `dest`, or in
+    dest/NAME with `keep_name`.
+    """
+    fs, path = _url_to_fs(uri)
+    dest = Path(dest)
+    if not fs.exists(path):
+        raise ArtifactStoreError(f"{uri} does not exist")
+    if not fs.isdir(path):
+        dest.mkdir(parents=True, exist_ok=True)
+        target = dest / path.rstrip("/").rsplit("/", 1)[-1]
+        fs.get_file(path, str(target))
+        return [target]
+    root = path.rstrip("/")
+    if keep_name:
+        dest = dest / root.rsplit("/", 1)[-1]
+    files = []
+    for remote in sorted(fs.find(root)):
+        relative = remote[len(root) :].lstrip("/") if remote.startswith(root) else remote
+        target = dest.joinpath(*relative.split("/"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fs.get_file(remote, str(target))
+        files.append(target)
+    return files
+
+
+def publish_artifacts(store: ArtifactStore | None, job_id: str, out_dir: Path, outcome, report):
+    """After a job succeeded, uploads its artifacts to `store` and adds their URLs to the
+    outcome; a failed upload turns the outcome into FAILED (the local copy stays).
+
+    `outcome` is the JobRunner's JobOutcome (None: the job is no longer ours); `report`
+    sends progress log events to the job's event log. Without a store: `outcome` as is.
+    """
+    from tunefleet.worker.job_runner import JobOutcome, log_event
+
+    if store is None or outcome is None or outcome.state != job_pb2.SUCCEEDED:
+        return outcome
+    destination = store.job_uri(job_id)
+    report([log_event(f"uploading artifacts to {destination}")])
+    try:
+        uris = store.upload(job_id, out_dir, outcome.artifacts)
+    except Exception as exc:
+        log.exception("job %s: uploading artifacts to %s failed", job_id, destination)
+        return JobOutcome(
+            job_pb2.FAILED,
+            f"training succeeded but uploading its artifacts to {destination} failed: "
+            f"{type(exc).__name__}: {exc} (the local copy is in {out_dir})"[:500],
+        )
+    report([log_event(f"artifacts uploaded to {destination}")])
+    return dataclasses.replace(outcome, artifacts={**outcome.artifacts, **uris})
+
+
+def download_job(artifacts: dict[str, str], dest: Path, names: Iterable[str] = ()) -> list[Path]:
+    """Fetches a job's uploaded artifacts (all of them, or those in `names`) into `dest`,
+    laid out as in storage: dest/model/..., dest/result.json..."""
+    root = artifacts.get(ROOT_KEY)
+    if not root:
+        raise ArtifactStoreError(
+            "the job has no uploaded artifacts: its worker ran without --artifacts-uri, or the "
+            "job has not succeeded (the local paths above are on the worker's disk)"
+        )
+    names = list(names)
+    if not names:
+        return download(root, dest)
+    remote = remote_artifacts(artifacts)
+    unknown = [n for n in names if n not in remote]
+    if unknown:
+        raise ArtifactStoreError(
+            f"no uploaded artifact named {', '.join(unknown)}; uploaded: {', '.join(sorted(remote))}"
+        )
+    return [file for name in names for file in download(remote[name], dest, keep_name=True)]
