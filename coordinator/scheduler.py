@@ -217,10 +217,12 @@ class Scheduler:
 
     def list_workers(self) -> list[coordinator_pb2.Worker]:
         now = self._clock()
-        active = self.store.active_jobs()
+        active: dict[str, list[job_pb2.Job]] = {}
+        for job in self.store.active_jobs():
+            active.setdefault(job.worker_id, []).append(job)
         workers = []
         for record in self.store.list_workers():
-            capacity = _Capacity(record, active)
+            capacity = _Capacity(record, active.get(record.id, ()))
             workers.append(
                 coordinator_pb2.Worker(
                     id=record.id,

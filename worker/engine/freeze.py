@@ -8,9 +8,11 @@ A model is seen as an ordered list of blocks, bottom to top, the last one always
 - smallcnn:    stem, stage1, stage2, head
 
 Strategies pick trainable blocks (full, head_only, last_k, gradual, lp_ft) or parameters
-(patterns; lora: the LoRA adapters that models.apply_lora injected, plus the whole head). `FreezePlan.apply(model, epoch)` sets ``requires_grad`` and keeps frozen BatchNorm
-layers in eval mode, so their running statistics stay those of the pretrained model even though
-the rest of the network is in train mode. Call it after every ``model.train()``.
+(patterns; lora: the adapters models.apply_lora injected, plus the whole head block, pooler
+included, as head_only trains it). `FreezePlan.apply(model, epoch)` sets ``requires_grad`` and
+keeps frozen BatchNorm layers in eval mode, so their running statistics stay those of the
+pretrained model even though the rest of the network is in train mode. Call it after every
+``model.train()``.
 """
 
 from __future__ import annotations

@@ -102,10 +102,10 @@ def build_optimizer(
         )
     else:
         raise InvalidJobInput(f"optimizer.name: unknown optimizer {name!r} (sgd | adam | adamw)")
-    # torch's default on CPU is the per-tensor Python loop, ~7x slower than the fused kernel
-    # for a 22M-parameter model (the step then costs as much as the backward pass). Fused
-    # kernels exist for CPU and CUDA float tensors (what HF Trainer uses by default too); fall
-    # back to the multi-tensor loop where they do not apply.
+    # On CPU torch defaults to a Python loop over tensors: for MiniLM (22M params) that step
+    # cost about as much as the backward pass (5.3 s of a 50-step epoch on 2 cores; 2.0 s
+    # fused). Fused kernels exist for CPU and CUDA float tensors, and HF Trainer uses them by
+    # default; the multi-tensor loop is the fallback where they do not apply.
     try:
         return cls(groups, fused=True, **kwargs)
     except (RuntimeError, ValueError):
