@@ -43,6 +43,7 @@ bench: setup
 	HF_HUB_OFFLINE=1 $(PY) bench/engine_vs_trainer.py
 	HF_HUB_OFFLINE=1 $(PY) bench/frozen_features.py $(FROZEN_FEATURES_ARGS)
 	HF_HUB_OFFLINE=1 $(PY) bench/service_overhead.py
+	HF_HUB_OFFLINE=1 $(PY) bench/structured_pruning.py
 	$(PY) bench/scheduler.py
 	$(PY) bench/events.py
 	$(PY) bench/gpu_mfu.py

@@ -3,11 +3,12 @@
 A real coordinator (start_server, SQLite on disk) runs in this process. A second process
 runs --jobs fake workers (one thread and channel each): each acquires one job, reports
 metrics events in ReportEvents batches of --batch, then finishes the job. A third process
-runs --followers followers spread evenly over the jobs, each a StreamEvents(follow=True)
+runs --followers followers spread evenly over the jobs, each a StreamEventBatches(follow=True)
 from the start of its job until the job ends. Two phases, each on a fresh coordinator:
 
 0. baseline: a bare gRPC server streaming prebuilt events to --followers followers: what
-   the transport delivers from one Python process, one message per event.
+   the transport delivers from one Python process, one message per event. The coordinator
+   packs whatever has accumulated into one StreamEventBatches message, so it can exceed this.
 1. capacity: no followers; every worker sends --events events as fast as acknowledged.
 2. paced: --followers followers; the workers together offer each of --rates events/s for
    --seconds, each sending one batch every --report-interval s as a real worker does (the
@@ -144,17 +145,18 @@ def _followers(address: str, job_ids: list[str], followers: int, ready, results)
         mine: list[float] = []
         count, expected, in_order = 0, 1, True
         try:
-            stream = stub.StreamEvents(
+            stream = stub.StreamEventBatches(  # what the SDK's follow uses
                 coordinator_pb2.StreamEventsRequest(job_id=job_id, follow=True), timeout=600
             )
             subscribed.release()
-            for event in stream:
+            for batch in stream:
                 now = time.time()
-                in_order &= event.seq == expected
-                expected = event.seq + 1
-                if event.WhichOneof("kind") == "metrics":
-                    count += 1
-                    mine.append(now - event.time.ToNanoseconds() / 1e9)
+                for event in batch.events:
+                    in_order &= event.seq == expected
+                    expected = event.seq + 1
+                    if event.WhichOneof("kind") == "metrics":
+                        count += 1
+                        mine.append(now - event.time.ToNanoseconds() / 1e9)
         except grpc.RpcError as exc:
             with lock:
                 errors.append(f"{exc.code().name}: {exc.details()}")
@@ -189,8 +191,10 @@ class _TransportCeiling(coordinator_pb2_grpc.CoordinatorServicer):
         for i, event in enumerate(self.events):
             event.seq = i + 1
 
-    def StreamEvents(self, request, context):
-        yield from self.events
+    def StreamEventBatches(self, request, context):
+        # One event per message: what a stream costs without batching.
+        for event in self.events:
+            yield coordinator_pb2.EventBatch(events=[event])
 
 
 def transport_ceiling(followers: int, events: int) -> float:

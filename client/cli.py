@@ -340,6 +340,18 @@ def _job_dict(job: Job, *, spec: bool = False) -> dict:
         "last_seq": job.last_seq,
         "submitter": job.submitter,
     }
+    if job.members:  # a multi-node job
+        d["rendezvous"] = job.rendezvous
+        d["members"] = [
+            {
+                "rank": m.rank,
+                "worker_id": m.worker_id,
+                "address": m.address,
+                "state": m.state.value,
+                "reason": m.reason,
+            }
+            for m in job.members
+        ]
     if spec:
         d["spec"] = spec_to_dict(job.spec)
     return d
@@ -390,8 +402,13 @@ def _server_security(args) -> dict:
 
 def cmd_server(args) -> int:
     from tunefleet.coordinator import serve
+    from tunefleet.coordinator.server import check_lease_settings
 
     security = _server_security(args)
+    try:
+        check_lease_settings(args.heartbeat_s, args.lease_s)
+    except ValueError as e:
+        raise TunefleetError(str(e)) from None
     Path(args.db).parent.mkdir(parents=True, exist_ok=True)
     _configure_logging(args.log_format)
     try:
@@ -402,6 +419,8 @@ def cmd_server(args) -> int:
                 metrics_port=args.metrics_port,
                 metrics_host=args.metrics_host,
                 insecure=args.insecure,
+                heartbeat_interval_s=args.heartbeat_s,
+                lease_timeout_s=args.lease_s,
                 **security,
             )
     except (RuntimeError, ValueError) as e:  # cannot bind, malformed --listen
@@ -409,7 +428,24 @@ def cmd_server(args) -> int:
     return EXIT_OK
 
 
+def _drain_worker(args) -> int:
+    if not args.worker_id:
+        raise TunefleetError(
+            "ftctl worker drain WORKER_ID: which worker? `ftctl workers` lists them"
+        )
+    with _client(args) as client:
+        worker = client.drain_worker(args.worker_id)
+    jobs = ", ".join(worker.job_ids) or "no job"
+    _stdout().print(
+        f"worker {worker.id} is {worker.state}: it takes no new jobs; {jobs} will checkpoint "
+        "and resume elsewhere, then the worker exits"
+    )
+    return EXIT_OK
+
+
 def cmd_worker(args) -> int:
+    if args.action == "drain":
+        return _drain_worker(args)
     from tunefleet.worker.__main__ import allowed_roots_from_args
     from tunefleet.worker.artifact_store import ArtifactStoreError
     from tunefleet.worker.daemon import WorkerDaemon
@@ -426,6 +462,7 @@ def cmd_worker(args) -> int:
             artifacts_uri=args.artifacts_uri,
             security=_security(args),
             allowed_roots=allowed_roots_from_args(args),
+            address=args.address,
         )
     except ArtifactStoreError as e:
         raise TunefleetError(f"--artifacts-uri: {e}") from None
@@ -704,6 +741,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--metrics-host", default="127.0.0.1", metavar="HOST", help="(default: %(default)s)"
     )
+    p.add_argument(
+        "--heartbeat-s",
+        type=float,
+        default=2.0,
+        help="how often workers send heartbeats (default: %(default)s)",
+    )
+    p.add_argument(
+        "--lease-s",
+        type=float,
+        default=10.0,
+        help="a worker silent this long is lost and its job requeued (default: %(default)s)",
+    )
     p.add_argument("--log-format", **log_format)
     _add_server_security(p)
     p.add_argument(
@@ -718,10 +767,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow a non-loopback --listen without TLS and tokens (a trusted network only)",
     )
 
-    p = add("worker", cmd_worker, "run a worker in the foreground")
+    p = add(
+        "worker",
+        cmd_worker,
+        "run a worker in the foreground; `ftctl worker drain ID` drains one (admin)",
+    )
+    p.add_argument(
+        "action",
+        nargs="?",
+        choices=("drain",),
+        help="drain: stop worker WORKER_ID taking work; its job checkpoints and moves on",
+    )
+    p.add_argument("worker_id", nargs="?", metavar="WORKER_ID", help="(with drain)")
     p.add_argument("--artifacts", default=DEFAULT_ARTIFACTS, metavar="DIR")
     p.add_argument("--gpus", type=int, help="GPUs to offer (default: all detected)")
     p.add_argument("--id", help="stable worker id (default: assigned by the coordinator)")
+    p.add_argument(
+        "--address",
+        metavar="HOST",
+        help="where other machines of a multi-node job reach this one as rank 0 "
+        "(default: $TUNEFLEET_WORKER_ADDRESS, else this host's IP on the route to the "
+        "coordinator)",
+    )
     p.add_argument(
         "--artifacts-uri",
         default=os.environ.get("TUNEFLEET_ARTIFACTS_URI") or None,

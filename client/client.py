@@ -244,6 +244,12 @@ class Client:
         response = self._unary(self._stub.ListWorkers, coordinator_pb2.ListWorkersRequest())
         return [Worker.from_proto(w) for w in response.workers]
 
+    def drain_worker(self, worker_id: str) -> Worker:
+        """Take a worker out of service (admin): it gets no new jobs, its running job
+        checkpoints and resumes on another worker, then it exits. Returns it, DRAINING."""
+        request = coordinator_pb2.DrainWorkerRequest(worker_id=worker_id)
+        return Worker.from_proto(self._unary(self._stub.DrainWorker, request))
+
     # --- plumbing ---------------------------------------------------------------------
 
     def _check_open(self) -> None:
@@ -281,17 +287,18 @@ class Client:
                 request = coordinator_pb2.StreamEventsRequest(
                     job_id=job_id, after_seq=last, follow=follow
                 )
-                call = self._stub.StreamEvents(request, timeout=remaining)
-                for msg in call:
+                call = self._stub.StreamEventBatches(request, timeout=remaining)
+                for batch in call:
                     outage_since, received = None, True
                     delays = self.retry.delays()
-                    if msg.seq <= last:
-                        continue  # already yielded before a reconnect
-                    event = Event.from_proto(msg)
-                    last = event.seq
-                    yield event
-                    if follow and event.is_terminal():
-                        return
+                    for msg in batch.events:
+                        if msg.seq <= last:
+                            continue  # already yielded before a reconnect
+                        event = Event.from_proto(msg)
+                        last = event.seq
+                        yield event
+                        if follow and event.is_terminal():
+                            return
                 if not follow:
                     return
                 # The stream ended without the terminal event: the coordinator may have

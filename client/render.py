@@ -309,6 +309,11 @@ def render_job(console: Console, job: Job) -> None:
     ]
     if job.cancel_requested and not job.is_terminal():
         rows.append(("cancel", "requested"))
+    if job.members:  # a multi-node job: where each machine rank runs and how it is doing
+        rows.append(("rendezvous", job.rendezvous or "-"))
+        for m in job.members:
+            part = f"{m.worker_id} ({m.address or '?'})  {m.state.value}"
+            rows.append((f"rank {m.rank}", part + (f"  {m.reason}" if m.reason else "")))
     spec = job.spec
     if spec.model.source:
         rows.append(("model", f"{spec.model.source}: {spec.model.name or spec.model.job}"))
@@ -350,6 +355,9 @@ def jobs_table(jobs: list[Job]) -> Table:
     return table
 
 
+_WORKER_STATE_STYLES = {"LIVE": "green", "DRAINING": "yellow"}
+
+
 def workers_table(workers) -> Table:
     table = Table(box=None, pad_edge=False)
     for col in ("ID", "HOST", "STATE", "GPUS", "FREE", "CPUS", "JOBS", "HEARTBEAT"):
@@ -358,7 +366,7 @@ def workers_table(workers) -> Table:
         table.add_row(
             w.id,
             w.hostname,
-            Text(w.state, style="green" if w.state == "LIVE" else "red"),
+            Text(w.state, style=_WORKER_STATE_STYLES.get(w.state, "red")),
             str(w.gpus),
             str(w.free_gpus),
             str(w.cpus),

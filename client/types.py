@@ -19,6 +19,7 @@ __all__ = [
     "Event",
     "EventKind",
     "Job",
+    "JobMember",
     "JobState",
     "LogLine",
     "Metrics",
@@ -84,6 +85,28 @@ def _opt_time(msg, name: str) -> datetime | None:
 
 
 @dataclass(frozen=True)
+class JobMember:
+    """One worker's part in a multi-node job (one machine rank); rank 0 runs the global
+    main process and its end decides the job's."""
+
+    rank: int
+    worker_id: str
+    address: str
+    state: JobState
+    reason: str = ""
+
+    @classmethod
+    def from_proto(cls, msg: job_pb2.JobMember) -> JobMember:
+        return cls(
+            rank=msg.rank,
+            worker_id=msg.worker_id,
+            address=msg.address,
+            state=JobState.from_proto(msg.state),
+            reason=msg.reason,
+        )
+
+
+@dataclass(frozen=True)
 class Job:
     """A job as the coordinator last reported it."""
 
@@ -104,6 +127,15 @@ class Job:
     cancel_requested: bool = False
     # Who submitted it (the token's name); "" on a coordinator without tokens.
     submitter: str = ""
+    # Multi-node jobs: the workers of the latest placement, rank 0 first (worker_id is
+    # rank 0's), and HOST:PORT of their rendezvous. Empty for single-node jobs.
+    members: tuple[JobMember, ...] = ()
+    rendezvous: str = ""
+    # Restarts after the training process crashed (train.max_restarts caps them); lost or
+    # drained workers' requeues are not counted.
+    restarts: int = 0
+    # A QUEUED job waiting out a retry backoff is not placed before this time.
+    not_before: datetime | None = None
 
     @property
     def priority(self) -> int:
@@ -141,6 +173,10 @@ class Job:
             updated_at=_opt_time(msg, "updated_at"),
             cancel_requested=msg.cancel_requested,
             submitter=msg.submitter,
+            members=tuple(JobMember.from_proto(m) for m in msg.members),
+            rendezvous=msg.rendezvous,
+            restarts=msg.restarts,
+            not_before=_opt_time(msg, "not_before"),
         )
 
 

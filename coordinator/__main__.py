@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tunefleet.coordinator.server import serve
+from tunefleet.coordinator.server import check_lease_settings, serve
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,13 +39,10 @@ def main(argv: list[str] | None = None) -> int:
         help="a worker silent this long is lost and its jobs are requeued (default: %(default)s)",
     )
     args = parser.parse_args(argv)
-    if args.heartbeat_s <= 0:
-        parser.error(f"--heartbeat-s must be > 0, got {args.heartbeat_s}")
-    if args.lease_s <= args.heartbeat_s:
-        parser.error(
-            f"--lease-s ({args.lease_s}) must be longer than --heartbeat-s ({args.heartbeat_s}): "
-            "a lease must outlive a few lost heartbeats"
-        )
+    try:
+        check_lease_settings(args.heartbeat_s, args.lease_s)
+    except ValueError as exc:
+        parser.error(str(exc))
     try:
         serve(
             args.listen,

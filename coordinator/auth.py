@@ -4,8 +4,8 @@ Every call carries `authorization: Bearer <token>` metadata. The coordinator kno
 only by their SHA-256 (a tokens file may also hold plaintext tokens, hashed on load), maps
 each to a named principal with a role, and checks the role against the method:
 
-    admin   every RPC
-    user    SubmitJob, GetJob, ListJobs, CancelJob, StreamEvents, ListWorkers -- and only
+    admin   every RPC (DrainWorker only admins)
+    user    SubmitJob, GetJob, ListJobs, CancelJob, StreamEvents(+Batches), ListWorkers -- only
             on the jobs it submitted (the servicer checks ownership, see `may_see`)
     worker  RegisterWorker, Heartbeat, AcquireJob, ReportEvents, FinishJob, ReleaseJob
 
@@ -72,14 +72,22 @@ class Role(str, enum.Enum):
 # is admin-only, which is the safe failure for a newly added method; the security tests
 # list every RPC of the service so a new one gets a deliberate entry.
 USER_METHODS = frozenset(
-    {"SubmitJob", "GetJob", "ListJobs", "CancelJob", "StreamEvents", "ListWorkers"}
+    {
+        "SubmitJob",
+        "GetJob",
+        "ListJobs",
+        "CancelJob",
+        "StreamEvents",
+        "StreamEventBatches",
+        "ListWorkers",
+    }
 )
 WORKER_METHODS = frozenset(
     {"RegisterWorker", "Heartbeat", "AcquireJob", "ReportEvents", "FinishJob", "ReleaseJob"}
 )
-# RPCs deliberately left to admins (e.g. a future DrainWorker): listed so the decision is
-# visible, though admin-only is also what an unlisted RPC gets.
-ADMIN_ONLY_METHODS: frozenset[str] = frozenset()
+# RPCs deliberately left to admins (draining takes a machine out of the fleet): listed so
+# the decision is visible, though admin-only is also what an unlisted RPC gets.
+ADMIN_ONLY_METHODS = frozenset({"DrainWorker"})
 _METHODS_BY_ROLE = {Role.USER: USER_METHODS, Role.WORKER: WORKER_METHODS}
 
 

@@ -16,6 +16,10 @@ Placement model (deliberately simple for now):
   capacity for it is a later concern).
 - A job whose model comes from another job (`model.source: job`) waits until that job
   SUCCEEDED and takes its `artifacts["model"]` as `model.name` when it is assigned.
+- A multi-node job (resources.nodes = N > 1) gets N distinct workers that each fit it, all
+  at once or none (gang scheduling: how and why in coordinator/gang.py). Like any job too
+  big for the free workers, one that does not fit now does not block smaller jobs behind
+  it (backfill): they keep the fleet busy, at the risk of starving it.
 
 Failures (each requeue or retry appends a log event with the cause and a state change):
 - A worker holds its jobs under a lease that its heartbeats renew. A worker silent for
@@ -33,6 +37,9 @@ Failures (each requeue or retry appends a log event with the cause and a state c
 - The next attempt resumes from the newest complete checkpoint because every attempt
   writes to the same output folder (output.dir, else the worker's artifacts_root/JOB_ID,
   which must be storage shared by all workers).
+- A multi-node job lives and dies as one (its members share the attempt): when any member
+  is lost, released or fails, the gang is requeued, retried or failed as above, and the
+  other members' heartbeats tell them to kill their training processes (lost_job_ids).
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from tunefleet import spec as specs
+from tunefleet.coordinator import gang
 from tunefleet.coordinator.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -54,7 +62,8 @@ from tunefleet.coordinator.errors import (
     invalid_spec,
 )
 from tunefleet.coordinator.event_bus import EventBus
-from tunefleet.coordinator.store import JobStore, WorkerRecord
+from tunefleet.coordinator.gang import Capacity
+from tunefleet.coordinator.store import ACTIVE_STATES, JobStore, WorkerRecord
 from tunefleet.states import TERMINAL_STATES, is_terminal, state_name
 from tunefleet.v1 import coordinator_pb2, job_pb2, spec_pb2
 
@@ -82,24 +91,11 @@ def _gpus(job: job_pb2.Job) -> int:
     return job.spec.resources.gpus
 
 
-def _need(spec: bytes) -> tuple[int, str]:
-    """(GPUs, source job id) of a serialized spec: what explaining a wait looks at."""
+def _need(spec: bytes) -> tuple[int, str, int]:
+    """(GPUs, source job id, nodes) of a serialized spec: what explaining a wait looks at."""
     parsed = spec_pb2.JobSpec.FromString(spec)
-    return parsed.resources.gpus, parsed.model.job if parsed.model.source == "job" else ""
-
-
-class _Capacity:
-    """What a worker has left, given the jobs it runs now."""
-
-    def __init__(self, worker: WorkerRecord, active: Iterable[job_pb2.Job]):
-        mine = [j for j in active if j.worker_id == worker.id]
-        self.job_ids = [j.id for j in mine]
-        self.free_gpus = worker.resources.gpus - sum(_gpus(j) for j in mine)
-        self.cpu_busy = any(_gpus(j) == 0 for j in mine)
-
-    def fits(self, job: job_pb2.Job) -> bool:
-        need = _gpus(job)
-        return self.free_gpus >= need if need > 0 else not self.cpu_busy
+    source = parsed.model.job if parsed.model.source == "job" else ""
+    return parsed.resources.gpus, source, max(parsed.resources.nodes, 1)
 
 
 def _prepare_spec(spec: spec_pb2.JobSpec, check_paths: bool) -> spec_pb2.JobSpec:
@@ -138,11 +134,13 @@ class Scheduler:
         # explained by the lease watch (see _explain_waiting).
         self._explain_pending = False
         self._explain_size = 0
-        self._needs: dict[str, tuple[int, str]] = {}  # queued job id -> _need(spec)
+        self._needs: dict[str, tuple[int, str, int]] = {}  # queued job id -> _need(spec)
+        self._waiting = gang.WaitingWorkers()  # the workers a multi-node job can take now
         # After a coordinator restart every LIVE worker gets a fresh lease: the workers kept
         # running while we were down and deserve lease_timeout_s to reach us again before
         # their jobs are written off.
-        store.renew_leases(coordinator_pb2.LIVE, self._clock())
+        for state in (coordinator_pb2.LIVE, coordinator_pb2.DRAINING):
+            store.renew_leases(state, self._clock())
         self._lease_watch = threading.Thread(
             target=self._watch_leases, name="tunefleet-lease-watch", daemon=True
         )
@@ -216,26 +214,41 @@ class Scheduler:
             return self.get_job(job_id)
 
     def list_workers(self) -> list[coordinator_pb2.Worker]:
-        now = self._clock()
-        active: dict[str, list[job_pb2.Job]] = {}
-        for job in self.store.active_jobs():
-            active.setdefault(job.worker_id, []).append(job)
-        workers = []
-        for record in self.store.list_workers():
-            capacity = _Capacity(record, active.get(record.id, ()))
-            workers.append(
-                coordinator_pb2.Worker(
-                    id=record.id,
-                    hostname=record.hostname,
-                    resources=record.resources,
-                    state=record.state,
-                    free_gpus=max(capacity.free_gpus, 0),
-                    job_ids=capacity.job_ids,
-                    last_heartbeat_age_s=max(now - record.last_heartbeat, 0.0),
-                    address=record.address,
-                )
-            )
-        return workers
+        active = gang.by_holder(self.store.active_jobs())
+        return [
+            self._worker_message(record, active.get(record.id, ()))
+            for record in self.store.list_workers()
+        ]
+
+    def drain_worker(self, worker_id: str) -> coordinator_pb2.Worker:
+        """Marks a live worker DRAINING: it is placed nothing more, and its next heartbeat
+        tells it to checkpoint and hand back its job, then exit. Draining twice is a no-op."""
+        with self._lock:
+            worker = self.store.get_worker(worker_id)
+            if worker is None:
+                raise NotFound(f"worker {worker_id} not found; `ftctl workers` lists them")
+            if worker.state == coordinator_pb2.LOST:
+                raise FailedPrecondition(f"worker {worker_id} is lost; there is nothing to drain")
+            if worker.state != coordinator_pb2.DRAINING:
+                self.store.set_worker_state(worker_id, coordinator_pb2.DRAINING)
+                log.info("worker %s: drain requested", worker_id)
+            worker = self.store.get_worker(worker_id)
+            return self._worker_message(worker, self.store.active_jobs(worker_id))
+
+    def _worker_message(
+        self, record: WorkerRecord, active: Iterable[job_pb2.Job]
+    ) -> coordinator_pb2.Worker:
+        capacity = Capacity(record, active)
+        return coordinator_pb2.Worker(
+            id=record.id,
+            hostname=record.hostname,
+            resources=record.resources,
+            state=record.state,
+            free_gpus=max(capacity.free_gpus, 0),
+            job_ids=capacity.job_ids,
+            last_heartbeat_age_s=max(self._clock() - record.last_heartbeat, 0.0),
+            address=record.address,
+        )
 
     # ---- worker API ------------------------------------------------------------------
 
@@ -250,6 +263,7 @@ class Scheduler:
         resources = resources or coordinator_pb2.WorkerResources()
         with self._lock:
             worker_id = worker_id or self._new_worker_id(hostname)
+            self._waiting.take(worker_id)  # a part handed to its previous life is void
             if self.store.get_worker(worker_id) is not None:
                 # The worker process restarted: whatever it ran before is gone with it.
                 for job in self.store.active_jobs(worker_id):
@@ -271,53 +285,73 @@ class Scheduler:
 
     def heartbeat(
         self, worker_id: str, running_job_ids: Iterable[str]
-    ) -> tuple[list[str], list[str], bool]:
+    ) -> tuple[list[str], list[str], bool, bool]:
         """Renews the worker's lease; returns (job ids it must stop, the part of those that
-        are no longer its own, whether it is known)."""
+        are no longer its own, whether it is known, whether it must drain)."""
         running = set(running_job_ids)
         with self._lock:
             worker = self.store.get_worker(worker_id)
             if worker is None or worker.state == coordinator_pb2.LOST:
-                return sorted(running), sorted(running), False
+                return sorted(running), sorted(running), False, False
             now = self._clock()
             self.store.touch_worker(worker_id, now)
             mine = {job.id: job for job in self.store.active_jobs(worker_id)}
-            lost = {job_id for job_id in running if job_id not in mine}
+            lost = {
+                job_id
+                for job_id in running
+                if job_id not in mine and not self._member_finishing(job_id, worker_id, now)
+            }
             stop = lost | {job.id for job in mine.values() if job.cancel_requested}
             for job in mine.values():
                 # An assignment whose AcquireJob response never reached the worker, or a
                 # job the worker dropped without a word (it lists a job until it has told
                 # us how the job ended). Quiet for a lease: a fresh assignment or a late
-                # report is not mistaken for one.
-                quiet_for = now - _seconds(job.updated_at)
+                # report is not mistaken for one. A member of a multi-node job is judged
+                # by its own part (other members' reports do not vouch for it).
+                member = gang.member_of(job, worker_id)
+                since = member.updated_at if member is not None else job.updated_at
+                quiet_for = now - _seconds(since)
                 if job.id in running or quiet_for <= self.lease_timeout_s:
                     continue
-                if job.state == job_pb2.ASSIGNED:
+                if job.state == job_pb2.ASSIGNED or (
+                    member is not None and member.state == job_pb2.ASSIGNED
+                ):
                     self._release(job, f"worker {worker_id} never started the job")
                 else:
                     self._release(job, f"worker {worker_id} no longer runs the job")
-            return sorted(stop), sorted(lost), True
+            return sorted(stop), sorted(lost), True, worker.state == coordinator_pb2.DRAINING
 
     def acquire(
-        self, worker_id: str, wait_s: float, is_active: Callable[[], bool] = lambda: True
+        self,
+        worker_id: str,
+        wait_s: float,
+        is_active: Callable[[], bool] = lambda: True,
+        *,
+        rendezvous_port: int = 0,
     ) -> job_pb2.Job | None:
-        """Long poll: assigns the best queued job this worker can run, waiting up to wait_s."""
+        """Long poll: assigns the best queued job this worker can run, waiting up to wait_s.
+
+        `rendezvous_port` (a port free on the worker's host; 0 = none) lets this worker host
+        a multi-node job as machine rank 0; while it waits, other workers' polls may also
+        place it in a gang as another rank, which it then returns (see _deliver)."""
         deadline = time.monotonic() + min(max(wait_s, 0.0), MAX_ACQUIRE_WAIT_S)
-        with self._work_available:
+        with self._work_available, self._waiting.polling(worker_id, rendezvous_port):
             while True:
                 if self._closing.is_set():
                     raise Unavailable("the coordinator is shutting down")
                 worker = self.store.get_worker(worker_id)
-                if worker is None or worker.state != coordinator_pb2.LIVE:
+                if worker is None or worker.state == coordinator_pb2.LOST:
                     raise FailedPrecondition(
                         f"worker {worker_id} is not registered (or was lost); register again"
                     )
-                job = self._place(worker)
+                job = None
+                if worker.state == coordinator_pb2.LIVE:  # a DRAINING one waits out the poll
+                    job = self._deliver(worker_id) or self._place(worker, rendezvous_port)
                 remaining = deadline - time.monotonic()
                 if job is not None or remaining <= 0 or not is_active():
                     return job
-                # Wakes early on submit/finish; the 1 s cap notices a vanished caller, and a
-                # retry whose backoff ends sooner is placed when it ends.
+                # Wakes early on submit/finish/gang placement; the 1 s cap notices a vanished
+                # caller, and a retry whose backoff ends sooner is placed when it ends.
                 self._work_available.wait(min(remaining, 1.0, self._next_backoff_end()))
 
     def report(
@@ -332,7 +366,10 @@ class Scheduler:
 
         A batch_seq already stored for this attempt is a retry and stores nothing; metrics
         of steps already reported (by an earlier attempt) are dropped (see
-        JobStore.append_report)."""
+        JobStore.append_report). Of a multi-node job's other members (rank > 0) only log
+        lines are kept: rank 0 runs the global main process, the one source of metrics and
+        reports, and the batch_seq of each member counts on its own, so theirs are not
+        deduplicated (a retried batch of log lines may show twice)."""
         events = list(events)
         for i, event in enumerate(events):
             kind = event.WhichOneof("kind")
@@ -346,11 +383,27 @@ class Scheduler:
         with self._lock:
             job = self._owned_job(worker_id, job_id, attempt)
             now = self._clock()
+            member = gang.member_of(job, worker_id)
+            where = f"worker {worker_id}"
+            if member is not None:
+                where += f" (machine rank {member.rank})"
+                if member.state == job_pb2.ASSIGNED:
+                    self.store.set_member(job_id, member.rank, job_pb2.RUNNING, now=now)
+                if member.rank > 0:
+                    kept = [e for e in events if e.WhichOneof("kind") == "log"]
+                    if len(kept) < len(events):
+                        log.warning(
+                            "job %s: dropped %d events other than log lines from %s",
+                            job_id,
+                            len(events) - len(kept),
+                            where,
+                        )
+                    events, batch_seq = kept, 0
             if job.state == job_pb2.ASSIGNED:
                 job, event = self.store.transition(
                     job_id,
                     job_pb2.RUNNING,
-                    f"training started on worker {worker_id}",
+                    f"training started on {where}",
                     started_at=now,
                     now=now,
                 )
@@ -385,20 +438,34 @@ class Scheduler:
             )
         with self._lock:
             job = self.get_job(job_id)
+            reason = reason or _DEFAULT_FINISH_REASONS[state].format(worker=worker_id)
+            member = gang.member_of(job, worker_id, attempt)
+            if member is not None:
+                self._finish_member(job, member, state, reason, artifacts, summary, retryable)
+                return
             if job.state == state and job.worker_id == worker_id and job.attempt == attempt:
                 return  # a retried FinishJob whose first reply was lost
             job = self._owned_job(worker_id, job_id, attempt)
-            reason = reason or _DEFAULT_FINISH_REASONS[state].format(worker=worker_id)
             if state == job_pb2.FAILED and retryable and not job.cancel_requested:
                 self._retry(job, reason)
                 return
             self._finish(job, state, reason, artifacts=artifacts or {}, summary=summary or {})
 
     def release(self, worker_id: str, job_id: str, attempt: int, reason: str = "") -> None:
-        """The worker gives its attempt back unfinished (draining, preempted): requeue."""
+        """The worker gives its attempt back unfinished (draining, preempted): requeue. For
+        a multi-node job that is the whole gang; a member's release after the gang already
+        ended (this attempt) is only recorded."""
+        reason = reason or f"released by worker {worker_id}"
         with self._lock:
+            job = self.get_job(job_id)
+            member = gang.member_of(job, worker_id, attempt)
+            if member is not None:
+                self.store.set_member(job_id, member.rank, job_pb2.QUEUED, reason)
+                if job.state in ACTIVE_STATES:
+                    self._release(job, f"{reason} (machine rank {member.rank})")
+                return
             job = self._owned_job(worker_id, job_id, attempt)
-            self._release(job, reason or f"released by worker {worker_id}")
+            self._release(job, reason)
 
     # ---- liveness --------------------------------------------------------------------
 
@@ -409,7 +476,7 @@ class Scheduler:
             now = self._clock()
             for worker in self.store.list_workers():
                 silent_for = now - worker.last_heartbeat
-                if worker.state != coordinator_pb2.LIVE or silent_for <= self.lease_timeout_s:
+                if worker.state == coordinator_pb2.LOST or silent_for <= self.lease_timeout_s:
                     continue
                 log.warning("worker %s lost (no heartbeat for %.1f s)", worker.id, silent_for)
                 self.store.set_worker_state(worker.id, coordinator_pb2.LOST)
@@ -437,7 +504,8 @@ class Scheduler:
                     # was ours, not the workers'. Give them a full lease to reach us, as
                     # after a restart, rather than requeue every running job.
                     log.warning("lease watch stalled for %.1f s; renewing leases", stalled_for)
-                    self.store.renew_leases(coordinator_pb2.LIVE, self._clock())
+                    for state in (coordinator_pb2.LIVE, coordinator_pb2.DRAINING):
+                        self.store.renew_leases(state, self._clock())
                     continue
                 self.expire_leases()
                 if self._explain_pending:
@@ -448,10 +516,11 @@ class Scheduler:
     # ---- internals (call with the lock held) -------------------------------------------
 
     def _owned_job(self, worker_id: str, job_id: str, attempt: int) -> job_pb2.Job:
-        """The job, if `attempt` on `worker_id` is its current, unfinished placement."""
+        """The job, if `attempt` on `worker_id` (its worker, or a member of the gang) is its
+        current, unfinished placement."""
         job = self.get_job(job_id)
         if (
-            job.worker_id != worker_id
+            (job.worker_id != worker_id and gang.member_of(job, worker_id) is None)
             or job.attempt != attempt
             or job.state
             not in (
@@ -466,12 +535,22 @@ class Scheduler:
             )
         return job
 
-    def _place(self, worker: WorkerRecord) -> job_pb2.Job | None:
-        capacity = _Capacity(worker, self.store.active_jobs(worker.id))
+    def _place(self, worker: WorkerRecord, rendezvous_port: int = 0) -> job_pb2.Job | None:
+        capacity = Capacity(worker, self.store.active_jobs(worker.id))
         now = self._clock()
+        pool = None  # the other workers a gang could take, read once per placement
         for job in self.store.iter_queued():
             if not capacity.fits(job) or _seconds(job.not_before) > now:
                 continue
+            members = [worker]
+            if gang.is_gang(job):
+                if not rendezvous_port or not worker.address:
+                    continue  # this worker cannot host the rendezvous
+                if pool is None:
+                    pool = self._gang_pool(worker.id)
+                members = gang.choose_members(job, worker, pool)
+                if members is None:
+                    continue  # not enough workers free at once: smaller jobs go first
             spec = None
             if job.spec.model.source == "job":
                 source = self.store.get_job(job.spec.model.job)
@@ -484,24 +563,98 @@ class Scheduler:
                 spec = spec_pb2.JobSpec()
                 spec.CopyFrom(job.spec)
                 spec.model.name = model
-            fields = {"attempt": job.attempt + 1, "worker_id": worker.id, "report_batch": 0}
-            if spec is not None:
-                fields["spec"] = spec
-            job, event = self.store.transition(
-                job.id,
-                job_pb2.ASSIGNED,
-                f"assigned to worker {worker.id}",
-                now=self._clock(),
-                **fields,
-            )
-            self.bus.publish(job.id, event.seq)
-            log.info("job %s assigned to worker %s (attempt %d)", job.id, worker.id, job.attempt)
-            self._explain_waiting()
-            return job
+            return self._assign(job, members, rendezvous_port, spec)
         return None
+
+    def _assign(
+        self,
+        job: job_pb2.Job,
+        workers: list[WorkerRecord],
+        rendezvous_port: int,
+        spec: spec_pb2.JobSpec | None,
+    ) -> job_pb2.Job:
+        """Starts the next attempt of `job` on `workers` (rank 0 first), all in one step."""
+        fields = {"attempt": job.attempt + 1, "worker_id": workers[0].id, "report_batch": 0}
+        if spec is not None:
+            fields["spec"] = spec
+        members = [
+            job_pb2.JobMember(rank=rank, worker_id=w.id, address=w.address, state=job_pb2.ASSIGNED)
+            for rank, w in enumerate(workers)
+            if gang.is_gang(job)
+        ]
+        if members:
+            fields["members"] = members
+            fields["rendezvous"] = gang.endpoint(workers[0].address, rendezvous_port)
+        placed = job_pb2.Job(worker_id=workers[0].id, members=members)
+        reason = f"assigned to {gang.describe(placed)}"
+        job, event = self.store.transition(
+            job.id, job_pb2.ASSIGNED, reason, now=self._clock(), **fields
+        )
+        self.bus.publish(job.id, event.seq)
+        log.info("job %s assigned to %s (attempt %d)", job.id, gang.describe(job), job.attempt)
+        for other in workers[1:]:
+            self._waiting.hand(other.id, job.id, job.attempt)
+        if len(workers) > 1:
+            self._work_available.notify_all()  # the other members' polls take their parts
+        self._explain_waiting()
+        return job
+
+    def _gang_pool(self, first: str) -> list[tuple[WorkerRecord, Capacity]]:
+        """The workers that could join a gang `first` places now (gang.pool_ids), each with
+        what it has left."""
+        ids = self._waiting.pool_ids(first)
+        held = gang.by_holder(self.store.active_jobs()) if ids else {}
+        pool = []
+        for worker_id in ids:
+            worker = self.store.get_worker(worker_id)
+            if worker is not None and worker.state == coordinator_pb2.LIVE:
+                pool.append((worker, Capacity(worker, held.get(worker_id, ()))))
+        return pool
+
+    def _deliver(self, worker_id: str) -> job_pb2.Job | None:
+        """This worker's part of a multi-node job another worker's poll placed, if it still
+        stands (the gang may have been stopped meanwhile)."""
+        placed = self._waiting.take(worker_id)
+        if placed is None:
+            return None
+        job = self.store.get_job(placed[0])
+        if job is None or job.attempt != placed[1] or job.state not in ACTIVE_STATES:
+            return None
+        member = gang.member_of(job, worker_id)
+        return job if member is not None and member.state in ACTIVE_STATES else None
+
+    def _finish_member(
+        self,
+        job: job_pb2.Job,
+        member: job_pb2.JobMember,
+        state: int,
+        reason: str,
+        artifacts: dict[str, str] | None,
+        summary: dict[str, float] | None,
+        retryable: bool,
+    ) -> None:
+        """How one member's part ended: recorded on the member, and what it does to the job
+        as gang.end_action says."""
+        self.store.set_member(job.id, member.rank, state, reason, now=self._clock())
+        action = gang.end_action(job, member, state, retryable)
+        if member.rank > 0:
+            reason = f"machine rank {member.rank} on worker {member.worker_id}: {reason}"
+        if action == gang.RETRY:
+            self._retry(job, reason)
+        elif action == gang.FINISH:
+            self._finish(job, state, reason, artifacts=artifacts or {}, summary=summary or {})
+        elif action == gang.RELEASE:
+            self._release(job, reason)
+
+    def _member_finishing(self, job_id: str, worker_id: str, now: float) -> bool:
+        job = self.store.get_job(job_id)
+        return job is not None and gang.finishing(job, worker_id, now, self.lease_timeout_s)
 
     def _finish(self, job: job_pb2.Job, state: int, reason: str, **fields) -> None:
         now = self._clock()
+        if job.members and state != job_pb2.SUCCEEDED:
+            # Members that succeed along with rank 0 say so themselves.
+            fields["end_members"] = (job_pb2.CANCELLED, f"stopped with the gang: {reason}")
         job, event = self.store.transition(
             job.id, state, reason, finished_at=now, now=now, **fields
         )
@@ -519,7 +672,7 @@ class Scheduler:
         self._requeue(
             job,
             reason,
-            f"attempt {job.attempt} on worker {job.worker_id} ended: {detail or reason}; "
+            f"attempt {job.attempt} on {gang.describe(job)} ended: {detail or reason}; "
             "queued again (not counted against train.max_restarts), the next attempt resumes "
             "from the newest checkpoint",
         )
@@ -537,7 +690,7 @@ class Scheduler:
         self._requeue(
             job,
             f"restart {restarts} of {limit} in {delay:g} s: {reason}",
-            f"attempt {job.attempt} on worker {job.worker_id} crashed: {reason}; restart "
+            f"attempt {job.attempt} on {gang.describe(job)} crashed: {reason}; restart "
             f"{restarts} of {limit} (train.max_restarts) in {delay:g} s, from the newest "
             "checkpoint",
             restarts=restarts,
@@ -547,6 +700,10 @@ class Scheduler:
     def _requeue(self, job: job_pb2.Job, reason: str, note: str, **fields) -> None:
         # The attempt stays; the next placement bumps it, which fences the old one: its
         # late reports no longer match (and are refused while the job is QUEUED anyway).
+        # The other members of a gang learn from their next heartbeat that the job is no
+        # longer theirs (lost_job_ids) and kill their training processes.
+        if job.members:
+            fields["end_members"] = (job_pb2.CANCELLED, f"stopped with the gang: {reason}")
         job, event = self.store.transition(
             job.id,
             job_pb2.QUEUED,
@@ -601,21 +758,26 @@ class Scheduler:
 
     def _explain_pass(self) -> None:
         self._explain_pending = False
+        queued = self.store.queued_brief()
+        if not queued:  # nothing waits: no need to read the fleet
+            self._explain_size = 0
+            return
         live = [w for w in self.store.list_workers() if w.state == coordinator_pb2.LIVE]
-        active: dict[str, list[job_pb2.Job]] = {}
-        for job in self.store.active_jobs():
-            active.setdefault(job.worker_id, []).append(job)
-        self._explain_size = len(live) + sum(map(len, active.values()))
-        capacities = [_Capacity(w, active.get(w.id, ())) for w in live]
+        active = gang.by_holder(self.store.active_jobs())
+        self._explain_size = len(live) + sum(map(len, active.values())) + len(queued)
+        capacities = [Capacity(w, active.get(w.id, ())) for w in live]
         most_free_gpus = max((c.free_gpus for c in capacities), default=0)
         cpu_slot_free = any(not c.cpu_busy for c in capacities)
+        fitting: dict[int, int] = {}  # GPUs -> how many workers could take that much now
         now = self._clock()
-        queued = self.store.queued_brief()
-        self._explain_size += len(queued)
         reasons: dict[str, str] = {}
-        needs: dict[str, tuple[int, str]] = {}
+        needs: dict[str, tuple[int, str, int]] = {}
         for job_id, current, spec, not_before in queued:
-            need, source = needs[job_id] = self._needs.get(job_id) or _need(spec)
+            need, source, nodes = needs[job_id] = self._needs.get(job_id) or _need(spec)
+            if nodes > 1 and need not in fitting:
+                fitting[need] = sum(
+                    c.free_gpus >= need if need > 0 else not c.cpu_busy for c in capacities
+                )
             if not_before > now:
                 continue  # its reason says when its restart is due
             source_job = self.store.get_job(source) if source else None
@@ -624,6 +786,11 @@ class Scheduler:
                     f"waiting for source job {source} to succeed "
                     f"(it is {state_name(source_job.state)})"
                 )
+            elif nodes > 1 and fitting[need] < nodes:
+                what = f"{need} free GPUs each" if need > 0 else "a free CPU slot"
+                reason = f"waiting for {nodes} workers with {what} at once ({fitting[need]} now)"
+            elif nodes > 1:
+                continue
             elif need > 0 and need > most_free_gpus:
                 reason = f"waiting for a worker with {need} free GPUs"
             elif need == 0 and not cpu_slot_free:

@@ -282,6 +282,17 @@ def start_server(
     )
 
 
+def check_lease_settings(heartbeat_s: float, lease_s: float) -> None:
+    """Raises ValueError naming the flag when the heartbeat/lease pair cannot work."""
+    if heartbeat_s <= 0:
+        raise ValueError(f"--heartbeat-s must be > 0, got {heartbeat_s}")
+    if lease_s <= heartbeat_s:
+        raise ValueError(
+            f"--lease-s ({lease_s}) must be longer than --heartbeat-s ({heartbeat_s}): "
+            "a lease must outlive a few lost heartbeats"
+        )
+
+
 def serve(
     listen: str = "127.0.0.1:50051",
     db_path: str | Path = ".tunefleet/coordinator.db",

@@ -10,10 +10,11 @@ from __future__ import annotations
 import functools
 import logging
 import socket
+import urllib.parse
 
 import grpc
 
-from tunefleet.coordinator import auth
+from tunefleet.coordinator import auth, gang
 from tunefleet.coordinator.errors import (
     CoordinatorError,
     InvalidArgument,
@@ -117,6 +118,17 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
 
     @_streaming
     def StreamEvents(self, request, context):
+        for batch in self._event_batches(request, context):
+            yield from batch
+
+    @_streaming
+    def StreamEventBatches(self, request, context):
+        for batch in self._event_batches(request, context):
+            yield coordinator_pb2.EventBatch(events=batch)
+
+    def _event_batches(self, request, context):
+        """Stored events with seq > after_seq, then (if follow) live ones until the job
+        ends, as non-empty lists in seq order."""
         job_id = request.job_id
         self._visible_job(context, job_id)  # NOT_FOUND before anything is streamed
         # Subscribe before the first read: see event_bus for why nothing can be missed.
@@ -128,11 +140,10 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
                 batch = self.bus.recent(job_id, seq, _REPLAY_BATCH)
                 if batch is None:
                     batch = self.store.events_after(job_id, seq, _REPLAY_BATCH)
-                state_changed = False
-                for event in batch:
-                    yield event
-                    seq = event.seq
-                    state_changed |= event.HasField("state_change")
+                if batch:
+                    yield list(batch)
+                    seq = batch[-1].seq
+                state_changed = any(event.HasField("state_change") for event in batch)
                 if len(batch) == _REPLAY_BATCH:
                     continue
                 if not request.follow:
@@ -148,6 +159,10 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
                 if subscription.closed:
                     return
                 subscription.wait_beyond(seq, timeout=_FOLLOW_RECHECK_S)
+
+    @_unary
+    def DrainWorker(self, request, context):
+        return self.scheduler.drain_worker(request.worker_id)
 
     @_unary
     def ListWorkers(self, request, context):
@@ -172,7 +187,9 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
             request.worker_id,
             hostname=request.hostname or _peer_host(context),
             resources=request.resources,
-            address=request.address,
+            # Where the other members of a multi-node job reach it: what it says, else where
+            # its connection comes from (an older worker, which sends nothing).
+            address=request.address or _peer_ip(context),
         )
         return coordinator_pb2.RegisterWorkerResponse(
             worker_id=worker_id,
@@ -182,18 +199,25 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
 
     @_unary
     def Heartbeat(self, request, context):
-        cancel, lost, known = self.scheduler.heartbeat(request.worker_id, request.running_job_ids)
+        cancel, lost, known, drain = self.scheduler.heartbeat(
+            request.worker_id, request.running_job_ids
+        )
         return coordinator_pb2.HeartbeatResponse(
-            cancel_job_ids=cancel, lost_job_ids=lost, known=known
+            cancel_job_ids=cancel, lost_job_ids=lost, known=known, drain=drain
         )
 
     @_unary
     def AcquireJob(self, request, context):
-        job = self.scheduler.acquire(request.worker_id, request.wait_seconds, context.is_active)
+        job = self.scheduler.acquire(
+            request.worker_id,
+            request.wait_seconds,
+            context.is_active,
+            rendezvous_port=request.rendezvous_port,
+        )
         if job is None:
             return coordinator_pb2.AcquireJobResponse()
         return coordinator_pb2.AcquireJobResponse(
-            assignment=coordinator_pb2.Assignment(job=job, attempt=job.attempt)
+            assignment=gang.assignment(job, request.worker_id)
         )
 
     @_unary
@@ -228,3 +252,11 @@ def _peer_host(context) -> str:
     peer = context.peer() or ""
     host = peer.split(":", 1)[-1].rsplit(":", 1)[0].strip("[]")
     return host or socket.gethostname()
+
+
+def _peer_ip(context) -> str:
+    """'ipv4:10.0.0.7:51234' -> '10.0.0.7', 'ipv6:[::1]:5' -> '::1'; '' for other peers."""
+    kind, _, rest = urllib.parse.unquote(context.peer() or "").partition(":")
+    if kind not in ("ipv4", "ipv6"):
+        return ""
+    return rest.rpartition(":")[0].strip("[]")

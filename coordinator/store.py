@@ -57,6 +57,20 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (job_id, seq)
 ) WITHOUT ROWID;
 
+-- Multi-node jobs: the workers of a job's latest placement, one row per machine rank
+-- (replaced by the next placement). jobs.worker_id is rank 0's.
+CREATE TABLE IF NOT EXISTS job_members (
+    job_id     TEXT NOT NULL,
+    rank       INTEGER NOT NULL,
+    worker_id  TEXT NOT NULL,
+    address    TEXT NOT NULL DEFAULT '',
+    state      INTEGER NOT NULL,
+    reason     TEXT NOT NULL DEFAULT '',
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (job_id, rank)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS job_members_by_worker ON job_members (worker_id, state);
+
 CREATE TABLE IF NOT EXISTS workers (
     id             TEXT PRIMARY KEY,
     hostname       TEXT NOT NULL DEFAULT '',
@@ -69,7 +83,8 @@ CREATE TABLE IF NOT EXISTS workers (
 
 _JOB_COLUMNS = (
     "id, spec, state, reason, attempt, created_at, started_at, finished_at, updated_at, "
-    "worker_id, artifacts, summary, last_seq, cancel_requested, submitter, restarts, not_before"
+    "worker_id, artifacts, summary, last_seq, cancel_requested, submitter, restarts, not_before, "
+    "rendezvous"
 )
 
 # Columns added after schema version 1 shipped; older databases gain them in place.
@@ -86,9 +101,12 @@ _ADDED_JOB_COLUMNS = {
     # attempts. A resumed attempt replays the steps after its checkpoint; metrics the
     # user already saw are not stored again (see append_report).
     "metric_steps": "TEXT NOT NULL DEFAULT '{}'",
+    # Multi-node jobs: HOST:PORT of the latest placement's rendezvous (Job.rendezvous).
+    "rendezvous": "TEXT NOT NULL DEFAULT ''",
 }
 
 ACTIVE_STATES = (job_pb2.ASSIGNED, job_pb2.RUNNING)
+_MEMBER_COLUMNS = "job_id, rank, worker_id, address, state, reason, updated_at"
 
 
 @dataclass(frozen=True)
@@ -125,6 +143,7 @@ def _job_from_row(row: tuple) -> job_pb2.Job:
         submitter,
         restarts,
         not_before,
+        rendezvous,
     ) = row
     job = job_pb2.Job(
         id=job_id,
@@ -139,6 +158,7 @@ def _job_from_row(row: tuple) -> job_pb2.Job:
         cancel_requested=bool(cancel_requested),
         submitter=submitter,
         restarts=restarts,
+        rendezvous=rendezvous,
     )
     _set_time(job.not_before, not_before or None)
     _set_time(job.created_at, created_at)
@@ -146,6 +166,26 @@ def _job_from_row(row: tuple) -> job_pb2.Job:
     _set_time(job.finished_at, finished_at)
     _set_time(job.updated_at, updated_at)
     return job
+
+
+def _load_jobs(db: sqlite3.Connection, rows: Iterable[tuple]) -> list[job_pb2.Job]:
+    """Jobs from rows of _JOB_COLUMNS, multi-node ones with their members (one query for
+    all of them; single-node jobs, nearly all, cost nothing extra)."""
+    jobs = [_job_from_row(r) for r in rows]
+    gangs = {job.id: job for job in jobs if job.spec.resources.nodes > 1}
+    if gangs:
+        marks = ",".join("?" * len(gangs))
+        members = db.execute(
+            f"SELECT {_MEMBER_COLUMNS} FROM job_members WHERE job_id IN ({marks}) "
+            "ORDER BY job_id, rank",
+            list(gangs),
+        ).fetchall()
+        for job_id, rank, worker_id, address, state, reason, updated_at in members:
+            member = gangs[job_id].members.add(
+                rank=rank, worker_id=worker_id, address=address, state=state, reason=reason
+            )
+            _set_time(member.updated_at, updated_at)
+    return jobs
 
 
 def _worker_from_row(row: tuple) -> WorkerRecord:
@@ -174,6 +214,7 @@ _FIELD_ENCODERS = {
     "restarts": int,
     "not_before": float,
     "report_batch": int,
+    "rendezvous": str,
 }
 
 
@@ -224,6 +265,11 @@ class JobStore:
         with self._lock:
             return self._conn.execute(sql, tuple(args)).fetchall()
 
+    def _jobs(self, sql: str, args: Iterable = ()) -> list[job_pb2.Job]:
+        """Jobs selected by `sql` (which selects _JOB_COLUMNS), with their members."""
+        with self._lock:
+            return _load_jobs(self._conn, self._conn.execute(sql, tuple(args)).fetchall())
+
     # ---- jobs -------------------------------------------------------------------------
 
     def insert_job(
@@ -267,20 +313,51 @@ class JobStore:
         *,
         now: float | None = None,
         notes: Iterable[job_pb2.Event] = (),
+        members: Iterable[job_pb2.JobMember] | None = None,
+        end_members: tuple[int, str] | None = None,
         **fields,
     ) -> tuple[job_pb2.Job, job_pb2.Event]:
         """Moves a job to `state` and appends the matching state_change event, atomically.
         `notes` (log events explaining the change) are stored just before it, with the
-        attempt they are about."""
+        attempt they are about. `members` replaces a multi-node job's members (a new
+        placement); `end_members` = (state, reason) is set on those still ASSIGNED or
+        RUNNING (the gang stopped without them)."""
         now = time.time() if now is None else now
         with self._tx() as db:
             (attempt,) = db.execute("SELECT attempt FROM jobs WHERE id = ?", (job_id,)).fetchone()
             for note in notes:
                 self._append(db, job_id, attempt, note, now)
             self._update(db, job_id, now, dict(fields, reason=reason), state=state)
+            if members is not None:
+                db.execute("DELETE FROM job_members WHERE job_id = ?", (job_id,))
+                db.executemany(
+                    f"INSERT INTO job_members ({_MEMBER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (job_id, m.rank, m.worker_id, m.address, m.state, m.reason, now)
+                        for m in members
+                    ],
+                )
+            if end_members is not None:
+                db.execute(
+                    "UPDATE job_members SET state = ?, reason = ?, updated_at = ? "
+                    "WHERE job_id = ? AND state IN (?, ?)",
+                    (*end_members, now, job_id, *ACTIVE_STATES),
+                )
             (attempt,) = db.execute("SELECT attempt FROM jobs WHERE id = ?", (job_id,)).fetchone()
             event = self._append_state_change(db, job_id, attempt, state, reason, now)
             return self._get_job(db, job_id), event
+
+    def set_member(
+        self, job_id: str, rank: int, state: int, reason: str = "", *, now: float | None = None
+    ) -> None:
+        """Records how one member of a multi-node job is doing (see JobMember.state)."""
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            db.execute(
+                "UPDATE job_members SET state = ?, reason = ?, updated_at = ? "
+                "WHERE job_id = ? AND rank = ?",
+                (state, reason, now, job_id, rank),
+            )
 
     def update_job(self, job_id: str, *, now: float | None = None, **fields) -> job_pb2.Job:
         """Changes fields without a state change (a waiting reason, cancel_requested...)."""
@@ -352,8 +429,8 @@ class JobStore:
             return self._get_job(self._conn, job_id)
 
     def find_by_idempotency_key(self, key: str) -> job_pb2.Job | None:
-        rows = self._query(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE idempotency_key = ?", (key,))
-        return _job_from_row(rows[0]) if rows else None
+        jobs = self._jobs(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE idempotency_key = ?", (key,))
+        return jobs[0] if jobs else None
 
     def list_jobs(
         self, states: Iterable[int] = (), limit: int = 0, *, submitter: str | None = None
@@ -367,33 +444,31 @@ class JobStore:
             conditions.append("submitter = ?")
             args.append(submitter)
         where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
-        rows = self._query(
+        return self._jobs(
             f"SELECT {_JOB_COLUMNS} FROM jobs {where} ORDER BY created_at DESC, rowid DESC LIMIT ?",
             [*args, limit if limit > 0 else -1],
         )
-        return [_job_from_row(r) for r in rows]
 
     def queued_jobs(self) -> list[job_pb2.Job]:
         """QUEUED jobs in placement order: higher priority first, then the oldest."""
-        rows = self._query(
+        return self._jobs(
             f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = ? "
             "ORDER BY priority DESC, created_at ASC, rowid ASC",
             (job_pb2.QUEUED,),
         )
-        return [_job_from_row(r) for r in rows]
 
     def iter_queued(self, page: int = 16) -> Iterator[job_pb2.Job]:
         """queued_jobs(), decoded a page at a time: a placement usually takes one of the
         first jobs, and must not decode a queue of thousands to find it."""
         offset = 0
         while True:
-            rows = self._query(
+            jobs = self._jobs(
                 f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = ? "
                 "ORDER BY priority DESC, created_at ASC, rowid ASC LIMIT ? OFFSET ?",
                 (job_pb2.QUEUED, page, offset),
             )
-            yield from (_job_from_row(r) for r in rows)
-            if len(rows) < page:
+            yield from jobs
+            if len(jobs) < page:
                 return
             offset += page
 
@@ -426,20 +501,27 @@ class JobStore:
             )
 
     def active_jobs(self, worker_id: str | None = None) -> list[job_pb2.Job]:
-        """ASSIGNED and RUNNING jobs, of one worker or of all."""
-        sql = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state IN (?, ?)"
-        args: list = list(ACTIVE_STATES)
-        if worker_id is not None:
-            sql += " AND worker_id = ?"
-            args.append(worker_id)
-        return [_job_from_row(r) for r in self._query(sql + " ORDER BY rowid", args)]
+        """ASSIGNED and RUNNING jobs, of one worker or of all. A worker's are those it runs
+        alone or as rank 0, and the multi-node jobs whose part it still runs (a member
+        ASSIGNED or RUNNING)."""
+        if worker_id is None:
+            sql, args = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state IN (?, ?)", ACTIVE_STATES
+        else:
+            # Looked up by worker in both tables' indexes (`+state` keeps SQLite from scanning
+            # every active job instead): placements and heartbeats call this for one worker.
+            sql = (
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE +state IN (?, ?) AND id IN ("
+                "SELECT id FROM jobs WHERE worker_id = ? AND state IN (?, ?) UNION ALL "
+                "SELECT job_id FROM job_members WHERE worker_id = ? AND state IN (?, ?))"
+            )
+            args = (*ACTIVE_STATES, worker_id, *ACTIVE_STATES, worker_id, *ACTIVE_STATES)
+        return self._jobs(sql + " ORDER BY rowid", args)
 
     def dependents(self, source_job: str, state: int = job_pb2.QUEUED) -> list[job_pb2.Job]:
-        rows = self._query(
+        return self._jobs(
             f"SELECT {_JOB_COLUMNS} FROM jobs WHERE source_job = ? AND state = ? ORDER BY rowid",
             (source_job, state),
         )
-        return [_job_from_row(r) for r in rows]
 
     def events_after(self, job_id: str, after_seq: int, limit: int = 500) -> list[job_pb2.Event]:
         rows = self._query(
@@ -502,8 +584,8 @@ class JobStore:
 
     @staticmethod
     def _get_job(db: sqlite3.Connection, job_id: str) -> job_pb2.Job | None:
-        row = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return _job_from_row(row) if row else None
+        rows = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchall()
+        return _load_jobs(db, rows)[0] if rows else None
 
     @staticmethod
     def _update(

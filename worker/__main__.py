@@ -50,6 +50,13 @@ def main(argv: list[str] | None = None) -> int:
         "is killed; the job is released to run elsewhere (default: %(default)s; a second "
         "signal kills at once)",
     )
+    parser.add_argument(
+        "--address",
+        default=None,
+        metavar="HOST",
+        help="where the other workers of a multi-node job reach this one (default: "
+        "$TUNEFLEET_WORKER_ADDRESS, else this host's IP on its route to the coordinator)",
+    )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING...")
     parser.add_argument(
         "--log-format", choices=LOG_FORMATS, default="text", help="json: one object per line"
@@ -93,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         security=security,
         allowed_roots=allowed_roots,
         drain_grace_s=args.drain_grace_s,
+        address=args.address,
     )
 
     def on_signal(signum, _frame):

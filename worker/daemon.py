@@ -18,6 +18,13 @@ Three things happen concurrently: the main loop (AcquireJob long poll, then the 
 JobRunner), a heartbeat thread (renews the lease, learns which jobs to cancel), and
 `stop()` from a signal handler. The coordinator may be unreachable at any moment (restart,
 network): every call retries with backoff, and nothing but `stop()` ends the daemon.
+
+Multi-node jobs: each AcquireJob offers a port that is free on this host, and registration
+gives the address where the other workers reach us; when a poll of ours places a
+multi-node job we are its machine rank 0 and host its rendezvous there. Our part of a job
+another worker's poll placed comes back from our own poll, with our machine rank. When the
+gang stops (a member lost, released or failed), our heartbeat says the job is no longer
+ours and the training process is killed like any other requeued job's.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from pathlib import Path
 
 import grpc
 
-from tunefleet.client.channel import ChannelSecurity, open_channel
+from tunefleet.client.channel import ChannelSecurity, open_channel, split_host
 from tunefleet.logging_setup import job_log_context
 from tunefleet.v1 import coordinator_pb2, coordinator_pb2_grpc, job_pb2
 from tunefleet.worker.artifact_store import ArtifactStore, publish_artifacts
@@ -89,6 +96,35 @@ def detect_gpus() -> tuple[int, str]:
         return 0, ""
 
 
+def route_address(coordinator: str) -> str:
+    """This host's IP address on its route to the coordinator (127.0.0.1 for a coordinator
+    on loopback): where the other workers of a multi-node job, which reach the same
+    coordinator, most likely reach us too. "" when unknown: the coordinator then takes the
+    address our connection comes from."""
+    host = split_host(coordinator)
+    port = coordinator.rpartition(":")[2]
+    # IPv4 first: accelerate joins --main_process_ip and the port as "IP:PORT", which an
+    # IPv6 address (colons, no brackets) makes ambiguous.
+    for family in (socket.AF_INET, socket.AF_UNSPEC):
+        try:
+            info = socket.getaddrinfo(
+                host, int(port) if port.isdigit() else 0, family, socket.SOCK_DGRAM
+            )[0]
+            with socket.socket(info[0], socket.SOCK_DGRAM) as probe:
+                probe.connect(info[4])  # UDP: picks the route, sends nothing
+                return probe.getsockname()[0]
+        except (OSError, IndexError):
+            continue
+    return ""
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (AcquireJobRequest.rendezvous_port)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
 class WorkerDaemon:
     """A tunefleet worker. `run()` blocks until `stop()` (thread-safe) is called."""
 
@@ -106,6 +142,7 @@ class WorkerDaemon:
         allowed_roots: tuple[str | Path, ...] = (),
         artifacts_uri: str | None = None,
         drain_grace_s: float = 30.0,
+        address: str | None = None,
     ):
         """
         Args:
@@ -123,6 +160,9 @@ class WorkerDaemon:
                 artifacts are uploaded (see tunefleet.worker.artifact_store).
             drain_grace_s: on stop(), how long the training process has to checkpoint and
                 exit before it is killed.
+            address: host (IP or name) where the other workers of a multi-node job reach
+                this one; default: $TUNEFLEET_WORKER_ADDRESS, else this host's address on
+                its route to the coordinator (see route_address).
         """
         self.coordinator = coordinator
         self.artifacts_root = Path(artifacts_root).resolve()
@@ -133,9 +173,13 @@ class WorkerDaemon:
         self.command_factory = command_factory
         self.artifact_store = ArtifactStore(artifacts_uri) if artifacts_uri else None
         self.drain_grace_s = drain_grace_s
+        self.address = (
+            address or os.environ.get("TUNEFLEET_WORKER_ADDRESS") or route_address(coordinator)
+        )
         self.heartbeat_interval_s = 2.0
         self.lease_timeout_s = 10.0
         self._lease_until = 0.0  # time.monotonic() when our lease may have run out
+        self._drain_requested = False  # DrainWorker, not a signal, started the stop
         self._gpu_name = ""
         self._stopping = threading.Event()  # no new jobs; drain the running one
         self._stopped = threading.Event()  # run() is over: heartbeats end too
@@ -210,6 +254,8 @@ class WorkerDaemon:
             call.cancel()
 
     def _drain_reason(self) -> str:
+        if self._drain_requested:
+            return f"worker {self.worker_id} drained on request (ftctl worker drain)"
         return f"worker {self.worker_id} is shutting down (drained)"
 
     def _lease_valid(self) -> bool:
@@ -231,7 +277,10 @@ class WorkerDaemon:
             backoff = _Backoff()
             while not self._stopping.is_set():
                 request = coordinator_pb2.RegisterWorkerRequest(
-                    worker_id=self.worker_id, hostname=socket.gethostname(), resources=resources
+                    worker_id=self.worker_id,
+                    hostname=socket.gethostname(),
+                    resources=resources,
+                    address=self.address,
                 )
                 sent_at = time.monotonic()
                 try:
@@ -256,7 +305,7 @@ class WorkerDaemon:
 
     def _acquire(self) -> coordinator_pb2.Assignment | None:
         request = coordinator_pb2.AcquireJobRequest(
-            worker_id=self.worker_id, wait_seconds=self.poll_s
+            worker_id=self.worker_id, wait_seconds=self.poll_s, rendezvous_port=free_port()
         )
         call = self._stub.AcquireJob.future(request, timeout=self.poll_s + _RPC_TIMEOUT_S)
         with self._lock:
@@ -336,6 +385,10 @@ class WorkerDaemon:
                 elif runner.job_id in response.cancel_job_ids:
                     log.info("job %s: cancel requested by the coordinator", runner.job_id)
                     runner.cancel()
+            if response.known and response.drain and not self._stopping.is_set():
+                log.warning("the coordinator asks worker %s to drain; stopping", self.worker_id)
+                self._drain_requested = True
+                self.stop()
             if response.known:
                 self._lease_until = sent_at + self.lease_timeout_s
             else:
@@ -354,6 +407,7 @@ class WorkerDaemon:
             self._finish(job.id, attempt, JobOutcome(job_pb2.FAILED, refused))
             return
         out_dir = Path(job.spec.output.dir) if job.spec.output.dir else self.artifacts_root / job.id
+        rendezvous = assignment.rendezvous if assignment.HasField("rendezvous") else None
         runner = JobRunner(
             job,
             attempt,
@@ -363,12 +417,21 @@ class WorkerDaemon:
             command_factory=self.command_factory,
             drain_grace_s=self.drain_grace_s,
             lease_valid=self._lease_valid,
+            rendezvous=rendezvous,
         )
         with self._lock:
             self._runner = runner
         if self._stopping.is_set():  # stop() may have missed the runner
             runner.drain(self._drain_reason())
-        log.info("job %s attempt %d: running in %s", job.id, attempt, out_dir)
+        log.info(
+            "job %s attempt %d: running in %s%s",
+            job.id,
+            attempt,
+            out_dir,
+            f" as machine rank {runner.machine_rank} of {rendezvous.num_machines}"
+            if rendezvous is not None
+            else "",
+        )
         batches = itertools.count(1)  # ReportEvents.batch_seq: retries resend the same one
 
         def report(events: list[job_pb2.Event]) -> bool:
@@ -376,7 +439,8 @@ class WorkerDaemon:
 
         try:
             outcome = runner.run(report)
-            outcome = publish_artifacts(self.artifact_store, job.id, out_dir, outcome, report)
+            if runner.machine_rank == 0:  # the job's artifacts are rank 0's
+                outcome = publish_artifacts(self.artifact_store, job.id, out_dir, outcome, report)
         except Exception as exc:  # a bug of ours must not take the daemon down
             log.exception("job %s: the runner failed", job.id)
             outcome = JobOutcome(

@@ -11,6 +11,13 @@ Every attempt of a job runs in the same out_dir (storage shared by the workers),
 engine resumes from the newest checkpoint there; only the event file and the log are per
 attempt, so a stale attempt's process can never pass its lines off as the current one's.
 
+A multi-node job runs one JobRunner per member worker, all in the same out_dir. Machine
+rank 0 is the one described above. On the others (rendezvous.machine_rank > 0) the engine's
+processes write no events, checkpoints or results (only the global main process does), and
+the runner keeps to its own folder, out_dir/attempts/N/machine-R/ (spec.json, engine.log,
+events.jsonl): it neither clears rank 0's result.json nor reports anything but log lines,
+and exit 0 means its part is done (the job's result is rank 0's).
+
 How an attempt ends, and what the daemon tells the coordinator (JobOutcome.state):
   exit 0 + result.json     SUCCEEDED
   exit 2                   FAILED (invalid input: retrying cannot help)
@@ -27,6 +34,7 @@ How an attempt ends, and what the daemon tells the coordinator (JobOutcome.state
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -42,7 +50,7 @@ from pathlib import Path
 from google.protobuf import json_format
 
 from tunefleet.spec import spec_to_dict
-from tunefleet.v1 import job_pb2, spec_pb2
+from tunefleet.v1 import coordinator_pb2, job_pb2, spec_pb2
 from tunefleet.worker.tensorboard_writer import TENSORBOARD_DIR, TensorBoardWriter
 
 log = logging.getLogger(__name__)
@@ -73,14 +81,20 @@ class JobOutcome:
 
 
 def engine_command(
-    spec: spec_pb2.JobSpec, spec_path: Path, out_dir: Path, events_path: Path
+    spec: spec_pb2.JobSpec,
+    spec_path: Path,
+    out_dir: Path,
+    events_path: Path,
+    *,
+    rendezvous: coordinator_pb2.Rendezvous | None = None,
 ) -> list[str]:
-    """The engine's launch command (one process, or accelerate around N ranks)."""
+    """The engine's launch command (one process, or accelerate around N ranks on one or
+    several machines)."""
     # Imported on use: the daemon must stay importable and light even if the engine
     # package one day imports torch at the top.
     from tunefleet.worker.engine.launch import build_command
 
-    return build_command(spec, spec_path, out_dir, events_path)
+    return build_command(spec, spec_path, out_dir, events_path, rendezvous=rendezvous)
 
 
 def log_event(message: str, level: str = "info") -> job_pb2.Event:
@@ -203,28 +217,39 @@ class JobRunner:
         kill_grace_s: float = 5.0,
         drain_grace_s: float = 30.0,
         lease_valid: Callable[[], bool] = lambda: True,
+        rendezvous: coordinator_pb2.Rendezvous | None = None,
     ):
         """
         Args:
+            command_factory: builds the training command; default: the engine's launcher.
+                For a multi-node job a custom factory finds its machine in the environment
+                (TUNEFLEET_MACHINE_RANK, _NUM_MACHINES, _MAIN_PROCESS_IP, _MAIN_PROCESS_PORT).
             kill_grace_s: after SIGTERM on cancel, how long before SIGKILL.
             drain_grace_s: after SIGTERM on drain, how long the engine has to finish its
                 step and write a checkpoint before SIGKILL.
             lease_valid: False once the worker could not renew its lease for a whole lease
                 period: the coordinator may have given the job to another worker, so the
                 training process is killed at once (self-fencing).
+            rendezvous: this worker's machine in a multi-node job (the Assignment's).
         """
         self.job = job
         self.attempt = attempt
         self.worker_id = worker_id
         self.out_dir = Path(out_dir)
         self.cwd = cwd
-        self.command_factory = command_factory or engine_command
+        self.rendezvous = rendezvous
+        self.machine_rank = rendezvous.machine_rank if rendezvous is not None else 0
+        self.command_factory = command_factory or functools.partial(
+            engine_command, rendezvous=rendezvous
+        )
         self.report_interval_s = report_interval_s
         self.report_max_events = report_max_events
         self.kill_grace_s = kill_grace_s
         self.drain_grace_s = drain_grace_s
         self.lease_valid = lease_valid
         self.attempt_dir = self.out_dir / "attempts" / str(attempt)
+        if self.machine_rank > 0:
+            self.attempt_dir /= f"machine-{self.machine_rank}"
         self._wake = threading.Event()
         self._stop_outcome: JobOutcome | None = None
         self._hard_stop = False  # SIGKILL, no chance to checkpoint
@@ -287,8 +312,12 @@ class JobRunner:
             "job %s attempt %d: started pid %d: %s", self.job_id, self.attempt, process.pid, command
         )
         try:
-            pending = [log_event(f"started on worker {self.worker_id} (pid {process.pid})")]
-            pending += self._unrelayed_metrics()
+            where = f"worker {self.worker_id}"
+            if self.rendezvous is not None:
+                where += f", machine rank {self.machine_rank} of {self.rendezvous.num_machines}"
+            pending = [log_event(f"started on {where} (pid {process.pid})")]
+            if self.machine_rank == 0:
+                pending += self._unrelayed_metrics()
             if not self._relay(process, tail, pending, report) or self._abandoned:
                 return None
             return self._outcome(process.returncode, report)
@@ -321,11 +350,14 @@ class JobRunner:
 
     def _prepare(self) -> tuple[list[str], Path]:
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        spec_path = self.out_dir / "spec.json"
-        write_json_atomic(spec_path, spec_to_dict(self.job.spec))
-        # A result.json left by an earlier attempt must not pass for this attempt's.
-        (self.out_dir / "result.json").unlink(missing_ok=True)
         self.attempt_dir.mkdir(parents=True, exist_ok=True)
+        if self.machine_rank == 0:
+            spec_path = self.out_dir / "spec.json"
+            # A result.json left by an earlier attempt must not pass for this attempt's.
+            (self.out_dir / "result.json").unlink(missing_ok=True)
+        else:  # rank 0 writes the shared one at the same moment
+            spec_path = self.attempt_dir / "spec.json"
+        write_json_atomic(spec_path, spec_to_dict(self.job.spec))
         events_path = self.attempt_dir / "events.jsonl"
         return self.command_factory(
             self.job.spec, spec_path, self.out_dir, events_path
@@ -338,6 +370,13 @@ class JobRunner:
             TUNEFLEET_JOB_ID=self.job_id,
             TUNEFLEET_ATTEMPT=str(self.attempt),
         )
+        if self.rendezvous is not None:
+            env.update(
+                TUNEFLEET_MACHINE_RANK=str(self.machine_rank),
+                TUNEFLEET_NUM_MACHINES=str(self.rendezvous.num_machines),
+                TUNEFLEET_MAIN_PROCESS_IP=self.rendezvous.main_process_ip,
+                TUNEFLEET_MAIN_PROCESS_PORT=str(self.rendezvous.main_process_port),
+            )
         with (self.attempt_dir / "engine.log").open("ab") as log_file:
             return subprocess.Popen(
                 dies_with_parent(command),
@@ -400,6 +439,8 @@ class JobRunner:
         stop = self._stop_outcome
         if stop is not None and stop.state != job_pb2.QUEUED:
             return stop  # cancelled: however the process ended
+        if code == 0 and self.machine_rank > 0:
+            return JobOutcome(job_pb2.SUCCEEDED, f"machine rank {self.machine_rank} finished")
         if code == 0:  # done, even if a drain came too late to matter
             try:
                 result = json.loads((self.out_dir / "result.json").read_text(encoding="utf-8"))
@@ -448,6 +489,8 @@ class JobRunner:
         return events
 
     def _send(self, events: list[job_pb2.Event], report: ReportFn) -> bool:
+        if self.machine_rank > 0:  # rank 0 reports the job's metrics, once
+            events = [e for e in events if e.WhichOneof("kind") == "log"]
         for start in range(0, len(events), self.report_max_events):
             if not report(events[start : start + self.report_max_events]):
                 log.warning(

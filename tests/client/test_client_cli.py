@@ -250,3 +250,47 @@ def test_workers(capsys, cluster, scripted_worker):
     assert code == 0 and "w-test" in out and "LIVE" in out
     code, out, _ = run_cli(capsys, "workers", "--json", "--coordinator", cluster.address)
     assert json.loads(out)[0]["id"] == "w-test"
+
+
+def test_server_lease_flags_reach_workers_and_bad_pairs_are_refused(tmp_path):
+    """`ftctl server --heartbeat-s/--lease-s` are what RegisterWorker hands out."""
+    import grpc
+
+    from tunefleet.v1 import coordinator_pb2, coordinator_pb2_grpc
+
+    bad = subprocess.run(
+        [FTCTL, "server", "--db", tmp_path / "bad.db", "--heartbeat-s", "5", "--lease-s", "3"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode != 0 and "--lease-s (3.0) must be longer" in bad.stderr
+
+    port = unused_port()
+    server = subprocess.Popen(
+        [
+            FTCTL,
+            "server",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--db",
+            tmp_path / "c.db",
+            "--heartbeat-s",
+            "0.5",
+            "--lease-s",
+            "4",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=60)
+            stub = coordinator_pb2_grpc.CoordinatorStub(channel)
+            reply = stub.RegisterWorker(
+                coordinator_pb2.RegisterWorkerRequest(worker_id="w1", hostname="h"), timeout=10
+            )
+        assert (reply.heartbeat_interval_s, reply.lease_timeout_s) == (0.5, 4.0)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -105,3 +105,20 @@ def test_live_bar_on_a_terminal_and_the_summary():
     assert "20/100" in text and "eval acc 0.9" in text  # the bar
     assert "SUCCEEDED job job-1" in text and "/runs/job-1/model" in text
     assert "metrics: accuracy 0.9" in text
+
+
+def test_get_shows_the_members_of_a_multi_node_job():
+    from tunefleet.client.render import render_job
+
+    msg = job_pb2.Job(id="job-1", state=job_pb2.RUNNING, worker_id="w-a", rendezvous="10.0.0.1:7")
+    msg.spec.resources.nodes = 2
+    msg.members.add(rank=0, worker_id="w-a", address="10.0.0.1", state=job_pb2.RUNNING)
+    msg.members.add(
+        rank=1, worker_id="w-b", address="10.0.0.2", state=job_pb2.CANCELLED, reason="stopped"
+    )
+    console, out = plain_console()
+    render_job(console, Job.from_proto(msg))
+    text = out.getvalue()
+    assert "rendezvous  10.0.0.1:7" in text
+    assert "rank 0      w-a (10.0.0.1)  RUNNING" in text
+    assert "rank 1      w-b (10.0.0.2)  CANCELLED  stopped" in text

@@ -138,10 +138,12 @@ def test_events_survive_a_coordinator_restart(cluster, scripted_worker, job_dict
     reconnect and deliver every event exactly once, in order, through the final one."""
     retry = RetryPolicy(initial_backoff_s=0.05, max_backoff_s=0.5, stream_max_elapsed_s=20)
     with cluster.client(retry=retry) as client:
-        # Record each StreamEvents request, to see the resume point of the reconnect.
+        # Record each StreamEventBatches request, to see the resume point of the reconnect.
         requests = []
-        stream = client._stub.StreamEvents
-        client._stub.StreamEvents = lambda req, **kw: requests.append(req) or stream(req, **kw)
+        stream = client._stub.StreamEventBatches
+        client._stub.StreamEventBatches = lambda req, **kw: (
+            requests.append(req) or stream(req, **kw)
+        )
         handle = client.submit(job_dict)
         job_id, attempt = scripted_worker.acquire()
         scripted_worker.log(job_id, attempt, "before-1", "before-2")

@@ -124,3 +124,16 @@ def test_worker_from_proto():
     )
     w = Worker.from_proto(msg)
     assert w == Worker("w-1", "gpu-box", 4, 3, "LIVE", ("job-1",), 1.5, 32, "H100", "10.0.0.2:1")
+
+
+def test_multi_node_job_has_its_members():
+    msg = job_pb2.Job(id="j", state=job_pb2.RUNNING, worker_id="w-a", rendezvous="10.0.0.1:29500")
+    msg.members.add(rank=0, worker_id="w-a", address="10.0.0.1", state=job_pb2.RUNNING)
+    msg.members.add(rank=1, worker_id="w-b", address="10.0.0.2", state=job_pb2.SUCCEEDED)
+    job = Job.from_proto(msg)
+    assert [(m.rank, m.worker_id, m.state) for m in job.members] == [
+        (0, "w-a", JobState.RUNNING),
+        (1, "w-b", JobState.SUCCEEDED),
+    ]
+    assert job.rendezvous == "10.0.0.1:29500" and job.members[1].address == "10.0.0.2"
+    assert Job.from_proto(job_pb2.Job(id="one", state=job_pb2.QUEUED)).members == ()

@@ -1,12 +1,15 @@
-"""compress: pruning reaches its amount and leaves plain weights; int8 runs, agrees, reloads."""
+"""compress: pruning reaches its amount and leaves plain weights (structured: a smaller BERT
+that reloads); recovery steps train around the pruned weights; int8 runs, agrees, reloads."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from tunefleet.v1 import spec_pb2
@@ -116,7 +119,7 @@ def test_bert_global_prune_then_int8(tmp_path):
     original = {k: v.clone() for k, v in model.state_dict().items()}
     reference = logits(model, batch, "text")
     result = compress(
-        model, make_spec(0.5, recovery=10), kind="hf",
+        model, make_spec(0.5), kind="hf",
         evaluate=agreement_evaluator(reference, batch, "text"), example_batch=batch,
         out_dir=tmp_path, export=hf_export,
     )  # fmt: skip
@@ -144,7 +147,7 @@ def test_bert_global_prune_then_int8(tmp_path):
     assert [r.cells[0] for r in report.rows] == ["fp32", "pruned", "pruned+int8"]
     assert all(len(r.cells) == len(REPORT_COLUMNS) for r in report.rows)
     assert report.rows[0].cells[5] == "1.0000"
-    assert "recovery_steps=10 not run" in report.text and "pruned+int8" in report.text
+    assert "pruned+int8" in report.text
     for key in ("fp32_accuracy", "pruned_accuracy", "int8_accuracy", "int8_speedup",
                 "int8_size_ratio", "int8_latency_ms"):  # fmt: skip
         assert isinstance(result.summary[key], float)
@@ -210,3 +213,174 @@ def test_quantize_only_and_prune_only(tmp_path):
     assert [r.cells[0] for r in only_p.report.rows] == ["fp32", "pruned"]
     assert "model_int8" not in only_p.artifacts
     assert "not run" not in only_p.report.text
+
+
+# ----------------------------------------------------------------------------- structured, recovery
+
+
+def bert_with_tokenizer(folder: Path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from tunefleet.worker.engine.models import quiet_transformers
+
+    with quiet_transformers():
+        model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+        return model, AutoTokenizer.from_pretrained(folder)
+
+
+def engine_export(tokenizer):
+    """The trainer's export: save_pretrained + tokenizer + tunefleet_model.json."""
+    from tunefleet.worker.engine.export import export_model
+
+    def export(model, folder: Path):
+        export_model(
+            model, folder, kind="hf", arch="bert", labels=["neg", "pos"],
+            head={"init": "normal", "hidden": 0}, tokenizer=tokenizer,
+        )  # fmt: skip
+
+    return export
+
+
+def test_structured_bert_loses_half_its_heads_and_neurons_and_reloads(tmp_path, bert_dir):
+    from tunefleet.worker.engine import load_model
+    from tunefleet.worker.engine.compression import prune_model
+
+    model, tokenizer = bert_with_tokenizer(bert_dir)  # conftest.make_bert, eval mode
+    heads, neurons, hidden = 2, 37, 32  # make_bert's config
+    head_dim = hidden // heads
+    batch = text_batch(8, length=10)
+    batch["input_ids"] %= len(tokenizer)
+    reference = logits(model, batch, "text")
+    spec = make_spec(0.5, method="structured")
+    result = compress(
+        model, spec, kind="hf", evaluate=agreement_evaluator(reference, batch, "text"),
+        example_batch=batch, out_dir=tmp_path / "out", export=engine_export(tokenizer),
+    )  # fmt: skip
+
+    folder = Path(result.artifacts["model_pruned"])
+    config = json.loads((folder / "config.json").read_text())
+    drop_heads, drop_neurons = 1, round(0.5 * neurons)  # round(18.5) == 18, as torch rounds
+    assert config["pruned_heads"].keys() == {"0", "1"}
+    assert all(len(v) == drop_heads for v in config["pruned_heads"].values())
+    assert config["intermediate_size"] == neurons - drop_neurons
+    assert config["num_attention_heads"] == heads  # the original count; the rest is recorded
+
+    # every layer loses 1 head (query/key/value rows + bias, output columns) and 18 neurons
+    per_layer = 3 * drop_heads * head_dim * (hidden + 1) + hidden * drop_heads * head_dim
+    per_layer += drop_neurons * (hidden + 1) + hidden * drop_neurons
+    saved = json.loads(Path(result.artifacts["compression_report"]).read_text())
+    rows = {s["model"]: s for s in saved["stages"]}
+    assert rows["fp32"]["params"] - rows["pruned"]["params"] == 2 * per_layer
+    zeros = {k: r["params"] - r["nonzero"] for k, r in rows.items()}  # zero-init biases
+    assert zeros["pruned"] <= zeros["fp32"]  # removed, not zeroed
+    assert rows["pruned"]["size_bytes"] < rows["fp32"]["size_bytes"]
+    assert result.summary["pruned_sparsity"] == pytest.approx(0.5, abs=0.02)
+    assert "removed 1 of 2 attention heads and 18 of 37 FFN neurons" in result.report.text
+
+    # the exported folder reloads (tunefleet's loader re-applies config.pruned_heads) and
+    # computes what the pruned model in memory computes
+    in_memory = copy.deepcopy(model)
+    prune_model(in_memory, spec.prune)
+    assert in_memory.bert.encoder.layer[0].attention.self.query.out_features == head_dim
+    assert in_memory.bert.encoder.layer[1].intermediate.dense.out_features == 19
+    reloaded = load_model(folder)
+    assert sum(p.numel() for p in reloaded.parameters()) == rows["pruned"]["params"]
+    assert torch.allclose(logits(reloaded, batch, "text"), logits(in_memory, batch, "text"),
+                          atol=1e-5)  # fmt: skip
+
+    # as a job's starting point it is refused, not silently re-initialised
+    from tunefleet.worker.engine import InvalidJobInput, models
+
+    with pytest.raises(InvalidJobInput, match="pruned_heads"):
+        models._load_hf(str(folder), None)
+
+    # the int8 model quantized from it reloads too (load_int8 rebuilds the narrow architecture)
+    qmodel = load_int8(result.artifacts["model_int8"])
+    expected = logits(quantize_dynamic_int8(in_memory), batch, "text")
+    assert torch.allclose(logits(qmodel, batch, "text"), expected, atol=1e-5)
+
+
+def test_recovery_trains_around_unstructured_zeros(tmp_path, bert_nodrop_dir, text_csvs, text_spec):
+    from torch.utils.data import DataLoader
+
+    from tunefleet.worker.engine import models
+    from tunefleet.worker.engine.recovery import Recovery
+    from tunefleet.worker.engine.trainer import _load_data, _logits, evaluate_module
+
+    job = text_spec(bert_nodrop_dir, text_csvs, optimizer={"name": "adamw", "lr": 1e-2})
+    data = _load_data(job, models.resolve_task(job))
+    model, tokenizer = bert_with_tokenizer(bert_nodrop_dir)
+    loader = DataLoader(data.eval, batch_size=4, collate_fn=data.collate)
+    recover = Recovery(
+        spec=job, train=data.train, collate=data.collate, kind="hf",
+        forward=lambda m, b: _logits(m, b, "hf"), head_path="classifier",
+    )  # fmt: skip
+
+    def run(steps: int, out: Path):
+        return compress(
+            model, make_spec(0.5, recovery=steps, quantize=False), kind="hf",
+            evaluate=lambda m: evaluate_module(m, loader, "hf", 2),
+            example_batch=next(iter(loader)), out_dir=out, export=engine_export(tokenizer),
+            keep=("classifier",), recover=recover,
+        )  # fmt: skip
+
+    plain, recovered = run(0, tmp_path / "plain"), run(5, tmp_path / "recovered")
+    before = load_file(str(Path(plain.artifacts["model_pruned"]) / "model.safetensors"))
+    after = load_file(str(Path(recovered.artifacts["model_pruned"]) / "model.safetensors"))
+    names = [k for k in before if ".encoder." in k and k.endswith("dense.weight")]
+    assert names
+    for name in names:
+        zeros = before[name] == 0
+        assert zeros.float().mean() > 0.2  # global pruning hit this layer
+        assert (after[name][zeros] == 0).all()  # still pruned
+        assert (after[name][~zeros] != before[name][~zeros]).any()  # the rest trained
+    assert not any(k.endswith(("_orig", "_mask")) for k in after)
+    assert recovered.summary["pruned_sparsity"] == pytest.approx(plain.summary["pruned_sparsity"])
+
+    row = recovered.report.rows[1]
+    assert row.cells[0] == "pruned+5 recovery steps"
+    assert row.cells[5] == f"{recovered.summary['pruned_accuracy']:.4f}"
+    assert recovered.summary["pruned_recovery_steps"] == 5.0
+    assert recovered.summary["pruned_accuracy_before_recovery"] == pytest.approx(
+        plain.summary["pruned_accuracy"]
+    )
+    assert "5 recovery fine-tuning steps at lr 0.01" in recovered.report.text
+    with pytest.raises(ValueError, match="recover"):
+        compress(
+            model, make_spec(0.5, recovery=2), kind="hf", evaluate=lambda m: {},
+            example_batch=next(iter(loader)), out_dir=tmp_path / "none", export=hf_export,
+        )  # fmt: skip
+
+
+def test_run_job_structured_prune_with_recovery(tmp_path, bert_dir, text_csvs, text_spec, events):
+    from tunefleet.worker.engine import load_model, run_job
+
+    compression = {
+        "prune": {"amount": 0.5, "method": "structured", "recovery_steps": 3},
+        "quantize": {"method": "dynamic_int8"},
+    }
+    result = run_job(text_spec(bert_dir, text_csvs, compression=compression), tmp_path, events)
+    report = next(e.report for e in events.kind("report") if e.report.name == "compression")
+    assert [r.cells[0] for r in report.rows] == ["fp32", "pruned+3 recovery steps", "pruned+int8"]
+    assert result.summary["pruned_recovery_steps"] == 3.0
+    pruned = load_model(result.artifacts["model_pruned"])
+    assert pruned.bert.encoder.layer[0].intermediate.dense.out_features == 19
+    assert load_int8(result.artifacts["model_int8"]) is not None
+
+
+def test_run_job_cnn_structured_recovery_keeps_channels_zeroed(
+    tmp_path, smallcnn_checkpoint, image_spec, fake_images, events
+):
+    """A CNN keeps channel zeroing (no narrower model), and recovery keeps those channels zero."""
+    from tunefleet.worker.engine import run_job
+
+    compression = {"prune": {"amount": 0.25, "method": "structured", "recovery_steps": 2}}
+    result = run_job(image_spec(smallcnn_checkpoint, compression=compression), tmp_path, events)
+    state = load_file(str(Path(result.artifacts["model_pruned"]) / "model.safetensors"))
+    convs = {k: w for k, w in state.items() if k.endswith("weight") and w.ndim == 4}
+    assert convs
+    for w in convs.values():
+        assert (w.flatten(1) == 0).all(dim=1).sum().item() == round(0.25 * w.shape[0])
+    report = next(e.report for e in events.kind("report") if e.report.name == "compression")
+    assert [r.cells[0] for r in report.rows] == ["fp32", "pruned+2 recovery steps"]
+    assert "held at zero" in report.text and "only BERT-style encoders" in report.text

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import sys
 
+import pytest
+
 from tunefleet.spec import resolve_defaults
-from tunefleet.v1 import spec_pb2
+from tunefleet.v1 import coordinator_pb2, spec_pb2
 from tunefleet.worker.engine.events import (
     JsonlEventSink,
     log_event,
@@ -87,3 +89,22 @@ def test_multi_process_command_uses_accelerate_launch_without_cpu_flag():
             "ev.jsonl",
         ][-8:]
     )
+
+
+def test_multi_node_command_counts_processes_across_machines():
+    spec = resolve_defaults(spec_pb2.JobSpec(resources=spec_pb2.ResourceSpec(nodes=2, processes=3)))
+    here = coordinator_pb2.Rendezvous(
+        machine_rank=1, num_machines=2, main_process_ip="10.0.0.1", main_process_port=29511
+    )
+    cmd = build_command(spec, "s.json", "out", "ev.jsonl", rendezvous=here)
+    assert cmd[2:4] == ["accelerate.commands.launch", "--multi_gpu"] and "--cpu" not in cmd
+    for flag, value in [
+        ("--num_processes", "6"),  # accelerate's total: 3 per machine
+        ("--num_machines", "2"),
+        ("--machine_rank", "1"),
+        ("--main_process_ip", "10.0.0.1"),
+        ("--main_process_port", "29511"),
+    ]:
+        assert cmd[cmd.index(flag) + 1] == value
+    with pytest.raises(ValueError, match="placed by the coordinator"):
+        build_command(spec, "s.json", "out", "ev.jsonl")

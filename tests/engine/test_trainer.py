@@ -384,3 +384,64 @@ def test_cli_exits_2_on_invalid_input_and_emits_an_error_event(
     assert "finetune.k: 99" in capsys.readouterr().err
     last = read_events(tmp_path / "ev.jsonl")[-1]
     assert last.log.level == "error" and "finetune.k" in last.log.message
+
+
+def test_out_of_memory_halves_the_micro_batch_and_keeps_the_global_batch(
+    tmp_path, bert_nodrop_dir, text_csvs, text_spec, events, monkeypatch
+):
+    """OOM at micro-batch 4 -> 2 x 2 accumulation: the same optimisation, also when resuming
+    from a checkpoint that counted its data position in micro-batches of 4."""
+    from tunefleet.worker.engine.trainer import INJECT_OOM_ENV
+
+    sections = {"train": {"epochs": 2, "checkpoint_every_steps": 4, "keep_checkpoints": 5}}
+    spec = text_spec(bert_nodrop_dir, text_csvs, **sections)
+    run_job(spec, tmp_path / "straight", events)
+    straight = events.train_losses()
+
+    with pytest.raises(Crash):  # a checkpoint at step 8 (mid-epoch 2), at micro-batch 4
+        run_job(spec, tmp_path / "oom", crash_after_checkpoint(8))
+    monkeypatch.setenv(INJECT_OOM_ENV, "3")
+    events.clear()
+    result = run_job(spec, tmp_path / "oom", events)
+    assert any(
+        "out of memory with micro-batch 4: retrying with micro-batch 2 x 2" in m
+        for m in events.logs()
+    )
+    resumed = events.train_losses()
+    assert sorted(resumed) == list(range(9, 13))
+    for step, loss in resumed.items():
+        assert loss == pytest.approx(straight[step], abs=1e-4)
+    assert result.summary["steps"] == 12
+
+
+def test_out_of_memory_at_micro_batch_one_fails_the_job_with_the_field(
+    tmp_path, bert_dir, text_csvs, text_spec, events, monkeypatch
+):
+    from tunefleet.worker.engine.errors import InvalidJobInput
+    from tunefleet.worker.engine.trainer import INJECT_OOM_ENV
+
+    monkeypatch.setenv(INJECT_OOM_ENV, "1")
+    with pytest.raises(
+        InvalidJobInput, match="train.batch_size: out of memory with a micro-batch of 1"
+    ):
+        run_job(text_spec(bert_dir, text_csvs), tmp_path, events)
+    # 4 -> 2 -> 1, each said in an event, then the deterministic failure.
+    assert sum("out of memory with micro-batch" in m for m in events.logs()) == 2
+
+
+def test_checkpoints_by_elapsed_time_between_step_checkpoints(
+    tmp_path, bert_dir, text_csvs, text_spec, events
+):
+    """checkpoint_every_minutes bounds the work a lost worker costs even without step
+    checkpoints; the default (10) never fires in a short run."""
+    fast = {"train": {"checkpoint_every_minutes": 1e-9, "keep_checkpoints": 10}}
+    run_job(text_spec(bert_dir, text_csvs, **fast), tmp_path / "timed", events)
+    timed = sorted(p.name for p in (tmp_path / "timed" / "checkpoints").glob("step-*"))
+    assert timed == [f"step-{n:07d}" for n in range(1, 7)]
+
+    default = text_spec(bert_dir, text_csvs, train={"keep_checkpoints": 10})
+    assert default.train.checkpoint_every_minutes == 10
+    run_job(default, tmp_path / "default", events)
+    assert [p.name for p in (tmp_path / "default" / "checkpoints").glob("step-*")] == [
+        "step-0000006"
+    ]

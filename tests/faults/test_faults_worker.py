@@ -7,11 +7,15 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from fault_helpers import (
     check_events,
+    descendants,
     engine_pid,
     event_time,
     finished_steps,
@@ -78,12 +82,25 @@ def test_kill_9_a_worker_mid_epoch(cluster, make_job):
     )
 
 
-def test_sigterm_drains_a_worker(cluster, make_job):
+def _running_on_w1_with_w2_spare(cluster, make_job, step: int) -> job_pb2.Job:
     job = _start(cluster, make_job, "w1")
     cluster.wait_job(job.id, lambda j: j.state == job_pb2.RUNNING, "the job to run on w1")
     cluster.start_worker("w2")
     cluster.wait_worker_live("w2")
-    cluster.wait_step(job.id, 1, 25)
+    cluster.wait_step(job.id, 1, step)
+    return job
+
+
+def _drain_stop_step(events) -> int:
+    """The step the engine of attempt 1 checkpointed at when it was drained."""
+    stop = next(
+        m for m in messages(events, attempt=1) if m.startswith("SIGTERM: stopped after step")
+    )
+    return int(stop.split("step ")[1].split()[0])
+
+
+def test_sigterm_drains_a_worker(cluster, make_job):
+    job = _running_on_w1_with_w2_spare(cluster, make_job, 25)
 
     cluster.workers["w1"].signal(signal.SIGTERM)
     started = time.monotonic()
@@ -95,10 +112,7 @@ def test_sigterm_drains_a_worker(cluster, make_job):
     events = cluster.events(job.id)
     contiguous = check_events(events)
     assert exit_code == 0 and drained_in < 30
-    stop = next(
-        m for m in messages(events, attempt=1) if m.startswith("SIGTERM: stopped after step")
-    )
-    stopped_at = int(stop.split("step ")[1].split()[0])
+    stopped_at = _drain_stop_step(events)
     requeue = _requeue_event(events, 1)
     assert requeue.state_change.reason == "worker w1 is shutting down (drained)"
     assert (done.attempt, done.worker_id, done.restarts) == (2, "w2", 0)
@@ -175,3 +189,66 @@ def test_a_worker_frozen_longer_than_its_lease_is_fenced(cluster, make_job):
 def _kill(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
+
+
+def test_kill_9_a_worker_takes_every_rank_of_its_job_with_it(cluster, make_job):
+    """A 2-process job: launcher and both ranks die with the worker, none trains on."""
+    spec = make_job(epochs=20)
+    spec.resources.processes = 2
+    cluster.start_coordinator()
+    cluster.start_worker("w1")
+    cluster.wait_worker_live("w1")
+    job = cluster.submit(spec)
+    cluster.wait_step(job.id, 1, 2)
+    worker = cluster.workers["w1"]
+    training = descendants(worker.pid)
+    assert len(training) >= 3, "expected the launcher and two ranks"  # (+ the pdeathsig shim)
+
+    worker.kill9()
+    killed = time.monotonic()
+    wait_for(lambda: not any(pid_alive(p) for p in training), 15, "every rank to die")
+    report(
+        f"kill -9 worker running a 2-process job: launcher and {len(training) - 1} rank "
+        f"processes gone in {time.monotonic() - killed:.1f} s, no orphan trains on"
+    )
+
+
+def test_ftctl_worker_drain_moves_the_job_and_the_worker_exits(cluster, make_job):
+    """`ftctl worker drain w1`: as SIGTERM, but asked through the coordinator (admin)."""
+    job = _running_on_w1_with_w2_spare(cluster, make_job, 15)
+
+    ftctl = Path(sys.executable).parent / "ftctl"
+    started = time.monotonic()
+    drained = subprocess.run(
+        [ftctl, "--coordinator", cluster.address, "worker", "drain", "w1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert drained.returncode == 0, drained.stderr
+    assert "worker w1 is DRAINING" in drained.stdout
+    asked_at = cluster.last_step(job.id, 1)
+    exit_code = cluster.workers["w1"].wait(timeout=60)
+    exited_in = time.monotonic() - started
+
+    done = cluster.wait_job(job.id, lambda j: j.state == job_pb2.SUCCEEDED, "the job to succeed")
+    events = cluster.events(job.id)
+    contiguous = check_events(events)
+    requeue = _requeue_event(events, 1)
+    assert requeue.state_change.reason == "worker w1 drained on request (ftctl worker drain)"
+    assert exit_code == 0
+    assert (done.attempt, done.worker_id, done.restarts) == (2, "w2", 0)
+    stopped_at = _drain_stop_step(events)
+    assert resumed_from(events, 2) == stopped_at
+    unknown = subprocess.run(
+        [ftctl, "--coordinator", cluster.address, "worker", "drain", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert unknown.returncode != 0 and "worker nope not found" in unknown.stderr
+    report(
+        f"ftctl worker drain at step {asked_at}: engine checkpointed at step {stopped_at}, "
+        f"worker exited {exit_code} {exited_in:.1f} s after the request; attempt 2 on w2 "
+        f"resumed from step {stopped_at}, {finished_steps(events)}, {contiguous}"
+    )

@@ -79,9 +79,16 @@ def test_roles_are_enforced_for_unary_and_streaming_calls(callers):
     # The worker's own RPCs work.
     response = worker.call("RegisterWorker", REQ.RegisterWorkerRequest(worker_id="w-1"))
     assert response.worker_id == "w-1"
+    # Draining takes a machine out of the fleet: admins only.
+    drain = REQ.DrainWorkerRequest(worker_id="w-1")
+    assert code_of(lambda: user.call("DrainWorker", drain)) == PERMISSION_DENIED
+    assert code_of(lambda: worker.call("DrainWorker", drain)) == PERMISSION_DENIED
     # The admin may do everything.
     admin = callers["root"]
     assert admin.call("RegisterWorker", REQ.RegisterWorkerRequest(worker_id="w-2")).worker_id
+    assert admin.call("DrainWorker", REQ.DrainWorkerRequest(worker_id="w-2")).state == (
+        REQ.DRAINING
+    )
     assert [e.seq for e in admin.stream(job.id)] == [1]
 
 

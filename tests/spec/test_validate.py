@@ -57,6 +57,14 @@ def test_good_spec_resolves_paths_and_defaults(job_dir):
     assert resolve_defaults(spec) == spec
 
 
+def test_multi_node_resources_are_per_node(job_dir):
+    cpu = GOOD.replace("resources: {gpus: 0}", "resources: {nodes: 2, gpus: 0, processes: 2}")
+    spec = load_job_file(write(job_dir, cpu))
+    assert (spec.resources.nodes, spec.resources.processes, spec.resources.gpus) == (2, 2, 0)
+    gpu = GOOD.replace("resources: {gpus: 0}", "resources: {nodes: 4, gpus: 8}")
+    assert load_job_file(write(job_dir, gpu)).resources.processes == 8  # per node
+
+
 def test_hub_ids_stay_hub_ids(job_dir):
     text = GOOD.replace("./model", "sentence-transformers/all-MiniLM-L6-v2")
     spec = load_job_file(write(job_dir, text))
@@ -116,7 +124,12 @@ def test_every_problem_reported_together(job_dir):
         ({"optimizer": {"name": "sgd", "betas": [0.9, 0.9]}}, "optimizer.betas", "adam"),
         ({"schedule": {"name": "cosine", "min_lr": 1.0}}, "schedule.min_lr", "below"),
         ({"train": {"precision": "fp16"}}, "train.precision", "GPU"),
-        ({"resources": {"nodes": 2}}, "resources.nodes", "not supported yet"),
+        ({"resources": {"nodes": 0}}, "resources.nodes", ">= 1"),
+        (
+            {"resources": {"nodes": 2, "gpus": 1, "processes": 2}},
+            "resources.processes",
+            "GPUs per node",
+        ),
         ({"resources": {"gpus": 1, "processes": 2}}, "resources.processes", "per GPU"),
         (
             {"finetune": {"strategy": "patterns", "trainable": ["("]}},
@@ -247,3 +260,12 @@ def test_last_k_checked_against_torchvision_block_counts(job_dir):
             }
         )
     assert {e.path: e.message for e in info.value.errors}["finetune.k"].startswith("9")
+
+
+def test_prune_recovery_steps_are_accepted(job_dir):
+    text = GOOD + "compression:\n  prune: {amount: 0.5, method: structured, recovery_steps: 50}\n"
+    spec = load_job_file(write(job_dir, text))
+    assert spec.compression.prune.recovery_steps == 50
+    assert prepare(spec) == spec
+    bad = text.replace("recovery_steps: 50", "recovery_steps: -1")
+    assert ">= 0" in errors_of(write(job_dir, bad))["compression.prune.recovery_steps"]

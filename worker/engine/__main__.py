@@ -26,6 +26,25 @@ def _is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def _die_with_launcher() -> None:
+    """A rank of a multi-process job gets SIGKILL when its launcher dies.
+
+    The worker starts the launcher (`accelerate launch`) so that the kernel kills it when the
+    worker dies, kill -9 included (job_runner.dies_with_parent); the ranks are the launcher's
+    children, and without this they would train on as orphans, writing checkpoints into the
+    job's folder while the requeued attempt runs there. Linux only.
+    """
+    if sys.platform != "linux" or "LOCAL_RANK" not in os.environ:
+        return
+    import ctypes
+    import signal
+
+    launcher = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != launcher:  # it died before the line above took effect
+        os._exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tunefleet.worker.engine", description=__doc__.split("\n")[0]
@@ -37,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
     args = parser.parse_args(argv)
+    _die_with_launcher()
 
     sink = JsonlEventSink(args.events) if _is_main_process() else None
     emit = sink if sink is not None else (lambda event: None)

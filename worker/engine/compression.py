@@ -3,10 +3,20 @@
 `compress(model, spec, ...)` runs the stages the `CompressionSpec` asks for, in this order:
 
 1. fp32: the trained model as given (the reference row).
-2. prune: L1 (unstructured) or L2-over-output-channels (structured) magnitude pruning of the
-   weights of Linear and Conv layers (embeddings, norms and biases are left alone), made
-   permanent with `prune.remove`, so `model_pruned/` holds plain weights with zeros in them
-   (saved dense: pruning alone does not shrink the files or speed up dense kernels).
+2. prune, by weight magnitude:
+   - unstructured: L1, global or per layer, over the weights of Linear and Conv layers
+     (embeddings, norms and biases are left alone); `model_pruned/` holds plain weights with
+     zeros in them, saved dense: this alone does not shrink the files or speed up dense kernels.
+   - structured, BERT-style encoders (encoder_pruning.py): the lowest-norm attention heads and
+     FFN neurons of every layer are sliced out, so the model is smaller and faster; the
+     removed heads are recorded in config.json (pruned_heads; load the folder with
+     `tunefleet.worker.engine.load_model`, as transformers 5 no longer re-applies them).
+   - structured, other models (CNNs): whole output channels / neurons with the smallest L2
+     norm are zeroed per layer; same shapes, so no speed-up on dense kernels.
+   With `recovery_steps`, the pruned model then trains for that many optimizer steps through
+   the caller's `recover(model, steps)` (recovery.py), the unstructured / zeroing masks still
+   attached as torch.nn.utils.prune hooks so that pruned weights stay zero; only then is the
+   pruning made permanent (`prune.remove`).
 3. quantize (`dynamic_int8`): `torch.ao.quantization.quantize_dynamic` on a CPU copy of the
    pruned model (or of the fp32 one without pruning): int8 weights for every nn.Linear,
    activations quantized on the fly. Everything else (embeddings, norms, convs) stays fp32,
@@ -51,12 +61,15 @@ from torch import nn
 from torch.nn.utils import prune
 
 from tunefleet.v1 import job_pb2
+from tunefleet.worker.engine import encoder_pruning
 from tunefleet.worker.engine.errors import InvalidJobInput
 
 __all__ = [
     "CompressionResult",
+    "PruneStats",
     "compress",
     "load_int8",
+    "make_permanent",
     "prunable_weights",
     "prune_model",
     "quantize_dynamic_int8",
@@ -89,6 +102,7 @@ class _Stage:
     metrics: dict[str, float]
     path: str = ""
     extra: dict[str, float] = field(default_factory=dict)
+    model: nn.Module | None = field(default=None, repr=False)  # the stage's model, in memory
 
 
 # --------------------------------------------------------------------------- pruning
@@ -129,15 +143,47 @@ def _hf_conv1d():
     return Conv1D
 
 
-def prune_model(model: nn.Module, spec, keep: tuple[str, ...] = ()) -> dict[str, float]:
-    """Prune `model` in place per a PruneSpec; returns {"sparsity", "pruned_params"}."""
-    targets = prunable_weights(model, keep)
-    if not targets:
-        raise InvalidJobInput("compression.prune: the model has no Linear or Conv layer to prune")
+@dataclass(frozen=True)
+class PruneStats:
+    sparsity: float  # share of the prunable weights zeroed or removed
+    prunable: int  # prunable weights before pruning
+    description: str  # what was done, for the report's notes
+    removed: bool = False  # weights sliced out (structured encoder), not masked to zero
+
+
+def prune_model(
+    model: nn.Module, spec, keep: tuple[str, ...] = (), *, permanent: bool = True
+) -> PruneStats:
+    """Prune `model` in place per a PruneSpec (module doc).
+
+    permanent=False leaves torch.nn.utils.prune's masks attached (recovery training keeps
+    pruned weights at zero through them); `make_permanent` removes them afterwards.
+    Structured pruning of a BERT-style encoder changes shapes and attaches nothing.
+    """
     amount = float(spec.amount)
     if not 0.0 < amount < 1.0:
         raise InvalidJobInput(f"compression.prune.amount: {amount} must be in (0, 1)")
     method, scope = spec.method or "unstructured", spec.scope or "global"
+    if method == "structured" and encoder_pruning.encoder_layers(model):
+        try:
+            done = encoder_pruning.prune_encoder(model, amount)
+        except ValueError as e:
+            raise InvalidJobInput(f"compression.prune: {e}") from e
+        n_layers = len(encoder_pruning.encoder_layers(model))
+        removed = 1.0 - done.weights_after / done.weights_before
+        return PruneStats(
+            removed,
+            done.weights_before,
+            f"structured: removed {done.heads_removed} of {done.heads} attention heads and "
+            f"{done.neurons_removed:,} of {done.neurons:,} FFN neurons in each of {n_layers} "
+            f"layers (smallest L2 norm per layer), {removed:.2%} of the encoder layers' "
+            "Linear weights; embeddings, pooler and head kept; saved smaller "
+            "(config.json pruned_heads, intermediate_size)",
+            removed=True,
+        )
+    targets = prunable_weights(model, keep)
+    if not targets:
+        raise InvalidJobInput("compression.prune: the model has no Linear or Conv layer to prune")
     conv1d = _hf_conv1d()
     if method == "structured":
         # Whole output neurons / channels, ranked by L2 norm, per layer: a global ranking of
@@ -155,11 +201,33 @@ def prune_model(model: nn.Module, spec, keep: tuple[str, ...] = ()) -> dict[str,
             f"compression.prune: unknown method/scope {method!r}/{scope!r} "
             "(method: unstructured | structured; scope: global | layer)"
         )
-    for m, name in targets:
-        prune.remove(m, name)
+    if permanent:
+        make_permanent(model)
     total = sum(getattr(m, n).numel() for m, n in targets)
     zeros = sum(int((getattr(m, n) == 0).sum()) for m, n in targets)
-    return {"sparsity": zeros / total, "pruned_params": float(total)}
+    how = (
+        "structured (whole output channels / neurons zeroed, smallest L2 norm), per layer"
+        if method == "structured"
+        else f"unstructured, {scope}"
+    )
+    return PruneStats(
+        zeros / total,
+        total,
+        f"{amount:.0%} of Linear/Conv weights, {how}; sparsity reached {zeros / total:.2%} "
+        f"of {total:,} prunable weights (embeddings, norms and biases kept"
+        + (f"; {', '.join(keep)} not pruned" if keep else "")
+        + "); saved dense, so no smaller or faster than fp32"
+        + ("; only BERT-style encoders are made narrower" if method == "structured" else ""),
+    )
+
+
+def make_permanent(model: nn.Module) -> nn.Module:
+    """Fold every torch.nn.utils.prune mask into its weight and drop the mask and hook."""
+    for m in model.modules():
+        for hook in list(m._forward_pre_hooks.values()):
+            if isinstance(hook, prune.BasePruningMethod):
+                prune.remove(m, hook._tensor_name)
+    return model
 
 
 # --------------------------------------------------------------------------- int8
@@ -308,6 +376,7 @@ def _float_architecture(folder: Path) -> nn.Module:
         from transformers import AutoConfig, AutoModelForSequenceClassification
 
         model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(folder))
+        encoder_pruning.restore_pruned_heads(model)  # structured pruning: narrower attention
         if head.get("hidden"):  # not a stock HF head: rebuild it as the trainer did
             from tunefleet.worker.engine.models import replace_hf_head
 
@@ -414,6 +483,52 @@ def _measure(key, label, model, evaluate, size_bytes, counts=None) -> _Stage:
 # --------------------------------------------------------------------------- compress
 
 
+def _prune_stage(fp32, p, keep, evaluate, export, out_dir, recover, notes) -> _Stage:
+    """Prune a copy of `fp32`, recover if asked, make it permanent, export and measure it."""
+    steps = p.recovery_steps if p.HasField("recovery_steps") else 0
+    if steps > 0 and recover is None:
+        raise ValueError("compress: recovery_steps > 0 needs a recover(model, steps) callback")
+    pruned = copy.deepcopy(fp32)
+    stats = prune_model(pruned, p, keep, permanent=steps <= 0)
+    extra: dict[str, float] = {"sparsity": stats.sparsity}
+    label, before, trained = "pruned", {}, {}
+    if steps > 0:
+        before = {k: float(v) for k, v in evaluate(pruned).items()}
+        trained = recover(pruned, steps) or {}
+        make_permanent(pruned).cpu().eval()
+        label = f"pruned+{steps} recovery step{'s' * (steps != 1)}"
+        extra["recovery_steps"] = float(steps)
+        extra.update({f"{k}_before_recovery": v for k, v in before.items()})
+    dst = out_dir / "model_pruned"
+    _export_to(export, pruned, dst)
+    stage = _measure("pruned", label, pruned, evaluate, _folder_bytes(dst))
+    stage.path, stage.extra, stage.model = str(dst), extra, pruned
+    notes.append(f"pruned: {stats.description}")
+    if steps > 0:
+        loss = (
+            f"train loss {trained['loss_first']:.4f} -> {trained['loss_last']:.4f}; "
+            if {"loss_first", "loss_last"} <= trained.keys()
+            else ""
+        )
+        metric = "accuracy" if "accuracy" in before else next(iter(before), "")
+        change = (
+            f"eval {metric} {before[metric]:.4f} before, {stage.metrics[metric]:.4f} after"
+            if metric in stage.metrics
+            else "no eval metric"
+        )
+        lr = f" at lr {trained['lr']:g}" if "lr" in trained else ""
+        how = (
+            "on the smaller model"
+            if stats.removed
+            else "with the pruned weights held at zero, then made permanent"
+        )
+        notes.append(
+            f"pruned: {steps} recovery fine-tuning step{'s' * (steps != 1)}{lr} {how}; "
+            f"{loss}{change}"
+        )
+    return stage
+
+
 def compress(
     model: nn.Module,
     spec,
@@ -424,6 +539,7 @@ def compress(
     out_dir: Path,
     export: Callable[[nn.Module, Path], None],
     keep: tuple[str, ...] = (),
+    recover: Callable[[nn.Module, int], dict[str, float]] | None = None,
 ) -> CompressionResult:
     """Run the stages of `spec` (a CompressionSpec) on CPU copies of `model` (left as is).
 
@@ -432,6 +548,9 @@ def compress(
     model on the CPU (int8 kernels only run there, and one device keeps the rows comparable).
     `export(model, folder)` writes a float model folder the way the trainer does.
     `keep`: module paths never pruned (the trainer passes the classification head).
+    `recover(model, steps)`: trains the pruned model in place for `steps` optimizer steps and
+    leaves it on the CPU in eval mode (the trainer passes recovery.py's loop over the job's
+    data); it may return {"loss_first", "loss_last"}. Needed when recovery_steps > 0.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -445,31 +564,13 @@ def compress(
         size = _folder_bytes(skeleton / "model")
         stages.append(_measure("fp32", "fp32", fp32, evaluate, size))
         models = [fp32]
-        source = fp32
+        source, source_folder = fp32, skeleton / "model"
         if spec.HasField("prune"):
-            p = spec.prune
-            pruned = copy.deepcopy(fp32)
-            stats = prune_model(pruned, p, keep)
-            dst = out_dir / "model_pruned"
-            _export_to(export, pruned, dst)
-            artifacts["model_pruned"] = str(dst)
-            size = _folder_bytes(dst)
-            stage = _measure("pruned", "pruned", pruned, evaluate, size)
-            models.append(pruned)
-            stage.path, stage.extra = str(dst), {"sparsity": stats["sparsity"]}
+            stage = _prune_stage(fp32, spec.prune, keep, evaluate, export, out_dir, recover, notes)
+            artifacts["model_pruned"] = stage.path
             stages.append(stage)
-            method = p.method or "unstructured"
-            scope = "per layer" if method == "structured" else (p.scope or "global")
-            notes.append(
-                f"pruned: {p.amount:.0%} of Linear/Conv weights, {method}, {scope}; "
-                f"sparsity reached {stats['sparsity']:.2%} of {int(stats['pruned_params']):,} "
-                "prunable weights (embeddings, norms and biases kept"
-                + (f"; {', '.join(keep)} not pruned" if keep else "")
-                + "); saved dense"
-            )
-            if p.HasField("recovery_steps") and p.recovery_steps > 0:
-                notes.append(f"pruned: recovery_steps={p.recovery_steps} not run")
-            source = pruned
+            source, source_folder = stage.model, Path(stage.path)
+            models.append(source)
         if spec.HasField("quantize"):
             method = spec.quantize.method or "dynamic_int8"
             if method != "dynamic_int8":
@@ -483,7 +584,8 @@ def compress(
                 dst = out_dir / "model_int8"
                 tmp = dst.with_name(".model_int8.tmp")
                 shutil.rmtree(tmp, ignore_errors=True)
-                save_int8(qmodel, tmp, skeleton=skeleton / "model")
+                # config.json of the quantized model: a structurally pruned one is narrower.
+                save_int8(qmodel, tmp, skeleton=source_folder)
                 shutil.rmtree(dst, ignore_errors=True)
                 os.replace(tmp, dst)
                 artifacts["model_int8"] = str(dst)
@@ -556,8 +658,8 @@ def _summary(stages: list[_Stage]) -> dict[str, float]:
         out[f"{s.key}_size_mb"] = s.size_bytes / 1e6
         out[f"{s.key}_nonzero_params"] = float(s.nonzero)
     base = by_key["fp32"]
-    if "pruned" in by_key:
-        out["pruned_sparsity"] = by_key["pruned"].extra["sparsity"]
+    if "pruned" in by_key:  # pruned_sparsity, pruned_recovery_steps, ..._before_recovery
+        out.update({f"pruned_{k}": v for k, v in by_key["pruned"].extra.items()})
     for key in ("pruned", "int8"):
         if key in by_key and by_key[key].latency_ms > 0:
             out[f"{key}_speedup"] = base.latency_ms / by_key[key].latency_ms

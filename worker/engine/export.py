@@ -1,7 +1,9 @@
 """The final model folder (``out_dir/model``) and `load_model`, its one-line loader.
 
 hf:           save_pretrained + tokenizer (AutoModelForSequenceClassification / AutoTokenizer
-              load it directly; id2label carries the label names) + tunefleet_model.json
+              load it directly; id2label carries the label names) + tunefleet_model.json;
+              a structurally pruned model (config.pruned_heads) needs `load_model`
+              (encoder_pruning.py says why)
 torchvision:  model.safetensors + tunefleet_model.json (arch, head, labels, input format)
 
 tunefleet_model.json: {"kind", "arch", "num_labels", "labels", "head", "task", "spec"}.
@@ -18,6 +20,7 @@ from typing import Any
 
 from torch import nn
 
+from tunefleet.worker.engine.encoder_pruning import restore_pruned_heads
 from tunefleet.worker.engine.models import (
     META_FILE,
     build_torchvision_arch,
@@ -101,13 +104,17 @@ def _load_hf_folder(folder: Path, meta: dict[str, Any]) -> nn.Module:
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     with quiet_transformers():
-        if not meta["head"].get("hidden"):
+        config = AutoConfig.from_pretrained(folder)
+        pruned_heads = getattr(config, "pruned_heads", None)
+        if not meta["head"].get("hidden") and not pruned_heads:
             return AutoModelForSequenceClassification.from_pretrained(folder)
-        # A head with a hidden layer is not a stock HF classifier: rebuild it, then load.
+        # Not something from_pretrained rebuilds: a head with a hidden layer, or attention
+        # narrowed by structured pruning (transformers 5 dropped config.pruned_heads).
         from safetensors.torch import load_file
 
-        config = AutoConfig.from_pretrained(folder)
         model = AutoModelForSequenceClassification.from_config(config)
-        model, _ = replace_hf_head(model, meta["num_labels"], meta["labels"], meta["head"])
+        restore_pruned_heads(model)
+        if meta["head"].get("hidden"):
+            model, _ = replace_hf_head(model, meta["num_labels"], meta["labels"], meta["head"])
         model.load_state_dict(load_file(str(folder / "model.safetensors")))
     return model

@@ -396,9 +396,17 @@ def _load_hf(name: str, revision: str | None, *, random_init: bool = False) -> n
                 return AutoModelForSequenceClassification.from_config(config)
             # ignore_mismatched_sizes: the checkpoint's own head may have another label count;
             # it is replaced right after, so a size mismatch there is expected.
-            return AutoModelForSequenceClassification.from_pretrained(
+            model = AutoModelForSequenceClassification.from_pretrained(
                 name, revision=revision or None, ignore_mismatched_sizes=True
             )
+            if getattr(model.config, "pruned_heads", None):
+                # ...but here it would have re-initialised the narrowed attention layers.
+                raise InvalidJobInput(
+                    f"model.name: {name!r} had attention heads removed by structured pruning "
+                    "(config.pruned_heads), which transformers 5 cannot load for training; "
+                    "start from the unpruned model"
+                )
+            return model
     except pickle.UnpicklingError as e:
         # transformers reads .bin weights with torch.load(weights_only=True): a pickle that
         # would run code is refused, and retrying cannot change that.

@@ -49,6 +49,9 @@ from tunefleet.worker.engine.schedules import build_schedule
 Emit = Callable[[job_pb2.Event], None]
 HF_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 EXIT_PREEMPTED = 75  # the process's exit code after a SIGTERM checkpoint-and-stop
+# Fault injection for the OOM-recovery tests (a CPU cannot run out of GPU memory on cue):
+# micro-batches of at least this many examples raise torch.OutOfMemoryError as CUDA would.
+INJECT_OOM_ENV = "TUNEFLEET_INJECT_OOM_AT_BATCH"
 
 
 class Preempted(SystemExit):
@@ -107,6 +110,7 @@ class TrainerState:
 
     epoch: int = 0  # current epoch (0-based)
     batch_in_epoch: int = 0  # micro-batches of `epoch` already consumed by this process
+    micro_batch_size: int = 0  # examples per micro-batch when batch_in_epoch was counted
     global_step: int = 0  # optimizer steps taken
     finished: bool = False
     best_value: float | None = None
@@ -150,17 +154,62 @@ def run_job(
     """
     from accelerate.state import AcceleratorState, GradientState
 
-    try:
-        run = TrainingRun(spec, Path(out_dir), emit)
-        with run.sigterm:
-            run.setup(resume=resume)
-            run.train()
-            return run.finish()
-    finally:
-        # Accelerate keeps process-wide singletons; release them so that the next job in this
-        # process (tests, the in-process API) can use another precision or accumulation.
-        AcceleratorState._reset_state(reset_partial_state=False)
-        GradientState._reset_state()
+    while True:
+        try:
+            run = TrainingRun(spec, Path(out_dir), emit)
+            with run.sigterm:
+                run.setup(resume=resume)
+                run.train()
+                return run.finish()
+        except torch.OutOfMemoryError as exc:
+            smaller = halved_micro_batch(spec)
+            if smaller is None:
+                raise InvalidJobInput(
+                    f"train.batch_size: out of memory with a micro-batch of "
+                    f"{spec.train.batch_size} ({exc}); use a smaller model, max_length or "
+                    "image size, or more GPUs"
+                ) from exc
+            emit(
+                log_event(
+                    f"out of memory with micro-batch {spec.train.batch_size}: retrying with "
+                    f"micro-batch {smaller.train.batch_size} x {smaller.train.grad_accum_steps} "
+                    "accumulation steps (same global batch), from the newest checkpoint",
+                    level="warning",
+                )
+            )
+            del run
+            _free_accelerator_memory()
+            spec, resume = smaller, True
+        finally:
+            # Accelerate keeps process-wide singletons; release them so that the next job in
+            # this process (tests, the in-process API) can use another precision/accumulation.
+            AcceleratorState._reset_state(reset_partial_state=False)
+            GradientState._reset_state()
+
+
+def halved_micro_batch(spec: spec_pb2.JobSpec) -> spec_pb2.JobSpec | None:
+    """The spec with half the micro-batch and twice the accumulation, or None at batch 1.
+
+    The global batch (and so the optimisation) stays the same: what OOM recovery may change
+    is how a step is computed, never what it computes. Odd batch sizes cannot be split
+    evenly, so they are not halved either.
+    """
+    batch = spec.train.batch_size
+    if batch < 2 or batch % 2:
+        return None
+    smaller = spec_pb2.JobSpec()
+    smaller.CopyFrom(spec)
+    smaller.train.batch_size = batch // 2
+    smaller.train.grad_accum_steps = max(spec.train.grad_accum_steps, 1) * 2
+    return smaller
+
+
+def _free_accelerator_memory() -> None:
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 class TrainingRun:
@@ -188,9 +237,11 @@ class TrainingRun:
         )
         main = self.accelerator.is_main_process
         self.emit: Emit = emit if main else (lambda event: None)
-        self.state = TrainerState()
+        self.state = TrainerState(micro_batch_size=spec.train.batch_size)
         self.last_saved_step = -1
+        self._last_checkpoint_time = time.monotonic()
         self.sigterm = SigtermFlag()
+        self._inject_oom_at = int(os.environ.get(INJECT_OOM_ENV) or 0)  # 0 = off
 
     # ------------------------------------------------------------------ setup
 
@@ -314,6 +365,7 @@ class TrainingRun:
         if scheduler_state is not None:
             self.scheduler.load_state_dict(scheduler_state)
         self.state = TrainerState(**ckpt.trainer_state)
+        self._rescale_data_position()
         self.last_saved_step = self.state.global_step
         # RNG last: everything above may draw random numbers (e.g. the new head's init).
         if not ckpt.restore_rng(self.accelerator.process_index):
@@ -326,6 +378,21 @@ class TrainingRun:
             )
         )
 
+    def _rescale_data_position(self) -> None:
+        """A checkpoint written with another micro-batch size (OOM recovery halved it) counts
+        its position in those micro-batches; checkpoints sit on optimizer-step boundaries, so
+        the examples consumed convert exactly."""
+        s, batch = self.state, self.spec.train.batch_size
+        if s.micro_batch_size and s.micro_batch_size != batch:
+            consumed = s.batch_in_epoch * s.micro_batch_size
+            if consumed % batch:
+                raise InvalidJobInput(
+                    f"train.batch_size: the checkpoint was written with micro-batch "
+                    f"{s.micro_batch_size}; {batch} does not divide its position in the epoch"
+                )
+            s.batch_in_epoch = consumed // batch
+        s.micro_batch_size = batch
+
     # ------------------------------------------------------------------ train
 
     def train(self) -> None:
@@ -336,6 +403,7 @@ class TrainingRun:
         max_norm = spec.train.max_grad_norm
         n_batches = len(self.train_loader)
         self._reset_window()
+        self._last_checkpoint_time = time.monotonic()  # setup's time is not training time
         self._step_lrs = group_lrs(self.optimizer)
         trainable_before: set[str] | None = None
 
@@ -380,10 +448,9 @@ class TrainingRun:
                     self._evaluate_and_track()
                 if self._should_stop():
                     break
-                if (
-                    ckpt_every > 0
-                    and s.global_step % ckpt_every == 0
-                    and s.batch_in_epoch < n_batches
+                if s.batch_in_epoch < n_batches and (
+                    (ckpt_every > 0 and s.global_step % ckpt_every == 0)
+                    or self._checkpoint_due_by_time()
                 ):
                     self.save_checkpoint()
                 if s.batch_in_epoch < n_batches and self.sigterm.agreed(acc):
@@ -410,6 +477,19 @@ class TrainingRun:
         if self.last_saved_step != s.global_step:
             self.save_checkpoint()
         self.features.release()
+
+    def _checkpoint_due_by_time(self) -> bool:
+        """train.checkpoint_every_minutes have passed since the last checkpoint. The main
+        process's clock decides for all, so every process checkpoints at the same step."""
+        minutes = self.spec.train.checkpoint_every_minutes
+        if minutes <= 0:
+            return False
+        due = time.monotonic() - self._last_checkpoint_time >= minutes * 60
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return due
+        flag = torch.tensor(float(due and acc.is_main_process), device=acc.device)
+        return acc.reduce(flag, reduction="sum").item() > 0
 
     def _stop_on_sigterm(self) -> None:
         s = self.state
@@ -449,6 +529,10 @@ class TrainingRun:
         self.features.set_modes(epoch)
 
     def _loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self._inject_oom_at and len(batch["labels"]) >= self._inject_oom_at:
+            raise torch.OutOfMemoryError(
+                f"{INJECT_OOM_ENV}: injected out of memory at micro-batch {len(batch['labels'])}"
+            )
         return F.cross_entropy(self.features.logits(model, batch).float(), batch["labels"])
 
     # ------------------------------------------------------------------ metrics
@@ -582,6 +666,7 @@ class TrainingRun:
             self.emit(log_event(f"checkpoint saved: {path.name}", level="debug"))
         acc.wait_for_everyone()
         self.last_saved_step = s.global_step
+        self._last_checkpoint_time = time.monotonic()
         self._window_start += time.perf_counter() - start
 
     # ------------------------------------------------------------------ finish
@@ -654,6 +739,7 @@ class TrainingRun:
         self, model: nn.Module, export: Callable[[nn.Module, Path], None]
     ) -> tuple[dict[str, str], dict[str, float]]:
         from tunefleet.worker.engine import compression
+        from tunefleet.worker.engine.recovery import Recovery
 
         dataset = self.data.eval if self.data.eval is not None else self.data.train
         kind = self.bundle.kind
@@ -671,6 +757,16 @@ class TrainingRun:
             out_dir=self.out_dir,
             export=export,
             keep=(self.bundle.head_path,),
+            recover=Recovery(
+                spec=self.spec,
+                train=self.data.train,
+                collate=self.data.collate,
+                kind=kind,
+                forward=lambda module, batch: _logits(module, batch, kind),
+                device=self.accelerator.device,
+                head_path=self.bundle.head_path,
+                epoch=max(self.num_epochs - 1, 0),
+            ),
         )
         self.emit(report_message_event(result.report))
         return dict(result.artifacts), dict(result.summary)

@@ -89,6 +89,7 @@ def resolve_defaults(spec: spec_pb2.JobSpec) -> spec_pb2.JobSpec:
     _default(t, "seed", 0)
     _default(t, "log_every_steps", 10)
     _default(t, "checkpoint_every_steps", 0)
+    _default(t, "checkpoint_every_minutes", 10.0)
     _default(t, "keep_checkpoints", 2)
     _default(t, "max_restarts", 3)
 

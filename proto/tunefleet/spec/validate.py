@@ -323,6 +323,7 @@ def _train(c: _Check, spec) -> None:
     c.at_least(t, "seed", "train.seed", 0)
     c.at_least(t, "log_every_steps", "train.log_every_steps", 1)
     c.at_least(t, "checkpoint_every_steps", "train.checkpoint_every_steps", 0)
+    c.at_least(t, "checkpoint_every_minutes", "train.checkpoint_every_minutes", 0)
     c.at_least(t, "keep_checkpoints", "train.keep_checkpoints", 1)
     c.at_least(t, "max_restarts", "train.max_restarts", 0)
 
@@ -339,16 +340,17 @@ def _eval(c: _Check, spec) -> None:
 
 
 def _resources(c: _Check, r) -> None:
+    # gpus and processes are per node: a multi-node job (nodes > 1) runs `processes`
+    # ranks on each of `nodes` workers, so the per-node rules apply to each of them.
     c.at_least(r, "gpus", "resources.gpus", 0)
     c.at_least(r, "processes", "resources.processes", 1)
     if r.HasField("processes") and r.gpus > 0 and r.processes > r.gpus:
+        per_node = " per node" if r.nodes > 1 else ""
         c.fail(
             "resources.processes",
-            f"{r.processes} processes on {r.gpus} GPUs: use at most one process per GPU",
+            f"{r.processes} processes on {r.gpus} GPUs{per_node}: use at most one process per GPU",
         )
     c.at_least(r, "nodes", "resources.nodes", 1)
-    if r.nodes > 1:
-        c.fail("resources.nodes", "multi-node jobs are not supported yet; use nodes: 1")
 
 
 def _compression(c: _Check, spec) -> None:
@@ -362,11 +364,6 @@ def _compression(c: _Check, spec) -> None:
         c.choice("compression.prune.scope", p.scope, C.PRUNE_SCOPES, required=False)
         c.choice("compression.prune.method", p.method, C.PRUNE_METHODS, required=False)
         c.at_least(p, "recovery_steps", "compression.prune.recovery_steps", 0)
-        if p.recovery_steps > 0:
-            c.fail(
-                "compression.prune.recovery_steps",
-                "recovery fine-tuning is not supported yet; use 0",
-            )
     if comp.HasField("quantize"):
         c.choice(
             "compression.quantize.method", comp.quantize.method, C.QUANTIZE_METHODS, required=False

@@ -66,6 +66,12 @@ class StreamEventsRequest(_message.Message):
     follow: bool
     def __init__(self, job_id: _Optional[str] = ..., after_seq: _Optional[int] = ..., follow: _Optional[bool] = ...) -> None: ...
 
+class EventBatch(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[_job_pb2.Event]
+    def __init__(self, events: _Optional[_Iterable[_Union[_job_pb2.Event, _Mapping]]] = ...) -> None: ...
+
 class WorkerResources(_message.Message):
     __slots__ = ("gpus", "cpus", "gpu_name")
     GPUS_FIELD_NUMBER: _ClassVar[int]
@@ -99,6 +105,12 @@ class Worker(_message.Message):
 class ListWorkersRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class DrainWorkerRequest(_message.Message):
+    __slots__ = ("worker_id",)
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    def __init__(self, worker_id: _Optional[str] = ...) -> None: ...
 
 class ListWorkersResponse(_message.Message):
     __slots__ = ("workers",)
@@ -137,30 +149,48 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., running_job_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("cancel_job_ids", "known", "lost_job_ids")
+    __slots__ = ("cancel_job_ids", "known", "lost_job_ids", "drain")
     CANCEL_JOB_IDS_FIELD_NUMBER: _ClassVar[int]
     KNOWN_FIELD_NUMBER: _ClassVar[int]
     LOST_JOB_IDS_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_FIELD_NUMBER: _ClassVar[int]
     cancel_job_ids: _containers.RepeatedScalarFieldContainer[str]
     known: bool
     lost_job_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, cancel_job_ids: _Optional[_Iterable[str]] = ..., known: _Optional[bool] = ..., lost_job_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    drain: bool
+    def __init__(self, cancel_job_ids: _Optional[_Iterable[str]] = ..., known: _Optional[bool] = ..., lost_job_ids: _Optional[_Iterable[str]] = ..., drain: _Optional[bool] = ...) -> None: ...
 
 class AcquireJobRequest(_message.Message):
-    __slots__ = ("worker_id", "wait_seconds")
+    __slots__ = ("worker_id", "wait_seconds", "rendezvous_port")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    RENDEZVOUS_PORT_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     wait_seconds: float
-    def __init__(self, worker_id: _Optional[str] = ..., wait_seconds: _Optional[float] = ...) -> None: ...
+    rendezvous_port: int
+    def __init__(self, worker_id: _Optional[str] = ..., wait_seconds: _Optional[float] = ..., rendezvous_port: _Optional[int] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("job", "attempt")
+    __slots__ = ("job", "attempt", "rendezvous")
     JOB_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    RENDEZVOUS_FIELD_NUMBER: _ClassVar[int]
     job: _job_pb2.Job
     attempt: int
-    def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ..., attempt: _Optional[int] = ...) -> None: ...
+    rendezvous: Rendezvous
+    def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ..., attempt: _Optional[int] = ..., rendezvous: _Optional[_Union[Rendezvous, _Mapping]] = ...) -> None: ...
+
+class Rendezvous(_message.Message):
+    __slots__ = ("machine_rank", "num_machines", "main_process_ip", "main_process_port")
+    MACHINE_RANK_FIELD_NUMBER: _ClassVar[int]
+    NUM_MACHINES_FIELD_NUMBER: _ClassVar[int]
+    MAIN_PROCESS_IP_FIELD_NUMBER: _ClassVar[int]
+    MAIN_PROCESS_PORT_FIELD_NUMBER: _ClassVar[int]
+    machine_rank: int
+    num_machines: int
+    main_process_ip: str
+    main_process_port: int
+    def __init__(self, machine_rank: _Optional[int] = ..., num_machines: _Optional[int] = ..., main_process_ip: _Optional[str] = ..., main_process_port: _Optional[int] = ...) -> None: ...
 
 class AcquireJobResponse(_message.Message):
     __slots__ = ("assignment",)

@@ -60,10 +60,20 @@ class CoordinatorStub:
                 request_serializer=tunefleet_dot_v1_dot_coordinator__pb2.StreamEventsRequest.SerializeToString,
                 response_deserializer=tunefleet_dot_v1_dot_job__pb2.Event.FromString,
                 _registered_method=True)
+        self.StreamEventBatches = channel.unary_stream(
+                '/tunefleet.v1.Coordinator/StreamEventBatches',
+                request_serializer=tunefleet_dot_v1_dot_coordinator__pb2.StreamEventsRequest.SerializeToString,
+                response_deserializer=tunefleet_dot_v1_dot_coordinator__pb2.EventBatch.FromString,
+                _registered_method=True)
         self.ListWorkers = channel.unary_unary(
                 '/tunefleet.v1.Coordinator/ListWorkers',
                 request_serializer=tunefleet_dot_v1_dot_coordinator__pb2.ListWorkersRequest.SerializeToString,
                 response_deserializer=tunefleet_dot_v1_dot_coordinator__pb2.ListWorkersResponse.FromString,
+                _registered_method=True)
+        self.DrainWorker = channel.unary_unary(
+                '/tunefleet.v1.Coordinator/DrainWorker',
+                request_serializer=tunefleet_dot_v1_dot_coordinator__pb2.DrainWorkerRequest.SerializeToString,
+                response_deserializer=tunefleet_dot_v1_dot_coordinator__pb2.Worker.FromString,
                 _registered_method=True)
         self.RegisterWorker = channel.unary_unary(
                 '/tunefleet.v1.Coordinator/RegisterWorker',
@@ -133,8 +143,25 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamEventBatches(self, request, context):
+        """The same stream, several events per message: what the SDK uses. One gRPC message per
+        event costs a Python server about as much as the event itself, so a busy job's
+        follower gets whatever has accumulated (up to a replay batch) in one message.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListWorkers(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DrainWorker(self, request, context):
+        """Admin: the worker takes no new work; its running job checkpoints, is handed back and
+        resumes elsewhere; then the worker exits (as on SIGTERM). Returns the worker, DRAINING.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -209,10 +236,20 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     request_deserializer=tunefleet_dot_v1_dot_coordinator__pb2.StreamEventsRequest.FromString,
                     response_serializer=tunefleet_dot_v1_dot_job__pb2.Event.SerializeToString,
             ),
+            'StreamEventBatches': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamEventBatches,
+                    request_deserializer=tunefleet_dot_v1_dot_coordinator__pb2.StreamEventsRequest.FromString,
+                    response_serializer=tunefleet_dot_v1_dot_coordinator__pb2.EventBatch.SerializeToString,
+            ),
             'ListWorkers': grpc.unary_unary_rpc_method_handler(
                     servicer.ListWorkers,
                     request_deserializer=tunefleet_dot_v1_dot_coordinator__pb2.ListWorkersRequest.FromString,
                     response_serializer=tunefleet_dot_v1_dot_coordinator__pb2.ListWorkersResponse.SerializeToString,
+            ),
+            'DrainWorker': grpc.unary_unary_rpc_method_handler(
+                    servicer.DrainWorker,
+                    request_deserializer=tunefleet_dot_v1_dot_coordinator__pb2.DrainWorkerRequest.FromString,
+                    response_serializer=tunefleet_dot_v1_dot_coordinator__pb2.Worker.SerializeToString,
             ),
             'RegisterWorker': grpc.unary_unary_rpc_method_handler(
                     servicer.RegisterWorker,
@@ -391,6 +428,33 @@ class Coordinator:
             _registered_method=True)
 
     @staticmethod
+    def StreamEventBatches(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tunefleet.v1.Coordinator/StreamEventBatches',
+            tunefleet_dot_v1_dot_coordinator__pb2.StreamEventsRequest.SerializeToString,
+            tunefleet_dot_v1_dot_coordinator__pb2.EventBatch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ListWorkers(request,
             target,
             options=(),
@@ -407,6 +471,33 @@ class Coordinator:
             '/tunefleet.v1.Coordinator/ListWorkers',
             tunefleet_dot_v1_dot_coordinator__pb2.ListWorkersRequest.SerializeToString,
             tunefleet_dot_v1_dot_coordinator__pb2.ListWorkersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DrainWorker(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tunefleet.v1.Coordinator/DrainWorker',
+            tunefleet_dot_v1_dot_coordinator__pb2.DrainWorkerRequest.SerializeToString,
+            tunefleet_dot_v1_dot_coordinator__pb2.Worker.FromString,
             options,
             channel_credentials,
             insecure,

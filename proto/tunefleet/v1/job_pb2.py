@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from tunefleet.v1 import spec_pb2 as tunefleet_dot_v1_dot_spec__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tunefleet/v1/job.proto\x12\x0ctunefleet.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17tunefleet/v1/spec.proto\"\x9b\x05\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12#\n\x04spec\x18\x02 \x01(\x0b\x32\x15.tunefleet.v1.JobSpec\x12%\n\x05state\x18\x03 \x01(\x0e\x32\x16.tunefleet.v1.JobState\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tworker_id\x18\n \x01(\t\x12\x33\n\tartifacts\x18\x0b \x03(\x0b\x32 .tunefleet.v1.Job.ArtifactsEntry\x12\x10\n\x08last_seq\x18\x0c \x01(\x03\x12/\n\x07summary\x18\r \x03(\x0b\x32\x1e.tunefleet.v1.Job.SummaryEntry\x12\x18\n\x10\x63\x61ncel_requested\x18\x0e \x01(\x08\x12\x11\n\tsubmitter\x18\x0f \x01(\t\x12\x10\n\x08restarts\x18\x10 \x01(\x05\x12.\n\nnot_before\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a\x30\n\x0e\x41rtifactsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cSummaryEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"D\n\x0bStateChange\x12%\n\x05state\x18\x01 \x01(\x0e\x32\x16.tunefleet.v1.JobState\x12\x0e\n\x06reason\x18\x02 \x01(\t\")\n\x07LogLine\x12\r\n\x05level\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xf7\x02\n\x07Metrics\x12\r\n\x05phase\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x03\x12\r\n\x05\x65poch\x18\x03 \x01(\x01\x12\x11\n\x04loss\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x0f\n\x02lr\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x36\n\tlr_groups\x18\x06 \x03(\x0b\x32#.tunefleet.v1.Metrics.LrGroupsEntry\x12\x1a\n\rsamples_per_s\x18\x07 \x01(\x01H\x02\x88\x01\x01\x12\x31\n\x06values\x18\x08 \x03(\x0b\x32!.tunefleet.v1.Metrics.ValuesEntry\x12\x13\n\x0btotal_steps\x18\t \x01(\x03\x1a/\n\rLrGroupsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x07\n\x05_lossB\x05\n\x03_lrB\x10\n\x0e_samples_per_s\"\\\n\x06Report\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63olumns\x18\x02 \x03(\t\x12%\n\x04rows\x18\x03 \x03(\x0b\x32\x17.tunefleet.v1.ReportRow\x12\x0c\n\x04text\x18\x04 \x01(\t\"\x1a\n\tReportRow\x12\r\n\x05\x63\x65lls\x18\x01 \x03(\t\"\x92\x02\n\x05\x45vent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\x12\x31\n\x0cstate_change\x18\n \x01(\x0b\x32\x19.tunefleet.v1.StateChangeH\x00\x12$\n\x03log\x18\x0b \x01(\x0b\x32\x15.tunefleet.v1.LogLineH\x00\x12(\n\x07metrics\x18\x0c \x01(\x0b\x32\x15.tunefleet.v1.MetricsH\x00\x12&\n\x06report\x18\r \x01(\x0b\x32\x14.tunefleet.v1.ReportH\x00\x42\x06\n\x04kind*v\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\x0c\n\x08\x41SSIGNED\x10\x02\x12\x0b\n\x07RUNNING\x10\x03\x12\r\n\tSUCCEEDED\x10\x04\x12\n\n\x06\x46\x41ILED\x10\x05\x12\r\n\tCANCELLED\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tunefleet/v1/job.proto\x12\x0ctunefleet.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17tunefleet/v1/spec.proto\"\xd9\x05\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12#\n\x04spec\x18\x02 \x01(\x0b\x32\x15.tunefleet.v1.JobSpec\x12%\n\x05state\x18\x03 \x01(\x0e\x32\x16.tunefleet.v1.JobState\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tworker_id\x18\n \x01(\t\x12\x33\n\tartifacts\x18\x0b \x03(\x0b\x32 .tunefleet.v1.Job.ArtifactsEntry\x12\x10\n\x08last_seq\x18\x0c \x01(\x03\x12/\n\x07summary\x18\r \x03(\x0b\x32\x1e.tunefleet.v1.Job.SummaryEntry\x12\x18\n\x10\x63\x61ncel_requested\x18\x0e \x01(\x08\x12\x11\n\tsubmitter\x18\x0f \x01(\t\x12\x10\n\x08restarts\x18\x10 \x01(\x05\x12.\n\nnot_before\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x07members\x18\x12 \x03(\x0b\x32\x17.tunefleet.v1.JobMember\x12\x12\n\nrendezvous\x18\x13 \x01(\t\x1a\x30\n\x0e\x41rtifactsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cSummaryEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xa4\x01\n\tJobMember\x12\x0c\n\x04rank\x18\x01 \x01(\x05\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12%\n\x05state\x18\x04 \x01(\x0e\x32\x16.tunefleet.v1.JobState\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12.\n\nupdated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"D\n\x0bStateChange\x12%\n\x05state\x18\x01 \x01(\x0e\x32\x16.tunefleet.v1.JobState\x12\x0e\n\x06reason\x18\x02 \x01(\t\")\n\x07LogLine\x12\r\n\x05level\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xf7\x02\n\x07Metrics\x12\r\n\x05phase\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x03\x12\r\n\x05\x65poch\x18\x03 \x01(\x01\x12\x11\n\x04loss\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x0f\n\x02lr\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x36\n\tlr_groups\x18\x06 \x03(\x0b\x32#.tunefleet.v1.Metrics.LrGroupsEntry\x12\x1a\n\rsamples_per_s\x18\x07 \x01(\x01H\x02\x88\x01\x01\x12\x31\n\x06values\x18\x08 \x03(\x0b\x32!.tunefleet.v1.Metrics.ValuesEntry\x12\x13\n\x0btotal_steps\x18\t \x01(\x03\x1a/\n\rLrGroupsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x07\n\x05_lossB\x05\n\x03_lrB\x10\n\x0e_samples_per_s\"\\\n\x06Report\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63olumns\x18\x02 \x03(\t\x12%\n\x04rows\x18\x03 \x03(\x0b\x32\x17.tunefleet.v1.ReportRow\x12\x0c\n\x04text\x18\x04 \x01(\t\"\x1a\n\tReportRow\x12\r\n\x05\x63\x65lls\x18\x01 \x03(\t\"\x92\x02\n\x05\x45vent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\x12\x31\n\x0cstate_change\x18\n \x01(\x0b\x32\x19.tunefleet.v1.StateChangeH\x00\x12$\n\x03log\x18\x0b \x01(\x0b\x32\x15.tunefleet.v1.LogLineH\x00\x12(\n\x07metrics\x18\x0c \x01(\x0b\x32\x15.tunefleet.v1.MetricsH\x00\x12&\n\x06report\x18\r \x01(\x0b\x32\x14.tunefleet.v1.ReportH\x00\x42\x06\n\x04kind*v\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\x0c\n\x08\x41SSIGNED\x10\x02\x12\x0b\n\x07RUNNING\x10\x03\x12\r\n\tSUCCEEDED\x10\x04\x12\n\n\x06\x46\x41ILED\x10\x05\x12\r\n\tCANCELLED\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,28 +41,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_METRICS_LRGROUPSENTRY']._serialized_options = b'8\001'
   _globals['_METRICS_VALUESENTRY']._loaded_options = None
   _globals['_METRICS_VALUESENTRY']._serialized_options = b'8\001'
-  _globals['_JOBSTATE']._serialized_start=1658
-  _globals['_JOBSTATE']._serialized_end=1776
+  _globals['_JOBSTATE']._serialized_start=1887
+  _globals['_JOBSTATE']._serialized_end=2005
   _globals['_JOB']._serialized_start=99
-  _globals['_JOB']._serialized_end=766
-  _globals['_JOB_ARTIFACTSENTRY']._serialized_start=670
-  _globals['_JOB_ARTIFACTSENTRY']._serialized_end=718
-  _globals['_JOB_SUMMARYENTRY']._serialized_start=720
-  _globals['_JOB_SUMMARYENTRY']._serialized_end=766
-  _globals['_STATECHANGE']._serialized_start=768
-  _globals['_STATECHANGE']._serialized_end=836
-  _globals['_LOGLINE']._serialized_start=838
-  _globals['_LOGLINE']._serialized_end=879
-  _globals['_METRICS']._serialized_start=882
-  _globals['_METRICS']._serialized_end=1257
-  _globals['_METRICS_LRGROUPSENTRY']._serialized_start=1129
-  _globals['_METRICS_LRGROUPSENTRY']._serialized_end=1176
-  _globals['_METRICS_VALUESENTRY']._serialized_start=1178
-  _globals['_METRICS_VALUESENTRY']._serialized_end=1223
-  _globals['_REPORT']._serialized_start=1259
-  _globals['_REPORT']._serialized_end=1351
-  _globals['_REPORTROW']._serialized_start=1353
-  _globals['_REPORTROW']._serialized_end=1379
-  _globals['_EVENT']._serialized_start=1382
-  _globals['_EVENT']._serialized_end=1656
+  _globals['_JOB']._serialized_end=828
+  _globals['_JOB_ARTIFACTSENTRY']._serialized_start=732
+  _globals['_JOB_ARTIFACTSENTRY']._serialized_end=780
+  _globals['_JOB_SUMMARYENTRY']._serialized_start=782
+  _globals['_JOB_SUMMARYENTRY']._serialized_end=828
+  _globals['_JOBMEMBER']._serialized_start=831
+  _globals['_JOBMEMBER']._serialized_end=995
+  _globals['_STATECHANGE']._serialized_start=997
+  _globals['_STATECHANGE']._serialized_end=1065
+  _globals['_LOGLINE']._serialized_start=1067
+  _globals['_LOGLINE']._serialized_end=1108
+  _globals['_METRICS']._serialized_start=1111
+  _globals['_METRICS']._serialized_end=1486
+  _globals['_METRICS_LRGROUPSENTRY']._serialized_start=1358
+  _globals['_METRICS_LRGROUPSENTRY']._serialized_end=1405
+  _globals['_METRICS_VALUESENTRY']._serialized_start=1407
+  _globals['_METRICS_VALUESENTRY']._serialized_end=1452
+  _globals['_REPORT']._serialized_start=1488
+  _globals['_REPORT']._serialized_end=1580
+  _globals['_REPORTROW']._serialized_start=1582
+  _globals['_REPORTROW']._serialized_end=1608
+  _globals['_EVENT']._serialized_start=1611
+  _globals['_EVENT']._serialized_end=1885
 # @@protoc_insertion_point(module_scope)

@@ -29,7 +29,7 @@ FAILED: JobState
 CANCELLED: JobState
 
 class Job(_message.Message):
-    __slots__ = ("id", "spec", "state", "reason", "attempt", "created_at", "started_at", "finished_at", "updated_at", "worker_id", "artifacts", "last_seq", "summary", "cancel_requested", "submitter", "restarts", "not_before")
+    __slots__ = ("id", "spec", "state", "reason", "attempt", "created_at", "started_at", "finished_at", "updated_at", "worker_id", "artifacts", "last_seq", "summary", "cancel_requested", "submitter", "restarts", "not_before", "members", "rendezvous")
     class ArtifactsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -61,6 +61,8 @@ class Job(_message.Message):
     SUBMITTER_FIELD_NUMBER: _ClassVar[int]
     RESTARTS_FIELD_NUMBER: _ClassVar[int]
     NOT_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    RENDEZVOUS_FIELD_NUMBER: _ClassVar[int]
     id: str
     spec: _spec_pb2.JobSpec
     state: JobState
@@ -78,7 +80,25 @@ class Job(_message.Message):
     submitter: str
     restarts: int
     not_before: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[_spec_pb2.JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., reason: _Optional[str] = ..., attempt: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., worker_id: _Optional[str] = ..., artifacts: _Optional[_Mapping[str, str]] = ..., last_seq: _Optional[int] = ..., summary: _Optional[_Mapping[str, float]] = ..., cancel_requested: _Optional[bool] = ..., submitter: _Optional[str] = ..., restarts: _Optional[int] = ..., not_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    members: _containers.RepeatedCompositeFieldContainer[JobMember]
+    rendezvous: str
+    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[_spec_pb2.JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., reason: _Optional[str] = ..., attempt: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., worker_id: _Optional[str] = ..., artifacts: _Optional[_Mapping[str, str]] = ..., last_seq: _Optional[int] = ..., summary: _Optional[_Mapping[str, float]] = ..., cancel_requested: _Optional[bool] = ..., submitter: _Optional[str] = ..., restarts: _Optional[int] = ..., not_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., members: _Optional[_Iterable[_Union[JobMember, _Mapping]]] = ..., rendezvous: _Optional[str] = ...) -> None: ...
+
+class JobMember(_message.Message):
+    __slots__ = ("rank", "worker_id", "address", "state", "reason", "updated_at")
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    rank: int
+    worker_id: str
+    address: str
+    state: JobState
+    reason: str
+    updated_at: _timestamp_pb2.Timestamp
+    def __init__(self, rank: _Optional[int] = ..., worker_id: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., reason: _Optional[str] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class StateChange(_message.Message):
     __slots__ = ("state", "reason")

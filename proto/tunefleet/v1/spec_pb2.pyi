@@ -196,7 +196,7 @@ class ScheduleSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., warmup_steps: _Optional[int] = ..., warmup_ratio: _Optional[float] = ..., min_lr: _Optional[float] = ..., step_size: _Optional[int] = ..., gamma: _Optional[float] = ...) -> None: ...
 
 class TrainSpec(_message.Message):
-    __slots__ = ("epochs", "max_steps", "batch_size", "grad_accum_steps", "max_grad_norm", "precision", "seed", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "max_restarts")
+    __slots__ = ("epochs", "max_steps", "batch_size", "grad_accum_steps", "max_grad_norm", "precision", "seed", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "max_restarts", "checkpoint_every_minutes")
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
     MAX_STEPS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -208,6 +208,7 @@ class TrainSpec(_message.Message):
     CHECKPOINT_EVERY_STEPS_FIELD_NUMBER: _ClassVar[int]
     KEEP_CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
     MAX_RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_EVERY_MINUTES_FIELD_NUMBER: _ClassVar[int]
     epochs: int
     max_steps: int
     batch_size: int
@@ -219,7 +220,8 @@ class TrainSpec(_message.Message):
     checkpoint_every_steps: int
     keep_checkpoints: int
     max_restarts: int
-    def __init__(self, epochs: _Optional[int] = ..., max_steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., grad_accum_steps: _Optional[int] = ..., max_grad_norm: _Optional[float] = ..., precision: _Optional[str] = ..., seed: _Optional[int] = ..., log_every_steps: _Optional[int] = ..., checkpoint_every_steps: _Optional[int] = ..., keep_checkpoints: _Optional[int] = ..., max_restarts: _Optional[int] = ...) -> None: ...
+    checkpoint_every_minutes: float
+    def __init__(self, epochs: _Optional[int] = ..., max_steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., grad_accum_steps: _Optional[int] = ..., max_grad_norm: _Optional[float] = ..., precision: _Optional[str] = ..., seed: _Optional[int] = ..., log_every_steps: _Optional[int] = ..., checkpoint_every_steps: _Optional[int] = ..., keep_checkpoints: _Optional[int] = ..., max_restarts: _Optional[int] = ..., checkpoint_every_minutes: _Optional[float] = ...) -> None: ...
 
 class EvalSpec(_message.Message):
     __slots__ = ("every_steps", "metric", "early_stopping_patience", "batch_size")
