@@ -51,6 +51,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from tunefleet import spec as specs
 from tunefleet.coordinator import gang
@@ -106,6 +107,20 @@ def _prepare_spec(spec: spec_pb2.JobSpec, check_paths: bool) -> spec_pb2.JobSpec
         raise invalid_spec([(e.path, e.message) for e in exc.errors]) from None
 
 
+@dataclass(eq=False)
+class _Report:
+    """One ReportEvents call on its way into a group commit, and how it ended."""
+
+    worker_id: str
+    job_id: str
+    attempt: int
+    events: list[job_pb2.Event]
+    batch_seq: int
+    done: bool = False
+    last_seq: int = 0
+    error: Exception | None = None
+
+
 class Scheduler:
     def __init__(
         self,
@@ -129,6 +144,9 @@ class Scheduler:
         self._clock = clock
         self._lock = threading.RLock()
         self._work_available = threading.Condition(self._lock)
+        # Event reports waiting for the next group commit (see _store_reports).
+        self._reports_lock = threading.Lock()
+        self._reports: list[_Report] = []
         self._closing = threading.Event()
         # Explaining waits reads every worker, active and queued job; a large fleet is
         # explained by the lease watch (see _explain_waiting).
@@ -380,44 +398,81 @@ class Scheduler:
                     f"events[{i}]: state changes are made by the coordinator; "
                     "end a job with FinishJob"
                 )
+        ticket = _Report(worker_id, job_id, attempt, events, batch_seq)
+        with self._reports_lock:
+            self._reports.append(ticket)
         with self._lock:
-            job = self._owned_job(worker_id, job_id, attempt)
-            now = self._clock()
-            member = gang.member_of(job, worker_id)
-            where = f"worker {worker_id}"
-            if member is not None:
-                where += f" (machine rank {member.rank})"
-                if member.state == job_pb2.ASSIGNED:
-                    self.store.set_member(job_id, member.rank, job_pb2.RUNNING, now=now)
-                if member.rank > 0:
-                    kept = [e for e in events if e.WhichOneof("kind") == "log"]
-                    if len(kept) < len(events):
-                        log.warning(
-                            "job %s: dropped %d events other than log lines from %s",
-                            job_id,
-                            len(events) - len(kept),
-                            where,
-                        )
-                    events, batch_seq = kept, 0
-            if job.state == job_pb2.ASSIGNED:
-                job, event = self.store.transition(
-                    job_id,
-                    job_pb2.RUNNING,
-                    f"training started on {where}",
-                    started_at=now,
-                    now=now,
-                )
-                self.bus.publish(job_id, event.seq)
-            stored, duplicate = self.store.append_report(
-                job_id, attempt, batch_seq, events, now=now
+            if not ticket.done:  # else an earlier lock holder stored it with its own
+                self._store_reports()
+        if ticket.error is not None:
+            raise ticket.error
+        return ticket.last_seq
+
+    def _store_reports(self) -> None:
+        """Stores every queued report in one transaction, so they share one disk flush
+        (call with the lock held): whoever gets the lock first commits for all the reports
+        that queued while the previous commit ran. Each report is still atomic on its own
+        (a savepoint) and fails alone; followers hear of events only once they are durable."""
+        with self._reports_lock:
+            batch, self._reports = self._reports, []
+        published: list[tuple[str, int, list[job_pb2.Event]]] = []
+        try:
+            with self.store.group():
+                for ticket in batch:
+                    mark = len(published)
+                    try:
+                        ticket.last_seq = self._store_report(ticket, published)
+                    except Exception as exc:  # its savepoint is rolled back; others go on
+                        del published[mark:]
+                        ticket.error = exc
+        except Exception as exc:  # the commit failed: none of them is stored
+            published = []
+            for ticket in batch:
+                ticket.error = ticket.error or exc
+        finally:
+            for ticket in batch:
+                ticket.done = True
+        for job_id, seq, events in published:
+            self.bus.publish(job_id, seq, events)
+
+    def _store_report(
+        self, ticket: _Report, published: list[tuple[str, int, list[job_pb2.Event]]]
+    ) -> int:
+        worker_id, job_id, attempt = ticket.worker_id, ticket.job_id, ticket.attempt
+        events, batch_seq = ticket.events, ticket.batch_seq
+        job = self._owned_job(worker_id, job_id, attempt)
+        now = self._clock()
+        member = gang.member_of(job, worker_id)
+        where = f"worker {worker_id}"
+        if member is not None:
+            where += f" (machine rank {member.rank})"
+            if member.state == job_pb2.ASSIGNED:
+                self.store.set_member(job_id, member.rank, job_pb2.RUNNING, now=now)
+            if member.rank > 0:
+                kept = [e for e in events if e.WhichOneof("kind") == "log"]
+                if len(kept) < len(events):
+                    log.warning(
+                        "job %s: dropped %d events other than log lines from %s",
+                        job_id,
+                        len(events) - len(kept),
+                        where,
+                    )
+                events, batch_seq = kept, 0
+        if job.state == job_pb2.ASSIGNED:
+            job, event = self.store.transition(
+                job_id,
+                job_pb2.RUNNING,
+                f"training started on {where}",
+                started_at=now,
+                now=now,
             )
-            if duplicate:
-                log.info(
-                    "job %s: batch %d of attempt %d was stored before", job_id, batch_seq, attempt
-                )
-            last_seq = stored[-1].seq if stored else job.last_seq
-            self.bus.publish(job_id, last_seq, stored)
-            return last_seq
+            published.append((job_id, event.seq, []))
+        stored, duplicate = self.store.append_report(job_id, attempt, batch_seq, events, now=now)
+        if duplicate:
+            log.info("job %s: batch %d of attempt %d was stored before", job_id, batch_seq, attempt)
+        last_seq = stored[-1].seq if stored else job.last_seq
+        published.append((job_id, last_seq, stored))
+        return last_seq
 
     def finish(
         self,
