@@ -38,6 +38,7 @@ from tunefleet.client.render import (  # noqa: E402
     EventRenderer,
     jobs_table,
     render_job,
+    render_reports,
     render_summary,
     workers_table,
 )
@@ -290,11 +291,30 @@ def cmd_jobs(args) -> int:
 def cmd_get(args) -> int:
     with _client(args) as client:
         job = client.get(args.job)
+        reports = _compression_reports(client, job)
     if args.json:
         print(json.dumps(_job_dict(job, spec=True), indent=2))
     else:
-        render_job(_stdout(), job)
+        console = _stdout()
+        render_job(console, job)
+        render_reports(console, reports)
     return EXIT_OK
+
+
+def _compression_reports(client: Client, job: Job) -> list:
+    """The compression report of a finished job that compressed its model (read from its
+    events, so only for such jobs: others' event streams are not fetched)."""
+    compressed = job.spec.HasField("compression") and (
+        job.spec.compression.HasField("prune") or job.spec.compression.HasField("quantize")
+    )
+    if not (compressed and job.is_terminal()):
+        return []
+    reports = [
+        event.report
+        for event in client.events(job.id, follow=False)
+        if event.kind == "report" and event.report.name == "compression"
+    ]
+    return reports[-1:]
 
 
 def cmd_cancel(args) -> int:
@@ -331,6 +351,8 @@ def _job_dict(job: Job, *, spec: bool = False) -> dict:
         "state": job.state.value,
         "reason": job.reason,
         "attempt": job.attempt,
+        "restarts": job.restarts,
+        "not_before": job.not_before.isoformat() if job.not_before else None,
         "worker_id": job.worker_id,
         "created_at": job.created_at.isoformat() if job.created_at else None,
         "started_at": job.started_at.isoformat() if job.started_at else None,

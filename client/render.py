@@ -33,6 +33,7 @@ __all__ = [
     "format_metrics",
     "jobs_table",
     "render_job",
+    "render_reports",
     "render_summary",
     "workers_table",
 ]
@@ -307,6 +308,11 @@ def render_job(console: Console, job: Job) -> None:
         ("duration", format_duration(job.duration_s)),
         ("events", str(job.last_seq)),
     ]
+    if job.restarts:
+        max_restarts = job.spec.train.max_restarts
+        rows.append(("restarts", f"{job.restarts} of {max_restarts} (training process crashed)"))
+    if job.not_before is not None and not job.is_terminal():
+        rows.append(("retry after", _when(job.not_before)))
     if job.cancel_requested and not job.is_terminal():
         rows.append(("cancel", "requested"))
     if job.members:  # a multi-node job: where each machine rank runs and how it is doing
@@ -336,6 +342,12 @@ def render_job(console: Console, job: Job) -> None:
         width = max(len(k) for k in job.artifacts)
         for key in sorted(job.artifacts):
             console.print(Text(f"  {key:<{width}}  {job.artifacts[key]}"), highlight=False)
+
+
+def render_reports(console: Console, reports: list[Report]) -> None:
+    """`ftctl get`: the job's tables worth keeping in view (the compression report)."""
+    for report in reports:
+        console.print(_report_renderable(report))
 
 
 def jobs_table(jobs: list[Job]) -> Table:

@@ -252,6 +252,27 @@ def test_workers(capsys, cluster, scripted_worker):
     assert json.loads(out)[0]["id"] == "w-test"
 
 
+@needs_coordinator
+def test_get_shows_the_compression_report(capsys, cluster, scripted_worker, job_yaml):
+    """A job that compressed its model: `ftctl get` prints the before/after table."""
+    spec = job_yaml.read_text() + "compression: {quantize: {method: dynamic_int8}}\n"
+    job_yaml.write_text(spec)
+    addr = cluster.address
+    code, out, _ = run_cli(capsys, "submit", job_yaml, "-q", "--coordinator", addr)
+    job_id = out.strip()
+    acquired, attempt = scripted_worker.acquire()
+    assert acquired == job_id
+    report = job_pb2.Report(name="compression", columns=["model", "ms/batch", "accuracy"])
+    report.rows.add(cells=["fp32", "55.1", "0.9900"])
+    report.rows.add(cells=["int8", "33.4", "0.9850"])
+    scripted_worker.report(job_id, attempt, [job_pb2.Event(report=report)])
+    scripted_worker.finish(job_id, attempt, summary={"int8_speedup": 1.65})
+
+    code, out, _ = run_cli(capsys, "get", job_id, "--coordinator", addr)
+    assert code == 0 and "compression" in out
+    assert re.search(r"int8\s+.*33\.4\s+.*0\.9850", out), out
+
+
 def test_server_lease_flags_reach_workers_and_bad_pairs_are_refused(tmp_path):
     """`ftctl server --heartbeat-s/--lease-s` are what RegisterWorker hands out."""
     import grpc

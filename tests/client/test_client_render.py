@@ -122,3 +122,17 @@ def test_get_shows_the_members_of_a_multi_node_job():
     assert "rendezvous  10.0.0.1:7" in text
     assert "rank 0      w-a (10.0.0.1)  RUNNING" in text
     assert "rank 1      w-b (10.0.0.2)  CANCELLED  stopped" in text
+
+
+def test_get_shows_crash_restarts_and_the_retry_backoff():
+    from tunefleet.client.render import render_job
+
+    msg = job_pb2.Job(id="job-1", state=job_pb2.QUEUED, attempt=2, restarts=1)
+    msg.spec.train.max_restarts = 3
+    msg.not_before.FromSeconds(2_000_000_000)
+    console, out = plain_console()
+    job = Job.from_proto(msg)
+    render_job(console, job)
+    text = out.getvalue()
+    assert "restarts" in text and "1 of 3 (training process crashed)" in text
+    assert "retry after" in text and job.not_before.year == 2033
