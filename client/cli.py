@@ -304,10 +304,9 @@ def cmd_get(args) -> int:
 def _compression_reports(client: Client, job: Job) -> list:
     """The compression report of a finished job that compressed its model (read from its
     events, so only for such jobs: others' event streams are not fetched)."""
-    compressed = job.spec.HasField("compression") and (
-        job.spec.compression.HasField("prune") or job.spec.compression.HasField("quantize")
-    )
-    if not (compressed and job.is_terminal()):
+    from tunefleet.spec import compresses
+
+    if not (compresses(job.spec) and job.is_terminal()):
         return []
     reports = [
         event.report

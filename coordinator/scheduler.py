@@ -417,11 +417,12 @@ class Scheduler:
             batch, self._reports = self._reports, []
         published: list[tuple[str, int, list[job_pb2.Event]]] = []
         try:
-            with self.store.group():
+            with self.store.atomic():
                 for ticket in batch:
                     mark = len(published)
                     try:
-                        ticket.last_seq = self._store_report(ticket, published)
+                        with self.store.atomic():
+                            ticket.last_seq = self._store_report(ticket, published)
                     except Exception as exc:  # its savepoint is rolled back; others go on
                         del published[mark:]
                         ticket.error = exc

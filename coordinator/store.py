@@ -225,7 +225,10 @@ class JobStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self._grouped = False  # inside group(): transactions are savepoints of one
+        # 1 while a transaction of ours is open (nested _tx are savepoints). Counted, not read
+        # from the connection: after a failed COMMIT, sqlite may leave a transaction open, and
+        # later writes must then fail loudly at BEGIN, not nest in it and never be committed.
+        self._depth = 0
         # isolation_level=None: we issue BEGIN/COMMIT ourselves (see _tx).
         self._conn = sqlite3.connect(
             str(self.path), check_same_thread=False, isolation_level=None, timeout=30.0
@@ -252,27 +255,19 @@ class JobStore:
             self._conn.close()
 
     @contextmanager
-    def group(self) -> Iterator[None]:
-        """One transaction (one fsync) around many: inside it, each `_tx` is a savepoint,
-        atomic on its own (an error rolls back just that one) but made durable only by the
-        commit at the end of the group. Group commit is what lets a hundred workers' event
-        reports share a disk flush instead of queueing for one each."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            self._grouped = True
-            try:
-                yield
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            finally:
-                self._grouped = False
-            self._conn.execute("COMMIT")
+    def atomic(self) -> Iterator[None]:
+        """Several of this store's calls as one: all stored, or (on an exception) none.
+
+        Nested, it is a savepoint of the enclosing one: atomic on its own, durable only with
+        the outermost commit. That is group commit: the scheduler stores many workers' event
+        reports in one transaction (one fsync), each in a nested atomic()."""
+        with self._tx():
+            yield
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            if self._grouped:
+            if self._depth:  # inside atomic(): a savepoint of it
                 self._conn.execute("SAVEPOINT tx")
                 try:
                     yield self._conn
@@ -283,11 +278,14 @@ class JobStore:
                 self._conn.execute("RELEASE tx")
                 return
             self._conn.execute("BEGIN IMMEDIATE")
+            self._depth = 1
             try:
                 yield self._conn
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
+            finally:
+                self._depth = 0
             self._conn.execute("COMMIT")
 
     def _query(self, sql: str, args: Iterable = ()) -> list[tuple]:

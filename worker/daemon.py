@@ -43,6 +43,7 @@ from tunefleet.client.channel import ChannelSecurity, open_channel, split_host
 from tunefleet.logging_setup import job_log_context
 from tunefleet.v1 import coordinator_pb2, coordinator_pb2_grpc, job_pb2
 from tunefleet.worker.artifact_store import ArtifactStore, publish_artifacts
+from tunefleet.worker.engine.launch import free_port
 from tunefleet.worker.job_runner import CommandFactory, JobOutcome, JobRunner
 from tunefleet.worker.path_policy import PathPolicy
 
@@ -116,13 +117,6 @@ def route_address(coordinator: str) -> str:
         except (OSError, IndexError):
             continue
     return ""
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now (AcquireJobRequest.rendezvous_port)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
 
 
 class WorkerDaemon:

@@ -34,10 +34,12 @@ class MachineRendezvous(Protocol):
     main_process_port: int
 
 
-def _free_port() -> int:
-    # Two multi-process jobs on one worker must not share the rendezvous port.
+def free_port() -> int:
+    """A TCP port nothing listens on right now, on any of this host's addresses: a
+    single-node job's rendezvous (two multi-process jobs on one worker must not share one),
+    or the port a worker offers to host a multi-node job's (AcquireJobRequest)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("", 0))
         return s.getsockname()[1]
 
 
@@ -76,7 +78,7 @@ def build_command(
             str(rendezvous.main_process_port),
         ]
     else:
-        where = ["--main_process_port", str(_free_port())]
+        where = ["--main_process_port", str(free_port())]
     return [
         sys.executable,
         "-m",

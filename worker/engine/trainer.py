@@ -36,6 +36,7 @@ from google.protobuf import json_format
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
+from tunefleet.spec import compresses
 from tunefleet.v1 import job_pb2, spec_pb2
 from tunefleet.worker.engine import checkpoint, models
 from tunefleet.worker.engine.errors import InvalidJobInput
@@ -156,11 +157,7 @@ def run_job(
 
     while True:
         try:
-            run = TrainingRun(spec, Path(out_dir), emit)
-            with run.sigterm:
-                run.setup(resume=resume)
-                run.train()
-                return run.finish()
+            return _run_once(spec, Path(out_dir), emit, resume)
         except torch.OutOfMemoryError as exc:
             smaller = halved_micro_batch(spec)
             if smaller is None:
@@ -177,14 +174,23 @@ def run_job(
                     level="warning",
                 )
             )
-            del run
-            _free_accelerator_memory()
-            spec, resume = smaller, True
         finally:
             # Accelerate keeps process-wide singletons; release them so that the next job in
             # this process (tests, the in-process API) can use another precision/accumulation.
             AcceleratorState._reset_state(reset_partial_state=False)
             GradientState._reset_state()
+        # Only here, past the except clause: its traceback held the failed run's frames, and
+        # with them its model, optimizer and activations.
+        _free_accelerator_memory()
+        spec, resume = smaller, True
+
+
+def _run_once(spec: spec_pb2.JobSpec, out_dir: Path, emit: Emit, resume: bool) -> EngineResult:
+    run = TrainingRun(spec, out_dir, emit)
+    with run.sigterm:
+        run.setup(resume=resume)
+        run.train()
+        return run.finish()
 
 
 def halved_micro_batch(spec: spec_pb2.JobSpec) -> spec_pb2.JobSpec | None:
@@ -239,7 +245,6 @@ class TrainingRun:
         self.emit: Emit = emit if main else (lambda event: None)
         self.state = TrainerState(micro_batch_size=spec.train.batch_size)
         self.last_saved_step = -1
-        self._last_checkpoint_time = time.monotonic()
         self.sigterm = SigtermFlag()
         self._inject_oom_at = int(os.environ.get(INJECT_OOM_ENV) or 0)  # 0 = off
 
@@ -448,13 +453,12 @@ class TrainingRun:
                     self._evaluate_and_track()
                 if self._should_stop():
                     break
-                if s.batch_in_epoch < n_batches and (
-                    (ckpt_every > 0 and s.global_step % ckpt_every == 0)
-                    or self._checkpoint_due_by_time()
-                ):
-                    self.save_checkpoint()
-                if s.batch_in_epoch < n_batches and self.sigterm.agreed(acc):
-                    self._stop_on_sigterm()
+                if s.batch_in_epoch < n_batches:
+                    due_by_time, sigterm = self._step_flags()
+                    if due_by_time or (ckpt_every > 0 and s.global_step % ckpt_every == 0):
+                        self.save_checkpoint()
+                    if sigterm:
+                        self._stop_on_sigterm()
 
             if s.batch_in_epoch >= n_batches:  # the epoch is complete
                 s.epoch += 1
@@ -478,18 +482,22 @@ class TrainingRun:
             self.save_checkpoint()
         self.features.release()
 
-    def _checkpoint_due_by_time(self) -> bool:
-        """train.checkpoint_every_minutes have passed since the last checkpoint. The main
-        process's clock decides for all, so every process checkpoints at the same step."""
+    def _step_flags(self) -> tuple[bool, bool]:
+        """(a checkpoint is due by train.checkpoint_every_minutes, SIGTERM arrived), agreed
+        by every process in one reduce per step, so all of them checkpoint or stop at the
+        same step: the main process's clock decides the first, any process's signal the
+        second."""
         minutes = self.spec.train.checkpoint_every_minutes
-        if minutes <= 0:
-            return False
-        due = time.monotonic() - self._last_checkpoint_time >= minutes * 60
+        due = minutes > 0 and time.monotonic() - self._last_checkpoint_time >= minutes * 60
         acc = self.accelerator
         if acc.num_processes == 1:
-            return due
-        flag = torch.tensor(float(due and acc.is_main_process), device=acc.device)
-        return acc.reduce(flag, reduction="sum").item() > 0
+            return due, self.sigterm.received
+        flags = torch.tensor(
+            [float(due and acc.is_main_process), float(self.sigterm.received)],
+            device=acc.device,
+        )
+        due_by_time, sigterm = (acc.reduce(flags, reduction="sum") > 0).tolist()
+        return due_by_time, sigterm
 
     def _stop_on_sigterm(self) -> None:
         s = self.state
@@ -722,10 +730,7 @@ class TrainingRun:
                 checkpoints=str(self.ckpt_root),
                 spec=str(spec_path),
             )
-            compression = self.spec.compression
-            if self.spec.HasField("compression") and (
-                compression.HasField("prune") or compression.HasField("quantize")
-            ):
+            if compresses(self.spec):
                 extra_artifacts, extra_summary = self._compress(model, export)
                 artifacts.update(extra_artifacts)
                 summary.update(extra_summary)

@@ -17,6 +17,7 @@ from tunefleet.v1 import spec_pb2
 __all__ = [
     "FieldError",
     "SpecError",
+    "compresses",
     "load_job_file",
     "prepare",
     "resolve_defaults",
@@ -57,3 +58,9 @@ def load_job_file(path: str | Path, *, check_paths: bool = True) -> spec_pb2.Job
     if isinstance(data, dict) and "name" not in data:
         data = {**data, "name": p.stem}
     return prepare(data, base_dir=p.resolve().parent, check_paths=check_paths, source=str(p))
+
+
+def compresses(spec: spec_pb2.JobSpec) -> bool:
+    """Whether the job compresses its final model (prune and/or quantize)."""
+    c = spec.compression
+    return spec.HasField("compression") and (c.HasField("prune") or c.HasField("quantize"))
