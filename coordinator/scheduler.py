@@ -241,6 +241,8 @@ class Scheduler:
     def drain_worker(self, worker_id: str) -> coordinator_pb2.Worker:
         """Marks a live worker DRAINING: it is placed nothing more, and its next heartbeat
         tells it to checkpoint and hand back its job, then exit. Draining twice is a no-op."""
+        if not worker_id:
+            raise InvalidArgument("DrainWorkerRequest.worker_id is required")
         with self._lock:
             worker = self.store.get_worker(worker_id)
             if worker is None:

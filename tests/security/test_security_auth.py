@@ -89,6 +89,9 @@ def test_roles_are_enforced_for_unary_and_streaming_calls(callers):
     assert admin.call("DrainWorker", REQ.DrainWorkerRequest(worker_id="w-2")).state == (
         REQ.DRAINING
     )
+    assert code_of(lambda: admin.call("DrainWorker", REQ.DrainWorkerRequest())) == (
+        grpc.StatusCode.INVALID_ARGUMENT
+    )
     assert [e.seq for e in admin.stream(job.id)] == [1]
 
 

@@ -126,6 +126,11 @@ def test_every_problem_reported_together(job_dir):
         ({"train": {"precision": "fp16"}}, "train.precision", "GPU"),
         ({"resources": {"nodes": 0}}, "resources.nodes", ">= 1"),
         (
+            {"train": {"checkpoint_every_minutes": -1}},
+            "train.checkpoint_every_minutes",
+            ">= 0",
+        ),
+        (
             {"resources": {"nodes": 2, "gpus": 1, "processes": 2}},
             "resources.processes",
             "GPUs per node",
