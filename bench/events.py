@@ -17,7 +17,11 @@ from the start of its job until the job ends. Two phases, each on a fresh coordi
 Reported: events/s ingested (events acknowledged / seconds from the first report to the
 last acknowledgement), delivery latency (a follower's receive time minus the event's
 `time`, stamped by the worker just before sending its batch), and whether every follower
-saw every event of its job once, in order (seq 1, 2, 3...).
+saw every event of its job once, in order (seq 1, 2, 3...). The latency is also split into
+its legs: worker stamp -> ReportEvents handler, handler -> published to followers (the
+scheduler lock, the store, the group commit), published -> received (see Stopwatch); and the
+coordinator's CPU time per 1,000 events (from the clients' start to the followers' end, so
+at low rates the connection set-up dominates it).
 
     .venv/bin/python bench/events.py [--jobs 100] [--followers 100] [--rates 20000,2000]
         [--seconds 10] [--batch 100]
@@ -36,6 +40,7 @@ import os
 import tempfile
 import threading
 import time
+from array import array
 from pathlib import Path
 
 import grpc
@@ -149,6 +154,10 @@ def _followers(
     os.nice(nice)
     lock = threading.Lock()
     latencies: list[float] = []
+    # Per follower: its job, and per metrics event its seq, `time` and receive time, in
+    # arrays (lists of tuples would give the garbage collector 200,000 objects to walk,
+    # and its pauses would show up as latency).
+    received: list[tuple[str, array, array, array]] = []
     seen: dict[int, tuple[str, int, bool]] = {}
     errors: list[str] = []
     subscribed = threading.Semaphore(0)
@@ -157,6 +166,7 @@ def _followers(
         channel = grpc.insecure_channel(address, options=OWN_CONNECTION)
         stub = coordinator_pb2_grpc.CoordinatorStub(channel)
         mine: list[float] = []
+        seqs, sents, nows = array("q"), array("d"), array("d")
         count, expected, in_order = 0, 1, True
         try:
             stream = stub.StreamEventBatches(  # what the SDK's follow uses
@@ -170,13 +180,18 @@ def _followers(
                     expected = event.seq + 1
                     if event.WhichOneof("kind") == "metrics":
                         count += 1
-                        mine.append(now - event.time.ToNanoseconds() / 1e9)
+                        sent = event.time.ToNanoseconds() / 1e9
+                        mine.append(now - sent)
+                        seqs.append(event.seq)
+                        sents.append(sent)
+                        nows.append(now)
         except grpc.RpcError as exc:
             with lock:
                 errors.append(f"{exc.code().name}: {exc.details()}")
         finally:
             with lock:
                 latencies.extend(mine)
+                received.append((job_id, seqs, sents, nows))
                 seen[n] = (job_id, count, in_order)
             channel.close()
 
@@ -194,7 +209,15 @@ def _followers(
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
-    results.put({"latencies": latencies, "seen": seen, "errors": errors, "wall": wall})
+    results.put(
+        {
+            "latencies": latencies,
+            "received": received,
+            "seen": seen,
+            "errors": errors,
+            "wall": wall,
+        }
+    )
 
 
 class _TransportCeiling(coordinator_pb2_grpc.CoordinatorServicer):
@@ -232,6 +255,59 @@ def transport_ceiling(followers: int, events: int, nice: int) -> float:
     return sum(count for _, count, _ in got["seen"].values()) / got["wall"]
 
 
+class Stopwatch:
+    """Where an event's delivery latency goes, timed inside the coordinator: when its
+    ReportEvents call reached the handler, and when the bus published it to followers.
+
+    Wraps the coordinator's own Scheduler.report and EventBus.publish (instrumentation of
+    the real objects in this process; nothing is replaced)."""
+
+    def __init__(self, server):
+        # Per job, indexed by seq: when its report reached the handler, when it was
+        # published (arrays: see _followers).
+        self.arrived: dict[str, array] = {}
+        self.published: dict[str, array] = {}
+        report, publish = server.scheduler.report, server.bus.publish
+
+        def timed_report(worker_id, job_id, attempt, events, batch_seq=0):
+            start = time.time()
+            last_seq = report(worker_id, job_id, attempt, events, batch_seq)
+            _stamp(self.arrived, job_id, last_seq - len(events) + 1, last_seq, start)
+            return last_seq
+
+        def timed_publish(job_id, seq, events=()):
+            publish(job_id, seq, events)
+            if events:
+                _stamp(self.published, job_id, events[0].seq, events[-1].seq, time.time())
+
+        server.scheduler.report = timed_report
+        server.bus.publish = timed_publish
+
+    def breakdown(self, received: list[tuple[str, array, array, array]]) -> dict[str, list[float]]:
+        """Per delivered event: worker stamp -> handler, handler -> published (store and
+        group commit), published -> follower's receive (wake-up, send, client)."""
+        parts: dict[str, list[float]] = {"to handler": [], "store": [], "fan-out": []}
+        for job_id, seqs, sents, nows in received:
+            arrived, published = self.arrived.get(job_id), self.published.get(job_id)
+            if arrived is None or published is None:
+                continue
+            for seq, sent, got in zip(seqs, sents, nows, strict=True):
+                if seq >= len(arrived) or seq >= len(published) or not arrived[seq]:
+                    continue
+                parts["to handler"].append(arrived[seq] - sent)
+                parts["store"].append(published[seq] - arrived[seq])
+                parts["fan-out"].append(got - published[seq])
+        return parts
+
+
+def _stamp(times: dict[str, array], job_id: str, first: int, last: int, when: float) -> None:
+    stamps = times.setdefault(job_id, array("d"))
+    if len(stamps) <= last:
+        stamps.extend([0.0] * (last + 1 - len(stamps)))
+    for seq in range(first, last + 1):
+        stamps[seq] = when
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
@@ -246,6 +322,7 @@ def run(args, *, followers: int, events: int, rate: float, batch: int, tmp: Path
         lease_timeout_s=3600.0,
         max_workers=followers + args.jobs + 16,
     )
+    stopwatch = Stopwatch(server)
     channel = grpc.insecure_channel(server.address)
     stub = coordinator_pb2_grpc.CoordinatorStub(channel)
     job_ids = [
@@ -273,8 +350,10 @@ def run(args, *, followers: int, events: int, rate: float, batch: int, tmp: Path
     )
     follower_proc.start()
     worker_proc.start()
+    cpu0 = os.times()  # this process is the coordinator (the clients are others)
     reported = worker_results.get(timeout=900)
     followed = follower_results.get(timeout=300)
+    cpu1 = os.times()
     worker_proc.join(timeout=30)
     follower_proc.join(timeout=30)
     channel.close()
@@ -290,6 +369,8 @@ def run(args, *, followers: int, events: int, rate: float, batch: int, tmp: Path
         "deliveries": len(lat),
         "follow_wall": followed["wall"],
         "lat": lat,
+        "cpu": cpu1.user + cpu1.system - cpu0.user - cpu0.system,
+        "parts": stopwatch.breakdown(followed["received"]),
         "complete": complete,
         "errors": reported["errors"] + followed["errors"],
     }
@@ -363,11 +444,26 @@ def main() -> None:
         + cells(lambda r: f"{r['deliveries'] / r['follow_wall']:,.0f}")
     )
     print(f"{'baseline: gRPC alone, deliveries/s':42} {ceiling:>10,.0f}")
+    print(
+        f"{'coordinator CPU ms per 1,000 events':42} "
+        f"{capacity['cpu'] / capacity['acked'] * 1e6:>10.0f}"
+        + cells(lambda r: f"{r['cpu'] / r['acked'] * 1e6:.0f}")
+    )
     for q in (0.5, 0.99, 1.0):
         label = "max" if q == 1.0 else f"p{int(q * 100)}"
         print(
             f"{'delivery latency ' + label + ' ms':42} {'':>10}"
             + cells(lambda r, q=q: f"{pct(r['lat'], q) * 1000:.1f}")
+        )
+    for part in runs[0]["parts"]:
+        print(
+            f"{'  ' + part + ' p50 / p99 ms':42} {'':>10}"
+            + cells(
+                lambda r, part=part: (
+                    f"{pct(r['parts'][part], 0.5) * 1000:.1f}/"
+                    f"{pct(r['parts'][part], 0.99) * 1000:.0f}"
+                )
+            )
         )
     print(
         f"{'followers: every event once, in order':42} {'':>10}"

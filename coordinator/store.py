@@ -14,7 +14,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +117,29 @@ class WorkerRecord:
     state: int
     last_heartbeat: float
     address: str
+
+
+# Rows per INSERT statement in _insert_event_rows (5 parameters each, well under SQLite's
+# 32,766-parameter limit); a fixed size keeps the statement in sqlite3's cache.
+_EVENT_ROWS_PER_INSERT = 128
+
+
+def _insert_event_rows(db: sqlite3.Connection, rows: Sequence[tuple]) -> None:
+    """Inserts event rows with one statement per _EVENT_ROWS_PER_INSERT rows.
+
+    Not executemany: that runs one sqlite3_step per row, and Python's sqlite3 releases the
+    GIL around each step. Under load the committing thread then queues for the GIL behind
+    busy threads (up to a 5 ms switch interval each time) once per row, with the scheduler
+    lock held. One step per statement costs one such wait: in bench/events.py (100-event
+    batches, 100 workers, 100 followers) the report-to-publish p99 went from 135 to 109 ms
+    and ingest capacity from 37,681 to 41,563 events/s (one run each)."""
+    for start in range(0, len(rows), _EVENT_ROWS_PER_INSERT):
+        chunk = rows[start : start + _EVENT_ROWS_PER_INSERT]
+        values = ", ".join(["(?, ?, ?, ?, ?)"] * len(chunk))
+        db.execute(
+            f"INSERT INTO events (job_id, seq, attempt, time, blob) VALUES {values}",
+            [value for row in chunk for value in row],
+        )
 
 
 def _set_time(field, t: float | None) -> None:
@@ -430,8 +453,10 @@ class JobStore:
         """
         now = time.time() if now is None else now
         with self._tx() as db:
-            last_batch, marks = db.execute(
-                "SELECT report_batch, metric_steps FROM jobs WHERE id = ?", (job_id,)
+            # One read and one write of the job row for the whole batch: each statement is a
+            # point where the committing thread gives up the GIL (see _insert_event_rows).
+            last_batch, marks, last_seq = db.execute(
+                "SELECT report_batch, metric_steps, last_seq FROM jobs WHERE id = ?", (job_id,)
             ).fetchone()
             if 0 < batch_seq <= last_batch:
                 return [], True
@@ -444,10 +469,17 @@ class JobStore:
                         continue
                     steps[phase] = step
                 kept.append(event)
-            stored = self._append_many(db, job_id, attempt, kept, now)
+            stored = self._insert_events(db, job_id, attempt, kept, now, last_seq)
             db.execute(
-                "UPDATE jobs SET report_batch = ?, metric_steps = ?, updated_at = ? WHERE id = ?",
-                (max(batch_seq, last_batch), json.dumps(steps, sort_keys=True), now, job_id),
+                "UPDATE jobs SET report_batch = ?, metric_steps = ?, last_seq = ?, updated_at = ? "
+                "WHERE id = ?",
+                (
+                    max(batch_seq, last_batch),
+                    json.dumps(steps, sort_keys=True),
+                    stored[-1].seq if stored else last_seq,
+                    now,
+                    job_id,
+                ),
             )
             return stored, False
 
@@ -654,9 +686,23 @@ class JobStore:
         now: float,
     ) -> list[job_pb2.Event]:
         """Stores events with the next seqs: the job row is read and written once for all
-        of them, and the rows go in with one executemany (a batch of 100 metrics events
-        costs about what one event did)."""
+        of them (a batch of 100 metrics events costs about what one event did)."""
         (last_seq,) = db.execute("SELECT last_seq FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        stored = JobStore._insert_events(db, job_id, attempt, events, now, last_seq)
+        if stored:
+            db.execute("UPDATE jobs SET last_seq = ? WHERE id = ?", (stored[-1].seq, job_id))
+        return stored
+
+    @staticmethod
+    def _insert_events(
+        db: sqlite3.Connection,
+        job_id: str,
+        attempt: int,
+        events: Iterable[job_pb2.Event],
+        now: float,
+        last_seq: int,
+    ) -> list[job_pb2.Event]:
+        """Inserts events numbered from last_seq + 1; the caller updates jobs.last_seq."""
         stored_events, rows = [], []
         for event in events:
             last_seq += 1
@@ -678,9 +724,5 @@ class JobStore:
                 )
             )
         if rows:
-            db.executemany(
-                "INSERT INTO events (job_id, seq, attempt, time, blob) VALUES (?, ?, ?, ?, ?)",
-                rows,
-            )
-            db.execute("UPDATE jobs SET last_seq = ? WHERE id = ?", (last_seq, job_id))
+            _insert_event_rows(db, rows)
         return stored_events

@@ -160,6 +160,23 @@ def test_a_retried_report_batch_is_stored_once(client):
     assert messages == ["a", "b", "c"]
 
 
+def test_a_batch_larger_than_one_insert_statement_is_stored_whole_and_in_order(client):
+    """Event rows go in with multi-row INSERTs of a fixed size: a batch across that size
+    (and a single event after it) must keep every event, its content and its seq."""
+    worker = Worker(client.stub, "w1")
+    job = client.submit(make_spec())
+    attempt = worker.acquire().attempt
+    steps = range(1, 2 * 128 + 6)  # two full statements and a partial one
+
+    last = worker.report(job.id, attempt, *(train_metrics(s) for s in steps), batch=1)
+    after = worker.report(job.id, attempt, log_event("after"), batch=2)
+
+    events = client.events(job.id)
+    assert metric_steps(events) == list(steps)
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert after == last + 1 == events[-1].seq and events[-1].log.message == "after"
+
+
 def test_a_resumed_attempt_does_not_repeat_steps_already_reported(client):
     worker = Worker(client.stub, "w1")
     job = client.submit(make_spec())
