@@ -442,6 +442,7 @@ def cmd_server(args) -> int:
                 insecure=args.insecure,
                 heartbeat_interval_s=args.heartbeat_s,
                 lease_timeout_s=args.lease_s,
+                max_followers=args.max_followers,
                 **security,
             )
     except (RuntimeError, ValueError) as e:  # cannot bind, malformed --listen
@@ -773,6 +774,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=10.0,
         help="a worker silent this long is lost and its job requeued (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-followers",
+        type=int,
+        default=256,
+        metavar="N",
+        help="event streams (ftctl logs -f, SDK follows) served at once, each on a thread "
+        "of their own pool; one more is refused (default: %(default)s)",
     )
     p.add_argument("--log-format", **log_format)
     _add_server_security(p)

@@ -33,6 +33,12 @@ class Unavailable(CoordinatorError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class ResourceExhausted(CoordinatorError):
+    """A limit that protects the coordinator is reached; retrying later may succeed."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 def invalid_spec(errors: list[tuple[str, str]]) -> InvalidArgument:
     """The one message format for spec problems; the SDK parses the "- path: message" lines."""
     lines = "".join(f"\n- {path}: {message}" for path, message in errors)

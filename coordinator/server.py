@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,12 @@ from pathlib import Path
 import grpc
 
 from tunefleet.client.channel import is_loopback
-from tunefleet.coordinator.auth import AuthInterceptor, RedactBearer, TokenTable
+from tunefleet.coordinator.auth import (
+    SERVICE_PREFIX,
+    AuthInterceptor,
+    RedactBearer,
+    TokenTable,
+)
 from tunefleet.coordinator.event_bus import EventBus
 from tunefleet.coordinator.metrics import CoordinatorMetrics
 from tunefleet.coordinator.scheduler import Scheduler
@@ -32,6 +38,7 @@ _MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # Per HTTP/2 connection: one client cannot open more concurrent calls than this (each
 # follow or long poll holds a server thread, so a runaway client would starve the rest).
 MAX_CONCURRENT_STREAMS = 64
+_STREAM_POOL_SPARE = 8
 
 SERVER_OPTIONS = [
     ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
@@ -54,6 +61,40 @@ SERVER_OPTIONS = [
 ]
 
 
+class _StreamsOnTheirOwnThreads(grpc.ServerInterceptor):
+    """Runs the event streams on a thread pool of their own.
+
+    A follower holds its thread for as long as it follows (the sync server has no other
+    way to wait), so on the one shared pool enough `ftctl logs -f` could take every thread
+    and leave workers' heartbeats queued until their leases ran out. Installed first, so
+    that the behavior gRPC calls is this one (gRPC picks the pool by its
+    `experimental_thread_pool` attribute)."""
+
+    def __init__(self, pool: ThreadPoolExecutor):
+        self._pool = pool
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if (
+            handler is None
+            or not handler.response_streaming
+            or handler.request_streaming
+            or not handler_call_details.method.startswith(SERVICE_PREFIX)
+        ):
+            return handler
+        behavior = handler.unary_stream
+
+        def stream(request, context):
+            return behavior(request, context)
+
+        stream.experimental_thread_pool = self._pool
+        return grpc.unary_stream_rpc_method_handler(
+            stream,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
 class CoordinatorServer:
     """A running coordinator. Stop it with `.stop()` or use it as a context manager."""
 
@@ -61,7 +102,7 @@ class CoordinatorServer:
         self,
         *,
         server: grpc.Server,
-        executor: ThreadPoolExecutor,
+        executors: tuple[ThreadPoolExecutor, ...],
         host: str,
         port: int,
         scheduler: Scheduler,
@@ -73,7 +114,7 @@ class CoordinatorServer:
         self.metrics = metrics  # .port: where /metrics is served, when it is
         self._health = health
         self._server = server
-        self._executor = executor
+        self._executors = executors
         self._host = host
         self.port = port
         self.scheduler = scheduler
@@ -100,11 +141,17 @@ class CoordinatorServer:
             self._server.stop(grace).wait()
             # Let handlers that are still unwinding finish before the store closes under
             # them, but never hang a shutdown on one.
-            drain = threading.Thread(
-                target=self._executor.shutdown, kwargs={"cancel_futures": True}, daemon=True
-            )
-            drain.start()
-            drain.join(timeout=5)
+            drains = [
+                threading.Thread(
+                    target=executor.shutdown, kwargs={"cancel_futures": True}, daemon=True
+                )
+                for executor in self._executors
+            ]
+            for drain in drains:
+                drain.start()
+            deadline = time.monotonic() + 5
+            for drain in drains:
+                drain.join(timeout=max(deadline - time.monotonic(), 0))
             if self.metrics is not None:
                 self.metrics.close()
             self.store.close()
@@ -181,6 +228,7 @@ def start_server(
     lease_timeout_s: float = 10.0,
     check_paths: bool = True,
     max_workers: int = 32,
+    max_followers: int = 256,
     metrics_port: int | None = None,
     metrics_host: str = "127.0.0.1",
     tls: ServerTls | None = None,
@@ -190,20 +238,24 @@ def start_server(
 ) -> CoordinatorServer:
     """Starts a coordinator serving on `listen` (port 0 picks a free port) and returns it.
 
-    Each long-polling worker and each follower holds one of the `max_workers` server
-    threads while it waits. With `metrics_port` (0 = any free port), Prometheus metrics are
-    served on http://metrics_host:port/metrics.
+    Each long-polling worker holds one of the `max_workers` server threads while it waits;
+    event streams (followers) have a pool of their own, of `max_followers` (one more is
+    refused with RESOURCE_EXHAUSTED), so followers can never hold up the workers' calls.
+    With `metrics_port` (0 = any free port), Prometheus metrics are served on
+    http://metrics_host:port/metrics.
 
     With `tls`, the port speaks only TLS; with `tokens`, every call needs a token (see
     tunefleet.coordinator.auth). Without both, `listen` must be a loopback address unless
-    `insecure` (ValueError otherwise). `max_concurrent_rpcs` (default 4 x max_workers) caps
-    the calls in progress or queued for a thread; more get RESOURCE_EXHAUSTED rather than
+    `insecure` (ValueError otherwise). `max_concurrent_rpcs` (default 4 x max_workers +
+    max_followers) caps the calls in progress or queued for a thread; more get RESOURCE_EXHAUSTED rather than
     an unbounded queue.
     """
     # Imported here so that `python -m tunefleet.coordinator.health` (the probe) runs cleanly.
     from tunefleet.coordinator.health import add_health_service
 
     host, _ = _split_listen(listen)
+    if max_followers < 1:
+        raise ValueError(f"--max-followers must be at least 1, got {max_followers}")
     warning = check_exposure(
         host, tls=tls is not None, tokens=tokens is not None, insecure=insecure
     )
@@ -218,18 +270,22 @@ def start_server(
         check_paths=check_paths,
     )
     executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="tunefleet-rpc")
+    # A few threads beyond the cap, so that a refusal is answered at once.
+    streams = ThreadPoolExecutor(
+        max_workers=max_followers + _STREAM_POOL_SPARE, thread_name_prefix="tunefleet-follow"
+    )
     metrics = CoordinatorMetrics(scheduler, store.path)
-    interceptors = [metrics.interceptor]
+    interceptors = [_StreamsOnTheirOwnThreads(streams), metrics.interceptor]
     if tokens is not None:
         interceptors.append(AuthInterceptor(tokens))
     server = grpc.server(
         executor,
         options=SERVER_OPTIONS,
         interceptors=interceptors,
-        maximum_concurrent_rpcs=max_concurrent_rpcs or 4 * max_workers,
+        maximum_concurrent_rpcs=max_concurrent_rpcs or 4 * max_workers + max_followers,
     )
     coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
-        CoordinatorService(scheduler, store, bus), server
+        CoordinatorService(scheduler, store, bus, max_streams=max_followers), server
     )
     health = add_health_service(server)
     try:
@@ -244,6 +300,7 @@ def start_server(
         cause = None
     if port == 0:
         executor.shutdown(wait=False)
+        streams.shutdown(wait=False)
         store.close()
         raise RuntimeError(f"cannot listen on {listen} (address in use?)") from cause
     if metrics_port is not None:
@@ -252,6 +309,7 @@ def start_server(
         except RuntimeError:
             server.stop(None)
             executor.shutdown(wait=False)
+            streams.shutdown(wait=False)
             store.close()
             raise
     server.start()
@@ -271,7 +329,7 @@ def start_server(
         log.warning("%s", warning)
     return CoordinatorServer(
         server=server,
-        executor=executor,
+        executors=(executor, streams),
         host=client_host,
         port=port,
         scheduler=scheduler,

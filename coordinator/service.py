@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import socket
+import threading
 import urllib.parse
 
 import grpc
@@ -19,6 +20,7 @@ from tunefleet.coordinator.errors import (
     CoordinatorError,
     InvalidArgument,
     NotFound,
+    ResourceExhausted,
     Unavailable,
     invalid_spec,
 )
@@ -67,10 +69,14 @@ def _streaming(handler):
 
 
 class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
-    def __init__(self, scheduler: Scheduler, store: JobStore, bus: EventBus):
+    def __init__(self, scheduler: Scheduler, store: JobStore, bus: EventBus, max_streams: int):
         self.scheduler = scheduler
         self.store = store
         self.bus = bus
+        # Each open event stream holds a thread of the streams' own pool (see server.py);
+        # one beyond this many is refused at once rather than queued behind the others.
+        self.max_streams = max_streams
+        self._stream_slots = threading.BoundedSemaphore(max_streams)
 
     # ---- client API ------------------------------------------------------------------
 
@@ -131,6 +137,13 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         ends, as non-empty lists in seq order."""
         job_id = request.job_id
         self._visible_job(context, job_id)  # NOT_FOUND before anything is streamed
+        if not self._stream_slots.acquire(blocking=False):
+            raise ResourceExhausted(
+                f"the coordinator already streams events to {self.max_streams} followers "
+                "(ftctl server --max-followers); follow again later"
+            )
+        if not context.add_callback(self._stream_slots.release):  # it ended already
+            self._stream_slots.release()
         # Subscribe before the first read: see event_bus for why nothing can be missed.
         with self.bus.subscribe(job_id) as subscription:
             context.add_callback(subscription.close)  # the client went away or we stop

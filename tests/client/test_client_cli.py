@@ -286,6 +286,14 @@ def test_server_lease_flags_reach_workers_and_bad_pairs_are_refused(tmp_path):
         timeout=60,
     )
     assert bad.returncode != 0 and "--lease-s (3.0) must be longer" in bad.stderr
+    no_followers = subprocess.run(
+        [FTCTL, "server", "--db", tmp_path / "bad.db", "--max-followers", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert no_followers.returncode != 0
+    assert "--max-followers must be at least 1, got 0" in no_followers.stderr
 
     port = unused_port()
     server = subprocess.Popen(

@@ -153,3 +153,52 @@ def test_more_calls_than_the_cap_are_refused_not_queued(start):
         assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         for poll in polls:
             poll.cancel()
+
+
+def test_followers_cannot_starve_workers_and_one_too_many_is_refused(start):
+    """Followers hold a thread each for as long as they follow. On the workers' pool, two
+    of them here would queue every heartbeat until leases ran out; they have a pool of
+    their own, and a follower beyond --max-followers is refused at once."""
+    server = start(max_workers=2, max_followers=3)
+    with grpc.insecure_channel(server.address) as channel:
+        stub = coordinator_pb2_grpc.CoordinatorStub(channel)
+        job = stub.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=make_spec()), timeout=10)
+        stub.RegisterWorker(coordinator_pb2.RegisterWorkerRequest(worker_id="w"), timeout=10)
+
+        def follow():
+            stream = stub.StreamEventBatches(
+                coordinator_pb2.StreamEventsRequest(job_id=job.id, follow=True), timeout=60
+            )
+            assert next(stream).events[0].seq == 1  # open and streaming
+            return stream
+
+        followers = [follow() for _ in range(3)]
+        started = time.monotonic()
+        assert stub.Heartbeat(coordinator_pb2.HeartbeatRequest(worker_id="w"), timeout=5).known
+        acquired = stub.AcquireJob(
+            coordinator_pb2.AcquireJobRequest(worker_id="w", wait_seconds=1), timeout=5
+        )
+        assert acquired.assignment.job.id == job.id
+        assert time.monotonic() - started < 2.0
+
+        with pytest.raises(grpc.RpcError) as e:
+            follow()
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "--max-followers" in e.value.details()
+
+        followers.pop().cancel()  # a slot frees when a follower leaves
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                followers.append(follow())
+                break
+            except grpc.RpcError:
+                assert time.monotonic() < deadline, "the slot never came back"
+                time.sleep(0.05)
+        for stream in followers:
+            stream.cancel()
+
+
+def test_max_followers_must_be_positive(start):
+    with pytest.raises(ValueError, match="--max-followers must be at least 1"):
+        start(max_followers=0)
