@@ -39,6 +39,7 @@ _MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # follow or long poll holds a server thread, so a runaway client would starve the rest).
 MAX_CONCURRENT_STREAMS = 64
 _STREAM_POOL_SPARE = 8
+LONG_POLL_METHOD = f"{SERVICE_PREFIX}AcquireJob"
 
 SERVER_OPTIONS = [
     ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
@@ -61,35 +62,46 @@ SERVER_OPTIONS = [
 ]
 
 
-class _StreamsOnTheirOwnThreads(grpc.ServerInterceptor):
-    """Runs the event streams on a thread pool of their own.
+class _LongCallsOnTheirOwnThreads(grpc.ServerInterceptor):
+    """Runs the calls that wait (event streams, AcquireJob long polls) on thread pools of
+    their own, so that they never queue the short ones.
 
-    A follower holds its thread for as long as it follows (the sync server has no other
-    way to wait), so on the one shared pool enough `ftctl logs -f` could take every thread
-    and leave workers' heartbeats queued until their leases ran out. Installed first, so
-    that the behavior gRPC calls is this one (gRPC picks the pool by its
-    `experimental_thread_pool` attribute)."""
+    A follower holds its thread for as long as it follows and an idle worker's long poll
+    for seconds (the sync server has no other way to wait). On the one shared pool, enough
+    `ftctl logs -f`, or more idle workers than threads, left heartbeats queued behind them
+    until leases ran out. Installed first, so that the behavior gRPC calls is this one
+    (gRPC picks the pool by its `experimental_thread_pool` attribute)."""
 
-    def __init__(self, pool: ThreadPoolExecutor):
-        self._pool = pool
+    def __init__(self, *, streams: ThreadPoolExecutor, polls: ThreadPoolExecutor):
+        self._streams = streams
+        self._polls = polls
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
-        if (
-            handler is None
-            or not handler.response_streaming
-            or handler.request_streaming
-            or not handler_call_details.method.startswith(SERVICE_PREFIX)
-        ):
+        method = handler_call_details.method
+        if handler is None or handler.request_streaming or not method.startswith(SERVICE_PREFIX):
             return handler
-        behavior = handler.unary_stream
+        if handler.response_streaming:
+            kind, behavior, pool = (
+                grpc.unary_stream_rpc_method_handler,
+                handler.unary_stream,
+                self._streams,
+            )
+        elif method == LONG_POLL_METHOD:
+            kind, behavior, pool = (
+                grpc.unary_unary_rpc_method_handler,
+                handler.unary_unary,
+                self._polls,
+            )
+        else:
+            return handler
 
-        def stream(request, context):
+        def call(request, context):
             return behavior(request, context)
 
-        stream.experimental_thread_pool = self._pool
-        return grpc.unary_stream_rpc_method_handler(
-            stream,
+        call.experimental_thread_pool = pool
+        return kind(
+            call,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
@@ -229,6 +241,7 @@ def start_server(
     check_paths: bool = True,
     max_workers: int = 32,
     max_followers: int = 256,
+    max_long_polls: int = 1024,
     metrics_port: int | None = None,
     metrics_host: str = "127.0.0.1",
     tls: ServerTls | None = None,
@@ -238,16 +251,17 @@ def start_server(
 ) -> CoordinatorServer:
     """Starts a coordinator serving on `listen` (port 0 picks a free port) and returns it.
 
-    Each long-polling worker holds one of the `max_workers` server threads while it waits;
-    event streams (followers) have a pool of their own, of `max_followers` (one more is
-    refused with RESOURCE_EXHAUSTED), so followers can never hold up the workers' calls.
+    Calls that wait have thread pools of their own, so they never hold up the short calls
+    (heartbeats, reports, submits) on the `max_workers` threads: event streams (followers)
+    up to `max_followers` (one more is refused with RESOURCE_EXHAUSTED), and AcquireJob long
+    polls up to `max_long_polls` (more wait their turn; threads start only when needed).
     With `metrics_port` (0 = any free port), Prometheus metrics are served on
     http://metrics_host:port/metrics.
 
     With `tls`, the port speaks only TLS; with `tokens`, every call needs a token (see
     tunefleet.coordinator.auth). Without both, `listen` must be a loopback address unless
     `insecure` (ValueError otherwise). `max_concurrent_rpcs` (default 4 x max_workers +
-    max_followers) caps the calls in progress or queued for a thread; more get RESOURCE_EXHAUSTED rather than
+    max_followers + max_long_polls) caps the calls in progress or queued for a thread; more get RESOURCE_EXHAUSTED rather than
     an unbounded queue.
     """
     # Imported here so that `python -m tunefleet.coordinator.health` (the probe) runs cleanly.
@@ -256,6 +270,8 @@ def start_server(
     host, _ = _split_listen(listen)
     if max_followers < 1:
         raise ValueError(f"--max-followers must be at least 1, got {max_followers}")
+    if max_long_polls < 1:
+        raise ValueError(f"max_long_polls must be at least 1, got {max_long_polls}")
     warning = check_exposure(
         host, tls=tls is not None, tokens=tokens is not None, insecure=insecure
     )
@@ -274,16 +290,28 @@ def start_server(
     streams = ThreadPoolExecutor(
         max_workers=max_followers + _STREAM_POOL_SPARE, thread_name_prefix="tunefleet-follow"
     )
+    polls = ThreadPoolExecutor(max_workers=max_long_polls, thread_name_prefix="tunefleet-poll")
     metrics = CoordinatorMetrics(scheduler, store.path)
-    interceptors = [_StreamsOnTheirOwnThreads(streams), metrics.interceptor]
+    interceptors = [
+        _LongCallsOnTheirOwnThreads(streams=streams, polls=polls),
+        metrics.interceptor,
+    ]
     if tokens is not None:
         interceptors.append(AuthInterceptor(tokens))
     server = grpc.server(
         executor,
         options=SERVER_OPTIONS,
         interceptors=interceptors,
-        maximum_concurrent_rpcs=max_concurrent_rpcs or 4 * max_workers + max_followers,
+        maximum_concurrent_rpcs=max_concurrent_rpcs
+        or 4 * max_workers + max_followers + max_long_polls,
     )
+    pools = (executor, streams, polls)
+
+    def give_up() -> None:
+        for pool in pools:
+            pool.shutdown(wait=False)
+        store.close()
+
     coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
         CoordinatorService(scheduler, store, bus, max_streams=max_followers), server
     )
@@ -299,18 +327,14 @@ def start_server(
     else:
         cause = None
     if port == 0:
-        executor.shutdown(wait=False)
-        streams.shutdown(wait=False)
-        store.close()
+        give_up()
         raise RuntimeError(f"cannot listen on {listen} (address in use?)") from cause
     if metrics_port is not None:
         try:
             metrics.serve(metrics_host, metrics_port)
         except RuntimeError:
             server.stop(None)
-            executor.shutdown(wait=False)
-            streams.shutdown(wait=False)
-            store.close()
+            give_up()
             raise
     server.start()
     scheduler.start()
@@ -329,7 +353,7 @@ def start_server(
         log.warning("%s", warning)
     return CoordinatorServer(
         server=server,
-        executors=(executor, streams),
+        executors=pools,
         host=client_host,
         port=port,
         scheduler=scheduler,

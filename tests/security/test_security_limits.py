@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
 
 import grpc
@@ -202,3 +204,42 @@ def test_followers_cannot_starve_workers_and_one_too_many_is_refused(start):
 def test_max_followers_must_be_positive(start):
     with pytest.raises(ValueError, match="--max-followers must be at least 1"):
         start(max_followers=0)
+
+
+def test_more_idle_workers_than_threads_do_not_delay_heartbeats(start):
+    """Idle workers long-poll AcquireJob for seconds; with more of them than server
+    threads, heartbeats used to queue behind the polls (at fleet scale, past the lease)."""
+    server = start(max_workers=2)
+    stop = threading.Event()
+
+    def idle_worker(n: int) -> None:
+        options = [("grpc.use_local_subchannel_pool", 1)]  # a connection of its own
+        with grpc.insecure_channel(server.address, options=options) as channel:
+            stub = coordinator_pb2_grpc.CoordinatorStub(channel)
+            stub.RegisterWorker(coordinator_pb2.RegisterWorkerRequest(worker_id=f"idle{n}"))
+            while not stop.is_set():
+                with contextlib.suppress(grpc.RpcError):
+                    stub.AcquireJob(
+                        coordinator_pb2.AcquireJobRequest(worker_id=f"idle{n}", wait_seconds=2),
+                        timeout=10,
+                    )
+
+    pollers = [threading.Thread(target=idle_worker, args=(n,), daemon=True) for n in range(6)]
+    for poller in pollers:
+        poller.start()
+    try:
+        time.sleep(0.5)  # every poller is waiting
+        with grpc.insecure_channel(server.address) as channel:
+            stub = coordinator_pb2_grpc.CoordinatorStub(channel)
+            stub.RegisterWorker(coordinator_pb2.RegisterWorkerRequest(worker_id="w"), timeout=10)
+            slowest = 0.0
+            for _ in range(8):
+                started = time.monotonic()
+                stub.Heartbeat(coordinator_pb2.HeartbeatRequest(worker_id="w"), timeout=10)
+                slowest = max(slowest, time.monotonic() - started)
+                time.sleep(0.2)
+        assert slowest < 0.5, f"a heartbeat took {slowest:.2f} s behind the long polls"
+    finally:
+        stop.set()
+        for poller in pollers:
+            poller.join(timeout=10)
