@@ -153,7 +153,6 @@ def _followers(
 ) -> None:
     os.nice(nice)
     lock = threading.Lock()
-    latencies: list[float] = []
     # Per follower: its job, and per metrics event its seq, `time` and receive time, in
     # arrays (lists of tuples would give the garbage collector 200,000 objects to walk,
     # and its pauses would show up as latency).
@@ -165,7 +164,6 @@ def _followers(
     def follower(n: int, job_id: str) -> None:
         channel = grpc.insecure_channel(address, options=OWN_CONNECTION)
         stub = coordinator_pb2_grpc.CoordinatorStub(channel)
-        mine: list[float] = []
         seqs, sents, nows = array("q"), array("d"), array("d")
         count, expected, in_order = 0, 1, True
         try:
@@ -181,7 +179,6 @@ def _followers(
                     if event.WhichOneof("kind") == "metrics":
                         count += 1
                         sent = event.time.ToNanoseconds() / 1e9
-                        mine.append(now - sent)
                         seqs.append(event.seq)
                         sents.append(sent)
                         nows.append(now)
@@ -190,7 +187,6 @@ def _followers(
                 errors.append(f"{exc.code().name}: {exc.details()}")
         finally:
             with lock:
-                latencies.extend(mine)
                 received.append((job_id, seqs, sents, nows))
                 seen[n] = (job_id, count, in_order)
             channel.close()
@@ -211,7 +207,6 @@ def _followers(
     wall = time.perf_counter() - start
     results.put(
         {
-            "latencies": latencies,
             "received": received,
             "seen": seen,
             "errors": errors,
@@ -320,7 +315,7 @@ def run(args, *, followers: int, events: int, rate: float, batch: int, tmp: Path
         db_path=tmp / f"events-{followers}-{rate:g}.db",
         check_paths=False,
         lease_timeout_s=3600.0,
-        max_workers=followers + args.jobs + 16,
+        max_workers=args.jobs + 16,  # reports; follows and long polls have their own pools
     )
     stopwatch = Stopwatch(server)
     channel = grpc.insecure_channel(server.address)
@@ -358,7 +353,11 @@ def run(args, *, followers: int, events: int, rate: float, batch: int, tmp: Path
     follower_proc.join(timeout=30)
     channel.close()
     server.stop(grace=1.0)
-    lat = followed["latencies"]
+    lat = [
+        got - sent
+        for _, _, sents, nows in followed["received"]
+        for sent, got in zip(sents, nows, strict=True)
+    ]
     complete = sum(
         1 for _, count, in_order in followed["seen"].values() if count == events and in_order
     )

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 _MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # Per HTTP/2 connection: one client cannot open more concurrent calls than this (each
-# follow or long poll holds a server thread, so a runaway client would starve the rest).
+# follow or long poll holds a thread of its pool, so a runaway client would starve the rest).
 MAX_CONCURRENT_STREAMS = 64
 _STREAM_POOL_SPARE = 8
 LONG_POLL_METHOD = f"{SERVICE_PREFIX}AcquireJob"
@@ -261,8 +261,8 @@ def start_server(
     With `tls`, the port speaks only TLS; with `tokens`, every call needs a token (see
     tunefleet.coordinator.auth). Without both, `listen` must be a loopback address unless
     `insecure` (ValueError otherwise). `max_concurrent_rpcs` (default 4 x max_workers +
-    max_followers + max_long_polls) caps the calls in progress or queued for a thread; more get RESOURCE_EXHAUSTED rather than
-    an unbounded queue.
+    max_followers + max_long_polls) caps the calls in progress or queued for a thread; more
+    get RESOURCE_EXHAUSTED rather than an unbounded queue.
     """
     # Imported here so that `python -m tunefleet.coordinator.health` (the probe) runs cleanly.
     from tunefleet.coordinator.health import add_health_service
