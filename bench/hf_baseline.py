@@ -43,10 +43,12 @@ def run_hf_trainer(
     trainable: Callable[[str], bool] | None = None,
     limit: int = 0,
     logging_steps: int = 10,
+    head_init_std: float | None = 0.01,
+    warmup_steps: int = 0,
 ) -> HfRun:
     """Fine-tunes MiniLM on (train.csv, eval.csv) with transformers.Trainer, evaluating every
-    epoch, as the engine does: a new head initialised N(0, 0.01), AdamW, linear decay, no
-    checkpoints. `trainable(name)` picks the parameters that train (None: all); `limit` keeps
+    epoch, as the engine does: a new head initialised N(0, head_init_std) (None: the model's
+    own init, as a plain Trainer script gets), AdamW, linear decay, no checkpoints. `trainable(name)` picks the parameters that train (None: all); `limit` keeps
     the first N training rows (0: all). Timed from after the imports to the last evaluation:
     load, tokenise, train, evaluate, what a user waits for."""
     import time
@@ -77,8 +79,9 @@ def run_hf_trainer(
     )
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_pretrained(minilm(), num_labels=len(labels))
-    torch.nn.init.normal_(model.classifier.weight, std=0.01)
-    torch.nn.init.zeros_(model.classifier.bias)
+    if head_init_std is not None:
+        torch.nn.init.normal_(model.classifier.weight, std=head_init_std)
+        torch.nn.init.zeros_(model.classifier.bias)
     if trainable is not None:
         for name, p in model.named_parameters():
             p.requires_grad = trainable(name)
@@ -91,6 +94,7 @@ def run_hf_trainer(
         weight_decay=weight_decay,
         max_grad_norm=max_grad_norm,
         lr_scheduler_type="linear",
+        warmup_steps=warmup_steps,
         seed=seed,
         save_strategy="no",
         eval_strategy="epoch",

@@ -5,7 +5,7 @@ The engine does not know about TensorBoard: the worker already sees every metric
 its way to the coordinator, so it writes them once more here, into OUT_DIR/tensorboard
 (beside checkpoints/ and model/). Scalars:
 
-    train/loss, train/lr, train/samples_per_s, train/epoch   (phase "train", every log step)
+    train/loss, train/accuracy, train/lr, train/samples_per_s, train/epoch   (every log step)
     train/lr/GROUP                                           (when groups' lrs differ)
     eval/loss, eval/accuracy, eval/macro_f1, ...             (phase "eval", each evaluation)
 
@@ -42,6 +42,8 @@ def scalars(event: job_pb2.Event) -> Iterator[tuple[str, float]]:
             if m.HasField(name):
                 yield f"train/{name}", getattr(m, name)
         yield "train/epoch", m.epoch
+        for name, value in sorted(m.values.items()):  # accuracy, from the training logits
+            yield f"train/{name}", value
         if len(set(m.lr_groups.values())) > 1:  # per group only when they differ
             for group, lr in sorted(m.lr_groups.items()):
                 yield f"train/lr/{group}", lr

@@ -24,12 +24,12 @@ def bert_bundle(bert_dir, text_csvs, text_spec):
     return build
 
 
-def test_bert_blocks_are_embeddings_layers_head(bert_bundle):
+def test_bert_blocks_are_embeddings_layers_pooler_head(bert_bundle):
     _, bundle = bert_bundle()
     blocks = model_blocks(bundle.model, "hf")
-    assert [b.name for b in blocks] == ["embeddings", "layer.0", "layer.1", "head"]
-    head = set(blocks[-1].params)
-    assert {"classifier.weight", "classifier.bias", "bert.pooler.dense.weight"} <= head
+    assert [b.name for b in blocks] == ["embeddings", "layer.0", "layer.1", "pooler", "head"]
+    assert set(blocks[-1].params) == {"classifier.weight", "classifier.bias"}
+    assert set(blocks[-2].params) == {"bert.pooler.dense.weight", "bert.pooler.dense.bias"}
     assert sum(b.numel for b in blocks) == sum(p.numel() for p in bundle.model.parameters())
 
 
@@ -52,7 +52,7 @@ def test_torchvision_blocks():
     ]
     mobilenet = models.build_torchvision_arch("mobilenet_v3_small")
     names = [b.name for b in model_blocks(mobilenet, "torchvision", "classifier.3")]
-    assert names[0] == "features.0" and names[-1] == "head" and len(names) == 14
+    assert names[0] == "features.0" and names[-2:] == ["classifier.0", "head"] and len(names) == 15
 
 
 def test_vit_blocks():
@@ -60,16 +60,18 @@ def test_vit_blocks():
     blocks = model_blocks(vit, "torchvision", "heads.head")
     assert [b.name for b in blocks] == ["stem", *[f"layer.{i}" for i in range(12)], "head"]
     assert {"class_token", "conv_proj.weight", "encoder.pos_embedding"} <= set(blocks[0].params)
-    assert {"encoder.ln.weight", "heads.head.weight"} <= set(blocks[-1].params)
+    assert "encoder.ln.weight" in blocks[-2].params  # the final LayerNorm: the last layer's
+    assert set(blocks[-1].params) == {"heads.head.weight", "heads.head.bias"}
 
 
 @pytest.mark.parametrize(
     ("finetune", "blocks"),
     [
-        ({"strategy": "full"}, ["embeddings", "layer.0", "layer.1", "head"]),
+        ({"strategy": "full"}, ["embeddings", "layer.0", "layer.1", "pooler", "head"]),
         ({"strategy": "head_only"}, ["head"]),
-        ({"strategy": "last_k", "k": 1}, ["layer.1", "head"]),
-        ({"strategy": "last_k", "k": 3}, ["embeddings", "layer.0", "layer.1", "head"]),
+        ({"strategy": "last_k", "k": 1}, ["pooler", "head"]),
+        ({"strategy": "last_k", "k": 2}, ["layer.1", "pooler", "head"]),
+        ({"strategy": "last_k", "k": 4}, ["embeddings", "layer.0", "layer.1", "pooler", "head"]),
     ],
 )
 def test_block_strategies_train_exactly_their_blocks(bert_bundle, finetune, blocks):
@@ -83,9 +85,9 @@ def test_block_strategies_train_exactly_their_blocks(bert_bundle, finetune, bloc
 
 def test_last_k_larger_than_the_model_names_k_and_the_count(bert_dir, text_csvs, text_spec):
     spec = text_spec(bert_dir, text_csvs)
-    spec.finetune.strategy, spec.finetune.k = "last_k", 4
+    spec.finetune.strategy, spec.finetune.k = "last_k", 5
     bundle = models.build_model(spec, models.resolve_task(spec), 2, ["a", "b"])
-    with pytest.raises(InvalidJobInput, match=r"finetune\.k: 4 .* 3 blocks"):
+    with pytest.raises(InvalidJobInput, match=r"finetune\.k: 5 .* 4 blocks"):
         FreezePlan.for_model(bundle.model, "hf", spec.finetune)
 
 
@@ -113,10 +115,12 @@ def test_gradual_unfreezes_one_block_from_the_top_every_n_epochs(bert_bundle):
     spec, bundle = bert_bundle(strategy="gradual", unfreeze_every=2)
     plan = FreezePlan.for_model(bundle.model, "hf", spec.finetune)
     by_name = {b.name: set(b.params) for b in plan.blocks}
-    assert plan.trainable(0) == plan.trainable(1) == by_name["head"]
-    assert plan.trainable(2) == by_name["head"] | by_name["layer.1"]
-    assert plan.trainable(4) == by_name["head"] | by_name["layer.1"] | by_name["layer.0"]
-    assert plan.trainable(6) == {p for b in plan.blocks for p in b.params}
+    head, pooler = by_name["head"], by_name["pooler"]
+    assert plan.trainable(0) == plan.trainable(1) == head
+    assert plan.trainable(2) == head | pooler
+    assert plan.trainable(4) == head | pooler | by_name["layer.1"]
+    assert plan.trainable(6) == head | pooler | by_name["layer.1"] | by_name["layer.0"]
+    assert plan.trainable(8) == {p for b in plan.blocks for p in b.params}
     assert "from epoch 3" in plan.table(bundle.model)
 
 

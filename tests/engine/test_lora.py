@@ -52,8 +52,8 @@ def test_only_adapters_and_head_train_and_base_weights_stay_bit_identical(lora_r
     assert len(adapters) == 2 * 2 * 2  # 2 layers x (query, value) x (lora_A, lora_B)
     assert all(".query." in k or ".value." in k for k in adapters)
 
-    head = {k for k in state if k.startswith(("bert.pooler.", "classifier."))}
-    body = [k for k in before if k.startswith("bert.") and not k.startswith("bert.pooler.")]
+    head = {k for k in state if k.startswith("classifier.")}  # the new output layer alone
+    body = [k for k in before if k.startswith("bert.")]  # the pretrained pooler included
     for key in body:  # every pretrained body weight, adapted layers' bases included
         assert torch.equal(state[lora_name(key)], before[key]), key
     initial = build_lora_model(lora_run[3]).state_dict()  # same seed: the initial adapters
@@ -97,6 +97,7 @@ def test_freeze_plan_shows_lora_trainable_counts(lora_run, bert_dir, text_csvs, 
         "embeddings": "no",
         "layer.0": "lora 1,024",
         "layer.1": "lora 1,024",
+        "pooler": "no",
         "head": "yes",
     }
     spec = text_spec(

@@ -35,9 +35,10 @@ def test_layerwise_lr_decay_by_depth_from_the_top(bert):
     lr = {g["name"]: g["lr"] for g in groups}
     assert groups[0]["name"] == "head"
     assert lr["head"] == pytest.approx(1e-3)
-    assert lr["layer.1"] == pytest.approx(1e-3 * 0.5)
-    assert lr["layer.0"] == pytest.approx(1e-3 * 0.25)
-    assert lr["embeddings"] == pytest.approx(1e-3 * 0.125)
+    assert lr["pooler"] == pytest.approx(1e-3 * 0.5)
+    assert lr["layer.1"] == pytest.approx(1e-3 * 0.25)
+    assert lr["layer.0"] == pytest.approx(1e-3 * 0.125)
+    assert lr["embeddings"] == pytest.approx(1e-3 * 0.0625)
     assert lr["layer.1.no_decay"] == lr["layer.1"]
 
 

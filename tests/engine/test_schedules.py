@@ -24,26 +24,58 @@ def test_linear_is_the_seed_formula():
 def test_linear_with_warmup_ramps_then_applies_the_formula_to_the_rest():
     lr0, T, W = 0.1, 12, 4
     got = lrs(LrSchedule("linear", T, warmup_steps=W), lr0)
-    warm = [lr0 * t / W for t in range(1, W + 1)]
+    warm = [lr0 * (t - 1) / W for t in range(1, W + 1)]
     decay = [lr0 - (s - 1) * lr0 / (T - W) for s in range(1, T - W + 1)]
     assert got == pytest.approx(warm + decay, abs=1e-15)
-    assert got[0] == pytest.approx(lr0 / W)
+    assert got[0] == 0.0  # transformers' first warmup step
 
 
 def test_constant_with_warmup():
-    assert lrs(LrSchedule("constant", 5, warmup_steps=2), 1.0) == [0.5, 1.0, 1.0, 1.0, 1.0]
+    assert lrs(LrSchedule("constant", 5, warmup_steps=2), 1.0) == [0.0, 0.5, 1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    ("warmup", "total"), [(0, 1), (0, 10), (1, 10), (3, 10), (8, 375), (10, 10), (4, 7)]
+)
+@pytest.mark.parametrize("name", ["linear", "cosine", "constant"])
+def test_schedules_are_transformers_step_for_step(name, warmup, total):
+    from transformers import (
+        get_constant_schedule_with_warmup,
+        get_cosine_schedule_with_warmup,
+        get_linear_schedule_with_warmup,
+    )
+
+    lr0 = 0.1
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr0)
+    if name == "linear":
+        hf = get_linear_schedule_with_warmup(opt, warmup, total)
+    elif name == "cosine":
+        hf = get_cosine_schedule_with_warmup(opt, warmup, total)
+    else:
+        hf = get_constant_schedule_with_warmup(opt, warmup)
+    want = []
+    for _ in range(total):
+        want.append(opt.param_groups[0]["lr"])  # the lr this optimizer step uses
+        opt.step()
+        hf.step()
+    got = lrs(LrSchedule(name, total, warmup_steps=warmup), lr0)
+    assert got == pytest.approx(want, abs=1e-15)
+    if name == "linear" and warmup == 0:  # the method's lr_t = lr0 - (t-1)*lr0/T, exactly
+        assert got == pytest.approx(
+            [lr0 - (t - 1) * lr0 / total for t in range(1, total + 1)], abs=1e-15
+        )
 
 
 def test_cosine_decays_to_min_lr_with_warmup():
     lr0, T, W, min_lr = 0.2, 11, 1, 0.02
     schedule = LrSchedule("cosine", T, warmup_steps=W, min_ratio=min_lr / lr0)
     got = lrs(schedule, lr0)
-    want = [lr0 * 1 / W] + [
+    want = [0.0] + [
         min_lr + (lr0 - min_lr) * 0.5 * (1 + math.cos(math.pi * (t - W - 1) / (T - W)))
         for t in range(W + 1, T + 1)
     ]
     assert got == pytest.approx(want, abs=1e-15)
-    assert min(got) >= min_lr
+    assert min(got[W:]) >= min_lr  # after the warmup
 
 
 def test_step_multiplies_by_gamma_every_step_size_steps():
@@ -54,7 +86,7 @@ def test_step_multiplies_by_gamma_every_step_size_steps():
 def test_build_schedule_from_spec_warmup_ratio_and_min_lr():
     spec = spec_pb2.ScheduleSpec(name="cosine", warmup_ratio=0.25, min_lr=0.01)
     schedule = build_schedule(spec, base_lr=0.1, total_steps=10)
-    assert schedule.warmup_steps == round(0.25 * 10)
+    assert schedule.warmup_steps == 3  # ceil(2.5), as transformers rounds warmup_ratio
     assert schedule.min_ratio == pytest.approx(0.1)
 
 

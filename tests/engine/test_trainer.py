@@ -44,8 +44,9 @@ BODY_LAYER = {
 @pytest.mark.parametrize(
     ("finetune", "trained"),
     [
-        ({"strategy": "head_only"}, {"pooler"}),
-        ({"strategy": "last_k", "k": 1}, {"layer.1", "pooler"}),
+        ({"strategy": "head_only"}, set()),  # the new output layer alone: a linear probe
+        ({"strategy": "last_k", "k": 1}, {"pooler"}),
+        ({"strategy": "last_k", "k": 2}, {"layer.1", "pooler"}),
         ({"strategy": "full"}, {"embeddings", "layer.0", "layer.1", "pooler"}),
     ],
 )
@@ -83,8 +84,13 @@ def test_patterns_strategy_counts(tmp_path, bert_dir, text_csvs, text_spec, even
 @pytest.mark.parametrize(
     ("finetune", "after_epoch_1", "after_epoch_2"),
     [
-        ({"strategy": "gradual", "unfreeze_every": 1}, set(), {"layer.1"}),
-        ({"strategy": "lp_ft", "probe_epochs": 1}, set(), {"embeddings", "layer.0", "layer.1"}),
+        # head alone (a true probe: the pooler stays frozen), then one more block from the top
+        ({"strategy": "gradual", "unfreeze_every": 1}, set(), {"pooler"}),
+        (
+            {"strategy": "lp_ft", "probe_epochs": 1},
+            set(),
+            {"embeddings", "layer.0", "layer.1", "pooler"},
+        ),
     ],
 )
 def test_dynamic_strategies_unfreeze_on_schedule(
@@ -100,11 +106,7 @@ def test_dynamic_strategies_unfreeze_on_schedule(
     def trained_blocks(step: int) -> set[str]:
         state = load_file(str(tmp_path / "checkpoints" / f"step-{step:07d}" / "model.safetensors"))
         diff = changed(before, state)
-        return {
-            b
-            for b, prefix in BODY_LAYER.items()
-            if b != "pooler" and any(k.startswith(prefix) for k in diff)
-        }
+        return {b for b, prefix in BODY_LAYER.items() if any(k.startswith(prefix) for k in diff)}
 
     assert trained_blocks(steps_per_epoch) == after_epoch_1
     assert trained_blocks(2 * steps_per_epoch) == after_epoch_2
@@ -147,7 +149,7 @@ def test_lr_in_events_follows_schedule_and_layerwise_decay(
     for m in train:
         lr_t = 3e-3 * schedule.multiplier(m.step)
         assert m.lr == pytest.approx(lr_t)
-        assert m.lr_groups["layer.0"] == pytest.approx(lr_t * 0.25)
+        assert m.lr_groups["layer.0"] == pytest.approx(lr_t * 0.125)  # 3 blocks from the top
         assert m.total_steps == 12 and m.samples_per_s > 0
 
 
@@ -255,6 +257,11 @@ def test_result_summary_and_events(trained_text):
         e.metrics for e in log if e.WhichOneof("kind") == "metrics" and e.metrics.phase == "eval"
     ]
     assert len(evals) == 8 and set(evals[0].values) == {"loss", "accuracy", "macro_f1"}
+    trains = [
+        e.metrics for e in log if e.WhichOneof("kind") == "metrics" and e.metrics.phase == "train"
+    ]
+    accuracies = [m.values["accuracy"] for m in trains]  # from the training logits
+    assert all(0.0 <= a <= 1.0 for a in accuracies) and accuracies[-1] >= 0.9
     assert len(list((out / "checkpoints").iterdir())) == 2  # keep_checkpoints
 
 

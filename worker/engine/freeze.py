@@ -1,18 +1,26 @@
 """Which parameters train, per epoch: the `FreezePlan`.
 
 A model is seen as an ordered list of blocks, bottom to top, the last one always "head":
-- hf:          embeddings, layer.0 .. layer.N-1, head (pooler / pre_classifier + classifier)
+- hf:          embeddings, layer.0 .. layer.N-1, [pooler / pre_classifier / classifier.dense], head
 - resnet:      stem (conv1, bn1), layer1 .. layer4, head (fc)
-- vit:         stem (conv_proj, class_token, pos_embedding), layer.0 .. layer.N-1, head (ln, heads)
-- features:    features.0 .. features.N (vgg, alexnet, mobilenet, efficientnet, convnext, densenet)
+- vit:         stem (conv_proj, class_token, pos_embedding), layer.0 .. layer.N-1 (the last with
+               the final LayerNorm), head
+- features:    features.0 .. features.N (vgg, alexnet, mobilenet, efficientnet, convnext,
+               densenet), then the classifier's hidden layers (alexnet/vgg classifier.1 and
+               classifier.4 -- fc6 and fc7 --, mobilenet_v3 classifier.0), head
 - smallcnn:    stem, stage1, stage2, head
 
+The head block is the new output layer and nothing else (plus its optional `hidden` layer), so
+head_only is a true linear probe on every architecture: pretrained layers between the body and
+the output layer (BERT's pooler, AlexNet's fc6/fc7) are blocks of their own at the top of the
+body, where last_k reaches them first. A parameter no rule claims becomes such a block, named
+after its module; a normalisation layer joins the block before it (a norm alone is no layer).
+
 Strategies pick trainable blocks (full, head_only, last_k, gradual, lp_ft) or parameters
-(patterns; lora: the adapters models.apply_lora injected, plus the whole head block, pooler
-included, as head_only trains it). `FreezePlan.apply(model, epoch)` sets ``requires_grad`` and
-keeps frozen BatchNorm layers in eval mode, so their running statistics stay those of the
-pretrained model even though the rest of the network is in train mode. Call it after every
-``model.train()``.
+(patterns; lora: the adapters models.apply_lora injected, plus the head block).
+`FreezePlan.apply(model, epoch)` sets ``requires_grad`` and keeps frozen BatchNorm layers in
+eval mode, so their running statistics stay those of the pretrained model even though the
+rest of the network is in train mode. Call it after every ``model.train()``.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from torch import nn
 from tunefleet.v1 import job_pb2, spec_pb2
 from tunefleet.worker.engine.errors import InvalidJobInput
 from tunefleet.worker.engine.events import render_table
-from tunefleet.worker.engine.models import is_lora_param
+from tunefleet.worker.engine.models import find_torchvision_head, is_lora_param
 
 STRATEGIES = ("full", "head_only", "last_k", "patterns", "gradual", "lp_ft", "lora")
 DYNAMIC_STRATEGIES = ("gradual", "lp_ft")
@@ -45,22 +53,69 @@ class Block:
 
 
 def model_blocks(model: nn.Module, kind: str, head_path: str = "") -> list[Block]:
-    """The model's blocks, bottom to top; the last is the head."""
-    names = [n for n, _ in model.named_parameters()]
+    """The model's blocks, bottom to top; the last is the head (the new output layer).
+
+    ``head_path`` is the new output layer's module path; without it (older callers, plain
+    models) the output layer is found as models find it (`classifier`, `fc`, ...).
+    """
+    head_path = head_path or _default_head_path(model, kind)
+    in_head = _prefix(head_path)
     rules = _hf_rules(model) if kind == "hf" else _vision_rules(model, head_path)
+    modules = dict(model.named_modules())
     assigned: dict[str, list[str]] = {name: [] for name, _ in rules}
     assigned[HEAD] = []
-    for pname in names:
-        block = next((name for name, match in rules if match(pname)), HEAD)
+    last = None  # the block the previous parameter went to
+    for pname in (n for n, _ in model.named_parameters()):
+        block = next((name for name, match in rules if match(pname)), None)
+        if block is None and in_head(pname):
+            block = HEAD
+        if block is None:
+            owner = pname.rpartition(".")[0]
+            if _is_norm(modules.get(owner)) and last not in (None, HEAD):
+                block = last  # a final LayerNorm belongs to the layer below it
+            elif isinstance(modules.get(owner), nn.Embedding) and rules:
+                block = rules[0][0]  # e.g. MPNet's relative position table: an embedding
+            else:
+                block = _leftover_name(owner, model, kind)
+                assigned.setdefault(block, [])
         assigned[block].append(pname)
+        last = block
     numels = {n: p.numel() for n, p in model.named_parameters()}
 
     def block(name: str, params: list[str]) -> Block:
         sizes = tuple(numels[p] for p in params)
         return Block(name, tuple(params), sum(sizes), sizes)
 
+    # Rule blocks bottom to top, then the unclaimed layers, which sit between the body and the
+    # output layer (registration order is not forward order: XLM-R registers its classifier
+    # before its encoder).
     blocks = [block(name, params) for name, params in assigned.items() if params and name != HEAD]
     return blocks + [block(HEAD, assigned[HEAD])]
+
+
+def _default_head_path(model: nn.Module, kind: str) -> str:
+    if kind == "hf":
+        classifier = getattr(model, "classifier", None)
+        if isinstance(getattr(classifier, "out_proj", None), nn.Module):
+            return "classifier.out_proj"
+        return "classifier"
+    return find_torchvision_head(model)[0]
+
+
+def _is_norm(module: nn.Module | None) -> bool:
+    return module is not None and (
+        isinstance(module, _NORM_LAYERS) or "norm" in type(module).__name__.lower()
+    )
+
+
+def _leftover_name(owner: str, model: nn.Module, kind: str) -> str:
+    """The block of a parameter no rule claims: BERT's `pooler`, DistilBERT's `pre_classifier`,
+    RoBERTa's `classifier.dense`, AlexNet's `classifier.1`; inside a Hugging Face base model,
+    the module right under it (ALBERT's shared `encoder`)."""
+    prefix = getattr(model, "base_model_prefix", "") if kind == "hf" else ""
+    if prefix and owner.startswith(prefix + "."):
+        return owner[len(prefix) + 1 :].split(".")[0]
+    return owner or "params"
 
 
 def _prefix(path: str) -> Callable[[str], bool]:
@@ -258,7 +313,11 @@ class FreezePlan:
         total = sum(b.numel for b in self.blocks)
         train = self.trainable_numel(model, 0)
         share = 100.0 * train / total if total else 0.0
-        header = f"freeze plan: strategy {self.strategy}; trainable at start {train:,} of {total:,} params ({share:.1f}%)"
+        shown = f"{share:.2g}" if 0 < share < 1 else f"{share:.1f}"  # a probe is 0.02%, not 0.0%
+        header = (
+            f"freeze plan: strategy {self.strategy}; trainable at start {train:,} of {total:,} "
+            f"params ({shown}%)"
+        )
         return header + "\n" + render_table(("block", "params", "trainable"), self.rows())
 
     def report(self, model: nn.Module) -> job_pb2.Report:

@@ -4,12 +4,16 @@
 optimizer step ``t`` (1-based: the first update uses ``multiplier(1)``). Scaling all groups by
 the same factor keeps layerwise lr decay and ``lr_groups`` ratios intact across the schedule.
 
-Formulas (T = total optimizer steps, W = warmup steps):
-- warmup (any schedule), t <= W:  t / W          (lr0/W at the first step, lr0 at step W)
+Formulas (T = total optimizer steps, W = warmup steps, c = t - 1 the steps already taken):
+- warmup (any schedule), c < W:   c / W          (0 at the first step, as transformers does)
 - constant:                       1
-- linear:   1 - (t-W-1)/(T-W)     (lr_t = lr0 - (t-1)*lr0/T when W = 0)
-- cosine:   f + (1-f) * (1 + cos(pi * (t-W-1)/(T-W))) / 2,  f = min_lr / lr0
-- step:     gamma ** ((t-W-1) // step_size)
+- linear:   (T - c) / (T - W)     (lr_t = lr0 - (t-1)*lr0/T when W = 0: the method's formula)
+- cosine:   f + (1-f) * (1 + cos(pi * (c-W)/(T-W))) / 2,  f = min_lr / lr0
+- step:     gamma ** ((c-W) // step_size)
+
+These are transformers' get_{constant,linear,cosine}_schedule_with_warmup step for step (the
+tests compare against them), so a job and an HF Trainer run see the same learning rates;
+``warmup_ratio`` rounds up, as TrainingArguments.get_warmup_steps does.
 """
 
 from __future__ import annotations
@@ -42,10 +46,11 @@ class LrSchedule:
     def multiplier(self, t: int) -> float:
         """The lr factor for optimizer step t (1-based)."""
         w = min(self.warmup_steps, self.total_steps)
-        if w > 0 and t <= w:
-            return t / w
+        c = t - 1  # optimizer steps already taken
+        if c < w:
+            return c / w
         decay_steps = max(self.total_steps - w, 1)
-        k = t - w - 1  # steps taken since the warmup ended (0 at the first post-warmup step)
+        k = c - w  # steps taken since the warmup ended (0 at the first post-warmup step)
         if self.name == "constant":
             return 1.0
         if self.name == "linear":
@@ -65,7 +70,7 @@ class LrSchedule:
 def build_schedule(spec: spec_pb2.ScheduleSpec, *, base_lr: float, total_steps: int) -> LrSchedule:
     """The schedule of a resolved ScheduleSpec for a run of ``total_steps`` optimizer steps."""
     if spec.HasField("warmup_ratio") and spec.warmup_ratio > 0:
-        warmup = round(spec.warmup_ratio * total_steps)
+        warmup = math.ceil(spec.warmup_ratio * total_steps)
     else:
         warmup = spec.warmup_steps
     min_ratio = spec.min_lr / base_lr if base_lr > 0 else 0.0

@@ -430,7 +430,7 @@ class TrainingRun:
 
             for batch in loader:
                 with acc.accumulate(self.model):
-                    loss = self._loss(self.model, batch)
+                    loss, logits = self._loss(self.model, batch)
                     acc.backward(loss)
                     if acc.sync_gradients and max_norm > 0:
                         acc.clip_grad_norm_(self.model.parameters(), max_norm)
@@ -438,6 +438,9 @@ class TrainingRun:
                     self.optimizer.zero_grad(set_to_none=True)
                 s.batch_in_epoch += 1
                 self._window_loss += loss.detach().float()
+                # Training accuracy from the logits this step computed anyway; summed on
+                # the device, read once per log (no host sync per step).
+                self._window_correct += (logits.detach().argmax(-1) == batch["labels"]).sum()
                 self._window_batches += 1
                 self._window_samples += len(batch["labels"])
                 if not acc.sync_gradients:
@@ -536,24 +539,30 @@ class TrainingRun:
         self.plan.apply(self.unwrapped, epoch)
         self.features.set_modes(epoch)
 
-    def _loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _loss(
+        self, model: nn.Module, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean cross-entropy, logits) of one micro-batch."""
         if self._inject_oom_at and len(batch["labels"]) >= self._inject_oom_at:
             raise torch.OutOfMemoryError(
                 f"{INJECT_OOM_ENV}: injected out of memory at micro-batch {len(batch['labels'])}"
             )
-        return F.cross_entropy(self.features.logits(model, batch).float(), batch["labels"])
+        logits = self.features.logits(model, batch).float()
+        return F.cross_entropy(logits, batch["labels"]), logits
 
     # ------------------------------------------------------------------ metrics
 
     def _reset_window(self) -> None:
         device = self.accelerator.device
         self._window_loss = torch.zeros((), device=device)
+        self._window_correct = torch.zeros((), device=device, dtype=torch.long)
         self._window_batches = 0
         self._window_samples = 0
         self._window_start = time.perf_counter()
 
     def _log_train(self) -> None:
-        """Emit the mean loss since the last log over all processes, lr, throughput."""
+        """Emit the mean loss and training accuracy since the last log over all processes, the
+        lrs and throughput."""
         acc, s = self.accelerator, self.state
         elapsed = time.perf_counter() - self._window_start
         stats = torch.stack(
@@ -561,11 +570,11 @@ class TrainingRun:
                 self._window_loss,
                 torch.tensor(float(self._window_batches), device=acc.device),
                 torch.tensor(float(self._window_samples), device=acc.device),
+                self._window_correct.float(),
             ]
         )
-        stats = acc.reduce(stats, reduction="sum")
-        loss = (stats[0] / stats[1].clamp(min=1)).item()
-        samples = stats[2].item()
+        loss_sum, batches, samples, correct = acc.reduce(stats, reduction="sum").tolist()
+        loss = loss_sum / max(batches, 1.0)
         s.train_samples += samples
         s.train_time_s += elapsed
         lrs = self._step_lrs
@@ -579,6 +588,7 @@ class TrainingRun:
                 lr=next(iter(lrs.values())),
                 lr_groups=lrs,
                 samples_per_s=samples / elapsed if elapsed > 0 else 0.0,
+                values={"accuracy": correct / samples} if samples else None,
             )
         )
         self._reset_window()

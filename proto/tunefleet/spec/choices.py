@@ -7,7 +7,10 @@ TEXT_DATA_SOURCES = ("hf", "csv", "jsonl", "parquet")
 IMAGE_DATA_SOURCES = ("torchvision", "imagefolder")
 TORCHVISION_DATASETS = ("FashionMNIST", "MNIST", "CIFAR10", "CIFAR100")
 AUGMENT = ("none", "light", "strong")
-HEAD_INIT = ("normal", "default")
+HEAD_INIT = ("auto", "normal", "default")
+HEAD_BIAS_INIT = ("zeros", "normal")
+# head.init normal without init_std: the std of the weights (the seed method's scale).
+HEAD_INIT_STD = 0.01
 STRATEGIES = ("full", "head_only", "last_k", "patterns", "gradual", "lp_ft", "lora")
 FEATURE_CACHE = ("auto", "off")
 UNSUPPORTED_STRATEGIES: tuple[str, ...] = ()

@@ -30,9 +30,14 @@ def resolve_defaults(spec: spec_pb2.JobSpec) -> spec_pb2.JobSpec:
 
     _default_str(s.model, "init", "pretrained")
     head = s.model.head
-    _default_str(head, "init", "normal")
-    _default(head, "init_std", 0.01)
-    _default(head, "dropout", 0.0)
+    # An explicit init_std asks for a normal init; otherwise the model's own recipe. Dropout
+    # stays unset ("the model's own"): a default of 0 would silently remove BERT's.
+    _default_str(head, "init", "normal" if head.HasField("init_std") else "auto")
+    if head.init == "normal":
+        _default(head, "init_std", C.HEAD_INIT_STD)
+    _default_str(head, "bias_init", "zeros")
+    if head.bias_init == "normal":
+        _default(head, "bias_std", head.init_std if head.HasField("init_std") else C.HEAD_INIT_STD)
     _default(head, "hidden", 0)
 
     d = s.data

@@ -68,16 +68,20 @@ class ModelSpec(_message.Message):
     def __init__(self, source: _Optional[str] = ..., name: _Optional[str] = ..., num_labels: _Optional[int] = ..., labels: _Optional[_Iterable[str]] = ..., weights: _Optional[str] = ..., checkpoint: _Optional[str] = ..., job: _Optional[str] = ..., revision: _Optional[str] = ..., head: _Optional[_Union[HeadSpec, _Mapping]] = ..., init: _Optional[str] = ...) -> None: ...
 
 class HeadSpec(_message.Message):
-    __slots__ = ("init", "init_std", "dropout", "hidden")
+    __slots__ = ("init", "init_std", "dropout", "hidden", "bias_init", "bias_std")
     INIT_FIELD_NUMBER: _ClassVar[int]
     INIT_STD_FIELD_NUMBER: _ClassVar[int]
     DROPOUT_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_FIELD_NUMBER: _ClassVar[int]
+    BIAS_INIT_FIELD_NUMBER: _ClassVar[int]
+    BIAS_STD_FIELD_NUMBER: _ClassVar[int]
     init: str
     init_std: float
     dropout: float
     hidden: int
-    def __init__(self, init: _Optional[str] = ..., init_std: _Optional[float] = ..., dropout: _Optional[float] = ..., hidden: _Optional[int] = ...) -> None: ...
+    bias_init: str
+    bias_std: float
+    def __init__(self, init: _Optional[str] = ..., init_std: _Optional[float] = ..., dropout: _Optional[float] = ..., hidden: _Optional[int] = ..., bias_init: _Optional[str] = ..., bias_std: _Optional[float] = ...) -> None: ...
 
 class DataSpec(_message.Message):
     __slots__ = ("source", "name", "root", "train", "eval", "text_column", "text_pair_column", "label_column", "max_length", "classes", "augment", "download", "num_workers", "image_size", "limit_train", "limit_eval", "config")
