@@ -13,6 +13,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from jobfiles import make_sentiment_csv
 
 from tunefleet.spec import prepare
 from tunefleet.worker.engine import cifar, models
@@ -118,9 +119,7 @@ def test_old_yaml_with_eval_test_validates_on_the_test_split_as_before(tmp_path)
 
 
 def test_csv_test_file_is_read_with_the_train_label_space(tmp_path, bert_dir, text_spec):
-    from conftest import make_csv
-
-    train, evl, test = (make_csv(tmp_path / f"{n}.csv", k, s) for n, k, s in
+    train, evl, test = (make_sentiment_csv(tmp_path / f"{n}.csv", k, s) for n, k, s in
                         (("train", 24, 0), ("eval", 8, 1), ("test", 10, 2)))  # fmt: skip
     spec = text_spec(bert_dir, (train, evl), data={"test": str(test)})
     bundle = load(spec)
@@ -203,9 +202,7 @@ def test_torchvision_job_picks_on_validation_and_reports_test_apart(tmp_path, ev
 
 
 def test_csv_job_with_a_test_file_reports_test_metrics(tmp_path, bert_dir, text_spec, events):
-    from conftest import make_csv
-
-    train, evl, test = (make_csv(tmp_path / f"{n}.csv", k, s) for n, k, s in
+    train, evl, test = (make_sentiment_csv(tmp_path / f"{n}.csv", k, s) for n, k, s in
                         (("train", 24, 0), ("eval", 8, 1), ("test", 10, 2)))  # fmt: skip
     spec = text_spec(bert_dir, (train, evl), data={"test": str(test)})
     result = run_job(spec, tmp_path / "out", events)

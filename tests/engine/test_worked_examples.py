@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from jobfiles import FILLER, WORDS
 from test_model_selection import make_cifar10
 
 from tunefleet.client.cli import main
@@ -128,7 +129,6 @@ def make_sst2(folder: Path) -> Path:
     """GLUE SST-2's layout and columns, saved as the hub's `datasets` save it; the test split
     has no labels (-1), as on the hub."""
     import datasets
-    from conftest import FILLER, NEG, POS
 
     rng = np.random.default_rng(0)
     features = datasets.Features(
@@ -142,7 +142,9 @@ def make_sst2(folder: Path) -> Path:
     def split(n: int, labelled: bool = True) -> datasets.Dataset:
         rows = {"sentence": [], "label": [], "idx": []}
         for i in range(n):
-            words = list(rng.choice(FILLER, 4)) + list(rng.choice(POS if i % 2 else NEG, 2))
+            words = list(rng.choice(FILLER, 4)) + list(
+                rng.choice(WORDS["pos"] if i % 2 else WORDS["neg"], 2)
+            )
             rows["sentence"].append(" ".join(words))
             rows["label"].append(i % 2 if labelled else -1)
             rows["idx"].append(i)
