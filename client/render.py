@@ -35,6 +35,7 @@ __all__ = [
     "render_job",
     "render_reports",
     "render_summary",
+    "summary_lines",
     "workers_table",
 ]
 
@@ -73,6 +74,29 @@ def format_values(values: Mapping[str, float]) -> str:
     first = [k for k in ("accuracy", "macro_f1", "loss") if k in values]
     keys = first + sorted(k for k in values if k not in first)
     return " ".join(f"{k} {_num(values[k])}" for k in keys)
+
+
+# Summary keys by role: the validation set's figures at the chosen checkpoint, and the
+# test set's, evaluated once on the exported model (see worker/engine/splits.py).
+SUMMARY_ROLES = (("eval_", "validation"), ("test_", "test"))
+
+
+def summary_lines(summary: Mapping[str, float]) -> list[str]:
+    """The job summary as lines: its other figures, then validation, then test."""
+    by_role: dict[str, dict[str, float]] = {}
+    rest = {}
+    for key, value in summary.items():
+        prefix = next((p for p, _ in SUMMARY_ROLES if key.startswith(p)), None)
+        if prefix is None:
+            rest[key] = value
+        else:
+            by_role.setdefault(prefix, {})[key[len(prefix) :]] = value
+    lines = [f"metrics: {format_values(rest)}"] if rest else []
+    for prefix, role in SUMMARY_ROLES:
+        if prefix in by_role:
+            note = " (best checkpoint)" if role == "validation" and "best_step" in rest else ""
+            lines.append(f"{role}{note}: {format_values(by_role[prefix])}")
+    return lines
 
 
 def format_metrics(m: Metrics) -> str:
@@ -180,14 +204,14 @@ class EventRenderer:
         m: Metrics = event.payload  # type: ignore[assignment]
         if m.phase == "eval":
             self.last_eval = dict(m.values)
-        else:
+        elif m.phase != "test":
             self.last_train = m
         if self.live:
             self._update_bar(m)
-            if m.phase == "eval":
+            if m.phase in ("eval", "test"):
                 self.print(Text(format_metrics(m), style="green"))
             return
-        if m.phase == "eval":
+        if m.phase in ("eval", "test"):
             self._flush_pending_train()
             self.print(format_metrics(m))
             return
@@ -270,7 +294,8 @@ def render_summary(
     duration_s: float | None = None,
     title: str = "",
 ) -> None:
-    """The closing block: final state, reason, best metrics, artifact paths."""
+    """The closing block: final state, reason, metrics (validation and test apart),
+    artifact paths."""
     head = Text(state.value, style=STATE_STYLES.get(state, ""))
     if title:
         head.append(f" {title}")
@@ -279,8 +304,8 @@ def render_summary(
     console.print(head, highlight=False)
     if reason:
         console.print(Text(f"  reason: {reason}"), highlight=False)
-    if summary:
-        console.print(Text(f"  metrics: {format_values(summary)}"), highlight=False)
+    for line in summary_lines(summary or {}):
+        console.print(Text(f"  {line}"), highlight=False)
     if artifacts:
         console.print("  artifacts:", highlight=False)
         width = max(len(k) for k in artifacts)
@@ -335,8 +360,8 @@ def render_job(console: Console, job: Job) -> None:
     for k, v in rows:
         table.add_row(k, v if isinstance(v, Text) else Text(v))
     console.print(table)
-    if job.summary:
-        console.print(Text(f"metrics: {format_values(job.summary)}"), highlight=False)
+    for line in summary_lines(job.summary):
+        console.print(Text(line), highlight=False)
     if job.artifacts:
         console.print("artifacts:")
         width = max(len(k) for k in job.artifacts)

@@ -106,6 +106,10 @@ class JobMember:
         )
 
 
+def _with_prefix(summary: dict[str, float], prefix: str) -> dict[str, float]:
+    return {k[len(prefix) :]: v for k, v in summary.items() if k.startswith(prefix)}
+
+
 @dataclass(frozen=True)
 class Job:
     """A job as the coordinator last reported it."""
@@ -143,6 +147,18 @@ class Job:
 
     def is_terminal(self) -> bool:
         return self.state.is_terminal()
+
+    @property
+    def validation_metrics(self) -> dict[str, float]:
+        """The validation set's figures (accuracy, macro_f1, loss) at the checkpoint they
+        chose: `eval_*` in `summary`. Optimistic by construction; see `test_metrics`."""
+        return _with_prefix(self.summary, "eval_")
+
+    @property
+    def test_metrics(self) -> dict[str, float]:
+        """The test set's figures for the exported model, evaluated once after training:
+        `test_*` in `summary`; empty when the job has no test set."""
+        return _with_prefix(self.summary, "test_")
 
     @property
     def duration_s(self) -> float | None:
@@ -202,7 +218,8 @@ class LogLine:
 
 @dataclass(frozen=True)
 class Metrics:
-    """Training progress (phase "train") or evaluation results (phase "eval", in `values`)."""
+    """Training progress (phase "train"), or results in `values`: the validation set's
+    (phase "eval", each evaluation) or the test set's (phase "test", once, at the end)."""
 
     phase: str
     step: int

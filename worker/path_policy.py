@@ -63,13 +63,13 @@ def spec_paths(spec: spec_pb2.JobSpec, cwd: Path) -> Iterator[tuple[str, str]]:
     if m.checkpoint:
         yield "model.checkpoint", m.checkpoint
     if d.source in ("csv", "jsonl", "parquet"):
-        for name in ("train", "eval"):
+        for name in ("train", "eval", "test"):
             if getattr(d, name):
                 yield f"data.{name}", getattr(d, name)
     if d.source in ("torchvision", "imagefolder") and d.root:
         yield "data.root", d.root
         if d.source == "imagefolder":  # sub folders of root, joined by the engine
-            for name in ("train", "eval"):
+            for name in ("train", "eval", "test"):
                 if getattr(d, name):
                     yield f"data.{name}", os.path.join(d.root, getattr(d, name))
     if d.source == "hf" and local_name(d.name):

@@ -8,6 +8,7 @@ its way to the coordinator, so it writes them once more here, into OUT_DIR/tenso
     train/loss, train/accuracy, train/lr, train/samples_per_s, train/epoch   (every log step)
     train/lr/GROUP                                           (when groups' lrs differ)
     eval/loss, eval/accuracy, eval/macro_f1, ...             (phase "eval", each evaluation)
+    test/loss, test/accuracy, test/macro_f1                  (phase "test", once, at the end)
 
 Only the `tensorboard` package is needed (the worker extra has it), not torch; without it
 the writer does nothing and says so once. A write that fails (a full disk) is logged and

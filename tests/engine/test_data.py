@@ -349,8 +349,9 @@ def test_augment_presets_keep_shapes(fake_fashion_mnist, tmp_path, augment):
         bundle = load_data(spec, Task(kind="image", image_size=size, in_channels=3))
         batch = bundle.collate([bundle.train[i] for i in range(8)])
         assert batch["pixel_values"].shape == (8, 3, size, size)
-        assert bundle.eval[0]["pixel_values"].shape == (3, size, size)  # test split by default
-        assert len(bundle.eval) == 10
+        assert bundle.eval[0]["pixel_values"].shape == (3, size, size)  # carved from train
+        assert bundle.test[0]["pixel_values"].shape == (3, size, size)  # the test split
+        assert (len(bundle.train), len(bundle.eval), len(bundle.test)) == (18, 2, 10)
     assert is_deterministic(spec) == (augment == "none")
     if augment != "none":  # random: two reads of the same example differ
         assert not torch.equal(bundle.train[0]["pixel_values"], bundle.train[0]["pixel_values"])

@@ -60,6 +60,7 @@ def test_paths_inside_the_roots_pass(roots, tmp_path):
     [
         ("data__train", "{outside}/secret.csv"),
         ("data__eval", "{allowed}/data/../../outside/secret.csv"),
+        ("data__test", "{outside}/secret.csv"),  # the test set is read like train
         ("model__name", "{outside}"),
         ("model__checkpoint", "/etc/passwd"),
         ("output__dir", "{allowed}/../outside/run"),

@@ -1,4 +1,5 @@
-"""Datasets for the engine: a resolved `DataSpec` in, train/eval datasets and a collate out.
+"""Datasets for the engine: a resolved `DataSpec` in, train/validation/test datasets and a
+collate out (which split plays which role: splits.py).
 
 `load_data(spec, task)` reads every source the spec allows (csv, jsonl, parquet, hf,
 torchvision, imagefolder), turns labels into ids 0..N-1, applies `data.classes` and the
@@ -40,6 +41,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from tunefleet.worker.engine import cifar, splits
 from tunefleet.worker.engine.errors import InvalidJobInput
 
 TEXT_SOURCES = ("csv", "jsonl", "parquet", "hf")
@@ -70,6 +72,8 @@ class DataBundle:
     label_names: list[str]
     num_labels: int
     num_workers: int = 0  # data.num_workers, for the trainer's DataLoaders
+    test: torch.utils.data.Dataset | None = None  # evaluated once, after training
+    notes: list[str] = field(default_factory=list)  # for the job's log (where validation is from)
 
 
 def is_deterministic(spec) -> bool:
@@ -210,60 +214,6 @@ def _build_label_space(
     return _LabelSpace(names=names, index=index, size=len(names))
 
 
-def _select(
-    space: _LabelSpace, spec, train_ids: np.ndarray, eval_ids: np.ndarray | None
-) -> tuple[list[str], int, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """Apply data.classes and the limits; return names, size, kept rows and their new ids."""
-    d, m = spec.data, spec.model
-    names, size = list(space.names), space.size
-    train_rows = np.arange(len(train_ids))
-    eval_rows = np.arange(len(eval_ids)) if eval_ids is not None else None
-    if d.classes:
-        classes = list(d.classes)
-        bad = [c for c in classes if not 0 <= c < size]
-        if bad:
-            raise InvalidJobInput(
-                f"data.classes: class id(s) {bad} out of range; the data has {size} classes "
-                f"(0..{size - 1})"
-            )
-        if len(set(classes)) != len(classes):
-            raise InvalidJobInput(f"data.classes: {classes} lists a class twice")
-        remap = np.full(size, -1, dtype=np.int64)
-        remap[classes] = np.arange(len(classes))
-        names = list(m.labels) if m.labels else [names[c] for c in classes]
-        if len(names) != len(classes):
-            raise InvalidJobInput(
-                f"model.labels: {len(names)} names for the {len(classes)} classes in data.classes"
-            )
-        size = len(classes)
-        train_ids = remap[train_ids]
-        train_rows = np.flatnonzero(train_ids >= 0)
-        if eval_ids is not None:
-            eval_ids = remap[eval_ids]
-            eval_rows = np.flatnonzero(eval_ids >= 0)
-    if m.HasField("num_labels") and m.num_labels > 0:
-        if m.num_labels < size:
-            raise InvalidJobInput(
-                f"model.num_labels: {m.num_labels} is smaller than the {size} classes in the data"
-            )
-        names += [str(i) for i in range(size, m.num_labels)]
-        size = m.num_labels
-    if d.limit_train > 0:
-        train_rows = train_rows[: d.limit_train]
-    if eval_rows is not None and d.limit_eval > 0:
-        eval_rows = eval_rows[: d.limit_eval]
-    if len(train_rows) == 0:
-        raise InvalidJobInput(
-            f"data.classes: no training example has one of the classes {list(d.classes)}"
-        )
-    if eval_rows is not None and len(eval_rows) == 0:
-        raise InvalidJobInput(
-            f"data.classes: no eval example has one of the classes {list(d.classes)}"
-        )
-    eval_ids = None if eval_ids is None else eval_ids[eval_rows]
-    return names, size, train_rows, train_ids[train_rows], eval_rows, eval_ids
-
-
 # --------------------------------------------------------------------------- tables
 
 
@@ -343,7 +293,7 @@ def _load_hf_split(spec, split: str, which: str = "train"):
                 obj = obj[split]
             elif which != "train":
                 raise InvalidJobInput(
-                    f"data.eval: {name} holds a single split (saved from a Dataset, not a "
+                    f"data.{which}: {name} holds a single split (saved from a Dataset, not a "
                     "DatasetDict); it can only be the train split"
                 )
             return obj, where
@@ -373,7 +323,7 @@ def _hf_table(ds, where: str) -> _Table:
 
 def _read_split(spec, which: str) -> _Table:
     d = spec.data
-    target = d.train if which == "train" else d.eval
+    target = getattr(d, which)  # train | eval | test
     if d.source == "hf":
         ds, where = _load_hf_split(spec, target or "train", which)
         table = _hf_table(ds, where)
@@ -470,11 +420,14 @@ def _load_text(spec, task: Task) -> DataBundle:
     d = spec.data
     text_col, pair_col, label_col = d.text_column or "text", d.text_pair_column, d.label_column
     label_col = label_col or "label"
-    train = _read_split(spec, "train")
-    evl = _read_split(spec, "eval") if d.eval else None
+    tables = {"train": _read_split(spec, "train")}
+    if d.eval:
+        tables["eval"] = _read_split(spec, "eval")
+    if splits.test_source(d):
+        tables["test"] = _read_split(spec, "test")
 
     raw: dict[str, dict[str, list]] = {}
-    for name, table in [("train", train)] + ([("eval", evl)] if evl else []):
+    for name, table in tables.items():
         raw[name] = {
             "text": table.column(text_col, "data.text_column"),
             "label": table.column(label_col, "data.label_column"),
@@ -482,23 +435,28 @@ def _load_text(spec, task: Task) -> DataBundle:
         if pair_col:
             raw[name]["pair"] = table.column(pair_col, "data.text_pair_column")
 
+    train = tables["train"]
     space = _build_label_space(
         raw["train"]["label"], spec=spec, where=train.where, column=label_col,
         class_names=train.class_names.get(label_col),
     )  # fmt: skip
-    train_ids = space.encode(raw["train"]["label"], where=train.where, column=label_col)
-    eval_ids = (
-        space.encode(raw["eval"]["label"], where=evl.where, column=label_col) if evl else None
-    )
-    names, size, tr_rows, tr_ids, ev_rows, ev_ids = _select(space, spec, train_ids, eval_ids)
+    ids = {
+        name: space.encode(raw[name]["label"], where=table.where, column=label_col)
+        for name, table in tables.items()
+    }
+    names, size, parts = splits.select(space.names, space.size, spec, ids)
 
     max_length = d.max_length if d.HasField("max_length") and d.max_length > 0 else 128
 
-    def build(cols, rows, ids):
-        texts = [cols["text"][i] for i in rows]
-        pairs = [cols["pair"][i] for i in rows] if pair_col else None
+    def build(role: str) -> TokenizedTextDataset | None:
+        if role not in parts:
+            return None
+        part = parts[role]
+        cols = raw[part.table]
+        texts = [cols["text"][i] for i in part.rows]
+        pairs = [cols["pair"][i] for i in part.rows] if pair_col else None
         fields, offsets = _tokenize(task.tokenizer, texts, pairs, max_length)
-        return TokenizedTextDataset(fields, offsets, ids)
+        return TokenizedTextDataset(fields, offsets, part.ids)
 
     tok = task.tokenizer
     pad_id = tok.pad_token_id
@@ -511,11 +469,13 @@ def _load_text(spec, task: Task) -> DataBundle:
         padding_side=getattr(tok, "padding_side", "right"),
     )
     return DataBundle(
-        train=build(raw["train"], tr_rows, tr_ids),
-        eval=build(raw["eval"], ev_rows, ev_ids) if evl else None,
+        train=build("train"),
+        eval=build("eval"),
         collate=collate,
         label_names=names,
         num_labels=size,
+        test=build("test"),
+        notes=[splits.describe(d, parts, {k: t.where for k, t in tables.items()})],
     )
 
 
@@ -654,6 +614,13 @@ def _torchvision_split(spec, train: bool):
         )
     cls = getattr(torchvision.datasets, d.name)
     try:
+        if d.name in cifar.NAMES:  # read without torchvision's pickle.load (cifar.py)
+            if d.download:
+                cls(root=d.root, train=train, download=True)  # fetch and verify only
+            try:
+                return cifar.read(d.root, d.name, train)
+            except FileNotFoundError as e:
+                raise RuntimeError(f"missing {e.filename}") from e
         ds = cls(root=d.root, train=train, download=d.download)
     except RuntimeError as e:
         hint = ""
@@ -662,8 +629,9 @@ def _torchvision_split(spec, train: bool):
                 "; for the Debian package's gzipped files run "
                 "tunefleet.worker.engine.data.prepare_fashion_mnist_root(src_dir, root)"
             )
+        folder = getattr(cls, "base_folder", None) or f"{d.name}/raw"
         raise InvalidJobInput(
-            f"data.root: {d.name} not found under {d.root} (expected {d.root}/{d.name}/raw/... "
+            f"data.root: {d.name} not found under {d.root} (expected {d.root}/{folder}/... "
             f"as torchvision lays it out, or set data.download: true){hint}: {e}"
         ) from e
     data = torch.as_tensor(np.asarray(ds.data))
@@ -711,7 +679,7 @@ class _ImageSplit:
 
 def _image_split(spec, which: str, mode: str, known: list[str] | None = None) -> _ImageSplit:
     d = spec.data
-    name = d.train if which == "train" else d.eval
+    name = getattr(d, which)  # train | eval | test
     if d.source == "torchvision":
         split = name or ("train" if which == "train" else "test")
         if split not in ("train", "test"):
@@ -738,21 +706,35 @@ def _load_images(spec, task: Task) -> DataBundle:
         tr.labels, spec=spec, where=tr.where, column=tr.column, class_names=tr.class_names,
         describe=tr.describe, as_names=d.source == "imagefolder",
     )  # fmt: skip
-    tr_ids = space.encode(tr.labels, where=tr.where, column=tr.column, describe=tr.describe)
-    ev, ev_ids = None, None
-    if d.eval or d.source == "torchvision":  # torchvision always has its test split
-        ev = _image_split(spec, "eval", mode, known=list(space.index or ()))
-        ev_ids = space.encode(ev.labels, where=ev.where, column=ev.column, describe=ev.describe)
-    names, size, tr_rows, tr_ids, ev_rows, ev_ids = _select(space, spec, tr_ids, ev_ids)
+    found = {"train": tr}
+    if d.eval:
+        found["eval"] = _image_split(spec, "eval", mode, known=list(space.index or ()))
+    if splits.test_source(d):
+        found["test"] = _image_split(spec, "test", mode, known=list(space.index or ()))
+    ids = {
+        k: space.encode(x.labels, where=x.where, column=x.column, describe=x.describe)
+        for k, x in found.items()
+    }
+    names, size, parts = splits.select(space.names, space.size, spec, ids)
     augment = d.augment or "none"
     tr_tf = build_image_transform(task, augment=augment, train=True, native_size=tr.native)
     ev_tf = build_image_transform(task, augment="none", train=False, native_size=tr.native)
+
+    def build(role: str) -> ImageDataset | None:
+        if role not in parts:
+            return None
+        part = parts[role]
+        transform = tr_tf if role == "train" else ev_tf
+        return ImageDataset(found[part.table].get, part.rows, part.ids, transform)
+
     return DataBundle(
-        train=ImageDataset(tr.get, tr_rows, tr_ids, tr_tf),
-        eval=ImageDataset(ev.get, ev_rows, ev_ids, ev_tf) if ev is not None else None,
+        train=build("train"),
+        eval=build("eval"),
         collate=ImageCollator(),
         label_names=names,
         num_labels=size,
+        test=build("test"),
+        notes=[splits.describe(d, parts, {k: x.where for k, x in found.items()})],
     )
 
 

@@ -22,7 +22,7 @@ import contextlib
 import json
 import pickle
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -338,7 +338,17 @@ def model_kind(spec: spec_pb2.JobSpec) -> tuple[str, str]:
 
 
 def resolve_task(spec: spec_pb2.JobSpec) -> TaskInfo:
-    """The input format of the model: tokenizer (text) or image size/normalisation (images)."""
+    """The input format of the model: tokenizer (text) or image size/normalisation (images).
+
+    `data.mean`/`data.std`, when given, replace the model's normalisation; the exported
+    model records them, so inference and chained jobs normalise the same way."""
+    task = _model_task(spec)
+    if task.kind == "image" and spec.data.mean:
+        task = replace(task, mean=tuple(spec.data.mean), std=tuple(spec.data.std))
+    return task
+
+
+def _model_task(spec: spec_pb2.JobSpec) -> TaskInfo:
     kind, arch = model_kind(spec)
     if kind == "hf":
         name = spec.model.name

@@ -282,6 +282,8 @@ class TrainingRun:
         self.emit(report_message_event(self.plan.report(model)))
         for note in self.bundle.notes:
             self.emit(log_event(note))
+        for note in self.data.notes:  # which data validates and which tests (splits.py)
+            self.emit(log_event(note))
 
         # Static plans freeze before DDP wraps the model (it then ignores frozen parameters);
         # dynamic ones register everything and freeze after.
@@ -597,7 +599,7 @@ class TrainingRun:
         return self.spec.eval.metric or "accuracy"
 
     def evaluate(self) -> dict[str, float] | None:
-        """loss, accuracy and macro_f1 on the eval split, over all processes."""
+        """loss, accuracy and macro_f1 on the validation set, over all processes."""
         if self.eval_loader is None:
             return None
         acc = self.accelerator
@@ -711,6 +713,8 @@ class TrainingRun:
                 self.emit(log_event(f"exporting the best model (step {s.best_step})"))
             else:
                 self.emit(log_event(f"exporting the last model (step {s.global_step})"))
+            for key, value in (self._evaluate_test() or {}).items():
+                summary[f"test_{key}"] = value
             model = self.unwrapped.cpu().eval()
             if bundle.lora_targets:
                 # Exported models are plain: adapters folded into the weights they adapt.
@@ -749,6 +753,41 @@ class TrainingRun:
             )
         acc.wait_for_everyone()
         return EngineResult(artifacts=artifacts, summary=summary)
+
+    def _evaluate_test(self) -> dict[str, float] | None:
+        """The test set, once, on the model about to be exported; never used to choose it.
+
+        Main process only: it runs once, after training, with the weights only the main
+        process loaded (the best checkpoint's)."""
+        test = self.data.test
+        if test is None or len(test) == 0:
+            return None
+        loader = DataLoader(
+            test,
+            batch_size=self.spec.eval.batch_size or self.spec.train.batch_size,
+            shuffle=False,
+            collate_fn=self.data.collate,
+            num_workers=self.data.num_workers,
+        )
+        with self.accelerator.autocast():
+            metrics = evaluate_module(
+                self.unwrapped,
+                loader,
+                self.bundle.kind,
+                self.bundle.num_labels,
+                device=self.accelerator.device,
+            )
+        s = self.state
+        self.emit(
+            metrics_event(
+                "test",
+                step=s.global_step,
+                epoch=s.global_step / self.steps_per_epoch,
+                total_steps=self.total_steps,
+                values=metrics,
+            )
+        )
+        return metrics
 
     def _compress(
         self, model: nn.Module, export: Callable[[nn.Module, Path], None]
@@ -832,13 +871,16 @@ def classification_metrics(
 
 
 def evaluate_module(
-    module: nn.Module, loader: DataLoader, kind: str, num_labels: int
+    module: nn.Module, loader: DataLoader, kind: str, num_labels: int, *, device=None
 ) -> dict[str, float]:
-    """Plain single-process evaluation on CPU (compression evaluates modified copies)."""
+    """Plain single-process evaluation, on CPU unless `device` is given (compression
+    evaluates modified copies; the test set is evaluated once at the end)."""
     module.eval()
     losses, preds, labels = [], [], []
     with torch.no_grad():
         for batch in loader:
+            if device is not None:
+                batch = {k: v.to(device) for k, v in batch.items()}
             logits = _logits(module, batch, kind).float()
             losses.append(F.cross_entropy(logits, batch["labels"], reduction="none"))
             preds.append(logits.argmax(-1))

@@ -24,6 +24,22 @@ def default_lr(optimizer_name: str) -> float:
     return 0.01 if optimizer_name == "sgd" else 5e-5
 
 
+def default_validation_fraction(data: spec_pb2.DataSpec) -> float:
+    """torchvision datasets have only train and test: without data.eval, 10 % of train
+    becomes the validation set (6,000 of CIFAR-10's or Fashion-MNIST's training images, as
+    many as their test splits hold: enough that picking a checkpoint is not picking noise),
+    so the test split never picks the model. Elsewhere nothing is carved unless asked."""
+    return 0.1 if data.source == "torchvision" and not data.eval else 0.0
+
+
+def default_test(data: spec_pb2.DataSpec) -> str:
+    """torchvision: its test split, unless data.eval already names it (old YAMLs that chose
+    the model on it: the same figures are not reported twice as if independent)."""
+    if data.source != "torchvision":
+        return ""
+    return "none" if data.eval == "test" else "test"
+
+
 def resolve_defaults(spec: spec_pb2.JobSpec) -> spec_pb2.JobSpec:
     s = spec_pb2.JobSpec()
     s.CopyFrom(spec)
@@ -46,6 +62,10 @@ def resolve_defaults(spec: spec_pb2.JobSpec) -> spec_pb2.JobSpec:
     _default_str(d, "augment", "none")
     _default(d, "limit_train", 0)
     _default(d, "limit_eval", 0)
+    _default(d, "limit_test", 0)
+    _default(d, "validation_fraction", default_validation_fraction(d))
+    _default(d, "validation_seed", 0)
+    _default_str(d, "test", default_test(d))
     if d.source in ("hf", "imagefolder"):
         _default_str(d, "train", "train")
     if d.source in ("hf", "csv", "jsonl", "parquet"):

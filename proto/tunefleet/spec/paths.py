@@ -37,6 +37,7 @@ def resolve_paths(spec: spec_pb2.JobSpec, base_dir: str | Path) -> spec_pb2.JobS
     if d.source in ("csv", "jsonl", "parquet"):
         d.train = _abs(d.train, base)
         d.eval = _abs(d.eval, base)
+        d.test = _abs(d.test, base)
     if d.source in ("torchvision", "imagefolder"):
         d.root = _abs(d.root, base)
     if d.source == "hf" and d.name and looks_local(d.name):

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from tunefleet.spec import choices as C
-from tunefleet.spec.defaults import default_lr
+from tunefleet.spec.defaults import default_lr, default_validation_fraction
 from tunefleet.spec.errors import FieldError
 from tunefleet.spec.model_blocks import body_block_count
 from tunefleet.spec.paths import looks_local
@@ -157,6 +157,7 @@ def _data(c: _Check, spec, check_paths: bool) -> None:
             c.fail("data.train", f"required: the path of the training {d.source} file")
         c.file("data.train", d.train, check_paths=check_paths)
         c.file("data.eval", d.eval, check_paths=check_paths)
+        c.file("data.test", d.test, check_paths=check_paths)
     if d.source == "hf" and not d.name:
         c.fail("data.name", "required with source: hf (a dataset id such as glue)")
     if d.source == "torchvision":
@@ -181,6 +182,8 @@ def _data(c: _Check, spec, check_paths: bool) -> None:
     c.at_least(d, "image_size", "data.image_size", 8)
     c.at_least(d, "limit_train", "data.limit_train", 0)
     c.at_least(d, "limit_eval", "data.limit_eval", 0)
+    _data_roles(c, d)
+    _normalisation(c, d)
     if any(k < 0 for k in d.classes):
         c.fail("data.classes", "class ids must be >= 0")
     if len(set(d.classes)) != len(d.classes):
@@ -195,6 +198,46 @@ def _data(c: _Check, spec, check_paths: bool) -> None:
         c.fail(
             "data.source", f"{d.source} is text data but model.source torchvision is an image model"
         )
+
+
+def _data_roles(c: _Check, d) -> None:
+    """Validation (data.eval, or carved from train) and test must be different data."""
+    if d.source == "torchvision" and d.test:
+        c.choice("data.test", d.test, ("test", "none"))
+    if d.test and d.test != "none" and d.test == d.eval:
+        c.fail(
+            "data.test",
+            f"{d.test!r} is also data.eval, the validation set that picks the checkpoint; "
+            "the test set must be other data (or leave data.test out)",
+        )
+    c.within(d, "validation_fraction", "data.validation_fraction", 0.0, 1.0, high_open=True)
+    if d.eval and d.validation_fraction > 0:
+        c.fail(
+            "data.validation_fraction",
+            "carves validation from train, but data.eval already gives it; drop one of the two",
+        )
+    c.at_least(d, "validation_seed", "data.validation_seed", 0)
+    c.at_least(d, "limit_test", "data.limit_test", 0)
+
+
+def _normalisation(c: _Check, d) -> None:
+    if not (d.mean or d.std):
+        return
+    if d.source not in C.IMAGE_DATA_SOURCES:
+        c.fail("data.mean", "normalisation applies to image data only")
+        return
+    if not (d.mean and d.std):
+        given, missing = ("mean", "std") if d.mean else ("std", "mean")
+        c.fail(f"data.{missing}", f"required with data.{given}: give both or neither")
+        return
+    if len(d.mean) != len(d.std):
+        c.fail("data.std", f"give as many values as data.mean ({len(d.mean)}), got {len(d.std)}")
+    for name, values in (("mean", d.mean), ("std", d.std)):
+        if len(values) not in (1, 3):
+            c.fail(f"data.{name}", f"one value or one per channel (3), got {len(values)}")
+    for i, v in enumerate(d.std):
+        if not v > 0:
+            c.fail(f"data.std[{i}]", f"must be > 0, got {v:g}")
 
 
 def _finetune(c: _Check, spec) -> None:
@@ -340,9 +383,15 @@ def _eval(c: _Check, spec) -> None:
     c.at_least(e, "every_steps", "eval.every_steps", 0)
     c.at_least(e, "early_stopping_patience", "eval.early_stopping_patience", 0)
     c.at_least(e, "batch_size", "eval.batch_size", 1)
-    has_eval = bool(spec.data.eval) or spec.data.source == "torchvision"
-    if e.early_stopping_patience > 0 and not has_eval:
-        c.fail("eval.early_stopping_patience", "needs evaluation data (data.eval)")
+    d = spec.data
+    fraction = d.validation_fraction if d.HasField("validation_fraction") else None
+    if fraction is None:
+        fraction = default_validation_fraction(d)
+    if e.early_stopping_patience > 0 and not (d.eval or fraction > 0):
+        c.fail(
+            "eval.early_stopping_patience",
+            "needs a validation set (data.eval, or data.validation_fraction of train)",
+        )
 
 
 def _resources(c: _Check, r) -> None:
