@@ -162,7 +162,7 @@ def test_sst2_bert_example_reads_a_hub_layout_dataset_offline(tmp_path, capsys, 
     data = job["data"]
     assert (data["source"], data["name"], data["config"]) == ("hf", "glue", "sst2")
     assert (data["text_column"], data["eval"]) == ("sentence", "validation")
-    assert job["finetune"] == {"strategy": "last_k", "k": 1}
+    assert job["finetune"] == {"strategy": "last_k", "k": 2}  # layer 11 + pooler + new layer
     assert job["optimizer"] == {"name": "adamw", "lr": 2e-5, "eps": 1e-8, "weight_decay": 0.0}
     assert job["schedule"] == {"name": "linear", "warmup_steps": 0}
     assert (job["train"]["batch_size"], job["train"]["max_grad_norm"]) == (32, 1.0)

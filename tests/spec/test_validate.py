@@ -30,7 +30,7 @@ def job_dir(tmp_path):
     for split in ("train", "test"):
         (tmp_path / "data" / f"{split}.csv").write_text("text,label\nhello,a\n")
     (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "config.json").write_text(json.dumps({"num_hidden_layers": 6}))
+    (tmp_path / "model" / "config.json").write_text(json.dumps({"model_type": "bert", "num_hidden_layers": 6}))
     return tmp_path
 
 
@@ -91,7 +91,7 @@ def test_every_problem_reported_together(job_dir):
         "train.precision",
         "train.batch_size",
     }
-    assert "7 blocks" in errs["finetune.k"]
+    assert "8 blocks" in errs["finetune.k"]  # embeddings, 6 layers, the pooler
     assert "missing.csv" in errs["data.eval"]
     assert "unknown field" in errs["data.colour"]
     assert "quote it" in errs["train.precision"]
@@ -261,10 +261,10 @@ def test_last_k_checked_against_torchvision_block_counts(job_dir):
                 "name": "t",
                 "model": {"source": "torchvision", "name": "vgg11_bn"},
                 "data": {"source": "imagefolder", "root": str(job_dir)},
-                "finetune": {"strategy": "last_k", "k": 9},
+                "finetune": {"strategy": "last_k", "k": 11},  # 8 convs, fc6, fc7
             }
         )
-    assert {e.path: e.message for e in info.value.errors}["finetune.k"].startswith("9")
+    assert {e.path: e.message for e in info.value.errors}["finetune.k"].startswith("11")
 
 
 def test_prune_recovery_steps_are_accepted(job_dir):
