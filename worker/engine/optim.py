@@ -2,7 +2,10 @@
 
 One param group per (block, decay/no_decay): e.g. ``layer.5`` and ``layer.5.no_decay``. That
 gives three things in one place:
-- layerwise lr decay: lr of a block = lr * decay ** depth, depth counted from the top (head 0);
+- the new output layer at ``finetune.head_lr_scale`` x lr (default 10: a freshly drawn layer
+  needs larger steps than the pretrained ones under it; 1 for head_only, where it is alone);
+- layerwise lr decay: lr of a body block = lr * decay ** depth, depth counted from the top
+  (the top body block 1);
 - ``finetune.lr_groups``: parameters matching a regex get their own lr (first match wins), in
   groups named ``lr_group.<i>``;
 - no weight decay for biases and normalisation weights (1-d tensors, names with norm/bn/ln).
@@ -42,6 +45,7 @@ def build_param_groups(
 ) -> list[dict[str, Any]]:
     """Named param groups: each dict has name, params, lr, weight_decay."""
     base_lr = optimizer.lr
+    head_scale = finetune.head_lr_scale if finetune.HasField("head_lr_scale") else 1.0
     weight_decay = optimizer.weight_decay
     decay = finetune.layerwise_lr_decay if finetune.HasField("layerwise_lr_decay") else 1.0
     overrides = [(re.compile(g.pattern), g.lr) for g in finetune.lr_groups]
@@ -74,7 +78,8 @@ def build_param_groups(
             if match is not None:
                 add(f"lr_group.{match}", overrides[match][1], name)
             else:
-                add(block.name, base_lr * decay**depth, name)
+                scale = head_scale if depth == 0 else decay**depth
+                add(block.name, base_lr * scale, name)
     if not groups:
         raise InvalidJobInput("finetune: no trainable parameters for the optimizer")
     return list(groups.values())

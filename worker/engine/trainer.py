@@ -291,6 +291,10 @@ class TrainingRun:
         if not self.plan.dynamic:
             self.plan.apply(model, 0)
         groups = build_param_groups(model, self.plan, spec.finetune, spec.optimizer)
+        # Metrics report the job's lr as scheduled (optimizer.lr x the schedule), whatever
+        # group 0 is scaled by (the new layer's head_lr_scale); every group's in lr_groups.
+        lr0 = spec.optimizer.lr
+        self._group0_ratio = groups[0]["lr"] / lr0 if lr0 > 0 and groups[0]["lr"] > 0 else 1.0
         optimizer = build_optimizer(groups, spec.optimizer)
 
         self.sampler = EpochShuffleSampler(len(self.data.train), seed)
@@ -587,7 +591,7 @@ class TrainingRun:
                 epoch=s.global_step / self.steps_per_epoch,
                 total_steps=self.total_steps,
                 loss=loss,
-                lr=next(iter(lrs.values())),
+                lr=next(iter(lrs.values())) / self._group0_ratio,
                 lr_groups=lrs,
                 samples_per_s=samples / elapsed if elapsed > 0 else 0.0,
                 values={"accuracy": correct / samples} if samples else None,

@@ -288,6 +288,7 @@ def _finetune(c: _Check, spec) -> None:
     elif strategy == "lora":
         _lora(c, spec)
     c.within(f, "layerwise_lr_decay", "finetune.layerwise_lr_decay", 0.0, 1.0, low_open=True)
+    c.within(f, "head_lr_scale", "finetune.head_lr_scale", 0.0, 1000.0, low_open=True)
     c.choice("finetune.feature_cache", f.feature_cache, C.FEATURE_CACHE, required=False)
     for i, g in enumerate(f.lr_groups):
         if not g.pattern:
@@ -334,10 +335,11 @@ def _optimizer(c: _Check, o) -> None:
     c.at_least(o, "eps", "optimizer.eps", 0.0, strict=True)
 
 
-def _effective_lr(o) -> float:
+def _effective_lr(spec) -> float:
+    o = spec.optimizer
     if o.HasField("lr"):
         return o.lr
-    return default_lr(o.name or "adamw")
+    return default_lr(o.name or "adamw", spec.finetune.strategy)
 
 
 def _schedule(c: _Check, spec) -> None:
@@ -351,9 +353,9 @@ def _schedule(c: _Check, spec) -> None:
     if s.HasField("min_lr") and s.min_lr > 0:
         if (s.name or "linear") != "cosine":
             c.fail("schedule.min_lr", "only applies to schedule cosine")
-        elif s.min_lr >= _effective_lr(spec.optimizer):
+        elif s.min_lr >= _effective_lr(spec):
             c.fail(
-                "schedule.min_lr", f"must be below optimizer.lr ({_effective_lr(spec.optimizer):g})"
+                "schedule.min_lr", f"must be below optimizer.lr ({_effective_lr(spec):g})"
             )
     c.at_least(s, "step_size", "schedule.step_size", 1)
     c.within(s, "gamma", "schedule.gamma", 0.0, 1.0, low_open=True)
