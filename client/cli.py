@@ -87,7 +87,7 @@ def _error(message: str) -> None:
 
 
 def _note(message: str) -> None:
-    _stderr().print(Text(message, style="yellow"))
+    _stderr().print(Text(printable(message), style="yellow"))
 
 
 def _state_exit_code(state: JobState) -> int:
@@ -530,7 +530,7 @@ def cmd_artifacts(args) -> int:
         if not job.artifacts:
             console.print(f"job {job.id} has no artifacts ({job.state.value})")
         for name, location in sorted(job.artifacts.items()):
-            console.print(Text(f"{name:<24} {location}"))
+            console.print(Text(printable(f"{name:<24} {location}")))
         return EXIT_OK
     try:
         files = download_job(job.artifacts, Path(args.download), args.name or ())
