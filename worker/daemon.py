@@ -32,7 +32,6 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import shutil
 import socket
 import threading
 import time
@@ -41,11 +40,12 @@ from pathlib import Path
 import grpc
 
 from tunefleet.client.channel import ChannelSecurity, open_channel, split_host
-from tunefleet.limits import MAX_EVENT_TEXT_BYTES, MAX_REASON_CHARS, bound_event, clip_chars
+from tunefleet.limits import MAX_EVENT_TEXT_BYTES, bound_event, clip_chars
 from tunefleet.logging_setup import job_log_context
 from tunefleet.v1 import coordinator_pb2, coordinator_pb2_grpc, job_pb2
 from tunefleet.worker import job_folder
 from tunefleet.worker.artifact_store import ArtifactStore, publish_artifacts
+from tunefleet.worker.disk_health import DiskHealth
 from tunefleet.worker.engine.errors import is_no_space
 from tunefleet.worker.engine.launch import free_port
 from tunefleet.worker.job_runner import CommandFactory, JobOutcome, JobRunner
@@ -83,7 +83,6 @@ _NOT_OURS = frozenset({grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_
 _RPC_TIMEOUT_S = 30.0
 # While unhealthy, how often the worker checks whether the cause is gone.
 _HEALTH_PROBE_S = 1.0
-_PROBE_BYTES = 64 * 1024
 _MAX_BACKOFF_S = 2.0  # a restarting coordinator is back in seconds
 # After stop(), how long we keep trying to tell the coordinator how the job ended.
 _STOP_PATIENCE_S = 10.0
@@ -193,9 +192,8 @@ class WorkerDaemon:
         self._runner: JobRunner | None = None
         self._acquire_call: grpc.Future | None = None
         self._failing: set[str] = set()  # RPCs failing right now, to log each outage once
-        self.min_free_bytes = min_free_bytes
-        # Why this worker takes no jobs now ("" = healthy); sent with every heartbeat.
-        self.unhealthy_reason = ""
+        # Why this worker takes no jobs now (.reason, "" = healthy); sent with heartbeats.
+        self.health = DiskHealth(self.artifacts_root, min_free_bytes)
         self._channel = open_channel(coordinator, CHANNEL_OPTIONS, security)
         self.path_policy = PathPolicy(
             allowed_roots, always_allowed=[self.artifacts_root], cwd=self.work_root
@@ -218,7 +216,7 @@ class WorkerDaemon:
             backoff = _Backoff()
             while not self._stopping.is_set():
                 if not self._ready_for_work():
-                    self._stopping.wait(0.1 if not self.unhealthy_reason else _HEALTH_PROBE_S)
+                    self._stopping.wait(_HEALTH_PROBE_S if self.health.reason else 0.1)
                     continue
                 try:
                     assignment = self._acquire()
@@ -280,42 +278,7 @@ class WorkerDaemon:
         heartbeat that gets through renews it. Not while unhealthy either (a full artifacts
         disk would fail every job): we check whether the cause is gone instead.
         """
-        if self.unhealthy_reason:
-            self._probe_health()
-            if self.unhealthy_reason:
-                return False
-        return self._lease_valid()
-
-    def _set_unhealthy(self, reason: str) -> None:
-        reason = clip_chars(reason, MAX_REASON_CHARS)
-        if reason and reason != self.unhealthy_reason:
-            log.error("worker %s unhealthy, taking no jobs: %s", self.worker_id, reason)
-        self.unhealthy_reason = reason
-
-    def _probe_health(self) -> None:
-        """Healthy again once the artifacts folder has min_free_bytes free and a test file
-        can be written there."""
-        try:
-            free = shutil.disk_usage(self.artifacts_root).free
-            if free < self.min_free_bytes:
-                return
-            probe = self.artifacts_root / f".probe-{os.getpid()}"
-            try:
-                with probe.open("wb") as f:
-                    f.write(b"\0" * _PROBE_BYTES)
-                    f.flush()
-                    os.fsync(f.fileno())
-            finally:
-                probe.unlink(missing_ok=True)
-        except OSError:
-            return
-        log.info(
-            "worker %s healthy again: %d MB free in %s",
-            self.worker_id,
-            free >> 20,
-            self.artifacts_root,
-        )
-        self.unhealthy_reason = ""
+        return self.health.healthy() and self._lease_valid()
 
     @property
     def running_job_id(self) -> str | None:
@@ -430,7 +393,7 @@ class WorkerDaemon:
             request = coordinator_pb2.HeartbeatRequest(
                 worker_id=self.worker_id,
                 running_job_ids=[running] if running else [],
-                unhealthy_reason=self.unhealthy_reason,
+                unhealthy_reason=self.health.reason,
             )
             sent_at = time.monotonic()
             try:
@@ -483,7 +446,7 @@ class WorkerDaemon:
         except OSError as exc:
             refused = f"cannot create the output folder {out_dir}: {exc.strerror or exc}"
             if is_no_space(exc) and own_storage:
-                self._set_unhealthy(f"no space left on device in {self.artifacts_root}")
+                self.health.mark(f"no space left on device in {self.artifacts_root}")
                 self._release(job.id, attempt, f"worker {self.worker_id}: {refused}")
                 return
         if refused is not None:
@@ -531,7 +494,7 @@ class WorkerDaemon:
                 job_pb2.FAILED, f"internal error on worker {self.worker_id}: {exc}"
             )
         if outcome is not None and outcome.unhealthy:
-            self._set_unhealthy(outcome.unhealthy)  # before the release: no new job meanwhile
+            self.health.mark(outcome.unhealthy)  # before the release: no new job meanwhile
         # Heartbeats list the job until the coordinator knows how it ended: a job its worker
         # stops listing is written off after a lease.
         try:
