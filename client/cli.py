@@ -43,6 +43,7 @@ from tunefleet.client.render import (  # noqa: E402
     workers_table,
 )
 from tunefleet.client.types import Event, Job, JobState  # noqa: E402
+from tunefleet.limits import printable  # noqa: E402
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the job FAILED, or the command itself failed (bad spec, unreachable...)
@@ -81,11 +82,12 @@ def _stderr() -> Console:
 
 
 def _error(message: str) -> None:
-    _stderr().print(Text(f"error: {message}", style="red"))
+    # Coordinator refusals quote what a user wrote: no raw control characters.
+    _stderr().print(Text(printable(f"error: {message}"), style="red"))
 
 
 def _note(message: str) -> None:
-    _stderr().print(Text(message, style="yellow"))
+    _stderr().print(Text(printable(message), style="yellow"))
 
 
 def _state_exit_code(state: JobState) -> int:
@@ -120,9 +122,11 @@ def _coordinator_flag(args) -> str:
 
 def _print_problems(source: str, errors, console: Console) -> None:
     n = len(errors)
+    source = printable(source)
     console.print(Text(f"invalid: {source} ({n} problem{'s' if n != 1 else ''})", style="red"))
-    for e in errors:
-        console.print(Text(f"  {e.path}: {e.message}" if e.path else f"  {e.message}"))
+    for e in errors:  # they quote what the user wrote
+        line = f"  {e.path}: {e.message}" if e.path else f"  {e.message}"
+        console.print(Text(printable(line)))
 
 
 # --- commands that need no coordinator ------------------------------------------------
@@ -138,7 +142,7 @@ def cmd_validate(args) -> int:
             _print_problems(path, e.errors, err)
             code = EXIT_FAILED
             continue
-        out.print(Text(f"ok: {path} ({spec.name})"))
+        out.print(Text(printable(f"ok: {path} ({spec.name})")))
     return code
 
 
@@ -320,7 +324,7 @@ def cmd_cancel(args) -> int:
     with _client(args) as client:
         job = client.cancel(args.job, args.reason)
     if job.is_terminal():
-        _stdout().print(Text(f"job {job.id}: {job.state.value} {job.reason}".rstrip()))
+        _stdout().print(Text(printable(f"job {job.id}: {job.state.value} {job.reason}".rstrip())))
     else:
         _stdout().print(Text(f"job {job.id}: cancel requested (was {job.state.value})"))
     return EXIT_OK
@@ -388,6 +392,7 @@ def _worker_dict(w) -> dict:
         "cpus": w.cpus,
         "job_ids": list(w.job_ids),
         "last_heartbeat_age_s": w.last_heartbeat_age_s,
+        "unhealthy_reason": w.unhealthy_reason,
     }
 
 
@@ -525,7 +530,7 @@ def cmd_artifacts(args) -> int:
         if not job.artifacts:
             console.print(f"job {job.id} has no artifacts ({job.state.value})")
         for name, location in sorted(job.artifacts.items()):
-            console.print(Text(f"{name:<24} {location}"))
+            console.print(Text(printable(f"{name:<24} {location}")))
         return EXIT_OK
     try:
         files = download_job(job.artifacts, Path(args.download), args.name or ())

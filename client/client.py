@@ -201,13 +201,25 @@ class Client:
         )
 
     def list(self, states: Iterable[JobState | str] | None = None, limit: int = 100) -> list[Job]:
-        """Jobs, newest first, optionally only those in `states` ("running", JobState.QUEUED...)."""
+        """Jobs, newest first, optionally only those in `states` ("running", JobState.QUEUED...);
+        at most `limit` (all when <= 0), fetched a page at a time.
+
+        Each job's `spec` is a summary (name, priority, resources, model, data, strategy):
+        `get(job_id)` has the whole spec."""
         try:
             wanted = [JobState.parse(s).to_proto() for s in states or ()]
         except ValueError as e:
             raise ValidationError(str(e)) from None
-        request = coordinator_pb2.ListJobsRequest(states=wanted, limit=limit)
-        return [Job.from_proto(j) for j in self._unary(self._stub.ListJobs, request).jobs]
+        jobs: list[Job] = []
+        token = ""
+        while True:
+            want = limit - len(jobs) if limit > 0 else 0
+            request = coordinator_pb2.ListJobsRequest(states=wanted, limit=want, page_token=token)
+            response = self._unary(self._stub.ListJobs, request)
+            jobs += [Job.from_proto(j) for j in response.jobs]
+            token = response.next_page_token
+            if not token or (limit > 0 and len(jobs) >= limit):
+                return jobs[:limit] if limit > 0 else jobs
 
     def cancel(self, job_id: str, reason: str = "") -> Job:
         """Ask the coordinator to cancel a job; returns the job as it stands after the request."""

@@ -26,6 +26,12 @@ from rich.table import Table
 from rich.text import Text
 
 from tunefleet.client.types import Event, Job, JobState, LogLine, Metrics, Report, StateChange
+from tunefleet.limits import printable
+
+# Everything shown here that a user (or a worker) wrote goes through `_p`: a job name, a
+# reason or a log line with a newline, an ANSI escape or a NUL could otherwise print a fake
+# "SUCCEEDED job-..." line or restyle the terminal.
+_p = printable
 
 __all__ = [
     "EventRenderer",
@@ -73,7 +79,7 @@ def format_values(values: Mapping[str, float]) -> str:
     # The metrics people look for first, then the rest alphabetically.
     first = [k for k in ("accuracy", "macro_f1", "loss") if k in values]
     keys = first + sorted(k for k in values if k not in first)
-    return " ".join(f"{k} {_num(values[k])}" for k in keys)
+    return " ".join(f"{_p(k)} {_num(values[k])}" for k in keys)
 
 
 # Summary keys by role: the validation set's figures at the chosen checkpoint, and the
@@ -102,7 +108,7 @@ def summary_lines(summary: Mapping[str, float]) -> list[str]:
 def format_metrics(m: Metrics) -> str:
     """One line for a metrics event, e.g. "train step 20/100 epoch 0.40 loss 0.6931 ..."."""
     step = f"{m.step}/{m.total_steps}" if m.total_steps else str(m.step)
-    parts = [f"{m.phase or 'metrics':<5}", f"step {step}", f"epoch {m.epoch:.2f}"]
+    parts = [f"{_p(m.phase or 'metrics'):<5}", f"step {step}", f"epoch {m.epoch:.2f}"]
     if m.loss is not None:
         parts.append(f"loss {_num(m.loss)}")
     if m.lr is not None:
@@ -117,7 +123,7 @@ def format_metrics(m: Metrics) -> str:
 def _state_text(change: StateChange, attempt: int = 0) -> Text:
     text = Text(change.state.value, style=STATE_STYLES.get(change.state, ""))
     if change.reason:
-        text.append(f" {change.reason}")
+        text.append(f" {_p(change.reason)}")
     if attempt > 1:
         text.append(f" (attempt {attempt})", style="dim")
     return text
@@ -125,17 +131,17 @@ def _state_text(change: StateChange, attempt: int = 0) -> Text:
 
 def _log_text(line: LogLine) -> Text:
     level = (line.level or "info").lower()
-    return Text.assemble((f"[{level}]", LEVEL_STYLES.get(level, "")), " ", line.message)
+    return Text.assemble((f"[{_p(level)}]", LEVEL_STYLES.get(level, "")), " ", _p(line.message))
 
 
 def _report_renderable(report: Report):
     if report.text:
-        return Text(report.text.rstrip("\n"))
-    table = Table(title=report.name, title_justify="left")
+        return Text(_p(report.text.rstrip("\n"), keep_newlines=True))
+    table = Table(title=Text(_p(report.name)), title_justify="left")
     for col in report.columns:
-        table.add_column(col)
+        table.add_column(Text(_p(col)))
     for row in report.rows:
-        table.add_row(*row)
+        table.add_row(*(Text(_p(cell)) for cell in row))
     return table
 
 
@@ -298,19 +304,19 @@ def render_summary(
     artifact paths."""
     head = Text(state.value, style=STATE_STYLES.get(state, ""))
     if title:
-        head.append(f" {title}")
+        head.append(f" {_p(title)}")
     if duration_s is not None:
         head.append(f" in {format_duration(duration_s)}")
     console.print(head, highlight=False)
     if reason:
-        console.print(Text(f"  reason: {reason}"), highlight=False)
+        console.print(Text(f"  reason: {_p(reason)}"), highlight=False)
     for line in summary_lines(summary or {}):
         console.print(Text(f"  {line}"), highlight=False)
     if artifacts:
         console.print("  artifacts:", highlight=False)
         width = max(len(k) for k in artifacts)
         for key in sorted(artifacts):
-            console.print(Text(f"    {key:<{width}}  {artifacts[key]}"), highlight=False)
+            console.print(Text(f"    {_p(key):<{width}}  {_p(artifacts[key])}"), highlight=False)
 
 
 def _when(dt: datetime | None) -> str:
@@ -321,11 +327,11 @@ def render_job(console: Console, job: Job) -> None:
     """`ftctl get`: everything about one job."""
     rows = [
         ("id", job.id),
-        ("name", job.name),
+        ("name", _p(job.name)),
         ("state", Text(job.state.value, style=STATE_STYLES.get(job.state, ""))),
-        ("reason", job.reason or "-"),
+        ("reason", _p(job.reason) or "-"),
         ("attempt", str(job.attempt)),
-        ("worker", job.worker_id or "-"),
+        ("worker", _p(job.worker_id) or "-"),
         ("priority", str(job.priority)),
         ("created", _when(job.created_at)),
         ("started", _when(job.started_at)),
@@ -341,19 +347,20 @@ def render_job(console: Console, job: Job) -> None:
     if job.cancel_requested and not job.is_terminal():
         rows.append(("cancel", "requested"))
     if job.members:  # a multi-node job: where each machine rank runs and how it is doing
-        rows.append(("rendezvous", job.rendezvous or "-"))
+        rows.append(("rendezvous", _p(job.rendezvous) or "-"))
         for m in job.members:
-            part = f"{m.worker_id} ({m.address or '?'})  {m.state.value}"
-            rows.append((f"rank {m.rank}", part + (f"  {m.reason}" if m.reason else "")))
+            part = f"{_p(m.worker_id)} ({_p(m.address) or '?'})  {m.state.value}"
+            rows.append((f"rank {m.rank}", part + (f"  {_p(m.reason)}" if m.reason else "")))
     spec = job.spec
     if spec.model.source:
-        rows.append(("model", f"{spec.model.source}: {spec.model.name or spec.model.job}"))
+        model = f"{spec.model.source}: {spec.model.name or spec.model.job}"
+        rows.append(("model", _p(model)))
     if spec.data.source:
-        rows.append(("data", f"{spec.data.source}: {spec.data.name or spec.data.train}"))
+        rows.append(("data", _p(f"{spec.data.source}: {spec.data.name or spec.data.train}")))
     if spec.finetune.strategy:
-        rows.append(("strategy", spec.finetune.strategy))
+        rows.append(("strategy", _p(spec.finetune.strategy)))
     for key in sorted(spec.labels):
-        rows.append((f"label {key}", spec.labels[key]))
+        rows.append((f"label {_p(key)}", _p(spec.labels[key])))
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")
     table.add_column()
@@ -366,7 +373,7 @@ def render_job(console: Console, job: Job) -> None:
         console.print("artifacts:")
         width = max(len(k) for k in job.artifacts)
         for key in sorted(job.artifacts):
-            console.print(Text(f"  {key:<{width}}  {job.artifacts[key]}"), highlight=False)
+            console.print(Text(f"  {_p(key):<{width}}  {_p(job.artifacts[key])}"), highlight=False)
 
 
 def render_reports(console: Console, reports: list[Report]) -> None:
@@ -381,13 +388,13 @@ def jobs_table(jobs: list[Job]) -> Table:
         table.add_column(col, no_wrap=col != "REASON")
     for j in jobs:
         table.add_row(
-            j.id,
-            Text(j.name),
+            Text(_p(j.id)),
+            Text(_p(j.name)),
             Text(j.state.value, style=STATE_STYLES.get(j.state, "")),
             str(j.attempt),
-            j.worker_id or "-",
+            Text(_p(j.worker_id) or "-"),
             _when(j.created_at),
-            Text(j.reason),
+            Text(_p(j.reason)),
         )
     return table
 
@@ -396,18 +403,25 @@ _WORKER_STATE_STYLES = {"LIVE": "green", "DRAINING": "yellow"}
 
 
 def workers_table(workers) -> Table:
+    """One row per worker; a LIVE worker that takes no jobs (its disk is full...) shows
+    as UNHEALTHY, with why in the last column."""
     table = Table(box=None, pad_edge=False)
-    for col in ("ID", "HOST", "STATE", "GPUS", "FREE", "CPUS", "JOBS", "HEARTBEAT"):
-        table.add_column(col, no_wrap=True)
+    columns = ["ID", "HOST", "STATE", "GPUS", "FREE", "CPUS", "JOBS", "HEARTBEAT"]
+    unhealthy = any(getattr(w, "unhealthy_reason", "") for w in workers)
+    for col in columns + (["WHY"] if unhealthy else []):
+        table.add_column(col, no_wrap=col != "WHY")
     for w in workers:
-        table.add_row(
-            w.id,
-            w.hostname,
-            Text(w.state, style=_WORKER_STATE_STYLES.get(w.state, "red")),
+        reason = getattr(w, "unhealthy_reason", "")
+        state = "UNHEALTHY" if reason and w.state == "LIVE" else w.state
+        row = [
+            Text(_p(w.id)),
+            Text(_p(w.hostname)),
+            Text(state, style=_WORKER_STATE_STYLES.get(state, "red")),
             str(w.gpus),
             str(w.free_gpus),
             str(w.cpus),
-            ",".join(w.job_ids) or "-",
+            Text(_p(",".join(w.job_ids)) or "-"),
             f"{w.last_heartbeat_age_s:.1f}s ago",
-        )
+        ]
+        table.add_row(*row, *([Text(_p(reason))] if unhealthy else []))
     return table

@@ -347,6 +347,9 @@ class Worker:
     cpus: int = 0
     gpu_name: str = ""
     address: str = ""
+    # Non-empty while the worker takes no jobs because of a problem of its own (e.g. its
+    # artifacts disk is full); `ftctl workers` shows it as UNHEALTHY.
+    unhealthy_reason: str = ""
 
     @classmethod
     def from_proto(cls, msg: coordinator_pb2.Worker) -> Worker:
@@ -365,4 +368,5 @@ class Worker:
             cpus=msg.resources.cpus,
             gpu_name=msg.resources.gpu_name,
             address=msg.address,
+            unhealthy_reason=msg.unhealthy_reason,
         )

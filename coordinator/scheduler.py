@@ -53,6 +53,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from tunefleet import limits
 from tunefleet import spec as specs
 from tunefleet.coordinator import gang
 from tunefleet.coordinator.errors import (
@@ -76,6 +77,12 @@ _EXPLAIN_AT_ONCE = 256
 
 # An AcquireJob long poll never holds a server thread longer than this.
 MAX_ACQUIRE_WAIT_S = 60.0
+
+# Requeues that are not crashes (a lost, restarted or draining worker, a released job) do
+# not count against train.max_restarts, but they are bounded too: a job that keeps
+# losing its workers (say, it makes each of them run out of disk or memory) fails after
+# this many instead of cycling through the fleet forever.
+MAX_REQUEUES = 20
 
 _DEFAULT_FINISH_REASONS = {
     job_pb2.SUCCEEDED: "finished on worker {worker}",
@@ -133,8 +140,13 @@ class Scheduler:
         retry_backoff_s: float = 1.0,
         retry_backoff_max_s: float = 60.0,
         clock: Callable[[], float] = time.time,
+        max_requeues: int = MAX_REQUEUES,
     ):
         self.store = store
+        self.max_requeues = max_requeues
+        # Workers that said (in their heartbeats) they cannot take jobs now, and why. Kept in
+        # memory: after a coordinator restart the next heartbeat says it again.
+        self._unhealthy: dict[str, str] = {}
         self.bus = bus
         self.heartbeat_interval_s = heartbeat_interval_s
         self.lease_timeout_s = lease_timeout_s
@@ -214,7 +226,7 @@ class Scheduler:
 
     def cancel(self, job_id: str, reason: str = "") -> job_pb2.Job:
         """QUEUED jobs end at once; running ones are flagged and their worker stops them."""
-        reason = reason or "cancelled by user"
+        reason = limits.clip_chars(reason, limits.MAX_REASON_CHARS) or "cancelled by user"
         with self._lock:
             job = self.get_job(job_id)
             if is_terminal(job.state):
@@ -268,6 +280,7 @@ class Scheduler:
             job_ids=capacity.job_ids,
             last_heartbeat_age_s=max(self._clock() - record.last_heartbeat, 0.0),
             address=record.address,
+            unhealthy_reason=self._unhealthy.get(record.id, ""),
         )
 
     # ---- worker API ------------------------------------------------------------------
@@ -283,6 +296,7 @@ class Scheduler:
         resources = resources or coordinator_pb2.WorkerResources()
         with self._lock:
             worker_id = worker_id or self._new_worker_id(hostname)
+            self._unhealthy.pop(worker_id, None)  # its heartbeats say so again if it still is
             self._waiting.take(worker_id)  # a part handed to its previous life is void
             if self.store.get_worker(worker_id) is not None:
                 # The worker process restarted: whatever it ran before is gone with it.
@@ -304,15 +318,24 @@ class Scheduler:
             return worker_id
 
     def heartbeat(
-        self, worker_id: str, running_job_ids: Iterable[str]
+        self, worker_id: str, running_job_ids: Iterable[str], *, unhealthy_reason: str = ""
     ) -> tuple[list[str], list[str], bool, bool]:
-        """Renews the worker's lease; returns (job ids it must stop, the part of those that
-        are no longer its own, whether it is known, whether it must drain)."""
+        """Renews the worker's lease and records whether it can take jobs; returns (job ids
+        it must stop, the part of those that are no longer its own, whether it is known,
+        whether it must drain)."""
         running = set(running_job_ids)
         with self._lock:
             worker = self.store.get_worker(worker_id)
             if worker is None or worker.state == coordinator_pb2.LOST:
                 return sorted(running), sorted(running), False, False
+            if unhealthy_reason != self._unhealthy.get(worker_id, ""):
+                if unhealthy_reason:
+                    log.warning("worker %s unhealthy: %s", worker_id, unhealthy_reason)
+                    self._unhealthy[worker_id] = unhealthy_reason
+                else:
+                    log.info("worker %s healthy again", worker_id)
+                    del self._unhealthy[worker_id]
+                    self._work_available.notify_all()
             now = self._clock()
             self.store.touch_worker(worker_id, now)
             mine = {job.id: job for job in self.store.active_jobs(worker_id)}
@@ -365,7 +388,8 @@ class Scheduler:
                         f"worker {worker_id} is not registered (or was lost); register again"
                     )
                 job = None
-                if worker.state == coordinator_pb2.LIVE:  # a DRAINING one waits out the poll
+                # A DRAINING or unhealthy one waits out the poll.
+                if worker.state == coordinator_pb2.LIVE and worker_id not in self._unhealthy:
                     job = self._deliver(worker_id) or self._place(worker, rendezvous_port)
                 remaining = deadline - time.monotonic()
                 if job is not None or remaining <= 0 or not is_active():
@@ -392,6 +416,8 @@ class Scheduler:
         deduplicated (a retried batch of log lines may show twice)."""
         events = list(events)
         for i, event in enumerate(events):
+            if event.ByteSize() > limits.MAX_EVENT_TEXT_BYTES:  # workers bound them; so do we
+                limits.bound_event(event)
             kind = event.WhichOneof("kind")
             if kind is None:
                 raise InvalidArgument(f"events[{i}] has no kind (log, metrics or report)")
@@ -494,6 +520,7 @@ class Scheduler:
             raise InvalidArgument(
                 f"state must be SUCCEEDED, FAILED or CANCELLED, not {state_name(state)}"
             )
+        reason = limits.clip_chars(reason, limits.MAX_REASON_CHARS)
         with self._lock:
             job = self.get_job(job_id)
             reason = reason or _DEFAULT_FINISH_REASONS[state].format(worker=worker_id)
@@ -513,6 +540,7 @@ class Scheduler:
         """The worker gives its attempt back unfinished (draining, preempted): requeue. For
         a multi-node job that is the whole gang; a member's release after the gang already
         ended (this attempt) is only recorded."""
+        reason = limits.clip_chars(reason, limits.MAX_REASON_CHARS)
         reason = reason or f"released by worker {worker_id}"
         with self._lock:
             job = self.get_job(job_id)
@@ -665,7 +693,11 @@ class Scheduler:
         pool = []
         for worker_id in ids:
             worker = self.store.get_worker(worker_id)
-            if worker is not None and worker.state == coordinator_pb2.LIVE:
+            if (
+                worker is not None
+                and worker.state == coordinator_pb2.LIVE
+                and worker_id not in self._unhealthy
+            ):
                 pool.append((worker, Capacity(worker, held.get(worker_id, ()))))
         return pool
 
@@ -726,6 +758,15 @@ class Scheduler:
         """Queues again a job whose worker went away or gave it back; not a restart."""
         if job.cancel_requested:
             self._finish(job, job_pb2.CANCELLED, f"cancelled by user ({reason} before it stopped)")
+            return
+        requeues = job.attempt - job.restarts  # placements that ended without a crash
+        if requeues > self.max_requeues:
+            self._finish(
+                job,
+                job_pb2.FAILED,
+                f"{reason}; gave up after {requeues} attempts ended without finishing (workers "
+                f"lost, restarted, draining or releasing it; the limit is {self.max_requeues})",
+            )
             return
         self._requeue(
             job,
@@ -820,7 +861,11 @@ class Scheduler:
         if not queued:  # nothing waits: no need to read the fleet
             self._explain_size = 0
             return
-        live = [w for w in self.store.list_workers() if w.state == coordinator_pb2.LIVE]
+        live = [
+            w
+            for w in self.store.list_workers()
+            if w.state == coordinator_pb2.LIVE and w.id not in self._unhealthy
+        ]
         active = gang.by_holder(self.store.active_jobs())
         self._explain_size = len(live) + sum(map(len, active.values())) + len(queued)
         capacities = [Capacity(w, active.get(w.id, ())) for w in live]

@@ -15,6 +15,7 @@ import urllib.parse
 
 import grpc
 
+from tunefleet import limits
 from tunefleet.coordinator import auth, gang
 from tunefleet.coordinator.errors import (
     CoordinatorError,
@@ -28,7 +29,7 @@ from tunefleet.coordinator.event_bus import EventBus
 from tunefleet.coordinator.scheduler import Scheduler
 from tunefleet.coordinator.store import JobStore
 from tunefleet.states import is_terminal
-from tunefleet.v1 import coordinator_pb2, coordinator_pb2_grpc
+from tunefleet.v1 import coordinator_pb2, coordinator_pb2_grpc, job_pb2
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,10 @@ _INTERNAL_MESSAGE = "internal error in the coordinator; its log has the details"
 # missed wake-up; normal delivery is driven by EventBus notifications.
 _FOLLOW_RECHECK_S = 10.0
 _REPLAY_BATCH = 500
+# Jobs per ListJobs page (the most a request may ask for, and what 0 means).
+MAX_LIST_PAGE = 1000
+_JOB_STATES = frozenset(job_pb2.JobState.values())
+_MAX_IDEMPOTENCY_KEY_CHARS = 256
 
 
 def _unary(handler):
@@ -86,6 +91,11 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
             raise InvalidArgument("SubmitJobRequest.spec is required")
         principal = auth.caller(context)
         key = request.idempotency_key
+        if len(key) > _MAX_IDEMPOTENCY_KEY_CHARS:
+            raise InvalidArgument(
+                f"SubmitJobRequest.idempotency_key: at most {_MAX_IDEMPOTENCY_KEY_CHARS} "
+                f"characters, got {len(key):,}"
+            )
         if key and principal is not None:
             key = f"{principal.name}/{key}"  # one caller's key never returns another's job
         model = request.spec.model
@@ -106,8 +116,18 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
     def ListJobs(self, request, context):
         principal = auth.caller(context)
         mine = principal.name if principal and principal.role is not auth.Role.ADMIN else None
-        jobs = self.store.list_jobs(request.states, request.limit, submitter=mine)
-        return coordinator_pb2.ListJobsResponse(jobs=jobs)
+        for state in request.states:
+            if state not in _JOB_STATES:
+                raise InvalidArgument(f"ListJobsRequest.states: unknown state {state}")
+        limit = request.limit if 0 < request.limit <= MAX_LIST_PAGE else MAX_LIST_PAGE
+        offset = _page_offset(request.page_token)
+        # One more than the page tells whether another page follows.
+        jobs = self.store.list_jobs(request.states, limit + 1, submitter=mine, offset=offset)
+        more = len(jobs) > limit
+        return coordinator_pb2.ListJobsResponse(
+            jobs=[job_summary(job) for job in jobs[:limit]],
+            next_page_token=f"{offset + limit}" if more else "",
+        )
 
     @_unary
     def CancelJob(self, request, context):
@@ -196,6 +216,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
 
     @_unary
     def RegisterWorker(self, request, context):
+        _check_registration(request)
         worker_id = self.scheduler.register_worker(
             request.worker_id,
             hostname=request.hostname or _peer_host(context),
@@ -213,7 +234,9 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
     @_unary
     def Heartbeat(self, request, context):
         cancel, lost, known, drain = self.scheduler.heartbeat(
-            request.worker_id, request.running_job_ids
+            request.worker_id,
+            request.running_job_ids,
+            unhealthy_reason=limits.clip_chars(request.unhealthy_reason, limits.MAX_REASON_CHARS),
         )
         return coordinator_pb2.HeartbeatResponse(
             cancel_job_ids=cancel, lost_job_ids=lost, known=known, drain=drain
@@ -258,6 +281,65 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
     def ReleaseJob(self, request, context):
         self.scheduler.release(request.worker_id, request.job_id, request.attempt, request.reason)
         return coordinator_pb2.ReleaseJobResponse()
+
+
+def job_summary(job: job_pb2.Job) -> job_pb2.Job:
+    """`job` with only the parts of its spec a listing shows: a page of 1,000 jobs stays a
+    few hundred KB whatever their specs hold (labels may take up to the 1 MiB limit)."""
+    summary = job_pb2.Job()
+    summary.CopyFrom(job)
+    full = job.spec
+    spec = summary.spec
+    spec.Clear()
+    spec.name = full.name
+    if full.HasField("priority"):
+        spec.priority = full.priority
+    spec.resources.CopyFrom(full.resources)
+    spec.model.source, spec.model.name, spec.model.job = (
+        full.model.source,
+        full.model.name,
+        full.model.job,
+    )
+    spec.data.source, spec.data.name, spec.data.train = (
+        full.data.source,
+        full.data.name,
+        full.data.train,
+    )
+    spec.finetune.strategy = full.finetune.strategy
+    return summary
+
+
+def _check_registration(request) -> None:
+    """What a worker says about itself is shown to every user (`ftctl workers`) and decides
+    placements: refuse what no real worker sends."""
+    problems = []
+    if request.worker_id and not limits.is_safe_name(request.worker_id, limits.MAX_WORKER_ID_CHARS):
+        problems.append(
+            f"worker_id {limits.quote(request.worker_id)}: at most "
+            f"{limits.MAX_WORKER_ID_CHARS} characters, {limits.NAME_RULE}"
+        )
+    for field in ("hostname", "address"):
+        value = getattr(request, field)
+        if len(value) > limits.MAX_HOSTNAME_CHARS or not value.isprintable():
+            problems.append(
+                f"{field} {limits.quote(value)}: at most {limits.MAX_HOSTNAME_CHARS} "
+                "printable characters"
+            )
+    r = request.resources
+    if not 0 <= r.gpus <= 4096 or not 0 <= r.cpus <= 1_000_000:
+        problems.append(f"resources: gpus ({r.gpus}) and cpus ({r.cpus}) must be >= 0")
+    if len(r.gpu_name) > 200 or not r.gpu_name.isprintable():
+        problems.append(f"resources.gpu_name {limits.quote(r.gpu_name)}: at most 200 characters")
+    if problems:
+        raise InvalidArgument("RegisterWorkerRequest: " + "; ".join(problems))
+
+
+def _page_offset(token: str) -> int:
+    if not token:
+        return 0
+    if not token.isdigit() or len(token) > 12:
+        raise InvalidArgument("ListJobsRequest.page_token: not a token this coordinator issued")
+    return int(token)
 
 
 def _peer_host(context) -> str:

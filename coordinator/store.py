@@ -492,10 +492,15 @@ class JobStore:
         return jobs[0] if jobs else None
 
     def list_jobs(
-        self, states: Iterable[int] = (), limit: int = 0, *, submitter: str | None = None
+        self,
+        states: Iterable[int] = (),
+        limit: int = 0,
+        *,
+        submitter: str | None = None,
+        offset: int = 0,
     ) -> list[job_pb2.Job]:
         """Newest first; all states when `states` is empty; all jobs when limit <= 0; only
-        `submitter`'s jobs when given."""
+        `submitter`'s jobs when given; the first `offset` of them skipped."""
         states = list(states)
         conditions = [f"state IN ({','.join('?' * len(states))})"] if states else []
         args: list = list(states)
@@ -504,8 +509,9 @@ class JobStore:
             args.append(submitter)
         where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
         return self._jobs(
-            f"SELECT {_JOB_COLUMNS} FROM jobs {where} ORDER BY created_at DESC, rowid DESC LIMIT ?",
-            [*args, limit if limit > 0 else -1],
+            f"SELECT {_JOB_COLUMNS} FROM jobs {where} ORDER BY created_at DESC, rowid DESC "
+            "LIMIT ? OFFSET ?",
+            [*args, limit if limit > 0 else -1, max(offset, 0)],
         )
 
     def queued_jobs(self) -> list[job_pb2.Job]:

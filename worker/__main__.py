@@ -57,6 +57,13 @@ def main(argv: list[str] | None = None) -> int:
         help="where the other workers of a multi-node job reach this one (default: "
         "$TUNEFLEET_WORKER_ADDRESS, else this host's IP on its route to the coordinator)",
     )
+    parser.add_argument(
+        "--min-free-mb",
+        type=float,
+        default=100.0,
+        help="after its --artifacts disk filled up (the job is released, the worker shows as "
+        "unhealthy), take jobs again once this much is free there (default: %(default)s)",
+    )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING...")
     parser.add_argument(
         "--log-format", choices=LOG_FORMATS, default="text", help="json: one object per line"
@@ -76,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--gpus must be >= 0, got {args.gpus}")
     if args.poll_s <= 0:
         parser.error(f"--poll-s must be > 0, got {args.poll_s}")
+    if args.min_free_mb < 0:
+        parser.error(f"--min-free-mb must be >= 0, got {args.min_free_mb}")
     if args.drain_grace_s < 0:
         parser.error(f"--drain-grace-s must be >= 0, got {args.drain_grace_s}")
     configure_logging(args.log_level, args.log_format)
@@ -101,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         allowed_roots=allowed_roots,
         drain_grace_s=args.drain_grace_s,
         address=args.address,
+        min_free_bytes=int(args.min_free_mb * 1024 * 1024),
     )
 
     def on_signal(signum, _frame):

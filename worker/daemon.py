@@ -40,9 +40,13 @@ from pathlib import Path
 import grpc
 
 from tunefleet.client.channel import ChannelSecurity, open_channel, split_host
+from tunefleet.limits import MAX_EVENT_TEXT_BYTES, bound_event, clip_chars
 from tunefleet.logging_setup import job_log_context
 from tunefleet.v1 import coordinator_pb2, coordinator_pb2_grpc, job_pb2
+from tunefleet.worker import job_folder
 from tunefleet.worker.artifact_store import ArtifactStore, publish_artifacts
+from tunefleet.worker.disk_health import DiskHealth
+from tunefleet.worker.engine.errors import is_no_space
 from tunefleet.worker.engine.launch import free_port
 from tunefleet.worker.job_runner import CommandFactory, JobOutcome, JobRunner
 from tunefleet.worker.path_policy import PathPolicy
@@ -77,6 +81,8 @@ RETRYABLE = frozenset(
 _NOT_OURS = frozenset({grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND})
 
 _RPC_TIMEOUT_S = 30.0
+# While unhealthy, how often the worker checks whether the cause is gone.
+_HEALTH_PROBE_S = 1.0
 _MAX_BACKOFF_S = 2.0  # a restarting coordinator is back in seconds
 # After stop(), how long we keep trying to tell the coordinator how the job ended.
 _STOP_PATIENCE_S = 10.0
@@ -137,6 +143,7 @@ class WorkerDaemon:
         artifacts_uri: str | None = None,
         drain_grace_s: float = 30.0,
         address: str | None = None,
+        min_free_bytes: int = 100 * 1024 * 1024,
     ):
         """
         Args:
@@ -157,6 +164,8 @@ class WorkerDaemon:
             address: host (IP or name) where the other workers of a multi-node job reach
                 this one; default: $TUNEFLEET_WORKER_ADDRESS, else this host's address on
                 its route to the coordinator (see route_address).
+            min_free_bytes: after its artifacts disk filled up, the worker takes jobs again
+                once this much is free there (and a test write works).
         """
         self.coordinator = coordinator
         self.artifacts_root = Path(artifacts_root).resolve()
@@ -183,6 +192,8 @@ class WorkerDaemon:
         self._runner: JobRunner | None = None
         self._acquire_call: grpc.Future | None = None
         self._failing: set[str] = set()  # RPCs failing right now, to log each outage once
+        # Why this worker takes no jobs now (.reason, "" = healthy); sent with heartbeats.
+        self.health = DiskHealth(self.artifacts_root, min_free_bytes)
         self._channel = open_channel(coordinator, CHANNEL_OPTIONS, security)
         self.path_policy = PathPolicy(
             allowed_roots, always_allowed=[self.artifacts_root], cwd=self.work_root
@@ -204,6 +215,9 @@ class WorkerDaemon:
             heartbeat.start()
             backoff = _Backoff()
             while not self._stopping.is_set():
+                if not self._ready_for_work():
+                    self._stopping.wait(_HEALTH_PROBE_S if self.health.reason else 0.1)
+                    continue
                 try:
                     assignment = self._acquire()
                     self._rpc_ok("AcquireJob")
@@ -254,6 +268,17 @@ class WorkerDaemon:
 
     def _lease_valid(self) -> bool:
         return time.monotonic() < self._lease_until
+
+    def _ready_for_work(self) -> bool:
+        """Whether to ask for a job now.
+
+        Not while our lease may have run out: the coordinator may have requeued our jobs,
+        and a new attempt would be killed at once by the lease check (after an 11 s
+        coordinator outage, attempts 2-23 of one job started and died in 0.27 s). The next
+        heartbeat that gets through renews it. Not while unhealthy either (a full artifacts
+        disk would fail every job): we check whether the cause is gone instead.
+        """
+        return self.health.healthy() and self._lease_valid()
 
     @property
     def running_job_id(self) -> str | None:
@@ -323,19 +348,31 @@ class WorkerDaemon:
                 self._acquire_call = None
         return response.assignment if response.HasField("assignment") else None
 
-    def _call(self, method: str, request, *, patience_after_stop_s: float = 0.0):
+    def _call(
+        self,
+        method: str,
+        request,
+        *,
+        patience_after_stop_s: float = 0.0,
+        give_up_after_s: float | None = None,
+    ):
         """Calls the RPC `method`, retrying transient failures with backoff. After stop() it
-        gives up once `patience_after_stop_s` has passed, raising the last error."""
+        gives up once `patience_after_stop_s` has passed, and in any case after
+        `give_up_after_s` (None: never), raising the last error. A request too big to send
+        is not transient: it fails at once."""
         rpc = getattr(self._stub, method)
         backoff = _Backoff()
         stop_deadline = None
+        give_up_at = None if give_up_after_s is None else time.monotonic() + give_up_after_s
         while True:
             try:
                 response = rpc(request, timeout=_RPC_TIMEOUT_S)
                 self._rpc_ok(method)
                 return response
             except grpc.RpcError as exc:
-                if exc.code() not in RETRYABLE:
+                if exc.code() not in RETRYABLE or _too_large(exc):
+                    raise
+                if give_up_at is not None and time.monotonic() >= give_up_at:
                     raise
                 self._log_rpc_failure(method, exc)
                 if self._stopping.is_set():
@@ -354,7 +391,9 @@ class WorkerDaemon:
                 runner = self._runner  # the verdicts below are about this one
             running = runner.job_id if runner else None
             request = coordinator_pb2.HeartbeatRequest(
-                worker_id=self.worker_id, running_job_ids=[running] if running else []
+                worker_id=self.worker_id,
+                running_job_ids=[running] if running else [],
+                unhealthy_reason=self.health.reason,
             )
             sent_at = time.monotonic()
             try:
@@ -401,6 +440,19 @@ class WorkerDaemon:
             self._finish(job.id, attempt, JobOutcome(job_pb2.FAILED, refused))
             return
         out_dir = Path(job.spec.output.dir) if job.spec.output.dir else self.artifacts_root / job.id
+        own_storage = not job.spec.output.dir
+        try:
+            refused = job_folder.claim(out_dir, job.id, artifacts_root=self.artifacts_root)
+        except OSError as exc:
+            refused = f"cannot create the output folder {out_dir}: {exc.strerror or exc}"
+            if is_no_space(exc) and own_storage:
+                self.health.mark(f"no space left on device in {self.artifacts_root}")
+                self._release(job.id, attempt, f"worker {self.worker_id}: {refused}")
+                return
+        if refused is not None:
+            log.warning("job %s: %s", job.id, refused)
+            self._finish(job.id, attempt, JobOutcome(job_pb2.FAILED, refused))
+            return
         rendezvous = assignment.rendezvous if assignment.HasField("rendezvous") else None
         runner = JobRunner(
             job,
@@ -412,6 +464,7 @@ class WorkerDaemon:
             drain_grace_s=self.drain_grace_s,
             lease_valid=self._lease_valid,
             rendezvous=rendezvous,
+            own_storage=own_storage,
         )
         with self._lock:
             self._runner = runner
@@ -440,6 +493,8 @@ class WorkerDaemon:
             outcome = JobOutcome(
                 job_pb2.FAILED, f"internal error on worker {self.worker_id}: {exc}"
             )
+        if outcome is not None and outcome.unhealthy:
+            self.health.mark(outcome.unhealthy)  # before the release: no new job meanwhile
         # Heartbeats list the job until the coordinator knows how it ended: a job its worker
         # stops listing is written off after a lease.
         try:
@@ -454,6 +509,9 @@ class WorkerDaemon:
     def _report(
         self, job_id: str, attempt: int, events: list[job_pb2.Event], batch_seq: int = 0
     ) -> bool:
+        for event in events:  # the engine bounds its events; this covers the runner's own
+            if event.ByteSize() > MAX_EVENT_TEXT_BYTES:
+                bound_event(event)
         request = coordinator_pb2.ReportEventsRequest(
             worker_id=self.worker_id,
             job_id=job_id,
@@ -462,14 +520,24 @@ class WorkerDaemon:
             batch_seq=batch_seq,
         )
         try:
-            self._call("ReportEvents", request)
+            # Never retried forever: the relay loop waits on this call, and with it the
+            # job's cancel (the lease is watched on a thread of its own). A coordinator
+            # outage this long is past any lease: the job will be requeued, and its next
+            # attempt sends the metrics again from the event files.
+            self._call("ReportEvents", request, give_up_after_s=max(6 * self.lease_timeout_s, 60))
         except grpc.RpcError as exc:
             if exc.code() in _NOT_OURS:
                 log.warning("job %s: %s", job_id, exc.details())
                 return False
             # Stopping with the coordinator unreachable, or a batch it refuses: the events
             # are lost, the job itself goes on.
-            log.error("job %s: dropped %d events: %s", job_id, len(events), exc.details())
+            log.error(
+                "job %s: dropped %d events: %s %s",
+                job_id,
+                len(events),
+                exc.code().name,
+                clip_chars(exc.details() or "", 300),
+            )
         return True
 
     def _finish(self, job_id: str, attempt: int, outcome: JobOutcome) -> None:
@@ -523,6 +591,13 @@ class WorkerDaemon:
         if what in self._failing:
             self._failing.discard(what)
             log.info("%s works again", what)
+
+
+def _too_large(exc: grpc.RpcError) -> bool:
+    """RESOURCE_EXHAUSTED because the message is over a size limit (ours or the peer's):
+    sending it again fails the same way."""
+    details = (exc.details() or "").lower()
+    return exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details
 
 
 class _Backoff:

@@ -49,8 +49,10 @@ from pathlib import Path
 
 from google.protobuf import json_format
 
+from tunefleet.limits import MAX_EVENT_BYTES, bound_event, clip_chars
 from tunefleet.spec import spec_to_dict
 from tunefleet.v1 import coordinator_pb2, job_pb2, spec_pb2
+from tunefleet.worker.engine.errors import EXIT_INVALID_INPUT, EXIT_NO_SPACE, is_no_space
 from tunefleet.worker.tensorboard_writer import TENSORBOARD_DIR, TensorBoardWriter
 
 log = logging.getLogger(__name__)
@@ -60,10 +62,12 @@ CommandFactory = Callable[[spec_pb2.JobSpec, Path, Path, Path], list[str]]
 # Sends a batch of events for this attempt; False when the job is no longer ours.
 ReportFn = Callable[[list[job_pb2.Event]], bool]
 
-EXIT_INVALID_INPUT = 2  # the engine's exit code for InvalidJobInput (see INTERFACES.md)
 EXIT_PREEMPTED = 75  # the engine checkpointed and stopped on SIGTERM (EX_TEMPFAIL)
 CRASH_TAIL_LINES = 20
 _REASON_MAX_CHARS = 500
+# An events.jsonl line this long is not parsed at all (the engine bounds its events; a
+# longer line comes from something else and would only cost memory).
+_MAX_EVENT_LINE_BYTES = 4 * MAX_EVENT_BYTES
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,9 @@ class JobOutcome:
     summary: dict[str, float] = field(default_factory=dict)
     # FAILED only: a crash, which a restart may get past (FinishJob.retryable).
     retryable: bool = False
+    # Non-empty: the attempt failed because of this worker, not the job (its artifacts disk
+    # is full); the worker takes no more jobs until the cause is gone (see the daemon).
+    unhealthy: str = ""
 
 
 def engine_command(
@@ -145,9 +152,19 @@ def _parse_lines(lines: list[bytes], path: Path) -> list[job_pb2.Event]:
     for line in lines:
         if not line.strip():
             continue
+        if len(line) > _MAX_EVENT_LINE_BYTES:
+            log.warning("skipping a %d-byte line of %s: over the event size limit", len(line), path)
+            events.append(
+                log_event(f"an event of {len(line):,} bytes was dropped: over the limit", "warning")
+            )
+            continue
         try:
             events.append(
-                json_format.Parse(line.decode("utf-8"), job_pb2.Event(), ignore_unknown_fields=True)
+                bound_event(
+                    json_format.Parse(
+                        line.decode("utf-8"), job_pb2.Event(), ignore_unknown_fields=True
+                    )
+                )
             )
         except (json_format.ParseError, UnicodeDecodeError) as exc:
             log.warning("skipping an unreadable line of %s: %s", path, exc)
@@ -188,7 +205,7 @@ def _last_lines(path: Path, count: int, max_bytes: int = 64 * 1024) -> list[str]
 
 
 def _clip(text: str) -> str:
-    return text if len(text) <= _REASON_MAX_CHARS else text[: _REASON_MAX_CHARS - 3] + "..."
+    return clip_chars(text, _REASON_MAX_CHARS)
 
 
 def _exit_description(code: int) -> str:
@@ -218,6 +235,7 @@ class JobRunner:
         drain_grace_s: float = 30.0,
         lease_valid: Callable[[], bool] = lambda: True,
         rendezvous: coordinator_pb2.Rendezvous | None = None,
+        own_storage: bool = False,
     ):
         """
         Args:
@@ -231,6 +249,9 @@ class JobRunner:
                 period: the coordinator may have given the job to another worker, so the
                 training process is killed at once (self-fencing).
             rendezvous: this worker's machine in a multi-node job (the Assignment's).
+            own_storage: out_dir is on the worker's own storage (its --artifacts folder),
+                not a folder the job chose: a full disk there is the worker's problem (the
+                job is released, the worker becomes unhealthy), not the job's.
         """
         self.job = job
         self.attempt = attempt
@@ -247,6 +268,7 @@ class JobRunner:
         self.kill_grace_s = kill_grace_s
         self.drain_grace_s = drain_grace_s
         self.lease_valid = lease_valid
+        self.own_storage = own_storage
         self.attempt_dir = self.out_dir / "attempts" / str(attempt)
         if self.machine_rank > 0:
             self.attempt_dir /= f"machine-{self.machine_rank}"
@@ -293,6 +315,8 @@ class JobRunner:
         try:
             command, events_path = self._prepare()
         except Exception as exc:
+            if is_no_space(exc):
+                return self.no_space_outcome(str(exc))
             log.exception("job %s: cannot prepare %s", self.job_id, self.out_dir)
             return JobOutcome(
                 job_pb2.FAILED, _clip(f"cannot prepare the job on worker {self.worker_id}: {exc}")
@@ -397,23 +421,51 @@ class JobRunner:
     ) -> bool:
         """Tails events until the process exits; False if the job is no longer ours."""
         last_sent = float("-inf")  # the "started" event goes out at once
+        relayed = threading.Event()
+        # The lease is also watched on a thread of its own: this loop can wait for a while
+        # in report() (the coordinator is away, and reports are retried), and a process
+        # whose lease ran out must not train on meanwhile (it would have, through a whole
+        # coordinator outage).
+        watch = threading.Thread(
+            target=self._watch_lease, args=(process, relayed), name="tunefleet-fence", daemon=True
+        )
+        watch.start()
+        try:
+            return self._relay_until_exit(process, tail, pending, report, last_sent)
+        finally:
+            relayed.set()
+
+    def _watch_lease(self, process: subprocess.Popen, relayed: threading.Event) -> None:
+        while not relayed.wait(0.1) and process.poll() is None:
+            if self._fence_if_lease_lost(process):
+                self._kill_group(process)
+                return
+
+    def _fence_if_lease_lost(self, process: subprocess.Popen) -> bool:
+        """Requests a hard stop if the process runs and our lease may have run out."""
+        if process.poll() is not None or self.lease_valid() or self._hard_stop:
+            return False
+        log.error(
+            "job %s attempt %d: lease lost; killing the training process",
+            self.job_id,
+            self.attempt,
+        )
+        self._request_stop(
+            JobOutcome(
+                job_pb2.QUEUED,
+                f"worker {self.worker_id} could not renew its lease in time and "
+                "killed the training process",
+            ),
+            hard=True,
+        )
+        return True
+
+    def _relay_until_exit(self, process, tail, pending, report, last_sent) -> bool:
         while True:
             exited = process.poll() is not None
             pending += self._note_errors(tail.read())
-            if not exited and not self.lease_valid():
-                log.error(
-                    "job %s attempt %d: lease lost; killing the training process",
-                    self.job_id,
-                    self.attempt,
-                )
-                self._request_stop(
-                    JobOutcome(
-                        job_pb2.QUEUED,
-                        f"worker {self.worker_id} could not renew its lease in time and "
-                        "killed the training process",
-                    ),
-                    hard=True,
-                )
+            if not exited:
+                self._fence_if_lease_lost(process)
             if not exited and self._stop_outcome is not None:
                 if self._hard_stop:
                     self._kill_group(process)
@@ -463,6 +515,8 @@ class JobRunner:
             )
         last_lines = _last_lines(self.attempt_dir / "engine.log", CRASH_TAIL_LINES)
         last_line = last_lines[-1] if last_lines else ""
+        if code == EXIT_NO_SPACE:
+            return self.no_space_outcome(self._last_error)
         if code == EXIT_INVALID_INPUT:
             if self._last_error:  # the engine explained itself in an event already
                 return JobOutcome(job_pb2.FAILED, _clip(self._last_error))
@@ -473,6 +527,27 @@ class JobRunner:
         reason += f": {last_line}" if last_line else ""
         self._relay_crash_tail(reason, report)
         return JobOutcome(job_pb2.FAILED, _clip(reason), retryable=True)
+
+    def no_space_outcome(self, detail: str = "") -> JobOutcome:
+        """The disk the job writes to is full. On the worker's own storage that is the
+        worker's fault: release the job for another worker and stop taking jobs. In the
+        folder the job chose (output.dir) it is the job's: fail once, with the reason (its
+        next attempt would find the same disk full)."""
+        detail = f" ({_clip(detail)})" if detail else ""
+        if self.own_storage:
+            return JobOutcome(
+                job_pb2.QUEUED,
+                f"worker {self.worker_id} ran out of disk space for job outputs{detail}; the "
+                "job is released for another worker",
+                unhealthy=f"no space left on device in its artifacts folder {self.out_dir.parent}",
+            )
+        return JobOutcome(
+            job_pb2.FAILED,
+            _clip(
+                f"disk full: no space left on device in output.dir {self.out_dir}{detail}; "
+                "free space there or choose another output.dir"
+            ),
+        )
 
     def _relay_crash_tail(self, headline: str, report: ReportFn) -> None:
         lines = _last_lines(self.attempt_dir / "engine.log", CRASH_TAIL_LINES)

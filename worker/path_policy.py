@@ -17,6 +17,7 @@ not for a shared worker -- the worker logs a warning at start in that case.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from tunefleet.v1 import spec_pb2
 __all__ = ["ENV_ALLOWED_ROOTS", "PathPolicy", "PathViolation", "roots_from_env", "spec_paths"]
 
 ENV_ALLOWED_ROOTS = "TUNEFLEET_ALLOWED_ROOTS"
+
+log = logging.getLogger(__name__)
 
 _EXPLICIT = ("./", "../", "/", "~", ".\\", "..\\")
 
@@ -124,10 +127,20 @@ class PathPolicy:
         return found
 
     def check(self, spec: spec_pb2.JobSpec) -> str | None:
-        """None if the spec may run here, else the reason to fail it with."""
+        """None if the spec may run here, else the reason to fail it with.
+
+        The reason names the fields and the paths as the spec wrote them, nothing more:
+        it is shown to the job's submitter, who learns neither the worker's allowed roots
+        nor where a symlink on the worker leads (the worker's log has both)."""
         bad = self.violations(spec)
         if not bad:
             return None
-        roots = ", ".join(self.allowed_roots)
-        listed = "; ".join(str(v) for v in bad)
-        return f"path outside this worker's allowed roots ({roots}): {listed}"
+        log.warning(
+            "refused paths (allowed roots %s): %s",
+            ", ".join(self.allowed_roots),
+            "; ".join(str(v) for v in bad),
+        )
+        listed = "; ".join(f"{v.field}: {v.path}" for v in bad)
+        return (
+            f"path outside the folders this worker allows (ftctl worker --allowed-root): {listed}"
+        )

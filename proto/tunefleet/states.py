@@ -11,4 +11,9 @@ def is_terminal(state: int) -> bool:
 
 
 def state_name(state: int) -> str:
-    return job_pb2.JobState.Name(state)
+    """The enum name, or "state N" for a number the enum does not have (a hostile or newer
+    peer may send any int32)."""
+    try:
+        return job_pb2.JobState.Name(state)
+    except ValueError:
+        return f"state {state}"

@@ -197,7 +197,18 @@ class Cluster:
     def kill_coordinator(self) -> None:
         self.coordinator.kill9()
 
-    def start_worker(self, worker_id: str, *, drain_grace_s: float = 30.0) -> Proc:
+    def start_worker(
+        self,
+        worker_id: str,
+        *,
+        drain_grace_s: float = 30.0,
+        tmpfs: dict[Path, str] | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> Proc:
+        """A worker process. `tmpfs` ({folder: size, e.g. "64m"}) runs it in a mount
+        namespace of its own (unshare -m; the tests run as root) where each folder is a
+        fresh tmpfs of that size: a disk that only this worker sees, which the test can fill
+        and empty through /proc/PID/root (see in_worker_mounts)."""
         argv = [
             sys.executable,
             "-m",
@@ -214,7 +225,14 @@ class Cluster:
             "0.5",
             "--drain-grace-s",
             str(drain_grace_s),
+            *extra_args,
         ]
+        if tmpfs:
+            mounts = " && ".join(
+                f"mkdir -p '{folder}' && mount -t tmpfs -o size={size} tmpfs '{folder}'"
+                for folder, size in tmpfs.items()
+            )
+            argv = ["unshare", "-m", "sh", "-c", f'{mounts} && exec "$@"', "sh", *argv]
         proc = Proc(worker_id, argv, self.root / f"{worker_id}.log").start()
         self.procs.append(proc)
         self.workers[worker_id] = proc
@@ -305,6 +323,26 @@ class Cluster:
             return db.execute("PRAGMA integrity_check").fetchone()[0]
         finally:
             db.close()
+
+
+def in_worker_mounts(proc: Proc, path: Path) -> Path:
+    """`path` as the worker `proc` sees it (its own mount namespace, see start_worker)."""
+    return Path(f"/proc/{proc.pid}/root") / Path(path).relative_to("/")
+
+
+def fill_disk(folder: Path) -> Path:
+    """Writes `folder`/fill until the disk is full; returns the file (delete it to free)."""
+    fill = folder / "fill"
+    chunk = b"\0" * (1 << 20)
+    with contextlib.suppress(OSError), fill.open("wb") as f:
+        while True:
+            f.write(chunk)
+            f.flush()
+    with contextlib.suppress(OSError), fill.open("ab") as f:  # the last partial chunk
+        while True:
+            f.write(b"\0" * 4096)
+            f.flush()
+    return fill
 
 
 # ---- what the events say ----------------------------------------------------------------

@@ -9,16 +9,25 @@ anything else a crash (the worker may restart; the run resumes from its last che
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
 
+from tunefleet.limits import clip
 from tunefleet.spec import spec_from_dict
-from tunefleet.worker.engine.errors import InvalidJobInput
+from tunefleet.worker.engine.errors import (
+    EXIT_INVALID_INPUT,
+    EXIT_NO_SPACE,
+    InvalidJobInput,
+    is_no_space,
+)
 from tunefleet.worker.engine.events import JsonlEventSink, log_event
 
-EXIT_INVALID_INPUT = 2
+# What one error may add to engine.log (a 70 MB column name must not make a 140 MB log).
+_MAX_LOG_BYTES = 64 * 1024
 
 
 def _is_main_process() -> bool:
@@ -43,6 +52,13 @@ def _die_with_launcher() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if os.getppid() != launcher:  # it died before the line above took effect
         os._exit(1)
+
+
+def _report_crash(emit, e: BaseException) -> None:
+    """A crash: say what it was in the job's events too, then let the traceback and the
+    non-zero exit code tell the worker (which may restart and resume)."""
+    with contextlib.suppress(OSError):
+        emit(log_event(f"engine crashed: {type(e).__name__}: {e}", level="error"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,14 +87,22 @@ def main(argv: list[str] | None = None) -> int:
         run_job(spec, args.out, emit, resume=not args.no_resume)
         return 0
     except InvalidJobInput as e:
-        print(f"invalid job input: {e}", file=sys.stderr)
+        # The traceback is for the worker's operators (engine.log); the job's events get the
+        # one line that says what to fix.
+        print(clip("".join(traceback.format_exc()), _MAX_LOG_BYTES), file=sys.stderr)
+        print(clip(f"invalid job input: {e}", _MAX_LOG_BYTES), file=sys.stderr)
         emit(log_event(f"invalid job input: {e}", level="error"))
         return EXIT_INVALID_INPUT
     except Exception as e:
-        # A crash: say what it was in the job's events too, then let the traceback and the
-        # non-zero exit code tell the worker (which may restart and resume).
-        emit(log_event(f"engine crashed: {type(e).__name__}: {e}", level="error"))
-        raise
+        if not is_no_space(e):
+            _report_crash(emit, e)
+            raise
+        # The disk may be too full for these lines too; the exit code says it all.
+        with contextlib.suppress(OSError):
+            traceback.print_exc()
+        with contextlib.suppress(OSError):
+            emit(log_event(f"disk full: {e}", level="error"))
+        return EXIT_NO_SPACE
     finally:
         if sink is not None:
             sink.close()

@@ -20,6 +20,7 @@ phases separated by barriers: `begin` (main), `write_rng` (every rank), `commit`
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -35,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tunefleet.worker.engine.errors import InvalidJobInput
+from tunefleet.worker.engine.errors import InvalidJobInput, is_no_space
 
 MANIFEST = "MANIFEST.json"
 _STEP_DIR = re.compile(r"^step-(\d{7,})$")
@@ -98,7 +99,25 @@ def begin(root: Path, step: int) -> Path:
 
 def write_rng(tmp: Path, rank: int) -> None:
     """Every process: its RNG states."""
-    torch.save(capture_rng(), tmp / f"rng-{rank}.pt")
+    try:
+        torch.save(capture_rng(), tmp / f"rng-{rank}.pt")
+    except Exception as exc:
+        _raise_if_disk_full(exc, tmp, f"saving the RNG state of rank {rank}")
+        raise
+
+
+def _raise_if_disk_full(exc: Exception, where: Path, what: str) -> None:
+    """Raises OSError(ENOSPC) for `exc` if the disk is full. torch.save does not say so:
+    it fails with "unexpected pos 576 vs 534", so a nearly empty disk is taken as the cause."""
+    try:
+        nearly_full = shutil.disk_usage(where).free < _NEARLY_FULL_BYTES
+    except OSError:
+        nearly_full = False
+    if is_no_space(exc) or nearly_full:
+        raise OSError(errno.ENOSPC, f"no space left on device while {what} in {where}") from exc
+
+
+_NEARLY_FULL_BYTES = 1024 * 1024
 
 
 def commit(
@@ -110,11 +129,30 @@ def commit(
     scheduler_state: dict[str, Any] | None,
     trainer_state: dict[str, Any],
     keep: int,
+    identity: dict[str, str] | None = None,
 ) -> Path:
-    """Main process: write the rest, MANIFEST last, rename into place, prune old checkpoints."""
+    """Main process: write the rest, MANIFEST last, rename into place, prune old checkpoints.
+    `identity` (lineage.identity: job id, spec hash) goes into the manifest."""
+    tmp = _tmp_dir(root, step)
+    try:
+        _write(tmp, step, model, optimizer_state, scheduler_state, trainer_state, identity)
+    except Exception as exc:
+        try:
+            _raise_if_disk_full(exc, Path(root), f"saving checkpoint step-{step:07d}")
+            raise
+        finally:  # a half-written checkpoint only takes space (which may be what ran out)
+            shutil.rmtree(tmp, ignore_errors=True)
+    final = step_dir(root, step)
+    if final.exists():  # a re-run of the same step after a resume: replace it
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    prune(root, keep)
+    return final
+
+
+def _write(tmp, step, model, optimizer_state, scheduler_state, trainer_state, identity) -> None:
     from safetensors.torch import save_model
 
-    tmp = _tmp_dir(root, step)
     save_model(model, str(tmp / "model.safetensors"))
     if optimizer_state is not None:
         torch.save(optimizer_state, tmp / "optimizer.pt")
@@ -122,17 +160,19 @@ def commit(
         torch.save(scheduler_state, tmp / "scheduler.pt")
     (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2), encoding="utf-8")
     files = sorted(p.name for p in tmp.iterdir())
-    manifest = {"step": step, "files": files, "created": time.time()}
+    manifest = {"step": step, "files": files, "created": time.time(), **(identity or {})}
     with open(tmp / MANIFEST, "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=2)
         f.flush()
         os.fsync(f.fileno())
-    final = step_dir(root, step)
-    if final.exists():  # a re-run of the same step after a resume: replace it
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    prune(root, keep)
-    return final
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((Path(path) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def list_checkpoints(root: Path) -> list[Path]:
@@ -171,9 +211,21 @@ class Checkpoint:
     trainer_state: dict[str, Any]
 
     def load_model(self, model: nn.Module) -> None:
+        """Loads the weights; a checkpoint whose tensors do not fit `model` (another
+        architecture, another number of labels) is InvalidJobInput: it will never fit."""
         from safetensors.torch import load_model
 
-        load_model(model, str(self.path / "model.safetensors"))
+        try:
+            load_model(model, str(self.path / "model.safetensors"))
+        except OSError:
+            raise
+        except Exception as exc:
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            detail = "; ".join(lines[1:3] or lines[:1])[:300]
+            raise InvalidJobInput(
+                f"checkpoint {self.path.name} does not fit this job's model ({detail}); "
+                "give the job a fresh output folder"
+            ) from exc
 
     def optimizer_state(self) -> dict[str, Any] | None:
         """None in a finished run's checkpoint (see the module docstring)."""

@@ -7,12 +7,14 @@ relays them in batches later.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from google.protobuf import json_format
 
+from tunefleet.limits import bound_event
 from tunefleet.v1 import job_pb2
 
 
@@ -126,7 +128,9 @@ class JsonlEventSink:
         self._lock = threading.Lock()
 
     def __call__(self, event: job_pb2.Event) -> None:
-        line = event_to_json(event)
+        # Bounded here, at the source, whatever built the event: a 70 MB column name echoed
+        # in an error must not make a 70 MB event that no one can deliver.
+        line = event_to_json(bound_event(event))
         with self._lock:
             self._file.write(line + "\n")
             self._file.flush()
@@ -134,7 +138,9 @@ class JsonlEventSink:
     def close(self) -> None:
         with self._lock:
             if not self._file.closed:
-                self._file.close()
+                # A full disk: the process is ending, and its exit code says why.
+                with contextlib.suppress(OSError):
+                    self._file.close()
 
     def __enter__(self) -> JsonlEventSink:
         return self

@@ -38,7 +38,8 @@ from torch.utils.data import DataLoader, Sampler
 
 from tunefleet.spec import compresses
 from tunefleet.v1 import job_pb2, spec_pb2
-from tunefleet.worker.engine import checkpoint, models
+from tunefleet.worker.engine import checkpoint, lineage, models, preflight
+from tunefleet.worker.engine.divergence import DivergenceGuard, is_finite
 from tunefleet.worker.engine.errors import InvalidJobInput
 from tunefleet.worker.engine.events import log_event, metrics_event, report_message_event
 from tunefleet.worker.engine.export import export_model
@@ -247,6 +248,8 @@ class TrainingRun:
         self.last_saved_step = -1
         self.sigterm = SigtermFlag()
         self._inject_oom_at = int(os.environ.get(INJECT_OOM_ENV) or 0)  # 0 = off
+        self.identity = lineage.identity(spec)  # recorded in, and checked against, manifests
+        self.divergence = DivergenceGuard()
 
     # ------------------------------------------------------------------ setup
 
@@ -259,6 +262,13 @@ class TrainingRun:
         if acc.is_main_process:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         latest = checkpoint.latest(self.ckpt_root) if resume else None
+        if latest is not None:
+            foreign = lineage.mismatch(checkpoint.read_manifest(latest), self.identity)
+            if foreign:
+                raise InvalidJobInput(
+                    f"will not resume from the checkpoints in {self.ckpt_root}: {foreign}; "
+                    "give the job an output folder of its own"
+                )
         if latest is None and acc.is_main_process:
             # A fresh start must not mix with an older run's checkpoints or best weights.
             shutil.rmtree(self.ckpt_root, ignore_errors=True)
@@ -275,6 +285,7 @@ class TrainingRun:
                 f"model.num_labels: {num_labels} is fewer than the {self.data.num_labels} labels in the data"
             )
         self.bundle = models.build_model(spec, task, num_labels, labels)
+        preflight.check_positions(spec, self.bundle.model)
         model = self.bundle.model
         self.plan = FreezePlan.for_model(
             model, self.bundle.kind, spec.finetune, self.bundle.head_path
@@ -455,6 +466,7 @@ class TrainingRun:
                 if not acc.optimizer_step_was_skipped:
                     self.scheduler.step()
                 s.global_step += 1
+                self.divergence.observe(s.global_step, "loss", loss.item())
 
                 if s.global_step % log_every == 0:
                     self._log_train()
@@ -646,8 +658,10 @@ class TrainingRun:
         )
         name = self._metric_name()
         value = metrics[name]
-        better = s.best_value is None or (
-            value < s.best_value if name == "loss" else value > s.best_value
+        self.divergence.observe_eval(s.global_step, metrics)
+        better = all(is_finite(v) for v in metrics.values()) and (
+            s.best_value is None
+            or (value < s.best_value if name == "loss" else value > s.best_value)
         )
         if not better:
             s.evals_since_best += 1
@@ -685,6 +699,7 @@ class TrainingRun:
                 optimizer_state=None if s.finished else self.optimizer.state_dict(),
                 scheduler_state=None if s.finished else self.scheduler.state_dict(),
                 trainer_state=asdict(s),
+                identity=self.identity,
                 keep=self.spec.train.keep_checkpoints or 2,
             )
             self.emit(log_event(f"checkpoint saved: {path.name}", level="debug"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tunefleet.limits import safe_name
 from tunefleet.spec.defaults import resolve_defaults
 from tunefleet.spec.errors import FieldError, SpecError
 from tunefleet.spec.parse import parse_lenient, read_yaml, spec_from_dict, spec_to_dict
@@ -56,7 +57,7 @@ def load_job_file(path: str | Path, *, check_paths: bool = True) -> spec_pb2.Job
     p = Path(path)
     data = read_yaml(p)
     if isinstance(data, dict) and "name" not in data:
-        data = {**data, "name": p.stem}
+        data = {**data, "name": safe_name(p.stem)}  # a file name may hold any character
     return prepare(data, base_dir=p.resolve().parent, check_paths=check_paths, source=str(p))
 
 

@@ -4,6 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tunefleet.limits import clip_chars
+
+# A problem's path and message quote what the user wrote; a 1 MB key or value must not
+# make a 1 MB error (or a 312 MB one, repeated).
+_MAX_PATH_CHARS = 200
+_MAX_MESSAGE_CHARS = 1000
+
 
 @dataclass(frozen=True)
 class FieldError:
@@ -11,6 +18,10 @@ class FieldError:
 
     path: str
     message: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", clip_chars(self.path, _MAX_PATH_CHARS))
+        object.__setattr__(self, "message", clip_chars(self.message, _MAX_MESSAGE_CHARS))
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}"

@@ -15,6 +15,7 @@ import yaml
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
+from tunefleet.limits import MAX_YAML_BYTES, MAX_YAML_DEPTH, MAX_YAML_NODES, quote
 from tunefleet.spec.errors import FieldError, SpecError
 from tunefleet.v1 import spec_pb2
 
@@ -56,14 +57,14 @@ def _scalar(field: FieldDescriptor, value: Any, path: str, errors: list[FieldErr
             errors.append(
                 FieldError(
                     path,
-                    f"expected a string, got {value!r}; quote it "
+                    f"expected a string, got {quote(value)}; quote it "
                     "(YAML reads no/yes/on/off as booleans)",
                 )
             )
             return None
         if isinstance(value, (int, float)):
             errors.append(
-                FieldError(path, f"expected a string, got the number {value!r}; quote it")
+                FieldError(path, f"expected a string, got the number {quote(value)}; quote it")
             )
             return None
         if not isinstance(value, str):
@@ -72,7 +73,7 @@ def _scalar(field: FieldDescriptor, value: Any, path: str, errors: list[FieldErr
         return value
     if t == FieldDescriptor.TYPE_BOOL:
         if not isinstance(value, bool):
-            errors.append(FieldError(path, f"expected true or false, got {value!r}"))
+            errors.append(FieldError(path, f"expected true or false, got {quote(value)}"))
             return None
         return value
     if t in _INT_TYPES:
@@ -80,11 +81,11 @@ def _scalar(field: FieldDescriptor, value: Any, path: str, errors: list[FieldErr
             if isinstance(value, float) and value.is_integer():
                 value = int(value)
             else:
-                errors.append(FieldError(path, f"expected an integer, got {value!r}"))
+                errors.append(FieldError(path, f"expected an integer, got {quote(value)}"))
                 return None
         lo, hi = _INT_TYPES[t]
         if not lo <= value <= hi:
-            errors.append(FieldError(path, f"{value} is out of range for an integer field"))
+            errors.append(FieldError(path, f"{quote(value)} is out of range for an integer field"))
             return None
         return value
     if t in _FLOAT_TYPES:
@@ -93,13 +94,13 @@ def _scalar(field: FieldDescriptor, value: Any, path: str, errors: list[FieldErr
             try:
                 value = float(value)
             except ValueError:
-                errors.append(FieldError(path, f"expected a number, got {value!r}"))
+                errors.append(FieldError(path, f"expected a number, got {quote(value)}"))
                 return None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            errors.append(FieldError(path, f"expected a number, got {value!r}"))
+            errors.append(FieldError(path, f"expected a number, got {quote(value)}"))
             return None
         if not math.isfinite(value):
-            errors.append(FieldError(path, f"expected a finite number, got {value!r}"))
+            errors.append(FieldError(path, f"expected a finite number, got {quote(value)}"))
             return None
         return float(value)
     errors.append(FieldError(path, "unsupported field type"))  # pragma: no cover
@@ -119,7 +120,7 @@ def _message(desc: Descriptor, data: Any, path: str, errors: list[FieldError]) -
     out: dict[str, Any] = {}
     for key, value in data.items():
         # An empty or non-string key (YAML allows both) is quoted so the path still names it.
-        kpath = _join(path, key if isinstance(key, str) and key else repr(key))
+        kpath = _join(path, key if isinstance(key, str) and key else quote(key))
         field = fields.get(key) if isinstance(key, str) else None
         if field is None:
             allowed = ", ".join(f.name for f in desc.fields)
@@ -181,23 +182,109 @@ def spec_to_dict(spec: spec_pb2.JobSpec) -> dict:
 
 
 def read_yaml(path: str | Path) -> Any:
-    """Read a job YAML file; file-level problems become a SpecError naming the file."""
+    """Read a job YAML file; file-level problems become a SpecError naming the file.
+
+    A job file is small, so anything that makes one expensive is refused before the YAML
+    is turned into objects: more than MAX_YAML_BYTES (read no further: `/dev/zero` is a
+    file too), nesting deeper than MAX_YAML_DEPTH (PyYAML's composer recurses), more than
+    MAX_YAML_NODES once aliases are expanded (a 495-byte "billion laughs" file is a few
+    nodes to parse and billions to walk), and a key given twice in one mapping (YAML keeps
+    the last one silently)."""
     p = Path(path)
+
+    def fail(message: str) -> SpecError:
+        return SpecError([FieldError("<file>", f"{p}: {message}")], str(p))
+
     try:
-        text = p.read_text(encoding="utf-8")
+        with p.open("rb") as f:
+            data = f.read(MAX_YAML_BYTES + 1)
     except FileNotFoundError:
-        raise SpecError([FieldError("<file>", f"{p}: no such file")], str(p)) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise SpecError([FieldError("<file>", f"{p}: cannot read: {e}")], str(p)) from None
+        raise fail("no such file") from None
+    except IsADirectoryError:
+        raise fail("is a folder, not a job file") from None
+    except OSError as e:
+        raise fail(f"cannot read: {e.strerror or e}") from None
+    if len(data) > MAX_YAML_BYTES:
+        raise fail(f"larger than {MAX_YAML_BYTES:,} bytes, the limit for a job file")
     try:
-        data = yaml.safe_load(text)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise fail(f"cannot read: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    try:
+        _check_shape(text)
+        data = yaml.load(text, Loader=_JobLoader)  # noqa: S506 - a SafeLoader subclass
+    except _TooBig as e:
+        raise fail(str(e)) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e)
-        raise SpecError(
-            [FieldError("<file>", f"{p}: not valid YAML{where}: {problem}")], str(p)
-        ) from None
+        raise fail(f"not valid YAML{where}: {problem}") from None
     if data is None:
-        raise SpecError([FieldError("<file>", f"{p}: the file is empty")], str(p))
+        raise fail("the file is empty")
     return data
+
+
+class _TooBig(ValueError):
+    pass
+
+
+def _check_shape(text: str) -> None:
+    """Depth and expanded size from PyYAML's event stream (its parser does not recurse;
+    its composer does): each collection's size, counted once, is added again wherever an
+    alias repeats it, so a bomb is caught after reading its few hundred bytes."""
+    sizes: dict[str, int] = {}  # anchor -> nodes under it, aliases expanded
+    stack: list[list] = [[0, None]]  # [nodes so far, anchor] per open collection
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            stack.append([1, event.anchor])
+            if len(stack) - 1 > MAX_YAML_DEPTH:
+                raise _TooBig(
+                    f"nested deeper than {MAX_YAML_DEPTH} levels (line {event.start_mark.line + 1})"
+                )
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            count, anchor = stack.pop()
+            if anchor:
+                sizes[anchor] = count
+            stack[-1][0] += count
+        elif isinstance(event, yaml.ScalarEvent):
+            if event.anchor:
+                sizes[event.anchor] = 1
+            stack[-1][0] += 1
+        elif isinstance(event, yaml.AliasEvent):
+            stack[-1][0] += sizes.get(event.anchor, 1)
+        else:
+            continue
+        if stack[-1][0] > MAX_YAML_NODES:
+            raise _TooBig(
+                f"more than {MAX_YAML_NODES:,} values once aliases are expanded "
+                f"(line {event.start_mark.line + 1}); a job file needs far fewer"
+            )
+
+
+class _JobLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping, naming both lines."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                merge = key_node.tag == "tag:yaml.org,2002:merge"
+                if not isinstance(key_node, yaml.ScalarNode) or merge:
+                    continue
+                key = self.construct_object(key_node)
+                line = key_node.start_mark.line + 1
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: SafeLoader says so itself
+                    continue
+                seen[key] = line
+                if first is not None:
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"duplicate key {quote(key)} at line {line} (first given at line "
+                        f"{first}); give each key once",
+                        key_node.start_mark,
+                    )
+        return super().construct_mapping(node, deep=deep)

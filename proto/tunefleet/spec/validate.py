@@ -3,13 +3,18 @@ coordinator on SubmitJob, so all three report exactly the same problems."""
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
+from google.protobuf.descriptor import FieldDescriptor
+
+from tunefleet import limits
 from tunefleet.spec import choices as C
 from tunefleet.spec.defaults import default_lr, default_validation_fraction
 from tunefleet.spec.errors import FieldError
 from tunefleet.spec.model_blocks import body_block_count
+from tunefleet.spec.model_config import max_positions
 from tunefleet.spec.paths import looks_local
 from tunefleet.v1 import spec_pb2
 
@@ -27,7 +32,7 @@ class _Check:
                 self.fail(path, f"required; {C.one_of(allowed)}")
             return False
         if value not in allowed:
-            self.fail(path, f"{value!r} is not allowed; {C.one_of(allowed)}")
+            self.fail(path, f"{limits.quote(value)} is not allowed; {C.one_of(allowed)}")
             return False
         return True
 
@@ -37,6 +42,10 @@ class _Check:
         v = getattr(msg, field)
         if v < low or (strict and v == low):
             self.fail(path, f"must be {'>' if strict else '>='} {low:g}, got {v:g}")
+
+    def at_most(self, msg, field: str, path: str, high, why: str) -> None:
+        if msg.HasField(field) and getattr(msg, field) > high:
+            self.fail(path, f"must be <= {high:g} ({why}), got {getattr(msg, field):g}")
 
     def within(
         self, msg, field: str, path: str, low, high, *, high_open=False, low_open=False
@@ -55,29 +64,81 @@ class _Check:
         except re.error as e:
             self.fail(path, f"not a valid regular expression: {e}")
 
-    def file(self, path: str, value: str, *, check_paths: bool, folder=False) -> None:
+    def file(
+        self, path: str, value: str, *, check_paths: bool, folder=False, folder_ok=False
+    ) -> None:
+        """`value` must be an existing file (a folder only if `folder_ok`), or with `folder`
+        an existing folder."""
         if not value or not check_paths:
             return
         p = Path(value)
         if not p.is_absolute():
             self.fail(
                 path,
-                f"relative path {value!r}: give an absolute path (ftctl and the SDK "
-                "resolve paths against the YAML file's folder)",
+                f"relative path {limits.quote(value)}: give an absolute path (ftctl and the "
+                "SDK resolve paths against the YAML file's folder)",
             )
         elif folder and not p.is_dir():
             self.fail(path, f"no such folder: {value}")
         elif not folder and not p.exists():
             self.fail(path, f"no such file: {value}")
+        elif not folder and not folder_ok and p.is_dir():
+            self.fail(path, f"{value} is a folder; give a file")
+
+    def finite(self, msg, prefix: str = "") -> None:
+        """NaN and infinity pass every range check (`nan < 0` is False): refuse them in every
+        float field, as the YAML parser does (a JobSpec object can hold them)."""
+        for field, value in msg.ListFields():
+            path = f"{prefix}{field.name}"
+            if field.type == FieldDescriptor.TYPE_MESSAGE:
+                if field.message_type.GetOptions().map_entry:
+                    value_field = field.message_type.fields_by_name["value"]
+                    if value_field.type in _FLOATS:
+                        for k, v in value.items():
+                            self._finite_value(f"{path}.{k}", v)
+                    continue
+                children = value if _repeated(field) else [value]
+                for i, child in enumerate(children):
+                    index = f"[{i}]" if _repeated(field) else ""
+                    self.finite(child, f"{path}{index}.")
+            elif field.type in _FLOATS:
+                for i, v in enumerate(value if _repeated(field) else [value]):
+                    self._finite_value(f"{path}[{i}]" if _repeated(field) else path, v)
+
+    def _finite_value(self, path: str, v: float) -> None:
+        if not math.isfinite(v):
+            self.fail(path, f"expected a finite number, got {v}")
+
+
+_FLOATS = (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT)
+
+
+def _repeated(field) -> bool:
+    rep = getattr(field, "is_repeated", None)
+    if rep is not None:
+        return rep() if callable(rep) else bool(rep)
+    return field.label == FieldDescriptor.LABEL_REPEATED
 
 
 def validate(spec: spec_pb2.JobSpec, *, check_paths: bool = True) -> list[FieldError]:
     """Every problem in `spec`, each with its field path; an empty list means valid."""
     c = _Check()
+    size = spec.ByteSize()
+    if size > limits.MAX_SPEC_BYTES:
+        # Nothing else is checked: a spec this big is refused whatever it holds.
+        c.fail(
+            "<spec>",
+            f"{size:,} bytes; a job spec may be at most {limits.MAX_SPEC_BYTES:,} bytes "
+            "(1 MiB). Keep large data (labels, lists) in files the job reads",
+        )
+        return c.errors
     if not spec.name:
         c.fail("name", "required: a short name for the job")
-    elif len(spec.name) > 100:
-        c.fail("name", "at most 100 characters")
+    elif len(spec.name) > limits.MAX_NAME_CHARS:
+        c.fail("name", f"at most {limits.MAX_NAME_CHARS} characters")
+    elif not limits.is_safe_name(spec.name):
+        c.fail("name", f"{limits.quote(spec.name)}: use only {limits.NAME_RULE}")
+    c.finite(spec)
     _model(c, spec, check_paths)
     _data(c, spec, check_paths)
     _finetune(c, spec)
@@ -155,9 +216,11 @@ def _data(c: _Check, spec, check_paths: bool) -> None:
     if d.source in C.FILE_DATA_SOURCES:
         if not d.train:
             c.fail("data.train", f"required: the path of the training {d.source} file")
-        c.file("data.train", d.train, check_paths=check_paths)
-        c.file("data.eval", d.eval, check_paths=check_paths)
-        c.file("data.test", d.test, check_paths=check_paths)
+        # A parquet dataset may be a folder of files; a CSV or JSON-lines file may not.
+        folder_ok = d.source == "parquet"
+        c.file("data.train", d.train, check_paths=check_paths, folder_ok=folder_ok)
+        c.file("data.eval", d.eval, check_paths=check_paths, folder_ok=folder_ok)
+        c.file("data.test", d.test, check_paths=check_paths, folder_ok=folder_ok)
     if d.source == "hf" and not d.name:
         c.fail("data.name", "required with source: hf (a dataset id such as glue)")
     if d.source == "torchvision":
@@ -178,7 +241,16 @@ def _data(c: _Check, spec, check_paths: bool) -> None:
         c.fail("data.augment", "augmentation presets apply to image data only")
     c.choice("data.augment", d.augment, C.AUGMENT, required=False)
     c.within(d, "max_length", "data.max_length", 1, 8192)
+    if d.HasField("max_length") and check_paths and spec.model.source == "hf":
+        positions = max_positions(spec.model.name)
+        if positions is not None and d.max_length > positions:
+            c.fail(
+                "data.max_length",
+                f"{d.max_length} is more than the {positions} positions the model "
+                f"({spec.model.name}) has; use at most {positions}",
+            )
     c.at_least(d, "num_workers", "data.num_workers", 0)
+    c.at_most(d, "num_workers", "data.num_workers", limits.MAX_DATA_WORKERS, "per process")
     c.at_least(d, "image_size", "data.image_size", 8)
     c.at_least(d, "limit_train", "data.limit_train", 0)
     c.at_least(d, "limit_eval", "data.limit_eval", 0)
@@ -399,15 +471,19 @@ def _eval(c: _Check, spec) -> None:
 def _resources(c: _Check, r) -> None:
     # gpus and processes are per node: a multi-node job (nodes > 1) runs `processes`
     # ranks on each of `nodes` workers, so the per-node rules apply to each of them.
+    per_worker = "what one worker can offer"
     c.at_least(r, "gpus", "resources.gpus", 0)
+    c.at_most(r, "gpus", "resources.gpus", limits.MAX_GPUS_PER_NODE, per_worker)
     c.at_least(r, "processes", "resources.processes", 1)
+    c.at_most(r, "processes", "resources.processes", limits.MAX_PROCESSES_PER_NODE, per_worker)
+    c.at_least(r, "nodes", "resources.nodes", 1)
+    c.at_most(r, "nodes", "resources.nodes", limits.MAX_NODES, "workers one job may span")
     if r.HasField("processes") and r.gpus > 0 and r.processes > r.gpus:
         per_node = " per node" if r.nodes > 1 else ""
         c.fail(
             "resources.processes",
             f"{r.processes} processes on {r.gpus} GPUs{per_node}: use at most one process per GPU",
         )
-    c.at_least(r, "nodes", "resources.nodes", 1)
 
 
 def _compression(c: _Check, spec) -> None:

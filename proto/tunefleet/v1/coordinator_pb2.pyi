@@ -35,18 +35,22 @@ class GetJobRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
-    __slots__ = ("states", "limit")
+    __slots__ = ("states", "limit", "page_token")
     STATES_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     states: _containers.RepeatedScalarFieldContainer[_job_pb2.JobState]
     limit: int
-    def __init__(self, states: _Optional[_Iterable[_Union[_job_pb2.JobState, str]]] = ..., limit: _Optional[int] = ...) -> None: ...
+    page_token: str
+    def __init__(self, states: _Optional[_Iterable[_Union[_job_pb2.JobState, str]]] = ..., limit: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListJobsResponse(_message.Message):
-    __slots__ = ("jobs",)
+    __slots__ = ("jobs", "next_page_token")
     JOBS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     jobs: _containers.RepeatedCompositeFieldContainer[_job_pb2.Job]
-    def __init__(self, jobs: _Optional[_Iterable[_Union[_job_pb2.Job, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, jobs: _Optional[_Iterable[_Union[_job_pb2.Job, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class CancelJobRequest(_message.Message):
     __slots__ = ("job_id", "reason")
@@ -83,7 +87,7 @@ class WorkerResources(_message.Message):
     def __init__(self, gpus: _Optional[int] = ..., cpus: _Optional[int] = ..., gpu_name: _Optional[str] = ...) -> None: ...
 
 class Worker(_message.Message):
-    __slots__ = ("id", "hostname", "resources", "state", "free_gpus", "job_ids", "last_heartbeat_age_s", "address")
+    __slots__ = ("id", "hostname", "resources", "state", "free_gpus", "job_ids", "last_heartbeat_age_s", "address", "unhealthy_reason")
     ID_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +96,7 @@ class Worker(_message.Message):
     JOB_IDS_FIELD_NUMBER: _ClassVar[int]
     LAST_HEARTBEAT_AGE_S_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    UNHEALTHY_REASON_FIELD_NUMBER: _ClassVar[int]
     id: str
     hostname: str
     resources: WorkerResources
@@ -100,7 +105,8 @@ class Worker(_message.Message):
     job_ids: _containers.RepeatedScalarFieldContainer[str]
     last_heartbeat_age_s: float
     address: str
-    def __init__(self, id: _Optional[str] = ..., hostname: _Optional[str] = ..., resources: _Optional[_Union[WorkerResources, _Mapping]] = ..., state: _Optional[_Union[WorkerState, str]] = ..., free_gpus: _Optional[int] = ..., job_ids: _Optional[_Iterable[str]] = ..., last_heartbeat_age_s: _Optional[float] = ..., address: _Optional[str] = ...) -> None: ...
+    unhealthy_reason: str
+    def __init__(self, id: _Optional[str] = ..., hostname: _Optional[str] = ..., resources: _Optional[_Union[WorkerResources, _Mapping]] = ..., state: _Optional[_Union[WorkerState, str]] = ..., free_gpus: _Optional[int] = ..., job_ids: _Optional[_Iterable[str]] = ..., last_heartbeat_age_s: _Optional[float] = ..., address: _Optional[str] = ..., unhealthy_reason: _Optional[str] = ...) -> None: ...
 
 class ListWorkersRequest(_message.Message):
     __slots__ = ()
@@ -141,12 +147,14 @@ class RegisterWorkerResponse(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ..., lease_timeout_s: _Optional[float] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("worker_id", "running_job_ids")
+    __slots__ = ("worker_id", "running_job_ids", "unhealthy_reason")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     RUNNING_JOB_IDS_FIELD_NUMBER: _ClassVar[int]
+    UNHEALTHY_REASON_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     running_job_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, worker_id: _Optional[str] = ..., running_job_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    unhealthy_reason: str
+    def __init__(self, worker_id: _Optional[str] = ..., running_job_ids: _Optional[_Iterable[str]] = ..., unhealthy_reason: _Optional[str] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("cancel_job_ids", "known", "lost_job_ids", "drain")
