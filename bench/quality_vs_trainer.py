@@ -9,8 +9,7 @@ Shared hyperparameters (both tools): all-MiniLM-L6-v2, max_length 64, batch 32, 
 linear schedule with 8 warmup steps, 3 epochs, gradient clipping 1.0, the same seed. Each
 tool's own defaults otherwise: Trainer lr 5e-5 for every parameter, the model's head init
 (initializer_range), its dropout, weight_decay 0; tunefleet what
-`tunefleet.spec.resolve_defaults` gives (lr 5e-5 with the new layer at 10x, head_lr_scale;
-a head_only probe at lr 1e-3). Both are scored on the final model (no checkpoint is picked
+`tunefleet.spec.resolve_defaults` gives (lr 5e-5; a head_only probe at lr 1e-3). Both are scored on the final model (no checkpoint is picked
 on the test split).
 
 Rows: full, last_k (k 2: layer 5 + pooler + the new layer), head_only (the new layer), over

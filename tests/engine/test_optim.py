@@ -34,7 +34,7 @@ def test_layerwise_lr_decay_by_depth_from_the_top(bert):
     _, groups, _ = groups_for(bert, layerwise_lr_decay=0.5)
     lr = {g["name"]: g["lr"] for g in groups}
     assert groups[0]["name"] == "head"
-    assert lr["head"] == pytest.approx(1e-3 * 10)  # head_lr_scale: the new layer's own
+    assert lr["head"] == pytest.approx(1e-3)
     assert lr["pooler"] == pytest.approx(1e-3 * 0.5)
     assert lr["layer.1"] == pytest.approx(1e-3 * 0.25)
     assert lr["layer.0"] == pytest.approx(1e-3 * 0.125)
@@ -44,9 +44,9 @@ def test_layerwise_lr_decay_by_depth_from_the_top(bert):
 
 def test_head_lr_scale_defaults_and_overrides(bert):
     lr = {g["name"]: g["lr"] for g in groups_for(bert)[1]}
+    assert lr["head"] == lr["layer.1"] == pytest.approx(1e-3)
+    lr = {g["name"]: g["lr"] for g in groups_for(bert, head_lr_scale=10.0)[1]}
     assert lr["head"] == pytest.approx(1e-2) and lr["layer.1"] == pytest.approx(1e-3)
-    lr = {g["name"]: g["lr"] for g in groups_for(bert, head_lr_scale=3.0)[1]}
-    assert lr["head"] == pytest.approx(3e-3)
     _, groups, spec = groups_for(bert, strategy="head_only")  # alone: the job's lr is its own
     assert spec.finetune.head_lr_scale == 1.0 and [g["lr"] for g in groups] == [1e-3, 1e-3]
     probe = resolve_defaults(spec_pb2.JobSpec(finetune=spec_pb2.FinetuneSpec(strategy="head_only")))
@@ -107,8 +107,7 @@ def test_optimizers_get_their_hyperparameters(name):
     cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[name]
     assert type(opt) is cls
     group = opt.param_groups[0]
-    assert group["lr"] == pytest.approx(0.02 * 10)  # group 0: the new layer, head_lr_scale 10
-    assert opt.param_groups[-1]["lr"] == 0.02
+    assert group["lr"] == 0.02
     if name == "sgd":
         assert group["momentum"] == 0.9 and group["nesterov"]
     else:

@@ -32,11 +32,17 @@ class DivergenceGuard:
             return
         self._run += 1
         if self._run >= self.patience:
-            raise Diverged(
-                f"diverged at step {step} ({name} {_show(value)}): {self._run} non-finite "
-                "values in a row; lower optimizer.lr or set train.max_grad_norm. No model was "
-                "exported; the best weights from before (if any) are in the job's best/ folder"
-            )
+            self.fail(step, name, value)
+
+    def fail(self, step: int, name: str, value: float) -> None:
+        """Raise Diverged. The trainer counts train losses on the device and calls this at
+        the next log, once every process agrees that `patience` steps in a row were bad."""
+        raise Diverged(
+            f"diverged at step {step} ({name} {_show(value)}): {self.patience} or more "
+            "non-finite values in a row; lower optimizer.lr or set train.max_grad_norm. No "
+            "model was exported; the best weights from before (if any) are in the job's best/ "
+            "folder"
+        )
 
     def observe_eval(self, step: int, metrics: Mapping[str, float]) -> None:
         bad = next(((k, v) for k, v in metrics.items() if not math.isfinite(v)), None)
@@ -51,4 +57,6 @@ def is_finite(value: float | None) -> bool:
 
 
 def _show(value: float) -> str:
+    if math.isfinite(value):
+        return f"{value:g}"
     return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")

@@ -2,8 +2,8 @@
 
 One param group per (block, decay/no_decay): e.g. ``layer.5`` and ``layer.5.no_decay``. That
 gives three things in one place:
-- the new output layer at ``finetune.head_lr_scale`` x lr (default 10: a freshly drawn layer
-  needs larger steps than the pretrained ones under it; 1 for head_only, where it is alone);
+- the new output layer at ``finetune.head_lr_scale`` x lr (default 1; e.g. 10 is Caffe's
+  recipe for a freshly drawn layer);
 - layerwise lr decay: lr of a body block = lr * decay ** depth, depth counted from the top
   (the top body block 1);
 - ``finetune.lr_groups``: parameters matching a regex get their own lr (first match wins), in

@@ -425,6 +425,8 @@ class TrainingRun:
         max_norm = spec.train.max_grad_norm
         n_batches = len(self.train_loader)
         self._reset_window()
+        self._nonfinite_run = torch.zeros((), device=acc.device, dtype=torch.long)
+        self._diverged = torch.zeros((), device=acc.device, dtype=torch.bool)
         self._last_checkpoint_time = time.monotonic()  # setup's time is not training time
         self._step_lrs = group_lrs(self.optimizer)
         trainable_before: set[str] | None = None
@@ -466,7 +468,11 @@ class TrainingRun:
                 if not acc.optimizer_step_was_skipped:
                     self.scheduler.step()
                 s.global_step += 1
-                self.divergence.observe(s.global_step, "loss", loss.item())
+                # Consecutive non-finite losses, counted on the device (no host sync per
+                # step) and checked, agreed by every process, when the window is logged.
+                finite = torch.isfinite(loss.detach())
+                self._nonfinite_run = torch.where(finite, 0, self._nonfinite_run + 1)
+                self._diverged |= self._nonfinite_run >= self.divergence.patience
 
                 if s.global_step % log_every == 0:
                     self._log_train()
@@ -589,10 +595,13 @@ class TrainingRun:
                 torch.tensor(float(self._window_batches), device=acc.device),
                 torch.tensor(float(self._window_samples), device=acc.device),
                 self._window_correct.float(),
+                self._diverged.float(),
             ]
         )
-        loss_sum, batches, samples, correct = acc.reduce(stats, reduction="sum").tolist()
+        loss_sum, batches, samples, correct, diverged = acc.reduce(stats, reduction="sum").tolist()
         loss = loss_sum / max(batches, 1.0)
+        if diverged:
+            self.divergence.fail(s.global_step, "loss", loss)
         s.train_samples += samples
         s.train_time_s += elapsed
         lrs = self._step_lrs
