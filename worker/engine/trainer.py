@@ -11,9 +11,10 @@ Data split across processes: each process takes ``train.batch_size`` examples pe
 
 Exact resume: a checkpoint is taken on an optimizer-step boundary and records the epoch and the
 number of batches consumed in it. The training order of an epoch is a pure function of
-(seed, epoch) (`EpochShuffleSampler`; `batching.LengthGroupedSampler` for text), data loaders draw their worker seeds from their own
-generator rather than the global RNG, and every process's RNG states are saved; so on restart
-we skip the consumed batches and continue bit-for-bit (up to float reduction order).
+(seed, epoch) (`EpochShuffleSampler`; `batching.LengthGroupedSampler` for text), data
+loaders draw their worker seeds from their own generator rather than the global RNG, and
+every process's RNG states are saved; so on restart we skip the consumed batches and
+continue bit-for-bit (up to float reduction order).
 """
 
 from __future__ import annotations
