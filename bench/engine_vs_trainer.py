@@ -6,17 +6,33 @@ what a user waits for. Prints samples/s for each, the ratio ours/Trainer and bot
 accuracies.
 
     .venv/bin/python bench/engine_vs_trainer.py [--strategies full,last_k,head_only]
-        [--epochs 1] [--repeats 1] [--limit-train 1600]
+        [--epochs 1] [--repeats 1] [--limit-train 1600] [--threads N]
+        [--variants before,engine,no-grouping,no-memory-reuse,eager-attention,foreach-adamw]
+
+`--variants` turns the engine's speed levers off one at a time (the ablation): each variant
+is one more run per repeat, in the same alternation, and gets its own ratio vs the Trainer:
+
+    before           the engine before issue 11: no-grouping and no-memory-reuse together
+    engine           the engine as a user runs it (defaults)
+    no-grouping      data.group_by_length: false (plain shuffle, eval in file order)
+    no-memory-reuse  freed host memory is unmapped as glibc does by default (host_memory.py)
+    eager-attention  attn_implementation="eager" instead of transformers' default SDPA
+    foreach-adamw    the multi-tensor AdamW instead of the fused one
+
+Besides wall-clock samples/s it reports each ratio in CPU seconds of this process, which
+other load on a shared machine disturbs less.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -27,9 +43,18 @@ from hf_baseline import minilm, run_hf_trainer  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "examples" / "data" / "topics"
 HP = dict(lr=5e-5, batch_size=32, max_length=48, weight_decay=0.01, max_grad_norm=1.0, seed=0)
+EVAL_BATCH = 64
+VARIANTS = (
+    "before",
+    "engine",
+    "no-grouping",
+    "no-memory-reuse",
+    "eager-attention",
+    "foreach-adamw",
+)
 
 
-def run_trainer(strategy: str, epochs: int, limit: int, out: Path) -> tuple[float, float]:
+def run_trainer(strategy: str, epochs: int, limit: int, out: Path) -> tuple[float, float, float]:
     keep = ("classifier", "pooler") + (
         ("encoder.layer.4.", "encoder.layer.5.") if strategy == "last_k" else ()
     )
@@ -39,7 +64,7 @@ def run_trainer(strategy: str, epochs: int, limit: int, out: Path) -> tuple[floa
         epochs=epochs,
         lr=HP["lr"],
         batch_size=HP["batch_size"],
-        eval_batch_size=64,
+        eval_batch_size=EVAL_BATCH,
         max_length=HP["max_length"],
         weight_decay=HP["weight_decay"],
         max_grad_norm=HP["max_grad_norm"],
@@ -47,10 +72,47 @@ def run_trainer(strategy: str, epochs: int, limit: int, out: Path) -> tuple[floa
         trainable=None if strategy == "full" else lambda name: any(k in name for k in keep),
         limit=limit,
     )
-    return run.train_examples * epochs / run.wall_s, run.accuracy
+    return run.train_examples * epochs / run.wall_s, run.cpu_s, run.accuracy
 
 
-def run_engine(strategy: str, epochs: int, limit: int, out: Path) -> tuple[float, float]:
+class _ForeachAdamW(torch.optim.AdamW):
+    """AdamW that ignores fused=True: the engine's fallback, for the ablation."""
+
+    def __init__(self, params, *args, fused=None, foreach=None, **kwargs):
+        super().__init__(params, *args, foreach=True, **kwargs)
+
+
+@contextlib.contextmanager
+def _lever_off(variant: str):
+    """Turns one lever off for the engine's run (levers that are not spec fields)."""
+    if variant == "before":
+        with _lever_off("no-memory-reuse"):
+            yield
+    elif variant == "eager-attention":
+        from transformers import AutoModelForSequenceClassification as auto
+
+        load = auto.from_pretrained
+
+        def eager(*args, **kwargs):
+            return load(*args, attn_implementation="eager", **kwargs)
+
+        with mock.patch.object(auto, "from_pretrained", eager):
+            yield
+    elif variant == "no-memory-reuse":
+        from tunefleet.worker.engine import trainer
+
+        with mock.patch.object(trainer, "reuse_freed_memory", contextlib.nullcontext):
+            yield
+    elif variant == "foreach-adamw":
+        with mock.patch.object(torch.optim, "AdamW", _ForeachAdamW):
+            yield
+    else:
+        yield
+
+
+def run_engine(
+    strategy: str, epochs: int, limit: int, out: Path, variant: str = "engine"
+) -> tuple[float, float, float]:
     from tunefleet.spec import prepare
     from tunefleet.worker.engine import run_job
 
@@ -67,6 +129,7 @@ def run_engine(strategy: str, epochs: int, limit: int, out: Path) -> tuple[float
                 "eval": str(DATA / "test.csv"),
                 "max_length": HP["max_length"],
                 "limit_train": limit,
+                **({"group_by_length": False} if variant in ("before", "no-grouping") else {}),
             },
             "finetune": finetune,
             "optimizer": {"name": "adamw", "lr": HP["lr"], "weight_decay": HP["weight_decay"]},
@@ -78,13 +141,15 @@ def run_engine(strategy: str, epochs: int, limit: int, out: Path) -> tuple[float
                 "seed": HP["seed"],
                 "log_every_steps": 10,
             },
+            "eval": {"batch_size": EVAL_BATCH},  # as the Trainer's per_device_eval_batch_size
         }
     )
-    start = time.perf_counter()
-    result = run_job(spec, out, lambda event: None, resume=False)
-    wall = time.perf_counter() - start
+    with _lever_off(variant):
+        start, cpu = time.perf_counter(), time.process_time()
+        result = run_job(spec, out, lambda event: None, resume=False)
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     n = min(limit, 1600)
-    return n * epochs / wall, result.summary.get("eval_accuracy", float("nan"))
+    return n * epochs / wall, cpu, result.summary.get("eval_accuracy", float("nan"))
 
 
 def main() -> None:
@@ -93,29 +158,61 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--limit-train", type=int, default=1600)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--variants", default="engine", help=f"any of {','.join(VARIANTS)}")
     args = ap.parse_args()
-    torch.set_num_threads(os.cpu_count() or 1)
+    variants = args.variants.split(",")
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        ap.error(f"--variants: unknown {unknown} (any of {', '.join(VARIANTS)})")
+    torch.set_num_threads(args.threads)
     rows = []
     for strategy in args.strategies.split(","):
-        speeds = {"trainer": [], "engine": []}
-        accs = {"trainer": [], "engine": []}
+        tools = ["trainer", *variants]
+        speeds: dict[str, list[float]] = {t: [] for t in tools}
+        cpus: dict[str, list[float]] = {t: [] for t in tools}
+        ratios: dict[str, list[float]] = {t: [] for t in tools}
+        accs: dict[str, list[float]] = {t: [] for t in tools}
         for _ in range(args.repeats):
-            for tool, fn in (("trainer", run_trainer), ("engine", run_engine)):
+            for tool in tools:
                 with tempfile.TemporaryDirectory() as tmp:
-                    sps, acc = fn(strategy, args.epochs, args.limit_train, Path(tmp))
+                    if tool == "trainer":
+                        sps, cpu, acc = run_trainer(
+                            strategy, args.epochs, args.limit_train, Path(tmp)
+                        )
+                    else:
+                        sps, cpu, acc = run_engine(
+                            strategy, args.epochs, args.limit_train, Path(tmp), tool
+                        )
                 speeds[tool].append(sps)
+                cpus[tool].append(cpu)
                 accs[tool].append(acc)
+                # vs the Trainer run just before it in this repeat
+                ratios[tool].append(sps / speeds["trainer"][-1])
                 print(
-                    f"  {strategy:9} {tool:7} {sps:8.1f} samples/s  accuracy {acc:.4f}", flush=True
+                    f"  {strategy:9} {tool:15} {sps:8.1f} samples/s  cpu {cpu:7.1f} s  "
+                    f"x{ratios[tool][-1]:.2f}  accuracy {acc:.4f}",
+                    flush=True,
                 )
-        t, e = statistics.median(speeds["trainer"]), statistics.median(speeds["engine"])
-        rows.append((strategy, t, e, e / t, accs["trainer"][-1], accs["engine"][-1]))
+        for tool in tools:
+            rows.append(
+                (
+                    strategy,
+                    tool,
+                    statistics.median(speeds[tool]),
+                    statistics.median(ratios[tool]),
+                    min(ratios[tool]),
+                    max(ratios[tool]),
+                    statistics.median(cpus["trainer"]) / statistics.median(cpus[tool]),
+                    statistics.mean(accs[tool]),
+                )
+            )
     print(
-        f"\n{'strategy':10} {'Trainer s/s':>11} {'engine s/s':>10} {'ratio':>6} "
-        f"{'Trainer acc':>11} {'engine acc':>10}"
+        f"\n{'strategy':10} {'run':15} {'samples/s':>9} {'ratio':>6} {'range':>11} "
+        f"{'CPU ratio':>9} {'accuracy':>8}"
     )
-    for s, t, e, r, ta, ea in rows:
-        print(f"{s:10} {t:11.1f} {e:10.1f} {r:6.2f}x {ta:11.4f} {ea:10.4f}")
+    for s, tool, sps, r, lo, hi, cr, acc in rows:
+        print(f"{s:10} {tool:15} {sps:9.1f} {r:5.2f}x {lo:5.2f}-{hi:4.2f}x {cr:8.2f}x {acc:8.4f}")
 
 
 if __name__ == "__main__":

@@ -11,9 +11,10 @@ Data split across processes: each process takes ``train.batch_size`` examples pe
 
 Exact resume: a checkpoint is taken on an optimizer-step boundary and records the epoch and the
 number of batches consumed in it. The training order of an epoch is a pure function of
-(seed, epoch) (`EpochShuffleSampler`), data loaders draw their worker seeds from their own
-generator rather than the global RNG, and every process's RNG states are saved; so on restart
-we skip the consumed batches and continue bit-for-bit (up to float reduction order).
+(seed, epoch) (`EpochShuffleSampler`; `batching.LengthGroupedSampler` for text), data
+loaders draw their worker seeds from their own generator rather than the global RNG, and
+every process's RNG states are saved; so on restart we skip the consumed batches and
+continue bit-for-bit (up to float reduction order).
 """
 
 from __future__ import annotations
@@ -39,12 +40,14 @@ from torch.utils.data import DataLoader, Sampler
 from tunefleet.spec import compresses
 from tunefleet.v1 import job_pb2, spec_pb2
 from tunefleet.worker.engine import checkpoint, lineage, models, preflight
+from tunefleet.worker.engine.batching import LengthGroupedSampler, LengthSortedSampler
 from tunefleet.worker.engine.divergence import DivergenceGuard, is_finite
 from tunefleet.worker.engine.errors import InvalidJobInput
 from tunefleet.worker.engine.events import log_event, metrics_event, report_message_event
 from tunefleet.worker.engine.export import export_model
 from tunefleet.worker.engine.feature_cache import FrozenFeatures
 from tunefleet.worker.engine.freeze import FreezePlan
+from tunefleet.worker.engine.host_memory import reuse_freed_memory
 from tunefleet.worker.engine.optim import build_optimizer, build_param_groups, group_lrs
 from tunefleet.worker.engine.schedules import build_schedule
 
@@ -188,7 +191,7 @@ def run_job(
 
 def _run_once(spec: spec_pb2.JobSpec, out_dir: Path, emit: Emit, resume: bool) -> EngineResult:
     run = TrainingRun(spec, out_dir, emit)
-    with run.sigterm:
+    with run.sigterm, reuse_freed_memory(run.accelerator.device.type == "cpu"):
         run.setup(resume=resume)
         run.train()
         return run.finish()
@@ -308,7 +311,13 @@ class TrainingRun:
         self._group0_ratio = groups[0]["lr"] / lr0 if lr0 > 0 and groups[0]["lr"] > 0 else 1.0
         optimizer = build_optimizer(groups, spec.optimizer)
 
-        self.sampler = EpochShuffleSampler(len(self.data.train), seed)
+        accum = max(spec.train.grad_accum_steps, 1)
+        by_length = _group_by_length(spec, self.data)
+        if by_length:  # see batching.py: one optimizer step's examples are grouped
+            step_examples = spec.train.batch_size * acc.num_processes * accum
+            self.sampler = LengthGroupedSampler(self.data.train.lengths, step_examples, seed)
+        else:
+            self.sampler = EpochShuffleSampler(len(self.data.train), seed)
         # Worker seeds come from this generator (reseeded per epoch), not the global RNG, so
         # starting an epoch's iterator mid-run does not shift the model's dropout RNG.
         self.loader_generator = torch.Generator().manual_seed(seed)
@@ -327,6 +336,7 @@ class TrainingRun:
                 DataLoader(
                     self.data.eval,
                     batch_size=spec.eval.batch_size or spec.train.batch_size,
+                    sampler=LengthSortedSampler(self.data.eval.lengths) if by_length else None,
                     shuffle=False,
                     collate_fn=self.data.collate,
                     num_workers=workers,
@@ -338,7 +348,6 @@ class TrainingRun:
         self.eval_loader = prepared[1] if len(prepared) > 1 else None
         self.unwrapped = acc.unwrap_model(self.model)
 
-        accum = max(spec.train.grad_accum_steps, 1)
         self.steps_per_epoch = max(math.ceil(len(self.train_loader) / accum), 1)
         if spec.train.max_steps > 0:
             self.total_steps = spec.train.max_steps
@@ -872,6 +881,14 @@ def _load_data(spec: spec_pb2.JobSpec, task: models.TaskInfo) -> Any:
             in_channels=task.in_channels,
         ),
     )
+
+
+def _group_by_length(spec: spec_pb2.JobSpec, data: Any) -> bool:
+    """data.group_by_length (unset: on) where the datasets know their lengths (text)."""
+    d = spec.data
+    wanted = d.group_by_length if d.HasField("group_by_length") else True
+    has_lengths = all(hasattr(ds, "lengths") for ds in (data.train, data.eval) if ds is not None)
+    return wanted and has_lengths
 
 
 def _logits(model: nn.Module, batch: dict[str, torch.Tensor], kind: str) -> torch.Tensor:

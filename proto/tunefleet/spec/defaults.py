@@ -83,6 +83,7 @@ def resolve_defaults(spec: spec_pb2.JobSpec) -> spec_pb2.JobSpec:
     if d.source in ("hf", "csv", "jsonl", "parquet"):
         _default_str(d, "text_column", "text")
         _default_str(d, "label_column", "label")
+        _default(d, "group_by_length", True)
 
     f = s.finetune
     _default_str(f, "strategy", "full")

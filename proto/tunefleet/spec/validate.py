@@ -237,6 +237,10 @@ def _data(c: _Check, spec, check_paths: bool) -> None:
         for field in ("text_column", "text_pair_column"):
             if getattr(d, field):
                 c.fail(f"data.{field}", f"does not apply to image data (source: {d.source})")
+        if d.HasField("group_by_length") and d.group_by_length:
+            c.fail(
+                "data.group_by_length", "applies to text data only (images are resized to one size)"
+            )
     elif d.augment and d.augment != "none":
         c.fail("data.augment", "augmentation presets apply to image data only")
     c.choice("data.augment", d.augment, C.AUGMENT, required=False)

@@ -84,7 +84,7 @@ class HeadSpec(_message.Message):
     def __init__(self, init: _Optional[str] = ..., init_std: _Optional[float] = ..., dropout: _Optional[float] = ..., hidden: _Optional[int] = ..., bias_init: _Optional[str] = ..., bias_std: _Optional[float] = ...) -> None: ...
 
 class DataSpec(_message.Message):
-    __slots__ = ("source", "name", "root", "train", "eval", "text_column", "text_pair_column", "label_column", "max_length", "classes", "augment", "download", "num_workers", "image_size", "limit_train", "limit_eval", "config", "test", "validation_fraction", "validation_seed", "limit_test", "mean", "std")
+    __slots__ = ("source", "name", "root", "train", "eval", "text_column", "text_pair_column", "label_column", "max_length", "classes", "augment", "download", "num_workers", "image_size", "limit_train", "limit_eval", "config", "test", "validation_fraction", "validation_seed", "limit_test", "mean", "std", "group_by_length")
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     ROOT_FIELD_NUMBER: _ClassVar[int]
@@ -108,6 +108,7 @@ class DataSpec(_message.Message):
     LIMIT_TEST_FIELD_NUMBER: _ClassVar[int]
     MEAN_FIELD_NUMBER: _ClassVar[int]
     STD_FIELD_NUMBER: _ClassVar[int]
+    GROUP_BY_LENGTH_FIELD_NUMBER: _ClassVar[int]
     source: str
     name: str
     root: str
@@ -131,7 +132,8 @@ class DataSpec(_message.Message):
     limit_test: int
     mean: _containers.RepeatedScalarFieldContainer[float]
     std: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, source: _Optional[str] = ..., name: _Optional[str] = ..., root: _Optional[str] = ..., train: _Optional[str] = ..., eval: _Optional[str] = ..., text_column: _Optional[str] = ..., text_pair_column: _Optional[str] = ..., label_column: _Optional[str] = ..., max_length: _Optional[int] = ..., classes: _Optional[_Iterable[int]] = ..., augment: _Optional[str] = ..., download: _Optional[bool] = ..., num_workers: _Optional[int] = ..., image_size: _Optional[int] = ..., limit_train: _Optional[int] = ..., limit_eval: _Optional[int] = ..., config: _Optional[str] = ..., test: _Optional[str] = ..., validation_fraction: _Optional[float] = ..., validation_seed: _Optional[int] = ..., limit_test: _Optional[int] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ...) -> None: ...
+    group_by_length: bool
+    def __init__(self, source: _Optional[str] = ..., name: _Optional[str] = ..., root: _Optional[str] = ..., train: _Optional[str] = ..., eval: _Optional[str] = ..., text_column: _Optional[str] = ..., text_pair_column: _Optional[str] = ..., label_column: _Optional[str] = ..., max_length: _Optional[int] = ..., classes: _Optional[_Iterable[int]] = ..., augment: _Optional[str] = ..., download: _Optional[bool] = ..., num_workers: _Optional[int] = ..., image_size: _Optional[int] = ..., limit_train: _Optional[int] = ..., limit_eval: _Optional[int] = ..., config: _Optional[str] = ..., test: _Optional[str] = ..., validation_fraction: _Optional[float] = ..., validation_seed: _Optional[int] = ..., limit_test: _Optional[int] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., group_by_length: _Optional[bool] = ...) -> None: ...
 
 class FinetuneSpec(_message.Message):
     __slots__ = ("strategy", "k", "trainable", "frozen", "unfreeze_every", "probe_epochs", "lora", "layerwise_lr_decay", "lr_groups", "feature_cache", "head_lr_scale")
