@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from pathlib import Path
 
 OWNER_FILE = ".tunefleet-job"
@@ -53,7 +54,7 @@ def claim(out_dir: Path, job_id: str, *, artifacts_root: Path) -> str | None:
                 f"output.dir {out_dir} belongs to job {owner or '?'}: two jobs never share an "
                 "output folder (one would resume from, or overwrite, the other's checkpoints)"
             )
-        if owner is None and any(p.name != f"{OWNER_FILE}.tmp" for p in folder.iterdir()):
+        if owner is None and any(not _is_claim_tmp(p.name) for p in folder.iterdir()):
             return (
                 f"output.dir {out_dir} exists and is not empty, and no job owns it: give the "
                 "job a new or empty folder"
@@ -61,7 +62,13 @@ def claim(out_dir: Path, job_id: str, *, artifacts_root: Path) -> str | None:
         if owner == job_id:
             return None
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f"{OWNER_FILE}.tmp"
+    # The members of a multi-node job claim one shared folder at the same moment: each
+    # writes its own temp file (a shared name would vanish under the other's rename).
+    tmp = folder / f"{OWNER_FILE}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
     tmp.write_text(json.dumps({"job_id": job_id}) + "\n", encoding="utf-8")
     os.replace(tmp, folder / OWNER_FILE)
     return None
+
+
+def _is_claim_tmp(name: str) -> bool:
+    return name.startswith(OWNER_FILE + ".") and name.endswith(".tmp")

@@ -215,7 +215,8 @@ def test_a_full_artifacts_disk_releases_the_job_and_the_worker_stops_taking_jobs
         "w1", tmpfs={cluster.artifacts: "64m"}, extra_args=("--min-free-mb", "1")
     )
     cluster.wait_worker_live("w1")
-    job = cluster.submit(make_job("disk", epochs=1))
+    # Long enough that the disk fills while it trains, however fast this machine is.
+    job = cluster.submit(make_job("disk", epochs=10))
     cluster.wait_step(job.id, 1, 3)
     fill = fill_disk(in_worker_mounts(w1, cluster.artifacts))
 
@@ -252,7 +253,9 @@ def test_a_diverging_job_fails_and_exports_no_nan_model(cluster, make_job, tmp_p
     spec = make_job("diverge", epochs=1)
     spec.optimizer.name = "sgd"
     spec.optimizer.ClearField("betas")
-    spec.optimizer.lr = 1e11  # finite after step 1 (its weights are the best), NaN by step 7
+    # warmup: step 1 runs at lr 0 (its weights, the initial ones, are the best); by step 3
+    # the weights overflow to inf and the loss is NaN
+    spec.optimizer.lr = 1e37
     spec.schedule.warmup_steps = 64
     spec.train.max_grad_norm = 0
     spec.eval.every_steps = 1
