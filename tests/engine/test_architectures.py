@@ -12,11 +12,11 @@ import torch
 from tunefleet.spec.choices import TORCHVISION_ARCHS
 from tunefleet.spec.model_blocks import body_block_count
 from tunefleet.v1 import spec_pb2
-from tunefleet.worker.engine import models
+from tunefleet.worker.engine import heads, models
 from tunefleet.worker.engine.errors import InvalidJobInput
 from tunefleet.worker.engine.freeze import FreezePlan, model_blocks
 
-HEAD = models.head_dict(spec_pb2.HeadSpec(init="normal", init_std=0.01, dropout=0.1))
+HEAD = heads.head_dict(spec_pb2.HeadSpec(init="normal", init_std=0.01, dropout=0.1))
 # arch -> (image size for the forward pass, where the new head goes)
 ARCHS = {
     "resnet18": (32, "fc"),
@@ -32,7 +32,7 @@ ARCHS = {
 def test_validator_block_table_matches_the_freeze_plan(arch):
     with torch.device("meta"):  # structure only: no memory, no init cost
         model = models.build_torchvision_arch(arch)
-    head_path, _ = models.find_torchvision_head(model)
+    head_path, _ = heads.find_torchvision_head(model)
     assert len(model_blocks(model, "torchvision", head_path)) - 1 == body_block_count(
         "torchvision", arch
     )
@@ -46,7 +46,7 @@ def built():
         if arch not in cache:
             torch.manual_seed(0)
             model = models.build_torchvision_arch(arch)
-            cache[arch] = models.replace_torchvision_head(model, 3, HEAD)
+            cache[arch] = heads.replace_torchvision_head(model, 3, HEAD)
         return cache[arch]
 
     return get
@@ -58,7 +58,7 @@ def test_new_head_last_k_and_a_forward_pass(built, arch):
     model, head_path = built(arch)
     assert head_path == want_head
     head = model.get_submodule(head_path)
-    own_dropout = models._dropout_before(model, head_path)  # efficientnet, mobilenet: kept
+    own_dropout = heads._dropout_before(model, head_path)  # efficientnet, mobilenet: kept
     if own_dropout is not None:
         assert isinstance(head, torch.nn.Linear) and own_dropout.p == 0.1
         linear = head
@@ -97,7 +97,7 @@ def test_lora_adapts_convs_and_linears_that_get_gradients(arch):
     torch.manual_seed(0)
     with torch.device("meta"):
         probe = models.build_torchvision_arch(arch)
-    probe, head_path = models.replace_torchvision_head(probe, 3, HEAD)
+    probe, head_path = heads.replace_torchvision_head(probe, 3, HEAD)
     targets = models.lora_candidates(probe, "torchvision", head_path)
     # Nothing inside the new output layer (a hidden classifier layer is body: it may adapt).
     assert targets and not any(t == head_path or t.startswith(head_path + ".") for t in targets)
@@ -106,7 +106,7 @@ def test_lora_adapts_convs_and_linears_that_get_gradients(arch):
     if arch == "vit_b_16":
         assert not any("self_attention" in t for t in targets)
 
-    model, head_path = models.replace_torchvision_head(models.build_torchvision_arch(arch), 3, HEAD)
+    model, head_path = heads.replace_torchvision_head(models.build_torchvision_arch(arch), 3, HEAD)
     assert models.apply_lora(model, "torchvision", head_path, spec_pb2.LoraSpec(r=4)) == targets
     plan = FreezePlan.for_model(
         model, "torchvision", spec_pb2.FinetuneSpec(strategy="lora"), head_path

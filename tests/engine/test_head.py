@@ -17,14 +17,14 @@ from tunefleet.spec import prepare, resolve_defaults
 from tunefleet.spec.choices import TORCHVISION_ARCHS
 from tunefleet.spec.model_blocks import body_block_count, hf_body_block_count
 from tunefleet.v1 import spec_pb2
-from tunefleet.worker.engine import models
+from tunefleet.worker.engine import heads, models
 from tunefleet.worker.engine.freeze import FreezePlan
 
 N = 3  # labels
 
 
 def _head(**fields) -> dict:
-    return models.head_dict(spec_pb2.HeadSpec(**fields))
+    return heads.head_dict(spec_pb2.HeadSpec(**fields))
 
 
 def _plan(model, kind, head_path, **finetune) -> FreezePlan:
@@ -53,8 +53,8 @@ def _check_probe_and_last_k(model, kind, head_path, in_features, hidden=0):
 def test_head_only_trains_exactly_the_new_layer_on_every_torchvision_arch(arch, hidden):
     with torch.device("meta"):
         model = models.build_torchvision_arch(arch)
-        in_features = models.find_torchvision_head(model)[1].in_features
-        model, head_path = models.replace_torchvision_head(model, N, _head(hidden=hidden))
+        in_features = heads.find_torchvision_head(model)[1].in_features
+        model, head_path = heads.replace_torchvision_head(model, N, _head(hidden=hidden))
     body = _check_probe_and_last_k(model, "torchvision", head_path, in_features, hidden)
     assert len(body) == body_block_count("torchvision", arch)
 
@@ -63,7 +63,7 @@ def test_alexnet_last_k_reaches_fc7_then_fc6_as_the_method_does():
     """The method's AlexNet example adjusts "only the weights of the last two layers":
     last_k 1 = fc7 + the new layer; last_k 2 adds fc6."""
     with torch.device("meta"):
-        model, head_path = models.replace_torchvision_head(
+        model, head_path = heads.replace_torchvision_head(
             models.build_torchvision_arch("alexnet"), N, _head()
         )
     plan = _plan(model, "torchvision", head_path, strategy="last_k", k=1)
@@ -109,7 +109,7 @@ HF_FAMILIES = {
 @pytest.mark.parametrize("model_type", list(HF_FAMILIES))
 def test_head_only_trains_exactly_the_new_layer_on_hf_families(model_type, tmp_path):
     config, model = _tiny_hf(model_type, **HF_FAMILIES[model_type])
-    model, head_path = models.replace_hf_head(model, N, ["a", "b", "c"], _head())
+    model, head_path = heads.replace_hf_head(model, N, ["a", "b", "c"], _head())
     in_features = model.get_submodule(head_path).in_features
     body = _check_probe_and_last_k(model, "hf", head_path, in_features)
     config.save_pretrained(tmp_path)
@@ -118,8 +118,8 @@ def test_head_only_trains_exactly_the_new_layer_on_hf_families(model_type, tmp_p
 
 
 def _stats(head: dict, *, in_features=512, n=400):
-    layer = models.make_head(in_features, n, head, dropout=False)
-    models.init_head(layer, head, models.head_weight_std(head, nn.Identity(), "torchvision"))
+    layer = heads.make_head(in_features, n, head, dropout=False)
+    heads.init_head(layer, head, heads.head_weight_std(head, nn.Identity(), "torchvision"))
     return layer.weight.std().item(), layer.bias.std().item(), layer.bias.abs().max().item()
 
 
@@ -147,7 +147,7 @@ def test_auto_init_is_the_hf_models_own_initializer_range():
         initializer_range=0.05,
     )
     model = BertForSequenceClassification(config)
-    model, path = models.replace_hf_head(model, 300, [str(i) for i in range(300)], _head())
+    model, path = heads.replace_hf_head(model, 300, [str(i) for i in range(300)], _head())
     layer = model.get_submodule(path)
     assert layer.weight.std().item() == pytest.approx(0.05, rel=0.03)
     assert torch.all(layer.bias == 0)
@@ -168,28 +168,28 @@ def test_unset_dropout_keeps_the_models_own_and_a_value_overrides_it():
         )
         return BertForSequenceClassification(config)
 
-    model, _ = models.replace_hf_head(bert(), N, ["a", "b", "c"], _head())
+    model, _ = heads.replace_hf_head(bert(), N, ["a", "b", "c"], _head())
     assert model.dropout.p == 0.1 and isinstance(model.classifier, nn.Linear)
-    model, _ = models.replace_hf_head(bert(classifier_dropout=0.3), N, ["a", "b", "c"], _head())
+    model, _ = heads.replace_hf_head(bert(classifier_dropout=0.3), N, ["a", "b", "c"], _head())
     assert model.dropout.p == 0.3 and model.config.classifier_dropout == 0.3
-    model, _ = models.replace_hf_head(bert(), N, ["a", "b", "c"], _head(dropout=0.0))
+    model, _ = heads.replace_hf_head(bert(), N, ["a", "b", "c"], _head(dropout=0.0))
     assert model.dropout.p == 0.0 and model.config.classifier_dropout == 0.0
 
     # torchvision: efficientnet's classifier carries Dropout(0.2) right before the layer.
     with torch.device("meta"):
-        net, path = models.replace_torchvision_head(
+        net, path = heads.replace_torchvision_head(
             models.build_torchvision_arch("efficientnet_b0"), N, _head()
         )
         assert net.classifier[0].p == 0.2 and isinstance(net.get_submodule(path), nn.Linear)
-        net, path = models.replace_torchvision_head(
+        net, path = heads.replace_torchvision_head(
             models.build_torchvision_arch("efficientnet_b0"), N, _head(dropout=0.5)
         )
         assert net.classifier[0].p == 0.5 and isinstance(net.get_submodule(path), nn.Linear)
-        resnet, path = models.replace_torchvision_head(
+        resnet, path = heads.replace_torchvision_head(
             models.build_torchvision_arch("resnet18"), N, _head()
         )
         assert isinstance(resnet.fc, nn.Linear)  # none of its own, none added
-        resnet, path = models.replace_torchvision_head(
+        resnet, path = heads.replace_torchvision_head(
             models.build_torchvision_arch("resnet18"), N, _head(dropout=0.5)
         )
         assert isinstance(resnet.fc[0], nn.Dropout) and resnet.fc[0].p == 0.5

@@ -378,11 +378,12 @@ def _float_architecture(folder: Path) -> nn.Module:
         model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(folder))
         encoder_pruning.restore_pruned_heads(model)  # structured pruning: narrower attention
         if head.get("hidden"):  # not a stock HF head: rebuild it as the trainer did
-            from tunefleet.worker.engine.models import replace_hf_head
+            from tunefleet.worker.engine.heads import replace_hf_head
 
             model, _ = replace_hf_head(model, meta["num_labels"], meta["labels"], head)
         return model
-    from tunefleet.worker.engine.models import build_torchvision_arch, replace_torchvision_head
+    from tunefleet.worker.engine.heads import replace_torchvision_head
+    from tunefleet.worker.engine.models import build_torchvision_arch
 
     in_channels = (meta.get("task") or {}).get("in_channels") or 3
     model = build_torchvision_arch(meta["arch"], in_channels=in_channels)

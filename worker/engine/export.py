@@ -21,13 +21,12 @@ from typing import Any
 from torch import nn
 
 from tunefleet.worker.engine.encoder_pruning import restore_pruned_heads
+from tunefleet.worker.engine.heads import replace_hf_head, replace_torchvision_head
 from tunefleet.worker.engine.models import (
     META_FILE,
     build_torchvision_arch,
     quiet_transformers,
     read_meta,
-    replace_hf_head,
-    replace_torchvision_head,
 )
 
 

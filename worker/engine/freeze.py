@@ -34,7 +34,8 @@ from torch import nn
 from tunefleet.v1 import job_pb2, spec_pb2
 from tunefleet.worker.engine.errors import InvalidJobInput
 from tunefleet.worker.engine.events import render_table
-from tunefleet.worker.engine.models import find_torchvision_head, is_lora_param
+from tunefleet.worker.engine.heads import find_torchvision_head
+from tunefleet.worker.engine.models import is_lora_param
 
 STRATEGIES = ("full", "head_only", "last_k", "patterns", "gradual", "lp_ft", "lora")
 DYNAMIC_STRATEGIES = ("gradual", "lp_ft")
