@@ -37,9 +37,10 @@ test: setup lint
 proto: setup
 	PYTHON=$(PY) proto/gen.sh
 
-# Each CPU bench takes under 3 minutes on 2 idle cores; gpu_mfu prints "skipped: no GPU"
+# Each CPU bench takes under 3 minutes on 2 idle cores (quality_vs_trainer: about 40); gpu_mfu prints "skipped: no GPU"
 # without CUDA. Their docstrings give the options (e.g. frozen_features' full-size case).
 bench: setup
+	HF_HUB_OFFLINE=1 $(PY) bench/quality_vs_trainer.py
 	HF_HUB_OFFLINE=1 $(PY) bench/engine_vs_trainer.py
 	HF_HUB_OFFLINE=1 $(PY) bench/frozen_features.py $(FROZEN_FEATURES_ARGS)
 	HF_HUB_OFFLINE=1 $(PY) bench/service_overhead.py
