@@ -1,6 +1,6 @@
 # tunefleet: every target does its own setup on a fresh machine (Python 3.11, x86_64).
 #   make demo   fine-tune real pretrained models on real data, through the service, offline
-#   make test   lint, stale-proto check and the full test suite
+#   make test   lint (ruff, import contracts), stale-proto check and the full test suite
 #   make proto  regenerate the committed Python bindings from proto/
 #   make bench  benchmarks (ratios against baselines measured in the same run)
 
@@ -30,6 +30,7 @@ demo: setup $(FMNIST)
 
 lint: setup
 	$(PY) -m ruff check .
+	$(PY) tools/lint_imports.py
 
 test: setup lint
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q

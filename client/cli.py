@@ -25,7 +25,6 @@ os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 from rich.console import Console  # noqa: E402
 from rich.text import Text  # noqa: E402
 
-from tunefleet.client.channel import ChannelSecurity  # noqa: E402
 from tunefleet.client.client import (  # noqa: E402
     DEFAULT_TARGET,
     ENV_TARGET,
@@ -43,7 +42,9 @@ from tunefleet.client.render import (  # noqa: E402
     workers_table,
 )
 from tunefleet.client.types import Event, Job, JobState  # noqa: E402
+from tunefleet.defaults import DEFAULT_ARTIFACTS, DEFAULT_DB_PATH, DEFAULT_RUNS  # noqa: E402
 from tunefleet.limits import printable  # noqa: E402
+from tunefleet.transport import ChannelSecurity  # noqa: E402
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the job FAILED, or the command itself failed (bad spec, unreachable...)
@@ -61,9 +62,6 @@ exit codes:
   130  interrupted (Ctrl-C); a followed job keeps running on the coordinator
 """
 
-DEFAULT_DB = ".tunefleet/coordinator.db"
-DEFAULT_ARTIFACTS = ".tunefleet/artifacts"
-DEFAULT_RUNS = ".tunefleet/runs"
 WORKER_EXTRA_MODULES = {"torch", "torchvision", "transformers", "accelerate", "safetensors"}
 WORKER_EXTRA_MODULES |= {"datasets", "numpy"}
 
@@ -543,8 +541,8 @@ def cmd_artifacts(args) -> int:
 
 
 def cmd_up(args) -> int:
-    from tunefleet.client.channel import is_loopback
     from tunefleet.client.local import LocalCluster
+    from tunefleet.transport import is_loopback
 
     err = _stderr()
     host = args.listen.rpartition(":")[0]
@@ -758,7 +756,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("server", cmd_server, "run the coordinator in the foreground")
     p.add_argument("--listen", default=DEFAULT_TARGET, metavar="HOST:PORT")
-    p.add_argument("--db", default=DEFAULT_DB, metavar="PATH")
+    p.add_argument("--db", default=DEFAULT_DB_PATH, metavar="PATH")
     p.add_argument(
         "--metrics-port",
         type=int,
@@ -838,7 +836,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("up", cmd_up, "run a coordinator and one local worker in the foreground")
     p.add_argument("--listen", default=DEFAULT_TARGET, metavar="HOST:PORT")
-    p.add_argument("--db", default=DEFAULT_DB, metavar="PATH")
+    p.add_argument("--db", default=DEFAULT_DB_PATH, metavar="PATH")
     p.add_argument("--artifacts", default=DEFAULT_ARTIFACTS, metavar="DIR")
     p.add_argument("--gpus", type=int, help="GPUs the worker offers (default: all detected)")
     p.add_argument(

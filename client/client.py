@@ -19,17 +19,14 @@ backoff; event streams reconnect and resume after the last event they yielded.
 from __future__ import annotations
 
 import os
-import random
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import grpc
 
-from tunefleet.client.channel import ChannelSecurity, open_channel
 from tunefleet.client.errors import (
     DeadlineExceeded,
     JobFailed,
@@ -38,59 +35,19 @@ from tunefleet.client.errors import (
     from_rpc_error,
 )
 from tunefleet.client.types import Event, Job, JobState, Worker
+from tunefleet.defaults import DEFAULT_ADDRESS, ENV_COORDINATOR
+from tunefleet.transport import SDK_CHANNEL_OPTIONS, ChannelSecurity, RetryPolicy, open_channel
 from tunefleet.v1 import coordinator_pb2, coordinator_pb2_grpc, spec_pb2
 
 __all__ = ["DEFAULT_TARGET", "ENV_TARGET", "Client", "JobHandle", "RetryPolicy"]
 
-ENV_TARGET = "TUNEFLEET_COORDINATOR"
-DEFAULT_TARGET = "127.0.0.1:50051"
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-
-# Keepalive pings find a dead connection under a quiet event stream. We ping every 30 s
-# only while a call is open and keep gRPC's default cap of 2 pings without data: a
-# coordinator with default settings answers faster pings (or more of them) with a
-# GOAWAY "too_many_pings", which would break exactly the long streams we protect. Ours
-# accepts pings every 5 s (coordinator/server.py; tests/security checks the two agree).
-_CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 0),
-    # gRPC's reconnect backoff grows to 120 s by default; a restarted coordinator should
-    # be found again within a couple of seconds.
-    ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.max_reconnect_backoff_ms", 2_000),
-)
+# Kept under the SDK's own names (they are part of its API); the values live in
+# tunefleet.defaults, shared with the CLI, the coordinator and the worker.
+ENV_TARGET = ENV_COORDINATOR
+DEFAULT_TARGET = DEFAULT_ADDRESS
 
 T = TypeVar("T")
 SpecLike = spec_pb2.JobSpec | dict | str | os.PathLike
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How long the client keeps trying an unreachable coordinator.
-
-    Attributes:
-        initial_backoff_s: First pause after an UNAVAILABLE answer.
-        max_backoff_s: Longest single pause.
-        multiplier: Growth of the pause after each failed try (with +-20% jitter).
-        max_elapsed_s: Give up a unary call (raise `Unavailable`) after this long.
-        stream_max_elapsed_s: Give up reconnecting an event stream after this long
-            without a connection; a restarting coordinator usually needs seconds.
-    """
-
-    initial_backoff_s: float = 0.1
-    max_backoff_s: float = 2.0
-    multiplier: float = 2.0
-    max_elapsed_s: float = 10.0
-    stream_max_elapsed_s: float = 60.0
-
-    def delays(self) -> Iterator[float]:
-        delay = self.initial_backoff_s
-        while True:
-            yield delay * random.uniform(0.8, 1.2)
-            delay = min(delay * self.multiplier, self.max_backoff_s)
 
 
 class Client:
@@ -138,7 +95,7 @@ class Client:
                     token=token, tls=tls, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key
                 )
             self._channel = open_channel(
-                self.target, [*_CHANNEL_OPTIONS, *channel_options], security
+                self.target, [*SDK_CHANNEL_OPTIONS, *channel_options], security
             )
         except ValueError as e:
             raise ValidationError(str(e)) from None

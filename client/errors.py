@@ -8,13 +8,17 @@ TunefleetError
 ├── Unauthenticated       UNAUTHENTICATED
 ├── FailedPrecondition    FAILED_PRECONDITION
 ├── Aborted               ABORTED
-├── ResourceExhausted     RESOURCE_EXHAUSTED
+├── ResourceExhausted     RESOURCE_EXHAUSTED (.violations: the limits that refused)
 ├── DeadlineExceeded      DEADLINE_EXCEEDED, and `JobHandle.wait(timeout=...)` running out
 ├── Unavailable           UNAVAILABLE (after the client's own retries gave up)
 ├── Cancelled             CANCELLED (the call, not the job)
 ├── Unimplemented         UNIMPLEMENTED (client and coordinator versions disagree)
 ├── InternalError         UNKNOWN, INTERNAL, DATA_LOSS
 └── JobFailed             `JobHandle.wait(raise_on_failure=True)` saw FAILED or CANCELLED
+
+Field errors and exhausted limits arrive as structured status details
+(tunefleet.status_details), so `.errors` holds each problem exactly as the coordinator
+found it, newlines and all.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from tunefleet.spec.errors import FieldError, SpecError
+from tunefleet.status_details import QuotaViolation, read_details
 
 if TYPE_CHECKING:
     from tunefleet.client.types import Job
@@ -39,6 +44,7 @@ __all__ = [
     "JobFailed",
     "NotFound",
     "PermissionDenied",
+    "QuotaViolation",
     "ResourceExhausted",
     "TunefleetError",
     "Unauthenticated",
@@ -106,7 +112,15 @@ class Aborted(TunefleetError):
 
 
 class ResourceExhausted(TunefleetError):
-    pass
+    """A limit of the coordinator refused the call; retrying later may succeed.
+
+    `.violations` names each limit (`subject` is the setting that raises it, e.g.
+    "--max-followers", `limit` its value) when the coordinator said which.
+    """
+
+    def __init__(self, message: str, violations: list[QuotaViolation] | None = None, **kw):
+        self.violations: list[QuotaViolation] = list(violations or [])
+        super().__init__(message, **kw)
 
 
 class DeadlineExceeded(TunefleetError, TimeoutError):
@@ -164,8 +178,9 @@ _BY_CODE: dict[grpc.StatusCode, type[TunefleetError]] = {
 
 
 def parse_field_errors(details: str) -> list[FieldError]:
-    """The coordinator's INVALID_ARGUMENT text ("invalid job spec:\\n- path: message"...)
-    back into FieldErrors: each line starting with "- " split at the first ": "."""
+    """FieldErrors from the text of an INVALID_ARGUMENT without structured details (a
+    coordinator older than status details): each line starting with "- " split at the first
+    ": ". A message holding a newline splits wrongly here, which is why details replaced it."""
     errors = []
     for line in details.splitlines():
         if not line.startswith("- "):
@@ -190,5 +205,13 @@ def from_rpc_error(e: grpc.RpcError, *, target: str | None = None) -> TunefleetE
     else:
         message = details or code.name.lower().replace("_", " ")
     if cls is ValidationError:
-        return ValidationError(message, parse_field_errors(details), code=code.name, target=target)
+        structured = read_details(e)
+        if structured.has_details:
+            errors = [FieldError(v.path, v.message) for v in structured.field_violations]
+        else:
+            errors = parse_field_errors(details)
+        return ValidationError(message, errors, code=code.name, target=target)
+    if cls is ResourceExhausted:
+        violations = read_details(e).quota_violations
+        return ResourceExhausted(message, violations, code=code.name, target=target)
     return cls(message, code=code.name, target=target)

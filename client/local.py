@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from tunefleet.client.channel import ENV_TLS_CA, ENV_TOKEN, ChannelSecurity
 from tunefleet.client.client import Client, RetryPolicy
 from tunefleet.client.errors import TunefleetError
+from tunefleet.transport import ENV_TLS_CA, ENV_TOKEN, ChannelSecurity
 
 __all__ = ["LocalCluster", "connect_address"]
 

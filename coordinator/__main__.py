@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from tunefleet.coordinator.server import check_lease_settings, serve
+from tunefleet.defaults import DEFAULT_ADDRESS, DEFAULT_DB_PATH
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,9 +23,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m tunefleet.coordinator",
         description="Run a tunefleet coordinator (jobs, events and workers in SQLite).",
     )
-    parser.add_argument("--listen", default="127.0.0.1:50051", help="HOST:PORT (%(default)s)")
+    parser.add_argument("--listen", default=DEFAULT_ADDRESS, help="HOST:PORT (%(default)s)")
     parser.add_argument(
-        "--db", type=Path, default=Path(".tunefleet/coordinator.db"), help="SQLite database"
+        "--db", type=Path, default=Path(DEFAULT_DB_PATH), help="SQLite database"
     )
     parser.add_argument(
         "--heartbeat-s",

@@ -1,12 +1,19 @@
-"""Errors the coordinator's core raises, each carrying the gRPC status code it becomes.
+"""Errors the coordinator's core raises, each carrying the gRPC status it becomes.
 
 The scheduler raises these instead of aborting RPCs itself, so it reads as plain Python
-and ``service.py`` is the one place that turns a refusal into a gRPC status.
+and ``service.py`` is the one place that turns a refusal into a gRPC status
+(``context.abort_with_status(exc.status())``). Field errors and exhausted limits travel as
+structured details beside the message (tunefleet.status_details), so the SDK reads them
+back as data instead of parsing text.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import grpc
+
+from tunefleet.status_details import FieldViolation, QuotaViolation, to_status
 
 
 class CoordinatorError(Exception):
@@ -14,9 +21,22 @@ class CoordinatorError(Exception):
 
     code = grpc.StatusCode.INTERNAL
 
+    def status(self) -> grpc.Status:
+        """The status the caller receives: the code, the message and any details."""
+        return to_status(self.code, str(self))
+
 
 class InvalidArgument(CoordinatorError):
+    """A malformed request; `field_violations` name each bad field when known."""
+
     code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, message: str, field_violations: Iterable[FieldViolation] = ()):
+        super().__init__(message)
+        self.field_violations = list(field_violations)
+
+    def status(self) -> grpc.Status:
+        return to_status(self.code, str(self), field_violations=self.field_violations)
 
 
 class NotFound(CoordinatorError):
@@ -34,12 +54,27 @@ class Unavailable(CoordinatorError):
 
 
 class ResourceExhausted(CoordinatorError):
-    """A limit that protects the coordinator is reached; retrying later may succeed."""
+    """A limit that protects the coordinator is reached; retrying later may succeed.
+
+    `quota` names the limit (its flag and value), so a client can say which setting to
+    raise without parsing the message."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
+    def __init__(self, message: str, quota: QuotaViolation | None = None):
+        super().__init__(message)
+        self.quota = quota
+
+    def status(self) -> grpc.Status:
+        quotas = [self.quota] if self.quota else []
+        return to_status(self.code, str(self), quota_violations=quotas)
+
 
 def invalid_spec(errors: list[tuple[str, str]]) -> InvalidArgument:
-    """The one message format for spec problems; the SDK parses the "- path: message" lines."""
+    """The one refusal for spec problems: "- path: message" lines for people, and each
+    problem as a structured field violation for the SDK (which never parses the lines)."""
     lines = "".join(f"\n- {path}: {message}" for path, message in errors)
-    return InvalidArgument(f"invalid job spec:{lines}")
+    return InvalidArgument(
+        f"invalid job spec:{lines}",
+        [FieldViolation(path, message) for path, message in errors],
+    )

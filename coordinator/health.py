@@ -17,6 +17,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from tunefleet.transport import ChannelSecurity, open_channel
 from tunefleet.v1 import coordinator_pb2
 
 __all__ = ["COORDINATOR_SERVICE", "HEALTH_METHOD_PREFIX", "add_health_service", "check"]
@@ -54,8 +55,6 @@ def check(
     Raises grpc.RpcError when the server cannot be reached or does not know `service`,
     ValueError for unreadable TLS files.
     """
-    from tunefleet.client.channel import ChannelSecurity, open_channel
-
     security = ChannelSecurity.resolve(tls_ca=tls_ca, server_name=server_name)
     with open_channel(address, security=security) as channel:
         stub = health_pb2_grpc.HealthStub(channel)

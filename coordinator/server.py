@@ -18,7 +18,6 @@ from pathlib import Path
 
 import grpc
 
-from tunefleet.client.channel import is_loopback
 from tunefleet.coordinator.auth import (
     SERVICE_PREFIX,
     AuthInterceptor,
@@ -30,36 +29,17 @@ from tunefleet.coordinator.metrics import CoordinatorMetrics
 from tunefleet.coordinator.scheduler import Scheduler
 from tunefleet.coordinator.service import CoordinatorService
 from tunefleet.coordinator.store import JobStore
+from tunefleet.defaults import DEFAULT_ADDRESS, DEFAULT_DB_PATH
+from tunefleet.transport import SERVER_OPTIONS, is_loopback
 from tunefleet.v1 import coordinator_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-# Per HTTP/2 connection: one client cannot open more concurrent calls than this (each
-# follow or long poll holds a thread of its pool, so a runaway client would starve the rest).
-MAX_CONCURRENT_STREAMS = 64
+# Spare threads in the follow pool beyond --max-followers. The per-connection stream cap
+# and the server's gRPC options (message limits, keepalive, ping policy) live in
+# tunefleet.transport, next to the client options they must agree with.
 _STREAM_POOL_SPARE = 8
 LONG_POLL_METHOD = f"{SERVICE_PREFIX}AcquireJob"
-
-SERVER_OPTIONS = [
-    ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
-    # We ping idle connections so a follower whose machine vanished (no FIN) is noticed
-    # and its stream, and the server thread it holds, are released.
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    # Accept client pings every 5 s or slower, with or without calls in flight. The SDK
-    # and workers ping every 30 s (tests/security checks the two sides agree), so they
-    # never collect a strike; a client pinging faster gets GOAWAY after gRPC's default
-    # 2 strikes, instead of being tolerated forever (a ping flood costs us CPU).
-    ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
-    ("grpc.http2.max_ping_strikes", 2),
-    ("grpc.max_concurrent_streams", MAX_CONCURRENT_STREAMS),
-    # gRPC enables SO_REUSEPORT by default: a second coordinator on the same port would
-    # silently share the connections (and split the jobs). Fail to bind instead.
-    ("grpc.so_reuseport", 0),
-]
 
 
 class _LongCallsOnTheirOwnThreads(grpc.ServerInterceptor):
@@ -234,7 +214,7 @@ def _split_listen(listen: str) -> tuple[str, str]:
 
 def start_server(
     listen: str = "127.0.0.1:0",
-    db_path: str | Path = ".tunefleet/coordinator.db",
+    db_path: str | Path = DEFAULT_DB_PATH,
     *,
     heartbeat_interval_s: float = 2.0,
     lease_timeout_s: float = 10.0,
@@ -376,8 +356,8 @@ def check_lease_settings(heartbeat_s: float, lease_s: float) -> None:
 
 
 def serve(
-    listen: str = "127.0.0.1:50051",
-    db_path: str | Path = ".tunefleet/coordinator.db",
+    listen: str = DEFAULT_ADDRESS,
+    db_path: str | Path = DEFAULT_DB_PATH,
     **options,
 ) -> None:
     """Runs a coordinator until SIGINT or SIGTERM (`ftctl server`). `options` are

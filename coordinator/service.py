@@ -1,7 +1,7 @@
 """The gRPC servicer: translates requests into Scheduler calls and refusals into statuses.
 
-Handlers hold no state of their own. A CoordinatorError becomes its status code and
-message; anything else is logged with its traceback here and reaches the client only as
+Handlers hold no state of their own. A CoordinatorError becomes its status: code, message
+and structured details (field violations, the limit that was reached); anything else is logged with its traceback here and reaches the client only as
 INTERNAL with a pointer to the coordinator's log.
 """
 
@@ -29,6 +29,7 @@ from tunefleet.coordinator.event_bus import EventBus
 from tunefleet.coordinator.scheduler import Scheduler
 from tunefleet.coordinator.store import JobStore
 from tunefleet.states import is_terminal
+from tunefleet.status_details import QuotaViolation
 from tunefleet.v1 import coordinator_pb2, coordinator_pb2_grpc, job_pb2
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def _unary(handler):
         try:
             return handler(self, request, context)
         except CoordinatorError as exc:
-            context.abort(exc.code, str(exc))
+            context.abort_with_status(exc.status())
         except Exception:
             log.exception("%s failed", handler.__name__)
             context.abort(grpc.StatusCode.INTERNAL, _INTERNAL_MESSAGE)
@@ -65,7 +66,7 @@ def _streaming(handler):
         try:
             yield from handler(self, request, context)
         except CoordinatorError as exc:
-            context.abort(exc.code, str(exc))
+            context.abort_with_status(exc.status())
         except Exception:
             log.exception("%s failed", handler.__name__)
             context.abort(grpc.StatusCode.INTERNAL, _INTERNAL_MESSAGE)
@@ -160,7 +161,10 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         if not self._stream_slots.acquire(blocking=False):
             raise ResourceExhausted(
                 f"the coordinator already streams events to {self.max_streams} followers "
-                "(ftctl server --max-followers); follow again later"
+                "(ftctl server --max-followers); follow again later",
+                QuotaViolation(
+                    "--max-followers", "event streams open at once", self.max_streams
+                ),
             )
         if not context.add_callback(self._stream_slots.release):  # it ended already
             self._stream_slots.release()

@@ -9,8 +9,9 @@ import signal
 import sys
 from pathlib import Path
 
-from tunefleet.client.channel import ChannelSecurity, is_loopback, split_host
+from tunefleet.defaults import DEFAULT_ARTIFACTS, ENV_COORDINATOR
 from tunefleet.logging_setup import LOG_FORMATS, configure_logging
+from tunefleet.transport import ChannelSecurity, is_loopback, split_host
 from tunefleet.worker.artifact_store import ArtifactStore, ArtifactStoreError
 from tunefleet.worker.daemon import WorkerDaemon
 from tunefleet.worker.path_policy import ENV_ALLOWED_ROOTS, roots_from_env
@@ -23,13 +24,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--coordinator",
-        default=os.environ.get("TUNEFLEET_COORDINATOR"),
+        default=os.environ.get(ENV_COORDINATOR),
         help="HOST:PORT of the coordinator (default: $TUNEFLEET_COORDINATOR)",
     )
     parser.add_argument(
         "--artifacts",
         type=Path,
-        default=Path(".tunefleet/artifacts"),
+        default=Path(DEFAULT_ARTIFACTS),
         help="folder for job outputs without output.dir (default: %(default)s)",
     )
     parser.add_argument(

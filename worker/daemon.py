@@ -39,9 +39,16 @@ from pathlib import Path
 
 import grpc
 
-from tunefleet.client.channel import ChannelSecurity, open_channel, split_host
+from tunefleet.defaults import DEFAULT_ARTIFACTS
 from tunefleet.limits import MAX_EVENT_TEXT_BYTES, bound_event, clip_chars
 from tunefleet.logging_setup import job_log_context
+from tunefleet.transport import (
+    WORKER_CHANNEL_OPTIONS,
+    Backoff,
+    ChannelSecurity,
+    open_channel,
+    split_host,
+)
 from tunefleet.v1 import coordinator_pb2, coordinator_pb2_grpc, job_pb2
 from tunefleet.worker import job_folder
 from tunefleet.worker.artifact_store import ArtifactStore, publish_artifacts
@@ -52,21 +59,6 @@ from tunefleet.worker.job_runner import CommandFactory, JobOutcome, JobRunner
 from tunefleet.worker.path_policy import PathPolicy
 
 log = logging.getLogger(__name__)
-
-_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-CHANNEL_OPTIONS = [
-    ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
-    # Pings notice a dead connection during a long poll; the coordinator accepts them.
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    # Reconnect quickly after a coordinator restart: gRPC's default backoff grows to 2
-    # minutes, and a lease is only seconds long.
-    ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.min_reconnect_backoff_ms", 200),
-    ("grpc.max_reconnect_backoff_ms", 2_000),
-]
 
 # Failures that say "try again later", as opposed to "this request is wrong".
 RETRYABLE = frozenset(
@@ -132,7 +124,7 @@ class WorkerDaemon:
         self,
         coordinator: str,
         *,
-        artifacts_root: Path = Path(".tunefleet/artifacts"),
+        artifacts_root: Path = Path(DEFAULT_ARTIFACTS),
         work_root: Path | None = None,
         gpus: int | None = None,
         worker_id: str | None = None,
@@ -194,7 +186,7 @@ class WorkerDaemon:
         self._failing: set[str] = set()  # RPCs failing right now, to log each outage once
         # Why this worker takes no jobs now (.reason, "" = healthy); sent with heartbeats.
         self.health = DiskHealth(self.artifacts_root, min_free_bytes)
-        self._channel = open_channel(coordinator, CHANNEL_OPTIONS, security)
+        self._channel = open_channel(coordinator, WORKER_CHANNEL_OPTIONS, security)
         self.path_policy = PathPolicy(
             allowed_roots, always_allowed=[self.artifacts_root], cwd=self.work_root
         )
@@ -213,7 +205,7 @@ class WorkerDaemon:
             if not self._register():
                 return
             heartbeat.start()
-            backoff = _Backoff()
+            backoff = Backoff(0.2, _MAX_BACKOFF_S)
             while not self._stopping.is_set():
                 if not self._ready_for_work():
                     self._stopping.wait(_HEALTH_PROBE_S if self.health.reason else 0.1)
@@ -293,7 +285,7 @@ class WorkerDaemon:
             gpus=self.gpus or 0, cpus=os.cpu_count() or 0, gpu_name=self._gpu_name
         )
         with self._register_lock:
-            backoff = _Backoff()
+            backoff = Backoff(0.2, _MAX_BACKOFF_S)
             while not self._stopping.is_set():
                 request = coordinator_pb2.RegisterWorkerRequest(
                     worker_id=self.worker_id,
@@ -361,7 +353,7 @@ class WorkerDaemon:
         `give_up_after_s` (None: never), raising the last error. A request too big to send
         is not transient: it fails at once."""
         rpc = getattr(self._stub, method)
-        backoff = _Backoff()
+        backoff = Backoff(0.2, _MAX_BACKOFF_S)
         stop_deadline = None
         give_up_at = None if give_up_after_s is None else time.monotonic() + give_up_after_s
         while True:
@@ -598,18 +590,3 @@ def _too_large(exc: grpc.RpcError) -> bool:
     sending it again fails the same way."""
     details = (exc.details() or "").lower()
     return exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details
-
-
-class _Backoff:
-    """Exponential backoff from 0.2 s up to _MAX_BACKOFF_S."""
-
-    def __init__(self) -> None:
-        self._delay = 0.2
-
-    def next(self) -> float:
-        delay = self._delay
-        self._delay = min(self._delay * 2, _MAX_BACKOFF_S)
-        return delay
-
-    def reset(self) -> None:
-        self._delay = 0.2

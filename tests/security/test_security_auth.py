@@ -274,7 +274,7 @@ def test_redact_filter_scrubs_bearer_tokens():
 
 
 def _no_token():
-    from tunefleet.client.channel import ChannelSecurity
+    from tunefleet.transport import ChannelSecurity
 
     return ChannelSecurity()
 

@@ -12,6 +12,7 @@ import grpc
 import pytest
 from security_helpers import RPC_TIMEOUT, make_spec
 
+from tunefleet import transport
 from tunefleet.client import client as sdk
 from tunefleet.client.cli import main as ftctl
 from tunefleet.coordinator import server as coordinator_server
@@ -56,10 +57,11 @@ def test_ftctl_server_refuses_a_public_address_without_tls_and_tokens(tmp_path, 
 
 
 def test_keepalive_settings_agree_so_pings_never_cause_goaway():
-    server = dict(coordinator_server.SERVER_OPTIONS)
+    """Both ends' options live in tunefleet.transport; this checks they agree there."""
+    server = dict(transport.SERVER_OPTIONS)
     min_interval = server["grpc.http2.min_recv_ping_interval_without_data_ms"]
     assert server["grpc.http2.max_ping_strikes"] > 0  # a ping flood is cut off...
-    for side in (dict(sdk._CHANNEL_OPTIONS), dict(worker_daemon.CHANNEL_OPTIONS)):
+    for side in (dict(transport.SDK_CHANNEL_OPTIONS), dict(transport.WORKER_CHANNEL_OPTIONS)):
         # ...but our own clients never ping faster than the coordinator accepts,
         assert side["grpc.keepalive_time_ms"] >= min_interval
         # and pinging an idle connection is only done where the coordinator permits it.
@@ -68,6 +70,14 @@ def test_keepalive_settings_agree_so_pings_never_cause_goaway():
         assert side["grpc.max_receive_message_length"] >= server["grpc.max_send_message_length"]
     assert server["grpc.max_concurrent_streams"] > 0
     assert server["grpc.max_receive_message_length"] <= 64 * 1024 * 1024
+
+
+def test_every_side_uses_the_shared_options():
+    """The coordinator, the SDK and the worker take their options from tunefleet.transport
+    instead of keeping copies (which is how they used to drift)."""
+    assert coordinator_server.SERVER_OPTIONS is transport.SERVER_OPTIONS
+    assert sdk.SDK_CHANNEL_OPTIONS is transport.SDK_CHANNEL_OPTIONS
+    assert worker_daemon.WORKER_CHANNEL_OPTIONS is transport.WORKER_CHANNEL_OPTIONS
 
 
 def test_messages_over_the_limit_are_refused(start):

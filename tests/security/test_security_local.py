@@ -7,10 +7,10 @@ import pytest
 from security_helpers import TOKENS
 
 from tunefleet.client import Client, LocalCluster, NotFound, Unauthenticated
-from tunefleet.client.channel import ChannelSecurity
 from tunefleet.client.client import RetryPolicy
 from tunefleet.coordinator.auth import TokenTable
 from tunefleet.coordinator.server import ServerTls
+from tunefleet.transport import ChannelSecurity
 
 
 def test_local_cluster_with_tokens_and_tls(tmp_path, pki, tokens_file):

@@ -9,10 +9,10 @@ import pytest
 from security_helpers import RPC_TIMEOUT, TOKENS, code_of
 
 from tunefleet.client import Client, Unavailable
-from tunefleet.client.channel import ChannelSecurity, open_channel
 from tunefleet.client.client import RetryPolicy
 from tunefleet.coordinator.auth import TokenTable
 from tunefleet.coordinator.server import ServerTls
+from tunefleet.transport import ChannelSecurity, open_channel
 from tunefleet.v1 import coordinator_pb2, coordinator_pb2_grpc
 from tunefleet.worker.daemon import WorkerDaemon
 

@@ -1,7 +1,9 @@
-"""Channels to the coordinator: TLS when a CA (or TLS) is asked for, and a bearer token on
-every call, unary and streaming. Used by the SDK and by the worker daemon.
+"""How every tunefleet process talks gRPC: channels, their options, TLS, the bearer token,
+and retry backoff. Shared by the SDK, the coordinator and the worker, so none of them
+imports another's room for plumbing, and the settings both ends of a connection must agree
+on (message limits, keepalive pings) are written once, side by side.
 
-Where the settings come from, first match wins:
+Where a channel's security settings come from, first match wins:
     token     `token=` argument, $TUNEFLEET_TOKEN, the file in $TUNEFLEET_TOKEN_FILE
     TLS CA    `tls_ca=` (a PEM file), $TUNEFLEET_TLS_CA; `tls=True` alone trusts the
               system's CAs
@@ -9,6 +11,9 @@ Where the settings come from, first match wins:
 
 There is deliberately no command-line flag that takes a token's value: it would show in
 `ps` and shell history. `--token-file` reads it from a file instead.
+
+This module imports only grpc and the standard library: it sits between the runtime rooms
+(client, coordinator, worker) and the contract, and an import-linter contract keeps it so.
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import random
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -27,6 +33,13 @@ import grpc
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "MAX_MESSAGE_BYTES",
+    "MAX_CONCURRENT_STREAMS",
+    "SDK_CHANNEL_OPTIONS",
+    "SERVER_OPTIONS",
+    "WORKER_CHANNEL_OPTIONS",
+    "Backoff",
+    "RetryPolicy",
     "ENV_TLS_CA",
     "ENV_TLS_CERT",
     "ENV_TLS_KEY",
@@ -36,6 +49,7 @@ __all__ = [
     "is_loopback",
     "open_channel",
     "read_token_file",
+    "split_host",
 ]
 
 ENV_TOKEN = "TUNEFLEET_TOKEN"
@@ -43,6 +57,135 @@ ENV_TOKEN_FILE = "TUNEFLEET_TOKEN_FILE"
 ENV_TLS_CA = "TUNEFLEET_TLS_CA"
 ENV_TLS_CERT = "TUNEFLEET_TLS_CERT"
 ENV_TLS_KEY = "TUNEFLEET_TLS_KEY"
+
+# --- options: what the two ends of a connection must agree on ---------------------------
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# Clients ping a quiet connection every 30 s so that a dead peer (no FIN) is noticed under
+# a long event stream or long poll. The coordinator accepts pings every 5 s or slower, so
+# our own clients never collect a strike (tests/security checks the two sides agree).
+_KEEPALIVE_TIME_MS = 30_000
+_KEEPALIVE_TIMEOUT_MS = 10_000
+_MIN_PING_INTERVAL_MS = 5_000
+# Per HTTP/2 connection: one client cannot open more concurrent calls than this (each
+# follow or long poll holds a thread of the coordinator's pool, so a runaway client would
+# starve the rest).
+MAX_CONCURRENT_STREAMS = 64
+
+_MESSAGE_LIMITS: tuple[tuple[str, int], ...] = (
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+)
+# gRPC's reconnect backoff grows to 120 s by default; a restarted coordinator should be
+# found again within a couple of seconds (a worker's lease is only seconds long).
+_FAST_RECONNECT: tuple[tuple[str, int], ...] = (
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
+)
+
+# The SDK pings only while a call is open and keeps gRPC's default cap of 2 pings without
+# data: a coordinator with default settings answers faster pings (or more of them) with a
+# GOAWAY "too_many_pings", which would break exactly the long streams we protect.
+SDK_CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    *_MESSAGE_LIMITS,
+    ("grpc.keepalive_time_ms", _KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", _KEEPALIVE_TIMEOUT_MS),
+    ("grpc.keepalive_permit_without_calls", 0),
+    *_FAST_RECONNECT,
+)
+
+# A worker talks only to our own coordinator, which permits pings without calls: they
+# notice a dead connection between long polls too.
+WORKER_CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    *_MESSAGE_LIMITS,
+    ("grpc.keepalive_time_ms", _KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", _KEEPALIVE_TIMEOUT_MS),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
+)
+
+SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
+    *_MESSAGE_LIMITS,
+    # The coordinator pings idle connections so a follower whose machine vanished (no FIN)
+    # is noticed and its stream, and the server thread it holds, are released.
+    ("grpc.keepalive_time_ms", _KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", _KEEPALIVE_TIMEOUT_MS),
+    ("grpc.keepalive_permit_without_calls", 1),
+    # Accept client pings every 5 s or slower, with or without calls in flight; a client
+    # pinging faster gets GOAWAY after gRPC's default 2 strikes instead of being tolerated
+    # forever (a ping flood costs us CPU).
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", _MIN_PING_INTERVAL_MS),
+    ("grpc.http2.max_ping_strikes", 2),
+    ("grpc.max_concurrent_streams", MAX_CONCURRENT_STREAMS),
+    # gRPC enables SO_REUSEPORT by default: a second coordinator on the same port would
+    # silently share the connections (and split the jobs). Fail to bind instead.
+    ("grpc.so_reuseport", 0),
+)
+
+
+# --- retry backoff ----------------------------------------------------------------------
+
+
+class Backoff:
+    """Exponential backoff: `next()` gives the pause before the next try, `reset()` after
+    a success. `jitter` spreads pauses by +-that fraction so that many clients cut off by
+    one coordinator restart do not all retry in the same instant."""
+
+    def __init__(
+        self,
+        initial_s: float = 0.2,
+        max_s: float = 2.0,
+        *,
+        multiplier: float = 2.0,
+        jitter: float = 0.0,
+    ) -> None:
+        self.initial_s = initial_s
+        self.max_s = max_s
+        self.multiplier = multiplier
+        self.jitter = jitter
+        self._delay = initial_s
+
+    def next(self) -> float:
+        delay = self._delay
+        self._delay = min(self._delay * self.multiplier, self.max_s)
+        if self.jitter:
+            delay *= random.uniform(1 - self.jitter, 1 + self.jitter)
+        return delay
+
+    def reset(self) -> None:
+        self._delay = self.initial_s
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long the client keeps trying an unreachable coordinator.
+
+    Attributes:
+        initial_backoff_s: First pause after an UNAVAILABLE answer.
+        max_backoff_s: Longest single pause.
+        multiplier: Growth of the pause after each failed try (with +-20% jitter).
+        max_elapsed_s: Give up a unary call (raise `Unavailable`) after this long.
+        stream_max_elapsed_s: Give up reconnecting an event stream after this long
+            without a connection; a restarting coordinator usually needs seconds.
+    """
+
+    initial_backoff_s: float = 0.1
+    max_backoff_s: float = 2.0
+    multiplier: float = 2.0
+    max_elapsed_s: float = 10.0
+    stream_max_elapsed_s: float = 60.0
+
+    def delays(self) -> Iterator[float]:
+        backoff = Backoff(
+            self.initial_backoff_s, self.max_backoff_s, multiplier=self.multiplier, jitter=0.2
+        )
+        while True:
+            yield backoff.next()
+
+
+# --- security: token and TLS ------------------------------------------------------------
 
 
 def read_token_file(path: str | os.PathLike) -> str:
