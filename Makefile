@@ -30,7 +30,7 @@ demo: setup $(FMNIST)
 
 lint: setup
 	$(PY) -m ruff check .
-	$(PY) tools/lint_imports.py
+	$(VENV)/bin/lint-imports
 
 test: setup lint
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
