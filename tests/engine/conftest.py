@@ -5,9 +5,7 @@ Everything is built offline into tmp folders, with random weights, in well under
 
 from __future__ import annotations
 
-import csv
 import os
-import random
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +15,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-POS = ["good", "great", "fine", "happy", "love", "nice", "best", "fun"]
-NEG = ["bad", "awful", "poor", "sad", "hate", "ugly", "worst", "dull"]
-FILLER = ["the", "movie", "was", "really", "very", "a", "plot", "and", "it", "so"]
+from engine_helpers import FILLER, NEG, POS, make_csv  # noqa: F401 (make_csv: fixtures)
 
 
 def make_bert(folder: Path, *, layers: int = 2, dropout: float = 0.1) -> Path:
@@ -48,20 +44,6 @@ def make_bert(folder: Path, *, layers: int = 2, dropout: float = 0.1) -> Path:
     with quiet_transformers():
         BertForSequenceClassification(config).save_pretrained(folder)
     return folder
-
-
-def make_csv(path: Path, n: int, seed: int = 0) -> Path:
-    """Two separable classes: each row has two words of its class among filler."""
-    rng = random.Random(seed)
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["text", "label"])
-        for i in range(n):
-            label = "pos" if i % 2 == 0 else "neg"
-            words = rng.sample(FILLER, 4) + rng.sample(POS if label == "pos" else NEG, 2)
-            rng.shuffle(words)
-            w.writerow([" ".join(words), label])
-    return path
 
 
 @pytest.fixture(scope="session")

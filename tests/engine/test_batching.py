@@ -3,14 +3,11 @@ length per optimizer step, and exact resume, also across an OOM-halved micro-bat
 
 from __future__ import annotations
 
-import csv
-import random
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 from accelerate import skip_first_batches
+from engine_helpers import Crash, crash_after_checkpoint, make_csv
 from torch.utils.data import DataLoader
 
 from tunefleet.spec import SpecError, prepare
@@ -21,9 +18,6 @@ from tunefleet.worker.engine.batching import (
     length_grouped_order,
 )
 from tunefleet.worker.engine.data import TextCollator, TokenizedTextDataset
-
-WORDS = ["the", "movie", "was", "really", "very", "a", "plot", "and", "it", "so"]
-POS, NEG = ["good", "great", "fine", "happy"], ["bad", "awful", "poor", "sad"]
 
 
 def random_lengths(n: int, seed: int = 0) -> np.ndarray:
@@ -132,33 +126,6 @@ def test_spec_default_and_validation():
         prepare(image, check_paths=False)
 
 
-def make_ragged_csv(path: Path, n: int, seed: int = 0) -> Path:
-    """Like conftest.make_csv (words of the tiny BERT's vocabulary), 3 to 12 words a row."""
-    rng = random.Random(seed)
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["text", "label"])
-        for i in range(n):
-            label = "pos" if i % 2 == 0 else "neg"
-            words = [rng.choice(WORDS) for _ in range(rng.randint(1, 10))]
-            words += rng.sample(POS if label == "pos" else NEG, 2)
-            rng.shuffle(words)
-            w.writerow([" ".join(words), label])
-    return path
-
-
-class Crash(Exception):
-    pass
-
-
-def crash_after_checkpoint(step: int):
-    def emit(event):
-        if event.WhichOneof("kind") == "log" and f"step-{step:07d}" in event.log.message:
-            raise Crash
-
-    return emit
-
-
 def test_resume_with_an_oom_halved_micro_batch_keeps_the_grouped_steps(
     tmp_path, bert_nodrop_dir, text_spec, events, monkeypatch
 ):
@@ -167,7 +134,10 @@ def test_resume_with_an_oom_halved_micro_batch_keeps_the_grouped_steps(
     batch x accumulation examples, so halving the micro-batch does not change them."""
     from tunefleet.worker.engine.trainer import INJECT_OOM_ENV
 
-    data = make_ragged_csv(tmp_path / "train.csv", 24), make_ragged_csv(tmp_path / "e.csv", 8, 1)
+    data = (
+        make_csv(tmp_path / "train.csv", 24, ragged=True),
+        make_csv(tmp_path / "e.csv", 8, 1, ragged=True),
+    )
     sections = {"train": {"epochs": 2, "checkpoint_every_steps": 4, "keep_checkpoints": 5}}
     spec = text_spec(bert_nodrop_dir, data, **sections)
     assert spec.data.group_by_length

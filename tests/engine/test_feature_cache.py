@@ -8,6 +8,7 @@ import contextlib
 import numpy as np
 import pytest
 import torch
+from engine_helpers import Crash, crash_after_checkpoint
 
 from tunefleet.v1 import spec_pb2
 from tunefleet.worker.engine import feature_cache, run_job
@@ -123,10 +124,6 @@ def test_a_cache_over_the_memory_budget_spills_to_disk_with_the_same_results(
 # ----------------------------------------------------------------------------- resume
 
 
-class Crash(Exception):
-    pass
-
-
 def test_resume_rebuilds_the_cache_and_continues_exactly(tmp_path, bert_dir, text_csvs, text_spec):
     spec = text_spec(
         bert_dir,
@@ -137,12 +134,8 @@ def test_resume_rebuilds_the_cache_and_continues_exactly(tmp_path, bert_dir, tex
     straight = EventLog()
     run_job(spec, tmp_path / "straight", straight)
 
-    def crash_after_step_8(event):
-        if event.WhichOneof("kind") == "log" and "step-0000008" in event.log.message:
-            raise Crash  # 2 batches into epoch 2, with the cache in use
-
-    with pytest.raises(Crash):
-        run_job(spec, tmp_path / "resumed", crash_after_step_8)
+    with pytest.raises(Crash):  # 2 batches into epoch 2, with the cache in use
+        run_job(spec, tmp_path / "resumed", crash_after_checkpoint(8))
     resumed = EventLog()
     run_job(spec, tmp_path / "resumed", resumed)
     assert any("resumed from step-0000008" in m for m in resumed.logs())

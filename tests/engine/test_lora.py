@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from engine_helpers import Crash, crash_after_checkpoint
 from safetensors.torch import load_file
 
 from tunefleet.worker.engine import load_model, models, run_job
@@ -124,10 +125,6 @@ def test_unknown_target_module_names_the_field_and_the_layers(bert_dir, text_csv
         build_lora_model(spec)
 
 
-class Crash(Exception):
-    pass
-
-
 def test_lora_resume_continues_exactly(tmp_path, bert_dir, text_csvs, text_spec, events):
     sections = {
         "finetune": {"strategy": "lora", "lora": {"dropout": 0.1}},
@@ -137,12 +134,8 @@ def test_lora_resume_continues_exactly(tmp_path, bert_dir, text_csvs, text_spec,
     run_job(spec, tmp_path / "straight", events)
     straight = events.train_losses()
 
-    def crash(event):
-        if event.WhichOneof("kind") == "log" and "step-0000008" in event.log.message:
-            raise Crash
-
     with pytest.raises(Crash):
-        run_job(spec, tmp_path / "resumed", crash)
+        run_job(spec, tmp_path / "resumed", crash_after_checkpoint(8))
     events.clear()
     run_job(spec, tmp_path / "resumed", events)
     resumed = events.train_losses()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from engine_helpers import Crash, crash_after_checkpoint
 from safetensors.torch import load_file
 
 from tunefleet.spec import spec_to_dict
@@ -151,18 +152,6 @@ def test_lr_in_events_follows_schedule_and_layerwise_decay(
         assert m.lr == pytest.approx(lr_t)
         assert m.lr_groups["layer.0"] == pytest.approx(lr_t * 0.125)  # 3 blocks from the top
         assert m.total_steps == 12 and m.samples_per_s > 0
-
-
-class Crash(Exception):
-    pass
-
-
-def crash_after_checkpoint(step: int):
-    def emit(event):
-        if event.WhichOneof("kind") == "log" and f"step-{step:07d}" in event.log.message:
-            raise Crash
-
-    return emit
 
 
 @pytest.mark.parametrize("crash_step", [8, 6])  # mid-epoch 2 (skips 2 batches); an epoch end
