@@ -9,8 +9,9 @@ layers between the body and the output layer (BERT's pooler, AlexNet's fc6 and f
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from tunefleet.spec.model_config import read_config
 
 # Counted by the engine's FreezePlan on each architecture (tests/engine/test_architectures.py
 # checks every entry against the real model).
@@ -52,16 +53,8 @@ _HF_TOP_LAYERS = {
 }
 
 
-def _config(folder: Path) -> dict:
-    try:
-        data = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def hf_layer_count(folder: Path) -> int | None:
-    data = _config(folder)
+    data = read_config(folder)
     for key in _LAYER_KEYS:
         if isinstance(data.get(key), int):
             return data[key]
@@ -70,7 +63,7 @@ def hf_layer_count(folder: Path) -> int | None:
 
 def hf_body_block_count(folder: Path) -> int | None:
     """embeddings + layers + the family's pretrained top layers, or None for other families."""
-    top = _HF_TOP_LAYERS.get(str(_config(folder).get("model_type", "")))
+    top = _HF_TOP_LAYERS.get(str(read_config(folder).get("model_type", "")))
     layers = hf_layer_count(folder)
     if top is None or layers is None:
         return None

@@ -31,10 +31,15 @@ def positions_from_config(config: Mapping[str, Any]) -> int | None:
     return None
 
 
+def read_config(folder: str | Path) -> dict[str, Any]:
+    """The config.json of a local model folder; {} when there is none or it is unreadable."""
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
 def max_positions(name: str) -> int | None:
     """Usable positions of the model in local folder `name`; None when not readable."""
-    try:
-        config = json.loads((Path(name) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return positions_from_config(config) if isinstance(config, dict) else None
+    return positions_from_config(read_config(name))
