@@ -1,10 +1,11 @@
 """Scheduler throughput: placements/s and scheduling latency, direct and over real gRPC.
 
-1. Direct: the scheduler core (coordinator/scheduler.py + store.py, SQLite on disk) with
-   --workers simulated CPU workers and --jobs queued jobs. Every worker takes a job (the
-   fill), then in turn finishes it and takes the next, until the queue is empty: about
-   --workers jobs are always running, as on a busy fleet. Latency is one AcquireJob
-   (scheduler.acquire) that places a job; FinishJob is timed too.
+1. Direct: the scheduler core (coordinator/scheduler.py with placement.py, lifecycle.py and
+   the store/ package, SQLite on disk) with --workers simulated CPU workers and --jobs
+   queued jobs. Every worker takes a job (the fill), then in turn finishes it and takes
+   the next, until the queue is empty: about --workers jobs are always running, as on a
+   busy fleet. Latency is one AcquireJob (scheduler.acquire) that places a job; FinishJob
+   is timed too.
 2. gRPC: a real coordinator (start_server) and --grpc-workers fake worker clients (one
    thread and channel each, all in a second process), doing RegisterWorker, then
    AcquireJob -> ReportEvents -> FinishJob until --grpc-jobs submitted jobs are done.

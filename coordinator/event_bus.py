@@ -1,11 +1,12 @@
-"""EventBus: wakes the followers of a job when new events of it are stored.
+"""EventBus: wakes the followers of a job when new events of it are stored; `follow`: the
+loop every event stream (StreamEvents, StreamEventBatches) runs on it.
 
 The bus carries no events, only "job X now has events up to seq N". Followers read the
 events themselves from the JobStore, so what a follower sees is always the stored,
 contiguous sequence, and a slow follower costs no memory here.
 
 What a slow follower can hold is bounded end to end: one subscription (an int and a
-Condition) here, one replay batch (`service._REPLAY_BATCH` events) in its handler, and one
+Condition) here, one replay batch (REPLAY_BATCH events) in its handler, and one
 message in gRPC, whose sync server blocks the handler's generator until the previous
 message is written. A follower that stops reading stalls only its own thread; the events
 wait in the store, not in queues.
@@ -25,8 +26,10 @@ from __future__ import annotations
 import itertools
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
+from tunefleet.coordinator.errors import Unavailable
+from tunefleet.states import is_terminal
 from tunefleet.v1 import job_pb2
 
 # Stored events kept in memory per followed job, for followers to read without the store.
@@ -35,6 +38,12 @@ from tunefleet.v1 import job_pb2
 # collector walks: at 2,048 per job, 100 followed jobs made full collections of ~35 ms
 # (bench/events.py), stalls that showed in the delivery p99; at 512, ~22 ms.
 _RECENT_EVENTS = 512
+
+# Events per batch a follower sends (read from the store or the buffer at a time).
+REPLAY_BATCH = 500
+# A follower re-checks the job this often even without news, as a safety net against a
+# missed wake-up; normal delivery is driven by EventBus notifications.
+FOLLOW_RECHECK_S = 10.0
 
 
 class Subscription:
@@ -151,3 +160,51 @@ class EventBus:
                 if not subs:
                     del self._subscriptions[subscription.job_id]
                     self._recent.pop(subscription.job_id, None)
+
+
+def follow(
+    bus: EventBus,
+    job_id: str,
+    after_seq: int,
+    *,
+    stored_after: Callable[[str, int, int], list[job_pb2.Event]],
+    get_job: Callable[[str], job_pb2.Job],
+    follow: bool,
+    is_active: Callable[[], bool],
+    on_subscribe: Callable[[Subscription], None] = lambda subscription: None,
+) -> Iterator[list[job_pb2.Event]]:
+    """Stored events of `job_id` with seq > after_seq, then (if `follow`) live ones until
+    the job ends, as non-empty lists in seq order, while `is_active()`.
+
+    `stored_after(job_id, seq, limit)` reads the store (JobStore.events_after) and
+    `get_job` the job; `on_subscribe` gets the subscription before the first read, to close
+    it when the caller goes away. Raises Unavailable when the bus closes (the coordinator
+    stops) while following."""
+    # Subscribe before the first read: see the module docstring for why nothing is missed.
+    with bus.subscribe(job_id) as subscription:
+        on_subscribe(subscription)
+        seq = after_seq
+        while is_active():
+            # Live events from the bus's buffer; a replay or a gap from the store.
+            batch = bus.recent(job_id, seq, REPLAY_BATCH)
+            if batch is None:
+                batch = stored_after(job_id, seq, REPLAY_BATCH)
+            if batch:
+                yield list(batch)
+                seq = batch[-1].seq
+            state_changed = any(event.HasField("state_change") for event in batch)
+            if len(batch) == REPLAY_BATCH:
+                continue
+            if not follow:
+                return
+            # A job ends with a state change event, so it can only have ended when we
+            # just sent one or have nothing new (saves a job read per batch).
+            if not batch or state_changed:
+                job = get_job(job_id)
+                if is_terminal(job.state) and seq >= job.last_seq:
+                    return
+            if bus.closed:
+                raise Unavailable("the coordinator is shutting down; follow again later")
+            if subscription.closed:
+                return
+            subscription.wait_beyond(seq, timeout=FOLLOW_RECHECK_S)

@@ -17,7 +17,8 @@ and the model), so its FinishJob decides; the others' are recorded on Job.member
 the job only by failing or quitting before rank 0 is done (end_action).
 
 Everything here works on the jobs and workers it is given; the Scheduler reads them under
-its lock and writes the outcome.
+its lock and writes the outcome. Choosing the members is placement's (placement.py:
+choose_members); who may join is WaitingWorkers' below.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
-from tunefleet.coordinator.store import ACTIVE_STATES, WorkerRecord
+from tunefleet.states import ACTIVE_STATES
 from tunefleet.v1 import coordinator_pb2, job_pb2
 
 
@@ -71,33 +72,6 @@ def describe(job: job_pb2.Job) -> str:
     if not job.members:
         return f"worker {job.worker_id}"
     return "workers " + ", ".join(f"{m.worker_id} (rank {m.rank})" for m in job.members)
-
-
-class Capacity:
-    """What a worker has left, given the active jobs it holds.
-
-    A GPU job takes resources.gpus of each worker it runs on. A CPU-only job (gpus == 0)
-    uses the worker's CPUs flat out, so a worker runs at most one CPU-only job at a time.
-    """
-
-    def __init__(self, worker: WorkerRecord, active: Iterable[job_pb2.Job]):
-        mine = [j for j in active if worker.id in holders(j)]
-        self.job_ids = [j.id for j in mine]
-        self.free_gpus = worker.resources.gpus - sum(j.spec.resources.gpus for j in mine)
-        self.cpu_busy = any(j.spec.resources.gpus == 0 for j in mine)
-
-    def fits(self, job: job_pb2.Job) -> bool:
-        need = job.spec.resources.gpus
-        return self.free_gpus >= need if need > 0 else not self.cpu_busy
-
-
-def choose_members(
-    job: job_pb2.Job, first: WorkerRecord, others: list[tuple[WorkerRecord, Capacity]]
-) -> list[WorkerRecord] | None:
-    """`first` (rank 0) plus the first nodes-1 of `others` that fit the job, or None when
-    too few do: then nobody gets any part of it."""
-    picks = [worker for worker, capacity in others if capacity.fits(job)][: nodes(job) - 1]
-    return [first, *picks] if len(picks) == nodes(job) - 1 else None
 
 
 class WaitingWorkers:

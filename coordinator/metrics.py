@@ -1,8 +1,8 @@
 """Prometheus metrics for the coordinator (`ftctl server --metrics-port N` serves /metrics).
 
 Two kinds of series:
-- What the coordinator *is* (jobs by state, the queue, workers, GPUs) is read from the
-  store at scrape time by `StoreCollector`, never counted up and down in memory: the numbers
+- What the coordinator *is* (jobs by state, the queue, workers, GPUs) is read at scrape
+  time by `StoreCollector` (jobs from the store's aggregates, workers from the Scheduler), never counted up and down in memory: the numbers
   stay right across coordinator restarts and can never drift from the database.
 - What the coordinator *did* since it started (RPCs and their latency, events ingested) is
   counted by `RpcObserver`, a gRPC server interceptor. Counters restart at zero with the
@@ -23,13 +23,13 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from tunefleet.coordinator.store import JobStore
 from tunefleet.logging_setup import job_log_context
 from tunefleet.v1 import coordinator_pb2, job_pb2
 
@@ -50,69 +50,50 @@ _WORKER_STATES = [v.name for v in coordinator_pb2.WorkerState.DESCRIPTOR.values 
 class StoreCollector(Collector):
     """Gauges derived from the coordinator's database on every scrape.
 
-    Job counts and the queue-wait histogram are aggregated in SQL over a separate read-only
-    connection, so a scrape neither loads every job nor holds the store's lock while it
-    scans; worker and GPU numbers come from the scheduler, which owns the capacity rules.
+    Job counts and the queue-wait histogram are aggregated by the store (JobStore.job_stats,
+    in SQL over a read-only connection of its own), so a scrape neither loads every job nor
+    holds the store's lock while it scans; worker and GPU numbers come from the scheduler,
+    which owns the capacity rules.
     """
 
-    def __init__(self, scheduler, db_path: str | Path, *, clock: Callable[[], float] = time.time):
+    def __init__(self, scheduler, store: JobStore, *, clock: Callable[[], float] = time.time):
         self._scheduler = scheduler
-        self._db_path = Path(db_path)
+        self._store = store
         self._clock = clock
 
     def collect(self) -> Iterator:
         try:
             yield from self._job_metrics()
         except sqlite3.Error as exc:  # a scrape must not fail because of one bad read
-            log.warning("metrics: cannot read jobs from %s: %s", self._db_path, exc)
+            log.warning("metrics: cannot read jobs from %s: %s", self._store.path, exc)
         yield from self._worker_metrics()
-
-    @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        uri = f"{self._db_path.resolve().as_uri()}?mode=ro"  # as_uri escapes spaces, '#'...
-        conn = sqlite3.connect(uri, uri=True, timeout=5.0)
-        try:
-            yield conn
-        finally:
-            conn.close()
 
     def _job_metrics(self) -> Iterator:
         now = self._clock()
-        bucket_sums = ", ".join(f"SUM(wait <= {b})" for b in QUEUE_WAIT_BUCKETS)
-        with self._connect() as db:
-            by_state = dict(db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state"))
-            depth, oldest = db.execute(
-                "SELECT COUNT(*), MIN(created_at) FROM jobs WHERE state = ?", (job_pb2.QUEUED,)
-            ).fetchone()
-            # started_at is when training began (the first report from the worker).
-            row = db.execute(
-                f"SELECT COUNT(*), COALESCE(SUM(wait), 0), {bucket_sums} FROM "
-                "(SELECT MAX(started_at - created_at, 0) AS wait FROM jobs "
-                "WHERE started_at IS NOT NULL)"
-            ).fetchone()
-
+        stats = self._store.job_stats(QUEUE_WAIT_BUCKETS)
         jobs = GaugeMetricFamily("tunefleet_jobs", "Jobs by state.", labels=["state"])
         for name in _JOB_STATES:
-            jobs.add_metric([name], by_state.get(job_pb2.JobState.Value(name), 0))
+            jobs.add_metric([name], stats.by_state.get(job_pb2.JobState.Value(name), 0))
         yield jobs
         yield GaugeMetricFamily(
-            "tunefleet_queue_depth", "Jobs waiting in the queue (QUEUED).", value=depth
+            "tunefleet_queue_depth", "Jobs waiting in the queue (QUEUED).", value=stats.queue_depth
         )
+        oldest = stats.oldest_queued_at
         yield GaugeMetricFamily(
             "tunefleet_queue_oldest_wait_seconds",
             "How long the oldest queued job has waited (0 when the queue is empty).",
             value=max(now - oldest, 0.0) if oldest is not None else 0.0,
         )
-        count, total, *cumulative = row
         buckets = [
-            (str(float(b)), c or 0) for b, c in zip(QUEUE_WAIT_BUCKETS, cumulative, strict=True)
+            (str(float(b)), c)
+            for b, c in zip(QUEUE_WAIT_BUCKETS, stats.wait_cumulative, strict=True)
         ]
-        buckets.append(("+Inf", count))
+        buckets.append(("+Inf", stats.started))
         yield HistogramMetricFamily(
             "tunefleet_queue_wait_seconds",
             "Seconds from submission to the start of training, over every job that started.",
             buckets=buckets,
-            sum_value=total,
+            sum_value=stats.wait_sum_s,
         )
 
     def _worker_metrics(self) -> Iterator:
@@ -260,10 +241,10 @@ class CoordinatorMetrics:
     """The coordinator's metrics registry: RPC observation (install `.interceptor` on the
     gRPC server) plus the store-derived gauges; `.serve()` exposes them over HTTP."""
 
-    def __init__(self, scheduler, db_path: str | Path):
+    def __init__(self, scheduler, store: JobStore):
         self.registry = CollectorRegistry(auto_describe=True)
         self.interceptor = RpcObserver(self.registry)
-        self.registry.register(StoreCollector(scheduler, db_path))
+        self.registry.register(StoreCollector(scheduler, store))
         self._httpd = None
         self._thread: threading.Thread | None = None
 

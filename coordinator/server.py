@@ -271,7 +271,7 @@ def start_server(
         max_workers=max_followers + _STREAM_POOL_SPARE, thread_name_prefix="tunefleet-follow"
     )
     polls = ThreadPoolExecutor(max_workers=max_long_polls, thread_name_prefix="tunefleet-poll")
-    metrics = CoordinatorMetrics(scheduler, store.path)
+    metrics = CoordinatorMetrics(scheduler, store)
     interceptors = [
         _LongCallsOnTheirOwnThreads(streams=streams, polls=polls),
         metrics.interceptor,
@@ -293,7 +293,7 @@ def start_server(
         store.close()
 
     coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
-        CoordinatorService(scheduler, store, bus, max_streams=max_followers), server
+        CoordinatorService(scheduler, max_streams=max_followers), server
     )
     health = add_health_service(server)
     try:

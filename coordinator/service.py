@@ -1,6 +1,8 @@
 """The gRPC servicer: translates requests into Scheduler calls and refusals into statuses.
 
-Handlers hold no state of their own. A CoordinatorError becomes its status: code, message
+Handlers hold no state of their own and talk only to the Scheduler (never to the store or
+the event bus): what a caller may see is decided here (tunefleet.coordinator.auth), what
+happens to jobs and workers there. A CoordinatorError becomes its status: code, message
 and structured details (field violations, the limit that was reached); anything else is logged with its traceback here and reaches the client only as
 INTERNAL with a pointer to the coordinator's log.
 """
@@ -22,13 +24,9 @@ from tunefleet.coordinator.errors import (
     InvalidArgument,
     NotFound,
     ResourceExhausted,
-    Unavailable,
     invalid_spec,
 )
-from tunefleet.coordinator.event_bus import EventBus
 from tunefleet.coordinator.scheduler import Scheduler
-from tunefleet.coordinator.store import JobStore
-from tunefleet.states import is_terminal
 from tunefleet.status_details import QuotaViolation
 from tunefleet.v1 import coordinator_pb2, coordinator_pb2_grpc, job_pb2
 
@@ -36,10 +34,6 @@ log = logging.getLogger(__name__)
 
 _INTERNAL_MESSAGE = "internal error in the coordinator; its log has the details"
 
-# A follower re-checks the job this often even without news, as a safety net against a
-# missed wake-up; normal delivery is driven by EventBus notifications.
-_FOLLOW_RECHECK_S = 10.0
-_REPLAY_BATCH = 500
 # Jobs per ListJobs page (the most a request may ask for, and what 0 means).
 MAX_LIST_PAGE = 1000
 _JOB_STATES = frozenset(job_pb2.JobState.values())
@@ -75,10 +69,8 @@ def _streaming(handler):
 
 
 class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
-    def __init__(self, scheduler: Scheduler, store: JobStore, bus: EventBus, max_streams: int):
+    def __init__(self, scheduler: Scheduler, max_streams: int):
         self.scheduler = scheduler
-        self.store = store
-        self.bus = bus
         # Each open event stream holds a thread of the streams' own pool (see server.py);
         # one beyond this many is refused at once rather than queued behind the others.
         self.max_streams = max_streams
@@ -101,7 +93,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
             key = f"{principal.name}/{key}"  # one caller's key never returns another's job
         model = request.spec.model
         if model.source == "job" and model.job:
-            source = self.store.get_job(model.job)
+            source = self.scheduler.find_job(model.job)
             if source is not None and not auth.may_see(principal, source.submitter):
                 # Starting from another user's model would hand it over: as if it did not exist.
                 raise invalid_spec([("model.job", f"job {model.job} not found")])
@@ -123,7 +115,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         limit = request.limit if 0 < request.limit <= MAX_LIST_PAGE else MAX_LIST_PAGE
         offset = _page_offset(request.page_token)
         # One more than the page tells whether another page follows.
-        jobs = self.store.list_jobs(request.states, limit + 1, submitter=mine, offset=offset)
+        jobs = self.scheduler.list_jobs(request.states, limit + 1, submitter=mine, offset=offset)
         more = len(jobs) > limit
         return coordinator_pb2.ListJobsResponse(
             jobs=[job_summary(job) for job in jobs[:limit]],
@@ -168,34 +160,14 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
             )
         if not context.add_callback(self._stream_slots.release):  # it ended already
             self._stream_slots.release()
-        # Subscribe before the first read: see event_bus for why nothing can be missed.
-        with self.bus.subscribe(job_id) as subscription:
-            context.add_callback(subscription.close)  # the client went away or we stop
-            seq = request.after_seq
-            while context.is_active():
-                # Live events from the bus's buffer; a replay or a gap from the store.
-                batch = self.bus.recent(job_id, seq, _REPLAY_BATCH)
-                if batch is None:
-                    batch = self.store.events_after(job_id, seq, _REPLAY_BATCH)
-                if batch:
-                    yield list(batch)
-                    seq = batch[-1].seq
-                state_changed = any(event.HasField("state_change") for event in batch)
-                if len(batch) == _REPLAY_BATCH:
-                    continue
-                if not request.follow:
-                    return
-                # A job ends with a state change event, so it can only have ended when we
-                # just sent one or have nothing new (saves a job read per batch).
-                if not batch or state_changed:
-                    job = self.scheduler.get_job(job_id)
-                    if is_terminal(job.state) and seq >= job.last_seq:
-                        return
-                if self.bus.closed:
-                    raise Unavailable("the coordinator is shutting down; follow again later")
-                if subscription.closed:
-                    return
-                subscription.wait_beyond(seq, timeout=_FOLLOW_RECHECK_S)
+        yield from self.scheduler.follow_events(
+            job_id,
+            request.after_seq,
+            follow=request.follow,
+            is_active=context.is_active,
+            # The client went away or we stop: the follower wakes and ends.
+            on_subscribe=lambda subscription: context.add_callback(subscription.close),
+        )
 
     @_unary
     def DrainWorker(self, request, context):
@@ -213,7 +185,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         return coordinator_pb2.ListWorkersResponse(workers=workers)
 
     def _may_see_id(self, principal, job_id: str) -> bool:
-        job = self.store.get_job(job_id)
+        job = self.scheduler.find_job(job_id)
         return job is not None and auth.may_see(principal, job.submitter)
 
     # ---- worker API ------------------------------------------------------------------

@@ -3,6 +3,8 @@
 from tunefleet.v1 import job_pb2
 
 TERMINAL_STATES = frozenset({job_pb2.SUCCEEDED, job_pb2.FAILED, job_pb2.CANCELLED})
+# A placed job: a worker (or each member of a multi-node job) holds it under a lease.
+ACTIVE_STATES = (job_pb2.ASSIGNED, job_pb2.RUNNING)
 
 
 def is_terminal(state: int) -> bool:
