@@ -3,54 +3,41 @@
     python -m tunefleet.coordinator --listen 127.0.0.1:50051 --db .tunefleet/coordinator.db \
         --heartbeat-s 2 --lease-s 10
 
-The same server as `ftctl server`, without the SDK's CLI around it: the fault-injection
-tests start it as a child process so they can kill -9 it. TLS and tokens are `ftctl
-server`'s options.
+The same flags and the same server as `ftctl server` (both come from
+tunefleet.coordinator.command_line), without the SDK's CLI around it: the fault-injection
+tests start it as a child process so they can kill -9 it.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from tunefleet.coordinator.server import check_lease_settings, serve
-from tunefleet.defaults import DEFAULT_ADDRESS, DEFAULT_DB_PATH
+from tunefleet.coordinator.command_line import (
+    add_server_arguments,
+    check_server_arguments,
+    serve_from_args,
+)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tunefleet.coordinator",
         description="Run a tunefleet coordinator (jobs, events and workers in SQLite).",
     )
-    parser.add_argument("--listen", default=DEFAULT_ADDRESS, help="HOST:PORT (%(default)s)")
-    parser.add_argument(
-        "--db", type=Path, default=Path(DEFAULT_DB_PATH), help="SQLite database"
-    )
-    parser.add_argument(
-        "--heartbeat-s",
-        type=float,
-        default=2.0,
-        help="how often workers send heartbeats (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--lease-s",
-        type=float,
-        default=10.0,
-        help="a worker silent this long is lost and its jobs are requeued (default: %(default)s)",
-    )
+    add_server_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        check_lease_settings(args.heartbeat_s, args.lease_s)
+        security = check_server_arguments(args)
     except ValueError as exc:
         parser.error(str(exc))
     try:
-        serve(
-            args.listen,
-            args.db,
-            heartbeat_interval_s=args.heartbeat_s,
-            lease_timeout_s=args.lease_s,
-        )
+        serve_from_args(args, security)
     except (RuntimeError, ValueError) as exc:  # cannot bind, malformed --listen
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -2,6 +2,8 @@
 
     python -m tunefleet.worker --coordinator HOST:PORT [--artifacts DIR] [--gpus N] [--id ID]
 
+(`ftctl worker` is the same command: both build their flags in tunefleet.worker.command_line.)
+
 Importing this package does not import torch; only the training process (the engine,
 tunefleet.worker.engine) does.
 """

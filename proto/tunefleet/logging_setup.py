@@ -26,6 +26,7 @@ __all__ = [
     "LOG_FORMATS",
     "JobContextFilter",
     "JsonFormatter",
+    "configure_command_logging",
     "configure_logging",
     "job_log_context",
 ]
@@ -115,3 +116,12 @@ def configure_logging(
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
     return handler
+
+
+def configure_command_logging(level: str | int = "INFO", log_format: str = "text") -> None:
+    """configure_logging for a command that runs a coordinator or a worker in the foreground
+    (`ftctl server/worker`, `python -m tunefleet.coordinator/worker`): json always replaces
+    the root logger's handlers; text keeps those someone already set up (a test calling the
+    command in-process)."""
+    if log_format == "json" or not logging.getLogger().handlers:
+        configure_logging(level, log_format)

@@ -5,6 +5,7 @@ Exit codes and one-line errors are part of the interface: scripts and CI depend 
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import subprocess
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 from client_helpers import BAD_PATHS, needs_coordinator, unused_port
 
-from tunefleet.client.cli import main
+from tunefleet.client.cli import build_parser, main
 from tunefleet.v1 import job_pb2
 
 FTCTL = Path(sys.executable).parent / "ftctl"
@@ -171,6 +172,66 @@ def test_submit_of_an_invalid_job_prints_every_problem(capsys, cluster, bad_yaml
         assert f"  {path}: " in err
     with cluster.client() as client:
         assert client.list() == []
+
+
+# Every verb, given a bad input: exit 1 with one clear line (exit 2 with argparse's usage
+# for a bad command line), never a traceback. `{addr}` is the test coordinator, `{tmp}` a
+# fresh folder.
+BAD_INPUTS = [
+    (["validate", "{tmp}/nope.yaml"], 1, "no such file"),
+    (["submit", "{tmp}/nope.yaml"], 1, "no such file"),
+    (["submit", "{tmp}/nope.yaml", "--priority", str(2**40)], 2, "--priority: must be from"),
+    (["jobs", "--state", "bogus"], 1, "unknown job state 'bogus'"),
+    (["jobs", "--limit", str(2**40)], 2, "--limit: must be from"),
+    (["get", "job-nope"], 1, "job job-nope not found"),
+    (["logs", "job-nope"], 1, "job job-nope not found"),
+    (["logs", "job-nope", "--after", str(2**70)], 2, "--after: must be from"),
+    (["cancel", "job-nope"], 1, "job job-nope not found"),
+    (["workers", "--token-file", "{tmp}/nope"], 1, "cannot read token file"),
+    (["worker", "drain"], 1, "which worker?"),
+    (["worker", "drain", "w-nope"], 1, "worker w-nope not found"),
+    (["worker", "--gpus", "-1"], 1, "--gpus must be >= 0, got -1"),
+    (["worker", "--drain-grace-s", "-1"], 1, "--drain-grace-s must be >= 0"),
+    (["worker", "--artifacts-uri", "nosuchfs://x"], 1, "--artifacts-uri: nosuchfs://x"),
+    (["server", "--db", "{tmp}/db", "--lease-s", "1"], 1, "--lease-s (1.0) must be longer"),
+    (["server", "--db", "{tmp}/db", "--tls-cert", "x.pem"], 1, "give both --tls-cert"),
+    (["up", "--listen", "0.0.0.0:0", "--db", "{tmp}/db"], 1, "serves this machine only"),
+    (["token", " "], 1, "NAME: required"),
+    (["token", "ci", "--role", "root"], 2, "invalid choice: 'root'"),
+    (["run", "{tmp}/nope.yaml"], 1, "no such file"),
+    (["plan", "{tmp}/nope.yaml"], 1, "no such file"),
+    (["plot", "job-nope"], 1, "job job-nope not found"),
+    (["artifacts", "job-nope"], 1, "job job-nope not found"),
+]
+
+
+def test_bad_inputs_cover_every_verb():
+    verbs = {
+        a.dest
+        for action in build_parser()._actions
+        if isinstance(action, argparse._SubParsersAction)
+        for a in action._choices_actions
+    }
+    assert verbs == {argv[0] for argv, _, _ in BAD_INPUTS}
+
+
+@needs_coordinator
+@pytest.mark.parametrize(
+    ("argv", "exit_code", "message"), BAD_INPUTS, ids=[" ".join(a[:2]) for a, _, _ in BAD_INPUTS]
+)
+def test_every_verb_refuses_bad_input_without_a_traceback(
+    capsys, cluster, tmp_path, argv, exit_code, message
+):
+    argv = [a.format(addr=cluster.address, tmp=tmp_path) for a in argv]
+    try:
+        code = main([*argv, "--coordinator", cluster.address, "--connect-timeout", "2"])
+    except SystemExit as exit:  # argparse: a bad command line
+        code = exit.code
+    out, err = capsys.readouterr()
+    assert code == exit_code, (out, err)
+    assert message in err and "Traceback" not in err + out, err
+    if exit_code == 1:
+        assert err.startswith(("error: ", "invalid: ")), err
 
 
 def _drive(worker, final_state, events=()):

@@ -129,7 +129,8 @@ def test_build_context_and_wheel(image, tmp_path):
         "tunefleet/coordinator/metrics.py",
         "tunefleet/worker/engine/trainer.py",
         "tunefleet/worker/artifact_store.py",
-        "tunefleet/client/cli.py",
+        "tunefleet/client/cli/__init__.py",
+        "tunefleet/client/cli/jobs.py",
     ):
         assert module in names, module
 

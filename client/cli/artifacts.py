@@ -1,0 +1,59 @@
+"""`ftctl plot` and `ftctl artifacts`: what a job leaves behind, its curves (drawn by
+tunefleet.client.plot) and its artifacts (downloaded by tunefleet.worker.artifact_store,
+the same code that uploaded them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.text import Text
+
+from tunefleet.client.cli.common import EXIT_OK, Commands, client, stdout
+from tunefleet.client.errors import TunefleetError
+from tunefleet.limits import printable
+
+
+def register(commands: Commands) -> None:
+    p = commands.add("plot", plot, "draw a job's loss, eval metrics and learning rate to a PNG")
+    p.add_argument("job", metavar="JOB")
+    p.add_argument("-o", "--output", metavar="PNG", help="(default: JOB-curves.png)")
+
+    p = commands.add(
+        "artifacts", artifacts, "list a job's artifacts, or download the uploaded ones"
+    )
+    p.add_argument("job", metavar="JOB")
+    p.add_argument("--download", metavar="DIR", help="fetch the uploaded artifacts into DIR")
+    p.add_argument(
+        "--name", action="append", metavar="NAME", help="only this artifact (repeatable): model..."
+    )
+
+
+def plot(args) -> int:
+    from tunefleet.client.plot import plot_job
+
+    with client(args) as sdk:
+        path = plot_job(sdk, args.job, args.output or f"{args.job}-curves.png")
+    stdout().print(Text(f"wrote {path}"))
+    return EXIT_OK
+
+
+def artifacts(args) -> int:
+    from tunefleet.worker.artifact_store import ArtifactStoreError, download_job
+
+    with client(args) as sdk:
+        job = sdk.get(args.job)
+    console = stdout()
+    if not args.download:
+        if not job.artifacts:
+            console.print(f"job {job.id} has no artifacts ({job.state.value})")
+        for name, location in sorted(job.artifacts.items()):
+            console.print(Text(printable(f"{name:<24} {location}")))
+        return EXIT_OK
+    try:
+        files = download_job(job.artifacts, Path(args.download), args.name or ())
+    except ArtifactStoreError as e:
+        raise TunefleetError(f"job {job.id}: {e}") from None
+    for path in files:
+        console.print(Text(str(path)))
+    console.print(Text(f"downloaded {len(files)} files of job {job.id} to {args.download}"))
+    return EXIT_OK

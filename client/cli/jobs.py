@@ -1,0 +1,232 @@
+"""`ftctl validate/submit/jobs/get/logs/cancel`: jobs, each command one SDK call
+(tunefleet.client.Client) and a rendering from tunefleet.client.render."""
+
+from __future__ import annotations
+
+import json
+
+from rich.text import Text
+
+from tunefleet.client.cli.common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    INT32,
+    INT64,
+    Commands,
+    add_throttle,
+    client,
+    coordinator_flag,
+    note,
+    print_problems,
+    state_exit_code,
+    stderr,
+    stdout,
+)
+from tunefleet.client.client import Client, prepare_spec
+from tunefleet.client.errors import ValidationError
+from tunefleet.client.render import EventRenderer, jobs_table, render_job, render_reports
+from tunefleet.client.types import Job
+from tunefleet.limits import printable
+
+
+def register(commands: Commands) -> None:
+    p = commands.add("validate", validate, "check job YAML files (no coordinator needed)")
+    p.add_argument("files", nargs="+", metavar="JOB.yaml")
+    p.add_argument(
+        "--no-check-paths", action="store_true", help="do not check that data/model paths exist"
+    )
+
+    p = commands.add("submit", submit, "submit a job", exit_codes=True)
+    p.add_argument("file", metavar="JOB.yaml")
+    p.add_argument("-f", "--follow", action="store_true", help="show progress until the job ends")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the job id (for scripts)")
+    p.add_argument("--priority", type=INT32, help="override the spec's priority (higher first)")
+    p.add_argument(
+        "--idempotency-key",
+        metavar="KEY",
+        help="resubmitting with the same key returns the same job (default: a fresh key)",
+    )
+    add_throttle(p)
+
+    p = commands.add("jobs", list_jobs, "list jobs, newest first")
+    p.add_argument(
+        "--state",
+        action="append",
+        metavar="STATE",
+        help="only jobs in this state (repeat or comma-separate: queued,running)",
+    )
+    p.add_argument("--limit", type=INT32, default=100)
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = commands.add("get", get, "show a job: state, reason, metrics, artifact paths")
+    p.add_argument("job", metavar="JOB")
+    p.add_argument("--json", action="store_true", help="print JSON (with the resolved spec)")
+
+    p = commands.add(
+        "logs", logs, "print a job's events; -f follows until it ends", exit_codes=True
+    )
+    p.add_argument("job", metavar="JOB")
+    p.add_argument("-f", "--follow", action="store_true", help="follow until the job ends")
+    p.add_argument(
+        "--after", type=INT64, default=0, metavar="SEQ", help="only events after this seq"
+    )
+    add_throttle(p)
+
+    p = commands.add("cancel", cancel, "cancel a job")
+    p.add_argument("job", metavar="JOB")
+    p.add_argument("--reason", default="", help="recorded with the cancellation")
+
+
+def validate(args) -> int:
+    out, err = stdout(), stderr()
+    code = EXIT_OK
+    for path in args.files:
+        try:
+            spec = prepare_spec(path, check_paths=not args.no_check_paths)
+        except ValidationError as e:
+            print_problems(path, e.errors, err)
+            code = EXIT_FAILED
+            continue
+        out.print(Text(printable(f"ok: {path} ({spec.name})")))
+    return code
+
+
+def submit(args) -> int:
+    console = stdout()
+    with client(args) as sdk:
+        handle = sdk.submit(args.file, priority=args.priority, idempotency_key=args.idempotency_key)
+        job = handle.job
+        assert job is not None
+        if args.quiet and not args.follow:
+            print(job.id)
+            return EXIT_OK
+        console.print(Text(f"submitted job {job.id} ({job.name}): {job.state.value}"))
+        flag = coordinator_flag(args)
+        if not args.follow:
+            console.print(Text(f"  follow:  ftctl logs {job.id} -f{flag}"))
+            console.print(Text(f"  status:  ftctl get {job.id}{flag}"))
+            console.print(Text(f"  cancel:  ftctl cancel {job.id}{flag}"))
+            return EXIT_OK
+        return follow(sdk, job.id, 0, console, args.throttle, flag)
+
+
+def follow(sdk: Client, job_id: str, after_seq: int, console, throttle_s, flag="") -> int:
+    """Renders the job's events until it ends; its outcome as the exit code."""
+    renderer = EventRenderer(console, throttle_s=throttle_s)
+    try:
+        for event in sdk.events(job_id, after_seq, True):
+            renderer.handle(event)
+    except KeyboardInterrupt:
+        renderer.close()
+        note(
+            f"stopped following; job {job_id} keeps running "
+            f"(ftctl logs {job_id} -f{flag} to follow again, ftctl cancel {job_id}{flag} to stop it)"
+        )
+        return EXIT_INTERRUPTED
+    finally:
+        renderer.close()
+    job = sdk.get(job_id)
+    renderer.summary(job)
+    return state_exit_code(job.state)
+
+
+def logs(args) -> int:
+    console = stdout()
+    with client(args) as sdk:
+        if args.follow:
+            return follow(sdk, args.job, args.after, console, args.throttle)
+        with EventRenderer(console, live=False, throttle_s=0.0, show_debug=True) as renderer:
+            for event in sdk.events(args.job, args.after, False):
+                renderer.handle(event)
+    return EXIT_OK
+
+
+def list_jobs(args) -> int:
+    states = [s for arg in args.state or () for s in arg.split(",") if s]
+    with client(args) as sdk:
+        jobs = sdk.list(states or None, limit=args.limit)
+    console = stdout()
+    if args.json:
+        print(json.dumps([job_dict(j) for j in jobs], indent=2))
+    elif not jobs:
+        console.print("no jobs" + (f" in state {', '.join(states)}" if states else ""))
+    else:
+        console.print(jobs_table(jobs))
+    return EXIT_OK
+
+
+def get(args) -> int:
+    with client(args) as sdk:
+        job = sdk.get(args.job)
+        reports = _compression_reports(sdk, job)
+    if args.json:
+        print(json.dumps(job_dict(job, spec=True), indent=2))
+    else:
+        console = stdout()
+        render_job(console, job)
+        render_reports(console, reports)
+    return EXIT_OK
+
+
+def _compression_reports(sdk: Client, job: Job) -> list:
+    """The compression report of a finished job that compressed its model (read from its
+    events, so only for such jobs: others' event streams are not fetched)."""
+    from tunefleet.spec import compresses
+
+    if not (compresses(job.spec) and job.is_terminal()):
+        return []
+    reports = [
+        event.report
+        for event in sdk.events(job.id, follow=False)
+        if event.kind == "report" and event.report.name == "compression"
+    ]
+    return reports[-1:]
+
+
+def cancel(args) -> int:
+    with client(args) as sdk:
+        job = sdk.cancel(args.job, args.reason)
+    if job.is_terminal():
+        stdout().print(Text(printable(f"job {job.id}: {job.state.value} {job.reason}".rstrip())))
+    else:
+        stdout().print(Text(f"job {job.id}: cancel requested (was {job.state.value})"))
+    return EXIT_OK
+
+
+def job_dict(job: Job, *, spec: bool = False) -> dict:
+    """`ftctl jobs/get --json`: one job as JSON-ready values."""
+    from tunefleet.spec import spec_to_dict
+
+    d = {
+        "id": job.id,
+        "name": job.name,
+        "state": job.state.value,
+        "reason": job.reason,
+        "attempt": job.attempt,
+        "restarts": job.restarts,
+        "not_before": job.not_before.isoformat() if job.not_before else None,
+        "worker_id": job.worker_id,
+        "created_at": job.created_at.isoformat() if job.created_at else None,
+        "started_at": job.started_at.isoformat() if job.started_at else None,
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+        "artifacts": job.artifacts,
+        "summary": job.summary,
+        "last_seq": job.last_seq,
+        "submitter": job.submitter,
+    }
+    if job.members:  # a multi-node job
+        d["rendezvous"] = job.rendezvous
+        d["members"] = [
+            {
+                "rank": m.rank,
+                "worker_id": m.worker_id,
+                "address": m.address,
+                "state": m.state.value,
+                "reason": m.reason,
+            }
+            for m in job.members
+        ]
+    if spec:
+        d["spec"] = spec_to_dict(job.spec)
+    return d
