@@ -146,7 +146,7 @@ def cmd_validate(args) -> int:
 
 def cmd_plan(args) -> int:
     spec = prepare_spec(args.file)
-    plan_table = _engine_function("tunefleet.worker.engine.freeze", "plan_table")
+    plan_table = _engine_function("tunefleet.worker.engine.plan_preview", "plan_table")
     _stdout().print(Text(plan_table(spec)))
     return EXIT_OK
 

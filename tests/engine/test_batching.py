@@ -20,7 +20,7 @@ from tunefleet.worker.engine.batching import (
     LengthSortedSampler,
     length_grouped_order,
 )
-from tunefleet.worker.engine.data import TextCollator, TokenizedTextDataset
+from tunefleet.worker.engine.data.text import TextCollator, TokenizedTextDataset
 
 WORDS = ["the", "movie", "was", "really", "very", "a", "plot", "and", "it", "so"]
 POS, NEG = ["good", "great", "fine", "happy"], ["bad", "awful", "poor", "sad"]
@@ -165,7 +165,7 @@ def test_resume_with_an_oom_halved_micro_batch_keeps_the_grouped_steps(
     """Ragged text, grouped by length: killed mid-epoch 2, resumed with micro-batch 2 x 2
     accumulation after an injected OOM: the same losses as the straight run. Steps group
     batch x accumulation examples, so halving the micro-batch does not change them."""
-    from tunefleet.worker.engine.trainer import INJECT_OOM_ENV
+    from tunefleet.worker.engine.oom import INJECT_OOM_ENV
 
     data = make_ragged_csv(tmp_path / "train.csv", 24), make_ragged_csv(tmp_path / "e.csv", 8, 1)
     sections = {"train": {"epochs": 2, "checkpoint_every_steps": 4, "keep_checkpoints": 5}}
