@@ -58,11 +58,13 @@ def job_spec(epochs: int, strategy: str):
 
 def main() -> None:
     from tunefleet.v1 import spec_pb2
-    from tunefleet.worker.engine import load_model, models, run_job
-    from tunefleet.worker.engine.compression import _latencies_ms, compress, load_int8
+    from tunefleet.worker.engine import forward, load_model, models, run_job
+    from tunefleet.worker.engine.compression import _latencies_ms, compress
+    from tunefleet.worker.engine.data import load_data
+    from tunefleet.worker.engine.evaluation import evaluate_module
     from tunefleet.worker.engine.export import export_model
+    from tunefleet.worker.engine.int8 import load_int8
     from tunefleet.worker.engine.recovery import Recovery
-    from tunefleet.worker.engine.trainer import _load_data, _logits, evaluate_module
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--amount", type=float, default=0.5)
@@ -78,7 +80,7 @@ def main() -> None:
     train_s = time.perf_counter() - start
 
     task = models.resolve_task(spec)
-    data = _load_data(spec, task)
+    data = load_data(spec, task)
     meta = json.loads((out / "job" / "model" / "tunefleet_model.json").read_text())
     model = load_model(out / "job" / "model")
     loader = DataLoader(data.eval, batch_size=32, collate_fn=data.collate)
@@ -118,7 +120,7 @@ def main() -> None:
                 train=data.train,
                 collate=data.collate,
                 kind="hf",
-                forward=lambda m, b: _logits(m, b, "hf"),
+                forward=lambda m, b: forward.logits(m, b, "hf"),
                 head_path="classifier",
                 epoch=args.epochs - 1,
             ),

@@ -25,7 +25,7 @@ from tunefleet.client import Client, JobState
 from tunefleet.client.local import LocalCluster
 from tunefleet.client.render import EventRenderer
 from tunefleet.spec import prepare
-from tunefleet.worker.engine.data import prepare_fashion_mnist_root
+from tunefleet.worker.engine.data.images import prepare_fashion_mnist_root
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"

@@ -48,7 +48,7 @@ def register(commands: Commands) -> None:
 
 def plan(args) -> int:
     spec = prepare_spec(args.file)
-    plan_table = _engine_function("tunefleet.worker.engine.freeze", "plan_table")
+    plan_table = _engine_function("tunefleet.worker.engine.plan_preview", "plan_table")
     stdout().print(Text(plan_table(spec)))
     return EXIT_OK
 

@@ -128,6 +128,7 @@ def test_build_context_and_wheel(image, tmp_path):
         "tunefleet/coordinator/health.py",
         "tunefleet/coordinator/metrics.py",
         "tunefleet/worker/engine/trainer.py",
+        "tunefleet/worker/engine/data/text.py",  # a subpackage: listed in pyproject's packages
         "tunefleet/worker/artifact_store.py",
         "tunefleet/client/cli/__init__.py",
         "tunefleet/client/cli/jobs.py",

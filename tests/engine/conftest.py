@@ -22,7 +22,7 @@ def make_bert(folder: Path, *, layers: int = 2, dropout: float = 0.1) -> Path:
     """A 32-wide BERT with random weights and a WordPiece tokenizer over a 31-word vocab."""
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 
-    from tunefleet.worker.engine.models import quiet_transformers
+    from tunefleet.worker.engine.architectures import quiet_transformers
 
     folder.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *FILLER, *POS, *NEG]
@@ -126,9 +126,9 @@ def fake_image_bundle(n_train: int = 32, n_eval: int = 16, size: int = 28, chann
 @pytest.fixture
 def fake_images(monkeypatch):
     """Replace data loading with in-memory 28x28 grayscale images (2 classes)."""
-    from tunefleet.worker.engine import trainer
+    from tunefleet.worker.engine import data
 
-    monkeypatch.setattr(trainer, "_load_data", lambda spec, task: fake_image_bundle())
+    monkeypatch.setattr(data, "load_data", lambda spec, task: fake_image_bundle())
 
 
 @pytest.fixture(scope="session")
@@ -136,7 +136,7 @@ def smallcnn_checkpoint(tmp_path_factory) -> Path:
     """A SmallCNN 'pretrained' checkpoint with non-trivial BatchNorm running statistics."""
     from safetensors.torch import save_model
 
-    from tunefleet.worker.engine.models import SmallCNN
+    from tunefleet.worker.engine.architectures import SmallCNN
 
     torch.manual_seed(1)
     model = SmallCNN(num_classes=10, in_channels=1)

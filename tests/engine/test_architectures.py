@@ -12,9 +12,10 @@ import torch
 from tunefleet.spec.choices import TORCHVISION_ARCHS
 from tunefleet.spec.model_blocks import body_block_count
 from tunefleet.v1 import spec_pb2
-from tunefleet.worker.engine import heads, models
+from tunefleet.worker.engine import architectures, heads, lora
+from tunefleet.worker.engine.blocks import model_blocks
 from tunefleet.worker.engine.errors import InvalidJobInput
-from tunefleet.worker.engine.freeze import FreezePlan, model_blocks
+from tunefleet.worker.engine.freeze import FreezePlan
 
 HEAD = heads.head_dict(spec_pb2.HeadSpec(init="normal", init_std=0.01, dropout=0.1))
 # arch -> (image size for the forward pass, where the new head goes)
@@ -31,7 +32,7 @@ ARCHS = {
 @pytest.mark.parametrize("arch", TORCHVISION_ARCHS)
 def test_validator_block_table_matches_the_freeze_plan(arch):
     with torch.device("meta"):  # structure only: no memory, no init cost
-        model = models.build_torchvision_arch(arch)
+        model = architectures.build_torchvision_arch(arch)
     head_path, _ = heads.find_torchvision_head(model)
     assert len(model_blocks(model, "torchvision", head_path)) - 1 == body_block_count(
         "torchvision", arch
@@ -45,7 +46,7 @@ def built():
     def get(arch: str) -> tuple[torch.nn.Module, str]:
         if arch not in cache:
             torch.manual_seed(0)
-            model = models.build_torchvision_arch(arch)
+            model = architectures.build_torchvision_arch(arch)
             cache[arch] = heads.replace_torchvision_head(model, 3, HEAD)
         return cache[arch]
 
@@ -96,9 +97,9 @@ def test_lora_adapts_convs_and_linears_that_get_gradients(arch):
     size, _ = ARCHS[arch]
     torch.manual_seed(0)
     with torch.device("meta"):
-        probe = models.build_torchvision_arch(arch)
+        probe = architectures.build_torchvision_arch(arch)
     probe, head_path = heads.replace_torchvision_head(probe, 3, HEAD)
-    targets = models.lora_candidates(probe, "torchvision", head_path)
+    targets = lora.lora_candidates(probe, "torchvision", head_path)
     # Nothing inside the new output layer (a hidden classifier layer is body: it may adapt).
     assert targets and not any(t == head_path or t.startswith(head_path + ".") for t in targets)
     if arch == "mobilenet_v3_small":
@@ -106,8 +107,10 @@ def test_lora_adapts_convs_and_linears_that_get_gradients(arch):
     if arch == "vit_b_16":
         assert not any("self_attention" in t for t in targets)
 
-    model, head_path = heads.replace_torchvision_head(models.build_torchvision_arch(arch), 3, HEAD)
-    assert models.apply_lora(model, "torchvision", head_path, spec_pb2.LoraSpec(r=4)) == targets
+    model, head_path = heads.replace_torchvision_head(
+        architectures.build_torchvision_arch(arch), 3, HEAD
+    )
+    assert lora.apply_lora(model, "torchvision", head_path, spec_pb2.LoraSpec(r=4)) == targets
     plan = FreezePlan.for_model(
         model, "torchvision", spec_pb2.FinetuneSpec(strategy="lora"), head_path
     )
@@ -119,5 +122,5 @@ def test_lora_adapts_convs_and_linears_that_get_gradients(arch):
     no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not no_grad, no_grad[:5]
 
-    merged = models.merge_lora(model)
-    assert not any(models.is_lora_param(n) for n, _ in merged.named_parameters())
+    merged = lora.merge_lora(model)
+    assert not any(lora.is_lora_param(n) for n, _ in merged.named_parameters())

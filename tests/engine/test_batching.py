@@ -17,7 +17,7 @@ from tunefleet.worker.engine.batching import (
     LengthSortedSampler,
     length_grouped_order,
 )
-from tunefleet.worker.engine.data import TextCollator, TokenizedTextDataset
+from tunefleet.worker.engine.data.text import TextCollator, TokenizedTextDataset
 
 
 def random_lengths(n: int, seed: int = 0) -> np.ndarray:
@@ -132,7 +132,7 @@ def test_resume_with_an_oom_halved_micro_batch_keeps_the_grouped_steps(
     """Ragged text, grouped by length: killed mid-epoch 2, resumed with micro-batch 2 x 2
     accumulation after an injected OOM: the same losses as the straight run. Steps group
     batch x accumulation examples, so halving the micro-batch does not change them."""
-    from tunefleet.worker.engine.trainer import INJECT_OOM_ENV
+    from tunefleet.worker.engine.oom import INJECT_OOM_ENV
 
     data = (
         make_csv(tmp_path / "train.csv", 24, ragged=True),

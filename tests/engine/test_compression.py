@@ -13,13 +13,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 from tunefleet.v1 import spec_pb2
-from tunefleet.worker.engine.compression import (
-    REPORT_COLUMNS,
-    compress,
-    load_int8,
-    prunable_weights,
-    quantize_dynamic_int8,
-)
+from tunefleet.worker.engine.compression import REPORT_COLUMNS, compress
+from tunefleet.worker.engine.int8 import load_int8, quantize_dynamic_int8
+from tunefleet.worker.engine.pruning import prunable_weights
 
 
 def tiny_bert() -> nn.Module:
@@ -221,7 +217,7 @@ def test_quantize_only_and_prune_only(tmp_path):
 def bert_with_tokenizer(folder: Path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from tunefleet.worker.engine.models import quiet_transformers
+    from tunefleet.worker.engine.architectures import quiet_transformers
 
     with quiet_transformers():
         model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
@@ -243,7 +239,7 @@ def engine_export(tokenizer):
 
 def test_structured_bert_loses_half_its_heads_and_neurons_and_reloads(tmp_path, bert_dir):
     from tunefleet.worker.engine import load_model
-    from tunefleet.worker.engine.compression import prune_model
+    from tunefleet.worker.engine.pruning import prune_model
 
     model, tokenizer = bert_with_tokenizer(bert_dir)  # conftest.make_bert, eval mode
     heads, neurons, hidden = 2, 37, 32  # make_bert's config
@@ -303,17 +299,18 @@ def test_structured_bert_loses_half_its_heads_and_neurons_and_reloads(tmp_path, 
 def test_recovery_trains_around_unstructured_zeros(tmp_path, bert_nodrop_dir, text_csvs, text_spec):
     from torch.utils.data import DataLoader
 
-    from tunefleet.worker.engine import models
+    from tunefleet.worker.engine import forward, models
+    from tunefleet.worker.engine.data import load_data
+    from tunefleet.worker.engine.evaluation import evaluate_module
     from tunefleet.worker.engine.recovery import Recovery
-    from tunefleet.worker.engine.trainer import _load_data, _logits, evaluate_module
 
     job = text_spec(bert_nodrop_dir, text_csvs, optimizer={"name": "adamw", "lr": 1e-2})
-    data = _load_data(job, models.resolve_task(job))
+    data = load_data(job, models.resolve_task(job))
     model, tokenizer = bert_with_tokenizer(bert_nodrop_dir)
     loader = DataLoader(data.eval, batch_size=4, collate_fn=data.collate)
     recover = Recovery(
         spec=job, train=data.train, collate=data.collate, kind="hf",
-        forward=lambda m, b: _logits(m, b, "hf"), head_path="classifier",
+        forward=lambda m, b: forward.logits(m, b, "hf"), head_path="classifier",
     )  # fmt: skip
 
     def run(steps: int, out: Path):

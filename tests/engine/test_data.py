@@ -13,13 +13,10 @@ import pytest
 import torch
 
 from tunefleet.v1 import spec_pb2
-from tunefleet.worker.engine.data import (
-    Task,
-    is_deterministic,
-    load_data,
-    prepare_fashion_mnist_root,
-)
+from tunefleet.worker.engine.data import is_deterministic, load_data
+from tunefleet.worker.engine.data.images import prepare_fashion_mnist_root
 from tunefleet.worker.engine.errors import InvalidJobInput
+from tunefleet.worker.engine.task import Task
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "on", "mat"]
 VOCAB += ["a", "good", "bad", "movie", "dog", "ran", "very", "plot"]

@@ -12,7 +12,7 @@ from engine_helpers import Crash, crash_after_checkpoint
 
 from tunefleet.v1 import spec_pb2
 from tunefleet.worker.engine import feature_cache, run_job
-from tunefleet.worker.engine.feature_cache import MEMORY_ENV, FeatureStore
+from tunefleet.worker.engine.feature_store import MEMORY_ENV, FeatureStore
 
 
 class EventLog(list):

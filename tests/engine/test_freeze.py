@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from tunefleet.v1 import spec_pb2
-from tunefleet.worker.engine import models
+from tunefleet.worker.engine import architectures, models
+from tunefleet.worker.engine.blocks import model_blocks
 from tunefleet.worker.engine.errors import InvalidJobInput
-from tunefleet.worker.engine.freeze import FreezePlan, model_blocks, plan_table
+from tunefleet.worker.engine.freeze import FreezePlan
+from tunefleet.worker.engine.plan_preview import plan_table
 
 
 @pytest.fixture
@@ -34,7 +36,7 @@ def test_bert_blocks_are_embeddings_layers_pooler_head(bert_bundle):
 
 
 def test_torchvision_blocks():
-    resnet = models.build_torchvision_arch("resnet18")
+    resnet = architectures.build_torchvision_arch("resnet18")
     assert [b.name for b in model_blocks(resnet, "torchvision", "fc")] == [
         "stem",
         "layer1",
@@ -43,20 +45,20 @@ def test_torchvision_blocks():
         "layer4",
         "head",
     ]
-    cnn = models.SmallCNN()
+    cnn = architectures.SmallCNN()
     assert [b.name for b in model_blocks(cnn, "torchvision", "head")] == [
         "stem",
         "stage1",
         "stage2",
         "head",
     ]
-    mobilenet = models.build_torchvision_arch("mobilenet_v3_small")
+    mobilenet = architectures.build_torchvision_arch("mobilenet_v3_small")
     names = [b.name for b in model_blocks(mobilenet, "torchvision", "classifier.3")]
     assert names[0] == "features.0" and names[-2:] == ["classifier.0", "head"] and len(names) == 15
 
 
 def test_vit_blocks():
-    vit = models.build_torchvision_arch("vit_b_16")
+    vit = architectures.build_torchvision_arch("vit_b_16")
     blocks = model_blocks(vit, "torchvision", "heads.head")
     assert [b.name for b in blocks] == ["stem", *[f"layer.{i}" for i in range(12)], "head"]
     assert {"class_token", "conv_proj.weight", "encoder.pos_embedding"} <= set(blocks[0].params)
@@ -94,7 +96,7 @@ def test_last_k_larger_than_the_model_names_k_and_the_count(bert_dir, text_csvs,
 def test_lora_plan_needs_adapters_in_the_model():
     with pytest.raises(InvalidJobInput, match="lora, but the model has no LoRA adapters"):
         FreezePlan.for_model(
-            models.SmallCNN(), "torchvision", spec_pb2.FinetuneSpec(strategy="lora")
+            architectures.SmallCNN(), "torchvision", spec_pb2.FinetuneSpec(strategy="lora")
         )
 
 
@@ -133,7 +135,7 @@ def test_lp_ft_probes_then_trains_everything(bert_bundle):
 
 
 def test_frozen_batchnorm_stays_in_eval_mode():
-    model = models.SmallCNN()
+    model = architectures.SmallCNN()
     plan = FreezePlan.for_model(
         model, "torchvision", spec_pb2.FinetuneSpec(strategy="last_k", k=1), "head"
     )

@@ -17,7 +17,7 @@ from tunefleet.spec import prepare, resolve_defaults
 from tunefleet.spec.choices import TORCHVISION_ARCHS
 from tunefleet.spec.model_blocks import body_block_count, hf_body_block_count
 from tunefleet.v1 import spec_pb2
-from tunefleet.worker.engine import heads, models
+from tunefleet.worker.engine import architectures, heads
 from tunefleet.worker.engine.freeze import FreezePlan
 
 N = 3  # labels
@@ -52,7 +52,7 @@ def _check_probe_and_last_k(model, kind, head_path, in_features, hidden=0):
 @pytest.mark.parametrize("hidden", [0, 16])
 def test_head_only_trains_exactly_the_new_layer_on_every_torchvision_arch(arch, hidden):
     with torch.device("meta"):
-        model = models.build_torchvision_arch(arch)
+        model = architectures.build_torchvision_arch(arch)
         in_features = heads.find_torchvision_head(model)[1].in_features
         model, head_path = heads.replace_torchvision_head(model, N, _head(hidden=hidden))
     body = _check_probe_and_last_k(model, "torchvision", head_path, in_features, hidden)
@@ -64,7 +64,7 @@ def test_alexnet_last_k_reaches_fc7_then_fc6_as_the_method_does():
     last_k 1 = fc7 + the new layer; last_k 2 adds fc6."""
     with torch.device("meta"):
         model, head_path = heads.replace_torchvision_head(
-            models.build_torchvision_arch("alexnet"), N, _head()
+            architectures.build_torchvision_arch("alexnet"), N, _head()
         )
     plan = _plan(model, "torchvision", head_path, strategy="last_k", k=1)
     assert [b.name for b in plan.blocks[-3:]] == ["classifier.1", "classifier.4", "head"]
@@ -89,7 +89,7 @@ def _tiny_hf(model_type: str, **extra):
         **extra,
     )
     torch.manual_seed(0)
-    with models.quiet_transformers():
+    with architectures.quiet_transformers():
         return config, AutoModelForSequenceClassification.from_config(config)
 
 
@@ -178,19 +178,19 @@ def test_unset_dropout_keeps_the_models_own_and_a_value_overrides_it():
     # torchvision: efficientnet's classifier carries Dropout(0.2) right before the layer.
     with torch.device("meta"):
         net, path = heads.replace_torchvision_head(
-            models.build_torchvision_arch("efficientnet_b0"), N, _head()
+            architectures.build_torchvision_arch("efficientnet_b0"), N, _head()
         )
         assert net.classifier[0].p == 0.2 and isinstance(net.get_submodule(path), nn.Linear)
         net, path = heads.replace_torchvision_head(
-            models.build_torchvision_arch("efficientnet_b0"), N, _head(dropout=0.5)
+            architectures.build_torchvision_arch("efficientnet_b0"), N, _head(dropout=0.5)
         )
         assert net.classifier[0].p == 0.5 and isinstance(net.get_submodule(path), nn.Linear)
         resnet, path = heads.replace_torchvision_head(
-            models.build_torchvision_arch("resnet18"), N, _head()
+            architectures.build_torchvision_arch("resnet18"), N, _head()
         )
         assert isinstance(resnet.fc, nn.Linear)  # none of its own, none added
         resnet, path = heads.replace_torchvision_head(
-            models.build_torchvision_arch("resnet18"), N, _head(dropout=0.5)
+            architectures.build_torchvision_arch("resnet18"), N, _head(dropout=0.5)
         )
         assert isinstance(resnet.fc[0], nn.Dropout) and resnet.fc[0].p == 0.5
 

@@ -11,10 +11,11 @@ import torch
 from engine_helpers import Crash, crash_after_checkpoint
 from safetensors.torch import load_file
 
-from tunefleet.worker.engine import load_model, models, run_job
+from tunefleet.worker.engine import load_model, lora, models, run_job
+from tunefleet.worker.engine.architectures import quiet_transformers
 from tunefleet.worker.engine.errors import InvalidJobInput
-from tunefleet.worker.engine.freeze import plan_table
-from tunefleet.worker.engine.models import is_lora_param, quiet_transformers
+from tunefleet.worker.engine.lora import is_lora_param
+from tunefleet.worker.engine.plan_preview import plan_table
 
 TARGETS = ("query", "value")
 
@@ -79,7 +80,7 @@ def test_export_is_a_plain_merged_model_with_the_adapted_logits(lora_run):
     adapted.eval()
     with torch.no_grad():
         unmerged = adapted(**batch).logits
-        merged_model = models.merge_lora(adapted)
+        merged_model = lora.merge_lora(adapted)
         merged = merged_model(**batch).logits
         from_disk = exported(**batch).logits
     assert not any(is_lora_param(k) for k in merged_model.state_dict())

@@ -17,9 +17,11 @@ from jobfiles import make_sentiment_csv
 
 from tunefleet.spec import prepare
 from tunefleet.worker.engine import cifar, models
+from tunefleet.worker.engine.data import load_data
 from tunefleet.worker.engine.errors import InvalidJobInput
+from tunefleet.worker.engine.evaluation import evaluate_module
 from tunefleet.worker.engine.splits import carve_validation
-from tunefleet.worker.engine.trainer import _load_data, evaluate_module, run_job
+from tunefleet.worker.engine.trainer import run_job
 
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer"]
 CIFAR_CLASSES += ["dog", "frog", "horse", "ship", "truck"]
@@ -56,7 +58,7 @@ def vision_spec(root, **data):
 
 
 def load(spec):
-    return _load_data(spec, models.resolve_task(spec))
+    return load_data(spec, models.resolve_task(spec))
 
 
 # ----------------------------------------------------------------------------- the carve
@@ -134,7 +136,7 @@ def test_data_mean_std_replace_the_models_normalisation_and_are_exported(tmp_pat
     task = models.resolve_task(spec)
     assert (task.mean, task.std) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     assert models.resolve_task(vision_spec(root)).mean != task.mean  # CIFAR's own statistics
-    bundle = _load_data(spec, task)
+    bundle = load_data(spec, task)
     raw = cifar.read(str(root), "CIFAR10", True)[0][int(bundle.train.rows[0])].float() / 255
     assert torch.allclose(bundle.train[0]["pixel_values"], (raw - 0.5) / 0.5, atol=1e-6)
 

@@ -7,7 +7,7 @@ import torch
 
 from tunefleet.spec import resolve_defaults
 from tunefleet.v1 import spec_pb2
-from tunefleet.worker.engine import models
+from tunefleet.worker.engine import architectures, models
 from tunefleet.worker.engine.freeze import FreezePlan
 from tunefleet.worker.engine.optim import build_optimizer, build_param_groups, no_weight_decay
 
@@ -91,7 +91,7 @@ def test_static_plans_hold_only_trainable_params_dynamic_plans_hold_all(bert):
 
 @pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
 def test_optimizers_get_their_hyperparameters(name):
-    model = models.SmallCNN()
+    model = architectures.SmallCNN()
     spec = resolve_defaults(
         spec_pb2.JobSpec(
             optimizer=spec_pb2.OptimizerSpec(

@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 from tunefleet.spec import spec_to_dict
 from tunefleet.worker.engine import load_model, run_job
 from tunefleet.worker.engine.__main__ import main as engine_main
+from tunefleet.worker.engine.architectures import quiet_transformers
 from tunefleet.worker.engine.events import read_events
-from tunefleet.worker.engine.models import quiet_transformers
 from tunefleet.worker.engine.schedules import LrSchedule
 
 
@@ -341,8 +341,8 @@ def test_source_job_torchvision_gets_a_new_head_size(
 def test_a_checkpoint_that_does_not_fit_is_invalid_input(tmp_path, image_spec, fake_images, events):
     from safetensors.torch import save_model
 
+    from tunefleet.worker.engine.architectures import SmallCNN
     from tunefleet.worker.engine.errors import InvalidJobInput
-    from tunefleet.worker.engine.models import SmallCNN
 
     path = tmp_path / "rgb.safetensors"
     save_model(SmallCNN(in_channels=3), str(path))
@@ -387,7 +387,7 @@ def test_out_of_memory_halves_the_micro_batch_and_keeps_the_global_batch(
 ):
     """OOM at micro-batch 4 -> 2 x 2 accumulation: the same optimisation, also when resuming
     from a checkpoint that counted its data position in micro-batches of 4."""
-    from tunefleet.worker.engine.trainer import INJECT_OOM_ENV
+    from tunefleet.worker.engine.oom import INJECT_OOM_ENV
 
     sections = {"train": {"epochs": 2, "checkpoint_every_steps": 4, "keep_checkpoints": 5}}
     spec = text_spec(bert_nodrop_dir, text_csvs, **sections)
@@ -414,7 +414,7 @@ def test_out_of_memory_at_micro_batch_one_fails_the_job_with_the_field(
     tmp_path, bert_dir, text_csvs, text_spec, events, monkeypatch
 ):
     from tunefleet.worker.engine.errors import InvalidJobInput
-    from tunefleet.worker.engine.trainer import INJECT_OOM_ENV
+    from tunefleet.worker.engine.oom import INJECT_OOM_ENV
 
     monkeypatch.setenv(INJECT_OOM_ENV, "1")
     with pytest.raises(

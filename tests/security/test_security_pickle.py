@@ -105,7 +105,8 @@ def test_a_model_folder_with_pickled_weights_is_refused(tmp_path, tiny_bert):
 
 
 def test_model_checkpoint_must_be_safetensors(tmp_path):
-    from tunefleet.worker.engine.models import SmallCNN, _load_checkpoint_into
+    from tunefleet.worker.engine.architectures import SmallCNN
+    from tunefleet.worker.engine.models import _load_checkpoint_into
 
     marker = tmp_path / "MARKER"
     plant(tmp_path / "weights.safetensors", marker)

@@ -1,4 +1,5 @@
-"""Length-grouped batches for text: less padding, same examples, still random.
+"""The training order of an epoch: `EpochShuffleSampler`, and for text length-grouped batches
+(less padding, same examples, still random).
 
 A text batch is padded to its longest example, so a randomly drawn batch of short headlines
 pays for its one long one: on the topics bench 21% of the tokens the encoder ran were padding.
@@ -20,9 +21,11 @@ on the order.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Sampler
 
 WINDOW_STEPS = 50  # steps sorted together: more means less padding, less mixing of lengths
 
@@ -89,3 +92,78 @@ class LengthSortedSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.order)
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A permutation that depends only on (seed, epoch).
+
+    Every process computes the same order (accelerate then shards it by batches), and a
+    restarted run reproduces the order of any epoch without saving sampler state.
+    """
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True):
+        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        if not self.shuffle:
+            return iter(range(self.n))
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def build_loaders(
+    spec: Any, data: Any, num_processes: int
+) -> tuple[Sampler[int], torch.Generator, list[DataLoader]]:
+    """(train sampler, the train loader's generator, [train loader, eval loader if any]).
+
+    The train order is `LengthGroupedSampler` where the data knows its lengths (text) and
+    ``data.group_by_length`` is not off, else `EpochShuffleSampler`."""
+    seed = spec.train.seed
+    accum = max(spec.train.grad_accum_steps, 1)
+    by_length = group_by_length(spec, data)
+    if by_length:  # one optimizer step's examples are grouped (module docstring)
+        step_examples = spec.train.batch_size * num_processes * accum
+        sampler = LengthGroupedSampler(data.train.lengths, step_examples, seed)
+    else:
+        sampler = EpochShuffleSampler(len(data.train), seed)
+    # Worker seeds come from this generator (reseeded per epoch), not the global RNG, so
+    # starting an epoch's iterator mid-run does not shift the model's dropout RNG.
+    generator = torch.Generator().manual_seed(seed)
+    workers = spec.data.num_workers
+    train_loader = DataLoader(
+        data.train,
+        batch_size=spec.train.batch_size,
+        sampler=sampler,
+        collate_fn=data.collate,
+        num_workers=workers,
+        generator=generator,
+    )
+    loaders = [train_loader]
+    if data.eval is not None and len(data.eval) > 0:
+        loaders.append(
+            DataLoader(
+                data.eval,
+                batch_size=spec.eval.batch_size or spec.train.batch_size,
+                sampler=LengthSortedSampler(data.eval.lengths) if by_length else None,
+                shuffle=False,
+                collate_fn=data.collate,
+                num_workers=workers,
+                generator=torch.Generator().manual_seed(seed),
+            )
+        )
+    return sampler, generator, loaders
+
+
+def group_by_length(spec: Any, bundle: Any) -> bool:
+    """data.group_by_length (unset: on) where the datasets know their lengths (text)."""
+    d = spec.data
+    wanted = d.group_by_length if d.HasField("group_by_length") else True
+    datasets = (bundle.train, bundle.eval)
+    has_lengths = all(hasattr(ds, "lengths") for ds in datasets if ds is not None)
+    return wanted and has_lengths

@@ -264,3 +264,13 @@ def load_tensors(path: Path) -> Any:
 def load(path: Path) -> Checkpoint:
     state = json.loads((Path(path) / "trainer_state.json").read_text(encoding="utf-8"))
     return Checkpoint(Path(path), state)
+
+
+def save_weights_atomic(model: nn.Module, path: Path) -> None:
+    """The model's weights as one safetensors file (the run's best weights), never half."""
+    from safetensors.torch import save_model
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_model(model, str(tmp))
+    os.replace(tmp, path)

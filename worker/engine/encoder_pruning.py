@@ -19,7 +19,7 @@ Saving and loading: the removed heads go in ``config.pruned_heads`` (``{layer: [
 indices]}``), the key transformers 4 re-applied in from_pretrained. Transformers 5 removed
 head pruning, and its from_pretrained cannot load attention layers narrower than
 ``hidden_size``: build the model from the config, call `restore_pruned_heads`, then load the
-weights (export.load_model and compression.load_int8 do this).
+weights (export.load_model and int8.load_int8 do this).
 """
 
 from __future__ import annotations

@@ -20,14 +20,14 @@ from typing import Any
 
 from torch import nn
 
-from tunefleet.worker.engine.encoder_pruning import restore_pruned_heads
-from tunefleet.worker.engine.heads import replace_hf_head, replace_torchvision_head
-from tunefleet.worker.engine.models import (
+from tunefleet.worker.engine.architectures import (
     META_FILE,
     build_torchvision_arch,
     quiet_transformers,
     read_meta,
 )
+from tunefleet.worker.engine.encoder_pruning import restore_pruned_heads
+from tunefleet.worker.engine.heads import replace_hf_head, replace_torchvision_head
 
 
 def export_model(

@@ -3,7 +3,7 @@
 When a job freezes the bottom of the model (head_only, last_k, the probe epochs of lp_ft, the
 early epochs of gradual), every epoch pushes the same examples through the same frozen layers.
 `FrozenFeatures` runs that frozen prefix once per example, keeps its outputs (in memory, or in
-a memory-mapped file under out_dir/feature_cache beyond a memory budget) and trains the rest
+a memory-mapped file under out_dir/feature_cache beyond a memory budget: feature_store.py) and trains the rest
 of the model on them in every epoch; evaluation reads a cache of the eval split the same way.
 
 Semantics. The frozen prefix always runs in eval mode -- dropout off, BatchNorm on its running
@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -49,11 +48,18 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from tunefleet.worker.engine import forward
 from tunefleet.worker.engine.data import is_deterministic
 from tunefleet.worker.engine.events import log_event
+from tunefleet.worker.engine.feature_store import (
+    FeatureStore,
+    StoreIndices,
+    build_order,
+    memory_budget,
+    size_text,
+)
 
 MODES = ("auto", "off")
-MEMORY_ENV = "TUNEFLEET_FEATURE_CACHE_MB"  # memory budget override, in MiB
 # torchvision models whose forward starts with `self.features(x)`, a Sequential.
 _FEATURES_MODELS = (
     "VGG", "AlexNet", "MobileNetV2", "MobileNetV3", "EfficientNet", "ConvNeXt", "DenseNet",
@@ -61,8 +67,6 @@ _FEATURES_MODELS = (
 # Models whose forward applies their top-level children in registration order.
 _CHILDREN_MODELS = ("SmallCNN", "ResNet")
 _CHECK_RTOL, _CHECK_ATOL = 1e-3, 1e-5
-
-Forward = Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]
 
 
 # ----------------------------------------------------------------------------- the chain
@@ -184,159 +188,6 @@ def _capture(module: nn.Module, run: Callable[[], Any], *, stop: bool) -> tuple[
     return result, captured["x"]
 
 
-# ----------------------------------------------------------------------------- storage
-
-
-def memory_budget() -> int:
-    """Bytes of cache kept in memory before spilling to disk: $TUNEFLEET_FEATURE_CACHE_MB, or
-    a quarter of the machine's memory, at most 8 GiB."""
-    env = os.environ.get(MEMORY_ENV)
-    if env:
-        return int(float(env) * 2**20)
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        total = 16 * 2**30
-    return min(total // 4, 8 * 2**30)
-
-
-def _size(nbytes: int) -> str:
-    for unit, scale in (("GB", 2**30), ("MB", 2**20), ("kB", 2**10)):
-        if nbytes >= scale:
-            return f"{nbytes / scale:,.1f} {unit}"
-    return f"{nbytes} B"
-
-
-def _to_numpy(t: torch.Tensor) -> np.ndarray:
-    return t.view(torch.int16).numpy() if t.dtype == torch.bfloat16 else t.numpy()
-
-
-def _from_numpy(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
-    t = torch.from_numpy(a)
-    return t.view(torch.bfloat16) if dtype == torch.bfloat16 else t
-
-
-class FeatureStore:
-    """Frozen-prefix outputs of one split: example i is rows[start[i] : start[i] + length[i]].
-
-    Rows are tokens ([hidden]) for text, stored without padding, or one feature map per image.
-    They stay in memory up to `budget_bytes`; past it, all of them go to `spill_path`, which is
-    then memory-mapped (the page cache keeps what fits).
-    """
-
-    def __init__(
-        self, n: int, *, sequence: bool, left_padded: bool, budget_bytes: int, spill_path: Path
-    ):
-        self.sequence = sequence
-        self.left_padded = left_padded
-        self.budget_bytes = budget_bytes
-        self.spill_path = spill_path
-        self.start = np.zeros(n, dtype=np.int64)
-        self.length = np.zeros(n, dtype=np.int64)
-        self.labels = torch.zeros(n, dtype=torch.long)
-        self.nbytes = 0
-        self.dtype: torch.dtype = torch.float32
-        self.row_shape: tuple[int, ...] = ()
-        self._rows = 0
-        self._chunks: list[torch.Tensor] = []
-        self._file: Any = None
-        self._memory: torch.Tensor | None = None
-        self._mmap: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return len(self.length)
-
-    @property
-    def on_disk(self) -> bool:
-        return self._mmap is not None or self._file is not None
-
-    def add(
-        self, indices: np.ndarray, rows: torch.Tensor, lengths: np.ndarray, labels: torch.Tensor
-    ) -> None:
-        """Examples `indices`, in order, are the consecutive `lengths` rows of `rows`."""
-        rows = rows.detach().to("cpu").contiguous()
-        self.dtype, self.row_shape = rows.dtype, tuple(rows.shape[1:])
-        self.start[indices] = self._rows + np.cumsum(lengths) - lengths
-        self.length[indices] = lengths
-        self.labels[torch.from_numpy(indices)] = labels.to("cpu")
-        self._rows += rows.shape[0]
-        self.nbytes += rows.numel() * rows.element_size()
-        if self._file is None and self.nbytes > self.budget_bytes:
-            self.spill_path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.spill_path, "wb")  # noqa: SIM115 (closed in finish/close)
-            for chunk in self._chunks:
-                self._file.write(_to_numpy(chunk).tobytes())
-            self._chunks.clear()
-        if self._file is not None:
-            self._file.write(_to_numpy(rows).tobytes())
-        else:
-            self._chunks.append(rows)
-
-    def finish(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-            np_dtype = _to_numpy(torch.zeros(0, dtype=self.dtype)).dtype
-            self._mmap = np.memmap(
-                self.spill_path, dtype=np_dtype, mode="r", shape=(self._rows, *self.row_shape)
-            )
-        else:
-            self._memory = torch.cat(self._chunks) if self._chunks else torch.zeros(0)
-            self._chunks = []
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        self._memory, self._mmap, self._chunks = None, None, []
-        self.spill_path.unlink(missing_ok=True)
-
-    def _take(self, rows: np.ndarray) -> torch.Tensor:
-        if self._mmap is not None:
-            return _from_numpy(np.ascontiguousarray(self._mmap[rows]), self.dtype)
-        assert self._memory is not None, "FeatureStore used before finish() or after close()"
-        return self._memory[torch.from_numpy(rows)]
-
-    def batch(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        """The collate of the cached split: features (padded like the text collate pads,
-        with an attention mask) and labels of examples `indices`."""
-        idx = np.asarray(indices, dtype=np.int64)
-        labels = self.labels[torch.from_numpy(idx)]
-        if not self.sequence:
-            return {"features": self._take(self.start[idx]), "labels": labels}
-        lengths = self.length[idx]
-        width, n = int(lengths.max()), len(idx)
-        example = np.repeat(np.arange(n), lengths)
-        within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        position = within + (np.repeat(width - lengths, lengths) if self.left_padded else 0)
-        features = torch.zeros((n, width, *self.row_shape), dtype=self.dtype)
-        features[example, position] = self._take(np.repeat(self.start[idx], lengths) + within)
-        mask = torch.zeros((n, width), dtype=torch.long)
-        mask[example, position] = 1
-        return {"features": features, "attention_mask": mask, "labels": labels}
-
-
-class _Indices(Dataset):
-    """Yields example indices; the FeatureStore's `batch` turns a list of them into tensors."""
-
-    def __init__(self, n: int):
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> int:
-        return i
-
-
-def _build_order(dataset: Dataset, batch_size: int) -> list[np.ndarray]:
-    """Batches for building the cache: text sorted by length, so that little is padding."""
-    lengths = getattr(dataset, "lengths", None)
-    n = len(dataset)
-    order = np.argsort(lengths, kind="stable") if lengths is not None else np.arange(n)
-    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
-
-
 # ----------------------------------------------------------------------------- per run
 
 
@@ -354,8 +205,9 @@ class FrozenFeatures:
     """One run's frozen prefix, epoch by epoch, and its cached outputs when caching pays.
 
     The trainer calls `set_modes` after every ``model.train()``, takes `train_loader(epoch)`
-    / `eval_loader()` instead of its own loaders when they are not None, computes logits with
-    `logits` (cached batches or input batches alike) and calls `release` when training ends.
+    / `eval_loader()` instead of its own loaders when they are not None, computes the logits
+    of a cached batch (one with ``features``) with `cached_logits`, and of an input batch as
+    always (forward.py), and calls `release` when training ends.
     """
 
     def __init__(
@@ -369,7 +221,6 @@ class FrozenFeatures:
         data: Any,
         sampler: Any,
         num_epochs: int,
-        forward: Forward,
         cache_dir: Path,
         emit: Callable[[Any], None],
     ):
@@ -377,7 +228,6 @@ class FrozenFeatures:
         self.model = model  # as prepared: what the loop calls (autocast, DDP...)
         self.plan, self.kind, self.data, self.sampler = plan, kind, data, sampler
         self.num_epochs = num_epochs
-        self.forward = forward
         self.cache_dir = cache_dir
         self.emit = emit
         self.batch_size = spec.train.batch_size
@@ -493,7 +343,7 @@ class FrozenFeatures:
         # Its own generator: drawing the loader's base seed must not move the global RNG
         # (dropout in the trainable part must see the numbers it sees uncached).
         loader = DataLoader(
-            _Indices(len(store)),
+            StoreIndices(len(store)),
             batch_size=batch_size,
             sampler=sampler,
             shuffle=False,
@@ -503,7 +353,7 @@ class FrozenFeatures:
         return self.accelerator.prepare(loader)
 
     def _where(self, store: FeatureStore) -> str:
-        size = _size(store.nbytes)
+        size = size_text(store.nbytes)
         if store.on_disk:
             return f"{size} on disk at {store.spill_path}, over the memory budget"
         return f"{size} in memory"
@@ -523,7 +373,7 @@ class FrozenFeatures:
             budget_bytes=budget,
             spill_path=self.cache_dir / f"{split}.bin",
         )
-        batches = _build_order(dataset, max(self.batch_size, self.eval_batch_size))
+        batches = build_order(dataset, max(self.batch_size, self.eval_batch_size))
         loader = DataLoader(
             dataset,
             batch_sampler=batches,
@@ -538,7 +388,7 @@ class FrozenFeatures:
             with torch.no_grad():
                 for i, (indices, batch) in enumerate(zip(batches, loader, strict=True)):
                     batch = {k: v.to(device) for k, v in batch.items()}
-                    run = functools.partial(self.forward, model, batch)
+                    run = functools.partial(forward.logits, model, batch, self.kind)
                     if check and i == 0:
                         reference, features = _capture(prefix[-1].module, run, stop=False)
                         problem = self._self_check(model, prefix, batch, features, reference)
@@ -585,10 +435,8 @@ class FrozenFeatures:
 
     # ------------------------------------------------------------------ forward
 
-    def logits(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Logits of a batch from a cached loader, or of an ordinary input batch."""
-        if "features" not in batch:
-            return self.forward(model, batch)
+    def cached_logits(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits of a batch from a cached loader (it has ``features``, the prefix's outputs)."""
         assert self._active is not None, "a cached batch without a cache"
         return self._cached_logits(model, batch, self._active.prefix)
 

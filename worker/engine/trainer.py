@@ -2,6 +2,15 @@
 
     run_job(spec, out_dir, emit)  ->  TrainingRun.setup -> train -> finish
 
+    setup   checkpoint to resume, data, model and freeze plan, optimizer, loaders,
+            accelerator.prepare and the lr schedule, the feature cache, restore
+    train   per micro-batch: forward (cached prefix outputs or inputs), loss, backward,
+            clip, optimizer step; per step: log, evaluate, checkpoint, stop on SIGTERM
+    finish  best weights, the test set once, then final_export.py (model/, compression)
+
+Strategies are small modules the loop calls: freeze plans (freeze.py), lr schedules,
+the feature cache, OOM recovery (oom.py), preemption, divergence checks.
+
 One code path for 1 CPU process, 1 GPU and N processes (Accelerate): the loop never branches
 on the device count. Only the main process emits events and writes files.
 
@@ -11,7 +20,7 @@ Data split across processes: each process takes ``train.batch_size`` examples pe
 
 Exact resume: a checkpoint is taken on an optimizer-step boundary and records the epoch and the
 number of batches consumed in it. The training order of an epoch is a pure function of
-(seed, epoch) (`EpochShuffleSampler`; `batching.LengthGroupedSampler` for text), data
+(seed, epoch) (batching.py: `EpochShuffleSampler`, `LengthGroupedSampler` for text), data
 loaders draw their worker seeds from their own generator rather than the global RNG, and
 every process's RNG states are saved; so on restart we skip the consumed batches and
 continue bit-for-bit (up to float reduction order).
@@ -19,88 +28,37 @@ continue bit-for-bit (up to float reduction order).
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import shutil
-import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
-from google.protobuf import json_format
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
-from tunefleet.spec import compresses
 from tunefleet.v1 import job_pb2, spec_pb2
-from tunefleet.worker.engine import checkpoint, lineage, models, preflight
-from tunefleet.worker.engine.batching import LengthGroupedSampler, LengthSortedSampler
+from tunefleet.worker.engine import checkpoint, data, forward, lineage, models, preflight
+from tunefleet.worker.engine.batching import build_loaders
+from tunefleet.worker.engine.devices import make_accelerator
 from tunefleet.worker.engine.divergence import DivergenceGuard, is_finite
 from tunefleet.worker.engine.errors import InvalidJobInput
+from tunefleet.worker.engine.evaluation import classification_metrics, evaluate_module
 from tunefleet.worker.engine.events import log_event, metrics_event, report_message_event
-from tunefleet.worker.engine.export import export_model
 from tunefleet.worker.engine.feature_cache import FrozenFeatures
+from tunefleet.worker.engine.final_export import export_final, write_json_atomic
 from tunefleet.worker.engine.freeze import FreezePlan
 from tunefleet.worker.engine.host_memory import reuse_freed_memory
+from tunefleet.worker.engine.oom import InjectedOom, position_in_batches, retry_on_oom
 from tunefleet.worker.engine.optim import build_optimizer, build_param_groups, group_lrs
+from tunefleet.worker.engine.preemption import EXIT_PREEMPTED, Preempted, SigtermFlag
 from tunefleet.worker.engine.schedules import build_schedule
+from tunefleet.worker.engine.train_window import TrainWindow
 
 Emit = Callable[[job_pb2.Event], None]
-HF_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-EXIT_PREEMPTED = 75  # the process's exit code after a SIGTERM checkpoint-and-stop
-# Fault injection for the OOM-recovery tests (a CPU cannot run out of GPU memory on cue):
-# micro-batches of at least this many examples raise torch.OutOfMemoryError as CUDA would.
-INJECT_OOM_ENV = "TUNEFLEET_INJECT_OOM_AT_BATCH"
-
-
-class Preempted(SystemExit):
-    """SIGTERM arrived (the worker drains, or the machine is being taken away): the run wrote
-    a checkpoint at an optimizer-step boundary and stops. Being a SystemExit, it ends the
-    engine process with EXIT_PREEMPTED; the worker then requeues the job, which resumes from
-    that checkpoint."""
-
-    def __init__(self, step: int):
-        super().__init__(EXIT_PREEMPTED)
-        self.step = step
-
-
-class SigtermFlag:
-    """While entered (in the main thread), SIGTERM only sets a flag, which the training loop
-    checks after each optimizer step: stopping mid-step would lose the step, and a signal
-    handler cannot safely write a checkpoint."""
-
-    def __init__(self) -> None:
-        self.received = False
-        self._previous: Any = None
-        self._installed = False
-
-    def __enter__(self) -> SigtermFlag:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
-            self._installed = True
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._installed:
-            signal.signal(signal.SIGTERM, self._previous or signal.SIG_DFL)
-            self._installed = False
-
-    def _on_sigterm(self, signum, frame) -> None:
-        self.received = True
-
-    def agreed(self, accelerator) -> bool:
-        """True if any process got SIGTERM. Every process calls this at the same step, so
-        all of them checkpoint and stop together."""
-        if accelerator.num_processes == 1:
-            return self.received
-        flag = torch.tensor(float(self.received), device=accelerator.device)
-        return accelerator.reduce(flag, reduction="sum").item() > 0
 
 
 @dataclass
@@ -127,29 +85,6 @@ class TrainerState:
     train_time_s: float = 0.0
 
 
-class EpochShuffleSampler(Sampler[int]):
-    """A permutation that depends only on (seed, epoch).
-
-    Every process computes the same order (accelerate then shards it by batches), and a
-    restarted run reproduces the order of any epoch without saving sampler state.
-    """
-
-    def __init__(self, n: int, seed: int, shuffle: bool = True):
-        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        if not self.shuffle:
-            return iter(range(self.n))
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
-
-    def __len__(self) -> int:
-        return self.n
-
-
 def run_job(
     spec: spec_pb2.JobSpec, out_dir: Path | str, emit: Emit, *, resume: bool = True
 ) -> EngineResult:
@@ -157,36 +92,10 @@ def run_job(
 
     Raises InvalidJobInput for problems with the job's inputs (retrying cannot help).
     """
-    from accelerate.state import AcceleratorState, GradientState
-
-    while True:
-        try:
-            return _run_once(spec, Path(out_dir), emit, resume)
-        except torch.OutOfMemoryError as exc:
-            smaller = halved_micro_batch(spec)
-            if smaller is None:
-                raise InvalidJobInput(
-                    f"train.batch_size: out of memory with a micro-batch of "
-                    f"{spec.train.batch_size} ({exc}); use a smaller model, max_length or "
-                    "image size, or more GPUs"
-                ) from exc
-            emit(
-                log_event(
-                    f"out of memory with micro-batch {spec.train.batch_size}: retrying with "
-                    f"micro-batch {smaller.train.batch_size} x {smaller.train.grad_accum_steps} "
-                    "accumulation steps (same global batch), from the newest checkpoint",
-                    level="warning",
-                )
-            )
-        finally:
-            # Accelerate keeps process-wide singletons; release them so that the next job in
-            # this process (tests, the in-process API) can use another precision/accumulation.
-            AcceleratorState._reset_state(reset_partial_state=False)
-            GradientState._reset_state()
-        # Only here, past the except clause: its traceback held the failed run's frames, and
-        # with them its model, optimizer and activations.
-        _free_accelerator_memory()
-        spec, resume = smaller, True
+    out_dir = Path(out_dir)
+    return retry_on_oom(
+        lambda spec, resume: _run_once(spec, out_dir, emit, resume), spec, emit, resume=resume
+    )
 
 
 def _run_once(spec: spec_pb2.JobSpec, out_dir: Path, emit: Emit, resume: bool) -> EngineResult:
@@ -197,71 +106,58 @@ def _run_once(spec: spec_pb2.JobSpec, out_dir: Path, emit: Emit, resume: bool) -
         return run.finish()
 
 
-def halved_micro_batch(spec: spec_pb2.JobSpec) -> spec_pb2.JobSpec | None:
-    """The spec with half the micro-batch and twice the accumulation, or None at batch 1.
-
-    The global batch (and so the optimisation) stays the same: what OOM recovery may change
-    is how a step is computed, never what it computes. Odd batch sizes cannot be split
-    evenly, so they are not halved either.
-    """
-    batch = spec.train.batch_size
-    if batch < 2 or batch % 2:
-        return None
-    smaller = spec_pb2.JobSpec()
-    smaller.CopyFrom(spec)
-    smaller.train.batch_size = batch // 2
-    smaller.train.grad_accum_steps = max(spec.train.grad_accum_steps, 1) * 2
-    return smaller
-
-
-def _free_accelerator_memory() -> None:
-    import gc
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 class TrainingRun:
     def __init__(self, spec: spec_pb2.JobSpec, out_dir: Path, emit: Emit):
-        from accelerate import Accelerator
-        from accelerate.utils import DistributedDataParallelKwargs
-
         self.spec = spec
         self.out_dir = out_dir
         self.ckpt_root = out_dir / "checkpoints"
-        precision = spec.train.precision or "no"
-        if precision == "fp16" and not torch.cuda.is_available():
-            raise InvalidJobInput("train.precision: fp16 needs a GPU; use bf16 or no on CPU")
-        # gradual/lp_ft change requires_grad between epochs, so DDP must tolerate parameters
-        # that get no gradient (see setup: it registers every parameter).
-        dynamic = spec.finetune.strategy in ("gradual", "lp_ft")
-        # cpu=True is what makes N launched processes form a gloo MULTI_CPU group when there is
-        # no GPU (without it each rank trains alone); a job that asked for no GPU stays off them.
-        cpu = spec.resources.gpus == 0 or not torch.cuda.is_available()
-        self.accelerator = Accelerator(
-            cpu=cpu,
-            mixed_precision=precision,
-            gradient_accumulation_steps=max(spec.train.grad_accum_steps, 1),
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=dynamic)],
-        )
+        self.accelerator = make_accelerator(spec)
         main = self.accelerator.is_main_process
         self.emit: Emit = emit if main else (lambda event: None)
         self.state = TrainerState(micro_batch_size=spec.train.batch_size)
         self.last_saved_step = -1
         self.sigterm = SigtermFlag()
-        self._inject_oom_at = int(os.environ.get(INJECT_OOM_ENV) or 0)  # 0 = off
+        self.injected_oom = InjectedOom()  # tests only (oom.py)
         self.identity = lineage.identity(spec)  # recorded in, and checked against, manifests
         self.divergence = DivergenceGuard()
 
     # ------------------------------------------------------------------ setup
 
     def setup(self, *, resume: bool) -> None:
+        """Model, data, optimizer, loaders, schedule: everything `train` needs, restored from
+        the newest checkpoint when there is one to resume."""
         from accelerate.utils import set_seed
 
-        spec, acc = self.spec, self.accelerator
-        seed = spec.train.seed
-        set_seed(seed)
+        set_seed(self.spec.train.seed)
+        latest = self._checkpoint_to_resume(resume)
+        task = models.resolve_task(self.spec)
+        self.data = data.load_data(self.spec, task)
+        model = self._setup_model(task)
+        optimizer = self._setup_optimizer(model)
+        self.sampler, self.loader_generator, loaders = build_loaders(
+            self.spec, self.data, self.accelerator.num_processes
+        )
+        self._prepare(model, optimizer, loaders)
+        # The frozen prefix runs in eval mode; its outputs are cached when that pays.
+        self.features = FrozenFeatures(
+            spec=self.spec,
+            accelerator=self.accelerator,
+            model=self.model,
+            plan=self.plan,
+            kind=self.bundle.kind,
+            data=self.data,
+            sampler=self.sampler,
+            num_epochs=self.num_epochs,
+            cache_dir=self.out_dir / "feature_cache",
+            emit=self.emit,
+        )
+        if latest is not None:
+            self._restore(latest)
+
+    def _checkpoint_to_resume(self, resume: bool) -> Path | None:
+        """The newest checkpoint of this job, or None for a fresh start (which clears what an
+        older run left)."""
+        acc = self.accelerator
         if acc.is_main_process:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         latest = checkpoint.latest(self.ckpt_root) if resume else None
@@ -277,9 +173,11 @@ class TrainingRun:
             shutil.rmtree(self.ckpt_root, ignore_errors=True)
             shutil.rmtree(self.out_dir / "best", ignore_errors=True)
         acc.wait_for_everyone()
+        return latest
 
-        task = models.resolve_task(spec)
-        self.data = _load_data(spec, task)
+    def _setup_model(self, task) -> nn.Module:
+        """The model with its new head, sized for the data's labels, and its freeze plan."""
+        spec = self.spec
         num_labels, labels = models.resolve_labels(
             spec, self.data.num_labels, self.data.label_names
         )
@@ -298,7 +196,10 @@ class TrainingRun:
             self.emit(log_event(note))
         for note in self.data.notes:  # which data validates and which tests (splits.py)
             self.emit(log_event(note))
+        return model
 
+    def _setup_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        spec = self.spec
         # Static plans freeze before DDP wraps the model (it then ignores frozen parameters);
         # dynamic ones register everything and freeze after.
         model.requires_grad_(True)
@@ -309,40 +210,14 @@ class TrainingRun:
         # group 0 is scaled by (the new layer's head_lr_scale); every group's in lr_groups.
         lr0 = spec.optimizer.lr
         self._group0_ratio = groups[0]["lr"] / lr0 if lr0 > 0 and groups[0]["lr"] > 0 else 1.0
-        optimizer = build_optimizer(groups, spec.optimizer)
+        return build_optimizer(groups, spec.optimizer)
 
+    def _prepare(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, loaders: list[DataLoader]
+    ) -> None:
+        """Hand model, optimizer and loaders to Accelerate; size the run and its schedule."""
+        spec, acc = self.spec, self.accelerator
         accum = max(spec.train.grad_accum_steps, 1)
-        by_length = _group_by_length(spec, self.data)
-        if by_length:  # see batching.py: one optimizer step's examples are grouped
-            step_examples = spec.train.batch_size * acc.num_processes * accum
-            self.sampler = LengthGroupedSampler(self.data.train.lengths, step_examples, seed)
-        else:
-            self.sampler = EpochShuffleSampler(len(self.data.train), seed)
-        # Worker seeds come from this generator (reseeded per epoch), not the global RNG, so
-        # starting an epoch's iterator mid-run does not shift the model's dropout RNG.
-        self.loader_generator = torch.Generator().manual_seed(seed)
-        workers = spec.data.num_workers
-        train_loader = DataLoader(
-            self.data.train,
-            batch_size=spec.train.batch_size,
-            sampler=self.sampler,
-            collate_fn=self.data.collate,
-            num_workers=workers,
-            generator=self.loader_generator,
-        )
-        loaders = [train_loader]
-        if self.data.eval is not None and len(self.data.eval) > 0:
-            loaders.append(
-                DataLoader(
-                    self.data.eval,
-                    batch_size=spec.eval.batch_size or spec.train.batch_size,
-                    sampler=LengthSortedSampler(self.data.eval.lengths) if by_length else None,
-                    shuffle=False,
-                    collate_fn=self.data.collate,
-                    num_workers=workers,
-                    generator=torch.Generator().manual_seed(seed),
-                )
-            )
         self.model, self.optimizer, *prepared = acc.prepare(model, optimizer, *loaders)
         self.train_loader = prepared[0]
         self.eval_loader = prepared[1] if len(prepared) > 1 else None
@@ -370,22 +245,6 @@ class TrainingRun:
                 f"{self.total_steps} optimizer steps"
             )
         )
-        # The frozen prefix runs in eval mode; its outputs are cached when that pays.
-        self.features = FrozenFeatures(
-            spec=spec,
-            accelerator=acc,
-            model=self.model,
-            plan=self.plan,
-            kind=self.bundle.kind,
-            data=self.data,
-            sampler=self.sampler,
-            num_epochs=self.num_epochs,
-            forward=lambda model, batch: _logits(model, batch, self.bundle.kind),
-            cache_dir=self.out_dir / "feature_cache",
-            emit=self.emit,
-        )
-        if latest is not None:
-            self._restore(latest)
 
     def _restore(self, path: Path) -> None:
         ckpt = checkpoint.load(path)
@@ -395,34 +254,20 @@ class TrainingRun:
             self.optimizer.load_state_dict(optimizer_state)
         if scheduler_state is not None:
             self.scheduler.load_state_dict(scheduler_state)
-        self.state = TrainerState(**ckpt.trainer_state)
-        self._rescale_data_position()
+        self.state = s = TrainerState(**ckpt.trainer_state)
+        batch = self.spec.train.batch_size
+        s.batch_in_epoch = position_in_batches(s.batch_in_epoch, s.micro_batch_size, batch)
+        s.micro_batch_size = batch
         self.last_saved_step = self.state.global_step
         # RNG last: everything above may draw random numbers (e.g. the new head's init).
         if not ckpt.restore_rng(self.accelerator.process_index):
             ckpt.restore_rng(0)
-        s = self.state
         self.emit(
             log_event(
                 f"resumed from {path.name}: step {s.global_step}, epoch {s.epoch + 1}, "
                 f"batch {s.batch_in_epoch} of the epoch"
             )
         )
-
-    def _rescale_data_position(self) -> None:
-        """A checkpoint written with another micro-batch size (OOM recovery halved it) counts
-        its position in those micro-batches; checkpoints sit on optimizer-step boundaries, so
-        the examples consumed convert exactly."""
-        s, batch = self.state, self.spec.train.batch_size
-        if s.micro_batch_size and s.micro_batch_size != batch:
-            consumed = s.batch_in_epoch * s.micro_batch_size
-            if consumed % batch:
-                raise InvalidJobInput(
-                    f"train.batch_size: the checkpoint was written with micro-batch "
-                    f"{s.micro_batch_size}; {batch} does not divide its position in the epoch"
-                )
-            s.batch_in_epoch = consumed // batch
-        s.micro_batch_size = batch
 
     # ------------------------------------------------------------------ train
 
@@ -433,9 +278,7 @@ class TrainingRun:
         ckpt_every = spec.train.checkpoint_every_steps
         max_norm = spec.train.max_grad_norm
         n_batches = len(self.train_loader)
-        self._reset_window()
-        self._nonfinite_run = torch.zeros((), device=acc.device, dtype=torch.long)
-        self._diverged = torch.zeros((), device=acc.device, dtype=torch.bool)
+        self.window = TrainWindow(acc.device, self.divergence.patience)
         self._last_checkpoint_time = time.monotonic()  # setup's time is not training time
         self._step_lrs = group_lrs(self.optimizer)
         trainable_before: set[str] | None = None
@@ -458,30 +301,24 @@ class TrainingRun:
 
             for batch in loader:
                 with acc.accumulate(self.model):
-                    loss, logits = self._loss(self.model, batch)
+                    self.injected_oom.check(batch)
+                    logits = self._forward(batch).float()
+                    loss = F.cross_entropy(logits, batch["labels"])
                     acc.backward(loss)
                     if acc.sync_gradients and max_norm > 0:
                         acc.clip_grad_norm_(self.model.parameters(), max_norm)
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
                 s.batch_in_epoch += 1
-                self._window_loss += loss.detach().float()
-                # Training accuracy from the logits this step computed anyway; summed on
-                # the device, read once per log (no host sync per step).
-                self._window_correct += (logits.detach().argmax(-1) == batch["labels"]).sum()
-                self._window_batches += 1
-                self._window_samples += len(batch["labels"])
+                self.window.add(loss, logits, batch["labels"])
                 if not acc.sync_gradients:
                     continue
                 self._step_lrs = group_lrs(self.optimizer)  # the lrs this step used
                 if not acc.optimizer_step_was_skipped:
                     self.scheduler.step()
                 s.global_step += 1
-                # Consecutive non-finite losses, counted on the device (no host sync per
-                # step) and checked, agreed by every process, when the window is logged.
-                finite = torch.isfinite(loss.detach())
-                self._nonfinite_run = torch.where(finite, 0, self._nonfinite_run + 1)
-                self._diverged |= self._nonfinite_run >= self.divergence.patience
+                # Checked, agreed by every process, when the window is logged.
+                self.window.step_loss(loss)
 
                 if s.global_step % log_every == 0:
                     self._log_train()
@@ -510,7 +347,7 @@ class TrainingRun:
 
         # The last stretch: log it, evaluate the final weights, and checkpoint the end state.
         s.finished = True
-        if self._window_batches:
+        if self.window.batches:
             self._log_train()
         if s.last_eval_step != s.global_step:
             self._evaluate_and_track()
@@ -525,19 +362,11 @@ class TrainingRun:
         second."""
         minutes = self.spec.train.checkpoint_every_minutes
         due = minutes > 0 and time.monotonic() - self._last_checkpoint_time >= minutes * 60
-        acc = self.accelerator
-        if acc.num_processes == 1:
-            return due, self.sigterm.received
-        flags = torch.tensor(
-            [float(due and acc.is_main_process), float(self.sigterm.received)],
-            device=acc.device,
-        )
-        due_by_time, sigterm = (acc.reduce(flags, reduction="sum") > 0).tolist()
-        return due_by_time, sigterm
+        return self.sigterm.agreed_with(self.accelerator, due_on_main=due)
 
     def _stop_on_sigterm(self) -> None:
         s = self.state
-        if self._window_batches:
+        if self.window.batches:
             self._log_train()  # the loss of the steps since the last log is not lost
         if self.last_saved_step != s.global_step:
             self.save_checkpoint()
@@ -572,62 +401,47 @@ class TrainingRun:
         self.plan.apply(self.unwrapped, epoch)
         self.features.set_modes(epoch)
 
-    def _loss(
-        self, model: nn.Module, batch: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean cross-entropy, logits) of one micro-batch."""
-        if self._inject_oom_at and len(batch["labels"]) >= self._inject_oom_at:
-            raise torch.OutOfMemoryError(
-                f"{INJECT_OOM_ENV}: injected out of memory at micro-batch {len(batch['labels'])}"
-            )
-        logits = self.features.logits(model, batch).float()
-        return F.cross_entropy(logits, batch["labels"]), logits
+    def _forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The logits of one micro-batch: a batch of the feature cache (``features``, the
+        frozen prefix's outputs, feature_cache.py) runs only the rest of the model; an input
+        batch runs all of it."""
+        if "features" in batch:
+            return self.features.cached_logits(self.model, batch)
+        return forward.logits(self.model, batch, self.bundle.kind)
 
     # ------------------------------------------------------------------ metrics
-
-    def _reset_window(self) -> None:
-        device = self.accelerator.device
-        self._window_loss = torch.zeros((), device=device)
-        self._window_correct = torch.zeros((), device=device, dtype=torch.long)
-        self._window_batches = 0
-        self._window_samples = 0
-        self._window_start = time.perf_counter()
 
     def _log_train(self) -> None:
         """Emit the mean loss and training accuracy since the last log over all processes, the
         lrs and throughput."""
-        acc, s = self.accelerator, self.state
-        elapsed = time.perf_counter() - self._window_start
-        stats = torch.stack(
-            [
-                self._window_loss,
-                torch.tensor(float(self._window_batches), device=acc.device),
-                torch.tensor(float(self._window_samples), device=acc.device),
-                self._window_correct.float(),
-                self._diverged.float(),
-            ]
-        )
-        loss_sum, batches, samples, correct, diverged = acc.reduce(stats, reduction="sum").tolist()
-        loss = loss_sum / max(batches, 1.0)
-        if diverged:
-            self.divergence.fail(s.global_step, "loss", loss)
-        s.train_samples += samples
-        s.train_time_s += elapsed
+        s = self.state
+        w = self.window.reduce(self.accelerator)
+        if w.diverged:
+            self.divergence.fail(s.global_step, "loss", w.loss)
+        s.train_samples += w.samples
+        s.train_time_s += w.elapsed_s
         lrs = self._step_lrs
+        self._emit_metrics(
+            "train",
+            loss=w.loss,
+            lr=next(iter(lrs.values())) / self._group0_ratio,
+            lr_groups=lrs,
+            samples_per_s=w.samples / w.elapsed_s if w.elapsed_s > 0 else 0.0,
+            values={"accuracy": w.correct / w.samples} if w.samples else None,
+        )
+        self.window.reset()
+
+    def _emit_metrics(self, phase: str, **figures) -> None:
+        step = self.state.global_step
         self.emit(
             metrics_event(
-                "train",
-                step=s.global_step,
-                epoch=s.global_step / self.steps_per_epoch,
+                phase,
+                step=step,
+                epoch=step / self.steps_per_epoch,
                 total_steps=self.total_steps,
-                loss=loss,
-                lr=next(iter(lrs.values())) / self._group0_ratio,
-                lr_groups=lrs,
-                samples_per_s=samples / elapsed if elapsed > 0 else 0.0,
-                values={"accuracy": correct / samples} if samples else None,
+                **figures,
             )
         )
-        self._reset_window()
 
     def _metric_name(self) -> str:
         return self.spec.eval.metric or "accuracy"
@@ -641,7 +455,7 @@ class TrainingRun:
         losses, preds, labels = [], [], []
         with torch.no_grad():
             for batch in self.features.eval_loader() or self.eval_loader:
-                logits = self.features.logits(self.model, batch).float()
+                logits = self._forward(batch).float()
                 loss = F.cross_entropy(logits, batch["labels"], reduction="none")
                 loss, pred, label = acc.gather_for_metrics(
                     (loss, logits.argmax(-1), batch["labels"])
@@ -656,24 +470,14 @@ class TrainingRun:
 
     def _evaluate_and_track(self) -> None:
         s = self.state
-        if self._window_batches and s.global_step >= self.total_steps:
+        if self.window.batches and s.global_step >= self.total_steps:
             self._log_train()  # the final steps' loss, before the final evaluation
-        window_time = time.perf_counter() - self._window_start
-        metrics = self.evaluate()
+        with self.window.paused():
+            metrics = self.evaluate()
         s.last_eval_step = s.global_step
-        # Evaluation time is not training time: keep it out of samples/s.
-        self._window_start = time.perf_counter() - window_time
         if metrics is None:
             return
-        self.emit(
-            metrics_event(
-                "eval",
-                step=s.global_step,
-                epoch=s.global_step / self.steps_per_epoch,
-                total_steps=self.total_steps,
-                values=metrics,
-            )
-        )
+        self._emit_metrics("eval", values=metrics)
         name = self._metric_name()
         value = metrics[name]
         self.divergence.observe_eval(s.global_step, metrics)
@@ -691,7 +495,9 @@ class TrainingRun:
             0,
         )
         if self.accelerator.is_main_process:
-            _save_weights_atomic(self.unwrapped, self.out_dir / "best" / "model.safetensors")
+            checkpoint.save_weights_atomic(
+                self.unwrapped, self.out_dir / "best" / "model.safetensors"
+            )
             self.emit(
                 log_event(f"new best {name} {value:.4f} at step {s.global_step}; weights saved")
             )
@@ -700,8 +506,13 @@ class TrainingRun:
 
     def save_checkpoint(self) -> None:
         """A resumable checkpoint of the current step (see checkpoint.py for the layout)."""
+        with self.window.paused():
+            self._write_checkpoint()
+        self.last_saved_step = self.state.global_step
+        self._last_checkpoint_time = time.monotonic()
+
+    def _write_checkpoint(self) -> None:
         acc, s = self.accelerator, self.state
-        start = time.perf_counter()
         tmp = checkpoint.begin(self.ckpt_root, s.global_step) if acc.is_main_process else None
         acc.wait_for_everyone()
         checkpoint.write_rng(
@@ -722,15 +533,12 @@ class TrainingRun:
             )
             self.emit(log_event(f"checkpoint saved: {path.name}", level="debug"))
         acc.wait_for_everyone()
-        self.last_saved_step = s.global_step
-        self._last_checkpoint_time = time.monotonic()
-        self._window_start += time.perf_counter() - start
 
     # ------------------------------------------------------------------ finish
 
     def finish(self) -> EngineResult:
         """Export the final model (best, else last), compress if asked, write result.json."""
-        acc, s, bundle = self.accelerator, self.state, self.bundle
+        acc, s = self.accelerator, self.state
         artifacts: dict[str, str] = {}
         summary: dict[str, float] = {"steps": float(s.global_step)}
         if s.train_time_s > 0:
@@ -741,55 +549,39 @@ class TrainingRun:
             summary["best_step"] = float(s.best_step)
 
         if acc.is_main_process:
-            best = self.out_dir / "best" / "model.safetensors"
-            if s.best_step >= 0 and best.is_file():
-                if s.best_step != s.global_step:  # else the weights in memory are the best
-                    from safetensors.torch import load_model
-
-                    load_model(self.unwrapped, str(best))
-                self.emit(log_event(f"exporting the best model (step {s.best_step})"))
-            else:
-                self.emit(log_event(f"exporting the last model (step {s.global_step})"))
+            self._load_best_weights()
             for key, value in (self._evaluate_test() or {}).items():
                 summary[f"test_{key}"] = value
-            model = self.unwrapped.cpu().eval()
-            if bundle.lora_targets:
-                # Exported models are plain: adapters folded into the weights they adapt.
-                model = models.merge_lora(model)
-                self.emit(log_event(f"merged LoRA into {len(bundle.lora_targets)} layers"))
-            spec_dict = json_format.MessageToDict(self.spec, preserving_proto_field_name=True)
-            spec_path = self.out_dir / "spec.json"
-            if not spec_path.exists():
-                _write_json_atomic(spec_path, spec_dict)
-
-            def export(module: nn.Module, folder: Path) -> None:
-                export_model(
-                    module,
-                    folder,
-                    kind=bundle.kind,
-                    arch=bundle.arch,
-                    labels=bundle.labels,
-                    head=bundle.head,
-                    task=bundle.task.as_dict(),
-                    spec=spec_dict,
-                    tokenizer=bundle.tokenizer,
-                )
-
-            export(model, self.out_dir / "model")
-            artifacts.update(
-                model=str(self.out_dir / "model"),
-                checkpoints=str(self.ckpt_root),
-                spec=str(spec_path),
+            exported, figures = export_final(
+                self.unwrapped,
+                spec=self.spec,
+                bundle=self.bundle,
+                data=self.data,
+                out_dir=self.out_dir,
+                emit=self.emit,
+                device=acc.device,
+                last_epoch=max(self.num_epochs - 1, 0),
             )
-            if compresses(self.spec):
-                extra_artifacts, extra_summary = self._compress(model, export)
-                artifacts.update(extra_artifacts)
-                summary.update(extra_summary)
-            _write_json_atomic(
+            artifacts.update(exported)
+            summary.update(figures)
+            write_json_atomic(
                 self.out_dir / "result.json", {"artifacts": artifacts, "summary": summary}
             )
         acc.wait_for_everyone()
         return EngineResult(artifacts=artifacts, summary=summary)
+
+    def _load_best_weights(self) -> None:
+        """The best evaluated weights into the model, if they are not the ones it holds."""
+        s = self.state
+        best = self.out_dir / "best" / "model.safetensors"
+        if s.best_step >= 0 and best.is_file():
+            if s.best_step != s.global_step:  # else the weights in memory are the best
+                from safetensors.torch import load_model
+
+                load_model(self.unwrapped, str(best))
+            self.emit(log_event(f"exporting the best model (step {s.best_step})"))
+        else:
+            self.emit(log_event(f"exporting the last model (step {s.global_step})"))
 
     def _evaluate_test(self) -> dict[str, float] | None:
         """The test set, once, on the model about to be exported; never used to choose it.
@@ -808,143 +600,8 @@ class TrainingRun:
         )
         with self.accelerator.autocast():
             metrics = evaluate_module(
-                self.unwrapped,
-                loader,
-                self.bundle.kind,
-                self.bundle.num_labels,
+                self.unwrapped, loader, self.bundle.kind, self.bundle.num_labels,
                 device=self.accelerator.device,
-            )
-        s = self.state
-        self.emit(
-            metrics_event(
-                "test",
-                step=s.global_step,
-                epoch=s.global_step / self.steps_per_epoch,
-                total_steps=self.total_steps,
-                values=metrics,
-            )
-        )
+            )  # fmt: skip
+        self._emit_metrics("test", values=metrics)
         return metrics
-
-    def _compress(
-        self, model: nn.Module, export: Callable[[nn.Module, Path], None]
-    ) -> tuple[dict[str, str], dict[str, float]]:
-        from tunefleet.worker.engine import compression
-        from tunefleet.worker.engine.recovery import Recovery
-
-        dataset = self.data.eval if self.data.eval is not None else self.data.train
-        kind = self.bundle.kind
-        batch_size = self.spec.eval.batch_size or self.spec.train.batch_size
-        loader = DataLoader(
-            dataset, batch_size=batch_size, shuffle=False, collate_fn=self.data.collate
-        )
-        self.emit(log_event("compressing the final model"))
-        result = compression.compress(
-            model,
-            self.spec.compression,
-            kind=kind,
-            evaluate=lambda module: evaluate_module(module, loader, kind, self.bundle.num_labels),
-            example_batch=next(iter(loader)),
-            out_dir=self.out_dir,
-            export=export,
-            keep=(self.bundle.head_path,),
-            recover=Recovery(
-                spec=self.spec,
-                train=self.data.train,
-                collate=self.data.collate,
-                kind=kind,
-                forward=lambda module, batch: _logits(module, batch, kind),
-                device=self.accelerator.device,
-                head_path=self.bundle.head_path,
-                epoch=max(self.num_epochs - 1, 0),
-            ),
-        )
-        self.emit(report_message_event(result.report))
-        return dict(result.artifacts), dict(result.summary)
-
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def _load_data(spec: spec_pb2.JobSpec, task: models.TaskInfo) -> Any:
-    """data.load_data for this model's input format (a seam that tests replace)."""
-    from tunefleet.worker.engine import data
-
-    return data.load_data(
-        spec,
-        data.Task(
-            kind=task.kind,
-            tokenizer=task.tokenizer,
-            image_size=task.image_size,
-            mean=task.mean,
-            std=task.std,
-            in_channels=task.in_channels,
-        ),
-    )
-
-
-def _group_by_length(spec: spec_pb2.JobSpec, data: Any) -> bool:
-    """data.group_by_length (unset: on) where the datasets know their lengths (text)."""
-    d = spec.data
-    wanted = d.group_by_length if d.HasField("group_by_length") else True
-    has_lengths = all(hasattr(ds, "lengths") for ds in (data.train, data.eval) if ds is not None)
-    return wanted and has_lengths
-
-
-def _logits(model: nn.Module, batch: dict[str, torch.Tensor], kind: str) -> torch.Tensor:
-    if kind == "hf":
-        return model(**{k: batch[k] for k in HF_INPUTS if k in batch}).logits
-    return model(batch["pixel_values"])
-
-
-def classification_metrics(
-    losses: torch.Tensor, preds: torch.Tensor, labels: torch.Tensor, num_labels: int
-) -> dict[str, float]:
-    """loss, accuracy, macro_f1 (over the classes present in labels or predictions)."""
-    k = max(num_labels, int(labels.max()) + 1, int(preds.max()) + 1)
-    confusion = torch.bincount(labels * k + preds, minlength=k * k).reshape(k, k).double()
-    tp = confusion.diag()
-    fp = confusion.sum(0) - tp
-    fn = confusion.sum(1) - tp
-    present = (confusion.sum(0) + confusion.sum(1)) > 0
-    f1 = (2 * tp / (2 * tp + fp + fn).clamp(min=1))[present]
-    return {
-        "loss": losses.double().mean().item(),
-        "accuracy": (preds == labels).double().mean().item(),
-        "macro_f1": f1.mean().item() if f1.numel() else 0.0,
-    }
-
-
-def evaluate_module(
-    module: nn.Module, loader: DataLoader, kind: str, num_labels: int, *, device=None
-) -> dict[str, float]:
-    """Plain single-process evaluation, on CPU unless `device` is given (compression
-    evaluates modified copies; the test set is evaluated once at the end)."""
-    module.eval()
-    losses, preds, labels = [], [], []
-    with torch.no_grad():
-        for batch in loader:
-            if device is not None:
-                batch = {k: v.to(device) for k, v in batch.items()}
-            logits = _logits(module, batch, kind).float()
-            losses.append(F.cross_entropy(logits, batch["labels"], reduction="none"))
-            preds.append(logits.argmax(-1))
-            labels.append(batch["labels"])
-    return classification_metrics(
-        torch.cat(losses), torch.cat(preds), torch.cat(labels), num_labels
-    )
-
-
-def _save_weights_atomic(model: nn.Module, path: Path) -> None:
-    from safetensors.torch import save_model
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_model(model, str(tmp))
-    os.replace(tmp, path)
-
-
-def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
