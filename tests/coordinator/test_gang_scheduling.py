@@ -250,13 +250,18 @@ def test_a_lost_member_stops_the_gang_which_requeues_as_one(short_lease):
     for worker in (w1, w2):
         worker.report(job.id, 1, log_event(f"{worker.worker_id} up"))
 
-    # w2 goes silent; w1 keeps its lease and lists the job.
-    def requeued():
-        response = w1.heartbeat(job.id)
-        return client.get(job.id).state == job_pb2.QUEUED and response
+    # w2 goes silent; w1 keeps its lease and lists the job. The requeue can land between a
+    # heartbeat and the state check, so collect what every heartbeat answered.
+    lost, cancel = set(), set()
 
-    response = wait_for(requeued, timeout=5, interval=0.2)
-    assert job.id in response.lost_job_ids and job.id in response.cancel_job_ids
+    def requeued_and_told():
+        response = w1.heartbeat(job.id)
+        lost.update(response.lost_job_ids)
+        cancel.update(response.cancel_job_ids)
+        return client.get(job.id).state == job_pb2.QUEUED and job.id in lost
+
+    wait_for(requeued_and_told, timeout=15, interval=0.2)
+    assert job.id in lost and job.id in cancel
     stopped = client.get(job.id)
     assert state_changes(client.events(job.id))[-1] == ("QUEUED", "worker lost")
     assert stopped.restarts == 0
