@@ -41,6 +41,7 @@ from tunefleet.worker.engine.heads import (
     replace_torchvision_head,
 )
 from tunefleet.worker.engine.lora import apply_lora, describe_lora
+from tunefleet.worker.engine.model_sources import local_copy, unreachable_hint
 from tunefleet.worker.engine.task import IMAGENET_MEAN, IMAGENET_STD, Task
 
 # Per-dataset normalisation for the small CNN (computed on the training sets).
@@ -75,11 +76,13 @@ class ModelBundle:
 def _load_tokenizer(name: str, revision: str | None) -> Any:
     from transformers import AutoTokenizer
 
+    source, _ = local_copy(name, revision)
     try:
         with quiet_transformers():
-            tokenizer = AutoTokenizer.from_pretrained(name, revision=revision or None)
+            tokenizer = AutoTokenizer.from_pretrained(source, revision=revision or None)
     except (OSError, ValueError) as e:
-        raise InvalidJobInput(f"model.name: cannot load a tokenizer from {name!r}: {e}") from e
+        why = unreachable_hint(name, e) or str(e)
+        raise InvalidJobInput(f"model.name: cannot load a tokenizer from {name!r}: {why}") from e
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token  # GPT-style models: batches need padding
     return tokenizer
@@ -183,6 +186,7 @@ def build_model(
     if kind == "hf":
         revision = spec.model.revision if spec.model.source == "hf" else None
         model = _load_hf(spec.model.name, revision, random_init=random_init)
+        notes.append(local_copy(spec.model.name, revision)[1] or "")
         model, head_path = replace_hf_head(model, num_labels, labels, head)
         pad_id = getattr(task.tokenizer, "pad_token_id", None)
         if getattr(model.config, "pad_token_id", None) is None and pad_id is not None:
@@ -204,6 +208,7 @@ def build_model(
         + f", {describe_init(head, model, kind)}"
         + (f", dropout {head['dropout']:g}" if head["dropout"] is not None else "")
     )
+    notes = [note for note in notes if note]
     lora_targets: list[str] = []
     if spec.finetune.strategy == "lora":
         lora_targets = apply_lora(model, kind, head_path, spec.finetune.lora)
@@ -226,15 +231,16 @@ def build_model(
 def _load_hf(name: str, revision: str | None, *, random_init: bool = False) -> nn.Module:
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
+    source, _ = local_copy(name, revision)
     try:
         with quiet_transformers():
             if random_init:  # same architecture, fresh weights (from the global torch RNG)
-                config = AutoConfig.from_pretrained(name, revision=revision or None)
+                config = AutoConfig.from_pretrained(source, revision=revision or None)
                 return AutoModelForSequenceClassification.from_config(config)
             # ignore_mismatched_sizes: the checkpoint's own head may have another label count;
             # it is replaced right after, so a size mismatch there is expected.
             model = AutoModelForSequenceClassification.from_pretrained(
-                name, revision=revision or None, ignore_mismatched_sizes=True
+                source, revision=revision or None, ignore_mismatched_sizes=True
             )
             if getattr(model.config, "pruned_heads", None):
                 # ...but here it would have re-initialised the narrowed attention layers.
@@ -252,8 +258,9 @@ def _load_hf(name: str, revision: str | None, *, random_init: bool = False) -> n
             f"than tensors ({_first_line(e)}); use safetensors weights"
         ) from None
     except (OSError, ValueError) as e:
+        why = unreachable_hint(name, e) or str(e)
         raise InvalidJobInput(
-            f"model.name: cannot load {name!r} as a Hugging Face model: {e}"
+            f"model.name: cannot load {name!r} as a Hugging Face model: {why}"
         ) from e
 
 
