@@ -42,6 +42,11 @@ def register(commands: Commands) -> None:
     p.add_argument(
         "--no-check-paths", action="store_true", help="do not check that data/model paths exist"
     )
+    p.add_argument(
+        "--resolved",
+        action="store_true",
+        help="print each valid spec as YAML with every default filled in (what would run)",
+    )
 
     p = commands.add("submit", submit, "submit a job", exit_codes=True)
     p.add_argument("file", metavar="JOB.yaml")
@@ -94,8 +99,23 @@ def validate(args) -> int:
             print_problems(path, e.errors, err)
             code = EXIT_FAILED
             continue
-        out.print(Text(printable(f"ok: {path} ({spec.name})")))
+        if args.resolved:
+            print(resolved_yaml(spec, path, first=path == args.files[0]), end="")
+        else:
+            out.print(Text(printable(f"ok: {path} ({spec.name})")))
     return code
+
+
+def resolved_yaml(spec, path: str, *, first: bool = True) -> str:
+    """`ftctl validate --resolved`: the spec as the coordinator would store it and the
+    engine run it (defaults filled in, paths absolute), as YAML that `ftctl submit` takes
+    back. Several files become several YAML documents."""
+    import yaml
+
+    from tunefleet.spec import spec_to_dict
+
+    body = yaml.safe_dump(spec_to_dict(spec), sort_keys=False, allow_unicode=True)
+    return ("" if first else "---\n") + f"# {path}, resolved\n" + body
 
 
 def submit(args) -> int:
