@@ -138,13 +138,15 @@ def _message(desc: Descriptor, data: Any, path: str, errors: list[FieldError]) -
 
 
 def _unknown_field(desc: Descriptor, key: Any) -> str:
-    """"unknown field", the nearest field names of this message (`train.epoch`: did you
+    """The message for an unknown key: the nearest field names of this message (`train.epoch`: did you
     mean epochs?; a name of another message would not parse here either) and all of them."""
     names = [f.name for f in desc.fields]
     close: list[str] = []
     if isinstance(key, str):
         lowered = {n.lower(): n for n in names}
-        close = [lowered[m] for m in difflib.get_close_matches(key.lower(), lowered, n=3)]
+        close = [
+            lowered[m] for m in difflib.get_close_matches(key.lower(), lowered, n=3, cutoff=0.75)
+        ]
         # A key that contains a field name (`optimizer_name` -> name): also a candidate.
         close += [n for n in names if n not in close and len(n) > 2 and n in key.lower()]
     hint = f"did you mean {' or '.join(close[:3])}? " if close else ""
