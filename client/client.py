@@ -285,8 +285,9 @@ class Client:
             message = f"job id {job_id!r} is ambiguous: did you mean {shown}?"
         else:
             close = difflib.get_close_matches(full, known, n=3, cutoff=0.6)
-            hint = f"did you mean {', '.join(close)}?" if close else "`ftctl jobs` lists them"
-            message = f"job {full} not found; {hint}"
+            if not close:
+                raise not_found from None
+            message = f"job {full} not found; did you mean {', '.join(close)}?"
         raise NotFound(message, code=not_found.code, target=not_found.target) from None
 
     def _unavailable(self, give_up_s: float) -> None:
