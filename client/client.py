@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -59,6 +60,7 @@ DEFAULT_TARGET = DEFAULT_ADDRESS
 T = TypeVar("T")
 # Every job id the coordinator hands out is "job-" + 8 hex digits; people copy the digits.
 JOB_ID_PREFIX = "job-"
+_HEX = re.compile(r"[0-9a-f]+")
 SpecLike = spec_pb2.JobSpec | dict | str | os.PathLike
 
 
@@ -272,13 +274,15 @@ class Client:
     def _match_job_id(self, job_id: str, not_found: NotFound) -> str:
         """The one known job id that `job_id` abbreviates, or NotFound saying which were
         meant. Only on the error path: a full id costs no listing."""
+        if not job_id.strip():
+            raise not_found from None
         try:
             known = [j.id for j in self.list(limit=5000)]
         except TunefleetError:
             raise not_found from None  # no list to suggest from (e.g. not allowed to)
         full = normalize_job_id(job_id)
         matches = [k for k in known if k.startswith(full) or k.startswith(job_id.strip())]
-        if len(matches) == 1 and job_id.strip():
+        if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:
             shown = ", ".join(matches[:5]) + (", ..." if len(matches) > 5 else "")
@@ -432,11 +436,12 @@ class JobHandle:
 
 
 def normalize_job_id(job_id: str) -> str:
-    """`d3be7e24` -> `job-d3be7e24`: the id as people copy it from a table or a path."""
+    """`d3be7e24` -> `job-d3be7e24`: the hex digits of an id, as people copy them from a
+    table or a path, get the prefix every id has; anything else is left as it is."""
     job_id = job_id.strip()
-    if not job_id or job_id.startswith(JOB_ID_PREFIX):
-        return job_id
-    return JOB_ID_PREFIX + job_id
+    if _HEX.fullmatch(job_id):
+        return JOB_ID_PREFIX + job_id
+    return job_id
 
 
 def prepare_spec(spec: SpecLike, *, check_paths: bool = True) -> spec_pb2.JobSpec:
