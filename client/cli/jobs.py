@@ -92,7 +92,7 @@ def register(commands: Commands) -> None:
 def validate(args) -> int:
     out, err = stdout(), stderr()
     code = EXIT_OK
-    for path in args.files:
+    for i, path in enumerate(args.files):
         try:
             spec = prepare_spec(path, check_paths=not args.no_check_paths)
         except ValidationError as e:
@@ -100,7 +100,7 @@ def validate(args) -> int:
             code = EXIT_FAILED
             continue
         if args.resolved:
-            print(resolved_yaml(spec, path, first=path == args.files[0]), end="")
+            print(resolved_yaml(spec, path, first=i == 0), end="")
         else:
             out.print(Text(printable(f"ok: {path} ({spec.name})")))
     return code
@@ -211,7 +211,9 @@ def _cut(text: str, width: int) -> str:
 
 def jobs_lines(jobs: list[Job], width: int) -> list[Text]:
     """The job table as one line per job, no line wider than `width` (the terminal's):
-    the NAME column narrows, then the reason is cut with an ellipsis."""
+    when space is short the NAME column narrows, then CREATED goes, and the reason is cut
+    with an ellipsis."""
+    columns = list(JOBS_COLUMNS)
     rows = [
         [
             printable(j.id),
@@ -224,7 +226,7 @@ def jobs_lines(jobs: list[Job], width: int) -> list[Text]:
         ]
         for j in jobs
     ]
-    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(JOBS_COLUMNS)]
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
     widths[1] = min(widths[1], _NAME_WIDTH)
 
     def reason_room() -> int:  # what the other columns and their gaps leave
@@ -232,9 +234,13 @@ def jobs_lines(jobs: list[Job], width: int) -> list[Text]:
 
     if reason_room() < _MIN_REASON:
         widths[1] = max(_MIN_NAME, widths[1] - (_MIN_REASON - reason_room()))
+    if reason_room() < _MIN_REASON:  # an 80-column terminal: `ftctl get` has the time
+        at = columns.index("CREATED")
+        for cells in (columns, widths, *rows):
+            del cells[at]
     reason_width = max(reason_room(), 0)
     lines = []
-    for cells, job in zip([list(JOBS_COLUMNS), *rows], [None, *jobs], strict=True):
+    for cells, job in zip([columns, *rows], [None, *jobs], strict=True):
         line = Text(no_wrap=True, overflow="ignore")
         for i, cell in enumerate(cells[:-1]):
             style = STATE_STYLES.get(job.state, "") if job is not None and i == 2 else ""
