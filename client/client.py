@@ -288,7 +288,11 @@ class Client:
             shown = ", ".join(matches[:5]) + (", ..." if len(matches) > 5 else "")
             message = f"job id {job_id!r} is ambiguous: did you mean {shown}?"
         else:
-            close = difflib.get_close_matches(full, known, n=3, cutoff=0.6)
+            # Compared without the prefix every id shares, which would make any two ids
+            # look alike; a digit or two off (a typo) still matches.
+            digits = {k.removeprefix(JOB_ID_PREFIX): k for k in known}
+            wanted = full.removeprefix(JOB_ID_PREFIX)
+            close = [digits[d] for d in difflib.get_close_matches(wanted, digits, 3, 0.7)]
             if not close:
                 raise not_found from None
             message = f"job {full} not found; did you mean {', '.join(close)}?"
