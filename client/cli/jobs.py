@@ -1,5 +1,6 @@
 """`ftctl validate/submit/jobs/get/logs/cancel`: jobs, each command one SDK call
-(tunefleet.client.Client) and a rendering from tunefleet.client.render."""
+(tunefleet.client.Client) and a rendering from tunefleet.client.render; the `ftctl jobs`
+listing (one line per job, cut to the terminal) is here, as it is the CLI's alone."""
 
 from __future__ import annotations
 
@@ -211,7 +212,7 @@ def _cut(text: str, width: int) -> str:
 
 def jobs_lines(jobs: list[Job], width: int) -> list[Text]:
     """The job table as one line per job, no line wider than `width` (the terminal's):
-    when space is short the NAME column narrows, then CREATED goes, and the reason is cut
+    when space is short CREATED goes, then the NAME column narrows, and the reason is cut
     with an ellipsis."""
     columns = list(JOBS_COLUMNS)
     rows = [
@@ -232,12 +233,12 @@ def jobs_lines(jobs: list[Job], width: int) -> list[Text]:
     def reason_room() -> int:  # what the other columns and their gaps leave
         return width - sum(widths[:-1]) - 2 * (len(widths) - 1)
 
-    if reason_room() < _MIN_REASON:
-        widths[1] = max(_MIN_NAME, widths[1] - (_MIN_REASON - reason_room()))
     if reason_room() < _MIN_REASON:  # an 80-column terminal: `ftctl get` has the time
         at = columns.index("CREATED")
         for cells in (columns, widths, *rows):
             del cells[at]
+    if reason_room() < _MIN_REASON:
+        widths[1] = max(_MIN_NAME, widths[1] - (_MIN_REASON - reason_room()))
     reason_width = max(reason_room(), 0)
     lines = []
     for cells, job in zip([columns, *rows], [None, *jobs], strict=True):
