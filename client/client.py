@@ -18,7 +18,9 @@ backoff; event streams reconnect and resume after the last event they yielded.
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -30,6 +32,7 @@ import grpc
 from tunefleet.client.errors import (
     DeadlineExceeded,
     JobFailed,
+    NotFound,
     TunefleetError,
     ValidationError,
     from_rpc_error,
@@ -39,7 +42,15 @@ from tunefleet.defaults import DEFAULT_ADDRESS, ENV_COORDINATOR
 from tunefleet.transport import SDK_CHANNEL_OPTIONS, ChannelSecurity, RetryPolicy, open_channel
 from tunefleet.v1 import coordinator_pb2, coordinator_pb2_grpc, spec_pb2
 
-__all__ = ["DEFAULT_TARGET", "ENV_TARGET", "Client", "JobHandle", "RetryPolicy"]
+__all__ = [
+    "DEFAULT_TARGET",
+    "ENV_TARGET",
+    "JOB_ID_PREFIX",
+    "Client",
+    "JobHandle",
+    "RetryPolicy",
+    "normalize_job_id",
+]
 
 # Kept under the SDK's own names (they are part of its API); the values live in
 # tunefleet.defaults, shared with the CLI, the coordinator and the worker.
@@ -47,6 +58,9 @@ ENV_TARGET = ENV_COORDINATOR
 DEFAULT_TARGET = DEFAULT_ADDRESS
 
 T = TypeVar("T")
+# Every job id the coordinator hands out is "job-" + 8 hex digits; people copy the digits.
+JOB_ID_PREFIX = "job-"
+_HEX = re.compile(r"[0-9a-f]+")
 SpecLike = spec_pb2.JobSpec | dict | str | os.PathLike
 
 
@@ -67,6 +81,10 @@ class Client:
             requires client certificates (mutual TLS). Default: $TUNEFLEET_TLS_CERT/_KEY.
         tls: True = TLS even without `tls_ca` (trusting the system's CAs); False = never.
         security: A ready `ChannelSecurity`; replaces token/tls_* and the environment.
+        on_unavailable: Called as `on_unavailable(target, give_up_s)` when a call first
+            finds the coordinator unreachable (once per outage, before retrying; give_up_s:
+            how long it will keep trying), so a program can say it is waiting instead of
+            hanging in silence until `retry` gives up.
 
     Raises:
         ValidationError: Unreadable token or TLS files, or a certificate without a key.
@@ -85,7 +103,9 @@ class Client:
         tls_key: str | os.PathLike | None = None,
         tls: bool | None = None,
         security: ChannelSecurity | None = None,
+        on_unavailable: Callable[[str, float], None] | None = None,
     ):
+        self.on_unavailable = on_unavailable
         self.target = target or os.environ.get(ENV_TARGET) or DEFAULT_TARGET
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
@@ -152,10 +172,20 @@ class Client:
         return JobHandle(self, job.id, job=job)
 
     def get(self, job_id: str) -> Job:
-        """The job's current state. Raises NotFound for an unknown id."""
-        return Job.from_proto(
-            self._unary(self._stub.GetJob, coordinator_pb2.GetJobRequest(job_id=job_id))
+        """The job's current state. `job_id` may be short (see `resolve_job_id`); raises
+        NotFound, with "did you mean" suggestions, for an unknown or ambiguous one."""
+        return self._with_job_id(
+            job_id,
+            lambda jid: Job.from_proto(
+                self._unary(self._stub.GetJob, coordinator_pb2.GetJobRequest(job_id=jid))
+            ),
         )
+
+    def resolve_job_id(self, job_id: str) -> str:
+        """The full id of the job `job_id` names: the id itself, its hex digits without the
+        "job-" prefix, or a unique prefix of them. Raises NotFound naming the candidates
+        ("did you mean job-...?") when there is none or several."""
+        return self.get(job_id).id
 
     def list(self, states: Iterable[JobState | str] | None = None, limit: int = 100) -> list[Job]:
         """Jobs, newest first, optionally only those in `states` ("running", JobState.QUEUED...);
@@ -180,8 +210,15 @@ class Client:
 
     def cancel(self, job_id: str, reason: str = "") -> Job:
         """Ask the coordinator to cancel a job; returns the job as it stands after the request."""
-        request = coordinator_pb2.CancelJobRequest(job_id=job_id, reason=reason)
-        return Job.from_proto(self._unary(self._stub.CancelJob, request))
+        return self._with_job_id(
+            job_id,
+            lambda jid: Job.from_proto(
+                self._unary(
+                    self._stub.CancelJob,
+                    coordinator_pb2.CancelJobRequest(job_id=jid, reason=reason),
+                )
+            ),
+        )
 
     def job(self, job_id: str) -> JobHandle:
         """A handle on an existing job (no call is made until you use it)."""
@@ -205,7 +242,7 @@ class Client:
             timeout: Raise DeadlineExceeded if the stream is still open after this long.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        return self._stream_events(job_id, after_seq, follow, deadline)
+        return self._stream_events(normalize_job_id(job_id), after_seq, follow, deadline)
 
     # --- workers ----------------------------------------------------------------------
 
@@ -225,10 +262,51 @@ class Client:
         if self._closed:
             raise TunefleetError("this Client is closed; create a new one")
 
+    def _with_job_id(self, job_id: str, call: Callable[[str], T]) -> T:
+        """`call(full id)`: first with the id as given (prefixed when bare), then, if the
+        coordinator does not know it, with the one job whose id it is a prefix of."""
+        full = normalize_job_id(job_id)
+        try:
+            return call(full)
+        except NotFound as e:
+            return call(self._match_job_id(job_id, e))
+
+    def _match_job_id(self, job_id: str, not_found: NotFound) -> str:
+        """The one known job id that `job_id` abbreviates, or NotFound saying which were
+        meant. Only on the error path: a full id costs no listing."""
+        if not job_id.strip():
+            raise not_found from None
+        try:
+            known = [j.id for j in self.list(limit=5000)]
+        except TunefleetError:
+            raise not_found from None  # no list to suggest from (e.g. not allowed to)
+        full = normalize_job_id(job_id)
+        matches = [k for k in known if k.startswith(full) or k.startswith(job_id.strip())]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            shown = ", ".join(matches[:5]) + (", ..." if len(matches) > 5 else "")
+            message = f"job id {job_id!r} is ambiguous: did you mean {shown}?"
+        else:
+            # Compared without the prefix every id shares, which would make any two ids
+            # look alike; a digit or two off (a typo) still matches.
+            digits = {k.removeprefix(JOB_ID_PREFIX): k for k in known}
+            wanted = full.removeprefix(JOB_ID_PREFIX)
+            close = [digits[d] for d in difflib.get_close_matches(wanted, digits, 3, 0.7)]
+            if not close:
+                raise not_found from None
+            message = f"job {full} not found; did you mean {', '.join(close)}?"
+        raise NotFound(message, code=not_found.code, target=not_found.target) from None
+
+    def _unavailable(self, give_up_s: float) -> None:
+        if self.on_unavailable is not None:
+            self.on_unavailable(self.target, give_up_s)
+
     def _unary(self, rpc: Callable[..., T], request) -> T:
         self._check_open()
         give_up = time.monotonic() + self.retry.max_elapsed_s
         delays = self.retry.delays()
+        told = False
         while True:
             try:
                 return rpc(request, timeout=self.timeout)
@@ -237,6 +315,9 @@ class Client:
                 retry = e.code() == grpc.StatusCode.UNAVAILABLE
                 if not retry or time.monotonic() + delay > give_up:
                     raise from_rpc_error(e, target=self.target) from None
+                if not told:
+                    told = True
+                    self._unavailable(self.retry.max_elapsed_s)
                 time.sleep(delay)
 
     def _stream_events(
@@ -246,6 +327,7 @@ class Client:
         last = after_seq
         outage_since: float | None = None
         delays = self.retry.delays()
+        resolved = False
         while True:
             call = None
             received = False
@@ -284,8 +366,17 @@ class Client:
                     raise DeadlineExceeded(
                         f"job {job_id}: still running after the timeout", code=code.name
                     ) from None
+                if code == grpc.StatusCode.NOT_FOUND and not resolved and last == after_seq:
+                    # A short id: the one job it abbreviates, or NotFound with suggestions.
+                    resolved = True
+                    not_found = from_rpc_error(e, target=self.target)
+                    assert isinstance(not_found, NotFound)
+                    job_id = self._match_job_id(job_id, not_found)
+                    continue
                 if code != grpc.StatusCode.UNAVAILABLE:
                     raise from_rpc_error(e, target=self.target) from None
+                if outage_since is None:
+                    self._unavailable(self.retry.stream_max_elapsed_s)
                 outage_since = outage_since or now
                 delay = next(delays)
                 if deadline is not None:
@@ -305,7 +396,7 @@ class JobHandle:
     """
 
     def __init__(self, client: Client, job_id: str, *, job: Job | None = None):
-        self.id = job_id
+        self.id = normalize_job_id(job_id)
         self.client = client
         self.job = job
 
@@ -346,6 +437,15 @@ class JobHandle:
     def cancel(self, reason: str = "") -> Job:
         self.job = self.client.cancel(self.id, reason)
         return self.job
+
+
+def normalize_job_id(job_id: str) -> str:
+    """`d3be7e24` -> `job-d3be7e24`: the hex digits of an id, as people copy them from a
+    table or a path, get the prefix every id has; anything else is left as it is."""
+    job_id = job_id.strip()
+    if _HEX.fullmatch(job_id):
+        return JOB_ID_PREFIX + job_id
+    return job_id
 
 
 def prepare_spec(spec: SpecLike, *, check_paths: bool = True) -> spec_pb2.JobSpec:

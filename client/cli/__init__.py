@@ -45,16 +45,21 @@ from tunefleet.client.cli.common import (  # noqa: E402
     Commands,
     add_global_flags,
     error,
+    note,
     print_problems,
     stderr,
+    unreachable_message,
 )
 from tunefleet.client.errors import TunefleetError, Unavailable, ValidationError  # noqa: E402
-from tunefleet.defaults import DEFAULT_ADDRESS, ENV_COORDINATOR  # noqa: E402
+from tunefleet.defaults import DEFAULT_ADDRESS  # noqa: E402
 
-__all__ = ["build_parser", "main"]
+__all__ = ["ENV_DEBUG", "build_parser", "main"]
 
 # In this order in `ftctl --help`.
 NOUNS = (jobs, workers, server, worker, up, token, engine, artifacts)
+
+# TUNEFLEET_DEBUG=1 (or `ftctl --debug ...`): print the full traceback of any error.
+ENV_DEBUG = "TUNEFLEET_DEBUG"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_global_flags(parser, in_command=False)
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=os.environ.get(ENV_DEBUG, "") not in ("", "0"),
+        help=f"on an error, also print the full traceback (default: ${ENV_DEBUG})",
+    )
     parser.add_argument("--version", action="version", version=f"ftctl {_version()}")
     commands = Commands(parser)
     for noun in NOUNS:
@@ -82,28 +93,68 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs one command. No error a user can cause ends in a traceback: each known kind
+    becomes one clear message and exit code 1; anything else is a bug, reported in one
+    line that says how to see its traceback (--debug / $TUNEFLEET_DEBUG)."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ValidationError as e:
-        if e.errors:
-            print_problems(getattr(args, "file", None) or "job spec", e.errors, stderr())
-        else:
-            error(e.message)
-        return EXIT_FAILED
-    except Unavailable as e:
-        error(
-            f"cannot reach coordinator at {e.target or args.coordinator or DEFAULT_ADDRESS}: "
-            f"is `ftctl server` running? (set --coordinator or {ENV_COORDINATOR})"
-        )
-        return EXIT_FAILED
-    except TunefleetError as e:
-        error(e.message)
-        return EXIT_FAILED
-    except FileNotFoundError as e:
-        error(f"no such file: {e.filename or e}")
-        return EXIT_FAILED
     except KeyboardInterrupt:
         error("interrupted")
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `ftctl jobs | head`: the reader left; nothing to say
+        return EXIT_FAILED
+    except Exception as e:
+        if args.debug:
+            import traceback
 
+            traceback.print_exc()
+        return report_error(e, args)
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    """Errors of components a noun runs in this process (the engine's InvalidJobInput...),
+    which each noun module names (`user_errors()`) so that this module imports none."""
+    types: tuple[type[BaseException], ...] = ()
+    for noun in NOUNS:
+        named = getattr(noun, "user_errors", None)
+        types += tuple(named()) if named else ()
+    return types
+
+
+def report_error(e: Exception, args: argparse.Namespace) -> int:
+    """One clear message on stderr for `e`; the exit code."""
+    from tunefleet.spec import SpecError
+
+    if isinstance(e, ValidationError) and e.errors:
+        print_problems(getattr(args, "file", None) or "job spec", e.errors, stderr())
+    elif isinstance(e, SpecError):
+        print_problems(e.source or getattr(args, "file", None) or "job spec", e.errors, stderr())
+    elif isinstance(e, Unavailable):
+        target = e.target or getattr(args, "coordinator", None) or DEFAULT_ADDRESS
+        error(unreachable_message(target))
+    elif isinstance(e, TunefleetError):
+        error(e.message)
+    elif isinstance(e, _user_error_types()):
+        error(str(e) or type(e).__name__)
+    elif isinstance(e, OSError) and (e.filename or e.strerror):
+        what = "no such file" if isinstance(e, FileNotFoundError) else e.strerror or str(e)
+        error(f"{what}: {e.filename}" if e.filename else what)
+    elif _is_rpc_error(e):
+        from tunefleet.client.errors import from_rpc_error
+
+        return report_error(from_rpc_error(e, target=getattr(args, "coordinator", None)), args)
+    else:
+        error(f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        if not args.debug:
+            note(
+                f"this is a bug in ftctl, not in your input; run again with --debug "
+                f"(ftctl --debug {args.command} ...) or {ENV_DEBUG}=1 to see the full traceback"
+            )
+    return EXIT_FAILED
+
+
+def _is_rpc_error(e: Exception) -> bool:
+    import grpc
+
+    return isinstance(e, grpc.RpcError)

@@ -33,7 +33,12 @@ exit codes:
   130  interrupted (Ctrl-C); a followed job keeps running on the coordinator
 """
 
-DEFAULT_CONNECT_TIMEOUT_S = 10.0
+# One-shot commands give up on an unreachable coordinator after this long: a typo in the
+# address or a coordinator that is not running should not look like a hang. Followers
+# (`submit -f`, `logs -f`) wait longer for a coordinator they lose mid-job, and say so.
+DEFAULT_CONNECT_TIMEOUT_S = 4.0
+FOLLOW_RETRY_S = 60.0
+GLOBAL_FLAGS = ("--coordinator", "--connect-timeout", "--token-file", "--tls-ca")
 
 Run = Callable[[argparse.Namespace], int]
 
@@ -41,28 +46,37 @@ Run = Callable[[argparse.Namespace], int]
 # --- the global flags -----------------------------------------------------------------
 
 
-def add_global_flags(parser: argparse.ArgumentParser, *, in_command: bool) -> None:
-    """--coordinator, --connect-timeout, --token-file and --tls-ca. They are accepted before
-    or after the command: in_command=True adds them to a command with SUPPRESS defaults, so
-    a command that does not repeat one keeps the value given before it."""
+def add_global_flags(
+    parser: argparse.ArgumentParser, *, in_command: bool, only: tuple[str, ...] = GLOBAL_FLAGS
+) -> None:
+    """--coordinator, --connect-timeout, --token-file and --tls-ca (or the subset `only`).
+    They are accepted before or after the command: in_command=True adds them to a command
+    with SUPPRESS defaults, so a command that does not repeat one keeps the value given
+    before it."""
 
     def default(value):
         return argparse.SUPPRESS if in_command else value
 
-    parser.add_argument(
+    def add_argument(flag: str, **kw) -> None:
+        if flag in only:
+            parser.add_argument(flag, **kw)
+
+    add_argument(
         "--coordinator",
         metavar="HOST:PORT",
         default=default(None),
         help=f"coordinator address (default: ${ENV_COORDINATOR}, else {DEFAULT_ADDRESS})",
     )
-    parser.add_argument(
+    add_argument(
         "--connect-timeout",
         type=float,
         metavar="S",
         default=default(DEFAULT_CONNECT_TIMEOUT_S),
-        help="keep retrying an unreachable coordinator this long (default: 10)",
+        help="give up on an unreachable coordinator after S seconds (default: "
+        f"{DEFAULT_CONNECT_TIMEOUT_S:g}; a followed job's lost coordinator: "
+        f"{FOLLOW_RETRY_S:g})",
     )
-    parser.add_argument(
+    add_argument(
         "--token-file",
         metavar="FILE",
         default=default(None),
@@ -70,7 +84,7 @@ def add_global_flags(parser: argparse.ArgumentParser, *, in_command: bool) -> No
         "the file in $TUNEFLEET_TOKEN_FILE). There is no flag taking the token itself: "
         "`ps` and shell history would show it",
     )
-    parser.add_argument(
+    add_argument(
         "--tls-ca",
         metavar="PEM",
         default=default(None),
@@ -113,16 +127,27 @@ class Commands:
 
     def __init__(self, parser: argparse.ArgumentParser):
         self._sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-        self._global = argparse.ArgumentParser(add_help=False)
-        add_global_flags(self._global, in_command=True)
 
     def add(
-        self, name: str, run: Run, help: str, *, exit_codes: bool = False
+        self,
+        name: str,
+        run: Run,
+        help: str,
+        *,
+        exit_codes: bool = False,
+        flags: tuple[str, ...] = GLOBAL_FLAGS,
     ) -> argparse.ArgumentParser:
-        """A command `name` that calls `run(args)`; exit_codes: its --help lists them."""
+        """A command `name` that calls `run(args)`; exit_codes: its --help lists them.
+
+        flags: the global flags the command uses, so its --help shows only those: all of
+        them for a command that talks to a coordinator, () for one that does not
+        (`validate`, `run`...). A global flag given before such a command is accepted and
+        ignored, as before."""
+        parent = argparse.ArgumentParser(add_help=False)
+        add_global_flags(parent, in_command=True, only=flags)
         parser = self._sub.add_parser(
             name,
-            parents=[self._global],
+            parents=[parent],
             help=help,
             description=help,
             formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -148,11 +173,32 @@ def security(args) -> ChannelSecurity:
         raise TunefleetError(str(e)) from None
 
 
-def client(args) -> Client:
+def client(args, *, follow: bool = False) -> Client:
+    """The SDK client for a command. One-shot commands give up after --connect-timeout;
+    follow=True (a followed job) keeps reconnecting a lost coordinator for FOLLOW_RETRY_S.
+    Either way the first failed try says at once, on stderr, that it is waiting."""
+    timeout = args.connect_timeout
+    stream_timeout = max(timeout, FOLLOW_RETRY_S) if follow else timeout
+
+    def waiting(target: str, give_up_s: float) -> None:
+        following = follow and give_up_s > timeout
+        then = "; Ctrl-C stops following, the job keeps running" if following else ""
+        note(f"waiting for coordinator at {target}... (retrying for up to {give_up_s:g} s{then})")
+
     return Client(
         args.coordinator,
-        retry=RetryPolicy(max_elapsed_s=args.connect_timeout),
+        retry=RetryPolicy(max_elapsed_s=timeout, stream_max_elapsed_s=stream_timeout),
         security=security(args),
+        on_unavailable=waiting,
+    )
+
+
+def unreachable_message(target: str) -> str:
+    """What to do when no coordinator answers: start one, or point at the right one."""
+    return (
+        f"cannot reach coordinator at {target}. Start one on this machine with `ftctl up` "
+        f"(or `ftctl server`), or point ftctl at yours with --coordinator HOST:PORT or "
+        f"${ENV_COORDINATOR}"
     )
 
 

@@ -30,7 +30,9 @@ WORKER_EXTRA_MODULES |= {"datasets", "numpy"}
 
 
 def register(commands: Commands) -> None:
-    p = commands.add("run", run, "train a job here, without a coordinator", exit_codes=True)
+    p = commands.add(
+        "run", run, "train a job here, without a coordinator", exit_codes=True, flags=()
+    )
     p.add_argument("file", metavar="JOB.yaml")
     p.add_argument(
         "--out",
@@ -42,7 +44,9 @@ def register(commands: Commands) -> None:
     )
     add_throttle(p)
 
-    p = commands.add("plan", plan, "print which blocks a job trains or freezes, without training")
+    p = commands.add(
+        "plan", plan, "print which blocks a job trains or freezes, without training", flags=()
+    )
     p.add_argument("file", metavar="JOB.yaml")
 
 
@@ -120,3 +124,10 @@ def _engine_invalid_input_type():
     except ImportError:
         return None
     return InvalidJobInput
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The engine's errors that mean the job's input is wrong (`ftctl plan` on a job whose
+    data or model the engine refuses): ftctl prints them in one line, not a traceback."""
+    invalid = _engine_invalid_input_type()
+    return (invalid,) if invalid is not None else ()

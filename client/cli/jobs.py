@@ -1,5 +1,6 @@
 """`ftctl validate/submit/jobs/get/logs/cancel`: jobs, each command one SDK call
-(tunefleet.client.Client) and a rendering from tunefleet.client.render."""
+(tunefleet.client.Client) and a rendering from tunefleet.client.render; the `ftctl jobs`
+listing (one line per job, cut to the terminal) is here, as it is the CLI's alone."""
 
 from __future__ import annotations
 
@@ -25,16 +26,27 @@ from tunefleet.client.cli.common import (
 )
 from tunefleet.client.client import Client, prepare_spec
 from tunefleet.client.errors import ValidationError
-from tunefleet.client.render import EventRenderer, jobs_table, render_job, render_reports
+from tunefleet.client.render import (
+    STATE_STYLES,
+    EventRenderer,
+    format_duration,
+    render_job,
+    render_reports,
+)
 from tunefleet.client.types import Job
 from tunefleet.limits import printable
 
 
 def register(commands: Commands) -> None:
-    p = commands.add("validate", validate, "check job YAML files (no coordinator needed)")
+    p = commands.add("validate", validate, "check job YAML files (no coordinator needed)", flags=())
     p.add_argument("files", nargs="+", metavar="JOB.yaml")
     p.add_argument(
         "--no-check-paths", action="store_true", help="do not check that data/model paths exist"
+    )
+    p.add_argument(
+        "--resolved",
+        action="store_true",
+        help="print each valid spec as YAML with every default filled in (what would run)",
     )
 
     p = commands.add("submit", submit, "submit a job", exit_codes=True)
@@ -81,20 +93,35 @@ def register(commands: Commands) -> None:
 def validate(args) -> int:
     out, err = stdout(), stderr()
     code = EXIT_OK
-    for path in args.files:
+    for i, path in enumerate(args.files):
         try:
             spec = prepare_spec(path, check_paths=not args.no_check_paths)
         except ValidationError as e:
             print_problems(path, e.errors, err)
             code = EXIT_FAILED
             continue
-        out.print(Text(printable(f"ok: {path} ({spec.name})")))
+        if args.resolved:
+            print(resolved_yaml(spec, path, first=i == 0), end="")
+        else:
+            out.print(Text(printable(f"ok: {path} ({spec.name})")))
     return code
+
+
+def resolved_yaml(spec, path: str, *, first: bool = True) -> str:
+    """`ftctl validate --resolved`: the spec as the coordinator would store it and the
+    engine run it (defaults filled in, paths absolute), as YAML that `ftctl submit` takes
+    back. Several files become several YAML documents."""
+    import yaml
+
+    from tunefleet.spec import spec_to_dict
+
+    body = yaml.safe_dump(spec_to_dict(spec), sort_keys=False, allow_unicode=True)
+    return ("" if first else "---\n") + f"# {path}, resolved\n" + body
 
 
 def submit(args) -> int:
     console = stdout()
-    with client(args) as sdk:
+    with client(args, follow=args.follow) as sdk:
         handle = sdk.submit(args.file, priority=args.priority, idempotency_key=args.idempotency_key)
         job = handle.job
         assert job is not None
@@ -133,11 +160,15 @@ def follow(sdk: Client, job_id: str, after_seq: int, console, throttle_s, flag="
 
 def logs(args) -> int:
     console = stdout()
-    with client(args) as sdk:
+    with client(args, follow=args.follow) as sdk:
+        # One short call first: a short id becomes the full one ("did you mean" when it
+        # names none), and an unreachable coordinator is reported within --connect-timeout
+        # even by a follower, which would otherwise keep retrying for FOLLOW_RETRY_S.
+        job_id = sdk.resolve_job_id(args.job)
         if args.follow:
-            return follow(sdk, args.job, args.after, console, args.throttle)
+            return follow(sdk, job_id, args.after, console, args.throttle)
         with EventRenderer(console, live=False, throttle_s=0.0, show_debug=True) as renderer:
-            for event in sdk.events(args.job, args.after, False):
+            for event in sdk.events(job_id, args.after, False):
                 renderer.handle(event)
     return EXIT_OK
 
@@ -152,8 +183,74 @@ def list_jobs(args) -> int:
     elif not jobs:
         console.print("no jobs" + (f" in state {', '.join(states)}" if states else ""))
     else:
-        console.print(jobs_table(jobs))
+        for line in jobs_lines(jobs, console.width):
+            console.print(line, overflow="ignore", crop=False)
     return EXIT_OK
+
+
+# `ftctl jobs`: one line per job, whatever the reasons say. A reason can run to 1,000
+# characters; wrapped in a table column it took ten lines and hid the other jobs, so it is
+# cut to the width left, with an ellipsis (`ftctl get JOB` shows it whole).
+JOBS_COLUMNS = ("ID", "NAME", "STATE", "DURATION", "BEST", "CREATED", "REASON")
+_NAME_WIDTH = 24  # longer names are cut (to as little as _MIN_NAME when the line is short)
+_MIN_NAME = 10
+_MIN_REASON = 20
+_BEST_KEYS = (("eval_accuracy", "acc"), ("eval_macro_f1", "f1"), ("eval_loss", "loss"))
+
+
+def best_metric(job: Job) -> str:
+    """The best checkpoint's validation figure: accuracy, else macro-F1, else loss."""
+    for key, short in _BEST_KEYS:
+        if key in job.summary:
+            return f"{short} {job.summary[key]:.4f}"
+    return "-"
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
+
+
+def jobs_lines(jobs: list[Job], width: int) -> list[Text]:
+    """The job table as one line per job, no line wider than `width` (the terminal's):
+    when space is short CREATED goes, then the NAME column narrows, and the reason is cut
+    with an ellipsis."""
+    columns = list(JOBS_COLUMNS)
+    rows = [
+        [
+            printable(j.id),
+            printable(j.name),
+            j.state.value,
+            format_duration(j.duration_s),
+            best_metric(j),
+            j.created_at.astimezone().strftime("%m-%d %H:%M") if j.created_at else "-",
+            printable(j.reason),
+        ]
+        for j in jobs
+    ]
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
+    widths[1] = min(widths[1], _NAME_WIDTH)
+
+    def reason_room() -> int:  # what the other columns and their gaps leave
+        return width - sum(widths[:-1]) - 2 * (len(widths) - 1)
+
+    if reason_room() < _MIN_REASON:  # an 80-column terminal: `ftctl get` has the time
+        at = columns.index("CREATED")
+        for cells in (columns, widths, *rows):
+            del cells[at]
+    if reason_room() < _MIN_REASON:
+        widths[1] = max(_MIN_NAME, widths[1] - (_MIN_REASON - reason_room()))
+    reason_width = max(reason_room(), 0)
+    lines = []
+    for cells, job in zip([columns, *rows], [None, *jobs], strict=True):
+        line = Text(no_wrap=True, overflow="ignore")
+        for i, cell in enumerate(cells[:-1]):
+            style = STATE_STYLES.get(job.state, "") if job is not None and i == 2 else ""
+            line.append(_cut(cell, widths[i]).ljust(widths[i]), style=style)
+            line.append("  ")
+        line.append(_cut(cells[-1], reason_width))
+        line.rstrip()
+        lines.append(line)
+    return lines
 
 
 def get(args) -> int:
@@ -210,6 +307,7 @@ def job_dict(job: Job, *, spec: bool = False) -> dict:
         "created_at": job.created_at.isoformat() if job.created_at else None,
         "started_at": job.started_at.isoformat() if job.started_at else None,
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+        "duration_s": job.duration_s,
         "artifacts": job.artifacts,
         "summary": job.summary,
         "last_seq": job.last_seq,

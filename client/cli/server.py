@@ -13,7 +13,7 @@ from tunefleet.coordinator.command_line import (
 
 
 def register(commands: Commands) -> None:
-    p = commands.add("server", run_server, "run the coordinator in the foreground")
+    p = commands.add("server", run_server, "run the coordinator in the foreground", flags=())
     add_server_arguments(p)
 
 

@@ -10,7 +10,9 @@ from tunefleet.client.errors import TunefleetError
 
 
 def register(commands: Commands) -> None:
-    p = commands.add("token", make_token, "make a new random token and its tokens-file entry")
+    p = commands.add(
+        "token", make_token, "make a new random token and its tokens-file entry", flags=()
+    )
     p.add_argument("name", metavar="NAME", help="who uses it (shown in logs, recorded on jobs)")
     p.add_argument("--role", choices=("admin", "user", "worker"), default="user")
 

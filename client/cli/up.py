@@ -16,7 +16,12 @@ from tunefleet.defaults import DEFAULT_ADDRESS, DEFAULT_ARTIFACTS, DEFAULT_DB_PA
 
 
 def register(commands: Commands) -> None:
-    p = commands.add("up", up, "run a coordinator and one local worker in the foreground")
+    p = commands.add(
+        "up",
+        up,
+        "run a coordinator and one local worker in the foreground",
+        flags=("--tls-ca",),  # the CA the local worker trusts, with --tls-cert
+    )
     p.add_argument("--listen", default=DEFAULT_ADDRESS, metavar="HOST:PORT")
     p.add_argument("--db", default=DEFAULT_DB_PATH, metavar="PATH")
     p.add_argument("--artifacts", default=DEFAULT_ARTIFACTS, metavar="DIR")

@@ -7,6 +7,7 @@ the message descriptor first, and only hand it to ParseDict once it is known to 
 
 from __future__ import annotations
 
+import difflib
 import math
 from pathlib import Path
 from typing import Any
@@ -123,8 +124,7 @@ def _message(desc: Descriptor, data: Any, path: str, errors: list[FieldError]) -
         kpath = _join(path, key if isinstance(key, str) and key else quote(key))
         field = fields.get(key) if isinstance(key, str) else None
         if field is None:
-            allowed = ", ".join(f.name for f in desc.fields)
-            errors.append(FieldError(kpath, f"unknown field; expected one of: {allowed}"))
+            errors.append(FieldError(kpath, _unknown_field(desc, key)))
             continue
         if field.name in out:
             errors.append(FieldError(kpath, f"given twice (as {field.name} and {field.json_name})"))
@@ -135,6 +135,22 @@ def _message(desc: Descriptor, data: Any, path: str, errors: list[FieldError]) -
         if parsed is not None:
             out[field.name] = parsed
     return out
+
+
+def _unknown_field(desc: Descriptor, key: Any) -> str:
+    """The message for an unknown key: the nearest field names of this message (`train.epoch`: did you
+    mean epochs?; a name of another message would not parse here either) and all of them."""
+    names = [f.name for f in desc.fields]
+    close: list[str] = []
+    if isinstance(key, str):
+        lowered = {n.lower(): n for n in names}
+        close = [
+            lowered[m] for m in difflib.get_close_matches(key.lower(), lowered, n=3, cutoff=0.75)
+        ]
+        # A key that contains a field name (`optimizer_name` -> name): also a candidate.
+        close += [n for n in names if n not in close and len(n) > 2 and n in key.lower()]
+    hint = f"did you mean {' or '.join(close[:3])}? " if close else ""
+    return f"unknown field; {hint}expected one of: {', '.join(names)}"
 
 
 def _value(field: FieldDescriptor, value: Any, path: str, errors: list[FieldError]) -> Any:
