@@ -41,6 +41,7 @@ _MAX_CHECKED_POINTS = 512
 # Fields a sweep cannot draw: the trials' names are the sweep's, and a sweep has one block.
 _NOT_SWEEPABLE = ("name", "sweep")
 
+_NOT_NUMBERS = (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BOOL)
 _RANGE = re.compile(r"^\s*(uniform|loguniform|int)\s*\(\s*([^,()]+?)\s*,\s*([^,()]+?)\s*\)\s*$")
 
 
@@ -84,7 +85,9 @@ def normalize_block(block: Any, errors: list[FieldError]) -> Any:
                 value["type"] = "choice"
         else:
             errors.append(
-                FieldError(path, "expected a list of choices, a range such as uniform(a, b), or a mapping")
+                FieldError(
+                    path, "expected a list of choices, a range such as uniform(a, b), or a mapping"
+                )
             )
             continue
         if isinstance(value.get("values"), list):
@@ -97,7 +100,9 @@ def normalize_block(block: Any, errors: list[FieldError]) -> Any:
                     texts.append(t)
             value["values"] = texts
         if isinstance(value.get("when"), dict):
-            value["when"] = {k: _text(v) if _text(v) is not None else v for k, v in value["when"].items()}
+            value["when"] = {
+                k: _text(v) if _text(v) is not None else v for k, v in value["when"].items()
+            }
         space[key] = value
     return {**block, "space": space}
 
@@ -128,10 +133,16 @@ def field_at(path: str) -> tuple[FieldDescriptor | None, str]:
             where = ".".join(parts[:i]) or "the job"
             return None, f"{where} has no field {quote(part)}; expected one of: {allowed}"
         if _is_repeated(field):
-            return None, f"{'.'.join(parts[: i + 1])} is a list or mapping; sweep scalar fields only"
+            return (
+                None,
+                f"{'.'.join(parts[: i + 1])} is a list or mapping; sweep scalar fields only",
+            )
         desc = field.message_type if field.type == FieldDescriptor.TYPE_MESSAGE else None
     if desc is not None:
-        return None, f"{path} is a section; name one of its fields (e.g. {path}.{desc.fields[0].name})"
+        return (
+            None,
+            f"{path} is a section; name one of its fields (e.g. {path}.{desc.fields[0].name})",
+        )
     return field, ""
 
 
@@ -267,7 +278,9 @@ def check_points(sweep: spec_pb2.SweepSpec) -> list[dict[str, Any]]:
 # ---- checks ----------------------------------------------------------------------------
 
 
-def check(spec: spec_pb2.JobSpec, validate: Callable[[spec_pb2.JobSpec], list[FieldError]]) -> list[FieldError]:
+def check(
+    spec: spec_pb2.JobSpec, validate: Callable[[spec_pb2.JobSpec], list[FieldError]]
+) -> list[FieldError]:
     """Every problem of the sweep block, then of every job it can create (`validate` is the
     one validator); a problem of a swept field is reported at sweep.space.PATH."""
     s = spec.sweep
@@ -277,7 +290,10 @@ def check(spec: spec_pb2.JobSpec, validate: Callable[[spec_pb2.JobSpec], list[Fi
         errors.append(FieldError(path, message))
 
     if not s.space:
-        fail("sweep.space", "required: at least one field to sweep, e.g. optimizer.lr: loguniform(1e-5, 1e-2)")
+        fail(
+            "sweep.space",
+            "required: at least one field to sweep, e.g. optimizer.lr: loguniform(1e-5, 1e-2)",
+        )
     fields: dict[str, FieldDescriptor] = {}
     for path in sorted(s.space):
         p, at = s.space[path], f"sweep.space.{path}"
@@ -287,7 +303,12 @@ def check(spec: spec_pb2.JobSpec, validate: Callable[[spec_pb2.JobSpec], list[Fi
             continue
         fields[path] = field
         if p.type not in TYPES:
-            fail(f"{at}.type", f"{quote(p.type)} is not allowed; {C.one_of(TYPES)}" if p.type else f"required; {C.one_of(TYPES)}")
+            fail(
+                f"{at}.type",
+                f"{quote(p.type)} is not allowed; {C.one_of(TYPES)}"
+                if p.type
+                else f"required; {C.one_of(TYPES)}",
+            )
             continue
         if p.type == "choice":
             _check_choice(fail, at, field, p)
@@ -300,7 +321,9 @@ def check(spec: spec_pb2.JobSpec, validate: Callable[[spec_pb2.JobSpec], list[Fi
             if q is None or q.type != "choice":
                 fail(at, "a condition names another choice parameter of sweep.space")
                 continue
-            if other in fields and value not in {fmt(convert(fields[other], v)) for v in q.values if _ok(fields[other], v)}:
+            if other in fields and value not in {
+                fmt(convert(fields[other], v)) for v in q.values if _ok(fields[other], v)
+            }:
                 fail(at, f"{quote(value)} is not one of {other}'s values: {', '.join(q.values)}")
     if not errors and len(order(s.space)) == len(s.space):
         names = order(s.space)
@@ -346,11 +369,11 @@ def _check_range(fail, at, field, p) -> None:
         return
     numeric = (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT)
     if p.type != "int" and field.type not in numeric:
-        fail(at, f"{p.type} draws numbers; this field is not a number (use a list of choices)")
+        hint = "int(a, b)" if field.type not in _NOT_NUMBERS else "a list of choices"
+        fail(at, f"{p.type} draws decimal numbers; this field takes none (use {hint})")
     if p.type == "int":
-        if field.type in numeric + (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BOOL):
-            if field.type not in numeric:
-                fail(at, "int draws integers; this field is not a number (use a list of choices)")
+        if field.type in _NOT_NUMBERS:
+            fail(at, "int draws integers; this field is not a number (use a list of choices)")
         if not (float(p.low).is_integer() and float(p.high).is_integer()):
             fail(at, f"int needs integer ends, got {p.low:g} and {p.high:g}")
     if p.low >= p.high:
@@ -385,9 +408,9 @@ def _check_settings(fail, spec) -> None:
 
 def _check_jobs(spec, validate) -> list[FieldError]:
     s = spec.sweep
-    if s.algorithm == "grid" or not s.algorithm:
-        if all(p.type == "choice" for p in s.space.values()) and len(grid(s)) > MAX_GRID_POINTS:
-            return [FieldError("sweep.space", f"the grid has more than {MAX_GRID_POINTS:,} points")]
+    all_choices = all(p.type == "choice" for p in s.space.values())
+    if s.algorithm in ("grid", "") and all_choices and len(grid(s)) > MAX_GRID_POINTS:
+        return [FieldError("sweep.space", f"the grid has more than {MAX_GRID_POINTS:,} points")]
     found: dict[tuple[str, str], str] = {}
     points = check_points(s)
     counts: dict[tuple[str, str], int] = {}
