@@ -74,9 +74,7 @@ class JobState(str, Enum):
             raise ValueError(f"unknown job state {value!r}; expected one of: {allowed}") from None
 
 
-_TERMINAL = frozenset(
-    {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.PRUNED}
-)
+_TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.PRUNED})
 
 
 def timestamp_to_datetime(ts: timestamp_pb2.Timestamp) -> datetime:
