@@ -4,6 +4,8 @@ twice or lost, whatever the kill interrupted (a trial's end, the next trial's cr
 
 from __future__ import annotations
 
+import contextlib
+
 import grpc
 
 from tunefleet.spec import spec_from_dict
@@ -97,10 +99,8 @@ def test_kill_9_mid_sweep_neither_repeats_nor_loses_a_trial(cluster, tmp_path):
             # is asked: the coordinator may or may not have stored either.
             future = cluster.stub.FinishJob.future(request, timeout=RPC_TIMEOUT)
             cluster.kill_coordinator()
-            try:
+            with contextlib.suppress(grpc.RpcError):
                 future.result()
-            except grpc.RpcError:
-                pass
             kills += 1
             cluster.start_coordinator()
             worker.register()  # a restarted worker: its unfinished trial is queued again

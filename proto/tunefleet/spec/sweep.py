@@ -325,11 +325,10 @@ def check(
                 fmt(convert(fields[other], v)) for v in q.values if _ok(fields[other], v)
             }:
                 fail(at, f"{quote(value)} is not one of {other}'s values: {', '.join(q.values)}")
-    if not errors and len(order(s.space)) == len(s.space):
-        names = order(s.space)
-        for i, path in enumerate(names):
-            if any(w in names[i:] for w in s.space[path].when):
-                fail(f"sweep.space.{path}.when", "the conditions form a circle")
+    names = order(s.space)  # a circle leaves its members last, each naming a later one
+    for i, path in enumerate(names):
+        if any(w in names[i:] for w in s.space[path].when):
+            fail(f"sweep.space.{path}.when", "the conditions form a circle; one must come first")
     _check_settings(fail, spec)
     if errors:
         return errors
