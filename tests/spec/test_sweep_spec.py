@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tunefleet.spec import SpecError, load_job_file, prepare
 from tunefleet.spec import sweep as space
@@ -146,3 +148,38 @@ def test_the_example_sweep_loads():
     spec = load_job_file(ROOT / "examples" / "minilm-sweep.yaml")
     assert spec.sweep.algorithm == "tpe" and spec.sweep.pruner == "median"
     assert spec.sweep.space["finetune.k"].when["finetune.strategy"] == "last_k"
+
+
+_WORDS = st.sampled_from(
+    ["optimizer.lr", "finetune.k", "finetune.strategy", "train.epochs", "last_k", "full",
+     "uniform(1, 2)", "loguniform(0, 1)", "int(1, 1e30)", "choice", "values", "when", "type",
+     "low", "high", "sweep", "name", "labels.x", ""]
+) | st.text(max_size=10)  # fmt: skip
+_SCALARS = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | _WORDS
+_VALUES = st.recursive(
+    _SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_WORDS, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.dictionaries(_WORDS, _VALUES, max_size=4),
+    st.dictionaries(
+        st.sampled_from(["algorithm", "pruner", "metric", "mode", "max_trials", "seed"]),
+        _SCALARS,
+        max_size=3,
+    ),
+)
+def test_random_sweep_blocks_fail_only_with_field_errors(space_block, settings_block):
+    try:
+        spec = prepare(
+            {**BASE, "sweep": {"space": space_block, **settings_block}}, check_paths=False
+        )
+    except SpecError as e:
+        assert e.errors and all(p.path for p in e.errors)
+        return
+    # Accepted: every point it can create is a valid job.
+    for point in space.check_points(spec.sweep)[:20]:
+        prepare(space.apply(spec, point), check_paths=False)

@@ -31,6 +31,9 @@ ALGORITHMS = ("grid", "random", "tpe")
 PRUNERS = ("none", "median", "asha")
 MODES = ("max", "min")
 MAX_GRID_POINTS = 10_000
+# Fields one sweep may vary: enough for any real search, few enough that walking the space
+# (one level per field) stays shallow.
+MAX_PARAMS = 32
 MAX_TRIALS = 1_000
 MAX_CONCURRENT = 100
 DEFAULT_MAX_TRIALS = 10
@@ -42,6 +45,10 @@ _MAX_CHECKED_POINTS = 512
 _NOT_SWEEPABLE = ("name", "sweep")
 
 _NOT_NUMBERS = (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BOOL)
+_INT_RANGES = {
+    FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1),
+    FieldDescriptor.TYPE_INT64: (-(2**63), 2**63 - 1),
+}
 _RANGE = re.compile(r"^\s*(uniform|loguniform|int)\s*\(\s*([^,()]+?)\s*,\s*([^,()]+?)\s*\)\s*$")
 
 
@@ -169,6 +176,9 @@ def convert(field: FieldDescriptor, text: str) -> Any:
         raise ValueError(f"expected an integer, got {quote(text)}") from None
     if not value.is_integer():
         raise ValueError(f"expected an integer, got {quote(text)}")
+    lo, hi = _INT_RANGES.get(t, (-(2**31), 2**31 - 1))
+    if not lo <= value <= hi:
+        raise ValueError(f"{quote(text)} is out of range for an integer field")
     return int(value)
 
 
@@ -294,6 +304,8 @@ def check(
             "sweep.space",
             "required: at least one field to sweep, e.g. optimizer.lr: loguniform(1e-5, 1e-2)",
         )
+    if len(s.space) > MAX_PARAMS:
+        return [FieldError("sweep.space", f"at most {MAX_PARAMS} fields, got {len(s.space)}")]
     fields: dict[str, FieldDescriptor] = {}
     for path in sorted(s.space):
         p, at = s.space[path], f"sweep.space.{path}"
@@ -375,6 +387,9 @@ def _check_range(fail, at, field, p) -> None:
             fail(at, "int draws integers; this field is not a number (use a list of choices)")
         if not (float(p.low).is_integer() and float(p.high).is_integer()):
             fail(at, f"int needs integer ends, got {p.low:g} and {p.high:g}")
+        lo, hi = _INT_RANGES.get(field.type, (-(2**31), 2**31 - 1))
+        if not (lo <= p.low <= hi and lo <= p.high <= hi):
+            fail(at, "int's ends are out of range for an integer field")
     if p.low >= p.high:
         fail(at, f"low must be below high, got {p.type}({p.low:g}, {p.high:g})")
     if p.type == "loguniform" and p.low <= 0:
