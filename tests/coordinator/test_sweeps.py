@@ -220,3 +220,41 @@ def test_a_restart_neither_repeats_nor_loses_a_trial(start_coordinator):
     assert len({t.params["optimizer.lr"] for t in final.trials}) == 5  # no value drawn twice
     assert all(t.trial_state == "COMPLETE" for t in final.trials)
     sweeper.close()
+
+
+def test_max_concurrent_leaves_room_for_other_jobs(sweeper, client):
+    spec = sweep_spec({"space": {"optimizer.lr": [0.001, 0.002, 0.003]}, "max_concurrent": 1})
+    sweep = sweeper.submit(spec)
+    other = client.submit(make_spec("someone-else"))
+    worker = Worker(client.stub, "w1")
+    first = run_trial(worker, 0.5)
+    assert first == sweeper.get(sweep.id).trials[0].job_id
+    # The sweep's next trial was queued after the other user's job: that one runs first.
+    assignment = wait_for(lambda: worker.acquire(0.2))
+    assert assignment.job.id == other.id
+
+
+def test_hostile_sweep_protos_are_refused_with_paths(sweeper):
+    spec = make_spec("base")
+    for i in range(40):
+        spec.sweep.space[f"train.seed{i}"].type = "choice"
+    with pytest.raises(grpc.RpcError) as e:
+        sweeper.submit(spec)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "at most 32 fields" in e.value.details()
+
+    spec = make_spec("base")
+    spec.sweep.space["train.epochs"].type = "int"
+    spec.sweep.space["train.epochs"].low = 1
+    spec.sweep.space["train.epochs"].high = 1e30
+    spec.sweep.space["train.seed"].values.append("1e30")
+    spec.sweep.space["train.seed"].type = "choice"
+    spec.sweep.max_trials = 10**6
+    with pytest.raises(grpc.RpcError) as e:
+        sweeper.submit(spec)
+    paths = {v.path for v in read_details(e.value).field_violations}
+    assert paths == {
+        "sweep.space.train.epochs",
+        "sweep.space.train.seed.values[0]",
+        "sweep.max_trials",
+    }
