@@ -359,6 +359,10 @@ class Sweeps:
             raise
         log.info("sweep %s: trial %d -> %s %s", row.id, record.number, record.job_id or "-",
                  record.params)  # fmt: skip
+        job = self.store.get_job(record.job_id) if record.job_id else None
+        if job is not None and is_terminal(job.state):
+            # It ended before its trial row existed (its source job had failed): tell it now.
+            self._tell(row.id, record, job)
 
     @staticmethod
     def _suggest(trial: optuna.Trial, s: spec_pb2.SweepSpec) -> dict:

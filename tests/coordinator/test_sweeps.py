@@ -258,3 +258,15 @@ def test_hostile_sweep_protos_are_refused_with_paths(sweeper):
         "sweep.space.train.seed.values[0]",
         "sweep.max_trials",
     }
+
+
+def test_trials_of_a_failed_source_job_fail_and_the_sweep_ends_failed(sweeper, client):
+    source = client.submit(make_spec("pretrain"))
+    client.cancel(source.id)
+    data = spec_to_dict(make_spec("base", source_job=source.id))
+    data["sweep"] = {"space": {"optimizer.lr": [0.001, 0.002]}}
+    sweep = sweeper.submit(spec_from_dict(data))
+    assert sweep.state == sweep_pb2.SWEEP_FAILED, sweep.reason
+    assert [t.trial_state for t in sweep.trials] == ["FAIL", "FAIL"]
+    assert all(t.job_state == job_pb2.FAILED for t in sweep.trials)
+    assert "none reported accuracy" in sweep.reason
