@@ -143,11 +143,12 @@ def test_grid_runs_exactly_its_points_within_max_concurrent(coordinator, sweeper
     assert [s.id for s in sweeper.list()] == [sweep.id]
 
 
-def test_the_pruner_stops_a_trial_through_cancel_and_it_ends_pruned(sweeper, client):
+@pytest.mark.parametrize("pruner", ["median", "asha"])
+def test_the_pruner_stops_a_trial_through_cancel_and_it_ends_pruned(sweeper, client, pruner):
     spec = sweep_spec(
         {
             "space": {"optimizer.lr": [0.001, 0.002, 0.003, 0.004]},
-            "pruner": "median",
+            "pruner": pruner,
             "max_concurrent": 1,
         }
     )
@@ -162,7 +163,7 @@ def test_the_pruner_stops_a_trial_through_cancel_and_it_ends_pruned(sweeper, cli
     worker.finish(job_id, assignment.attempt, job_pb2.CANCELLED)
     job = client.get(job_id)
     assert job.state == job_pb2.PRUNED, job.reason
-    assert "pruned by the sweep's median pruner at step 1" in job.reason
+    assert f"pruned by the sweep's {pruner} pruner at step 1" in job.reason
     got = sweeper.get(sweep.id)
     assert got.trials[2].trial_state == "PRUNED"
     assert dict(got.trials[2].intermediate) == {1: 0.1}
