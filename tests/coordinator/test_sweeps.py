@@ -7,6 +7,7 @@ import grpc
 import pytest
 from coordinator_helpers import RPC_TIMEOUT, Worker, make_spec, wait_for
 
+from tunefleet.coordinator.store import JobStore
 from tunefleet.spec import spec_from_dict, spec_to_dict
 from tunefleet.status_details import read_details
 from tunefleet.v1 import coordinator_pb2, coordinator_pb2_grpc, job_pb2, sweep_pb2
@@ -193,7 +194,7 @@ def test_cancel_sweep_cancels_its_queued_and_running_trials(sweeper, client):
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_a_restart_neither_repeats_nor_loses_a_trial(start_coordinator):
+def test_a_restart_neither_repeats_nor_loses_a_trial(start_coordinator, tmp_path):
     spec = sweep_spec({"space": {"optimizer.lr": "loguniform(1e-5, 1e-2)"}, "max_trials": 5,
                        "algorithm": "random", "max_concurrent": 2})  # fmt: skip
     first = start_coordinator()
@@ -201,18 +202,24 @@ def test_a_restart_neither_repeats_nor_loses_a_trial(start_coordinator):
     sweep = sweeper.submit(spec)
     worker = Worker(sweeper.stub, "w1")
     finished = run_trial(worker, 0.6)
-    # A trial that ends while the coordinator is down is told on restart.
-    assignment = wait_for(lambda: worker.acquire(0.2))
+    running = wait_for(lambda: worker.acquire(0.2)).job.id
     sweeper.close()
     first.stop(grace=0)
+    # As if the coordinator died between storing a trial's end and telling its sweep: the
+    # job is SUCCEEDED in the jobs table, its trial still RUNNING in the sweep's.
+    store = JobStore(tmp_path / "coordinator.db")
+    store.transition(running, job_pb2.SUCCEEDED, "finished", summary={"eval_accuracy": 0.8})
+    store.close()
     second = start_coordinator()
     sweeper = Sweeper(second.address)
-    worker = Worker(sweeper.stub, "w1")  # registers again: its old job is requeued
+    worker = Worker(sweeper.stub, "w1")
     got = sweeper.get(sweep.id)
-    assert [t.number for t in got.trials] == [0, 1, 2]
+    # Told on start, and the next trial asked: numbers 0-3, none twice.
+    assert [t.number for t in got.trials] == [0, 1, 2, 3]
     assert got.trials[0].job_id == finished and got.trials[0].trial_state == "COMPLETE"
-    assert len({t.job_id for t in got.trials}) == 3
-    del assignment
+    (told,) = [t for t in got.trials if t.job_id == running]
+    assert told.trial_state == "COMPLETE" and told.value == 0.8
+    assert len({t.job_id for t in got.trials}) == 4
     while sweeper.get(sweep.id).state == sweep_pb2.SWEEP_RUNNING:
         run_trial(worker, 0.7)
     final = sweeper.get(sweep.id)
