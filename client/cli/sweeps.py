@@ -88,7 +88,7 @@ def submit(args) -> int:
                 f"stopped following; sweep {sweep.id} keeps running (ftctl sweep get {sweep.id}{flag})"
             )
             raise
-    render_sweep(console, sweep)
+    render_sweep(console, sweep, table=not console.is_terminal)  # the live table stays on screen
     return {SweepState.SUCCEEDED: EXIT_OK, SweepState.CANCELLED: EXIT_CANCELLED}.get(
         sweep.state, EXIT_FAILED
     )
@@ -146,7 +146,7 @@ def trials_table(sweep: Sweep) -> Table:
     return table
 
 
-def render_sweep(console, sweep: Sweep) -> None:
+def render_sweep(console, sweep: Sweep, *, table: bool = True) -> None:
     s = sweep.spec.sweep
     done = sum(1 for t in sweep.trials if t.job_state and t.job_state.is_terminal())
     lines = [
@@ -167,7 +167,7 @@ def render_sweep(console, sweep: Sweep) -> None:
             lines.append(("best model", sweep.best_artifacts["model"]))
     for key, value in lines:
         console.print(Text(printable(f"{key + ':':<12} {value}")))
-    if sweep.trials:
+    if table and sweep.trials:
         console.print(trials_table(sweep))
 
 
