@@ -278,3 +278,40 @@ def test_trials_of_a_failed_source_job_fail_and_the_sweep_ends_failed(sweeper, c
     assert [t.trial_state for t in sweep.trials] == ["FAIL", "FAIL"]
     assert all(t.job_state == job_pb2.FAILED for t in sweep.trials)
     assert "none reported accuracy" in sweep.reason
+
+
+def test_users_see_and_cancel_only_their_own_sweeps(start_coordinator):
+    from tunefleet.coordinator.auth import Role, TokenTable
+
+    tokens = TokenTable.from_entries(
+        [
+            {"name": "alice", "role": Role.USER.value, "token": "a" * 32},
+            {"name": "bob", "role": Role.USER.value, "token": "b" * 32},
+        ]
+    )
+    server = start_coordinator(tokens=tokens, insecure=True)
+    channel = grpc.insecure_channel(server.address)
+    stub = coordinator_pb2_grpc.CoordinatorStub(channel)
+
+    def as_user(token):
+        return (("authorization", f"Bearer {token}"),)
+
+    alice, bob = as_user("a" * 32), as_user("b" * 32)
+    request = coordinator_pb2.SubmitSweepRequest(spec=sweep_spec(GRID))
+    sweep = stub.SubmitSweep(request, metadata=alice, timeout=RPC_TIMEOUT)
+    assert sweep.submitter == "alice"
+    get = coordinator_pb2.GetSweepRequest(sweep_id=sweep.id)
+    assert stub.GetSweep(get, metadata=alice, timeout=RPC_TIMEOUT).id == sweep.id
+    for call, req in (
+        (stub.GetSweep, get),
+        (stub.CancelSweep, coordinator_pb2.CancelSweepRequest(sweep_id=sweep.id)),
+    ):
+        with pytest.raises(grpc.RpcError) as e:
+            call(req, metadata=bob, timeout=RPC_TIMEOUT)
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    listed = stub.ListSweeps(coordinator_pb2.ListSweepsRequest(), metadata=bob, timeout=RPC_TIMEOUT)
+    assert list(listed.sweeps) == []
+    # The trials are alice's jobs.
+    job = coordinator_pb2.GetJobRequest(job_id=sweep.trials[0].job_id)
+    assert stub.GetJob(job, metadata=alice, timeout=RPC_TIMEOUT).submitter == "alice"
+    channel.close()
