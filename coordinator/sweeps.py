@@ -22,6 +22,7 @@ ReportIngest call in with it), like lifecycle.py.
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import threading
 import warnings
@@ -242,7 +243,7 @@ class Sweeps:
             value = m.values.get(metric)
             if value is None and metric == "loss" and m.HasField("loss"):
                 value = m.loss
-            if value is not None:
+            if value is not None and math.isfinite(value):
                 trial.intermediate[int(m.step)] = float(value)
         self.store.update_trial(trial.sweep_id, trial.number, intermediate=trial.intermediate)
         if row.state != sweep_pb2.SWEEP_RUNNING or row.spec.sweep.pruner == "none":
@@ -268,6 +269,8 @@ class Sweeps:
         row = self.store.get_sweep(sweep_id)
         metric = row.spec.sweep.metric
         value = job.summary.get(f"eval_{metric}")
+        if value is not None and not math.isfinite(value):
+            value = None  # a diverged trial (NaN loss) is a failed one, not the best
         if job.state == job_pb2.SUCCEEDED and value is not None:
             state, note = "COMPLETE", ""
         else:
