@@ -166,7 +166,7 @@ class Sweeps:
             if row is None:
                 raise NotFound(f"sweep {sweep_id} not found")
             if row.state != sweep_pb2.SWEEP_RUNNING:
-                state = sweep_pb2.SweepState.Name(row.state)
+                state = sweep_pb2.SweepState.Name(row.state).removeprefix("SWEEP_")
                 raise FailedPrecondition(f"sweep {sweep_id} already {state}")
             self.store.update_sweep(
                 sweep_id, state=sweep_pb2.SWEEP_CANCELLED, reason=reason, finished_at=self._clock()
