@@ -190,6 +190,10 @@ def test_cancel_sweep_cancels_its_queued_and_running_trials(sweeper, client):
     worker.finish(running, assignment.attempt, job_pb2.CANCELLED)
     assert len(sweeper.get(sweep.id).trials) == 2  # no more were created
     with pytest.raises(grpc.RpcError) as e:
+        sweeper.cancel(sweep.id)
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert e.value.details() == f"sweep {sweep.id} already CANCELLED"
+    with pytest.raises(grpc.RpcError) as e:
         sweeper.get("sweep-nope")
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
 
