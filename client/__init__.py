@@ -47,6 +47,12 @@ if TYPE_CHECKING:
     from tunefleet.client.local import (
         LocalCluster,
     )
+    from tunefleet.client.sweeps import (
+        Sweep,
+        SweepHandle,
+        SweepState,
+        Trial,
+    )
     from tunefleet.client.types import (
         Event,
         Job,
@@ -82,6 +88,10 @@ _EXPORTS = {
     "ValidationError": "tunefleet.client.errors",
     "from_rpc_error": "tunefleet.client.errors",
     "LocalCluster": "tunefleet.client.local",
+    "Sweep": "tunefleet.client.sweeps",
+    "SweepHandle": "tunefleet.client.sweeps",
+    "SweepState": "tunefleet.client.sweeps",
+    "Trial": "tunefleet.client.sweeps",
     "Event": "tunefleet.client.types",
     "Job": "tunefleet.client.types",
     "JobState": "tunefleet.client.types",
@@ -117,6 +127,10 @@ __all__ = [
     "ResourceExhausted",
     "RetryPolicy",
     "StateChange",
+    "Sweep",
+    "SweepHandle",
+    "SweepState",
+    "Trial",
     "TunefleetError",
     "Unauthenticated",
     "Unavailable",

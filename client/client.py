@@ -37,6 +37,7 @@ from tunefleet.client.errors import (
     ValidationError,
     from_rpc_error,
 )
+from tunefleet.client.sweeps import SweepClient
 from tunefleet.client.types import Event, Job, JobState, Worker
 from tunefleet.defaults import DEFAULT_ADDRESS, ENV_COORDINATOR
 from tunefleet.transport import SDK_CHANNEL_OPTIONS, ChannelSecurity, RetryPolicy, open_channel
@@ -64,8 +65,9 @@ _HEX = re.compile(r"[0-9a-f]+")
 SpecLike = spec_pb2.JobSpec | dict | str | os.PathLike
 
 
-class Client:
-    """A connection to one tunefleet coordinator.
+class Client(SweepClient):
+    """A connection to one tunefleet coordinator (sweeps: `submit_sweep` and the other
+    calls of `tunefleet.client.sweeps.SweepClient`).
 
     Args:
         target: "host:port" of the coordinator. Default: $TUNEFLEET_COORDINATOR, else

@@ -40,12 +40,14 @@ class JobState(str, Enum):
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
+    # A sweep's trial its pruner stopped early (not a failure).
+    PRUNED = "PRUNED"
 
     def __str__(self) -> str:
         return self.value
 
     def is_terminal(self) -> bool:
-        """SUCCEEDED, FAILED and CANCELLED never change again."""
+        """SUCCEEDED, FAILED, CANCELLED and PRUNED never change again."""
         return self in _TERMINAL
 
     def to_proto(self) -> int:
@@ -72,7 +74,7 @@ class JobState(str, Enum):
             raise ValueError(f"unknown job state {value!r}; expected one of: {allowed}") from None
 
 
-_TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+_TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.PRUNED})
 
 
 def timestamp_to_datetime(ts: timestamp_pb2.Timestamp) -> datetime:

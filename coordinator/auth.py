@@ -5,8 +5,9 @@ only by their SHA-256 (a tokens file may also hold plaintext tokens, hashed on l
 each to a named principal with a role, and checks the role against the method:
 
     admin   every RPC (DrainWorker only admins)
-    user    SubmitJob, GetJob, ListJobs, CancelJob, StreamEvents(+Batches), ListWorkers -- only
-            on the jobs it submitted (the servicer checks ownership, see `may_see`)
+    user    SubmitJob, GetJob, ListJobs, CancelJob, StreamEvents(+Batches), ListWorkers and
+            the sweep RPCs -- only on the jobs and sweeps it submitted (the servicer checks
+            ownership, see `may_see`)
     worker  RegisterWorker, Heartbeat, AcquireJob, ReportEvents, FinishJob, ReleaseJob
 
 No or unknown token -> UNAUTHENTICATED; a known token calling a method its role lacks ->
@@ -80,6 +81,10 @@ USER_METHODS = frozenset(
         "StreamEvents",
         "StreamEventBatches",
         "ListWorkers",
+        "SubmitSweep",
+        "GetSweep",
+        "ListSweeps",
+        "CancelSweep",
     }
 )
 WORKER_METHODS = frozenset(

@@ -72,6 +72,8 @@ class ReportIngest:
         self._clock = clock
         self._queue_lock = threading.Lock()
         self._queue: list[_Report] = []
+        # Called (lock held) with each job's newly stored events: sweeps feed their pruners.
+        self.on_stored: Callable[[str, list[job_pb2.Event]], None] | None = None
 
     def report(
         self,
@@ -117,6 +119,10 @@ class ReportIngest:
                 ticket.done = True
         for job_id, seq, events in published:
             self.bus.publish(job_id, seq, events)
+        if self.on_stored is not None:
+            for job_id, _, events in published:
+                if events:
+                    self.on_stored(job_id, events)
 
     def _store(self, ticket: _Report, published: _Published) -> int:
         """One report, inside the commit. Of a multi-node job's other members (rank > 0)

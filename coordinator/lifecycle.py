@@ -82,6 +82,9 @@ class JobLifecycle:
         self.retry_backoff_s = retry_backoff_s
         self.retry_backoff_max_s = retry_backoff_max_s
         self.max_requeues = max_requeues
+        # Sweeps (coordinator/sweeps.py), set by the Scheduler: a trial's end is told to its
+        # sweep, and a pruned trial ends PRUNED rather than CANCELLED.
+        self.sweeps = None
 
     def get_job(self, job_id: str) -> job_pb2.Job:
         job = self.store.get_job(job_id)
@@ -152,6 +155,8 @@ class JobLifecycle:
 
     def finish(self, job: job_pb2.Job, state: int, reason: str, **fields) -> None:
         now = self._clock()
+        if self.sweeps is not None:
+            state, reason = self.sweeps.job_finishing(job, state, reason)
         if job.members and state != job_pb2.SUCCEEDED:
             # Members that succeed along with rank 0 say so themselves.
             fields["end_members"] = (job_pb2.CANCELLED, f"stopped with the gang: {reason}")
@@ -160,6 +165,8 @@ class JobLifecycle:
         )
         self.bus.publish(job.id, event.seq)
         log.info("job %s %s: %s", job.id, state_name(state), reason)
+        if self.sweeps is not None:
+            self.sweeps.job_finished(job)
         self.fail_dependents_of(job)
         self._on_change()
 

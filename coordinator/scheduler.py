@@ -45,6 +45,7 @@ from tunefleet.coordinator.ingest import ReportIngest
 from tunefleet.coordinator.lifecycle import DEFAULT_FINISH_REASONS, MAX_REQUEUES, JobLifecycle
 from tunefleet.coordinator.placement import Capacity
 from tunefleet.coordinator.store import JobStore, WorkerRecord
+from tunefleet.coordinator.sweeps import Sweeps
 from tunefleet.coordinator.waits import WaitReasons
 from tunefleet.states import ACTIVE_STATES, TERMINAL_STATES, is_terminal, state_name
 from tunefleet.v1 import coordinator_pb2, job_pb2, spec_pb2
@@ -87,6 +88,17 @@ class Scheduler:
             max_requeues=max_requeues,
         )
         self._reports = ReportIngest(self._jobs, self._lock, clock=clock)
+        # Sweeps create trials as jobs and hear how each one goes (coordinator/sweeps.py).
+        self.sweeps = Sweeps(
+            store,
+            self._lock,
+            queue_job=self._queue_job,
+            cancel_job=self.cancel,
+            clock=clock,
+            check_paths=check_paths,
+        )
+        self._jobs.sweeps = self.sweeps
+        self._reports.on_stored = self.sweeps.events_stored
         # Workers that said (in their heartbeats) they cannot take jobs now, and why. Kept in
         # memory: after a coordinator restart the next heartbeat says it again.
         self._unhealthy: dict[str, str] = {}
@@ -97,6 +109,7 @@ class Scheduler:
         # running while we were down and deserve lease_timeout_s to reach us again before
         # their jobs are written off.
         self._renew_leases()
+        self.sweeps.recover()
         self._lease_watch = threading.Thread(
             target=self._watch_leases, name="tunefleet-lease-watch", daemon=True
         )
@@ -119,6 +132,9 @@ class Scheduler:
     ) -> job_pb2.Job:
         """Validates and queues a job; a retried submit (same key) returns the first job.
         `submitter` is the authenticated caller's name ("" without authentication)."""
+        if spec.HasField("sweep"):
+            message = "a job has no sweep block; submit the file as a sweep (ftctl sweep submit)"
+            raise invalid_spec([("sweep", message)])
         try:  # with tunefleet.spec, the one validator; outside the lock: it may read files
             spec = specs.prepare(spec, check_paths=self.check_paths)
         except specs.SpecError as exc:
@@ -128,28 +144,35 @@ class Scheduler:
                 existing = self.store.find_by_idempotency_key(idempotency_key)
                 if existing is not None:
                     return existing
-            source = self._source_job(spec)
-            job_id = self._new_job_id()
-            job, event = self.store.insert_job(
-                job_id,
-                spec,
-                reason="submitted",
-                idempotency_key=idempotency_key,
-                source_job=source.id if source else "",
-                submitter=submitter,
-                now=self._clock(),
-            )
-            self.bus.publish(job_id, event.seq)
-            log.info(
-                "job %s submitted (priority %d, gpus %d)",
-                job_id,
-                spec.priority,
-                job.spec.resources.gpus,
-            )
-            if source is not None:
-                self._jobs.fail_dependents_of(source)
-            self._changed()
-            return self.get_job(job_id)
+            return self._queue_job(spec, submitter, idempotency_key)
+
+    def _queue_job(
+        self, spec: spec_pb2.JobSpec, submitter: str, idempotency_key: str = ""
+    ) -> job_pb2.Job:
+        """Inserts a prepared spec as a QUEUED job (a submit, or a sweep's trial); call with
+        the lock held."""
+        source = self._source_job(spec)
+        job_id = self._new_job_id()
+        job, event = self.store.insert_job(
+            job_id,
+            spec,
+            reason="submitted",
+            idempotency_key=idempotency_key,
+            source_job=source.id if source else "",
+            submitter=submitter,
+            now=self._clock(),
+        )
+        self.bus.publish(job_id, event.seq)
+        log.info(
+            "job %s submitted (priority %d, gpus %d)",
+            job_id,
+            spec.priority,
+            job.spec.resources.gpus,
+        )
+        if source is not None:
+            self._jobs.fail_dependents_of(source)
+        self._changed()
+        return self.get_job(job_id)
 
     def get_job(self, job_id: str) -> job_pb2.Job:
         """The job, or NOT_FOUND."""
@@ -366,7 +389,7 @@ class Scheduler:
     ) -> None:
         """Ends the worker's attempt. FAILED with `retryable` (the training process crashed)
         queues the job again while train.max_restarts allows, after a backoff."""
-        if state not in TERMINAL_STATES:
+        if state not in TERMINAL_STATES or state == job_pb2.PRUNED:  # PRUNED is the sweep's
             raise InvalidArgument(
                 f"state must be SUCCEEDED, FAILED or CANCELLED, not {state_name(state)}"
             )

@@ -154,9 +154,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
             raise ResourceExhausted(
                 f"the coordinator already streams events to {self.max_streams} followers "
                 "(ftctl server --max-followers); follow again later",
-                QuotaViolation(
-                    "--max-followers", "event streams open at once", self.max_streams
-                ),
+                QuotaViolation("--max-followers", "event streams open at once", self.max_streams),
             )
         if not context.add_callback(self._stream_slots.release):  # it ended already
             self._stream_slots.release()
@@ -168,6 +166,55 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
             # The client went away or we stop: the follower wakes and ends.
             on_subscribe=lambda subscription: context.add_callback(subscription.close),
         )
+
+    # ---- sweeps (coordinator/sweeps.py) ---------------------------------------------------
+
+    @_unary
+    def SubmitSweep(self, request, context):
+        if not request.HasField("spec"):
+            raise InvalidArgument("SubmitSweepRequest.spec is required")
+        principal = auth.caller(context)
+        key = request.idempotency_key
+        if len(key) > _MAX_IDEMPOTENCY_KEY_CHARS:
+            raise InvalidArgument(
+                f"SubmitSweepRequest.idempotency_key: at most {_MAX_IDEMPOTENCY_KEY_CHARS} "
+                f"characters, got {len(key):,}"
+            )
+        if key and principal is not None:
+            key = f"{principal.name}/{key}"
+        model = request.spec.model
+        if model.source == "job" and model.job:
+            source = self.scheduler.find_job(model.job)
+            if source is not None and not auth.may_see(principal, source.submitter):
+                raise invalid_spec([("model.job", f"job {model.job} not found")])
+        return self.scheduler.sweeps.submit(
+            request.spec, key, submitter=principal.name if principal else ""
+        )
+
+    @_unary
+    def GetSweep(self, request, context):
+        self._visible_sweep(context, request.sweep_id)
+        return self.scheduler.sweeps.get(request.sweep_id)
+
+    @_unary
+    def ListSweeps(self, request, context):
+        principal = auth.caller(context)
+        mine = principal.name if principal and principal.role is not auth.Role.ADMIN else None
+        limit = request.limit if 0 < request.limit <= MAX_LIST_PAGE else MAX_LIST_PAGE
+        return coordinator_pb2.ListSweepsResponse(
+            sweeps=self.scheduler.sweeps.list(limit, submitter=mine)
+        )
+
+    @_unary
+    def CancelSweep(self, request, context):
+        self._visible_sweep(context, request.sweep_id)
+        return self.scheduler.sweeps.cancel(request.sweep_id, request.reason)
+
+    def _visible_sweep(self, context, sweep_id: str) -> None:
+        """Another user's sweep is NOT_FOUND, like a missing one (as for jobs)."""
+        row = self.scheduler.sweeps.find(sweep_id)
+        if row is None or not auth.may_see(auth.caller(context), row.submitter):
+            raise NotFound(f"sweep {sweep_id} not found")
 
     @_unary
     def DrainWorker(self, request, context):

@@ -4,6 +4,8 @@ This module only assembles the commands; each noun module registers its own
 (`register(commands)`) and stays thin over the SDK or the component it starts:
 
     jobs       validate, submit, jobs, get, logs, cancel   SDK calls (tunefleet.client)
+    sweeps     sweep submit|get|list|cancel                SDK calls (tunefleet.client.sweeps)
+    compare    compare JOB|SWEEP...                        SDK calls
     workers    workers (and `worker drain`)                SDK calls
     server     server          the coordinator (tunefleet.coordinator.command_line)
     worker     worker          a worker daemon (tunefleet.worker.command_line)
@@ -30,9 +32,11 @@ os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 from tunefleet.client.cli import (  # noqa: E402
     artifacts,
+    compare,
     engine,
     jobs,
     server,
+    sweeps,
     token,
     up,
     worker,
@@ -56,7 +60,7 @@ from tunefleet.defaults import DEFAULT_ADDRESS  # noqa: E402
 __all__ = ["ENV_DEBUG", "build_parser", "main"]
 
 # In this order in `ftctl --help`.
-NOUNS = (jobs, workers, server, worker, up, token, engine, artifacts)
+NOUNS = (jobs, sweeps, compare, workers, server, worker, up, token, engine, artifacts)
 
 # TUNEFLEET_DEBUG=1 (or `ftctl --debug ...`): print the full traceback of any error.
 ENV_DEBUG = "TUNEFLEET_DEBUG"

@@ -254,6 +254,10 @@ def jobs_lines(jobs: list[Job], width: int) -> list[Text]:
 
 
 def get(args) -> int:
+    if args.job.startswith("sweep-"):  # a sweep's id: shown as `ftctl sweep get` does
+        from tunefleet.client.cli.sweeps import show
+
+        return show(args, args.job)
     with client(args) as sdk:
         job = sdk.get(args.job)
         reports = _compression_reports(sdk, job)

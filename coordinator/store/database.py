@@ -95,6 +95,40 @@ _ADDED_JOB_COLUMNS = {
 }
 
 
+# Sweeps (store/sweeps.py): a sweep and its trials' sampler records.
+_SWEEP_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sweeps (
+    id              TEXT PRIMARY KEY,
+    spec            BLOB NOT NULL,
+    state           INTEGER NOT NULL,
+    reason          TEXT NOT NULL DEFAULT '',
+    submitter       TEXT NOT NULL DEFAULT '',
+    idempotency_key TEXT UNIQUE,
+    grid_size       INTEGER NOT NULL DEFAULT 0,
+    best_trial      INTEGER,
+    best_value      REAL,
+    created_at      REAL NOT NULL,
+    finished_at     REAL
+);
+CREATE TABLE IF NOT EXISTS sweep_trials (
+    sweep_id       TEXT NOT NULL,
+    number         INTEGER NOT NULL,
+    job_id         TEXT NOT NULL DEFAULT '',
+    -- optuna's TrialState name: RUNNING | COMPLETE | PRUNED | FAIL
+    state          TEXT NOT NULL,
+    params         TEXT NOT NULL,
+    sampler_params TEXT NOT NULL,
+    distributions  TEXT NOT NULL,
+    system_attrs   TEXT NOT NULL DEFAULT '{}',
+    intermediate   TEXT NOT NULL DEFAULT '{}',
+    value          REAL,
+    note           TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (sweep_id, number)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS sweep_trials_by_job ON sweep_trials (job_id);
+"""
+
+
 class Database:
     """The connection and its transactions; the table classes (jobs, events, workers,
     stats) build their queries on it, and JobStore is all of them on one connection."""
@@ -122,7 +156,7 @@ class Database:
                 f"{self.path} has schema version {version}; this coordinator knows version "
                 f"{SCHEMA_VERSION}"
             )
-        self._conn.executescript(_SCHEMA + f"PRAGMA user_version={SCHEMA_VERSION};")
+        self._conn.executescript(_SCHEMA + _SWEEP_SCHEMA + f"PRAGMA user_version={SCHEMA_VERSION};")
         columns = {row[1] for row in self._conn.execute("PRAGMA table_info(jobs)")}
         for name, declaration in _ADDED_JOB_COLUMNS.items():
             if name not in columns:

@@ -2,7 +2,8 @@
 
 from tunefleet.v1 import job_pb2
 
-TERMINAL_STATES = frozenset({job_pb2.SUCCEEDED, job_pb2.FAILED, job_pb2.CANCELLED})
+# PRUNED: a sweep's trial its pruner stopped (through the cancel path).
+TERMINAL_STATES = frozenset({job_pb2.SUCCEEDED, job_pb2.FAILED, job_pb2.CANCELLED, job_pb2.PRUNED})
 # A placed job: a worker (or each member of a multi-node job) holds it under a lease.
 ACTIVE_STATES = (job_pb2.ASSIGNED, job_pb2.RUNNING)
 

@@ -205,6 +205,13 @@ BAD_INPUTS = [
     (["plan", "{tmp}/nope.yaml"], 1, "no such file"),
     (["plot", "job-nope"], 1, "job job-nope not found"),
     (["artifacts", "job-nope"], 1, "job job-nope not found"),
+    (["sweep", "get", "sweep-nope"], 1, "sweep sweep-nope not found"),
+    (["sweep", "submit"], 1, "ftctl sweep submit FILE: which one?"),
+    (["sweep", "submit", "{tmp}/nope.yaml"], 1, "no such file"),
+    (["sweep", "cancel", "sweep-nope"], 1, "sweep sweep-nope not found"),
+    (["sweep", "bogus"], 2, "invalid choice: 'bogus'"),
+    (["compare", "job-nope"], 1, "job job-nope not found"),
+    (["compare", "sweep-nope", "--json"], 1, "sweep sweep-nope not found"),
 ]
 
 

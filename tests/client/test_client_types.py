@@ -20,7 +20,8 @@ def test_job_state_mirrors_the_proto_enum():
     assert [s.value for s in JobState] == names
     for s in JobState:
         assert JobState.from_proto(s.to_proto()) is s
-        assert s.is_terminal() == (s in {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+        ended = {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.PRUNED}
+        assert s.is_terminal() == (s in ended)
     assert JobState.parse("running") is JobState.RUNNING
     assert JobState.parse(job_pb2.QUEUED) is JobState.QUEUED
     assert JobState.RUNNING == "RUNNING" and f"{JobState.FAILED}" == "FAILED"

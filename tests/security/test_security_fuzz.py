@@ -185,6 +185,13 @@ def messages(draw, desc, depth: int = 0):
             continue
         if f.message_type is not None and f.message_type.GetOptions().map_entry:
             value_field = f.message_type.fields_by_name["value"]
+            if value_field.message_type is not None:  # e.g. sweep.space: path -> SweepParam
+                if depth >= 2:
+                    continue
+                for key in draw(st.lists(WORDS, max_size=2, unique=True)):
+                    sub = draw(messages(value_field.message_type, depth + 1))
+                    getattr(msg, f.name)[key].CopyFrom(sub)
+                continue
             entries = draw(st.dictionaries(WORDS, _SCALAR_STRATEGIES[value_field.type], max_size=3))
             getattr(msg, f.name).update(entries)
         elif f.message_type is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tunefleet.limits import safe_name
+from tunefleet.spec import sweep
 from tunefleet.spec.defaults import resolve_defaults
 from tunefleet.spec.errors import FieldError, SpecError
 from tunefleet.spec.parse import parse_lenient, read_yaml, spec_from_dict, spec_to_dict
@@ -49,6 +50,10 @@ def prepare(
     ]
     if errors:
         raise SpecError(errors, source)
+    if spec.HasField("sweep"):
+        # A sweep's base keeps its gaps: a default may depend on a swept field (head_only's
+        # lr), so each trial's spec is resolved on its own once its values are drawn.
+        return sweep.resolve(spec)
     return resolve_defaults(spec)
 
 

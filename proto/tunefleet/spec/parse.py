@@ -18,6 +18,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from tunefleet.limits import MAX_YAML_BYTES, MAX_YAML_DEPTH, MAX_YAML_NODES, quote
 from tunefleet.spec.errors import FieldError, SpecError
+from tunefleet.spec.sweep import normalize_block
 from tunefleet.v1 import spec_pb2
 
 _INT_TYPES = {
@@ -159,7 +160,7 @@ def _value(field: FieldDescriptor, value: Any, path: str, errors: list[FieldErro
             errors.append(FieldError(path, f"expected a mapping, got {type(value).__name__}"))
             return None
         value_field = field.message_type.fields_by_name["value"]
-        items = {str(k): _scalar(value_field, v, f"{path}.{k}", errors) for k, v in value.items()}
+        items = {str(k): _single(value_field, v, f"{path}.{k}", errors) for k, v in value.items()}
         return {k: v for k, v in items.items() if v is not None}
     if _is_repeated(field):
         if not isinstance(value, list):
@@ -180,6 +181,8 @@ def parse_lenient(data: Any) -> tuple[spec_pb2.JobSpec, list[FieldError]]:
     """Parse what can be parsed and list the rest, so that semantic checks can still run
     on the good fields and the user sees every problem in one go."""
     errors: list[FieldError] = []
+    if isinstance(data, dict) and "sweep" in data:  # its YAML shorthand, spelt out
+        data = {**data, "sweep": normalize_block(data["sweep"], errors)}
     clean = _message(spec_pb2.JobSpec.DESCRIPTOR, data, "", errors)
     return json_format.ParseDict(clean or {}, spec_pb2.JobSpec()), errors
 

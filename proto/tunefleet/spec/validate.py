@@ -16,6 +16,7 @@ from tunefleet.spec.errors import FieldError
 from tunefleet.spec.model_blocks import body_block_count
 from tunefleet.spec.model_config import max_positions
 from tunefleet.spec.paths import looks_local
+from tunefleet.spec.sweep import check as check_sweep
 from tunefleet.v1 import spec_pb2
 
 
@@ -132,6 +133,8 @@ def validate(spec: spec_pb2.JobSpec, *, check_paths: bool = True) -> list[FieldE
             "(1 MiB). Keep large data (labels, lists) in files the job reads",
         )
         return c.errors
+    if spec.HasField("sweep"):  # every job the sweep can create (tunefleet.spec.sweep)
+        return check_sweep(spec, lambda job: validate(job, check_paths=check_paths))
     if not spec.name:
         c.fail("name", "required: a short name for the job")
     elif len(spec.name) > limits.MAX_NAME_CHARS:

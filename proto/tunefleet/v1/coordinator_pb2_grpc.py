@@ -5,6 +5,7 @@ import warnings
 
 from tunefleet.v1 import coordinator_pb2 as tunefleet_dot_v1_dot_coordinator__pb2
 from tunefleet.v1 import job_pb2 as tunefleet_dot_v1_dot_job__pb2
+from tunefleet.v1 import sweep_pb2 as tunefleet_dot_v1_dot_sweep__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -74,6 +75,26 @@ class CoordinatorStub:
                 '/tunefleet.v1.Coordinator/DrainWorker',
                 request_serializer=tunefleet_dot_v1_dot_coordinator__pb2.DrainWorkerRequest.SerializeToString,
                 response_deserializer=tunefleet_dot_v1_dot_coordinator__pb2.Worker.FromString,
+                _registered_method=True)
+        self.SubmitSweep = channel.unary_unary(
+                '/tunefleet.v1.Coordinator/SubmitSweep',
+                request_serializer=tunefleet_dot_v1_dot_coordinator__pb2.SubmitSweepRequest.SerializeToString,
+                response_deserializer=tunefleet_dot_v1_dot_sweep__pb2.Sweep.FromString,
+                _registered_method=True)
+        self.GetSweep = channel.unary_unary(
+                '/tunefleet.v1.Coordinator/GetSweep',
+                request_serializer=tunefleet_dot_v1_dot_coordinator__pb2.GetSweepRequest.SerializeToString,
+                response_deserializer=tunefleet_dot_v1_dot_sweep__pb2.Sweep.FromString,
+                _registered_method=True)
+        self.ListSweeps = channel.unary_unary(
+                '/tunefleet.v1.Coordinator/ListSweeps',
+                request_serializer=tunefleet_dot_v1_dot_coordinator__pb2.ListSweepsRequest.SerializeToString,
+                response_deserializer=tunefleet_dot_v1_dot_coordinator__pb2.ListSweepsResponse.FromString,
+                _registered_method=True)
+        self.CancelSweep = channel.unary_unary(
+                '/tunefleet.v1.Coordinator/CancelSweep',
+                request_serializer=tunefleet_dot_v1_dot_coordinator__pb2.CancelSweepRequest.SerializeToString,
+                response_deserializer=tunefleet_dot_v1_dot_sweep__pb2.Sweep.FromString,
                 _registered_method=True)
         self.RegisterWorker = channel.unary_unary(
                 '/tunefleet.v1.Coordinator/RegisterWorker',
@@ -166,6 +187,33 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitSweep(self, request, context):
+        """Sweeps: a base job plus a search space (spec.sweep); the coordinator creates the
+        trials (ordinary jobs) as the sweep needs them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSweep(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSweeps(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelSweep(self, request, context):
+        """No more trials; the queued and running ones are cancelled.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RegisterWorker(self, request, context):
         """Worker API.
         """
@@ -250,6 +298,26 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.DrainWorker,
                     request_deserializer=tunefleet_dot_v1_dot_coordinator__pb2.DrainWorkerRequest.FromString,
                     response_serializer=tunefleet_dot_v1_dot_coordinator__pb2.Worker.SerializeToString,
+            ),
+            'SubmitSweep': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitSweep,
+                    request_deserializer=tunefleet_dot_v1_dot_coordinator__pb2.SubmitSweepRequest.FromString,
+                    response_serializer=tunefleet_dot_v1_dot_sweep__pb2.Sweep.SerializeToString,
+            ),
+            'GetSweep': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSweep,
+                    request_deserializer=tunefleet_dot_v1_dot_coordinator__pb2.GetSweepRequest.FromString,
+                    response_serializer=tunefleet_dot_v1_dot_sweep__pb2.Sweep.SerializeToString,
+            ),
+            'ListSweeps': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSweeps,
+                    request_deserializer=tunefleet_dot_v1_dot_coordinator__pb2.ListSweepsRequest.FromString,
+                    response_serializer=tunefleet_dot_v1_dot_coordinator__pb2.ListSweepsResponse.SerializeToString,
+            ),
+            'CancelSweep': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelSweep,
+                    request_deserializer=tunefleet_dot_v1_dot_coordinator__pb2.CancelSweepRequest.FromString,
+                    response_serializer=tunefleet_dot_v1_dot_sweep__pb2.Sweep.SerializeToString,
             ),
             'RegisterWorker': grpc.unary_unary_rpc_method_handler(
                     servicer.RegisterWorker,
@@ -498,6 +566,114 @@ class Coordinator:
             '/tunefleet.v1.Coordinator/DrainWorker',
             tunefleet_dot_v1_dot_coordinator__pb2.DrainWorkerRequest.SerializeToString,
             tunefleet_dot_v1_dot_coordinator__pb2.Worker.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitSweep(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tunefleet.v1.Coordinator/SubmitSweep',
+            tunefleet_dot_v1_dot_coordinator__pb2.SubmitSweepRequest.SerializeToString,
+            tunefleet_dot_v1_dot_sweep__pb2.Sweep.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSweep(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tunefleet.v1.Coordinator/GetSweep',
+            tunefleet_dot_v1_dot_coordinator__pb2.GetSweepRequest.SerializeToString,
+            tunefleet_dot_v1_dot_sweep__pb2.Sweep.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSweeps(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tunefleet.v1.Coordinator/ListSweeps',
+            tunefleet_dot_v1_dot_coordinator__pb2.ListSweepsRequest.SerializeToString,
+            tunefleet_dot_v1_dot_coordinator__pb2.ListSweepsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelSweep(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tunefleet.v1.Coordinator/CancelSweep',
+            tunefleet_dot_v1_dot_coordinator__pb2.CancelSweepRequest.SerializeToString,
+            tunefleet_dot_v1_dot_sweep__pb2.Sweep.FromString,
             options,
             channel_credentials,
             insecure,

@@ -20,6 +20,7 @@ class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SUCCEEDED: _ClassVar[JobState]
     FAILED: _ClassVar[JobState]
     CANCELLED: _ClassVar[JobState]
+    PRUNED: _ClassVar[JobState]
 JOB_STATE_UNSPECIFIED: JobState
 QUEUED: JobState
 ASSIGNED: JobState
@@ -27,6 +28,7 @@ RUNNING: JobState
 SUCCEEDED: JobState
 FAILED: JobState
 CANCELLED: JobState
+PRUNED: JobState
 
 class Job(_message.Message):
     __slots__ = ("id", "spec", "state", "reason", "attempt", "created_at", "started_at", "finished_at", "updated_at", "worker_id", "artifacts", "last_seq", "summary", "cancel_requested", "submitter", "restarts", "not_before", "members", "rendezvous")

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class JobSpec(_message.Message):
-    __slots__ = ("name", "model", "data", "finetune", "optimizer", "schedule", "train", "eval", "resources", "compression", "output", "priority", "labels")
+    __slots__ = ("name", "model", "data", "finetune", "optimizer", "schedule", "train", "eval", "resources", "compression", "output", "priority", "labels", "sweep")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +28,7 @@ class JobSpec(_message.Message):
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    SWEEP_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: ModelSpec
     data: DataSpec
@@ -41,7 +42,56 @@ class JobSpec(_message.Message):
     output: OutputSpec
     priority: int
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ..., data: _Optional[_Union[DataSpec, _Mapping]] = ..., finetune: _Optional[_Union[FinetuneSpec, _Mapping]] = ..., optimizer: _Optional[_Union[OptimizerSpec, _Mapping]] = ..., schedule: _Optional[_Union[ScheduleSpec, _Mapping]] = ..., train: _Optional[_Union[TrainSpec, _Mapping]] = ..., eval: _Optional[_Union[EvalSpec, _Mapping]] = ..., resources: _Optional[_Union[ResourceSpec, _Mapping]] = ..., compression: _Optional[_Union[CompressionSpec, _Mapping]] = ..., output: _Optional[_Union[OutputSpec, _Mapping]] = ..., priority: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    sweep: SweepSpec
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ..., data: _Optional[_Union[DataSpec, _Mapping]] = ..., finetune: _Optional[_Union[FinetuneSpec, _Mapping]] = ..., optimizer: _Optional[_Union[OptimizerSpec, _Mapping]] = ..., schedule: _Optional[_Union[ScheduleSpec, _Mapping]] = ..., train: _Optional[_Union[TrainSpec, _Mapping]] = ..., eval: _Optional[_Union[EvalSpec, _Mapping]] = ..., resources: _Optional[_Union[ResourceSpec, _Mapping]] = ..., compression: _Optional[_Union[CompressionSpec, _Mapping]] = ..., output: _Optional[_Union[OutputSpec, _Mapping]] = ..., priority: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., sweep: _Optional[_Union[SweepSpec, _Mapping]] = ...) -> None: ...
+
+class SweepSpec(_message.Message):
+    __slots__ = ("space", "metric", "mode", "max_trials", "max_concurrent", "seed", "algorithm", "pruner")
+    class SpaceEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: SweepParam
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[SweepParam, _Mapping]] = ...) -> None: ...
+    SPACE_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    MAX_TRIALS_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONCURRENT_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    PRUNER_FIELD_NUMBER: _ClassVar[int]
+    space: _containers.MessageMap[str, SweepParam]
+    metric: str
+    mode: str
+    max_trials: int
+    max_concurrent: int
+    seed: int
+    algorithm: str
+    pruner: str
+    def __init__(self, space: _Optional[_Mapping[str, SweepParam]] = ..., metric: _Optional[str] = ..., mode: _Optional[str] = ..., max_trials: _Optional[int] = ..., max_concurrent: _Optional[int] = ..., seed: _Optional[int] = ..., algorithm: _Optional[str] = ..., pruner: _Optional[str] = ...) -> None: ...
+
+class SweepParam(_message.Message):
+    __slots__ = ("type", "values", "low", "high", "when")
+    class WhenEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    LOW_FIELD_NUMBER: _ClassVar[int]
+    HIGH_FIELD_NUMBER: _ClassVar[int]
+    WHEN_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    values: _containers.RepeatedScalarFieldContainer[str]
+    low: float
+    high: float
+    when: _containers.ScalarMap[str, str]
+    def __init__(self, type: _Optional[str] = ..., values: _Optional[_Iterable[str]] = ..., low: _Optional[float] = ..., high: _Optional[float] = ..., when: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ModelSpec(_message.Message):
     __slots__ = ("source", "name", "num_labels", "labels", "weights", "checkpoint", "job", "revision", "head", "init")

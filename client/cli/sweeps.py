@@ -1,0 +1,241 @@
+"""`ftctl sweep submit|get|list|cancel`: sweeps over the SDK (tunefleet.client.sweeps).
+
+`ftctl sweep submit FILE --follow` keeps a live table (trial, params, state, value, best so
+far) until every trial has ended. `ftctl get SWEEP_ID` shows a sweep as `sweep get` does.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from tunefleet.client.cli.common import (
+    EXIT_CANCELLED,
+    EXIT_FAILED,
+    EXIT_OK,
+    Commands,
+    client,
+    coordinator_flag,
+    note,
+    stdout,
+)
+from tunefleet.client.errors import TunefleetError
+from tunefleet.client.sweeps import Sweep, SweepState
+from tunefleet.limits import printable
+
+ACTIONS = ("submit", "get", "list", "cancel")
+_POLL_S = 1.0
+
+
+def register(commands: Commands) -> None:
+    p = commands.add(
+        "sweep",
+        run,
+        "sweeps: submit a job file with a sweep: block; get, list or cancel sweeps",
+    )
+    p.add_argument("action", choices=ACTIONS, metavar="ACTION", help=" | ".join(ACTIONS))
+    p.add_argument(
+        "target", nargs="?", metavar="FILE|SWEEP", help="submit: FILE; get/cancel: SWEEP"
+    )
+    p.add_argument("-f", "--follow", action="store_true", help="submit: follow until it ends")
+    p.add_argument("--json", action="store_true", help="get/list: print JSON")
+    p.add_argument("--reason", default="", help="cancel: why (kept with the sweep)")
+    p.add_argument("--idempotency-key", default=None, help="submit: retry-safe key")
+
+
+def run(args) -> int:
+    if args.action != "list" and not args.target:
+        what = "FILE" if args.action == "submit" else "SWEEP"
+        raise TunefleetError(f"ftctl sweep {args.action} {what}: which one?")
+    if args.action == "submit":
+        return submit(args)
+    if args.action == "get":
+        return show(args, args.target)
+    if args.action == "list":
+        return list_sweeps(args)
+    with client(args) as sdk:
+        sweep = sdk.cancel_sweep(args.target, args.reason)
+    stdout().print(Text(f"sweep {sweep.id}: {sweep.state.value} ({printable(sweep.reason)})"))
+    return EXIT_OK
+
+
+def submit(args) -> int:
+    console = stdout()
+    args.file = args.target  # `main` names the file in a ValidationError's listing
+    with client(args) as sdk:
+        handle = sdk.submit_sweep(args.target, idempotency_key=args.idempotency_key)
+        sweep = handle.sweep
+        s = sweep.spec.sweep
+        console.print(
+            Text(
+                f"submitted sweep {sweep.id} ({sweep.name}): {s.algorithm}, {s.max_trials} "
+                f"trials, {s.max_concurrent} at once, {s.mode} {s.metric}"
+            )
+        )
+        flag = coordinator_flag(args)
+        if not args.follow:
+            console.print(Text(f"  status:  ftctl sweep get {sweep.id}{flag}"))
+            console.print(Text(f"  cancel:  ftctl sweep cancel {sweep.id}{flag}"))
+            return EXIT_OK
+        try:
+            sweep = follow(handle, console)
+        except KeyboardInterrupt:
+            note(
+                f"stopped following; sweep {sweep.id} keeps running (ftctl sweep get {sweep.id}{flag})"
+            )
+            raise
+    render_sweep(console, sweep, table=not console.is_terminal)  # the live table stays on screen
+    return {SweepState.SUCCEEDED: EXIT_OK, SweepState.CANCELLED: EXIT_CANCELLED}.get(
+        sweep.state, EXIT_FAILED
+    )
+
+
+def follow(handle, console) -> Sweep:
+    """Polls the sweep until it ends: a live table on a terminal, a line per change
+    otherwise (logs and pipes)."""
+    if console.is_terminal:
+        with Live(trials_table(handle.get()), console=console, refresh_per_second=2) as live:
+            while not (sweep := handle.get()).is_terminal():
+                live.update(trials_table(sweep))
+                time.sleep(_POLL_S)
+            live.update(trials_table(sweep))
+        return sweep
+    seen: dict[int, str] = {}
+    while True:
+        sweep = handle.get()
+        for t in sweep.trials:
+            state = t.job_state.value if t.job_state else t.trial_state
+            if seen.get(t.number) != state:
+                seen[t.number] = state
+                value = "" if t.value is None else f" {sweep.metric} {t.value:.4g}"
+                console.print(
+                    Text(printable(f"trial {t.number} {t.job_id} {_params(t)}: {state}{value}"))
+                )
+        if sweep.is_terminal():
+            return sweep
+        time.sleep(_POLL_S)
+
+
+def _params(trial) -> str:
+    return ", ".join(f"{k}={v}" for k, v in trial.params.items())
+
+
+def trials_table(sweep: Sweep) -> Table:
+    """Trial, params, state, value and the best value so far, in trial order."""
+    table = Table(title=f"sweep {sweep.id} ({sweep.name}): {sweep.state.value}")
+    for column in ("trial", "job", "params", "state", sweep.metric, "best so far"):
+        table.add_column(column)
+    pick = min if sweep.mode == "min" else max
+    best = None
+    for t in sweep.trials:
+        if t.value is not None:
+            best = t.value if best is None else pick(best, t.value)
+        mark = " *" if t.number == sweep.best_trial else ""
+        table.add_row(
+            f"{t.number}{mark}",
+            t.job_id or "-",
+            printable(_params(t)),
+            t.job_state.value if t.job_state else t.trial_state,
+            "" if t.value is None else f"{t.value:.4f}",
+            "" if best is None else f"{best:.4f}",
+        )
+    return table
+
+
+def render_sweep(console, sweep: Sweep, *, table: bool = True) -> None:
+    s = sweep.spec.sweep
+    done = sum(1 for t in sweep.trials if t.job_state and t.job_state.is_terminal())
+    lines = [
+        ("sweep", f"{sweep.id} ({sweep.name})"),
+        ("state", f"{sweep.state.value}: {sweep.reason}"),
+        ("search", f"{s.algorithm}, pruner {s.pruner}, {s.mode} {s.metric}"),
+        (
+            "trials",
+            f"{done} ended of {len(sweep.trials)} created, {s.max_trials} in all, "
+            f"{s.max_concurrent} at once",
+        ),  # fmt: skip
+    ]
+    best = sweep.best()
+    if best is not None:
+        lines.append(("best", f"trial {best.number} ({best.job_id}) {sweep.metric} "
+                              f"{best.value:.4f}: {_params(best)}"))  # fmt: skip
+        if "model" in sweep.best_artifacts:
+            lines.append(("best model", sweep.best_artifacts["model"]))
+    for key, value in lines:
+        console.print(Text(printable(f"{key + ':':<12} {value}")))
+    if table and sweep.trials:
+        console.print(trials_table(sweep))
+
+
+def sweep_dict(sweep: Sweep) -> dict:
+    s = sweep.spec.sweep
+    return {
+        "id": sweep.id,
+        "name": sweep.name,
+        "state": sweep.state.value,
+        "reason": sweep.reason,
+        "metric": s.metric,
+        "mode": s.mode,
+        "algorithm": s.algorithm,
+        "pruner": s.pruner,
+        "max_trials": s.max_trials,
+        "max_concurrent": s.max_concurrent,
+        "best_trial": sweep.best_trial,
+        "best_job_id": sweep.best_job_id,
+        "best_value": sweep.best_value,
+        "best_artifacts": sweep.best_artifacts,
+        "trials": [
+            {
+                "number": t.number,
+                "job_id": t.job_id,
+                "job_state": t.job_state.value if t.job_state else None,
+                "trial_state": t.trial_state,
+                "params": t.params,
+                "value": t.value,
+                "intermediate": {str(k): v for k, v in t.intermediate.items()},
+            }
+            for t in sweep.trials
+        ],
+    }
+
+
+def show(args, sweep_id: str) -> int:
+    """`ftctl sweep get SWEEP` and `ftctl get SWEEP`."""
+    with client(args) as sdk:
+        sweep = sdk.get_sweep(sweep_id)
+    if args.json:
+        print(json.dumps(sweep_dict(sweep), indent=2))
+    else:
+        render_sweep(stdout(), sweep)
+    return EXIT_OK
+
+
+def list_sweeps(args) -> int:
+    with client(args) as sdk:
+        sweeps = sdk.list_sweeps()
+    if args.json:
+        print(json.dumps([sweep_dict(s) for s in sweeps], indent=2))
+        return EXIT_OK
+    console = stdout()
+    if not sweeps:
+        console.print("no sweeps; submit one with: ftctl sweep submit FILE")
+        return EXIT_OK
+    table = Table()
+    for column in ("id", "name", "state", "trials", "metric", "best", "best job"):
+        table.add_column(column)
+    for s in sweeps:
+        table.add_row(
+            s.id,
+            printable(s.name),
+            s.state.value,
+            f"{len(s.trials)}/{s.spec.sweep.max_trials}",
+            f"{s.mode} {s.metric}",
+            "" if s.best_value is None else f"{s.best_value:.4f}",
+            s.best_job_id,
+        )
+    console.print(table)
+    return EXIT_OK

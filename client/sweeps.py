@@ -1,0 +1,233 @@
+"""Sweeps in the SDK: submit a job file with a `sweep:` block, follow its trials, pick the
+best one.
+
+    with Client() as client:
+        sweep = client.submit_sweep("examples/sweep.yaml")
+        final = sweep.wait()
+        best = sweep.best()            # a Trial: its params, value and job id
+        print(best.params, best.value, final.best_artifacts["model"])
+
+The coordinator runs the search (coordinator/sweeps.py); every trial is an ordinary job, so
+`client.get(trial.job_id)` and `client.events(trial.job_id)` work on it as on any job.
+Errors are the SDK's own (tunefleet.client.errors).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum
+
+from tunefleet.client.errors import DeadlineExceeded
+from tunefleet.client.types import JobState, timestamp_to_datetime
+from tunefleet.v1 import coordinator_pb2, job_pb2, spec_pb2, sweep_pb2
+
+__all__ = ["Sweep", "SweepClient", "SweepHandle", "SweepState", "Trial"]
+
+
+class SweepState(str, Enum):
+    """A sweep's state; the values are the proto enum's names without `SWEEP_`."""
+
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def is_terminal(self) -> bool:
+        return self is not SweepState.RUNNING
+
+    @classmethod
+    def from_proto(cls, value: int) -> SweepState:
+        try:
+            return cls(sweep_pb2.SweepState.Name(value).removeprefix("SWEEP_"))
+        except ValueError:
+            raise ValueError(f"unknown sweep state {value}") from None
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One trial: the values drawn for it and how its job went."""
+
+    number: int
+    job_id: str
+    # None while the trial has no job (its spec was refused).
+    job_state: JobState | None
+    # The sampler's view: RUNNING | COMPLETE | PRUNED | FAIL.
+    trial_state: str
+    # JobSpec field path -> the value drawn, as YAML writes it.
+    params: dict[str, str]
+    # The sweep's metric (best validation value) once the trial completed.
+    value: float | None
+    # Validation metric by step, as reported so far.
+    intermediate: dict[int, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_proto(cls, msg: sweep_pb2.Trial) -> Trial:
+        state = None if msg.job_state == job_pb2.JOB_STATE_UNSPECIFIED else msg.job_state
+        return cls(
+            number=msg.number,
+            job_id=msg.job_id,
+            job_state=JobState.from_proto(state) if state is not None else None,
+            trial_state=msg.trial_state,
+            params=dict(msg.params),
+            value=msg.value if msg.HasField("value") else None,
+            intermediate=dict(sorted(msg.intermediate.items())),
+        )
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A sweep as the coordinator last reported it."""
+
+    id: str
+    name: str
+    state: SweepState
+    reason: str
+    trials: tuple[Trial, ...]
+    best_trial: int | None
+    best_job_id: str
+    best_value: float | None
+    # The best trial's artifacts (its model folder under "model").
+    best_artifacts: dict[str, str]
+    created_at: datetime | None
+    finished_at: datetime | None
+    submitter: str
+    grid_size: int
+    # The base job with its sweep block (defaults of the block filled in).
+    spec: spec_pb2.JobSpec = field(repr=False)
+
+    @property
+    def metric(self) -> str:
+        return self.spec.sweep.metric
+
+    @property
+    def mode(self) -> str:
+        return self.spec.sweep.mode
+
+    def is_terminal(self) -> bool:
+        return self.state.is_terminal()
+
+    def best(self) -> Trial | None:
+        if self.best_trial is None:
+            return None
+        return next((t for t in self.trials if t.number == self.best_trial), None)
+
+    @classmethod
+    def from_proto(cls, msg: sweep_pb2.Sweep) -> Sweep:
+        spec = spec_pb2.JobSpec()
+        spec.CopyFrom(msg.spec)
+        return cls(
+            id=msg.id,
+            name=msg.spec.name,
+            state=SweepState.from_proto(msg.state),
+            reason=msg.reason,
+            trials=tuple(Trial.from_proto(t) for t in msg.trials),
+            best_trial=msg.best_trial if msg.HasField("best_trial") else None,
+            best_job_id=msg.best_job_id,
+            best_value=msg.best_value if msg.HasField("best_value") else None,
+            best_artifacts=dict(msg.best_artifacts),
+            created_at=timestamp_to_datetime(msg.created_at)
+            if msg.HasField("created_at")
+            else None,
+            finished_at=(
+                timestamp_to_datetime(msg.finished_at) if msg.HasField("finished_at") else None
+            ),
+            submitter=msg.submitter,
+            grid_size=msg.grid_size,
+            spec=spec,
+        )
+
+
+class SweepClient:
+    """The sweep calls of `Client` (it inherits them): kept here so the job calls and the
+    sweep calls each stay one module."""
+
+    def submit_sweep(
+        self, spec, *, idempotency_key: str | None = None, check_paths: bool = True
+    ) -> SweepHandle:
+        """Validate a sweep (a job YAML path, dict or JobSpec with a `sweep:` block: every
+        point of its space is checked as a job) locally, then submit it.
+
+        Raises:
+            ValidationError: Every problem, each with its field path (sweep.space.PATH for
+                a swept field), exactly as the coordinator would report them.
+        """
+        from tunefleet.client.client import prepare_spec
+        from tunefleet.client.errors import ValidationError
+
+        job_spec = prepare_spec(spec, check_paths=check_paths)
+        if not job_spec.HasField("sweep"):
+            raise ValidationError(
+                "not a sweep: the spec has no sweep block (submit it as a job instead)"
+            )
+        request = coordinator_pb2.SubmitSweepRequest(
+            spec=job_spec, idempotency_key=idempotency_key or uuid.uuid4().hex
+        )
+        sweep = Sweep.from_proto(self._unary(self._stub.SubmitSweep, request))
+        return SweepHandle(self, sweep.id, sweep=sweep)
+
+    def get_sweep(self, sweep_id: str) -> Sweep:
+        """The sweep and its trials. Raises NotFound for an unknown id."""
+        request = coordinator_pb2.GetSweepRequest(sweep_id=sweep_id)
+        return Sweep.from_proto(self._unary(self._stub.GetSweep, request))
+
+    def list_sweeps(self, limit: int = 100) -> list[Sweep]:
+        """Sweeps, newest first (their trials without intermediate values)."""
+        request = coordinator_pb2.ListSweepsRequest(limit=max(limit, 0))
+        response = self._unary(self._stub.ListSweeps, request)
+        return [Sweep.from_proto(s) for s in response.sweeps]
+
+    def cancel_sweep(self, sweep_id: str, reason: str = "") -> Sweep:
+        """No more trials; the queued and running ones are cancelled."""
+        request = coordinator_pb2.CancelSweepRequest(sweep_id=sweep_id, reason=reason)
+        return Sweep.from_proto(self._unary(self._stub.CancelSweep, request))
+
+    def sweep(self, sweep_id: str) -> SweepHandle:
+        """A handle on an existing sweep (no call is made until you use it)."""
+        return SweepHandle(self, sweep_id)
+
+
+class SweepHandle:
+    """A submitted sweep: its id plus calls that act on it; `sweep` is the last fetched."""
+
+    def __init__(self, client: SweepClient, sweep_id: str, *, sweep: Sweep | None = None):
+        self.id = sweep_id
+        self.client = client
+        self.sweep = sweep
+
+    def __repr__(self) -> str:
+        return f"SweepHandle({self.id!r})"
+
+    def get(self) -> Sweep:
+        self.sweep = self.client.get_sweep(self.id)
+        return self.sweep
+
+    def trials(self) -> list[Trial]:
+        return list(self.get().trials)
+
+    def best(self) -> Trial | None:
+        """The best finished trial so far (by the sweep's metric and mode), or None."""
+        return self.get().best()
+
+    def wait(self, timeout: float | None = None, *, poll_s: float = 1.0) -> Sweep:
+        """Block until every trial has ended; return the final Sweep. Raises
+        DeadlineExceeded after `timeout` seconds (the sweep keeps running)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            sweep = self.get()
+            if sweep.is_terminal():
+                return sweep
+            if deadline is not None and time.monotonic() >= deadline:
+                raise DeadlineExceeded(f"sweep {self.id}: still running after the timeout")
+            time.sleep(
+                poll_s if deadline is None else max(0.0, min(poll_s, deadline - time.monotonic()))
+            )
+
+    def cancel(self, reason: str = "") -> Sweep:
+        self.sweep = self.client.cancel_sweep(self.id, reason)
+        return self.sweep

@@ -1,0 +1,471 @@
+"""Sweeps: the coordinator drives an optuna study per sweep (ask a trial, run it as a job,
+report its validation metrics, tell its result) and keeps the study's memory in its own
+database (store/sweeps.py).
+
+Why the study lives in memory only: a second store (optuna's RDB storage) could disagree
+with the jobs table after a crash. Each study is rebuilt from the trial rows when first
+needed (after a restart, or after a failed write), with `create_trial` + `add_trial`, so
+the rows are the truth. Asking a trial and inserting its job and its row happen in one
+transaction: a kill -9 leaves either all three or none, and the rebuilt study then asks
+the next number again. A trial whose job ended while the coordinator was down is told on
+start (`recover`).
+
+Every trial is an ordinary job (its own id, events, artifacts, retries) created as the
+sweep needs it: at most max_concurrent of a sweep's jobs are queued or running at once, so
+a sweep leaves room for other users' jobs, and max_trials in all. A trial the pruner stops
+goes through the normal cancel path and ends PRUNED, not FAILED.
+
+Everything here runs with the Scheduler's lock held (the Scheduler, JobLifecycle and
+ReportIngest call in with it), like lifecycle.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+import threading
+import warnings
+from collections.abc import Callable, Iterable
+
+import optuna
+from optuna.distributions import distribution_to_json, json_to_distribution
+from optuna.trial import TrialState
+
+from tunefleet import limits
+from tunefleet import spec as specs
+from tunefleet.coordinator.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    invalid_spec,
+)
+from tunefleet.coordinator.store import JobStore, SweepRow, TrialRow
+from tunefleet.spec import sweep as space
+from tunefleet.states import is_terminal
+from tunefleet.v1 import job_pb2, spec_pb2, sweep_pb2
+
+log = logging.getLogger("tunefleet.coordinator.scheduler")  # see lifecycle.py
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+_GRID_PARAM = "grid_point"
+# The median pruner judges a trial once this many trials have finished.
+_MEDIAN_STARTUP_TRIALS = 2
+
+
+class _GridSampler(optuna.samplers.GridSampler):
+    """GridSampler that does not stop the study when the grid is exhausted: its stop() works
+    only inside study.optimize, and the sweep ends itself once max_trials have ended."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        pass
+
+
+def _sampler(s: spec_pb2.SweepSpec, grid_size: int, asked: int) -> optuna.samplers.BaseSampler:
+    # A rebuilt study (after a restart) must not draw the first trials' values again: its
+    # seed moves on by the trials already asked.
+    seed = s.seed + asked
+    if s.algorithm == "grid":
+        # The grid's points are enumerated by tunefleet.spec.sweep (conditions included),
+        # so optuna's grid is over their indices: GridSampler does not know conditions.
+        return _GridSampler({_GRID_PARAM: list(range(grid_size))}, seed=seed)
+    if s.algorithm == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def _pruner(s: spec_pb2.SweepSpec) -> optuna.pruners.BasePruner:
+    if s.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=_MEDIAN_STARTUP_TRIALS)
+    if s.pruner == "asha":
+        return optuna.pruners.SuccessiveHalvingPruner()
+    return optuna.pruners.NopPruner()
+
+
+def _trial_name(base: str, number: int) -> str:
+    suffix = f"-t{number}"
+    return base[: limits.MAX_NAME_CHARS - len(suffix)] + suffix
+
+
+class Sweeps:
+    """The sweeps' API (called by the Scheduler) and the jobs' hooks (called by
+    JobLifecycle and ReportIngest); every method runs under the Scheduler's lock."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        lock: threading.RLock,
+        *,
+        queue_job: Callable[[spec_pb2.JobSpec, str], job_pb2.Job],
+        cancel_job: Callable[[str, str], object],
+        clock: Callable[[], float],
+        check_paths: bool,
+    ):
+        self.store = store
+        self._lock = lock
+        self._queue_job = queue_job
+        self._cancel_job = cancel_job
+        self._clock = clock
+        self.check_paths = check_paths
+        self._studies: dict[str, optuna.Study] = {}
+
+    # ---- API ---------------------------------------------------------------------------
+
+    def submit(
+        self, spec: spec_pb2.JobSpec, idempotency_key: str = "", *, submitter: str = ""
+    ) -> sweep_pb2.Sweep:
+        """Validates the sweep (every point of its space as a job) and queues its first
+        trials."""
+        if not spec.HasField("sweep"):
+            raise invalid_spec([("sweep", "required: a sweep needs a sweep block (its space)")])
+        try:  # outside the lock: the one validator may read files
+            spec = specs.prepare(spec, check_paths=self.check_paths)
+        except specs.SpecError as exc:
+            raise invalid_spec([(e.path, e.message) for e in exc.errors]) from None
+        with self._lock:
+            if idempotency_key:
+                existing = self.store.find_sweep_by_key(idempotency_key)
+                if existing is not None:
+                    return self._view(existing)
+            sweep_id = self._new_id()
+            grid_size = len(space.grid(spec.sweep)) if spec.sweep.algorithm == "grid" else 0
+            self.store.insert_sweep(
+                sweep_id,
+                spec,
+                submitter=submitter,
+                idempotency_key=idempotency_key,
+                grid_size=grid_size,
+                now=self._clock(),
+            )
+            log.info("sweep %s submitted (%s, %d trials)", sweep_id, spec.sweep.algorithm,
+                     spec.sweep.max_trials)  # fmt: skip
+            self._advance(sweep_id)
+            return self.get(sweep_id)
+
+    def get(self, sweep_id: str) -> sweep_pb2.Sweep:
+        row = self.store.get_sweep(sweep_id)
+        if row is None:
+            raise NotFound(f"sweep {sweep_id} not found")
+        return self._view(row)
+
+    def find(self, sweep_id: str) -> SweepRow | None:
+        return self.store.get_sweep(sweep_id)
+
+    def list(self, limit: int, *, submitter: str | None) -> list[sweep_pb2.Sweep]:
+        views = [self._view(r) for r in self.store.list_sweeps(limit, submitter=submitter)]
+        for view in views:
+            for trial in view.trials:
+                trial.ClearField("intermediate")
+        return views
+
+    def cancel(self, sweep_id: str, reason: str = "") -> sweep_pb2.Sweep:
+        """No more trials; queued and running ones are cancelled (their jobs say why)."""
+        reason = limits.clip_chars(reason, limits.MAX_REASON_CHARS) or "cancelled by user"
+        with self._lock:
+            row = self.store.get_sweep(sweep_id)
+            if row is None:
+                raise NotFound(f"sweep {sweep_id} not found")
+            if row.state != sweep_pb2.SWEEP_RUNNING:
+                state = sweep_pb2.SweepState.Name(row.state).removeprefix("SWEEP_")
+                raise FailedPrecondition(f"sweep {sweep_id} already {state}")
+            self.store.update_sweep(
+                sweep_id, state=sweep_pb2.SWEEP_CANCELLED, reason=reason, finished_at=self._clock()
+            )
+            for t in self.store.trials(sweep_id):
+                job = self.store.get_job(t.job_id)
+                if job is not None and not is_terminal(job.state) and not job.cancel_requested:
+                    self._cancel_job(t.job_id, f"sweep {sweep_id} cancelled: {reason}")
+            log.info("sweep %s cancelled: %s", sweep_id, reason)
+            return self.get(sweep_id)
+
+    def recover(self) -> None:
+        """After a restart: tell the trials whose jobs ended while we were down, and top
+        the running sweeps up."""
+        with self._lock:
+            for sweep_id in self.store.running_sweeps():
+                try:
+                    for t in self.store.trials(sweep_id):
+                        job = self.store.get_job(t.job_id)
+                        if t.state == "RUNNING" and job is not None and is_terminal(job.state):
+                            self._tell(sweep_id, t, job)
+                    self._advance(sweep_id)
+                except Exception:
+                    log.exception("sweep %s: recovery failed", sweep_id)
+
+    # ---- hooks from the jobs' lifecycle (lock held) ------------------------------------
+
+    def job_finishing(self, job: job_pb2.Job, state: int, reason: str) -> tuple[int, str]:
+        """A trial its pruner stopped ends PRUNED, not CANCELLED."""
+        if state != job_pb2.CANCELLED:
+            return state, reason
+        trial = self.store.trial_of_job(job.id)
+        if trial is not None and trial.state == "PRUNED":
+            return job_pb2.PRUNED, trial.note or "pruned by the sweep"
+        return state, reason
+
+    def job_finished(self, job: job_pb2.Job) -> None:
+        """Tells the sweep how its trial ended, then creates the next trials (or ends it)."""
+        trial = self.store.trial_of_job(job.id)
+        if trial is None:
+            return
+        try:
+            if trial.state == "RUNNING":
+                self._tell(trial.sweep_id, trial, job)
+            self._advance(trial.sweep_id)
+        except Exception:  # the job's own end stands; recover() retries on restart
+            self._studies.pop(trial.sweep_id, None)
+            log.exception("sweep %s: trial %d's end not recorded", trial.sweep_id, trial.number)
+
+    def events_stored(self, job_id: str, events: Iterable[job_pb2.Event]) -> None:
+        """A trial's validation metrics feed its pruner; a prune stops it through the
+        cancel path."""
+        evals = [e.metrics for e in events if e.WhichOneof("kind") == "metrics"]
+        evals = [m for m in evals if m.phase == "eval"]
+        if not evals:
+            return
+        trial = self.store.trial_of_job(job_id)
+        if trial is None or trial.state != "RUNNING":
+            return
+        try:
+            self._report(trial, evals)
+        except Exception:
+            self._studies.pop(trial.sweep_id, None)
+            log.exception("sweep %s: trial %d's metrics not recorded", trial.sweep_id, trial.number)
+
+    # ---- the study ---------------------------------------------------------------------
+
+    def _report(self, trial: TrialRow, evals: list[job_pb2.Metrics]) -> None:
+        row = self.store.get_sweep(trial.sweep_id)
+        if row is None:
+            return
+        metric = row.spec.sweep.metric
+        for m in evals:
+            value = m.values.get(metric)
+            if value is None and metric == "loss" and m.HasField("loss"):
+                value = m.loss
+            if value is not None and math.isfinite(value):
+                trial.intermediate[int(m.step)] = float(value)
+        self.store.update_trial(trial.sweep_id, trial.number, intermediate=trial.intermediate)
+        if row.state != sweep_pb2.SWEEP_RUNNING or row.spec.sweep.pruner == "none":
+            return
+        study = self._study(row)
+        live = optuna.trial.Trial(study, self._trial_id(study, trial.number))
+        for step, value in sorted(trial.intermediate.items()):
+            if step not in study.trials[trial.number].intermediate_values:
+                live.report(value, step)
+        if not live.should_prune():
+            return
+        step = max(trial.intermediate)
+        note = (
+            f"pruned by the sweep's {row.spec.sweep.pruner} pruner at step {step} "
+            f"({metric} {trial.intermediate[step]:.4g})"
+        )
+        self.store.update_trial(trial.sweep_id, trial.number, state="PRUNED", note=note)
+        study.tell(trial.number, state=TrialState.PRUNED)
+        log.info("sweep %s: trial %d (%s) %s", trial.sweep_id, trial.number, trial.job_id, note)
+        self._cancel_job(trial.job_id, note)
+
+    def _tell(self, sweep_id: str, trial: TrialRow, job: job_pb2.Job) -> None:
+        row = self.store.get_sweep(sweep_id)
+        metric = row.spec.sweep.metric
+        value = job.summary.get(f"eval_{metric}")
+        if value is not None and not math.isfinite(value):
+            value = None  # a diverged trial (NaN loss) is a failed one, not the best
+        if job.state == job_pb2.SUCCEEDED and value is not None:
+            state, note = "COMPLETE", ""
+        else:
+            value = None
+            state = "FAIL"
+            note = f"job {job.id} {job_pb2.JobState.Name(job.state)}: {job.reason}"
+            if job.state == job_pb2.SUCCEEDED:
+                note = f"job {job.id} reported no eval_{metric}"
+        study = self._study(row)
+        self.store.update_trial(sweep_id, trial.number, state=state, value=value, note=note)
+        if state == "COMPLETE":
+            study.tell(trial.number, value)
+            best = self._best(row)
+            if best is not None:
+                self.store.update_sweep(sweep_id, best_trial=best.number, best_value=best.value)
+        else:
+            study.tell(trial.number, state=TrialState.FAIL)
+
+    def _advance(self, sweep_id: str) -> None:
+        """Creates trials while the sweep may have more; ends it when all have ended."""
+        row = self.store.get_sweep(sweep_id)
+        if row is None or row.state != sweep_pb2.SWEEP_RUNNING:
+            return
+        s = row.spec.sweep
+        while True:
+            trials = self.store.trials(sweep_id)
+            if len(trials) >= s.max_trials:
+                break
+            if self.store.active_trial_count(sweep_id) >= s.max_concurrent:
+                return
+            self._new_trial(row)
+        if self.store.active_trial_count(sweep_id) or any(t.state == "RUNNING" for t in trials):
+            return
+        best = self._best(row)
+        counts = {k: sum(t.state == k for t in trials) for k in ("COMPLETE", "PRUNED", "FAIL")}
+        summary = (
+            f"{len(trials)} trials: {counts['COMPLETE']} complete, {counts['PRUNED']} pruned, "
+            f"{counts['FAIL']} failed"
+        )
+        if best is None:
+            state, reason = sweep_pb2.SWEEP_FAILED, f"{summary}; none reported {s.metric}"
+        else:
+            state = sweep_pb2.SWEEP_SUCCEEDED
+            reason = (
+                f"{summary}; best: trial {best.number} ({best.job_id}) {s.metric} {best.value:.4g}"
+            )
+        self.store.update_sweep(sweep_id, state=state, reason=reason, finished_at=self._clock())
+        self._studies.pop(sweep_id, None)
+        log.info("sweep %s ended: %s", sweep_id, reason)
+
+    def _new_trial(self, row: SweepRow) -> None:
+        """Asks the study for a trial and queues its job, in one transaction."""
+        s = row.spec.sweep
+        study = self._study(row)
+        try:
+            with self.store.atomic():
+                trial = study.ask()
+                if s.algorithm == "grid":
+                    params = space.grid(s)[trial.suggest_int(_GRID_PARAM, 0, row.grid_size - 1)]
+                else:
+                    params = self._suggest(trial, s)
+                frozen = study.trials[trial.number]
+                record = TrialRow(
+                    sweep_id=row.id,
+                    number=trial.number,
+                    job_id="",
+                    state="RUNNING",
+                    params={k: params[k] for k in space.order(s.space) if k in params},
+                    sampler_params=dict(frozen.params),
+                    distributions={
+                        k: distribution_to_json(d) for k, d in frozen.distributions.items()
+                    },
+                    system_attrs=dict(frozen.system_attrs),
+                )
+                job_spec = space.apply(row.spec, params)
+                job_spec.name = _trial_name(row.spec.name, trial.number)
+                job_spec.labels["sweep"] = row.id
+                job_spec.labels["trial"] = str(trial.number)
+                try:
+                    job_spec = specs.prepare(job_spec, check_paths=False)
+                    record.job_id = self._queue_job(job_spec, row.submitter).id
+                except (specs.SpecError, InvalidArgument) as exc:
+                    record.state, record.note = "FAIL", f"its job was refused: {exc}"
+                self.store.insert_trial(record)
+                if record.state == "FAIL":
+                    study.tell(trial.number, state=TrialState.FAIL)
+        except Exception:
+            self._studies.pop(row.id, None)  # it asked a trial the database does not have
+            raise
+        log.info("sweep %s: trial %d -> %s %s", row.id, record.number, record.job_id or "-",
+                 record.params)  # fmt: skip
+        job = self.store.get_job(record.job_id) if record.job_id else None
+        if job is not None and is_terminal(job.state):
+            # It ended before its trial row existed (its source job had failed): tell it now.
+            self._tell(row.id, record, job)
+
+    @staticmethod
+    def _suggest(trial: optuna.Trial, s: spec_pb2.SweepSpec) -> dict:
+        chosen: dict = {}
+        for path in space.order(s.space):
+            p = s.space[path]
+            if not space.active(p, chosen):
+                continue  # its condition does not hold: the base job's value stays
+            if p.type == "choice":
+                chosen[path] = trial.suggest_categorical(path, space.choice_values(path, p))
+            elif p.type == "int":
+                chosen[path] = trial.suggest_int(path, int(p.low), int(p.high))
+            else:
+                chosen[path] = trial.suggest_float(path, p.low, p.high, log=p.type == "loguniform")
+        return chosen
+
+    def _study(self, row: SweepRow) -> optuna.Study:
+        study = self._studies.get(row.id)
+        if study is not None:
+            return study
+        s = row.spec.sweep
+        trials = self.store.trials(row.id)
+        with warnings.catch_warnings():  # optuna flags its newer samplers as experimental
+            warnings.simplefilter("ignore")
+            study = optuna.create_study(
+                direction="minimize" if s.mode == "min" else "maximize",
+                sampler=_sampler(s, row.grid_size, len(trials)),
+                pruner=_pruner(s),
+                study_name=row.id,
+            )
+            for t in trials:
+                state = TrialState[t.state]
+                study.add_trial(
+                    optuna.trial.create_trial(
+                        state=state,
+                        value=t.value if state == TrialState.COMPLETE else None,
+                        params=t.sampler_params,
+                        distributions={
+                            k: json_to_distribution(d) for k, d in t.distributions.items()
+                        },
+                        system_attrs=t.system_attrs,
+                        intermediate_values=t.intermediate,
+                    )
+                )
+        self._studies[row.id] = study
+        return study
+
+    @staticmethod
+    def _trial_id(study: optuna.Study, number: int) -> int:
+        return study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+
+    def _best(self, row: SweepRow) -> TrialRow | None:
+        done = [
+            t for t in self.store.trials(row.id) if t.state == "COMPLETE" and t.value is not None
+        ]
+        if not done:
+            return None
+        pick = min if row.spec.sweep.mode == "min" else max
+        return pick(done, key=lambda t: t.value)
+
+    # ---- views -------------------------------------------------------------------------
+
+    def _view(self, row: SweepRow) -> sweep_pb2.Sweep:
+        view = sweep_pb2.Sweep(
+            id=row.id,
+            spec=row.spec,
+            state=row.state,
+            reason=row.reason,
+            submitter=row.submitter,
+            grid_size=row.grid_size,
+        )
+        view.created_at.FromNanoseconds(round(row.created_at * 1e9))
+        if row.finished_at is not None:
+            view.finished_at.FromNanoseconds(round(row.finished_at * 1e9))
+        for t in self.store.trials(row.id):
+            job = self.store.get_job(t.job_id) if t.job_id else None
+            trial = view.trials.add(
+                number=t.number,
+                job_id=t.job_id,
+                job_state=job.state if job is not None else job_pb2.JOB_STATE_UNSPECIFIED,
+                trial_state=t.state,
+                params={k: space.fmt(v) for k, v in t.params.items()},
+                intermediate=t.intermediate,
+            )
+            if t.value is not None:
+                trial.value = t.value
+        best = self._best(row)
+        if best is not None:
+            view.best_trial, view.best_job_id, view.best_value = (
+                best.number,
+                best.job_id,
+                best.value,
+            )
+            job = self.store.get_job(best.job_id)
+            if job is not None:
+                view.best_artifacts.update(job.artifacts)
+        return view
+
+    def _new_id(self) -> str:
+        while True:
+            sweep_id = f"sweep-{secrets.token_hex(4)}"
+            if self.store.get_sweep(sweep_id) is None:
+                return sweep_id

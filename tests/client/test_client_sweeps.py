@@ -1,0 +1,135 @@
+"""Sweeps through the SDK and ftctl, on a real coordinator over real gRPC; the scripted
+worker plays each trial (reports validation metrics, finishes with a summary)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from client_helpers import needs_coordinator
+
+from tunefleet.client import Client, SweepState, ValidationError
+from tunefleet.client.cli import main
+from tunefleet.v1 import job_pb2
+
+pytestmark = needs_coordinator
+
+
+@pytest.fixture
+def sweep_yaml(tmp_path: Path, job_dict: dict) -> Path:
+    path = tmp_path / "sweep.yaml"
+    sweep = {
+        "space": {
+            "finetune.strategy": ["head_only", "last_k"],
+            "finetune.k": {"values": [1, 2], "when": {"finetune.strategy": "last_k"}},
+        },
+        "max_concurrent": 1,
+    }
+    path.write_text(yaml.safe_dump({**job_dict, "sweep": sweep}))
+    return path
+
+
+def play(worker, accuracy: float) -> str:
+    job_id, attempt = worker.acquire()
+    worker.report(
+        job_id,
+        attempt,
+        [
+            job_pb2.Event(
+                metrics=job_pb2.Metrics(phase="eval", step=1, values={"accuracy": accuracy})
+            )
+        ],
+    )
+    worker.finish(
+        job_id,
+        attempt,
+        artifacts={"model": f"/runs/{job_id}/model"},
+        summary={"eval_accuracy": accuracy, "test_accuracy": accuracy - 0.05},
+    )
+    return job_id
+
+
+def test_sdk_submits_follows_and_picks_the_best(cluster, scripted_worker, sweep_yaml):
+    with Client(cluster.address) as client:
+        handle = client.submit_sweep(sweep_yaml)
+        assert handle.sweep.state is SweepState.RUNNING and handle.sweep.grid_size == 3
+        assert len(handle.trials()) == 1  # max_concurrent 1
+        jobs = [play(scripted_worker, a) for a in (0.6, 0.8, 0.7)]
+        final = handle.wait(timeout=10, poll_s=0.05)
+        assert final.state is SweepState.SUCCEEDED
+        best = handle.best()
+        assert best.job_id == jobs[1] and best.value == 0.8
+        assert final.best_artifacts["model"] == f"/runs/{jobs[1]}/model"
+        assert [s.id for s in client.list_sweeps()] == [handle.id]
+        assert client.get(best.job_id).spec.labels["sweep"] == handle.id
+
+
+def test_sdk_refuses_a_bad_space_locally_with_paths(cluster, tmp_path, job_dict):
+    path = tmp_path / "bad.yaml"
+    sweep = {"space": {"optimizer.lr": "loguniform(0, 1)", "finetune.k": "int(1, 2.5)"}}
+    path.write_text(yaml.safe_dump({**job_dict, "sweep": sweep}))
+    with Client(cluster.address) as client, pytest.raises(ValidationError) as e:
+        client.submit_sweep(path)
+    assert [x.path for x in e.value.errors] == [
+        "sweep.space.finetune.k",
+        "sweep.space.optimizer.lr",
+    ]
+
+
+def test_cli_sweep_submit_get_list_and_compare(capsys, cluster, scripted_worker, sweep_yaml):
+    flags = ["--coordinator", cluster.address]
+    assert main(["sweep", "submit", str(sweep_yaml), *flags]) == 0
+    out = capsys.readouterr().out
+    sweep_id = out.split()[2]
+    assert sweep_id.startswith("sweep-") and "grid, 3 trials, 1 at once, max accuracy" in out
+    for accuracy in (0.6, 0.9, 0.7):
+        play(scripted_worker, accuracy)
+    assert main(["sweep", "get", sweep_id, "--json", *flags]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["state"] == "SUCCEEDED" and got["best_value"] == 0.9
+    best_job = got["best_job_id"]
+    assert main(["get", sweep_id, *flags]) == 0
+    out = capsys.readouterr().out
+    assert f"/runs/{best_job}/model" in out and "best" in out
+    assert main(["sweep", "list", *flags]) == 0
+    assert sweep_id in capsys.readouterr().out
+
+    assert main(["compare", sweep_id, "--json", *flags]) == 0
+    table = json.loads(capsys.readouterr().out)
+    assert table["metric"] == "accuracy"
+    rows = table["rows"]
+    assert [r["validation"] for r in rows] == [0.9, 0.7, 0.6]
+    assert rows[0]["best"] and rows[0]["job_id"] == best_job
+    assert rows[0]["test"] == pytest.approx(0.85)
+    # head_only's default lr differs too: the resolved specs are compared.
+    assert set(rows[0]["params"]) == {"finetune.strategy", "finetune.k", "optimizer.lr"}
+    assert main(["compare", sweep_id, "--csv", *flags]) == 0
+    parsed = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert parsed[0]["job_id"] == best_job and parsed[0]["best"] == "True"
+
+
+def test_cli_sweep_submit_follow_ends_with_the_sweep(capsys, cluster, sweep_yaml, tmp_path):
+    # Every trial's job is cancelled under it: the follow sees the sweep end CANCELLED.
+    import threading
+
+    flags = ["--coordinator", cluster.address]
+
+    def cancel_soon():
+        with Client(cluster.address) as client:
+            for _ in range(200):
+                sweeps = client.list_sweeps()
+                if sweeps:
+                    client.cancel_sweep(sweeps[0].id, "test")
+                    return
+                threading.Event().wait(0.05)
+
+    t = threading.Thread(target=cancel_soon)
+    t.start()
+    code = main(["sweep", "submit", str(sweep_yaml), "--follow", *flags])
+    t.join()
+    out = capsys.readouterr().out
+    assert code == 3 and "CANCELLED" in out

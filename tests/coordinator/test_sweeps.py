@@ -1,0 +1,321 @@
+"""Sweeps on a real coordinator over real gRPC: trials are ordinary jobs that fake workers
+(coordinator_helpers.Worker) run by reporting validation metrics and finishing."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from coordinator_helpers import RPC_TIMEOUT, Worker, make_spec, wait_for
+
+from tunefleet.coordinator.store import JobStore
+from tunefleet.spec import spec_from_dict, spec_to_dict
+from tunefleet.status_details import read_details
+from tunefleet.v1 import coordinator_pb2, coordinator_pb2_grpc, job_pb2, sweep_pb2
+
+
+def sweep_spec(sweep: dict, **base_fields):
+    """make_spec's job plus a `sweep:` block, through the YAML shorthand parser."""
+    data = spec_to_dict(make_spec("base"))
+    data.update(base_fields)
+    data["sweep"] = sweep
+    return spec_from_dict(data)
+
+
+GRID = {
+    "space": {
+        "finetune.strategy": ["head_only", "last_k", "full"],
+        "finetune.k": {"values": [1, 2], "when": {"finetune.strategy": "last_k"}},
+    },
+    "max_concurrent": 2,
+}
+
+
+class Sweeper:
+    def __init__(self, address: str):
+        self.channel = grpc.insecure_channel(address)
+        self.stub = coordinator_pb2_grpc.CoordinatorStub(self.channel)
+
+    def submit(self, spec, key: str = "") -> sweep_pb2.Sweep:
+        request = coordinator_pb2.SubmitSweepRequest(spec=spec, idempotency_key=key)
+        return self.stub.SubmitSweep(request, timeout=RPC_TIMEOUT)
+
+    def get(self, sweep_id: str) -> sweep_pb2.Sweep:
+        request = coordinator_pb2.GetSweepRequest(sweep_id=sweep_id)
+        return self.stub.GetSweep(request, timeout=RPC_TIMEOUT)
+
+    def list(self) -> list[sweep_pb2.Sweep]:
+        request = coordinator_pb2.ListSweepsRequest()
+        return list(self.stub.ListSweeps(request, timeout=RPC_TIMEOUT).sweeps)
+
+    def cancel(self, sweep_id: str) -> sweep_pb2.Sweep:
+        request = coordinator_pb2.CancelSweepRequest(sweep_id=sweep_id, reason="enough")
+        return self.stub.CancelSweep(request, timeout=RPC_TIMEOUT)
+
+    def close(self):
+        self.channel.close()
+
+
+@pytest.fixture
+def sweeper(coordinator):
+    s = Sweeper(coordinator.address)
+    yield s
+    s.close()
+
+
+def eval_metrics(step: int, accuracy: float) -> job_pb2.Event:
+    return job_pb2.Event(
+        metrics=job_pb2.Metrics(phase="eval", step=step, values={"accuracy": accuracy})
+    )
+
+
+def run_trial(worker: Worker, accuracy: float, steps=(1, 2)) -> str:
+    """Takes the next queued trial, reports its metrics and finishes it SUCCEEDED."""
+    assignment = wait_for(lambda: worker.acquire(0.2))
+    job = assignment.job
+    for step in steps:
+        worker.report(job.id, assignment.attempt, eval_metrics(step, accuracy))
+    worker.finish(job.id, assignment.attempt, summary={"eval_accuracy": accuracy})
+    return job.id
+
+
+def test_bad_space_is_refused_with_every_path(sweeper):
+    spec = sweep_spec(
+        {
+            "space": {
+                "optimizer.lr": "loguniform(-1, 1)",
+                "optimizer.nope": [1, 2],
+                "finetune.strategy": ["full", "bogus"],
+            },
+            "algorithm": "tpe",
+            "pruner": "sometimes",
+        }
+    )
+    with pytest.raises(grpc.RpcError) as e:
+        sweeper.submit(spec)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    paths = {v.path for v in read_details(e.value).field_violations}
+    assert {"sweep.space.optimizer.lr", "sweep.space.optimizer.nope", "sweep.pruner"} <= paths
+
+
+def test_a_bad_range_end_is_refused_as_a_job_would_be(sweeper):
+    # Each end of a range is validated as a job: lr must be > 0.
+    spec = sweep_spec({"space": {"optimizer.lr": "uniform(-0.1, 0.1)"}, "algorithm": "random"})
+    with pytest.raises(grpc.RpcError) as e:
+        sweeper.submit(spec)
+    (violation,) = read_details(e.value).field_violations
+    assert violation.path == "sweep.space.optimizer.lr"
+    assert "must be > 0" in violation.message
+
+
+def test_a_job_file_with_a_sweep_block_is_not_a_job(client):
+    with pytest.raises(grpc.RpcError) as e:
+        client.submit(sweep_spec(GRID))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_grid_runs_exactly_its_points_within_max_concurrent(coordinator, sweeper, client):
+    sweep = sweeper.submit(sweep_spec(GRID))
+    assert sweep.grid_size == 4 and sweep.spec.sweep.max_trials == 4
+    assert len(sweep.trials) == 2  # max_concurrent
+    worker = Worker(client.stub, "w1")
+    accuracies = iter([0.5, 0.9, 0.7, 0.6])
+    while sweeper.get(sweep.id).state == sweep_pb2.SWEEP_RUNNING:
+        got = sweeper.get(sweep.id)
+        active = [t for t in got.trials if t.job_state in (job_pb2.QUEUED, job_pb2.RUNNING)]
+        assert len(active) <= 2
+        run_trial(worker, next(accuracies))
+    final = sweeper.get(sweep.id)
+    assert final.state == sweep_pb2.SWEEP_SUCCEEDED, final.reason
+    points = sorted(tuple(sorted(t.params.items())) for t in final.trials)
+    assert points == sorted(
+        [
+            (("finetune.strategy", "head_only"),),
+            (("finetune.k", "1"), ("finetune.strategy", "last_k")),
+            (("finetune.k", "2"), ("finetune.strategy", "last_k")),
+            (("finetune.strategy", "full"),),
+        ]
+    )
+    assert all(t.trial_state == "COMPLETE" for t in final.trials)
+    assert final.best_value == 0.9 and final.best_job_id == final.trials[1].job_id
+    # Each trial is an ordinary job with its resolved spec.
+    job = client.get(final.trials[0].job_id)
+    assert job.spec.name == "base-t0" and job.spec.labels["sweep"] == sweep.id
+    assert job.spec.finetune.strategy == final.trials[0].params["finetune.strategy"]
+    assert [s.id for s in sweeper.list()] == [sweep.id]
+
+
+@pytest.mark.parametrize("pruner", ["median", "asha"])
+def test_the_pruner_stops_a_trial_through_cancel_and_it_ends_pruned(sweeper, client, pruner):
+    spec = sweep_spec(
+        {
+            "space": {"optimizer.lr": [0.001, 0.002, 0.003, 0.004]},
+            "pruner": pruner,
+            "max_concurrent": 1,
+        }
+    )
+    sweep = sweeper.submit(spec)
+    worker = Worker(client.stub, "w1")
+    run_trial(worker, 0.9, steps=(1, 2, 3))
+    run_trial(worker, 0.8, steps=(1, 2, 3))
+    assignment = wait_for(lambda: worker.acquire(0.2))
+    job_id = assignment.job.id
+    worker.report(job_id, assignment.attempt, eval_metrics(1, 0.1))
+    assert job_id in worker.heartbeat(job_id).cancel_job_ids  # the normal cancel path
+    worker.finish(job_id, assignment.attempt, job_pb2.CANCELLED)
+    job = client.get(job_id)
+    assert job.state == job_pb2.PRUNED, job.reason
+    assert f"pruned by the sweep's {pruner} pruner at step 1" in job.reason
+    got = sweeper.get(sweep.id)
+    assert got.trials[2].trial_state == "PRUNED"
+    assert dict(got.trials[2].intermediate) == {1: 0.1}
+    # The sweep goes on with its last trial.
+    run_trial(worker, 0.95)
+    final = sweeper.get(sweep.id)
+    assert final.state == sweep_pb2.SWEEP_SUCCEEDED
+    assert final.best_trial == 3 and "1 pruned" in final.reason
+
+
+def test_cancel_sweep_cancels_its_queued_and_running_trials(sweeper, client):
+    sweep = sweeper.submit(sweep_spec(GRID))
+    worker = Worker(client.stub, "w1")
+    assignment = wait_for(lambda: worker.acquire(0.2))
+    cancelled = sweeper.cancel(sweep.id)
+    assert cancelled.state == sweep_pb2.SWEEP_CANCELLED
+    running, queued = (
+        assignment.job.id,
+        next(t.job_id for t in cancelled.trials if t.job_id != assignment.job.id),
+    )
+    assert client.get(queued).state == job_pb2.CANCELLED
+    assert running in worker.heartbeat(running).cancel_job_ids
+    worker.finish(running, assignment.attempt, job_pb2.CANCELLED)
+    assert len(sweeper.get(sweep.id).trials) == 2  # no more were created
+    with pytest.raises(grpc.RpcError) as e:
+        sweeper.cancel(sweep.id)
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert e.value.details() == f"sweep {sweep.id} already CANCELLED"
+    with pytest.raises(grpc.RpcError) as e:
+        sweeper.get("sweep-nope")
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_restart_neither_repeats_nor_loses_a_trial(start_coordinator, tmp_path):
+    spec = sweep_spec({"space": {"optimizer.lr": "loguniform(1e-5, 1e-2)"}, "max_trials": 5,
+                       "algorithm": "random", "max_concurrent": 2})  # fmt: skip
+    first = start_coordinator()
+    sweeper = Sweeper(first.address)
+    sweep = sweeper.submit(spec)
+    worker = Worker(sweeper.stub, "w1")
+    finished = run_trial(worker, 0.6)
+    running = wait_for(lambda: worker.acquire(0.2)).job.id
+    sweeper.close()
+    first.stop(grace=0)
+    # As if the coordinator died between storing a trial's end and telling its sweep: the
+    # job is SUCCEEDED in the jobs table, its trial still RUNNING in the sweep's.
+    store = JobStore(tmp_path / "coordinator.db")
+    store.transition(running, job_pb2.SUCCEEDED, "finished", summary={"eval_accuracy": 0.8})
+    store.close()
+    second = start_coordinator()
+    sweeper = Sweeper(second.address)
+    worker = Worker(sweeper.stub, "w1")
+    got = sweeper.get(sweep.id)
+    # Told on start, and the next trial asked: numbers 0-3, none twice.
+    assert [t.number for t in got.trials] == [0, 1, 2, 3]
+    assert got.trials[0].job_id == finished and got.trials[0].trial_state == "COMPLETE"
+    (told,) = [t for t in got.trials if t.job_id == running]
+    assert told.trial_state == "COMPLETE" and told.value == 0.8
+    assert len({t.job_id for t in got.trials}) == 4
+    while sweeper.get(sweep.id).state == sweep_pb2.SWEEP_RUNNING:
+        run_trial(worker, 0.7)
+    final = sweeper.get(sweep.id)
+    assert [t.number for t in final.trials] == [0, 1, 2, 3, 4]
+    assert len({t.job_id for t in final.trials}) == 5
+    assert len({t.params["optimizer.lr"] for t in final.trials}) == 5  # no value drawn twice
+    assert all(t.trial_state == "COMPLETE" for t in final.trials)
+    sweeper.close()
+
+
+def test_max_concurrent_leaves_room_for_other_jobs(sweeper, client):
+    spec = sweep_spec({"space": {"optimizer.lr": [0.001, 0.002, 0.003]}, "max_concurrent": 1})
+    sweep = sweeper.submit(spec)
+    other = client.submit(make_spec("someone-else"))
+    worker = Worker(client.stub, "w1")
+    first = run_trial(worker, 0.5)
+    assert first == sweeper.get(sweep.id).trials[0].job_id
+    # The sweep's next trial was queued after the other user's job: that one runs first.
+    assignment = wait_for(lambda: worker.acquire(0.2))
+    assert assignment.job.id == other.id
+
+
+def test_hostile_sweep_protos_are_refused_with_paths(sweeper):
+    spec = make_spec("base")
+    for i in range(40):
+        spec.sweep.space[f"train.seed{i}"].type = "choice"
+    with pytest.raises(grpc.RpcError) as e:
+        sweeper.submit(spec)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "at most 32 fields" in e.value.details()
+
+    spec = make_spec("base")
+    spec.sweep.space["train.epochs"].type = "int"
+    spec.sweep.space["train.epochs"].low = 1
+    spec.sweep.space["train.epochs"].high = 1e30
+    spec.sweep.space["train.seed"].values.append("1e30")
+    spec.sweep.space["train.seed"].type = "choice"
+    spec.sweep.max_trials = 10**6
+    with pytest.raises(grpc.RpcError) as e:
+        sweeper.submit(spec)
+    paths = {v.path for v in read_details(e.value).field_violations}
+    assert paths == {
+        "sweep.space.train.epochs",
+        "sweep.space.train.seed.values[0]",
+        "sweep.max_trials",
+    }
+
+
+def test_trials_of_a_failed_source_job_fail_and_the_sweep_ends_failed(sweeper, client):
+    source = client.submit(make_spec("pretrain"))
+    client.cancel(source.id)
+    data = spec_to_dict(make_spec("base", source_job=source.id))
+    data["sweep"] = {"space": {"optimizer.lr": [0.001, 0.002]}}
+    sweep = sweeper.submit(spec_from_dict(data))
+    assert sweep.state == sweep_pb2.SWEEP_FAILED, sweep.reason
+    assert [t.trial_state for t in sweep.trials] == ["FAIL", "FAIL"]
+    assert all(t.job_state == job_pb2.FAILED for t in sweep.trials)
+    assert "none reported accuracy" in sweep.reason
+
+
+def test_users_see_and_cancel_only_their_own_sweeps(start_coordinator):
+    from tunefleet.coordinator.auth import Role, TokenTable
+
+    tokens = TokenTable.from_entries(
+        [
+            {"name": "alice", "role": Role.USER.value, "token": "a" * 32},
+            {"name": "bob", "role": Role.USER.value, "token": "b" * 32},
+        ]
+    )
+    server = start_coordinator(tokens=tokens, insecure=True)
+    channel = grpc.insecure_channel(server.address)
+    stub = coordinator_pb2_grpc.CoordinatorStub(channel)
+
+    def as_user(token):
+        return (("authorization", f"Bearer {token}"),)
+
+    alice, bob = as_user("a" * 32), as_user("b" * 32)
+    request = coordinator_pb2.SubmitSweepRequest(spec=sweep_spec(GRID))
+    sweep = stub.SubmitSweep(request, metadata=alice, timeout=RPC_TIMEOUT)
+    assert sweep.submitter == "alice"
+    get = coordinator_pb2.GetSweepRequest(sweep_id=sweep.id)
+    assert stub.GetSweep(get, metadata=alice, timeout=RPC_TIMEOUT).id == sweep.id
+    for call, req in (
+        (stub.GetSweep, get),
+        (stub.CancelSweep, coordinator_pb2.CancelSweepRequest(sweep_id=sweep.id)),
+    ):
+        with pytest.raises(grpc.RpcError) as e:
+            call(req, metadata=bob, timeout=RPC_TIMEOUT)
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    listed = stub.ListSweeps(coordinator_pb2.ListSweepsRequest(), metadata=bob, timeout=RPC_TIMEOUT)
+    assert list(listed.sweeps) == []
+    # The trials are alice's jobs.
+    job = coordinator_pb2.GetJobRequest(job_id=sweep.trials[0].job_id)
+    assert stub.GetJob(job, metadata=alice, timeout=RPC_TIMEOUT).submitter == "alice"
+    channel.close()

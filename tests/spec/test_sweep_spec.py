@@ -1,0 +1,185 @@
+"""The `sweep:` block: its YAML shorthand, its checks (every problem with its path) and
+its points (the grid, conditions honoured)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tunefleet.spec import SpecError, load_job_file, prepare
+from tunefleet.spec import sweep as space
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE = {
+    "name": "s",
+    "model": {"source": "hf", "name": "org/model"},
+    "data": {"source": "csv", "train": "/data/train.csv"},
+}
+
+
+def problems(sweep: dict, **base) -> list[tuple[str, str]]:
+    with pytest.raises(SpecError) as e:
+        prepare({**BASE, **base, "sweep": sweep}, check_paths=False)
+    return [(p.path, p.message) for p in e.value.errors]
+
+
+def test_shorthand_and_defaults():
+    spec = prepare(
+        {
+            **BASE,
+            "sweep": {
+                "space": {
+                    "finetune.strategy": ["head_only", "last_k"],
+                    "finetune.k": {"values": [1, 2], "when": {"finetune.strategy": "last_k"}},
+                    "data.group_by_length": [True, False],
+                }
+            },
+        },
+        check_paths=False,
+    )
+    s = spec.sweep
+    assert s.space["finetune.k"].values == ["1", "2"]
+    assert s.space["data.group_by_length"].values == ["true", "false"]
+    assert (s.algorithm, s.metric, s.mode, s.pruner) == ("grid", "accuracy", "max", "none")
+    assert s.max_trials == 6 and s.max_concurrent == 2  # (1 + 2) strategies x 2
+    points = space.grid(s)
+    assert {"finetune.strategy": "head_only", "data.group_by_length": True} in points
+    assert all(("finetune.k" in p) == (p["finetune.strategy"] == "last_k") for p in points)
+    # The base keeps its gaps: defaults are resolved per trial.
+    assert not spec.optimizer.HasField("lr")
+
+
+def test_ranges_and_loss_mode():
+    spec = prepare(
+        {
+            **BASE,
+            "eval": {"metric": "loss"},
+            "sweep": {
+                "space": {"optimizer.lr": "loguniform(1e-5, 1e-2)", "train.epochs": "int(1, 3)"}
+            },
+        },
+        check_paths=False,
+    )
+    s = spec.sweep
+    assert (s.algorithm, s.metric, s.mode, s.max_trials) == ("tpe", "loss", "min", 10)
+    assert (s.space["optimizer.lr"].type, s.space["optimizer.lr"].low) == ("loguniform", 1e-5)
+    assert s.space["train.epochs"].type == "int"
+
+
+def test_every_problem_has_its_path():
+    found = problems(
+        {
+            "space": {
+                "optimizer.lr": "loguniform(0, 1)",
+                "optimizer.momentum": "between(1, 2)",
+                "finetune": ["x"],
+                "labels.team": ["a"],
+                "name": ["a", "b"],
+                "train.epochs": "uniform(1, 3)",
+                "finetune.k": {"values": [1, 1], "when": {"finetune.strategy": "last_k"}},
+                "finetune.strategy": {"values": ["full"], "when": {"finetune.k": "1"}},
+            },
+            "mode": "maximum",
+            "max_concurrent": 0,
+        }
+    )
+    paths = [p for p, _ in found]
+    assert paths == [
+        "sweep.space.optimizer.momentum",
+        "sweep.space.finetune",
+        "sweep.space.finetune.k.values[1]",
+        "sweep.space.labels.team",
+        "sweep.space.name",
+        "sweep.space.optimizer.lr",
+        "sweep.space.train.epochs",
+        "sweep.space.finetune.k.when.finetune.strategy",
+        "sweep.space.finetune.k.when",  # k waits for strategy, which waits for k
+        "sweep.mode",
+        "sweep.max_concurrent",
+    ]
+    messages = dict(found)
+    assert "not a range" in messages["sweep.space.optimizer.momentum"]
+    assert "is a section" in messages["sweep.space.finetune"]
+    assert "given twice" in messages["sweep.space.finetune.k.values[1]"]
+    assert "cannot be swept" in messages["sweep.space.name"]
+    assert "loguniform needs low > 0" in messages["sweep.space.optimizer.lr"]
+    assert "int(a, b)" in messages["sweep.space.train.epochs"]
+
+
+def test_conditions_name_choice_values_and_form_no_circle():
+    found = dict(
+        problems(
+            {
+                "space": {
+                    "finetune.strategy": ["full", "last_k"],
+                    "finetune.k": {"values": [1], "when": {"finetune.strategy": "lastk"}},
+                    "optimizer.name": {"values": ["sgd"], "when": {"optimizer.momentum": "0.9"}},
+                    "optimizer.momentum": {"values": [0.9], "when": {"optimizer.name": "sgd"}},
+                }
+            }
+        )
+    )
+    assert (
+        "'lastk' is not one of finetune.strategy's values"
+        in found["sweep.space.finetune.k.when.finetune.strategy"]
+    )
+    assert any("circle" in m for p, m in found.items() if p.startswith("sweep.space.optimizer"))
+
+
+def test_every_point_is_validated_as_a_job():
+    found = problems(
+        {"space": {"finetune.strategy": ["full", "last_k"], "optimizer.lr": "uniform(-1, 1e-3)"}}
+    )
+    assert ("sweep.space.optimizer.lr", "-1.0: must be > 0, got -1") in found
+    # A problem of the base job that only some points have names them.
+    (k,) = [m for p, m in found if p == "finetune.k"]
+    assert "with finetune.strategy=last_k" in k
+
+
+def test_grid_needs_choices():
+    found = dict(problems({"space": {"optimizer.lr": "uniform(1e-5, 1e-3)"}, "algorithm": "grid"}))
+    assert "grid needs choices only; optimizer.lr is a range" in found["sweep.algorithm"]
+
+
+def test_the_example_sweep_loads():
+    spec = load_job_file(ROOT / "examples" / "minilm-sweep.yaml")
+    assert spec.sweep.algorithm == "tpe" and spec.sweep.pruner == "median"
+    assert spec.sweep.space["finetune.k"].when["finetune.strategy"] == "last_k"
+
+
+_WORDS = st.sampled_from(
+    ["optimizer.lr", "finetune.k", "finetune.strategy", "train.epochs", "last_k", "full",
+     "uniform(1, 2)", "loguniform(0, 1)", "int(1, 1e30)", "choice", "values", "when", "type",
+     "low", "high", "sweep", "name", "labels.x", ""]
+) | st.text(max_size=10)  # fmt: skip
+_SCALARS = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | _WORDS
+_VALUES = st.recursive(
+    _SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_WORDS, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.dictionaries(_WORDS, _VALUES, max_size=4),
+    st.dictionaries(
+        st.sampled_from(["algorithm", "pruner", "metric", "mode", "max_trials", "seed"]),
+        _SCALARS,
+        max_size=3,
+    ),
+)
+def test_random_sweep_blocks_fail_only_with_field_errors(space_block, settings_block):
+    try:
+        spec = prepare(
+            {**BASE, "sweep": {"space": space_block, **settings_block}}, check_paths=False
+        )
+    except SpecError as e:
+        assert e.errors and all(p.path for p in e.errors)
+        return
+    # Accepted: every point it can create is a valid job.
+    for point in space.check_points(spec.sweep)[:20]:
+        prepare(space.apply(spec, point), check_paths=False)
