@@ -33,6 +33,13 @@ OVERRIDES: dict[str, list[list[str]]] = {
     "server": [["server", "--db", "{tmp}/db", "--lease-s", "1"]],
     "up": [["up", "--listen", "0.0.0.0:0", "--db", "{tmp}/db"]],
     "token": [["token", " "]],
+    "sweep": [
+        ["sweep", "submit", "{tmp}/missing.yaml"],
+        ["sweep", "submit", "{tmp}/bad.yaml"],
+        ["--coordinator", "{closed}", "--connect-timeout", "1", "sweep", "get", "sweep-0bad"],
+        ["--coordinator", "{closed}", "--connect-timeout", "1", "sweep", "list"],
+        ["--coordinator", "{closed}", "--connect-timeout", "1", "sweep", "cancel", "sweep-0bad"],
+    ],
 }
 BAD_YAML = "name: [unclosed\nmodel: {source: hf\n"
 
@@ -96,9 +103,9 @@ def test_every_verb_has_a_bad_input():
 @pytest.mark.parametrize(("verb", "argv"), CASES, ids=[" ".join(a) for _, a in CASES])
 def test_every_verb_refuses_bad_input_in_words_not_a_traceback(tmp_path, verb, argv):
     (tmp_path / "bad.yaml").write_text(BAD_YAML)
-    argv = [a.format(tmp=tmp_path) for a in argv]
+    closed = f"127.0.0.1:{unused_port()}"
+    argv = [a.format(tmp=tmp_path, closed=closed) for a in argv]
     if _talks_to_coordinator(verbs()[verb]):
-        closed = f"127.0.0.1:{unused_port()}"
         argv += ["--coordinator", closed, "--connect-timeout", "1"]
     proc = run_ftctl(argv)
     output = proc.stdout + proc.stderr
