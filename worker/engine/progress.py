@@ -65,15 +65,18 @@ class ProgressTracker:
         total: float,
         *,
         epoch: float | Callable[[], float] = 0.0,
-        interval_s: float = DEFAULT_INTERVAL_S,
+        interval_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
         if stage not in STAGES:
             raise ValueError(f"unknown progress stage {stage!r}; expected one of {STAGES}")
         self.emit, self.stage, self.total = emit, stage, float(max(total, 0))
-        self.epoch, self.interval_s, self.clock = epoch, interval_s, clock
+        self.epoch, self.clock = epoch, clock
+        self.interval_s = DEFAULT_INTERVAL_S if interval_s is None else interval_s
         self.done = 0.0
+        self.base = 0.0  # see mark / within
         self.reported = 0  # events emitted so far
+        self._reported_done = -1.0
         self._last = clock()
 
     def update(self, done: float) -> None:
@@ -87,10 +90,19 @@ class ProgressTracker:
     def advance(self, units: float = 1.0) -> None:
         self.update(self.done + units)
 
+    def mark(self, units: float) -> None:
+        """`units` whole parts of the stage are done (compression: its measured parts)."""
+        self.base = float(units)
+        self.update(units)
+
+    def within(self, share: float) -> None:
+        """`share` (0..1) of the part after the last `mark` is done."""
+        self.update(self.base + min(max(share, 0.0), 1.0))
+
     def finish(self) -> None:
         """The stage's end: reported if anything of it was, so a bar reaches its total."""
         self.done = self.total
-        if self.reported:
+        if self.reported and self._reported_done != self.total:
             self._report()
 
     def _report(self) -> None:
@@ -104,6 +116,7 @@ class ProgressTracker:
             )
         )
         self.reported += 1
+        self._reported_done = min(self.done, self.total)
 
 
 def is_progress(phase: str) -> bool:
