@@ -62,11 +62,7 @@ def every_progress(monkeypatch):
 
 
 def _progress(events, stage):
-    return [
-        e.metrics
-        for e in events.kind("metrics")
-        if e.metrics.phase == f"progress/{stage}"
-    ]
+    return [e.metrics for e in events.kind("metrics") if e.metrics.phase == f"progress/{stage}"]
 
 
 def test_a_job_reports_progress_of_every_stage(
@@ -112,9 +108,7 @@ def test_progress_is_throttled_in_a_real_run(tmp_path, bert_dir, text_csvs, text
     spec = text_spec(bert_dir, text_csvs, train={"epochs": 2})
     run_job(spec, tmp_path, events)
     times = [
-        e.time.ToMilliseconds()
-        for e in events.kind("metrics")
-        if is_progress(e.metrics.phase)
+        e.time.ToMilliseconds() for e in events.kind("metrics") if is_progress(e.metrics.phase)
     ]
     seconds = (times[-1] - times[0]) / 1000 if times else 0.0
     assert len(times) <= 2 * seconds + 4 * 2  # ~2 a second, + each stage's end
