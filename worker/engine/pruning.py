@@ -4,11 +4,11 @@
   (embeddings, norms and biases are left alone); zeros in dense weights, same shapes.
   Global ranks each weight's magnitude relative to its layer's mean magnitude: raw
   magnitudes compare unlike layers, and a layer whose weights are small as a whole is
-  emptied. all-MiniLM-L6-v2's pooler (its weights ~10x smaller than the encoder's: sentence-
-  transformers never trained it) lost 96 % of its weights to a raw 30 % global cut, the
-  pooled features lost 60 % of their size, and the demo's eval loss went 0.19 -> 0.82 while
-  accuracy held (smaller logits, same argmax). Normalised, the pooler loses ~28 %, like
-  every other layer, and the pooled features keep their direction (cosine 0.94 vs 0.41).
+  emptied. all-MiniLM-L6-v2's pooler (weights ~10x smaller than the encoder's: sentence-
+  transformers never trained it) lost 95 % of its weights to a raw 30 % global cut; the
+  demo's fine-tuned model then gave logits 3.3x smaller, eval loss 0.080 -> 0.661 with
+  accuracy 0.9925 -> 0.9800 (right, but unsure). Ranked relative to each layer's mean, the
+  pooler loses 28 % like the other layers, and eval loss is 0.094 (accuracy 0.9825).
 - structured, BERT-style encoders (encoder_pruning.py): the lowest-norm attention heads and
   FFN neurons of every layer are sliced out, so the model is smaller and faster.
 - structured, other models (CNNs): whole output channels / neurons with the smallest L2 norm
