@@ -121,6 +121,8 @@ class LiveBar:
 
     def metrics(self, m: Metrics, at: float) -> None:
         """A metrics event at event time `at` (seconds)."""
+        if self.started is None:  # `ftctl run`: no RUNNING event, the first report starts it
+            self.started = at
         stage = progress_stage(m.phase)
         if m.phase == "eval":
             self.last_eval = dict(m.values)
