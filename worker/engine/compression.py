@@ -164,8 +164,9 @@ def _measure(key, label, model, evaluate, size_bytes, counts=None) -> _Stage:
 # --------------------------------------------------------------------------- compress
 
 
-def _prune_stage(fp32, p, keep, evaluate, export, out_dir, recover, notes) -> _Stage:
-    """Prune a copy of `fp32`, recover if asked, make it permanent, export and measure it."""
+def _prune_stage(fp32, p, keep, evaluate, export, out_dir, recover, notes, progress) -> _Stage:
+    """Prune a copy of `fp32`, recover if asked, make it permanent, export and measure it.
+    With recovery, `progress` is marked after the evaluation before it and after it."""
     steps = p.recovery_steps if p.HasField("recovery_steps") else 0
     if steps > 0 and recover is None:
         raise ValueError("compress: recovery_steps > 0 needs a recover(model, steps) callback")
@@ -175,7 +176,9 @@ def _prune_stage(fp32, p, keep, evaluate, export, out_dir, recover, notes) -> _S
     label, before, trained = "pruned", {}, {}
     if steps > 0:
         before = {k: float(v) for k, v in evaluate(pruned).items()}
+        progress.mark(progress.base + 1)
         trained = recover(pruned, steps) or {}
+        progress.mark(progress.base + 1)
         make_permanent(pruned).cpu().eval()
         label = f"pruned+{steps} recovery step{'s' * (steps != 1)}"
         extra["recovery_steps"] = float(steps)
@@ -253,8 +256,11 @@ def compress(
         models = [fp32]
         source, source_folder = fp32, skeleton / "model"
         if spec.HasField("prune"):
-            stage = _prune_stage(fp32, spec.prune, keep, evaluate, export, out_dir, recover, notes)
-            progress.mark(progress.base + _prune_parts(spec.prune))
+            start = progress.base
+            stage = _prune_stage(
+                fp32, spec.prune, keep, evaluate, export, out_dir, recover, notes, progress
+            )
+            progress.mark(start + _prune_parts(spec.prune))
             artifacts["model_pruned"] = stage.path
             stages.append(stage)
             source, source_folder = stage.model, Path(stage.path)
