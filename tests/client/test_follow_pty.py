@@ -82,7 +82,9 @@ def _drive(worker) -> None:
         attempt,
         [
             _train(100),
-            _stamped(metrics=job_pb2.Metrics(phase="eval", step=100, epoch=2.0, values=eval_values)),
+            _stamped(
+                metrics=job_pb2.Metrics(phase="eval", step=100, epoch=2.0, values=eval_values)
+            ),
             _progress("compressing", 1.5, 3.0),
         ],
     )
