@@ -112,3 +112,12 @@ def test_progress_is_throttled_in_a_real_run(tmp_path, bert_dir, text_csvs, text
     ]
     seconds = (times[-1] - times[0]) / 1000 if times else 0.0
     assert len(times) <= 2 * seconds + 4 * 2  # ~2 a second, + each stage's end
+
+
+def test_progress_is_not_a_tensorboard_scalar():
+    from tunefleet.worker.tensorboard_writer import scalars
+
+    emitted = []
+    tracker = ProgressTracker(emitted.append, "evaluating", 10, interval_s=0.0)
+    tracker.update(5)
+    assert len(emitted) == 1 and list(scalars(emitted[0])) == []
