@@ -8,9 +8,9 @@ training, from train metrics too:
     training    ━━━━━━━━━━╺━━━━━━━━━  120/240 steps · epoch 1.00 · loss 0.2345 ·
                 lr 8.00e-05 · val macro_f1 0.9812 · 43.1 samples/s · 0:02:09 · ETA 0:01:10
 
-- ETA: remaining steps x the measured time per step, an average over the recent training
+- ETA: remaining steps x the measured time per step, a moving average over the training
   events' own timestamps (evaluations and other stages in between are not counted as step
-  time); other stages: the stage's elapsed time per unit done.
+  time); other stages: their units left at the pace between their first and last report.
 - samples/s: the engine's figure, which is the one throughput definition (README,
   "Throughput"): training examples per second of training-step time since training began.
 - val <metric>: the job's own selection metric (`eval.metric`) at the last evaluation,
