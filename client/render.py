@@ -1,30 +1,27 @@
 """Terminal views of a job: its event stream as it happens, and a summary at the end.
 
-On a terminal, training progress is a live bar (epoch, step/total, loss, lr, last eval
-accuracy) with state changes, log lines and reports printed above it. Anywhere else
-(CI logs, pipes, tests) the same information comes as plain lines, with train metrics
-throttled so a long run does not flood the log.
+On a terminal, progress is a live bar (progress_bar.py: the stage the job is in, its
+progress, ETA, the job's wall time, loss, lr, the job's validation metric, samples/s) with
+state changes, log lines and reports printed above it. Anywhere else (CI logs, pipes,
+tests) the same information comes as plain lines, with train metrics and progress
+throttled so a long run does not flood the log. A failure's error is printed once, where
+it first appears. The summary at the end is a headline and the compression table
+(summary_view.py); every figure stays in `--json`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-)
+from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
+from tunefleet.client.progress_bar import STAGE_LABELS, LiveBar, progress_stage
+from tunefleet.client.summary_view import compression_table, footnote_texts, headline_lines
 from tunefleet.client.types import Event, Job, JobState, LogLine, Metrics, Report, StateChange
 from tunefleet.limits import printable
 
@@ -41,7 +38,6 @@ __all__ = [
     "render_job",
     "render_reports",
     "render_summary",
-    "summary_lines",
     "workers_table",
 ]
 
@@ -75,38 +71,17 @@ def format_duration(seconds: float | None) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
-def format_values(values: Mapping[str, float]) -> str:
-    # The metrics people look for first, then the rest alphabetically.
-    first = [k for k in ("accuracy", "macro_f1", "loss") if k in values]
+def format_values(values: Mapping[str, float], metric: str = "") -> str:
+    # The job's metric, then the metrics people look for first, then the rest alphabetically.
+    first = [k for k in (metric, "accuracy", "macro_f1", "loss") if k in values]
+    first = list(dict.fromkeys(first))
     keys = first + sorted(k for k in values if k not in first)
     return " ".join(f"{_p(k)} {_num(values[k])}" for k in keys)
 
 
-# Summary keys by role: the validation set's figures at the chosen checkpoint, and the
-# test set's, evaluated once on the exported model (see worker/engine/splits.py).
-SUMMARY_ROLES = (("eval_", "validation"), ("test_", "test"))
-
-
-def summary_lines(summary: Mapping[str, float]) -> list[str]:
-    """The job summary as lines: its other figures, then validation, then test."""
-    by_role: dict[str, dict[str, float]] = {}
-    rest = {}
-    for key, value in summary.items():
-        prefix = next((p for p, _ in SUMMARY_ROLES if key.startswith(p)), None)
-        if prefix is None:
-            rest[key] = value
-        else:
-            by_role.setdefault(prefix, {})[key[len(prefix) :]] = value
-    lines = [f"metrics: {format_values(rest)}"] if rest else []
-    for prefix, role in SUMMARY_ROLES:
-        if prefix in by_role:
-            note = " (best checkpoint)" if role == "validation" and "best_step" in rest else ""
-            lines.append(f"{role}{note}: {format_values(by_role[prefix])}")
-    return lines
-
-
-def format_metrics(m: Metrics) -> str:
-    """One line for a metrics event, e.g. "train step 20/100 epoch 0.40 loss 0.6931 ..."."""
+def format_metrics(m: Metrics, metric: str = "") -> str:
+    """One line for a metrics event, e.g. "train step 20/100 epoch 0.40 loss 0.6931 ...";
+    `metric` (the job's eval.metric) leads the values."""
     step = f"{m.step}/{m.total_steps}" if m.total_steps else str(m.step)
     parts = [f"{_p(m.phase or 'metrics'):<5}", f"step {step}", f"epoch {m.epoch:.2f}"]
     if m.loss is not None:
@@ -114,7 +89,7 @@ def format_metrics(m: Metrics) -> str:
     if m.lr is not None:
         parts.append(f"lr {m.lr:.2e}")
     if m.values:
-        parts.append(format_values(m.values))
+        parts.append(format_values(m.values, metric))
     if m.samples_per_s is not None:
         parts.append(f"{m.samples_per_s:.1f} samples/s")
     return " ".join(parts)
@@ -151,9 +126,18 @@ class EventRenderer:
     Args:
         console: Where to draw (default: a new stdout Console).
         live: Force the live bar on or off (default: on when the console is a terminal).
-        throttle_s: Plain mode prints at most one train-metrics line per this many
-            seconds of event time (eval metrics, logs and reports always print).
+        throttle_s: Plain mode prints at most one train-metrics line (and one progress
+            line) per this many seconds of event time (eval metrics, logs and reports
+            always print).
         show_debug: Also print debug-level log lines.
+        metric: The job's selection metric (eval.metric): the bar's "val" figure and the
+            summary's lead.
+        started: When the job started (Job.started_at): the bar's clock counts from it.
+        show_progress: Print progress events (caching, evaluating, compressing) as plain
+            lines; `ftctl logs` without -f leaves them out.
+        defer_reports: Names of reports not printed as they come because the closing
+            summary shows them (the compression table).
+        clock: Wall-clock seconds, for the bar's clock (tests pass a fake one).
     """
 
     def __init__(
@@ -163,18 +147,29 @@ class EventRenderer:
         live: bool | None = None,
         throttle_s: float = 2.0,
         show_debug: bool = False,
+        metric: str = "",
+        started: datetime | None = None,
+        show_progress: bool = True,
+        defer_reports: tuple[str, ...] = (),
+        clock: Callable[[], float] = time.time,
     ):
         self.console = console or Console()
         self.live = self.console.is_terminal if live is None else live
         self.throttle_s = throttle_s
         self.show_debug = show_debug
+        self.metric = metric or "accuracy"
+        self.show_progress = show_progress
+        self.defer_reports = defer_reports
         self.last_eval: dict[str, float] = {}
         self.last_train: Metrics | None = None
         self.last_state: StateChange | None = None
         self._last_train_print: float | None = None
+        self._last_progress_print: float | None = None
         self._pending_train: Metrics | None = None
-        self._progress: Progress | None = None
-        self._task: TaskID | None = None
+        self._errors: list[str] = []  # error texts already printed: each is printed once
+        self._bar: LiveBar | None = None
+        if self.live:
+            self._bar = LiveBar(self.console, metric=self.metric, started=started, clock=clock)
 
     def __enter__(self) -> EventRenderer:
         return self
@@ -190,104 +185,125 @@ class EventRenderer:
             renderable = Text(renderable)
         self.console.print(renderable, highlight=False, soft_wrap=True)
 
+    def shown_error(self, text: str) -> bool:
+        """Whether `text` (a failure reason, an error line) was printed already, alone or
+        as part of a longer error line: the worker relays the engine's error, the state
+        change repeats it as its reason, and the summary would a third time."""
+        text = text.strip()
+        if len(text) < 8:
+            return text in self._errors
+        return any(text in seen or (len(seen) >= 8 and seen in text) for seen in self._errors)
+
     def handle(self, event: Event) -> None:
         if event.kind == "metrics":
             self._metrics(event)
             return
         if event.kind == "state_change":
-            self.last_state = event.payload  # type: ignore[assignment]
+            change: StateChange = event.payload  # type: ignore[assignment]
+            self.last_state = change
             self._flush_pending_train()
-            self.print(_state_text(event.payload, event.attempt))  # type: ignore[arg-type]
+            if self._bar is not None and event.time is not None:
+                if change.state == JobState.RUNNING:
+                    self._bar.job_started(event.time.timestamp())
+                elif change.state.is_terminal():
+                    self._bar.job_ended(event.time.timestamp())
+            if change.reason and self.shown_error(change.reason):
+                change = StateChange(change.state, "")  # said above, by the error line
+            elif change.state.is_terminal() and change.reason:
+                self._errors.append(change.reason.strip())
+            self.print(_state_text(change, event.attempt))
         elif event.kind == "log":
             line: LogLine = event.payload  # type: ignore[assignment]
             if line.level == "debug" and not self.show_debug:
                 return
+            if line.level == "error":
+                if self.shown_error(line.message.removesuffix(_TAIL_SUFFIX)):
+                    if not line.message.endswith(_TAIL_SUFFIX):
+                        return
+                    line = LogLine(line.level, _TAIL_SUFFIX.lstrip("; "))
+                else:
+                    self._errors.append(line.message.removesuffix(_TAIL_SUFFIX).strip())
             self.print(_log_text(line))
         elif event.kind == "report":
-            self.print(_report_renderable(event.payload))  # type: ignore[arg-type]
+            report: Report = event.payload  # type: ignore[assignment]
+            if report.name not in self.defer_reports:
+                self.print(_report_renderable(report))
 
     def _metrics(self, event: Event) -> None:
         m: Metrics = event.payload  # type: ignore[assignment]
+        stage = progress_stage(m.phase)
         if m.phase == "eval":
             self.last_eval = dict(m.values)
-        elif m.phase != "test":
+        elif m.phase != "test" and stage is None:
             self.last_train = m
-        if self.live:
-            self._update_bar(m)
+        now = event.time.timestamp() if event.time else time.monotonic()
+        if self._bar is not None:
+            self._bar.metrics(m, now)
             if m.phase in ("eval", "test"):
-                self.print(Text(format_metrics(m), style="green"))
+                self.print(Text(format_metrics(m, self.metric), style="green"))
+            return
+        if stage is not None:
+            self._plain_progress(stage, m, now)
             return
         if m.phase in ("eval", "test"):
             self._flush_pending_train()
-            self.print(format_metrics(m))
+            self.print(format_metrics(m, self.metric))
             return
-        now = event.time.timestamp() if event.time else time.monotonic()
         final = bool(m.total_steps) and m.step >= m.total_steps
         due = self._last_train_print is None or now - self._last_train_print >= self.throttle_s
         if due or final:
             self._last_train_print = now
             self._pending_train = None
-            self.print(format_metrics(m))
+            self.print(format_metrics(m, self.metric))
         else:
             self._pending_train = m
+
+    def _plain_progress(self, stage: str, m: Metrics, now: float) -> None:
+        """Caching, evaluating, compressing as throttled lines; training progress is
+        already in the train lines."""
+        if not self.show_progress or stage == "training":
+            return
+        done, total = m.values.get("done", 0.0), m.values.get("total", 0.0)
+        last = self._last_progress_print
+        if done < total and last is not None and now - last < self.throttle_s:
+            return
+        self._last_progress_print = now
+        label, unit = STAGE_LABELS.get(stage, (stage, ""))
+        share = f" ({done / total:.0%})" if total else ""
+        amount = f"{done:,.0f}/{total:,.0f} {unit}" if unit else f"{done / max(total, 1):.0%}"
+        self.print(f"{_p(label)} {amount}{share if unit else ''}")
 
     def _flush_pending_train(self) -> None:
         # The last train line before an eval or a state change is worth seeing even when
         # throttled: it is where the loss stood.
         if self._pending_train is not None:
-            self.print(format_metrics(self._pending_train))
+            self.print(format_metrics(self._pending_train, self.metric))
             self._pending_train = None
-
-    def _update_bar(self, m: Metrics) -> None:
-        if self._progress is None:
-            self._progress = Progress(
-                SpinnerColumn(),
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[info]}"),
-                TimeElapsedColumn(),
-                console=self.console,
-            )
-            self._progress.start()
-            self._task = self._progress.add_task("training", total=None, info="")
-        info = []
-        t = self.last_train
-        if t is not None and t.loss is not None:
-            info.append(f"loss {_num(t.loss)}")
-        if t is not None and t.lr is not None:
-            info.append(f"lr {t.lr:.2e}")
-        if "accuracy" in self.last_eval:
-            info.append(f"eval acc {_num(self.last_eval['accuracy'])}")
-        if t is not None and t.samples_per_s is not None:
-            info.append(f"{t.samples_per_s:.0f}/s")
-        self._progress.update(
-            self._task,  # type: ignore[arg-type]
-            description=f"epoch {m.epoch:.2f}",
-            completed=m.step,
-            total=m.total_steps or None,
-            info=" · ".join(info),
-        )
 
     def close(self) -> None:
         self._flush_pending_train()
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
+        if self._bar is not None:
+            self._bar.stop()
 
     # --- the end ----------------------------------------------------------------------
 
     def summary(self, job: Job) -> None:
         self.close()
+        reason = "" if self.shown_error(job.reason) else job.reason
         render_summary(
             self.console,
             state=job.state,
-            reason=job.reason,
+            reason=reason,
             summary=job.summary,
             artifacts=job.artifacts,
             duration_s=job.duration_s,
             title=f"job {job.id} ({job.name})",
+            metric=job.spec.eval.metric or self.metric,
         )
+
+
+# The worker's headline above the last lines of a crashed engine's log (job_runner.py).
+_TAIL_SUFFIX = "; last lines of engine.log:"
 
 
 def render_summary(
@@ -299,9 +315,10 @@ def render_summary(
     artifacts: Mapping[str, str] | None = None,
     duration_s: float | None = None,
     title: str = "",
+    metric: str = "",
 ) -> None:
-    """The closing block: final state, reason, metrics (validation and test apart),
-    artifact paths."""
+    """The closing block: final state and duration, the reason (unless the caller printed
+    it already), the headline (summary_view.py), the compression table."""
     head = Text(state.value, style=STATE_STYLES.get(state, ""))
     if title:
         head.append(f" {_p(title)}")
@@ -310,13 +327,27 @@ def render_summary(
     console.print(head, highlight=False)
     if reason:
         console.print(Text(f"  reason: {_p(reason)}"), highlight=False)
-    for line in summary_lines(summary or {}):
-        console.print(Text(f"  {line}"), highlight=False)
-    if artifacts:
-        console.print("  artifacts:", highlight=False)
-        width = max(len(k) for k in artifacts)
-        for key in sorted(artifacts):
-            console.print(Text(f"    {_p(key):<{width}}  {_p(artifacts[key])}"), highlight=False)
+    _print_headline(console, summary or {}, artifacts or {}, metric, indent="  ")
+
+
+def _print_headline(
+    console: Console,
+    summary: Mapping[str, float],
+    artifacts: Mapping[str, str],
+    metric: str,
+    *,
+    indent: str,
+) -> None:
+    rows = headline_lines(summary, metric=metric, artifacts=artifacts)
+    width = max((len(label) for label, _ in rows), default=0)
+    for label, text in rows:
+        console.print(Text(f"{indent}{label:<{width}}  {text}"), highlight=False)
+    table, notes = compression_table(summary, metric=metric)
+    if table is not None:
+        console.print(Text(f"{indent}compression:"), highlight=False)
+        console.print(Padding(table, (0, 0, 0, len(indent) + 2), expand=False))
+        for note in footnote_texts(notes):
+            console.print(Text(indent) + note, highlight=False, soft_wrap=True)
 
 
 def _when(dt: datetime | None) -> str:
@@ -367,13 +398,13 @@ def render_job(console: Console, job: Job) -> None:
     for k, v in rows:
         table.add_row(k, v if isinstance(v, Text) else Text(v))
     console.print(table)
-    for line in summary_lines(job.summary):
-        console.print(Text(line), highlight=False)
-    if job.artifacts:
-        console.print("artifacts:")
-        width = max(len(k) for k in job.artifacts)
-        for key in sorted(job.artifacts):
-            console.print(Text(f"  {_p(key):<{width}}  {_p(job.artifacts[key])}"), highlight=False)
+    _print_headline(console, job.summary, job.artifacts, spec.eval.metric, indent="")
+    if job.summary or job.artifacts:
+        console.print(
+            Text(f"every figure: ftctl get {job.id} --json; paths: ftctl artifacts {job.id}"),
+            style="dim",
+            highlight=False,
+        )
 
 
 def render_reports(console: Console, reports: list[Report]) -> None:

@@ -48,7 +48,7 @@ def scalars(event: job_pb2.Event) -> Iterator[tuple[str, float]]:
         if len(set(m.lr_groups.values())) > 1:  # per group only when they differ
             for group, lr in sorted(m.lr_groups.items()):
                 yield f"train/lr/{group}", lr
-    elif m.phase:
+    elif m.phase and not m.phase.startswith("progress/"):  # progress is not a measurement
         for name, value in sorted(m.values.items()):
             yield f"{m.phase}/{name}", value
 

@@ -31,7 +31,6 @@ from tunefleet.client.render import (
     EventRenderer,
     format_duration,
     render_job,
-    render_reports,
 )
 from tunefleet.client.types import Job
 from tunefleet.limits import printable
@@ -139,8 +138,19 @@ def submit(args) -> int:
 
 
 def follow(sdk: Client, job_id: str, after_seq: int, console, throttle_s, flag="") -> int:
-    """Renders the job's events until it ends; its outcome as the exit code."""
-    renderer = EventRenderer(console, throttle_s=throttle_s)
+    """Renders the job's events until it ends; its outcome as the exit code.
+
+    The bar's clock counts from the job's start and its "val" figure is the job's own
+    metric, so both come from the job first; the compression report waits for the
+    summary, which shows it as a table."""
+    job = sdk.get(job_id)
+    renderer = EventRenderer(
+        console,
+        throttle_s=throttle_s,
+        metric=job.spec.eval.metric,
+        started=job.started_at,
+        defer_reports=("compression",),
+    )
     try:
         for event in sdk.events(job_id, after_seq, True):
             renderer.handle(event)
@@ -167,7 +177,9 @@ def logs(args) -> int:
         job_id = sdk.resolve_job_id(args.job)
         if args.follow:
             return follow(sdk, job_id, args.after, console, args.throttle)
-        with EventRenderer(console, live=False, throttle_s=0.0, show_debug=True) as renderer:
+        with EventRenderer(
+            console, live=False, throttle_s=0.0, show_debug=True, show_progress=False
+        ) as renderer:
             for event in sdk.events(job_id, args.after, False):
                 renderer.handle(event)
     return EXIT_OK
@@ -260,29 +272,12 @@ def get(args) -> int:
         return show(args, args.job)
     with client(args) as sdk:
         job = sdk.get(args.job)
-        reports = _compression_reports(sdk, job)
     if args.json:
         print(json.dumps(job_dict(job, spec=True), indent=2))
     else:
-        console = stdout()
-        render_job(console, job)
-        render_reports(console, reports)
+        # The headline and the compression table come from the summary (render.py).
+        render_job(stdout(), job)
     return EXIT_OK
-
-
-def _compression_reports(sdk: Client, job: Job) -> list:
-    """The compression report of a finished job that compressed its model (read from its
-    events, so only for such jobs: others' event streams are not fetched)."""
-    from tunefleet.spec import compresses
-
-    if not (compresses(job.spec) and job.is_terminal()):
-        return []
-    reports = [
-        event.report
-        for event in sdk.events(job.id, follow=False)
-        if event.kind == "report" and event.report.name == "compression"
-    ]
-    return reports[-1:]
 
 
 def cancel(args) -> int:

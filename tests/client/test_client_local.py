@@ -128,5 +128,5 @@ def test_ftctl_plan_and_run(capsys, tmp_path, tiny_job):
     out, _ = capsys.readouterr()
     assert f"RUNNING tiny-cli locally, writing to {out_dir}" in out
     assert "train step" in out and "eval  step" in out
-    assert "SUCCEEDED tiny-cli" in out and f"model        {out_dir / 'model'}" in out
+    assert "SUCCEEDED tiny-cli" in out and f"  model       {out_dir / 'model'}" in out
     assert (out_dir / "model").is_dir()

@@ -39,9 +39,9 @@ def test_get_prints_validation_and_test_on_their_own_lines():
     c, out = console()
     render_job(c, Job.from_proto(job_pb2.Job(id="job-1", state=job_pb2.SUCCEEDED, summary=SUMMARY)))
     lines = out.getvalue().splitlines()
-    assert "metrics: best_step 30 steps 40" in lines
-    assert "validation (best checkpoint): accuracy 0.9 macro_f1 0.89 loss 0.31" in lines
-    assert "test: accuracy 0.85 macro_f1 0.84 loss 0.42" in lines
+    assert "selected    step 30 of 40: best validation accuracy" in lines
+    assert "validation  accuracy 0.9000  macro_f1 0.8900  loss 0.3100" in lines
+    assert "test        accuracy 0.8500  macro_f1 0.8400  loss 0.4200" in lines
 
 
 def test_sdk_job_splits_the_summary_by_role():
@@ -80,7 +80,7 @@ def test_ftctl_get_of_a_finished_job_shows_both(capsys, cluster, scripted_worker
 
     assert main(["get", job_id, "--coordinator", addr]) == 0
     out = capsys.readouterr().out
-    assert "validation (best checkpoint): accuracy 0.9" in out
-    assert "test: accuracy 0.85 macro_f1 0.84 loss 0.42" in out
+    assert "validation  accuracy 0.9000" in out
+    assert "test        accuracy 0.8500  macro_f1 0.8400  loss 0.4200" in out
     assert main(["get", job_id, "--json", "--coordinator", addr]) == 0
     assert json.loads(capsys.readouterr().out)["summary"]["test_accuracy"] == 0.85

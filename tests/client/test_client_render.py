@@ -96,15 +96,15 @@ def test_live_bar_on_a_terminal_and_the_summary():
                 state=job_pb2.SUCCEEDED,
                 reason="finished",
                 artifacts={"model": "/runs/job-1/model"},
-                summary={"accuracy": 0.9},
+                summary={"eval_accuracy": 0.9, "best_step": 10.0},
             )
         )
     )
     text = out.getvalue()
     assert "RUNNING training started on worker w-1" in text
-    assert "20/100" in text and "eval acc 0.9" in text  # the bar
+    assert "20/100 steps" in text and "val accuracy 0.9000" in text  # the bar
     assert "SUCCEEDED job job-1" in text and "/runs/job-1/model" in text
-    assert "metrics: accuracy 0.9" in text
+    assert "validation  accuracy 0.9000" in text
 
 
 def test_get_shows_the_members_of_a_multi_node_job():

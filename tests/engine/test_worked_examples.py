@@ -96,7 +96,7 @@ def test_cifar10_smallcnn_example_reads_torchvisions_layout_offline(tmp_path, ca
     assert "validation: 20 examples carved from train (0.1, stratified, seed 0)" in out
     assert "test: 40 examples (CIFAR10 test)" in out
     assert "test  step 2/2" in out  # the one test evaluation, after training
-    assert "validation (best checkpoint): accuracy" in out and "test: accuracy" in out
+    assert "  validation  accuracy" in out and "  test        accuracy" in out
     assert {"eval_accuracy", "test_accuracy", "test_macro_f1", "test_loss"} <= set(summary)
 
 

@@ -45,6 +45,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -163,8 +164,9 @@ def _measure(key, label, model, evaluate, size_bytes, counts=None) -> _Stage:
 # --------------------------------------------------------------------------- compress
 
 
-def _prune_stage(fp32, p, keep, evaluate, export, out_dir, recover, notes) -> _Stage:
-    """Prune a copy of `fp32`, recover if asked, make it permanent, export and measure it."""
+def _prune_stage(fp32, p, keep, evaluate, export, out_dir, recover, notes, progress) -> _Stage:
+    """Prune a copy of `fp32`, recover if asked, make it permanent, export and measure it.
+    With recovery, `progress` is marked after the evaluation before it and after it."""
     steps = p.recovery_steps if p.HasField("recovery_steps") else 0
     if steps > 0 and recover is None:
         raise ValueError("compress: recovery_steps > 0 needs a recover(model, steps) callback")
@@ -174,7 +176,9 @@ def _prune_stage(fp32, p, keep, evaluate, export, out_dir, recover, notes) -> _S
     label, before, trained = "pruned", {}, {}
     if steps > 0:
         before = {k: float(v) for k, v in evaluate(pruned).items()}
+        progress.mark(progress.base + 1)
         trained = recover(pruned, steps) or {}
+        progress.mark(progress.base + 1)
         make_permanent(pruned).cpu().eval()
         label = f"pruned+{steps} recovery step{'s' * (steps != 1)}"
         extra["recovery_steps"] = float(steps)
@@ -220,6 +224,7 @@ def compress(
     export: Callable[[nn.Module, Path], None],
     keep: tuple[str, ...] = (),
     recover: Callable[[nn.Module, int], dict[str, float]] | None = None,
+    progress: Any = None,
 ) -> CompressionResult:
     """Run the stages of `spec` (a CompressionSpec) on CPU copies of `model` (left as is).
 
@@ -231,7 +236,11 @@ def compress(
     `recover(model, steps)`: trains the pruned model in place for `steps` optimizer steps and
     leaves it on the CPU in eval mode (the trainer passes recovery.py's loop over the job's
     data); it may return {"loss_first", "loss_last"}. Needed when recovery_steps > 0.
+    `progress`: a progress.py tracker; its total becomes the number of parts (each stage's
+    evaluation, recovery, the latency runs), each `mark`ed when done.
     """
+    progress = progress or _NoProgress()
+    progress.total = float(_parts(spec))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
@@ -243,10 +252,15 @@ def compress(
         export(fp32, skeleton / "model")
         size = _folder_bytes(skeleton / "model")
         stages.append(_measure("fp32", "fp32", fp32, evaluate, size))
+        progress.mark(1)
         models = [fp32]
         source, source_folder = fp32, skeleton / "model"
         if spec.HasField("prune"):
-            stage = _prune_stage(fp32, spec.prune, keep, evaluate, export, out_dir, recover, notes)
+            start = progress.base
+            stage = _prune_stage(
+                fp32, spec.prune, keep, evaluate, export, out_dir, recover, notes, progress
+            )
+            progress.mark(start + _prune_parts(spec.prune))
             artifacts["model_pruned"] = stage.path
             stages.append(stage)
             source, source_folder = stage.model, Path(stage.path)
@@ -275,6 +289,7 @@ def compress(
                 stage.path = str(dst)
                 stages.append(stage)
                 models.append(qmodel)
+                progress.mark(progress.base + 1)
                 n = len(quantized_linears(qmodel))
                 notes.append(
                     f"int8: dynamic quantization of {n} Linear layer{'s' * (n != 1)} "
@@ -284,6 +299,7 @@ def compress(
                 )
         for stage, ms in zip(stages, _latencies_ms(models, example_batch, kind), strict=True):
             stage.latency_ms = ms
+        progress.finish()
         notes.append(
             f"latency: CPU, one batch of {_batch_size(example_batch)}, "
             f"{torch.get_num_threads()} threads, median of interleaved runs"
@@ -319,6 +335,33 @@ def compress(
     )
     artifacts["compression_report"] = str(report_path)
     return CompressionResult(artifacts=artifacts, summary=summary, report=report)
+
+
+def _prune_parts(p) -> int:
+    """The pruned row's evaluation, and with recovery its evaluation before and training."""
+    return 3 if p.HasField("recovery_steps") and p.recovery_steps > 0 else 1
+
+
+def _parts(spec) -> int:
+    """Parts of `compress` that progress counts: fp32's evaluation, the pruned stage's,
+    int8's evaluation, the latency runs."""
+    parts = 2 + (_prune_parts(spec.prune) if spec.HasField("prune") else 0)
+    return parts + (1 if spec.HasField("quantize") else 0)
+
+
+class _NoProgress:
+    """Stands in for a tracker when the caller passes none."""
+
+    total = base = 0.0
+
+    def mark(self, units: float) -> None:
+        self.base = units
+
+    def within(self, share: float) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
 
 
 def _batch_size(batch: dict) -> int:

@@ -1,6 +1,16 @@
-"""Classification metrics (loss, accuracy, macro F1) and plain single-process evaluation."""
+"""Classification metrics (loss, accuracy, macro F1): the trainer's evaluation over all
+processes (`evaluate_prepared`) and plain single-process evaluation (`evaluate_module`).
+
+Both report their progress (examples done of the split) through a progress.py tracker when
+given one, so a follower's bar moves during a long evaluation; the per-example loss is the
+mean cross-entropy in every caller (training's validation, the test set, compression rows),
+so their losses compare.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,21 +38,66 @@ def classification_metrics(
     }
 
 
-def evaluate_module(
-    module: nn.Module, loader: DataLoader, kind: str, num_labels: int, *, device=None
+def evaluate_prepared(
+    accelerator: Any,
+    loader: Any,
+    forward: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+    num_labels: int,
+    *,
+    progress: Any = None,
 ) -> dict[str, float]:
-    """Plain single-process evaluation, on CPU unless `device` is given (compression
-    evaluates modified copies; the test set is evaluated once at the end)."""
-    module.eval()
+    """The trainer's validation pass: `forward(batch)` gives logits (through the feature
+    cache when it holds the batch), every process evaluates its shard, and the metrics are
+    computed on all of them gathered. The caller sets eval mode and restores train mode."""
     losses, preds, labels = [], [], []
     with torch.no_grad():
         for batch in loader:
+            if progress is not None:
+                progress.advance(len(batch["labels"]) * accelerator.num_processes)
+            logits = forward(batch).float()
+            loss = F.cross_entropy(logits, batch["labels"], reduction="none")
+            loss, pred, label = accelerator.gather_for_metrics(
+                (loss, logits.argmax(-1), batch["labels"])
+            )
+            losses.append(loss.cpu())
+            preds.append(pred.cpu())
+            labels.append(label.cpu())
+    if progress is not None:
+        progress.finish()
+    return classification_metrics(
+        torch.cat(losses), torch.cat(preds), torch.cat(labels), num_labels
+    )
+
+
+def evaluate_module(
+    module: nn.Module,
+    loader: DataLoader,
+    kind: str,
+    num_labels: int,
+    *,
+    device=None,
+    progress: Any = None,
+) -> dict[str, float]:
+    """Plain single-process evaluation, on CPU unless `device` is given (compression
+    evaluates modified copies; the test set is evaluated once at the end). `progress`: a
+    progress.py tracker (examples), or a callable given the share of batches done."""
+    module.eval()
+    losses, preds, labels = [], [], []
+    n_batches = len(loader) if hasattr(loader, "__len__") else 0
+    with torch.no_grad():
+        for i, batch in enumerate(loader, 1):
             if device is not None:
                 batch = {k: v.to(device) for k, v in batch.items()}
             logits = model_logits(module, batch, kind).float()
             losses.append(F.cross_entropy(logits, batch["labels"], reduction="none"))
             preds.append(logits.argmax(-1))
             labels.append(batch["labels"])
+            if callable(progress):
+                progress(i / n_batches if n_batches else 0.0)
+            elif progress is not None:
+                progress.advance(len(batch["labels"]))
+    if progress is not None and not callable(progress):
+        progress.finish()
     return classification_metrics(
         torch.cat(losses), torch.cat(preds), torch.cat(labels), num_labels
     )

@@ -58,6 +58,7 @@ from tunefleet.worker.engine.feature_store import (
     memory_budget,
     size_text,
 )
+from tunefleet.worker.engine.progress import ProgressTracker
 
 MODES = ("auto", "off")
 # torchvision models whose forward starts with `self.features(x)`, a Sequential.
@@ -384,9 +385,11 @@ class FrozenFeatures:
         modes = [(m, m.training) for m in model.modules()]
         model.eval()
         problem = None
+        progress = ProgressTracker(self.emit, "caching", len(dataset))  # a follower's bar
         try:
             with torch.no_grad():
                 for i, (indices, batch) in enumerate(zip(batches, loader, strict=True)):
+                    progress.advance(len(indices))
                     batch = {k: v.to(device) for k, v in batch.items()}
                     run = functools.partial(forward.logits, model, batch, self.kind)
                     if check and i == 0:
@@ -407,6 +410,7 @@ class FrozenFeatures:
         finally:
             for module, training in modes:
                 module.training = training
+        progress.finish()
         store.finish()
         return store, time.perf_counter() - start, problem
 

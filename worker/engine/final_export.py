@@ -28,6 +28,7 @@ from tunefleet.worker.engine.events import log_event, report_message_event
 from tunefleet.worker.engine.export import export_model
 from tunefleet.worker.engine.lora import merge_lora
 from tunefleet.worker.engine.models import ModelBundle
+from tunefleet.worker.engine.progress import ProgressTracker
 from tunefleet.worker.engine.recovery import Recovery
 
 
@@ -91,11 +92,16 @@ def _compress(
     batch_size = spec.eval.batch_size or spec.train.batch_size
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=data.collate)
     emit(log_event("compressing the final model"))
+    # compress() sizes it (its parts) and marks each; evaluations report within a part.
+    progress = ProgressTracker(emit, "compressing", 1, epoch=float(last_epoch + 1))
     return compression.compress(
         model,
         spec.compression,
         kind=kind,
-        evaluate=lambda module: evaluate_module(module, loader, kind, bundle.num_labels),
+        evaluate=lambda module: evaluate_module(
+            module, loader, kind, bundle.num_labels, progress=progress.within
+        ),
+        progress=progress,
         example_batch=next(iter(loader)),
         out_dir=out_dir,
         export=export,

@@ -2,6 +2,13 @@
 
 - unstructured: L1, global or per layer, over the weights of Linear and Conv layers
   (embeddings, norms and biases are left alone); zeros in dense weights, same shapes.
+  Global ranks each weight's magnitude relative to its layer's mean magnitude: raw
+  magnitudes compare unlike layers, and a layer whose weights are small as a whole is
+  emptied. all-MiniLM-L6-v2's pooler (weights ~10x smaller than the encoder's: sentence-
+  transformers never trained it) lost 95 % of its weights to a raw 30 % global cut; the
+  demo's fine-tuned model then gave logits 3.3x smaller, eval loss 0.080 -> 0.661 with
+  accuracy 0.9925 -> 0.9800 (right, but unsure). Ranked relative to each layer's mean, the
+  pooler loses 28 % like the other layers, and eval loss is 0.094 (accuracy 0.9825).
 - structured, BERT-style encoders (encoder_pruning.py): the lowest-norm attention heads and
   FFN neurons of every layer are sliced out, so the model is smaller and faster.
 - structured, other models (CNNs): whole output channels / neurons with the smallest L2 norm
@@ -15,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 from torch.nn.utils import prune
 
@@ -106,7 +114,12 @@ def prune_model(
             dim = 1 if conv1d and isinstance(m, conv1d) else 0  # HF Conv1D is (in, out)
             prune.ln_structured(m, name, amount=amount, n=2, dim=dim)
     elif method == "unstructured" and scope == "global":
-        prune.global_unstructured(targets, pruning_method=prune.L1Unstructured, amount=amount)
+        prune.global_unstructured(
+            targets,
+            pruning_method=prune.L1Unstructured,
+            amount=amount,
+            importance_scores={(m, n): _relative_magnitude(getattr(m, n)) for m, n in targets},
+        )
     elif method == "unstructured" and scope == "layer":
         for m, name in targets:
             prune.l1_unstructured(m, name, amount=amount)
@@ -122,6 +135,8 @@ def prune_model(
     how = (
         "structured (whole output channels / neurons zeroed, smallest L2 norm), per layer"
         if method == "structured"
+        else "unstructured, global (by magnitude relative to the layer's mean)"
+        if scope == "global"
         else f"unstructured, {scope}"
     )
     return PruneStats(
@@ -133,6 +148,12 @@ def prune_model(
         + "); saved dense, so no smaller or faster than fp32"
         + ("; only BERT-style encoders are made narrower" if method == "structured" else ""),
     )
+
+
+def _relative_magnitude(weight: torch.Tensor) -> torch.Tensor:
+    """|w| / mean |w| of its layer: the global ranking's score (module docstring)."""
+    magnitude = weight.detach().abs()
+    return magnitude / magnitude.mean().clamp(min=torch.finfo(magnitude.dtype).tiny)
 
 
 def make_permanent(model: nn.Module) -> nn.Module:

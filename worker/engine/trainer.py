@@ -46,7 +46,7 @@ from tunefleet.worker.engine.batching import build_loaders
 from tunefleet.worker.engine.devices import make_accelerator
 from tunefleet.worker.engine.divergence import DivergenceGuard, is_finite
 from tunefleet.worker.engine.errors import InvalidJobInput
-from tunefleet.worker.engine.evaluation import classification_metrics, evaluate_module
+from tunefleet.worker.engine.evaluation import evaluate_module, evaluate_prepared
 from tunefleet.worker.engine.events import log_event, metrics_event, report_message_event
 from tunefleet.worker.engine.feature_cache import FrozenFeatures
 from tunefleet.worker.engine.final_export import export_final, write_json_atomic
@@ -55,6 +55,7 @@ from tunefleet.worker.engine.host_memory import reuse_freed_memory
 from tunefleet.worker.engine.oom import InjectedOom, position_in_batches, retry_on_oom
 from tunefleet.worker.engine.optim import build_optimizer, build_param_groups, group_lrs
 from tunefleet.worker.engine.preemption import EXIT_PREEMPTED, Preempted, SigtermFlag
+from tunefleet.worker.engine.progress import ProgressTracker
 from tunefleet.worker.engine.schedules import build_schedule
 from tunefleet.worker.engine.train_window import TrainWindow
 
@@ -282,10 +283,12 @@ class TrainingRun:
         self._last_checkpoint_time = time.monotonic()  # setup's time is not training time
         self._step_lrs = group_lrs(self.optimizer)
         trainable_before: set[str] | None = None
+        progress = self._tracker("training", self.total_steps)
 
         while not s.finished and s.epoch < self.num_epochs:
             epoch = s.epoch
-            epoch_loader = self.features.train_loader(epoch) or self.train_loader
+            with self.window.paused():  # building the feature cache is not step time
+                epoch_loader = self.features.train_loader(epoch) or self.train_loader
             loader = epoch_loader
             if s.batch_in_epoch > 0:
                 loader = acc.skip_first_batches(epoch_loader, s.batch_in_epoch)
@@ -317,10 +320,12 @@ class TrainingRun:
                 if not acc.optimizer_step_was_skipped:
                     self.scheduler.step()
                 s.global_step += 1
+                progress.update(s.global_step)  # time-throttled, reads no device value
                 # Checked, agreed by every process, when the window is logged.
                 self.window.step_loss(loss)
 
-                if s.global_step % log_every == 0:
+                # Step 1 too: the plot's lr curve starts where the schedule does (warmup).
+                if s.global_step % log_every == 0 or s.global_step == 1:
                     self._log_train()
                 if eval_every > 0 and s.global_step % eval_every == 0:
                     self._evaluate_and_track()
@@ -353,6 +358,7 @@ class TrainingRun:
             self._evaluate_and_track()
         if self.last_saved_step != s.global_step:
             self.save_checkpoint()
+        progress.finish()
         self.features.release()
 
     def _step_flags(self) -> tuple[bool, bool]:
@@ -426,7 +432,8 @@ class TrainingRun:
             loss=w.loss,
             lr=next(iter(lrs.values())) / self._group0_ratio,
             lr_groups=lrs,
-            samples_per_s=w.samples / w.elapsed_s if w.elapsed_s > 0 else 0.0,
+            # The one throughput (README, "Throughput"): since training began, as the summary.
+            samples_per_s=s.train_samples / s.train_time_s if s.train_time_s > 0 else 0.0,
             values={"accuracy": w.correct / w.samples} if w.samples else None,
         )
         self.window.reset()
@@ -443,6 +450,12 @@ class TrainingRun:
             )
         )
 
+    def _tracker(self, stage: str, total: float) -> ProgressTracker:
+        """Progress events of `stage` (progress.py), tagged with where training stands."""
+        return ProgressTracker(
+            self.emit, stage, total, epoch=lambda: self.state.global_step / self.steps_per_epoch
+        )
+
     def _metric_name(self) -> str:
         return self.spec.eval.metric or "accuracy"
 
@@ -450,23 +463,16 @@ class TrainingRun:
         """loss, accuracy and macro_f1 on the validation set, over all processes."""
         if self.eval_loader is None:
             return None
-        acc = self.accelerator
         self.model.eval()
-        losses, preds, labels = [], [], []
-        with torch.no_grad():
-            for batch in self.features.eval_loader() or self.eval_loader:
-                logits = self._forward(batch).float()
-                loss = F.cross_entropy(logits, batch["labels"], reduction="none")
-                loss, pred, label = acc.gather_for_metrics(
-                    (loss, logits.argmax(-1), batch["labels"])
-                )
-                losses.append(loss.cpu())
-                preds.append(pred.cpu())
-                labels.append(label.cpu())
-        self._train_mode(self.state.epoch)
-        return classification_metrics(
-            torch.cat(losses), torch.cat(preds), torch.cat(labels), self.bundle.num_labels
+        metrics = evaluate_prepared(
+            self.accelerator,
+            self.features.eval_loader() or self.eval_loader,
+            self._forward,
+            self.bundle.num_labels,
+            progress=self._tracker("evaluating", len(self.data.eval)),
         )
+        self._train_mode(self.state.epoch)
+        return metrics
 
     def _evaluate_and_track(self) -> None:
         s = self.state
@@ -601,7 +607,7 @@ class TrainingRun:
         with self.accelerator.autocast():
             metrics = evaluate_module(
                 self.unwrapped, loader, self.bundle.kind, self.bundle.num_labels,
-                device=self.accelerator.device,
+                device=self.accelerator.device, progress=self._tracker("evaluating", len(test)),
             )  # fmt: skip
         self._emit_metrics("test", values=metrics)
         return metrics

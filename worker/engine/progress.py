@@ -1,0 +1,124 @@
+"""Progress of the engine's long stretches, as lightweight metrics events a follower draws.
+
+A follower's bar must move during everything that takes time, not only between training
+logs: building the frozen-feature cache, each evaluation, compression, and the training
+steps between two `log_every_steps` logs. `ProgressTracker` reports one such stretch
+("stage") as metrics events of phase ``progress/<stage>``:
+
+    phase   progress/training | progress/caching | progress/evaluating | progress/compressing
+    values  {"done": d, "total": t}     (training: optimizer steps; caching and evaluating:
+                                         examples; compressing: its stages, fractional)
+    epoch   where training stands (epochs, as in train metrics)
+    step    the event's wall clock in milliseconds, strictly increasing in this process
+
+Why `step` is a clock: the coordinator keeps a metrics event only when its step is above
+the highest step stored for its phase (so a resumed attempt does not repeat steps), and a
+stage repeats (every evaluation counts from 0 again). A clock grows across repeats and
+attempts; the optimizer step the run is at is ``done`` for training and ``epoch`` for all.
+
+Cheap by design: `update` reads a monotonic clock and returns unless `interval_s` (0.5 s,
+so at most ~2 events a second) passed since the stage began or last reported, so calling it
+every step or batch costs nothing measurable, and no device value is read to report it (the
+loss stays in train metrics, every `log_every_steps`). A stage shorter than `interval_s`
+emits nothing; one that reported anything reports its end (done = total) too, so a bar
+reaches 100 %.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tunefleet.worker.engine.events import metrics_event
+
+PHASE_PREFIX = "progress/"
+STAGES = ("training", "caching", "evaluating", "compressing")
+DEFAULT_INTERVAL_S = 0.5
+
+_last_step_ms = 0
+
+
+def _step_clock() -> int:
+    """Milliseconds since the epoch, strictly increasing within the process."""
+    global _last_step_ms
+    _last_step_ms = max(int(time.time() * 1000), _last_step_ms + 1)
+    return _last_step_ms
+
+
+class ProgressTracker:
+    """One stage's progress; `update(done)` as it goes, `finish()` at its end.
+
+    Args:
+        emit: The run's event sink (the main process's; others pass a no-op).
+        stage: One of STAGES.
+        total: Units of work of the stage (> 0).
+        epoch: Where training stands, in epochs (a float or a callable returning one).
+        interval_s: Least time between two events of this stage.
+        clock: Monotonic seconds (tests pass a fake one).
+    """
+
+    def __init__(
+        self,
+        emit: Callable[[Any], None],
+        stage: str,
+        total: float,
+        *,
+        epoch: float | Callable[[], float] = 0.0,
+        interval_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        if stage not in STAGES:
+            raise ValueError(f"unknown progress stage {stage!r}; expected one of {STAGES}")
+        self.emit, self.stage, self.total = emit, stage, float(max(total, 0))
+        self.epoch, self.clock = epoch, clock
+        self.interval_s = DEFAULT_INTERVAL_S if interval_s is None else interval_s
+        self.done = 0.0
+        self.base = 0.0  # see mark / within
+        self.reported = 0  # events emitted so far
+        self._reported_done = -1.0
+        self._last = clock()
+
+    def update(self, done: float) -> None:
+        """`done` units finished; reports only when `interval_s` passed since the last."""
+        self.done = float(done)
+        now = self.clock()
+        if now - self._last >= self.interval_s:
+            self._last = now
+            self._report()
+
+    def advance(self, units: float = 1.0) -> None:
+        self.update(self.done + units)
+
+    def mark(self, units: float) -> None:
+        """`units` whole parts of the stage are done (compression: its measured parts)."""
+        self.base = float(units)
+        self.update(units)
+
+    def within(self, share: float) -> None:
+        """`share` (0..1) of the part after the last `mark` is done."""
+        self.update(self.base + min(max(share, 0.0), 1.0))
+
+    def finish(self) -> None:
+        """The stage's end: reported if anything of it was, so a bar reaches its total."""
+        self.done = self.total
+        if self.reported and self._reported_done != self.total:
+            self._report()
+
+    def _report(self) -> None:
+        epoch = self.epoch() if callable(self.epoch) else self.epoch
+        self.emit(
+            metrics_event(
+                PHASE_PREFIX + self.stage,
+                step=_step_clock(),
+                epoch=epoch,
+                values={"done": min(self.done, self.total), "total": self.total},
+            )
+        )
+        self.reported += 1
+        self._reported_done = min(self.done, self.total)
+
+
+def is_progress(phase: str) -> bool:
+    """Whether a metrics phase is a progress report (not a measurement to keep or plot)."""
+    return phase.startswith(PHASE_PREFIX)
