@@ -18,6 +18,11 @@ from tunefleet.coordinator.store.database import Database
 from tunefleet.v1 import job_pb2
 
 
+def is_progress(phase: str) -> bool:
+    """A progress report's phase (the engine's progress.py), not a measurement's."""
+    return phase.startswith("progress/")
+
+
 class EventTable(Database):
     def append_events(
         self,
@@ -51,7 +56,9 @@ class EventTable(Database):
         far is dropped: after a resume, the new attempt replays the steps between its
         checkpoint and where the previous attempt stopped, and a follower must not see a
         step twice. Within one attempt the steps of a phase only grow, so nothing else is
-        ever dropped. Deduplication and the step high-water mark change in the same
+        ever dropped. Progress reports (phase ``progress/...``, a follower's bar) are not
+        measurements: every one is stored, and they leave the high-water marks alone.
+        Deduplication and the step high-water mark change in the same
         transaction as the events, so a crash cannot separate them.
         """
         now = time.time() if now is None else now
@@ -66,7 +73,7 @@ class EventTable(Database):
             steps: dict[str, int] = json.loads(marks)
             kept = []
             for event in events:
-                if event.WhichOneof("kind") == "metrics":
+                if event.WhichOneof("kind") == "metrics" and not is_progress(event.metrics.phase):
                     phase, step = event.metrics.phase, event.metrics.step
                     if phase in steps and step <= steps[phase]:
                         continue

@@ -265,3 +265,24 @@ def test_an_older_database_gains_the_new_columns(tmp_path):
         assert store.append_report("job-1", 1, 1, [train_metrics(3)])[1] is True
     finally:
         store.close()
+
+
+def test_progress_reports_are_all_stored_and_leave_the_step_marks_alone(client):
+    """A progress report (phase progress/...) carries the optimizer step the run is at, and
+    every evaluation's progress repeats that step: none is dropped, and a measurement at the
+    same step after them is still kept."""
+    worker = Worker(client.stub, "w1")
+    job = client.submit(make_spec())
+    attempt = worker.acquire().attempt
+    worker.report(
+        job.id,
+        attempt,
+        train_metrics(4, "progress/evaluating"),
+        train_metrics(4, "progress/evaluating"),
+        train_metrics(4, "eval"),
+        train_metrics(2, "progress/evaluating"),
+        batch=1,
+    )
+    events = client.events(job.id)
+    assert metric_steps(events, "progress/evaluating") == [4, 4, 2]
+    assert metric_steps(events, "eval") == [4]

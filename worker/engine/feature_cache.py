@@ -385,7 +385,7 @@ class FrozenFeatures:
         modes = [(m, m.training) for m in model.modules()]
         model.eval()
         problem = None
-        progress = ProgressTracker(self.emit, "caching", len(dataset))  # a follower's bar
+        progress = ProgressTracker(self.emit, "caching", len(dataset), step=0)  # a follower's bar
         try:
             with torch.no_grad():
                 for i, (indices, batch) in enumerate(zip(batches, loader, strict=True)):

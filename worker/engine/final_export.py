@@ -42,6 +42,7 @@ def export_final(
     emit: Any,
     device: Any,
     last_epoch: int,
+    last_step: int = 0,
 ) -> tuple[dict[str, str], dict[str, float]]:
     """Export ``model`` (unwrapped, final weights) and compress it if the spec asks.
 
@@ -77,7 +78,9 @@ def export_final(
     }
     summary: dict[str, float] = {}
     if compresses(spec):
-        result = _compress(model, export, spec, bundle, data, out_dir, emit, device, last_epoch)
+        result = _compress(
+            model, export, spec, bundle, data, out_dir, emit, device, last_epoch, last_step
+        )
         emit(report_message_event(result.report))
         artifacts.update(result.artifacts)
         summary.update(result.summary)
@@ -85,7 +88,7 @@ def export_final(
 
 
 def _compress(
-    model, export, spec, bundle, data, out_dir, emit, device, last_epoch
+    model, export, spec, bundle, data, out_dir, emit, device, last_epoch, last_step
 ) -> compression.CompressionResult:
     dataset = data.eval if data.eval is not None else data.train
     kind = bundle.kind
@@ -93,7 +96,9 @@ def _compress(
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=data.collate)
     emit(log_event("compressing the final model"))
     # compress() sizes it (its parts) and marks each; evaluations report within a part.
-    progress = ProgressTracker(emit, "compressing", 1, epoch=float(last_epoch + 1))
+    progress = ProgressTracker(
+        emit, "compressing", 1, epoch=float(last_epoch + 1), step=last_step
+    )
     return compression.compress(
         model,
         spec.compression,

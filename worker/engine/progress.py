@@ -9,12 +9,11 @@ steps between two `log_every_steps` logs. `ProgressTracker` reports one such str
     values  {"done": d, "total": t}     (training: optimizer steps; caching and evaluating:
                                          examples; compressing: its stages, fractional)
     epoch   where training stands (epochs, as in train metrics)
-    step    the event's wall clock in milliseconds, strictly increasing in this process
+    step    the optimizer step the run is at (training: the step just done)
 
-Why `step` is a clock: the coordinator keeps a metrics event only when its step is above
-the highest step stored for its phase (so a resumed attempt does not repeat steps), and a
-stage repeats (every evaluation counts from 0 again). A clock grows across repeats and
-attempts; the optimizer step the run is at is ``done`` for training and ``epoch`` for all.
+Progress is not a measurement: the coordinator stores every progress event as it comes
+(a resumed attempt's replayed progress is harmless, unlike a replayed loss), so `step`
+keeps its meaning here and an evaluation's progress carries the step it evaluates.
 
 Cheap by design: `update` reads a monotonic clock and returns unless `interval_s` (0.5 s,
 so at most ~2 events a second) passed since the stage began or last reported, so calling it
@@ -36,16 +35,6 @@ PHASE_PREFIX = "progress/"
 STAGES = ("training", "caching", "evaluating", "compressing")
 DEFAULT_INTERVAL_S = 0.5
 
-_last_step_ms = 0
-
-
-def _step_clock() -> int:
-    """Milliseconds since the epoch, strictly increasing within the process."""
-    global _last_step_ms
-    _last_step_ms = max(int(time.time() * 1000), _last_step_ms + 1)
-    return _last_step_ms
-
-
 class ProgressTracker:
     """One stage's progress; `update(done)` as it goes, `finish()` at its end.
 
@@ -54,6 +43,8 @@ class ProgressTracker:
         stage: One of STAGES.
         total: Units of work of the stage (> 0).
         epoch: Where training stands, in epochs (a float or a callable returning one).
+        step: The optimizer step the run is at (an int or a callable returning one);
+            None for training, whose `done` is that step.
         interval_s: Least time between two events of this stage.
         clock: Monotonic seconds (tests pass a fake one).
     """
@@ -65,13 +56,14 @@ class ProgressTracker:
         total: float,
         *,
         epoch: float | Callable[[], float] = 0.0,
+        step: int | Callable[[], int] | None = None,
         interval_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
         if stage not in STAGES:
             raise ValueError(f"unknown progress stage {stage!r}; expected one of {STAGES}")
         self.emit, self.stage, self.total = emit, stage, float(max(total, 0))
-        self.epoch, self.clock = epoch, clock
+        self.epoch, self.step, self.clock = epoch, step, clock
         self.interval_s = DEFAULT_INTERVAL_S if interval_s is None else interval_s
         self.done = 0.0
         self.base = 0.0  # see mark / within
@@ -107,10 +99,11 @@ class ProgressTracker:
 
     def _report(self) -> None:
         epoch = self.epoch() if callable(self.epoch) else self.epoch
+        step = self.step() if callable(self.step) else self.step
         self.emit(
             metrics_event(
                 PHASE_PREFIX + self.stage,
-                step=_step_clock(),
+                step=int(self.done) if step is None else int(step),
                 epoch=epoch,
                 values={"done": min(self.done, self.total), "total": self.total},
             )

@@ -453,7 +453,11 @@ class TrainingRun:
     def _tracker(self, stage: str, total: float) -> ProgressTracker:
         """Progress events of `stage` (progress.py), tagged with where training stands."""
         return ProgressTracker(
-            self.emit, stage, total, epoch=lambda: self.state.global_step / self.steps_per_epoch
+            self.emit,
+            stage,
+            total,
+            epoch=lambda: self.state.global_step / self.steps_per_epoch,
+            step=None if stage == "training" else (lambda: self.state.global_step),
         )
 
     def _metric_name(self) -> str:
@@ -567,6 +571,7 @@ class TrainingRun:
                 emit=self.emit,
                 device=acc.device,
                 last_epoch=max(self.num_epochs - 1, 0),
+                last_step=self.state.global_step,
             )
             artifacts.update(exported)
             summary.update(figures)
