@@ -39,9 +39,12 @@ def test_a_tie_that_loses_on_the_loss_keeps_the_earlier_step_and_counts_for_pati
     assert "tied with step 20; lowest eval loss 0.1000" in selection.reason(state, "accuracy")
 
 
-def test_a_tie_of_metric_and_loss_goes_to_the_later_step():
-    state, _ = feed("accuracy", [(10, 0.9, 0.1), (20, 0.9, 0.1)])
-    assert state.best_step == 20
+def test_a_tie_of_metric_and_loss_goes_to_the_later_step_but_is_no_improvement():
+    state, _ = feed("accuracy", [(10, 0.9, 0.1), (20, 0.9, 0.1), (30, 0.9, 0.1)])
+    assert state.best_step == 30 and state.best_tied_steps == [10, 20]
+    assert state.evals_since_best == 2  # early stopping still sees a run that stopped learning
+    state, _ = feed("loss", [(10, 0.0, 0.1), (20, 0.0, 0.1)])
+    assert state.best_step == 20 and state.evals_since_best == 1
 
 
 def test_a_strictly_better_metric_wins_whatever_its_loss_and_clears_the_ties():

@@ -54,30 +54,33 @@ def _improves(name: str, new: float, old: float) -> bool:
 def track(state: SelectionState, name: str, step: int, metrics: Mapping[str, float]) -> bool:
     """Record the evaluation of `step`; True when it becomes the best (to save its weights).
 
-    An evaluation with a non-finite figure never becomes the best. A tie that the new step
-    wins counts as an improvement (it resets early stopping's count): the model got better
-    by the loss while the metric stayed saturated.
+    An evaluation with a non-finite figure never becomes the best. Early stopping counts
+    evaluations without improvement: a tie won on a lower loss is one (the model got better
+    while the metric stayed saturated); a tie won only by being later is not, so a run that
+    stopped learning still stops.
     """
     if not all(math.isfinite(v) for v in metrics.values()):
         state.evals_since_best += 1
         return False
     value = metrics[name]
+    tied: list[int] = []
     if state.best_value is None or state.best_step < 0:
-        wins, tied = True, []
+        wins = improved = True
     elif same_value(name, value, state.best_value):
-        wins = name == "loss" or not metrics["loss"] > state.best_metrics.get("loss", math.inf)
+        new_loss, best_loss = metrics["loss"], state.best_metrics.get("loss", math.inf)
+        wins = name == "loss" or not new_loss > best_loss
+        improved = name != "loss" and new_loss < best_loss
         # The tie's loser joins the list of steps the exported one tied with.
         tied = [*state.best_tied_steps, state.best_step if wins else step]
     else:
-        wins, tied = _improves(name, value, state.best_value), []
+        wins = improved = _improves(name, value, state.best_value)
+    state.evals_since_best = 0 if improved else state.evals_since_best + 1
     if not wins:
         if tied:
             state.best_tied_steps = tied
-        state.evals_since_best += 1
         return False
     state.best_value, state.best_step, state.best_metrics = value, step, dict(metrics)
     state.best_tied_steps = tied
-    state.evals_since_best = 0
     return True
 
 
