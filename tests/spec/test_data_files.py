@@ -50,7 +50,10 @@ def test_a_label_column_not_in_the_header_names_the_file_columns_and_the_close_o
         and "(data.train) or " in msg
         and "eval.csv (data.eval)" in msg
     )
-    assert "train.csv: text, label; did you mean 'label'?" in msg
+    assert (
+        "eval.csv (data.eval); the columns of " in msg
+        and "train.csv: text, label; did you mean 'label'?" in msg
+    )
 
 
 def test_the_default_text_column_is_checked_too(tmp_path):

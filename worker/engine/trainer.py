@@ -559,15 +559,10 @@ class TrainingRun:
             for key, value in (self._evaluate_test() or {}).items():
                 summary[f"test_{key}"] = value
             exported, figures = export_final(
-                self.unwrapped,
-                spec=self.spec,
-                bundle=self.bundle,
-                data=self.data,
-                out_dir=self.out_dir,
-                emit=self.emit,
-                device=acc.device,
+                self.unwrapped, spec=self.spec, bundle=self.bundle, data=self.data,
+                out_dir=self.out_dir, emit=self.emit, device=acc.device,
                 last_epoch=max(self.num_epochs - 1, 0),
-            )
+            )  # fmt: skip
             artifacts.update(exported)
             summary.update(figures)
             # The summary is numbers only (it travels as map<string, double>); the reason

@@ -73,10 +73,11 @@ def check_data_files(spec, fail: Fail) -> None:
         name, have = wanted[f], where[0][2]
         default = "" if getattr(d, f.split(".")[1]) else " (the default)"
         in_files = " or ".join(f"{path} (data.{split})" for split, path, _ in where)
+        whose = "its columns" if len(where) == 1 else f"the columns of {where[0][1]}"
         fail(
             f,
-            f"{quote(name)}{default} is not a column of {in_files}; the columns of "
-            f"{where[0][1]}: {shown(have) or '(none)'}{did_you_mean(name, have)}",
+            f"{quote(name)}{default} is not a column of {in_files}; {whose}: "
+            f"{shown(have) or '(none)'}{did_you_mean(name, have)}",
         )
     if "train" in found and not d.classes:
         _check_labels(spec, files, found, label_column, fail)
