@@ -30,9 +30,7 @@ def job_dir(tmp_path):
     for split in ("train", "test"):
         (tmp_path / "data" / f"{split}.csv").write_text("text,label\nhello,a\n")
     (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "config.json").write_text(
-        json.dumps({"model_type": "bert", "num_hidden_layers": 6})
-    )
+    (tmp_path / "model" / "config.json").write_text(json.dumps({"model_type": "bert", "num_hidden_layers": 6}))
     return tmp_path
 
 
