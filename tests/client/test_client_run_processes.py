@@ -68,5 +68,7 @@ def test_a_launched_job_with_bad_input_fails_with_the_engines_reason(
         f.write(yaml.safe_dump(job))
     assert main(["run", path, "--out", str(tmp_path / "run")]) == EXIT_FAILED
     out, _ = capsys.readouterr()
-    assert "FAILED" in out and "model.num_labels: 2 is smaller than the 3 classes in the data" in out
+    assert (
+        "FAILED" in out and "model.num_labels: 2 is smaller than the 3 classes in the data" in out
+    )
     assert "Traceback" not in out
