@@ -56,19 +56,15 @@ def test_a_two_process_job_runs_two_processes_with_the_services_steps(
 def test_a_launched_job_with_bad_input_fails_with_the_engines_reason(
     capsys, tmp_path, tiny_bert, sentiment_data
 ):
-    """Input only the engine can judge (3 labels in the data, model.num_labels 2): the
+    """Input only the engine judges (data.classes against the classes the data has): the
     ranks exit 2 and ftctl reports the engine's one-line reason, not a traceback."""
-    train = tmp_path / "three.csv"
-    train.write_text("text,label\n" + "".join(f"w{i},{'abc'[i % 3]}\n" for i in range(24)))
-    path = write_job(tmp_path, tiny_bert, (train, train), processes=PROCESSES)
+    path = write_job(tmp_path, tiny_bert, sentiment_data, processes=PROCESSES)
     with open(path) as f:
         job = yaml.safe_load(f)
-    job["model"]["num_labels"] = 2
+    job["data"]["classes"] = [0, 7]
     with open(path, "w") as f:
         f.write(yaml.safe_dump(job))
     assert main(["run", path, "--out", str(tmp_path / "run")]) == EXIT_FAILED
     out, _ = capsys.readouterr()
-    assert (
-        "FAILED" in out and "model.num_labels: 2 is smaller than the 3 classes in the data" in out
-    )
+    assert "FAILED" in out and "data.classes: class id(s) [7] out of range" in out
     assert "Traceback" not in out

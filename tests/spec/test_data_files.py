@@ -148,3 +148,19 @@ def test_huge_names_in_a_header_are_clipped_or_left_to_the_engine(tmp_path):
     huge = "c" * 200_000  # over it: the validator skips the file, the engine reports it
     csv_files(tmp_path, train=f"text,{huge}\na,1\n", eval=f"text,{huge}\nb,1\n")
     load_job_file(job(tmp_path))
+
+
+def test_model_num_labels_must_hold_every_class_of_the_train_file(tmp_path):
+    csv_files(tmp_path, train="text,label\na,x\nb,y\nc,z\n", eval="text,label\nd,x\n")
+    msg = errors(job(tmp_path, labels=", num_labels: 2"))["model.num_labels"]
+    assert msg.startswith("2 classes, but ") and "has 3 labels (x, y, z)" in msg
+    csv_files(tmp_path, train="text,label\na,0\nb,3\n", eval="text,label\nd,0\n")
+    msg = errors(job(tmp_path, labels=", num_labels: 2"))["model.num_labels"]
+    assert "train.csv line 3 has class id 3; use at least 4" in msg
+    load_job_file(job(tmp_path, labels=", num_labels: 4"))
+
+
+def test_a_train_file_with_only_a_header_is_an_empty_split(tmp_path):
+    csv_files(tmp_path, train="text,label\n")
+    msg = errors(job(tmp_path))["data.train"]
+    assert msg.endswith("train.csv: no rows, only the header; the train split is empty")

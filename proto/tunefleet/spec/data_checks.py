@@ -62,7 +62,13 @@ def check_data_files(spec, fail: Fail) -> None:
             for f in lacks:
                 missing.setdefault(f, []).append((split, path, have))
             if not lacks:
-                found[split] = read_labels(path, d.source, label_column)
+                found[split] = labels = read_labels(path, d.source, label_column)
+                if labels.complete and not labels.rows:
+                    fail(
+                        f"data.{split}",
+                        f"{path}: no rows, only the header; the {split} split is empty",
+                    )
+                    del found[split]
         except csv.Error:
             continue  # e.g. a field over csv's 128 KiB limit: left to the engine (pandas)
         except DataFileError as e:
@@ -94,6 +100,7 @@ def _check_labels(spec, files: dict[str, str], found: dict[str, Labels], column:
     model_labels = list(spec.model.labels)
     train = found["train"]
     train_ints = train.as_ints()
+    _check_num_labels(spec, files["train"], train, train_ints, fail)
     for split, labels in found.items():
         where = f"{files[split]}: line {{line}}, column {quote(column)}"
         if labels.empty_line:
@@ -131,3 +138,25 @@ def _check_labels(spec, files: dict[str, str], found: dict[str, Labels], column:
                 f"{files[split]}: {len(unknown) - MAX_REPORTED} more labels unknown; is "
                 f"data.label_column ({quote(column)}) the right column?",
             )
+
+
+def _check_num_labels(spec, path: str, train: Labels, ints: dict[int, int] | None, fail) -> None:
+    """model.num_labels (without model.labels) must hold every class of the train file."""
+    m = spec.model
+    if m.labels or not m.HasField("num_labels") or not train.first_line:
+        return
+    if ints is not None:
+        top = max(ints)
+        if top >= m.num_labels:
+            fail(
+                "model.num_labels",
+                f"{m.num_labels} classes, but {path} line {ints[top]} has class id {top}; "
+                f"use at least {top + 1}, or leave model.num_labels out (the data decides)",
+            )
+    elif len(train.first_line) > m.num_labels:
+        names = sorted(train.first_line)
+        fail(
+            "model.num_labels",
+            f"{m.num_labels} classes, but {path} has {len(names)} labels ({shown(names)}); "
+            "use model.labels to name them, or leave model.num_labels out (the data decides)",
+        )

@@ -40,6 +40,7 @@ class Labels:
     first_line: dict[str, int] = field(default_factory=dict)
     empty_line: int = 0
     complete: bool = True
+    rows: int = 0
 
     def as_ints(self) -> dict[int, int] | None:
         """{class id: first line} when every value is an integer (class ids), else None."""
@@ -89,6 +90,7 @@ def read_labels(path: str, source: str, column: str) -> Labels:
         if line < 0:
             labels.complete = False
             break
+        labels.rows += 1
         key = label_key(value)
         if not key:
             labels.empty_line = labels.empty_line or line
