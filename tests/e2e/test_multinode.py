@@ -149,7 +149,7 @@ def test_two_node_job_matches_one_node_with_two_processes(
         assert [m.state for m in members] == [JobState.SUCCEEDED] * 2, members
 
     logs = [e.log.message for e in gang_events if e.kind == "log"]
-    assert any("training on 2 process(es) (MULTI_CPU" in m for m in logs), logs
+    assert any("training on 2 CPU processes (gloo)" in m for m in logs), logs
     assert any("machine rank 1 of 2" in m for m in logs), logs
     states = [e.state_change.state for e in gang_events if e.kind == "state_change"]
     assert states == [JobState.QUEUED, JobState.ASSIGNED, JobState.RUNNING, JobState.SUCCEEDED]

@@ -148,7 +148,7 @@ def test_unknown_eval_label_names_file_row_and_column(tmp_path, tokenizer):
     with pytest.raises(InvalidJobInput) as e:
         load_data(spec, Task(kind="text", tokenizer=tokenizer))
     msg = str(e.value)
-    assert evl in msg and "row 3" in msg and "'label'" in msg and "'angry'" in msg
+    assert evl in msg and "line 4" in msg and "'label'" in msg and "'angry'" in msg
 
 
 def test_classes_subset_relabels_then_limits(tmp_path, tokenizer):

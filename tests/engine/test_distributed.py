@@ -47,7 +47,7 @@ def test_two_processes_match_one_process_with_double_batch(
 
     got_events = read_events(events_path)
     assert got_events[0].report.name == "freeze_plan"
-    assert any("training on 2 process(es) (MULTI_CPU" in e.log.message for e in got_events)
+    assert any("training on 2 CPU processes (gloo)" in e.log.message for e in got_events)
     got = {e.metrics.step: e.metrics.loss for e in got_events if e.metrics.phase == "train"}
     assert sorted(got) == sorted(want)
     for step in want:

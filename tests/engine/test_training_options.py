@@ -62,7 +62,7 @@ def test_clipping_bounds_the_first_sgd_update(
 def test_bf16_and_max_steps(tmp_path, bert_dir, text_csvs, text_spec, events):
     spec = text_spec(bert_dir, text_csvs, train={"precision": "bf16", "max_steps": 3, "epochs": 5})
     result = run_job(spec, tmp_path, events)
-    assert any("precision bf16" in m for m in events.logs())
+    assert any("bf16 mixed precision" in m for m in events.logs())
     train = [e.metrics for e in events.kind("metrics") if e.metrics.phase == "train"]
     assert [m.step for m in train] == [1, 2, 3] and {m.total_steps for m in train} == {3}
     assert all(torch.isfinite(torch.tensor(m.loss)) for m in train)

@@ -5,6 +5,7 @@ Mixed precision and the device count are settings here, not code paths in the lo
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -31,4 +32,54 @@ def make_accelerator(spec: spec_pb2.JobSpec) -> Any:
         mixed_precision=precision,
         gradient_accumulation_steps=max(spec.train.grad_accum_steps, 1),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=dynamic)],
+    )
+
+
+_PRECISION = {
+    "no": "fp32 (no mixed precision)",
+    "bf16": "bf16 mixed precision",
+    "fp16": "fp16 mixed precision",
+    "fp8": "fp8 mixed precision",
+}
+
+# Fewer optimizer steps than this rarely fine-tune anything: the head alone needs some dozens.
+FEW_STEPS = 50
+
+
+def describe_run(acc: Any, global_batch: int, total_steps: int) -> str:
+    """The run's shape in words, e.g. "training on 2 CPU processes (gloo), fp32 (no mixed
+    precision), global batch 32, 25 optimizer steps" (Accelerate's own names, "MULTI_CPU"
+    and "NO", mean nothing to a newcomer)."""
+    n = acc.num_processes
+    device = "GPU" if acc.device.type == "cuda" else acc.device.type.upper()
+    where = f"{n} {device} process{'es' if n > 1 else ''}"
+    if n > 1:
+        where += " (gloo)" if device == "CPU" else " (nccl)"
+    precision = str(getattr(acc.mixed_precision, "value", acc.mixed_precision))
+    return (
+        f"training on {where}, {_PRECISION.get(precision, precision)}, "
+        f"global batch {global_batch}, {total_steps} optimizer steps"
+    )
+
+
+def few_steps_warning(spec: spec_pb2.JobSpec, total_steps: int, processes: int) -> str:
+    """A warning when the whole run takes fewer than FEW_STEPS optimizer steps, else ""."""
+    if total_steps >= FEW_STEPS or spec.train.max_steps > 0:
+        return ""  # max_steps is an explicit choice of the step count
+    t = spec.train
+    accum = max(t.grad_accum_steps, 1)
+    global_batch = t.batch_size * processes * accum
+    epochs = max(t.epochs, 1)
+    per_epoch = max(total_steps // epochs, 1)
+    more_epochs = math.ceil(FEW_STEPS / per_epoch)
+    hints = [f"train.epochs: {more_epochs}"]
+    if t.batch_size > 1:
+        hints.append("a smaller train.batch_size")
+    if processes > 1:
+        hints.append("fewer resources.processes")
+    return (
+        f"only {total_steps} optimizer steps in total ({epochs} epoch{'s' if epochs > 1 else ''} "
+        f"x {per_epoch} steps "
+        f"of global batch {global_batch}): fewer than {FEW_STEPS} steps rarely trains the new "
+        f"head well; try {' or '.join(hints)}"
     )

@@ -6,6 +6,7 @@ neither imports the other.
 
 from __future__ import annotations
 
+from tunefleet.spec.data_files import count_classes
 from tunefleet.v1 import spec_pb2
 from tunefleet.worker.engine import models
 from tunefleet.worker.engine.errors import InvalidJobInput
@@ -15,14 +16,27 @@ from tunefleet.worker.engine.freeze import FreezePlan
 def plan_table(spec: spec_pb2.JobSpec) -> str:
     """The freeze plan of a job, rendered.
 
-    The head is sized from model.num_labels / model.labels, or 2 when neither is given (the
-    data decides at run time; the body's blocks do not depend on it).
+    The head is sized as the run will size it: from model.num_labels / model.labels, else
+    data.classes, else the labels in the train file (a cheap pass, tunefleet.spec.data_files);
+    2 only when none of these can tell (a hub dataset). The body's blocks do not depend on it.
     """
     task = models.resolve_task(spec)
-    try:
-        n, labels = models.resolve_labels(spec)
-    except InvalidJobInput:
-        n, labels = 2, ["LABEL_0", "LABEL_1"]
+    n, labels = head_labels(spec)
     bundle = models.build_model(spec, task, n, labels)
     plan = FreezePlan.for_model(bundle.model, bundle.kind, spec.finetune, bundle.head_path)
     return plan.table(bundle.model)
+
+
+def head_labels(spec: spec_pb2.JobSpec) -> tuple[int, list[str]]:
+    """(number of classes, names) for the head `ftctl plan` shows; see plan_table."""
+    try:
+        return models.resolve_labels(spec)
+    except InvalidJobInput:
+        pass
+    d = spec.data
+    if d.classes:
+        return models.resolve_labels(spec, len(d.classes))
+    counted = count_classes(d.train, d.source, d.label_column or "label") if d.train else None
+    if counted is not None:
+        return models.resolve_labels(spec, *counted)
+    return 2, ["LABEL_0", "LABEL_1"]

@@ -41,10 +41,18 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from tunefleet.v1 import job_pb2, spec_pb2
-from tunefleet.worker.engine import checkpoint, data, forward, lineage, models, preflight
+from tunefleet.worker.engine import (
+    checkpoint,
+    data,
+    forward,
+    lineage,
+    models,
+    preflight,
+    selection,
+)
 from tunefleet.worker.engine.batching import build_loaders
-from tunefleet.worker.engine.devices import make_accelerator
-from tunefleet.worker.engine.divergence import DivergenceGuard, is_finite
+from tunefleet.worker.engine.devices import describe_run, few_steps_warning, make_accelerator
+from tunefleet.worker.engine.divergence import DivergenceGuard
 from tunefleet.worker.engine.errors import InvalidJobInput
 from tunefleet.worker.engine.evaluation import evaluate_module, evaluate_prepared
 from tunefleet.worker.engine.events import log_event, metrics_event, report_message_event
@@ -80,6 +88,7 @@ class TrainerState:
     best_value: float | None = None
     best_step: int = -1
     best_metrics: dict[str, float] = field(default_factory=dict)
+    best_tied_steps: list[int] = field(default_factory=list)  # tied on the metric (selection.py)
     evals_since_best: int = 0
     last_eval_step: int = -1
     train_samples: float = 0.0  # global examples trained on (for samples/s)
@@ -239,13 +248,10 @@ class TrainingRun:
         self.scheduler = schedule.lambda_lr(self.optimizer.optimizer)
 
         global_batch = spec.train.batch_size * acc.num_processes * accum
-        self.emit(
-            log_event(
-                f"training on {acc.num_processes} process(es) ({acc.distributed_type.value}, "
-                f"{acc.device.type}), precision {acc.mixed_precision}, global batch {global_batch}, "
-                f"{self.total_steps} optimizer steps"
-            )
-        )
+        self.emit(log_event(describe_run(acc, global_batch, self.total_steps)))
+        warning = few_steps_warning(spec, self.total_steps, acc.num_processes)
+        if warning:
+            self.emit(log_event(warning, level="warning"))
 
     def _restore(self, path: Path) -> None:
         ckpt = checkpoint.load(path)
@@ -488,28 +494,21 @@ class TrainingRun:
         if metrics is None:
             return
         self._emit_metrics("eval", values=metrics)
-        name = self._metric_name()
-        value = metrics[name]
         self.divergence.observe_eval(s.global_step, metrics)
-        better = all(is_finite(v) for v in metrics.values()) and (
-            s.best_value is None
-            or (value < s.best_value if name == "loss" else value > s.best_value)
-        )
-        if not better:
-            s.evals_since_best += 1
+        name = self._metric_name()
+        if not selection.track(s, name, s.global_step, metrics):
             return
-        s.best_value, s.best_step, s.best_metrics, s.evals_since_best = (
-            value,
-            s.global_step,
-            metrics,
-            0,
-        )
         if self.accelerator.is_main_process:
             checkpoint.save_weights_atomic(
                 self.unwrapped, self.out_dir / "best" / "model.safetensors"
             )
+            note = selection.tie_note(s, name)
             self.emit(
-                log_event(f"new best {name} {value:.4f} at step {s.global_step}; weights saved")
+                log_event(
+                    f"new best {name} {s.best_value:.4f} at step {s.global_step}"
+                    + (f" ({note})" if note else "")
+                    + "; weights saved"
+                )
             )
 
     # ------------------------------------------------------------------ checkpoints
@@ -559,40 +558,32 @@ class TrainingRun:
             summary["best_step"] = float(s.best_step)
 
         if acc.is_main_process:
-            self._load_best_weights()
+            selected = selection.load_selected(
+                self.unwrapped, s, self._metric_name(), self.out_dir / "best" / "model.safetensors",
+                validated=self.eval_loader is not None,
+            )  # fmt: skip
+            self.emit(
+                log_event(f"exporting the model of step {selected['step']}: {selected['reason']}")
+            )
+            summary["selected_step"] = float(selected["step"])
             for key, value in (self._evaluate_test() or {}).items():
                 summary[f"test_{key}"] = value
             exported, figures = export_final(
-                self.unwrapped,
-                spec=self.spec,
-                bundle=self.bundle,
-                data=self.data,
-                out_dir=self.out_dir,
-                emit=self.emit,
-                device=acc.device,
+                self.unwrapped, spec=self.spec, bundle=self.bundle, data=self.data,
+                out_dir=self.out_dir, emit=self.emit, device=acc.device,
                 last_epoch=max(self.num_epochs - 1, 0),
                 last_step=self.state.global_step,
-            )
+            )  # fmt: skip
             artifacts.update(exported)
             summary.update(figures)
+            # The summary is numbers only (it travels as map<string, double>); the reason
+            # for the exported step rides alongside it in result.json and in a log event.
             write_json_atomic(
-                self.out_dir / "result.json", {"artifacts": artifacts, "summary": summary}
+                self.out_dir / "result.json",
+                {"artifacts": artifacts, "summary": summary, "selection": selected},
             )
         acc.wait_for_everyone()
         return EngineResult(artifacts=artifacts, summary=summary)
-
-    def _load_best_weights(self) -> None:
-        """The best evaluated weights into the model, if they are not the ones it holds."""
-        s = self.state
-        best = self.out_dir / "best" / "model.safetensors"
-        if s.best_step >= 0 and best.is_file():
-            if s.best_step != s.global_step:  # else the weights in memory are the best
-                from safetensors.torch import load_model
-
-                load_model(self.unwrapped, str(best))
-            self.emit(log_event(f"exporting the best model (step {s.best_step})"))
-        else:
-            self.emit(log_event(f"exporting the last model (step {s.global_step})"))
 
     def _evaluate_test(self) -> dict[str, float] | None:
         """The test set, once, on the model about to be exported; never used to choose it.

@@ -11,6 +11,7 @@ from google.protobuf.descriptor import FieldDescriptor
 
 from tunefleet import limits
 from tunefleet.spec import choices as C
+from tunefleet.spec.data_checks import check_data_files
 from tunefleet.spec.defaults import default_lr, default_validation_fraction
 from tunefleet.spec.errors import FieldError
 from tunefleet.spec.model_blocks import body_block_count
@@ -224,6 +225,8 @@ def _data(c: _Check, spec, check_paths: bool) -> None:
         c.file("data.train", d.train, check_paths=check_paths, folder_ok=folder_ok)
         c.file("data.eval", d.eval, check_paths=check_paths, folder_ok=folder_ok)
         c.file("data.test", d.test, check_paths=check_paths, folder_ok=folder_ok)
+        if check_paths:  # columns and labels of the files that exist (data_checks.py)
+            check_data_files(spec, c.fail)
     if d.source == "hf" and not d.name:
         c.fail("data.name", "required with source: hf (a dataset id such as glue)")
     if d.source == "torchvision":
@@ -433,9 +436,7 @@ def _schedule(c: _Check, spec) -> None:
         if (s.name or "linear") != "cosine":
             c.fail("schedule.min_lr", "only applies to schedule cosine")
         elif s.min_lr >= _effective_lr(spec):
-            c.fail(
-                "schedule.min_lr", f"must be below optimizer.lr ({_effective_lr(spec):g})"
-            )
+            c.fail("schedule.min_lr", f"must be below optimizer.lr ({_effective_lr(spec):g})")
     c.at_least(s, "step_size", "schedule.step_size", 1)
     c.within(s, "gamma", "schedule.gamma", 0.0, 1.0, low_open=True)
 

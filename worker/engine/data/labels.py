@@ -19,7 +19,6 @@ _INT_RE = re.compile(r"^\s*[+-]?\d+\s*$")
 
 
 @dataclass
-@dataclass
 class LabelSpace:
     """How raw label values become ids: by name (`index`) or as integers below `size`."""
 

@@ -121,10 +121,12 @@ def load_text(spec, task: Task) -> DataBundle:
     train = tables["train"]
     space = build_label_space(
         raw["train"]["label"], spec=spec, where=train.where, column=label_col,
-        class_names=train.class_names.get(label_col),
+        class_names=train.class_names.get(label_col), describe=train.describe,
     )  # fmt: skip
     ids = {
-        name: space.encode(raw[name]["label"], where=table.where, column=label_col)
+        name: space.encode(
+            raw[name]["label"], where=table.where, column=label_col, describe=table.describe
+        )
         for name, table in tables.items()
     }
     names, size, parts = splits.select(space.names, space.size, spec, ids)
