@@ -28,7 +28,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
@@ -69,7 +69,8 @@ HEADERS = {
     "content-security-policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; "
     "img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
     "x-content-type-options": "nosniff",
-    "referrer-policy": "no-referrer",
+    # same-origin, not no-referrer: with no-referrer a form POST carries `Origin: null`.
+    "referrer-policy": "same-origin",
     "cache-control": "no-store",
 }
 
@@ -122,9 +123,9 @@ class Dashboard:
     async def login(self, request: Request) -> Response:
         if not same_origin(request):
             return Response("cross-site login refused", status_code=403, headers=HEADERS)
-        form = await request.form()
-        token = str(form.get("token", "")).strip()
-        next_path = str(form.get("next", "/"))
+        form = await _form(request)
+        token = form.get("token", "").strip()
+        next_path = form.get("next", "/")
         if not next_path.startswith("/") or next_path.startswith("//"):
             next_path = "/"
         if not token or not await run_in_threadpool(self.gateway.check_token, token):
@@ -274,6 +275,16 @@ def same_origin(request: Request) -> bool:
     if origin == "null":
         return False
     return urlsplit(origin).netloc == request.headers.get("host")
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """The login form's fields (urlencoded; parsed here rather than pulling in a multipart
+    parser for two fields). A body over 8 KiB is no login form."""
+    body = await request.body()
+    if len(body) > 8192:
+        return {}
+    fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=8)
+    return {k: v[0] for k, v in fields.items()}
 
 
 def _after_seq(request: Request) -> int:
