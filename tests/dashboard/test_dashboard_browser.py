@@ -83,8 +83,11 @@ def test_job_appears_curve_grows_and_cancel_works(fleet, browser, tiny_bert, sen
         )
         assert points(page, "Learning rate") > 0 and points(page, "Throughput (samples/s)") > 0
         assert page.locator("#events li").count() > 0
-        if SCREENSHOTS:
-            page.wait_for_timeout(1500)
+        if SCREENSHOTS:  # a fuller picture: past the first evaluations
+            page.wait_for_function(
+                "() => document.querySelector('.chart[data-title=\"Eval metrics\"]').dataset.points >= 3",
+                timeout=60_000,
+            )
             page.screenshot(path=str(Path(SCREENSHOTS) / "dashboard-job.png"), full_page=True)
         page.on("dialog", lambda d: d.accept())
         page.click("#cancel")
@@ -121,6 +124,12 @@ def test_a_user_never_sees_another_users_job(fleet, browser, tiny_bert, sentimen
         page.wait_for_selector("table#jobs tbody tr[data-job]")
         assert "bobs-secret" not in page.inner_text("table#jobs")
         assert page.locator(f'tr[data-job="{secret.id}"]').count() == 0
+        page.select_option("#state-filter", "CANCELLED")  # alice's cancelled long run only
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('#jobs tr[data-job]')].every("
+            "r => r.dataset.state == 'CANCELLED')"
+        )
+        assert page.locator("#jobs tr[data-job]").count() >= 1
         page.goto(f"{dash.url}/jobs/{secret.id}")
         page.wait_for_selector("text=Job not found")
         assert "bobs-secret" not in page.content()
@@ -162,11 +171,8 @@ def test_sweep_page_lists_trials_and_marks_the_best(fleet, browser, tiny_bert, s
         page.wait_for_selector("table#trials tbody tr[data-trial]", timeout=15_000)
         # Both trials finish; the best one is starred and its curve drawn with the others.
         page.wait_for_selector("table#trials tr.best", timeout=90_000)
-        page.wait_for_function(
-            "() => document.querySelectorAll('table#trials tbody tr[data-trial]').length == 2"
-            " && document.body.innerText.includes('SUCCEEDED')",
-            timeout=90_000,
-        )
+        page.wait_for_selector("#sweep-header .state-succeeded", timeout=90_000)
+        assert page.locator("table#trials tbody tr[data-trial]").count() == 2
         with user_client(cluster, "alice") as alice:
             best = alice.get_sweep(sweep.id).best_trial
         assert page.get_attribute("table#trials tr.best", "data-trial") == str(best)

@@ -104,8 +104,12 @@ class Chart {
   }
   setSeries(series) { // [{name, points: [[x, y]]}]: replaces everything (sweep overlays)
     this.rows = new Map();
+    const names = series.map((s) => s.name);
+    if (names.join("\n") !== this.names.join("\n")) { // a trial joined, or became the best
+      this.names = names;
+      if (this.plot) { this.plot.destroy(); this.plot = null; }
+    }
     for (const s of series) {
-      this.addSeries(s.name);
       for (const [x, y] of s.points) {
         const row = this.rows.get(x) || {};
         row[s.name] = y;
@@ -234,7 +238,7 @@ function jobPage(app, jobId) {
     } else if (e.kind === "log") {
       addLine(`level-${e.level}`, when, " ", e.message);
     } else if (e.kind === "state_change") {
-      addLine("state", when, " → ", e.state, e.reason ? ` (${e.reason})` : "");
+      addLine("transition", when, " → ", e.state, e.reason ? ` (${e.reason})` : "");
       refresh();
     } else if (e.kind === "report") {
       reports.append(el("h2", {}, e.name), el("table", { class: "report", "data-report": e.name },
@@ -264,7 +268,7 @@ function sweepsPage(app) {
 }
 
 function sweepPage(app, sweepId) {
-  const header = el("div");
+  const header = el("div", { id: "sweep-header" });
   const charts = el("div", { class: "charts" });
   const table = el("table", { id: "trials" });
   app.append(header, charts, el("h2", {}, "Trials"), table);
