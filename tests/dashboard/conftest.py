@@ -16,7 +16,7 @@ def pytest_collection_modifyitems(items):
     if CHROMIUM is None:
         skip = pytest.mark.skip(reason="no Chromium: apt-get install chromium (see Makefile)")
         for item in items:
-            if "dashboard" in str(item.fspath):
+            if "browser" in item.nodeid:
                 item.add_marker(skip)
 
 
@@ -30,15 +30,22 @@ def fleet(tmp_path_factory, tiny_bert, sentiment_data):
 
     root = tmp_path_factory.mktemp("dash")
     tokens_file = root / "tokens.json"
-    entries = [{"name": n, "role": "user", "token_sha256": hash_token(t)} for n, t in TOKENS.items()]
+    entries = [
+        {"name": n, "role": "user", "token_sha256": hash_token(t)} for n, t in TOKENS.items()
+    ]
     tokens_file.write_text(json.dumps(entries))
     tokens_file.chmod(0o600)
     tokens = TokenTable.from_file(tokens_file)
     cluster = LocalCluster(
-        gpus=0, tokens=tokens, worker_log=root / "worker.log",
+        gpus=0,
+        tokens=tokens,
+        worker_log=root / "worker.log",
         db_path=root / "coordinator.db",
     )
-    with cluster, DashboardServer("127.0.0.1:0", coordinator=cluster.address, refresh_s=1.0) as dash:
+    with (
+        cluster,
+        DashboardServer("127.0.0.1:0", coordinator=cluster.address, refresh_s=1.0) as dash,
+    ):
         yield cluster, dash, root
 
 

@@ -20,6 +20,9 @@ def user_client(cluster, name: str):
 def long_job(folder: Path, model: Path, data, name: str = "long-run") -> Path:
     """Runs long enough to watch (and then cancel): many short epochs, a point each 2 steps."""
     return write_text_job(
-        folder, model, data, name=name,
+        folder,
+        model,
+        data,
+        name=name,
         train={"epochs": 200, "batch_size": 16, "precision": "no", "log_every_steps": 2},
     )

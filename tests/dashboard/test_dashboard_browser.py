@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -55,7 +54,13 @@ def points(page, title: str) -> int:
 
 def test_without_the_cookie_every_api_route_answers_401(fleet):
     _, dash, _ = fleet
-    for path in ("/api/jobs", "/api/jobs/stream", "/api/workers", "/api/sweeps", "/api/jobs/job-0/events"):
+    for path in (
+        "/api/jobs",
+        "/api/jobs/stream",
+        "/api/workers",
+        "/api/sweeps",
+        "/api/jobs/job-0/events",
+    ):
         assert status_of(dash.url + path) == 401, path
     assert status_of(dash.url + "/api/jobs/job-0/cancel", method="POST") == 401
     assert status_of(dash.url + "/") == 401  # the page is the login form
@@ -110,7 +115,9 @@ def test_events_resume_after_the_last_event_id(fleet):
         headers={"cookie": context_cookie, "last-event-id": "5", "accept": "text/event-stream"},
     )
     with urllib.request.urlopen(request, timeout=20) as r:
-        ids = [int(line.split(b":")[1]) for line in r.read().splitlines() if line.startswith(b"id:")]
+        ids = [
+            int(line.split(b":")[1]) for line in r.read().splitlines() if line.startswith(b"id:")
+        ]
     assert ids[0] == 6 and ids == list(range(6, ids[-1] + 1)) and ids[-1] == job.last_seq
 
 
@@ -157,7 +164,10 @@ def test_cancel_needs_the_csrf_token_and_this_origin(fleet, tiny_bert, sentiment
 def test_sweep_page_lists_trials_and_marks_the_best(fleet, browser, tiny_bert, sentiment_data):
     cluster, dash, root = fleet
     spec = write_text_job(
-        root, tiny_bert, sentiment_data, name="lr-sweep",
+        root,
+        tiny_bert,
+        sentiment_data,
+        name="lr-sweep",
         train={"epochs": 2, "batch_size": 16, "precision": "no", "log_every_steps": 2},
         sweep={"space": {"optimizer.lr": [0.005, 0.02]}, "max_concurrent": 1},
     )
@@ -177,7 +187,9 @@ def test_sweep_page_lists_trials_and_marks_the_best(fleet, browser, tiny_bert, s
             best = alice.get_sweep(sweep.id).best_trial
         assert page.get_attribute("table#trials tr.best", "data-trial") == str(best)
         page.click('th[data-key="number"]')  # sortable: by trial number, descending
-        numbers = page.eval_on_selector_all("table#trials tbody tr", "rs => rs.map(r => r.dataset.trial)")
+        numbers = page.eval_on_selector_all(
+            "table#trials tbody tr", "rs => rs.map(r => r.dataset.trial)"
+        )
         assert numbers == sorted(numbers, reverse=True)
         if SCREENSHOTS:
             page.click('th[data-key="value"]')
