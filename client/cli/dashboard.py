@@ -3,6 +3,8 @@ coordinator served to browsers; `ftctl up` starts one too (`start_for_up`)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich.text import Text
 
 from tunefleet.client.cli.common import EXIT_OK, Commands, note, security, stderr
@@ -78,7 +80,7 @@ def start_for_up(listen: str, coordinator: str, tls_ca: str | None):
         note(f"no dashboard: {INSTALL_HINT} to get one")
         return None
     try:
-        security = ChannelSecurity(tls=tls_ca is not None, ca_file=tls_ca)
+        security = ChannelSecurity(tls=tls_ca is not None, ca_file=Path(tls_ca) if tls_ca else None)
         return DashboardServer(listen, coordinator=coordinator, security=security).start()
     except (RuntimeError, ValueError) as e:
         note(f"no dashboard: {e}")
