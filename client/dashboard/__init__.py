@@ -48,6 +48,8 @@ class DashboardServer:
             browsers, which log in with their own.
         tls_cert, tls_key: Serve HTTPS with this certificate (required off loopback).
         refresh_s: How often an open jobs/sweeps/workers page is refreshed server-side.
+        stream_s: How long one response of a job's event stream lasts before the browser
+            reconnects and resumes (by Last-Event-ID).
     """
 
     def __init__(
@@ -59,6 +61,7 @@ class DashboardServer:
         tls_cert: str | None = None,
         tls_key: str | None = None,
         refresh_s: float = 2.0,
+        stream_s: float = 120.0,
     ):
         host, port = split_listen(listen)
         if bool(tls_cert) != bool(tls_key):
@@ -73,6 +76,7 @@ class DashboardServer:
         self.coordinator = coordinator
         self.security = security or ChannelSecurity()
         self.refresh_s = refresh_s
+        self.stream_s = stream_s
         self._server = None
         self._thread: threading.Thread | None = None
         self._socket: socket.socket | None = None
@@ -88,7 +92,12 @@ class DashboardServer:
         from tunefleet.client.dashboard.auth import Gateway
 
         gateway = Gateway(self.coordinator, self.security)
-        return create_app(gateway, secure_cookies=bool(self.tls_cert), refresh_s=self.refresh_s)
+        return create_app(
+            gateway,
+            secure_cookies=bool(self.tls_cert),
+            refresh_s=self.refresh_s,
+            stream_s=self.stream_s,
+        )
 
     def _config(self):
         import uvicorn

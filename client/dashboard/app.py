@@ -50,6 +50,7 @@ from tunefleet.client.dashboard.auth import (
     csrf_ok,
 )
 from tunefleet.client.errors import (
+    DeadlineExceeded,
     NotFound,
     PermissionDenied,
     TunefleetError,
@@ -63,6 +64,8 @@ STATIC = Path(__file__).parent / "static"
 # URL segment -> the page the script draws (with an id: that one job or sweep).
 PAGES = {"jobs", "sweeps", "workers"}
 SINGULAR = {"jobs": "job", "sweeps": "sweep"}
+# A job's event stream is one response for at most this long (see job_events).
+STREAM_S = 120.0
 # At most this many running jobs get a progress figure per jobs-table refresh.
 PROGRESS_JOBS = 8
 HEADERS = {
@@ -78,8 +81,16 @@ HEADERS = {
 class Dashboard:
     """The app's state: sessions, the gateway to the coordinator, and its settings."""
 
-    def __init__(self, gateway: Gateway, *, secure_cookies: bool = False, refresh_s: float = 2.0):
+    def __init__(
+        self,
+        gateway: Gateway,
+        *,
+        secure_cookies: bool = False,
+        refresh_s: float = 2.0,
+        stream_s: float = STREAM_S,
+    ):
         self.gateway = gateway
+        self.stream_s = stream_s
         self.sessions = Sessions()
         self.secure = secure_cookies
         self.refresh_s = refresh_s
@@ -208,7 +219,10 @@ class Dashboard:
         after = _after_seq(request)
 
         async def stream() -> AsyncIterator[dict]:
-            events = client.events(job.id, after, follow=True)
+            # Each response follows for at most stream_s, then ends without "end": the
+            # browser reconnects with Last-Event-ID and carries on. This bounds how long a
+            # thread stays blocked in the SDK's iterator after its browser went away.
+            events = client.events(job.id, after, follow=True, timeout=self.stream_s)
             try:
                 async for event in iterate_in_threadpool(events):
                     yield {
@@ -216,6 +230,8 @@ class Dashboard:
                         "id": str(event.seq),
                         "data": _json(views.event_dict(event)),
                     }
+            except DeadlineExceeded:
+                return
             except TunefleetError as e:
                 yield {"event": "failure", "data": _json({"error": e.message})}
                 return
@@ -251,7 +267,10 @@ class Dashboard:
                     if text != last:
                         last = text
                         yield {"event": "data", "data": text}
-                    if done(value) or await request.is_disconnected():
+                    if done(value):  # said, so the browser does not reconnect
+                        yield {"event": "end", "data": "{}"}
+                        return
+                    if await request.is_disconnected():
                         return
                     await asyncio.sleep(self.refresh_s)
                     try:
@@ -334,10 +353,14 @@ def _shell(
 
 
 def create_app(
-    gateway: Gateway, *, secure_cookies: bool = False, refresh_s: float = 2.0
+    gateway: Gateway,
+    *,
+    secure_cookies: bool = False,
+    refresh_s: float = 2.0,
+    stream_s: float = STREAM_S,
 ) -> Starlette:
-    """The Starlette app over `gateway` (see `tunefleet.client.dashboard.serve`)."""
-    d = Dashboard(gateway, secure_cookies=secure_cookies, refresh_s=refresh_s)
+    """The Starlette app over `gateway` (see `tunefleet.client.dashboard.DashboardServer`)."""
+    d = Dashboard(gateway, secure_cookies=secure_cookies, refresh_s=refresh_s, stream_s=stream_s)
 
     def sweep_done(value: dict) -> bool:
         return bool(value.get("terminal"))

@@ -44,7 +44,9 @@ def fleet(tmp_path_factory, tiny_bert, sentiment_data):
     )
     with (
         cluster,
-        DashboardServer("127.0.0.1:0", coordinator=cluster.address, refresh_s=1.0) as dash,
+        DashboardServer(
+            "127.0.0.1:0", coordinator=cluster.address, refresh_s=1.0, stream_s=3.0
+        ) as dash,
     ):
         yield cluster, dash, root
 

@@ -74,6 +74,8 @@ def test_job_appears_curve_grows_and_cancel_works(fleet, browser, tiny_bert, sen
     with user_client(cluster, "alice") as alice:
         job = alice.submit(long_job(root, tiny_bert, sentiment_data))
     context, page = login(browser, dash, "alice")
+    streams: list[str] = []
+    page.on("request", lambda r: streams.append(r.url) if r.url.endswith("/events") else None)
     try:
         row = page.wait_for_selector(f'tr[data-job="{job.id}"]', timeout=15_000)
         assert "long-run" in row.inner_text()
@@ -100,6 +102,18 @@ def test_job_appears_curve_grows_and_cancel_works(fleet, browser, tiny_bert, sen
         page.wait_for_selector(".job-header .state-cancelled", timeout=30_000)
         with user_client(cluster, "alice") as alice:
             assert alice.get(job.id).state.value == "CANCELLED"
+            events = list(alice.events(job.id, follow=False))
+        # The stream was cut every 3 s (stream_s) and resumed by Last-Event-ID: each logged
+        # event is in the log exactly once, in order.
+        lines = [e for e in events if e.kind in ("log", "state_change")]
+        lines += [e for e in events if e.metrics and e.metrics.phase == "test"]
+        page.wait_for_function(
+            f"() => document.querySelectorAll('#events li').length >= {len(lines)}"
+        )
+        page.wait_for_timeout(500)
+        assert page.locator("#events li").count() == len(lines)
+        assert len(streams) >= 2, streams  # it did reconnect
+        assert events[-1].seq == max(e.seq for e in events) and len(events) == events[-1].seq
     finally:
         context.close()
 

@@ -63,6 +63,7 @@ function live(path, handlers) {
   for (const [name, fn] of Object.entries(handlers)) {
     source.addEventListener(name, (e) => fn(JSON.parse(e.data), e));
   }
+  if (!handlers.end) source.addEventListener("end", () => source.close());
   source.addEventListener("failure", (e) => {
     source.close();
     document.getElementById("app").prepend(notice(JSON.parse(e.data).error));
