@@ -15,8 +15,12 @@ INSTALL_HINT = "pip install 'tunefleet[dashboard]'"
 
 
 def register(commands: Commands) -> None:
+    # No --token-file: each browser logs in with its own token (the dashboard lends none).
     p = commands.add(
-        "dashboard", dashboard, "serve the web dashboard (jobs, curves, sweeps, workers)"
+        "dashboard",
+        dashboard,
+        "serve the web dashboard (jobs, curves, sweeps, workers)",
+        flags=("--coordinator", "--tls-ca"),
     )
     add_listen(p, "--listen")
     p.add_argument(

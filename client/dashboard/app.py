@@ -166,6 +166,11 @@ class Dashboard:
                 return JSONResponse({"error": "log in first"}, status_code=401, headers=HEADERS)
             try:
                 result = await handler(request, session)
+            except Unauthenticated as e:
+                # The token was revoked (or the coordinator's tokens changed): this session
+                # is over, and the next page view asks for a token again.
+                self.sessions.drop(request.cookies.get(SESSION_COOKIE))
+                return _error(e)
             except TunefleetError as e:
                 return _error(e)
             if isinstance(result, Response):
