@@ -100,3 +100,41 @@ def test_ftctl_up_starts_the_dashboard_and_prints_its_url(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_over_https_to_a_tls_coordinator_the_cookies_are_secure(tmp_path):
+    """The dashboard's own HTTPS (--https-cert/--https-key) and its TLS channel to the
+    coordinator (--tls-ca) together: the session cookie gets Secure, and data flows."""
+    import ssl
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "security"))
+    from security_helpers import make_pki
+
+    from tunefleet.client import LocalCluster
+    from tunefleet.client.dashboard import DashboardServer
+    from tunefleet.coordinator.server import ServerTls
+    from tunefleet.transport import ChannelSecurity
+
+    pki = make_pki(tmp_path)
+    tls = ServerTls(pki.server_cert, pki.server_key)
+    with LocalCluster(worker=False, tls=tls, tls_ca=pki.ca) as cluster:
+        security = ChannelSecurity(tls=True, ca_file=pki.ca)
+        server = DashboardServer(
+            "127.0.0.1:0",
+            coordinator=cluster.address,
+            security=security,
+            tls_cert=str(pki.server_cert),
+            tls_key=str(pki.server_key),
+        )
+        with server as dash:
+            assert dash.url.startswith("https://")
+            context = ssl.create_default_context(cafile=str(pki.ca))
+            jar = http.cookiejar.CookieJar()
+            opener = urllib.request.build_opener(
+                urllib.request.HTTPSHandler(context=context),
+                urllib.request.HTTPCookieProcessor(jar),
+            )
+            assert opener.open(dash.url + "/", timeout=10).status == 200
+            assert {c.name: c.secure for c in jar} == {"tf_session": True, "tf_csrf": True}
+            workers = json.loads(opener.open(dash.url + "/api/workers", timeout=10).read())
+            assert workers["workers"] == []
