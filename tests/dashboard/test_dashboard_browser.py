@@ -79,6 +79,12 @@ def test_job_appears_curve_grows_and_cancel_works(fleet, browser, tiny_bert, sen
     try:
         row = page.wait_for_selector(f'tr[data-job="{job.id}"]', timeout=15_000)
         assert "long-run" in row.inner_text()
+        # The table is live: the row turns RUNNING and grows a progress bar by itself.
+        page.wait_for_selector(
+            f'tr[data-job="{job.id}"][data-state="RUNNING"] progress', timeout=60_000
+        )
+        if SCREENSHOTS:
+            page.screenshot(path=str(Path(SCREENSHOTS) / "dashboard-jobs.png"))
         page.click(f'a[href="/jobs/{job.id}"]')
         page.wait_for_function(
             "() => document.querySelector('.chart[data-title=\"Loss\"]').dataset.points >= 3",
