@@ -4,6 +4,7 @@
 "use strict";
 
 const COLORS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#be185d", "#4d7c0f"];
+const MAX_LOG_LINES = 5000;
 const STATES = ["QUEUED", "ASSIGNED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "PRUNED"];
 
 function el(tag, attrs, ...children) {
@@ -221,6 +222,7 @@ function jobPage(app, jobId) {
   const addLine = (cls, ...text) => { // the log follows new lines unless scrolled up
     const atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 30;
     log.append(el("li", { class: cls }, ...text));
+    if (log.childElementCount > MAX_LOG_LINES) log.firstElementChild.remove(); // `ftctl logs` has them all
     if (atBottom) log.scrollTop = log.scrollHeight;
   };
   const onEvent = (e) => {
