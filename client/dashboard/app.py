@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import anyio.to_thread
 from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
@@ -64,6 +65,8 @@ STATIC = Path(__file__).parent / "static"
 # URL segment -> the page the script draws (with an id: that one job or sweep).
 PAGES = {"jobs", "sweeps", "workers"}
 SINGULAR = {"jobs": "job", "sweeps": "sweep"}
+# Worker threads for SDK calls (see lifespan in create_app).
+THREADS = 256
 # A job's event stream is one response for at most this long (see job_events).
 STREAM_S = 120.0
 # At most this many running jobs get a progress figure per jobs-table refresh.
@@ -392,6 +395,10 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        # SDK calls are blocking and run on anyio's worker threads; each open job page
+        # holds one for its event stream, so the default 40 would cap open pages at 40
+        # and then stall every other request.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = THREADS
         yield
         gateway.close()
 
