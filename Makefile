@@ -25,6 +25,13 @@ $(FMNIST):
 	@echo "Fashion-MNIST comes from the Debian package dataset-fashion-mnist; installing it"
 	apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist
 
+# tests/dashboard drive the web dashboard in Debian's headless Chromium (skipped without it).
+CHROMIUM := /usr/bin/chromium
+
+$(CHROMIUM):
+	@echo "the dashboard's browser tests use the Debian package chromium; installing it"
+	apt-get update -qq && apt-get install -y -qq chromium
+
 demo: setup $(FMNIST)
 	HF_HUB_OFFLINE=1 $(PY) examples/demo.py
 
@@ -32,7 +39,7 @@ lint: setup
 	$(PY) -m ruff check .
 	$(VENV)/bin/lint-imports
 
-test: setup lint
+test: setup lint $(CHROMIUM)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 proto: setup

@@ -7,6 +7,7 @@ This module only assembles the commands; each noun module registers its own
     sweeps     sweep submit|get|list|cancel                SDK calls (tunefleet.client.sweeps)
     compare    compare JOB|SWEEP...                        SDK calls
     workers    workers (and `worker drain`)                SDK calls
+    dashboard  dashboard       the web dashboard (tunefleet.client.dashboard, SDK calls)
     server     server          the coordinator (tunefleet.coordinator.command_line)
     worker     worker          a worker daemon (tunefleet.worker.command_line)
     up         up              coordinator + local worker (tunefleet.client.local)
@@ -33,6 +34,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 from tunefleet.client.cli import (  # noqa: E402
     artifacts,
     compare,
+    dashboard,
     engine,
     jobs,
     server,
@@ -60,7 +62,7 @@ from tunefleet.defaults import DEFAULT_ADDRESS  # noqa: E402
 __all__ = ["ENV_DEBUG", "build_parser", "main"]
 
 # In this order in `ftctl --help`.
-NOUNS = (jobs, sweeps, compare, workers, server, worker, up, token, engine, artifacts)
+NOUNS = (jobs, sweeps, compare, workers, dashboard, server, worker, up, token, engine, artifacts)
 
 # TUNEFLEET_DEBUG=1 (or `ftctl --debug ...`): print the full traceback of any error.
 ENV_DEBUG = "TUNEFLEET_DEBUG"

@@ -9,6 +9,7 @@ import time
 
 from rich.text import Text
 
+from tunefleet.client.cli import dashboard
 from tunefleet.client.cli.common import EXIT_FAILED, EXIT_OK, Commands, error, stderr, stdout
 from tunefleet.client.errors import TunefleetError
 from tunefleet.coordinator.command_line import add_security_arguments, security_from_args
@@ -34,6 +35,8 @@ def register(commands: Commands) -> None:
         help="give up if the worker has not registered after S seconds",
     )
     add_security_arguments(p, local_worker=True)
+    dashboard.add_listen(p, "--dashboard")
+    p.add_argument("--no-dashboard", action="store_true", help="do not start the web dashboard")
     p.add_argument(
         "--allowed-root",
         action="append",
@@ -77,12 +80,15 @@ def up(args) -> int:
         **security,
     )
     signal.signal(signal.SIGTERM, _raise_stop)
+    dash = None
     try:
         try:
             cluster.start(wait=False)
         except (RuntimeError, ValueError) as e:  # cannot bind, malformed --listen
             raise TunefleetError(str(e)) from None
         addr = cluster.address
+        tls_ca = str(args.tls_ca) if security["tls"] is not None else None
+        dash = None if args.no_dashboard else dashboard.start_for_up(args.dashboard, addr, tls_ca)
         stdout().print(
             Text(
                 f"tunefleet is up: coordinator {addr} (db {cluster.db_path}), "
@@ -90,7 +96,8 @@ def up(args) -> int:
                 f"  export {ENV_COORDINATOR}={addr}\n"
                 f"  ftctl submit job.yaml --follow{'' if addr == DEFAULT_ADDRESS else ' --coordinator ' + addr}"
                 f"{_credentials_hint(args, security)}\n"
-                "Ctrl-C stops both."
+                + (f"  dashboard: {dash.url}/\n" if dash else "")
+                + "Ctrl-C stops both."
             )
         )
         cluster.wait_for_worker(timeout=args.worker_timeout)
@@ -104,6 +111,8 @@ def up(args) -> int:
         return EXIT_OK
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if dash is not None:
+            dash.stop()
         cluster.stop()
 
 

@@ -33,6 +33,7 @@ OVERRIDES: dict[str, list[list[str]]] = {
     "server": [["server", "--db", "{tmp}/db", "--lease-s", "1"]],
     "up": [["up", "--listen", "0.0.0.0:0", "--db", "{tmp}/db"]],
     "token": [["token", " "]],
+    "dashboard": [["dashboard", "--listen", "0.0.0.0:0"], ["dashboard", "--listen", "nonsense"]],
     "sweep": [
         ["sweep", "submit", "{tmp}/missing.yaml"],
         ["sweep", "submit", "{tmp}/bad.yaml"],
