@@ -97,7 +97,7 @@ def up(args) -> int:
                 f"  ftctl submit job.yaml --follow{'' if addr == DEFAULT_ADDRESS else ' --coordinator ' + addr}"
                 f"{_credentials_hint(args, security)}\n"
                 + (f"  dashboard: {dash.url}/\n" if dash else "")
-                + "Ctrl-C stops both."
+                + ("Ctrl-C stops them all." if dash else "Ctrl-C stops both.")
             )
         )
         cluster.wait_for_worker(timeout=args.worker_timeout)
