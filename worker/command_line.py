@@ -107,6 +107,21 @@ def add_worker_arguments(parser: argparse.ArgumentParser, *, connection: bool = 
         "s3://bucket/prefix (default: $TUNEFLEET_ARTIFACTS_URI; none: artifacts stay under "
         "--artifacts)",
     )
+    parser.add_argument(
+        "--feature-cache-dir",
+        metavar="DIR",
+        help="where jobs share frozen-layer features computed once for the same model, data "
+        "and frozen blocks, e.g. a sweep's trials (default: --work-dir/feature-cache, else "
+        "--artifacts/.feature-cache)",
+    )
+    parser.add_argument(
+        "--feature-cache-max-gb",
+        type=float,
+        default=10.0,
+        metavar="GB",
+        help="size bound of --feature-cache-dir; least recently used entries go first "
+        "(default: %(default)s; 0 turns sharing off)",
+    )
     add_security_arguments(parser, tls_ca=connection)
 
 
@@ -153,6 +168,8 @@ def check_worker_arguments(args: argparse.Namespace) -> None:
         raise WorkerFlagError(f"--poll-s must be > 0, got {args.poll_s}")
     if args.min_free_mb < 0:
         raise WorkerFlagError(f"--min-free-mb must be >= 0, got {args.min_free_mb}")
+    if args.feature_cache_max_gb < 0:
+        raise WorkerFlagError(f"--feature-cache-max-gb must be >= 0, got {args.feature_cache_max_gb}")
     if args.drain_grace_s < 0:
         raise WorkerFlagError(f"--drain-grace-s must be >= 0, got {args.drain_grace_s}")
 
@@ -183,6 +200,8 @@ def daemon_from_args(args: argparse.Namespace) -> WorkerDaemon:
         drain_grace_s=args.drain_grace_s,
         address=args.address,
         min_free_bytes=int(args.min_free_mb * 1024 * 1024),
+        feature_cache_dir=Path(args.feature_cache_dir) if args.feature_cache_dir else None,
+        feature_cache_max_gb=args.feature_cache_max_gb,
     )
 
 

@@ -136,6 +136,8 @@ class WorkerDaemon:
         drain_grace_s: float = 30.0,
         address: str | None = None,
         min_free_bytes: int = 100 * 1024 * 1024,
+        feature_cache_dir: Path | None = None,
+        feature_cache_max_gb: float = 10.0,
     ):
         """
         Args:
@@ -158,10 +160,20 @@ class WorkerDaemon:
                 its route to the coordinator (see route_address).
             min_free_bytes: after its artifacts disk filled up, the worker takes jobs again
                 once this much is free there (and a test write works).
+            feature_cache_dir: where jobs share frozen-prefix features by content
+                (worker/engine/shared_features.py); default work_root/feature-cache, else
+                artifacts_root/.feature-cache. feature_cache_max_gb bounds it (LRU); 0 = off.
         """
         self.coordinator = coordinator
         self.artifacts_root = Path(artifacts_root).resolve()
         self.work_root = Path(work_root).resolve() if work_root else None
+        cache_dir = feature_cache_dir or (
+            self.work_root / "feature-cache" if self.work_root else self.artifacts_root / ".feature-cache"
+        )
+        self.engine_env = {} if feature_cache_max_gb <= 0 else {
+            "TUNEFLEET_FEATURE_CACHE_DIR": str(Path(cache_dir).resolve()),
+            "TUNEFLEET_FEATURE_CACHE_MAX_GB": str(feature_cache_max_gb),
+        }  # fmt: skip
         self.gpus = gpus
         self.worker_id = worker_id or ""
         self.poll_s = poll_s
@@ -457,6 +469,7 @@ class WorkerDaemon:
             lease_valid=self._lease_valid,
             rendezvous=rendezvous,
             own_storage=own_storage,
+            engine_env=self.engine_env,
         )
         with self._lock:
             self._runner = runner
