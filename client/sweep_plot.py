@@ -3,7 +3,8 @@
 Why a figure of its own: a sweep is judged by comparing trials, which one-job plots cannot
 show. Left, every trial's validation-metric curve against the optimizer step on one axis
 (the best trial drawn thick and starred at the evaluation that made it best; pruned trials
-dashed, so a stopped curve is not read as a finished one). Right, one panel per swept field:
+dashed, so a stopped curve is not read as a finished one). Right, one panel per swept field
+whose value differs between trials:
 the trial's value (its best validation metric, the number the sweep ranks) against that
 field, the best trial starred; a learning rate or other positive range wider than 20x gets a
 log axis, choices are spread over their order of appearance.
@@ -62,7 +63,10 @@ def build_sweep_figure(sweep: Sweep, curves: dict[int, list[tuple[int, float]]])
     """The figure: curves of every trial, then metric vs each swept field (at most three)."""
     metric = sweep.metric or "accuracy"
     best = sweep.best()
-    fields = sorted({k for t in sweep.trials for k in t.params})[:_MAX_PARAM_PANELS]
+    # A field every trial drew the same value for says nothing: no panel.
+    names = sorted({k for t in sweep.trials for k in t.params})
+    varied = [n for n in names if len({t.params.get(n) for t in sweep.trials}) > 1]
+    fields = (varied or names)[:_MAX_PARAM_PANELS]
     if not any(curves.values()) and not any(t.value is not None for t in sweep.trials):
         raise TunefleetError(f"nothing to plot: no trial of {sweep.id} has evaluated yet")
     figure = _pyplot_free_figure(

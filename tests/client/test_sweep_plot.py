@@ -102,3 +102,9 @@ def test_a_sweep_with_nothing_evaluated_says_so():
     sweep = make_sweep([trial(0, "0.1", "full", None, state="RUNNING")], best=None)
     with pytest.raises(TunefleetError, match="no trial of sweep-1 has evaluated yet"):
         build_sweep_figure(sweep, {0: []})
+
+
+def test_a_field_every_trial_shares_gets_no_panel():
+    sweep = make_sweep([trial(0, "0.1", "full", 0.3), trial(1, "0.2", "full", 0.4)], best=1)
+    figure = build_sweep_figure(sweep, {0: [(1, 0.3)], 1: [(1, 0.4)]})
+    assert [ax.get_xlabel() for ax in figure.axes[1:]] == ["optimizer.lr"]
