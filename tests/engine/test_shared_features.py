@@ -14,7 +14,7 @@ import torch
 
 from tunefleet.worker.engine import models, run_job
 from tunefleet.worker.engine.feature_store import FeatureStore
-from tunefleet.worker.engine.shared_features import DIR_ENV, SharedFeatureCache
+from tunefleet.worker.engine.shared_features import DIR_ENV, SharedFeatureCache, dataset_fingerprint
 
 
 class EventLog(list):
@@ -107,7 +107,12 @@ def test_the_key_includes_the_boundary_and_one_epoch_jobs_share_too(
 def _store(n: int, value: float) -> FeatureStore:
     store = FeatureStore(n, sequence=False, left_padded=False, budget_bytes=2**30,
                          spill_path=Path("/nonexistent"))  # fmt: skip
-    store.add(np.arange(n), torch.full((n, 4), value), np.ones(n, np.int64), torch.zeros(n, dtype=torch.long))
+    store.add(
+        np.arange(n),
+        torch.full((n, 4), value),
+        np.ones(n, np.int64),
+        torch.zeros(n, dtype=torch.long),
+    )
     store.finish()
     return store
 
@@ -158,3 +163,29 @@ def test_least_recently_used_entries_are_evicted_past_the_bound(tmp_path):
     assert cache.load("b", 2**30) is None
     assert cache.load("a", 2**30) is not None and cache.load("c", 2**30) is not None
     assert cache.save("huge", _store(64, 1.0)).startswith("larger than")
+
+
+class Items:
+    def __init__(self, items):
+        self.items = items
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def test_the_data_key_reads_the_examples_content_or_refuses_to_share():
+    def images(scale):
+        return Items(
+            [{"pixel_values": torch.ones(2, 2) * i * scale, "labels": i} for i in range(3)]
+        )
+
+    assert dataset_fingerprint(images(1), None) == dataset_fingerprint(images(1), None)
+    assert dataset_fingerprint(images(1), None) != dataset_fingerprint(images(2), None)
+
+    class Opaque:  # its repr would not show its content
+        pass
+
+    assert dataset_fingerprint(Items([{"x": Opaque(), "labels": 0}]), None) is None

@@ -30,6 +30,13 @@ the prefix costs what building the cache costs). When the prefix shrinks (gradua
 cache is dropped; a later prefix is cached in turn if it lasts two epochs or more. Nothing is
 kept across restarts: a resumed run rebuilds the cache, and spill files are deleted at the
 start and the end of a run.
+
+Across jobs. Under a worker (shared_features.py: $TUNEFLEET_FEATURE_CACHE_DIR), a split's
+features are first looked up by a content key (prefix weights and boundary, the examples,
+device, precision, build batch size, library versions): a hit loads them, skipping the build
+and its self-check (an entry is stored only after its own check passed); a miss builds them as
+above and stores them for the next job. A one-epoch prefix is then cached too: loading it
+costs less than one pass, and building it costs what the pass costs.
 """
 
 from __future__ import annotations
@@ -63,6 +70,7 @@ from tunefleet.worker.engine.shared_features import (
     SharedFeatureCache,
     dataset_fingerprint,
     entry_key,
+    library_versions,
     model_fingerprint,
 )
 
@@ -398,6 +406,9 @@ class FrozenFeatures:
             return (*self._build(dataset, prefix, split, budget, check=check), "")
         start = time.perf_counter()
         key = self._shared_key(dataset, prefix, split)
+        if key is None:
+            return (*self._build(dataset, prefix, split, budget, check=check), "not shared "
+                    "(the examples' content cannot be read for the key)")  # fmt: skip
         short = key[:16]
 
         def on_wait() -> None:
@@ -415,7 +426,7 @@ class FrozenFeatures:
             return store, seconds, None, f"computed, not shared ({why_not})"
         return store, seconds, None, f"computed, stored in the shared cache (key {short})"
 
-    def _shared_key(self, dataset: Dataset, prefix: list[Link], split: str) -> str:
+    def _shared_key(self, dataset: Dataset, prefix: list[Link], split: str) -> str | None:
         """The content key of `prefix`'s outputs over `dataset` (shared_features.py)."""
         paths = tuple(link.path for link in prefix)
         if paths not in self._fingerprints:
@@ -425,8 +436,11 @@ class FrozenFeatures:
             )
         if id(dataset) not in self._fingerprints:
             self._fingerprints[id(dataset)] = dataset_fingerprint(dataset, self.data.collate)
+        if self._fingerprints[id(dataset)] is None:
+            return None
         build_batch = max(self.batch_size, self.eval_batch_size)
         runtime = f"{self.accelerator.device.type}|{self.precision}|batch {build_batch}"
+        runtime += f"|{library_versions()}"
         return entry_key(
             self._fingerprints[paths], self._fingerprints[id(dataset)], split=split, runtime=runtime
         )

@@ -94,9 +94,15 @@ def model_fingerprint(model: torch.nn.Module, prefix_paths: list[str], prefix_mo
     return h.hexdigest()
 
 
-def dataset_fingerprint(dataset: Any, collate: Any) -> str:
+class Unhashable(Exception):
+    """An item whose content cannot be read for the key: that job does not share."""
+
+
+def dataset_fingerprint(dataset: Any, collate: Any) -> str | None:
     """The examples the prefix sees. A tokenised text split hashes its arrays (fast); any other
-    dataset hashes every item it yields (one pass of data loading, no model)."""
+    dataset hashes every item it yields (one pass of data loading, no model). None when an
+    item is something whose content we cannot read (its repr may not show it): no sharing
+    rather than two different datasets under one key."""
     h = hashlib.blake2b(digest_size=20)
     h.update(f"{type(dataset).__name__}|{len(dataset)}|".encode())
     h.update(repr(getattr(collate, "pad_values", None)).encode())
@@ -109,8 +115,11 @@ def dataset_fingerprint(dataset: Any, collate: Any) -> str:
         h.update(np.ascontiguousarray(dataset.offsets).tobytes())
         h.update(np.ascontiguousarray(dataset.labels).tobytes())
         return h.hexdigest()
-    for i in range(len(dataset)):
-        _hash_item(h, dataset[i])
+    try:
+        for i in range(len(dataset)):
+            _hash_item(h, dataset[i])
+    except Unhashable:
+        return None
     return h.hexdigest()
 
 
@@ -127,8 +136,27 @@ def _hash_item(h: Any, item: Any) -> None:
     elif isinstance(item, (list, tuple)):
         for x in item:
             _hash_item(h, x)
-    else:
+    elif item is None or isinstance(item, (str, bytes, int, float, bool, np.generic)):
         h.update(repr(item).encode())
+    else:  # a PIL image and the like: its pixels, if numpy can read them
+        try:
+            array = np.asarray(item)
+        except Exception as e:
+            raise Unhashable(type(item).__name__) from e
+        if array.dtype == object:
+            raise Unhashable(type(item).__name__)
+        _hash_item(h, array)
+
+
+def library_versions() -> str:
+    """Versions of the code the prefix runs (outside its weights): a mask or attention change
+    in a new release must not reuse features computed by the old one."""
+    import sys
+
+    names = ("torch", "transformers", "torchvision")
+    return ",".join(
+        f"{n} {getattr(sys.modules[n], '__version__', '?')}" for n in names if n in sys.modules
+    )
 
 
 def entry_key(model_part: str, data_part: str, *, split: str, runtime: str) -> str:
