@@ -27,6 +27,11 @@ Bounded: entries are evicted least recently used first (an entry's meta.json is 
 every load) once the folder holds more than its maximum. Evicting renames the entry away
 before deleting it; a process that still has it mapped keeps reading it (POSIX semantics).
 
+Trust: entries are shared by every job on the worker, whoever submitted it, and are read
+as they are (a key is a content hash; a reader cannot tell planted rows from computed ones).
+The default folder lies under the worker's --artifacts, where no job may put its output.dir
+(job_folder.py); a --feature-cache-dir of one's own should stay outside every --allowed-root.
+
 Configured by the worker (``--feature-cache-dir``, ``--feature-cache-max-gb``), which passes
 both to the training process in $TUNEFLEET_FEATURE_CACHE_DIR and $TUNEFLEET_FEATURE_CACHE_MAX_GB;
 without the first (``ftctl run``, direct engine use) nothing is shared.
