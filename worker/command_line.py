@@ -28,6 +28,7 @@ __all__ = [
     "allowed_roots_from_args",
     "check_worker_arguments",
     "daemon_from_args",
+    "feature_cache_env",
     "run_until_signalled",
     "security_from_args",
 ]
@@ -200,9 +201,23 @@ def daemon_from_args(args: argparse.Namespace) -> WorkerDaemon:
         drain_grace_s=args.drain_grace_s,
         address=args.address,
         min_free_bytes=int(args.min_free_mb * 1024 * 1024),
-        feature_cache_dir=Path(args.feature_cache_dir) if args.feature_cache_dir else None,
-        feature_cache_max_gb=args.feature_cache_max_gb,
+        engine_env=feature_cache_env(args),
     )
+
+
+def feature_cache_env(args: argparse.Namespace) -> dict[str, str]:
+    """What tells the training processes where jobs share frozen features (read by
+    worker/engine/shared_features.py): --feature-cache-dir, else --work-dir/feature-cache,
+    else --artifacts/.feature-cache; nothing when --feature-cache-max-gb is 0."""
+    if args.feature_cache_max_gb <= 0:
+        return {}
+    folder = args.feature_cache_dir or (
+        Path(args.work_dir) / "feature-cache" if args.work_dir else Path(args.artifacts) / ".feature-cache"
+    )
+    return {
+        "TUNEFLEET_FEATURE_CACHE_DIR": str(Path(folder).resolve()),
+        "TUNEFLEET_FEATURE_CACHE_MAX_GB": str(args.feature_cache_max_gb),
+    }
 
 
 def run_until_signalled(daemon: WorkerDaemon) -> None:

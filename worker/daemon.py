@@ -136,8 +136,7 @@ class WorkerDaemon:
         drain_grace_s: float = 30.0,
         address: str | None = None,
         min_free_bytes: int = 100 * 1024 * 1024,
-        feature_cache_dir: Path | None = None,
-        feature_cache_max_gb: float = 10.0,
+        engine_env: dict[str, str] | None = None,
     ):
         """
         Args:
@@ -160,20 +159,13 @@ class WorkerDaemon:
                 its route to the coordinator (see route_address).
             min_free_bytes: after its artifacts disk filled up, the worker takes jobs again
                 once this much is free there (and a test write works).
-            feature_cache_dir: where jobs share frozen-prefix features by content
-                (worker/engine/shared_features.py); default work_root/feature-cache, else
-                artifacts_root/.feature-cache. feature_cache_max_gb bounds it (LRU); 0 = off.
+            engine_env: extra environment of every training process (the shared feature
+                cache's folder and bound: command_line.feature_cache_env).
         """
         self.coordinator = coordinator
         self.artifacts_root = Path(artifacts_root).resolve()
         self.work_root = Path(work_root).resolve() if work_root else None
-        cache_dir = feature_cache_dir or (
-            self.work_root / "feature-cache" if self.work_root else self.artifacts_root / ".feature-cache"
-        )
-        self.engine_env = {} if feature_cache_max_gb <= 0 else {
-            "TUNEFLEET_FEATURE_CACHE_DIR": str(Path(cache_dir).resolve()),
-            "TUNEFLEET_FEATURE_CACHE_MAX_GB": str(feature_cache_max_gb),
-        }  # fmt: skip
+        self.engine_env = dict(engine_env or {})
         self.gpus = gpus
         self.worker_id = worker_id or ""
         self.poll_s = poll_s
