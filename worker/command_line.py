@@ -28,6 +28,7 @@ __all__ = [
     "allowed_roots_from_args",
     "check_worker_arguments",
     "daemon_from_args",
+    "feature_cache_env",
     "run_until_signalled",
     "security_from_args",
 ]
@@ -107,6 +108,21 @@ def add_worker_arguments(parser: argparse.ArgumentParser, *, connection: bool = 
         "s3://bucket/prefix (default: $TUNEFLEET_ARTIFACTS_URI; none: artifacts stay under "
         "--artifacts)",
     )
+    parser.add_argument(
+        "--feature-cache-dir",
+        metavar="DIR",
+        help="where jobs share frozen-layer features computed once for the same model, data "
+        "and frozen blocks, e.g. a sweep's trials (default: --work-dir/feature-cache, else "
+        "--artifacts/.feature-cache)",
+    )
+    parser.add_argument(
+        "--feature-cache-max-gb",
+        type=float,
+        default=10.0,
+        metavar="GB",
+        help="size bound of --feature-cache-dir; least recently used entries go first "
+        "(default: %(default)s; 0 turns sharing off)",
+    )
     add_security_arguments(parser, tls_ca=connection)
 
 
@@ -153,6 +169,8 @@ def check_worker_arguments(args: argparse.Namespace) -> None:
         raise WorkerFlagError(f"--poll-s must be > 0, got {args.poll_s}")
     if args.min_free_mb < 0:
         raise WorkerFlagError(f"--min-free-mb must be >= 0, got {args.min_free_mb}")
+    if args.feature_cache_max_gb < 0:
+        raise WorkerFlagError(f"--feature-cache-max-gb must be >= 0, got {args.feature_cache_max_gb}")
     if args.drain_grace_s < 0:
         raise WorkerFlagError(f"--drain-grace-s must be >= 0, got {args.drain_grace_s}")
 
@@ -183,7 +201,23 @@ def daemon_from_args(args: argparse.Namespace) -> WorkerDaemon:
         drain_grace_s=args.drain_grace_s,
         address=args.address,
         min_free_bytes=int(args.min_free_mb * 1024 * 1024),
+        engine_env=feature_cache_env(args),
     )
+
+
+def feature_cache_env(args: argparse.Namespace) -> dict[str, str]:
+    """What tells the training processes where jobs share frozen features (read by
+    worker/engine/shared_features.py): --feature-cache-dir, else --work-dir/feature-cache,
+    else --artifacts/.feature-cache; nothing when --feature-cache-max-gb is 0."""
+    if args.feature_cache_max_gb <= 0:
+        return {}
+    folder = args.feature_cache_dir or (
+        Path(args.work_dir) / "feature-cache" if args.work_dir else Path(args.artifacts) / ".feature-cache"
+    )
+    return {
+        "TUNEFLEET_FEATURE_CACHE_DIR": str(Path(folder).resolve()),
+        "TUNEFLEET_FEATURE_CACHE_MAX_GB": str(args.feature_cache_max_gb),
+    }
 
 
 def run_until_signalled(daemon: WorkerDaemon) -> None:

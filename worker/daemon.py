@@ -136,6 +136,7 @@ class WorkerDaemon:
         drain_grace_s: float = 30.0,
         address: str | None = None,
         min_free_bytes: int = 100 * 1024 * 1024,
+        engine_env: dict[str, str] | None = None,
     ):
         """
         Args:
@@ -158,10 +159,13 @@ class WorkerDaemon:
                 its route to the coordinator (see route_address).
             min_free_bytes: after its artifacts disk filled up, the worker takes jobs again
                 once this much is free there (and a test write works).
+            engine_env: extra environment of every training process (the shared feature
+                cache's folder and bound: command_line.feature_cache_env).
         """
         self.coordinator = coordinator
         self.artifacts_root = Path(artifacts_root).resolve()
         self.work_root = Path(work_root).resolve() if work_root else None
+        self.engine_env = dict(engine_env or {})
         self.gpus = gpus
         self.worker_id = worker_id or ""
         self.poll_s = poll_s
@@ -457,6 +461,7 @@ class WorkerDaemon:
             lease_valid=self._lease_valid,
             rendezvous=rendezvous,
             own_storage=own_storage,
+            engine_env=self.engine_env,
         )
         with self._lock:
             self._runner = runner

@@ -236,6 +236,7 @@ class JobRunner:
         lease_valid: Callable[[], bool] = lambda: True,
         rendezvous: coordinator_pb2.Rendezvous | None = None,
         own_storage: bool = False,
+        engine_env: dict[str, str] | None = None,
     ):
         """
         Args:
@@ -252,6 +253,8 @@ class JobRunner:
             own_storage: out_dir is on the worker's own storage (its --artifacts folder),
                 not a folder the job chose: a full disk there is the worker's problem (the
                 job is released, the worker becomes unhealthy), not the job's.
+            engine_env: extra environment of the training process (the worker's shared
+                feature cache: worker/engine/shared_features.py).
         """
         self.job = job
         self.attempt = attempt
@@ -269,6 +272,7 @@ class JobRunner:
         self.drain_grace_s = drain_grace_s
         self.lease_valid = lease_valid
         self.own_storage = own_storage
+        self.engine_env = dict(engine_env or {})
         self.attempt_dir = self.out_dir / "attempts" / str(attempt)
         if self.machine_rank > 0:
             self.attempt_dir /= f"machine-{self.machine_rank}"
@@ -388,7 +392,7 @@ class JobRunner:
         ), events_path
 
     def _start(self, command: list[str]) -> subprocess.Popen:
-        env = dict(os.environ)
+        env = {**os.environ, **self.engine_env}
         env.update(
             PYTHONUNBUFFERED="1",  # so engine.log holds the last lines before a crash
             TUNEFLEET_JOB_ID=self.job_id,

@@ -14,8 +14,13 @@ from tunefleet.limits import printable
 
 
 def register(commands: Commands) -> None:
-    p = commands.add("plot", plot, "draw a job's loss, eval metrics and learning rate to a PNG")
-    p.add_argument("job", metavar="JOB")
+    p = commands.add(
+        "plot",
+        plot,
+        "draw a job's loss, eval metrics and learning rate to a PNG (a sweep: its trials' "
+        "validation curves and metric vs each swept field)",
+    )
+    p.add_argument("job", metavar="JOB|SWEEP")
     p.add_argument("-o", "--output", metavar="PNG", help="(default: JOB-curves.png)")
 
     p = commands.add(
@@ -30,9 +35,11 @@ def register(commands: Commands) -> None:
 
 def plot(args) -> int:
     from tunefleet.client.plot import plot_job
+    from tunefleet.client.sweep_plot import plot_sweep
 
+    draw = plot_sweep if args.job.startswith("sweep-") else plot_job
     with client(args) as sdk:
-        path = plot_job(sdk, args.job, args.output or f"{args.job}-curves.png")
+        path = draw(sdk, args.job, args.output or f"{args.job}-curves.png")
     stdout().print(Text(f"wrote {path}"))
     return EXIT_OK
 

@@ -30,6 +30,13 @@ the prefix costs what building the cache costs). When the prefix shrinks (gradua
 cache is dropped; a later prefix is cached in turn if it lasts two epochs or more. Nothing is
 kept across restarts: a resumed run rebuilds the cache, and spill files are deleted at the
 start and the end of a run.
+
+Across jobs. Under a worker (shared_features.py: $TUNEFLEET_FEATURE_CACHE_DIR), a split's
+features are first looked up by a content key (prefix weights and boundary, the examples,
+device, precision, build batch size, library versions): a hit loads them, skipping the build
+and its self-check (an entry is stored only after its own check passed); a miss builds them as
+above and stores them for the next job. A one-epoch prefix is then cached too: loading it
+costs less than one pass, and building it costs what the pass costs.
 """
 
 from __future__ import annotations
@@ -59,6 +66,13 @@ from tunefleet.worker.engine.feature_store import (
     size_text,
 )
 from tunefleet.worker.engine.progress import ProgressTracker
+from tunefleet.worker.engine.shared_features import (
+    SharedFeatureCache,
+    dataset_fingerprint,
+    entry_key,
+    library_versions,
+    model_fingerprint,
+)
 
 MODES = ("auto", "off")
 # torchvision models whose forward starts with `self.features(x)`, a Sequential.
@@ -224,8 +238,12 @@ class FrozenFeatures:
         num_epochs: int,
         cache_dir: Path,
         emit: Callable[[Any], None],
+        shared: SharedFeatureCache | None = None,
     ):
         self.accelerator = accelerator
+        self.shared = shared  # other jobs' features, by content (shared_features.py)
+        self.precision = spec.train.precision or "no"
+        self._fingerprints: dict[Any, str] = {}
         self.model = model  # as prepared: what the loop calls (autocast, DDP...)
         self.plan, self.kind, self.data, self.sampler = plan, kind, data, sampler
         self.num_epochs = num_epochs
@@ -294,7 +312,8 @@ class FrozenFeatures:
             return None
         if self._active is None:
             epochs = sum(1 for e in range(epoch, self.num_epochs) if self._key(e) == key)
-            if epochs < 2:
+            # Shared, one epoch pays too: another job may have computed it, or may load it.
+            if epochs < (1 if self.shared is not None else 2):
                 if key not in self._noted:
                     self._noted.add(key)
                     self.note(
@@ -314,17 +333,20 @@ class FrozenFeatures:
             return None
         if cache.eval_loader is None:
             budget = self.budget_bytes - cache.train.nbytes
-            store, seconds, _ = self._build(self.data.eval, cache.prefix, "eval", budget)
+            store, seconds, _, shared = self._obtain(self.data.eval, cache.prefix, "eval", budget)
             cache.eval = store
             cache.eval_loader = self._loader(store, self.eval_batch_size, sampler=None)
+            if shared.startswith("features from cache"):
+                what = f"{shared} for {len(store):,} eval examples, loaded in {seconds:.1f} s"
+            else:
+                what = f"ran the frozen prefix once over {len(store):,} eval examples in {seconds:.1f} s"
             self.note(
-                f"feature cache: ran the frozen prefix once over {len(store):,} eval examples "
-                f"in {seconds:.1f} s ({self._where(store)}); evaluations read it"
+                f"feature cache: {what} ({self._where(store)}); evaluations read it{self._tail(shared)}"
             )
         return cache.eval_loader
 
     def _cache_train(self, prefix: list[Link], key: tuple[str, ...], epochs: int) -> _Cache | None:
-        store, seconds, problem = self._build(
+        store, seconds, problem, shared = self._obtain(
             self.data.train, prefix, "train", self.budget_bytes, check=True
         )
         if problem is not None:
@@ -332,10 +354,19 @@ class FrozenFeatures:
             self.off_reason = f"the self-check failed ({problem})"
             self.note(f"feature cache off: {self.off_reason}; training through the prefix")
             return None
+        if shared.startswith("features from cache"):
+            what = (
+                f"{shared} for the frozen prefix ({_describe(prefix)}) over {len(store):,} "
+                f"train examples, loaded in {seconds:.1f} s"
+            )
+        else:
+            what = (
+                f"ran the frozen prefix ({_describe(prefix)}) once over {len(store):,} train "
+                f"examples in {seconds:.1f} s"
+            )
         self.note(
-            f"feature cache: ran the frozen prefix ({_describe(prefix)}) once over "
-            f"{len(store):,} train examples in {seconds:.1f} s ({self._where(store)}); the rest "
-            f"of the model trains on it for {epochs} epochs"
+            f"feature cache: {what} ({self._where(store)}); the rest of the model trains on it "
+            f"for {epochs} epoch{'s' if epochs != 1 else ''}{self._tail(shared)}"
         )
         loader = self._loader(store, self.batch_size, sampler=self.sampler)
         return _Cache(key, prefix, store, loader)
@@ -360,6 +391,59 @@ class FrozenFeatures:
         return f"{size} in memory"
 
     # ------------------------------------------------------------------ building
+
+    @staticmethod
+    def _tail(shared: str) -> str:
+        return f"; {shared}" if shared and not shared.startswith("features from") else ""
+
+    def _obtain(
+        self, dataset: Dataset, prefix: list[Link], split: str, budget: int, *, check: bool = False
+    ) -> tuple[FeatureStore, float, str | None, str]:
+        """`_build`, or the same features from the shared cache: (store, seconds, self-check
+        problem, what happened: "" without a shared cache, "features from cache (key K)" or
+        "computed, stored in the shared cache (key K)")."""
+        if self.shared is None or not self.accelerator.is_main_process:
+            return (*self._build(dataset, prefix, split, budget, check=check), "")
+        start = time.perf_counter()
+        key = self._shared_key(dataset, prefix, split)
+        if key is None:
+            return (*self._build(dataset, prefix, split, budget, check=check), "not shared "
+                    "(the examples' content cannot be read for the key)")  # fmt: skip
+        short = key[:16]
+
+        def on_wait() -> None:
+            self.note(f"feature cache: another job is computing these features (key {short}); waiting")
+
+        with self.shared.locked(key, on_wait):
+            store = self.shared.load(key, budget)
+            if store is not None:
+                return store, time.perf_counter() - start, None, f"features from cache (key {short})"
+            store, seconds, problem = self._build(dataset, prefix, split, budget, check=check)
+            if problem is not None:
+                return store, seconds, problem, ""
+            why_not = self.shared.save(key, store)
+        if why_not:
+            return store, seconds, None, f"computed, not shared ({why_not})"
+        return store, seconds, None, f"computed, stored in the shared cache (key {short})"
+
+    def _shared_key(self, dataset: Dataset, prefix: list[Link], split: str) -> str | None:
+        """The content key of `prefix`'s outputs over `dataset` (shared_features.py)."""
+        paths = tuple(link.path for link in prefix)
+        if paths not in self._fingerprints:
+            model = self.accelerator.unwrap_model(self.model)
+            self._fingerprints[paths] = model_fingerprint(
+                model, list(paths), [link.module for link in prefix]
+            )
+        if id(dataset) not in self._fingerprints:
+            self._fingerprints[id(dataset)] = dataset_fingerprint(dataset, self.data.collate)
+        if self._fingerprints[id(dataset)] is None:
+            return None
+        build_batch = max(self.batch_size, self.eval_batch_size)
+        runtime = f"{self.accelerator.device.type}|{self.precision}|batch {build_batch}"
+        runtime += f"|{library_versions()}"
+        return entry_key(
+            self._fingerprints[paths], self._fingerprints[id(dataset)], split=split, runtime=runtime
+        )
 
     def _build(
         self, dataset: Dataset, prefix: list[Link], split: str, budget: int, *, check: bool = False

@@ -7,6 +7,7 @@ out_dir/feature_cache. feature_cache.py decides what to cache and when.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,7 @@ class FeatureStore:
         self._file: Any = None
         self._memory: torch.Tensor | None = None
         self._mmap: np.ndarray | None = None
+        self._owns_spill = True
 
     def __len__(self) -> int:
         return len(self.length)
@@ -120,7 +122,58 @@ class FeatureStore:
             self._file.close()
             self._file = None
         self._memory, self._mmap, self._chunks = None, None, []
-        self.spill_path.unlink(missing_ok=True)
+        if self._owns_spill:  # not a shared cache entry's rows (shared_features.py)
+            self.spill_path.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ shared entries
+
+    def write_to(self, folder: Path) -> None:
+        """Writes a finished store as folder/rows.bin, index.npz and meta.json (meta last:
+        an entry with meta.json is complete)."""
+        folder.mkdir(parents=True)
+        rows = self._mmap if self._mmap is not None else self._memory
+        assert rows is not None, "FeatureStore.write_to before finish()"
+        with open(folder / "rows.bin", "wb") as f:
+            if self._mmap is not None:
+                for i in range(0, self._rows, 65536):  # the spill file, in pieces
+                    f.write(np.ascontiguousarray(self._mmap[i : i + 65536]).tobytes())
+            elif self._rows:
+                f.write(_to_numpy(self._memory.contiguous()).tobytes())
+        np.savez(folder / "index.npz", start=self.start, length=self.length,
+                 labels=self.labels.numpy())  # fmt: skip
+        meta = {
+            "rows": self._rows,
+            "row_shape": list(self.row_shape),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "sequence": self.sequence,
+            "left_padded": self.left_padded,
+            "nbytes": self.nbytes,
+        }
+        (folder / "meta.json").write_text(json.dumps(meta))
+
+    @classmethod
+    def read_from(cls, folder: Path, budget_bytes: int) -> FeatureStore:
+        """A store over an entry written by `write_to`: read into memory within the budget,
+        else memory-mapped where it lies (and never deleted by `close`)."""
+        meta = json.loads((folder / "meta.json").read_text())
+        index = np.load(folder / "index.npz")
+        store = cls(len(index["length"]), sequence=meta["sequence"],
+                    left_padded=meta["left_padded"], budget_bytes=budget_bytes,
+                    spill_path=folder / "rows.bin")  # fmt: skip
+        store._owns_spill = False
+        store.start, store.length = index["start"], index["length"]
+        store.labels = torch.from_numpy(index["labels"])
+        store.dtype = getattr(torch, meta["dtype"])
+        store.row_shape, store._rows = tuple(meta["row_shape"]), meta["rows"]
+        store.nbytes = meta["nbytes"]
+        np_dtype = _to_numpy(torch.zeros(0, dtype=store.dtype)).dtype
+        shape = (store._rows, *store.row_shape)
+        if store.nbytes <= budget_bytes:
+            flat = np.fromfile(folder / "rows.bin", dtype=np_dtype)
+            store._memory = _from_numpy(flat.reshape(shape), store.dtype)
+        else:
+            store._mmap = np.memmap(folder / "rows.bin", dtype=np_dtype, mode="r", shape=shape)
+        return store
 
     def _take(self, rows: np.ndarray) -> torch.Tensor:
         if self._mmap is not None:

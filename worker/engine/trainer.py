@@ -65,6 +65,7 @@ from tunefleet.worker.engine.optim import build_optimizer, build_param_groups, g
 from tunefleet.worker.engine.preemption import EXIT_PREEMPTED, Preempted, SigtermFlag
 from tunefleet.worker.engine.progress import ProgressTracker
 from tunefleet.worker.engine.schedules import build_schedule
+from tunefleet.worker.engine.shared_features import from_env as shared_feature_cache
 from tunefleet.worker.engine.train_window import TrainWindow
 
 Emit = Callable[[job_pb2.Event], None]
@@ -160,6 +161,7 @@ class TrainingRun:
             num_epochs=self.num_epochs,
             cache_dir=self.out_dir / "feature_cache",
             emit=self.emit,
+            shared=shared_feature_cache(),  # the worker's, across jobs
         )
         if latest is not None:
             self._restore(latest)
