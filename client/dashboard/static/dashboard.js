@@ -76,6 +76,8 @@ function live(path, handlers) {
 
 // A uPlot chart over x plus named series; `push` adds a point, redraws once per frame and
 // keeps data-points (the number of x values) on the container for tests and curious users.
+// Instrumentation (off unless a page defines it first, as bench/dashboard.py does): when
+// `window.tfDrawLog` is an array, each draw appends [chart title, points, epoch ms].
 class Chart {
   constructor(parent, title, names, { xLabel = "step", log = false } = {}) {
     this.box = el("div", { class: "chart", "data-points": "0", "data-title": title });
@@ -145,6 +147,7 @@ class Chart {
     } else {
       this.plot.setData(data);
     }
+    if (Array.isArray(window.tfDrawLog)) window.tfDrawLog.push([this.box.dataset.title, xs.length, performance.timeOrigin + performance.now()]);
   }
 }
 
