@@ -20,6 +20,7 @@ from tunefleet.logging_setup import LOG_FORMATS
 from tunefleet.transport import ChannelSecurity, is_loopback, split_host
 from tunefleet.worker.artifact_store import ArtifactStore, ArtifactStoreError
 from tunefleet.worker.daemon import WorkerDaemon
+from tunefleet.worker.input_cache import DEFAULT_CACHE_MAX_GB
 from tunefleet.worker.path_policy import ENV_ALLOWED_ROOTS, roots_from_env
 
 __all__ = [
@@ -107,6 +108,21 @@ def add_worker_arguments(parser: argparse.ArgumentParser, *, connection: bool = 
         "s3://bucket/prefix (default: $TUNEFLEET_ARTIFACTS_URI; none: artifacts stay under "
         "--artifacts)",
     )
+    parser.add_argument(
+        "--cache-dir",
+        default=os.environ.get("TUNEFLEET_CACHE_DIR") or None,
+        metavar="DIR",
+        help="local copies of the data and models jobs name by URL (s3://, gs://, hf://...), "
+        "shared by jobs and by workers pointed at the same folder "
+        "(default: $TUNEFLEET_CACHE_DIR, else ARTIFACTS/.input-cache)",
+    )
+    parser.add_argument(
+        "--cache-max-gb",
+        type=float,
+        default=float(os.environ.get("TUNEFLEET_CACHE_MAX_GB") or DEFAULT_CACHE_MAX_GB),
+        metavar="GB",
+        help="the cache's size bound; least recently used copies go first (default: %(default)s)",
+    )
     add_security_arguments(parser, tls_ca=connection)
 
 
@@ -155,6 +171,8 @@ def check_worker_arguments(args: argparse.Namespace) -> None:
         raise WorkerFlagError(f"--min-free-mb must be >= 0, got {args.min_free_mb}")
     if args.drain_grace_s < 0:
         raise WorkerFlagError(f"--drain-grace-s must be >= 0, got {args.drain_grace_s}")
+    if getattr(args, "cache_max_gb", 1.0) <= 0:
+        raise WorkerFlagError(f"--cache-max-gb must be > 0, got {args.cache_max_gb}")
 
 
 def daemon_from_args(args: argparse.Namespace) -> WorkerDaemon:
@@ -178,6 +196,8 @@ def daemon_from_args(args: argparse.Namespace) -> WorkerDaemon:
         worker_id=args.id,
         poll_s=args.poll_s,
         artifacts_uri=args.artifacts_uri,
+        cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+        cache_max_bytes=int(args.cache_max_gb * 1024**3),
         security=security,
         allowed_roots=allowed_roots,
         drain_grace_s=args.drain_grace_s,

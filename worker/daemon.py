@@ -55,7 +55,9 @@ from tunefleet.worker.artifact_store import ArtifactStore, publish_artifacts
 from tunefleet.worker.disk_health import DiskHealth
 from tunefleet.worker.engine.errors import is_no_space
 from tunefleet.worker.engine.launch import free_port
-from tunefleet.worker.job_runner import CommandFactory, JobOutcome, JobRunner
+from tunefleet.worker.input_cache import DEFAULT_CACHE_MAX_GB, InputCache
+from tunefleet.worker.job_inputs import prepare_inputs
+from tunefleet.worker.job_runner import CommandFactory, JobOutcome, JobRunner, log_event
 from tunefleet.worker.path_policy import PathPolicy
 
 log = logging.getLogger(__name__)
@@ -136,6 +138,8 @@ class WorkerDaemon:
         drain_grace_s: float = 30.0,
         address: str | None = None,
         min_free_bytes: int = 100 * 1024 * 1024,
+        cache_dir: Path | None = None,
+        cache_max_bytes: int = int(DEFAULT_CACHE_MAX_GB * 1024**3),
     ):
         """
         Args:
@@ -158,6 +162,8 @@ class WorkerDaemon:
                 its route to the coordinator (see route_address).
             min_free_bytes: after its artifacts disk filled up, the worker takes jobs again
                 once this much is free there (and a test write works).
+            cache_dir, cache_max_bytes: the input cache of URLs' copies and its bound
+                (tunefleet.worker.input_cache); default artifacts_root/.input-cache.
         """
         self.coordinator = coordinator
         self.artifacts_root = Path(artifacts_root).resolve()
@@ -187,8 +193,13 @@ class WorkerDaemon:
         # Why this worker takes no jobs now (.reason, "" = healthy); sent with heartbeats.
         self.health = DiskHealth(self.artifacts_root, min_free_bytes)
         self._channel = open_channel(coordinator, WORKER_CHANNEL_OPTIONS, security)
+        self.input_cache = InputCache(
+            cache_dir or self.artifacts_root / ".input-cache", cache_max_bytes
+        )
         self.path_policy = PathPolicy(
-            allowed_roots, always_allowed=[self.artifacts_root], cwd=self.work_root
+            allowed_roots,
+            always_allowed=[self.artifacts_root, self.input_cache.root],
+            cwd=self.work_root,
         )
         self._stub = coordinator_pb2_grpc.CoordinatorStub(self._channel)
 
@@ -426,11 +437,27 @@ class WorkerDaemon:
 
     def _run_job(self, assignment: coordinator_pb2.Assignment) -> None:
         job, attempt = assignment.job, assignment.attempt
-        refused = self.path_policy.check(job.spec)
+        batches = itertools.count(1)  # ReportEvents.batch_seq: retries resend the same one
+
+        def report(events: list[job_pb2.Event]) -> bool:
+            return self._report(job.id, attempt, events, next(batches))
+
+        inputs, refused = prepare_inputs(
+            job.spec, self.input_cache, self.path_policy, self.worker_id
+        )
         if refused is not None:  # before anything reads or writes those paths
-            log.warning("job %s: %s", job.id, refused)
-            self._finish(job.id, attempt, JobOutcome(job_pb2.FAILED, refused))
+            log.warning("job %s: %s", job.id, refused[0])
+            self._finish(job.id, attempt, JobOutcome(job_pb2.FAILED, *refused))
             return
+        if inputs.notes:
+            report([log_event(note) for note in inputs.notes])
+        try:  # the engine reads the cached copies, not the URLs
+            self._run_local_job(inputs.job(job), assignment, report)
+        finally:
+            inputs.close()
+
+    def _run_local_job(self, job, assignment: coordinator_pb2.Assignment, report) -> None:
+        attempt = assignment.attempt
         out_dir = Path(job.spec.output.dir) if job.spec.output.dir else self.artifacts_root / job.id
         own_storage = not job.spec.output.dir
         try:
@@ -471,11 +498,6 @@ class WorkerDaemon:
             if rendezvous is not None
             else "",
         )
-        batches = itertools.count(1)  # ReportEvents.batch_seq: retries resend the same one
-
-        def report(events: list[job_pb2.Event]) -> bool:
-            return self._report(job.id, attempt, events, next(batches))
-
         try:
             outcome = runner.run(report)
             if runner.machine_rank == 0:  # the job's artifacts are rank 0's
