@@ -140,6 +140,7 @@ class WorkerDaemon:
         min_free_bytes: int = 100 * 1024 * 1024,
         cache_dir: Path | None = None,
         cache_max_bytes: int = int(DEFAULT_CACHE_MAX_GB * 1024**3),
+        check_inputs: bool | None = None,
     ):
         """
         Args:
@@ -164,6 +165,8 @@ class WorkerDaemon:
                 once this much is free there (and a test write works).
             cache_dir, cache_max_bytes: the input cache of URLs' copies and its bound
                 (tunefleet.worker.input_cache); default artifacts_root/.input-cache.
+            check_inputs: check the spec's files here before starting (tunefleet.spec.
+                environment); default: with the engine, not a command_factory's own program.
         """
         self.coordinator = coordinator
         self.artifacts_root = Path(artifacts_root).resolve()
@@ -172,6 +175,7 @@ class WorkerDaemon:
         self.worker_id = worker_id or ""
         self.poll_s = poll_s
         self.command_factory = command_factory
+        self.check_inputs = command_factory is None if check_inputs is None else check_inputs
         self.artifact_store = ArtifactStore(artifacts_uri) if artifacts_uri else None
         self.drain_grace_s = drain_grace_s
         self.address = (
@@ -443,11 +447,13 @@ class WorkerDaemon:
             return self._report(job.id, attempt, events, next(batches))
 
         inputs, refused = prepare_inputs(
-            job.spec, self.input_cache, self.path_policy, self.worker_id
+            job.spec, self.input_cache, self.path_policy, self.worker_id, self.check_inputs
         )
         if refused is not None:  # before anything reads or writes those paths
             log.warning("job %s: %s", job.id, refused[0])
-            self._finish(job.id, attempt, JobOutcome(job_pb2.FAILED, *refused))
+            self._finish(
+                job.id, attempt, JobOutcome(job_pb2.FAILED, refused[0], retryable=refused[1])
+            )
             return
         if inputs.notes:
             report([log_event(note) for note in inputs.notes])

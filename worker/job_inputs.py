@@ -80,15 +80,20 @@ def materialize(spec, cache: InputCache | None, *, where: str) -> Materialized:
 
 
 def prepare_inputs(
-    spec: spec_pb2.JobSpec, cache: InputCache | None, policy: PathPolicy, worker_id: str
+    spec: spec_pb2.JobSpec,
+    cache: InputCache | None,
+    policy: PathPolicy,
+    worker_id: str,
+    check: bool = True,
 ) -> tuple[Materialized | None, tuple[str, bool] | None]:
-    """(inputs, None) when the attempt may start, else (None, (reason, retryable))."""
+    """(inputs, None) when the attempt may start, else (None, (reason, retryable)).
+    `check` False skips the environment check (the policy still applies)."""
     try:
         inputs = materialize(spec, cache, where=worker_id)
     except InputFetchError as exc:
         return None, (clip_chars(str(exc), _REASON_MAX_CHARS), exc.retryable)
     refused = policy.check(inputs.spec)  # the local copies: file:// paths, cache entries
-    if refused is None:
+    if refused is None and check:
         problems = check_environment(inputs.spec, where=f"worker {worker_id}")
         refused = "; ".join(str(p) for p in problems) or None
     if refused is None:
