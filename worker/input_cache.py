@@ -153,12 +153,17 @@ class InputCache:
         entry = self.objects / key
         fd = os.open(self.locks / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # one download per key at a time, across processes
+            # Shared while in use (eviction skips the entry until close()); exclusive only
+            # to download, one process per key, the others waiting for the renamed entry.
+            fcntl.flock(fd, fcntl.LOCK_SH)
             downloaded = 0
             if not entry.is_dir():
-                downloaded = self._download(fs, remote, listing, entry, name, url)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                if not entry.is_dir():  # nobody else fetched it meanwhile
+                    downloaded = self._download(fs, remote, listing, entry, name, url)
+                fcntl.flock(fd, fcntl.LOCK_SH)
             os.utime(entry)  # most recently used
-            fcntl.flock(fd, fcntl.LOCK_SH)  # in use: eviction skips it until close()
         except BaseException:
             os.close(fd)
             raise

@@ -74,11 +74,16 @@ def missing(field: PathField) -> str | None:
     return None
 
 
-def check_environment(spec: spec_pb2.JobSpec, *, where: str = "") -> list[FieldError]:
+def check_environment(
+    spec: spec_pb2.JobSpec, *, where: str = "", model_fit: bool = False
+) -> list[FieldError]:
     """Every problem of `spec` that depends on this machine's disk, each with its field.
 
     `where` names the machine in the messages ("worker w-abc" gives `data.train: no such
     file on worker w-abc: /data/x.csv`); empty for the classic `no such file: /data/x.csv`.
+    `model_fit` also checks data.max_length and finetune.k against a local model folder's
+    config: only for a spec as written (before defaults fill in a max_length the engine
+    would clamp to the model).
     """
     on = f" on {where}" if where else ""
     errors = []
@@ -90,7 +95,8 @@ def check_environment(spec: spec_pb2.JobSpec, *, where: str = "") -> list[FieldE
             errors.append(FieldError(field.path, f"{field.value} is a folder; give a file"))
         else:
             errors.append(FieldError(field.path, f"{why}{on}: {field.value}"))
-    errors += _model_fit(spec)
+    if model_fit:
+        errors += _model_fit(spec)
     return errors
 
 

@@ -125,7 +125,7 @@ def validate(spec: spec_pb2.JobSpec, *, check_paths: bool = True) -> list[FieldE
     the environment check (spec/environment.py) also asks this machine's disk."""
     errors = check_schema(spec, check_paths=check_paths)
     if check_paths and not spec.HasField("sweep"):
-        errors += check_environment(spec)
+        errors += check_environment(spec, model_fit=True)
     return errors
 
 
