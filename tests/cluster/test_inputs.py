@@ -16,7 +16,7 @@ from tunefleet.client import Client
 from tunefleet.client.uploads import UploadError, local_inputs, upload_inputs
 from tunefleet.coordinator.server import start_server
 from tunefleet.spec import spec_from_dict, validate
-from tunefleet.worker.input_cache import InputCache, InputFetchError
+from tunefleet.worker.input_cache import InputCache
 from tunefleet.worker.job_inputs import prepare_inputs
 from tunefleet.worker.path_policy import PathPolicy
 
@@ -77,12 +77,12 @@ def test_local_files_are_uploaded_once_by_content(s3_env, bucket, tmp_path, tiny
     train.write_text("text,label\ngood,pos\nbad,neg\n")
     eval_.write_text("text,label\nfine,pos\n")
     storage = f"{bucket}/inputs"
-    with start_server("127.0.0.1:0", tmp_path / "c.db", storage_uri=storage) as server:
-        with Client(server.address) as client:
-            assert client.storage_uri() == storage
-            first = client.submit(_job(str(train), str(eval_), model=str(tiny_bert)))
-            again = client.submit(_job(str(train), str(eval_), model=str(tiny_bert)))
-            spec = client.get(first.id).spec
+    server = start_server("127.0.0.1:0", tmp_path / "c.db", storage_uri=storage)
+    with server, Client(server.address) as client:
+        assert client.storage_uri() == storage
+        first = client.submit(_job(str(train), str(eval_), model=str(tiny_bert)))
+        again = client.submit(_job(str(train), str(eval_), model=str(tiny_bert)))
+        spec = client.get(first.id).spec
     model_files = sum(1 for p in tiny_bert.rglob("*") if p.is_file())
     assert first.notes[-1].startswith(f"uploaded {model_files + 2} files")
     assert again.notes[-1].startswith(f"uploaded 0 files (0 bytes) to {storage}")
