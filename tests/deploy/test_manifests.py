@@ -78,11 +78,13 @@ def test_each_manifest_file_is_valid_kubernetes(doc):
 def test_rendered_kustomization_is_valid_kubernetes(rendered):
     kinds = sorted(f"{d['kind']}/{d['metadata']['name']}" for d in rendered)
     assert kinds == [
+        "ConfigMap/tunefleet-storage",
         "Deployment/tunefleet-coordinator",
         "Deployment/tunefleet-worker",
         "Namespace/tunefleet",
         "PersistentVolumeClaim/tunefleet-artifacts",
         "PersistentVolumeClaim/tunefleet-coordinator-db",
+        "Secret/tunefleet-storage-credentials",
         "Secret/tunefleet-tls",
         "Secret/tunefleet-tokens",
         "Secret/tunefleet-worker-token",
@@ -139,7 +141,7 @@ def test_coordinator_is_one_pod_on_its_own_database(rendered):
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         command = container[probe]["exec"]["command"]
         assert command[:3] == ["python", "-m", "tunefleet.coordinator.health"], probe
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
     assert _under_a_mount(env["TUNEFLEET_TLS_CA"], mounts) == "tls"
 
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -220,6 +222,7 @@ def test_the_readme_overlay_renders_with_real_secrets(tmp_path):
     (overlay / "kustomization.yaml").write_text(block)
     for name in ("coordinator.crt", "coordinator.key", "ca.crt", "tokens.yaml", "worker.token"):
         (overlay / name).write_text(f"contents of {name}\n")
+    (overlay / "storage.env").write_text("AWS_ACCESS_KEY_ID=id\nAWS_SECRET_ACCESS_KEY=key\n")
     result = subprocess.run(
         [kubectl, "kustomize", str(overlay)], capture_output=True, text=True, timeout=60
     )

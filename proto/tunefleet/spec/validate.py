@@ -125,8 +125,20 @@ def validate(spec: spec_pb2.JobSpec, *, check_paths: bool = True) -> list[FieldE
     the environment check (spec/environment.py) also asks this machine's disk."""
     errors = check_schema(spec, check_paths=check_paths)
     if check_paths and not spec.HasField("sweep"):
-        errors += check_environment(spec, model_fit=True)
+        for problem in check_environment(spec, model_fit=True):
+            # In the spec's section order, as one validator would list them.
+            at = _section(problem.path)
+            i = next((i for i, e in enumerate(errors) if _section(e.path) > at), len(errors))
+            errors.insert(i, problem)
     return errors
+
+
+_SECTIONS = [f.name for f in spec_pb2.JobSpec.DESCRIPTOR.fields]
+
+
+def _section(path: str) -> int:
+    top = path.split(".", 1)[0].split("[", 1)[0]
+    return _SECTIONS.index(top) if top in _SECTIONS else len(_SECTIONS)
 
 
 def check_schema(spec: spec_pb2.JobSpec, *, check_paths: bool = False) -> list[FieldError]:
