@@ -173,7 +173,7 @@ class Client(SweepClient):
                 the coordinator would report them.
             UploadError: A local file could not be uploaded (after retries).
         """
-        job_spec = prepare_spec(spec, check_paths=False)
+        job_spec = _prepare_here(spec, check_paths)
         notes: list[str] = []
         if check_paths:
             job_spec, notes = self._local_inputs(job_spec, upload)
@@ -195,10 +195,8 @@ class Client(SweepClient):
     def _local_inputs(
         self, spec: spec_pb2.JobSpec, upload: bool | None
     ) -> tuple[spec_pb2.JobSpec, list[str]]:
-        """Checks the paths this machine has, uploads them if storage says so; notes."""
-        present, notes, problems = local_inputs(spec)
-        if problems:
-            raise ValidationError.from_spec_error(SpecError(problems))
+        """Uploads the local files if storage says so; the notes to show."""
+        present, notes, _ = local_inputs(spec)  # _prepare_here reported the problems
         if not present or upload is False:
             return spec, notes
         storage = self.storage_uri()
@@ -493,6 +491,24 @@ def normalize_job_id(job_id: str) -> str:
     if _HEX.fullmatch(job_id):
         return JOB_ID_PREFIX + job_id
     return job_id
+
+
+def _prepare_here(spec: SpecLike, check_paths: bool) -> spec_pb2.JobSpec:
+    """prepare_spec with the checks this machine can make: a file or folder it does not
+    have is the workers' path (a note, see Client.submit), every other problem an error."""
+    if not check_paths:
+        return prepare_spec(spec, check_paths=False)
+    try:
+        return prepare_spec(spec, check_paths=True)
+    except ValidationError as e:
+        kept = [x for x in e.errors if not x.message.startswith(_NOT_HERE)]
+        if kept:
+            source = str(spec) if isinstance(spec, (str, os.PathLike)) else None
+            raise ValidationError.from_spec_error(SpecError(kept, source)) from None
+    return prepare_spec(spec, check_paths=False)
+
+
+_NOT_HERE = ("no such file", "no such folder")
 
 
 def prepare_spec(spec: SpecLike, *, check_paths: bool = True) -> spec_pb2.JobSpec:
