@@ -47,7 +47,6 @@ from tunefleet.transport import (
     Backoff,
     ChannelSecurity,
     open_channel,
-    split_host,
 )
 from tunefleet.v1 import coordinator_pb2, coordinator_pb2_grpc, job_pb2
 from tunefleet.worker import job_folder
@@ -55,6 +54,7 @@ from tunefleet.worker.artifact_store import ArtifactStore, publish_artifacts
 from tunefleet.worker.disk_health import DiskHealth
 from tunefleet.worker.engine.errors import is_no_space
 from tunefleet.worker.engine.launch import free_port
+from tunefleet.worker.host_info import detect_gpus, route_address
 from tunefleet.worker.input_cache import DEFAULT_CACHE_MAX_GB, InputCache
 from tunefleet.worker.job_inputs import prepare_inputs
 from tunefleet.worker.job_runner import CommandFactory, JobOutcome, JobRunner, log_event
@@ -80,43 +80,6 @@ _HEALTH_PROBE_S = 1.0
 _MAX_BACKOFF_S = 2.0  # a restarting coordinator is back in seconds
 # After stop(), how long we keep trying to tell the coordinator how the job ended.
 _STOP_PATIENCE_S = 10.0
-
-
-def detect_gpus() -> tuple[int, str]:
-    """(count, name of GPU 0) from torch if it is installed; (0, "") otherwise.
-
-    Imported here, not at module level: the daemon itself must not pay torch's import
-    time, and the base install (SDK, coordinator) has no torch at all.
-    """
-    try:
-        import torch
-
-        count = torch.cuda.device_count()
-        return count, (torch.cuda.get_device_name(0) if count else "")
-    except Exception:  # no torch, or a broken CUDA setup: run CPU jobs
-        return 0, ""
-
-
-def route_address(coordinator: str) -> str:
-    """This host's IP address on its route to the coordinator (127.0.0.1 for a coordinator
-    on loopback): where the other workers of a multi-node job, which reach the same
-    coordinator, most likely reach us too. "" when unknown: the coordinator then takes the
-    address our connection comes from."""
-    host = split_host(coordinator)
-    port = coordinator.rpartition(":")[2]
-    # IPv4 first: accelerate joins --main_process_ip and the port as "IP:PORT", which an
-    # IPv6 address (colons, no brackets) makes ambiguous.
-    for family in (socket.AF_INET, socket.AF_UNSPEC):
-        try:
-            info = socket.getaddrinfo(
-                host, int(port) if port.isdigit() else 0, family, socket.SOCK_DGRAM
-            )[0]
-            with socket.socket(info[0], socket.SOCK_DGRAM) as probe:
-                probe.connect(info[4])  # UDP: picks the route, sends nothing
-                return probe.getsockname()[0]
-        except (OSError, IndexError):
-            continue
-    return ""
 
 
 class WorkerDaemon:
