@@ -188,6 +188,13 @@ def daemon_from_args(args: argparse.Namespace) -> WorkerDaemon:
             ArtifactStore(args.artifacts_uri)
         except ArtifactStoreError as exc:
             raise WorkerFlagError(f"--artifacts-uri: {exc}") from None
+    if args.cache_dir:
+        try:  # now, with the flag's name, rather than a traceback from the daemon
+            Path(args.cache_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise WorkerFlagError(
+                f"--cache-dir: cannot create {args.cache_dir}: {exc.strerror or exc}"
+            ) from None
     return WorkerDaemon(
         args.coordinator,
         artifacts_root=Path(args.artifacts),
