@@ -126,7 +126,9 @@ class InputCache:
         self.max_bytes = max_bytes
         self.objects = self.root / "objects"
         self.locks = self.root / "locks"
-        self.tmp = self.root / "tmp"
+        self.tmp = self.root / "tmp"  # the folders appear with the first URL fetched
+
+    def _ensure(self) -> None:
         for folder in (self.objects, self.locks, self.tmp):
             folder.mkdir(parents=True, exist_ok=True)
 
@@ -138,6 +140,7 @@ class InputCache:
         if path is not None:
             return Fetched(path, 0, 0)
         fs, remote = _url_to_fs(url)
+        self._ensure()
         try:
             listing, size = self._describe(fs, remote)
         except Exception as exc:
@@ -214,13 +217,15 @@ class InputCache:
             shutil.rmtree(staging, ignore_errors=True)
 
     def size(self) -> int:
+        if not self.objects.is_dir():
+            return 0
         return sum(_tree_size(e) for e in self.objects.iterdir())
 
     def evict(self, keep: str = "") -> list[str]:
         """Removes least recently used entries until the cache fits `max_bytes`; entries in
         use (their lock held by a job) and `keep` stay. Returns the removed keys."""
         entries = []
-        for e in self.objects.iterdir():
+        for e in self.objects.iterdir() if self.objects.is_dir() else ():
             with contextlib.suppress(FileNotFoundError):
                 entries.append((e.stat().st_mtime, e.name, _tree_size(e)))
         total = sum(size for _, _, size in entries)
