@@ -238,3 +238,33 @@ def test_the_readme_overlay_renders_with_real_secrets(tmp_path):
     if kubernetes_validate is not None:
         for doc in docs:
             kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_without_a_shared_file_system_the_coordinator_has_no_data_and_no_credentials(rendered):
+    """Issue 15: the coordinator checks specs' schema only, so it mounts nothing but its
+    database and secrets, and learns the storage URI for clients; the workers alone get the
+    store's credentials, from a Secret, as environment variables."""
+    coordinator = _find(rendered, "Deployment", "tunefleet-coordinator")
+    claims = [
+        v["persistentVolumeClaim"]["claimName"]
+        for v in coordinator["spec"]["template"]["spec"]["volumes"]
+        if "persistentVolumeClaim" in v
+    ]
+    assert claims == ["tunefleet-coordinator-db"]
+    container = _container(coordinator)
+    storage = {e["name"]: e for e in container["env"]}["TUNEFLEET_STORAGE_URI"]
+    assert storage["valueFrom"]["configMapKeyRef"]["name"] == "tunefleet-storage"
+    assert "envFrom" not in container
+    config = _find(rendered, "ConfigMap", "tunefleet-storage")["data"]
+    assert config["TUNEFLEET_STORAGE_URI"].startswith("s3://")
+
+    worker = _container(_find(rendered, "Deployment", "tunefleet-worker"))
+    sources = {kind: ref["name"] for source in worker["envFrom"] for kind, ref in source.items()}
+    assert sources["secretRef"] == "tunefleet-storage-credentials"
+    assert sources["configMapRef"] == "tunefleet-storage"  # TUNEFLEET_ARTIFACTS_URI
+    secret = _find(rendered, "Secret", "tunefleet-storage-credentials")
+    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(secret["stringData"])
+    args = parse_ftctl(["worker", *worker["args"]])
+    assert _mounts(_find(rendered, "Deployment", "tunefleet-worker"))[args.cache_dir] == (
+        "input-cache"
+    )
