@@ -49,22 +49,22 @@ class Materialized:
 def materialize(spec, cache: InputCache | None, *, where: str) -> Materialized:
     """Fetches every URL the spec names (data.*, model.name, model.checkpoint) through
     `cache` and returns the spec with local paths. Raises InputFetchError naming the field
-    (`data.train: no such object: s3://...`), retryable only if the store itself failed."""
+    (`data.train: no such object: s3://...`; every field that failed, joined by "; "),
+    retryable only if the store itself failed for each of them."""
     local = spec_pb2.JobSpec()
     local.CopyFrom(spec)
     result = Materialized(local, [], [], 0)
+    failed: list[InputFetchError] = []
     for f in path_fields(spec):
         if not is_url(f.value):
             continue
-        if cache is None and local_path(f.value) is None:
-            raise InputFetchError(
-                f"{f.path}: {f.value}: worker {where} has no input cache", retryable=False
-            )
         try:
+            if cache is None and local_path(f.value) is None:
+                raise InputFetchError(f"worker {where} has no input cache", retryable=False)
             fetched = cache.fetch(f.value) if cache else Fetched(local_path(f.value), 0, 0)
         except InputFetchError as exc:
-            result.close()
-            raise InputFetchError(f"{f.path}: {exc}", retryable=exc.retryable) from None
+            failed.append(InputFetchError(f"{f.path}: {exc}", retryable=exc.retryable))
+            continue
         result.fetched.append(fetched)
         result.downloaded += fetched.downloaded
         message, attr = f.path.split(".", 1)
@@ -76,6 +76,10 @@ def materialize(spec, cache: InputCache | None, *, where: str) -> Materialized:
                 else f"cached, 0 bytes downloaded ({fetched.size:,} bytes)"
             )
             result.notes.append(f"{f.path}: {f.value} on worker {where}: {how}")
+    if failed:
+        result.close()
+        retryable = all(e.retryable for e in failed)
+        raise InputFetchError("; ".join(str(e) for e in failed), retryable=retryable)
     return result
 
 

@@ -171,12 +171,18 @@ def test_a_missing_object_fails_at_once_and_a_dead_store_is_retryable(
 ):
     policy = PathPolicy()
     cache = InputCache(tmp_path / "cache", 10**9)
-    spec = spec_from_dict(_job(f"{bucket}/nope.csv"))
+    spec = spec_from_dict(_job(f"{bucket}/nope.csv", f"{bucket}/gone.csv"))
     inputs, refused = prepare_inputs(spec, cache, policy, "w-a")
-    assert inputs is None and refused == (f"data.train: no such object: {bucket}/nope.csv", False)
+    assert inputs is None
+    assert refused == (
+        f"data.train: no such object: {bucket}/nope.csv; "
+        f"data.eval: no such object: {bucket}/gone.csv",
+        False,
+    )
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     clear_s3_instances()
     _, refused = prepare_inputs(spec, cache, policy, "w-a")
     assert refused[0].startswith(f"data.train: cannot read {bucket}/nope.csv") and refused[1]
+    assert f"; data.eval: cannot read {bucket}/gone.csv" in refused[0]

@@ -445,9 +445,7 @@ def _schedule(c: _Check, spec) -> None:
         if (s.name or "linear") != "cosine":
             c.fail("schedule.min_lr", "only applies to schedule cosine")
         elif s.min_lr >= _effective_lr(spec):
-            c.fail(
-                "schedule.min_lr", f"must be below optimizer.lr ({_effective_lr(spec):g})"
-            )
+            c.fail("schedule.min_lr", f"must be below optimizer.lr ({_effective_lr(spec):g})")
     c.at_least(s, "step_size", "schedule.step_size", 1)
     c.within(s, "gamma", "schedule.gamma", 0.0, 1.0, low_open=True)
 
