@@ -186,3 +186,37 @@ def test_a_missing_object_fails_at_once_and_a_dead_store_is_retryable(
     _, refused = prepare_inputs(spec, cache, policy, "w-a")
     assert refused[0].startswith(f"data.train: cannot read {bucket}/nope.csv") and refused[1]
     assert f"; data.eval: cannot read {bucket}/gone.csv" in refused[0]
+
+
+def test_a_chained_job_gets_the_source_model_by_its_uploaded_url(coordinator):
+    """Placement hands a `model.source: job` chain the source's `model_uri` when its worker
+    uploaded it (--artifacts-uri), so any worker can fetch it; else the local path."""
+    import grpc
+
+    from tunefleet.v1 import coordinator_pb2, coordinator_pb2_grpc, job_pb2
+
+    stub = coordinator_pb2_grpc.CoordinatorStub(grpc.insecure_channel(coordinator.address))
+    stub.RegisterWorker(coordinator_pb2.RegisterWorkerRequest(worker_id="w1", hostname="h"))
+
+    def run(spec: dict, artifacts: dict[str, str]) -> job_pb2.Job:
+        job = stub.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=spec_from_dict(spec)))
+        got = stub.AcquireJob(coordinator_pb2.AcquireJobRequest(worker_id="w1", wait_seconds=5))
+        assert got.assignment.job.id == job.id
+        stub.FinishJob(
+            coordinator_pb2.FinishJobRequest(
+                worker_id="w1",
+                job_id=job.id,
+                attempt=got.assignment.attempt,
+                state=job_pb2.SUCCEEDED,
+                artifacts=artifacts,
+            )
+        )
+        return got.assignment.job
+
+    uploaded = {"model": "/w1/disk/model", "model_uri": "s3://b/artifacts/job-1/model"}
+    source = run(_job("s3://b/train.csv"), uploaded)
+    chained = {**_job("s3://b/train.csv"), "model": {"source": "job", "job": source.id}}
+    assert run(chained, {"model": "/w1/disk/m2"}).spec.model.name == uploaded["model_uri"]
+    local_only = run(_job("s3://b/train.csv"), {"model": "/w1/disk/m3"})
+    chained = {**_job("s3://b/train.csv"), "model": {"source": "job", "job": local_only.id}}
+    assert run(chained, {}).spec.model.name == "/w1/disk/m3"
