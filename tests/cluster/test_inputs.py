@@ -56,6 +56,8 @@ def test_url_fields_are_schema_checked_and_credentials_refused():
     assert "credentials in the spec" in problems["data.train"]
     assert "needs a bucket" in problems["data.eval"]
     assert "credentials do not belong in a spec" in problems["model.name"]
+    out = validate(spec_from_dict({**_job("s3://b/t.csv"), "output": {"dir": "s3://b/out"}}))
+    assert [(e.path, "--artifacts-uri" in e.message) for e in out] == [("output.dir", True)]
     assert validate(spec_from_dict(_job("s3://b/t.csv", "gs://b/e.csv"))) == []
 
 

@@ -171,6 +171,12 @@ def check_schema(spec: spec_pb2.JobSpec, *, check_paths: bool = False) -> list[F
     _eval(c, spec)
     _resources(c, spec.resources)
     _compression(c, spec)
+    if is_url(spec.output.dir):
+        c.fail(
+            "output.dir",
+            "a folder on the worker, not a URL; workers upload succeeded jobs' artifacts "
+            "to their --artifacts-uri",
+        )
     return c.errors
 
 
