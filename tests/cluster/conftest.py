@@ -5,51 +5,14 @@ in the environment, where the workers and clients take them from."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
+from cluster_helpers import FAKE_CREDENTIALS, clear_s3_instances, free_port, wait_port
 
 pytest.importorskip("s3fs", reason="the s3:// tests need s3fs (pip install 'tunefleet[s3]')")
 pytest.importorskip("moto.server", reason="the s3:// tests need moto[server] (the dev extra)")
-
-FAKE_CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def wait_port(host: str, port: int, timeout: float = 30.0, *, ns: str | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if ns is None:
-            with socket.socket() as s:
-                s.settimeout(0.5)
-                if s.connect_ex((host, port)) == 0:
-                    return
-        else:
-            probe = f"import socket; socket.create_connection(({host!r}, {port}), 0.5)"
-            cmd = ["ip", "netns", "exec", ns, sys.executable, "-c", probe]
-            if subprocess.run(cmd, capture_output=True).returncode == 0:
-                return
-        time.sleep(0.2)
-    raise AssertionError(f"nothing listens on {host}:{port} after {timeout} s")
-
-
-def clear_s3_instances() -> None:
-    """s3fs caches file systems (and their endpoint) per process: forget them."""
-    import s3fs
-
-    s3fs.S3FileSystem.clear_instance_cache()
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import time
 
 import fsspec
 import pytest
-from conftest import clear_s3_instances, free_port
+from cluster_helpers import clear_s3_instances, free_port
 
 import tunefleet.client as tc
 from tunefleet.client import Client

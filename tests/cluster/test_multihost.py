@@ -1,6 +1,6 @@
 """A cluster without a shared file system (issue 15), as separate hosts: a coordinator, two
 workers, a laptop and an object store (moto, S3-compatible), each in its own network
-namespace with its own disk (see hosts.py). Real processes throughout: the coordinator,
+namespace with its own disk (see cluster_hosts.py). Real processes throughout: the coordinator,
 the worker daemons, the engine training a tiny BERT, `ftctl` on the laptop.
 
 One cluster for the module, the scenarios in order (each builds on the last):
@@ -24,8 +24,8 @@ import time
 
 import pytest
 import yaml
-from conftest import FAKE_CREDENTIALS, wait_port
-from hosts import Hosts, namespaces_unavailable
+from cluster_helpers import FAKE_CREDENTIALS, wait_port
+from cluster_hosts import Hosts, namespaces_unavailable
 from jobfiles import make_sentiment_csv
 
 from tunefleet.client import Client
