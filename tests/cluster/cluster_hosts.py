@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -44,13 +45,38 @@ def namespaces_unavailable() -> str | None:
     return None
 
 
+def remove_stale() -> None:
+    """Namespaces and bridges left by a test run killed before its cleanup (SIGKILL): they
+    carry the run's pid, so those of a process no longer alive are removed."""
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    for ns in re.findall(r"^(tf(\d+)-\S+)", listed, re.MULTILINE):
+        if not _alive(int(ns[1])):
+            _ip("netns", "del", ns[0], check=False)
+    for bridge, pid in re.findall(r"^\d+: (tfbr(\d+))[:@]", links, re.MULTILINE):
+        if not _alive(int(pid)):
+            _ip("link", "del", bridge, check=False)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class Hosts:
     """Named hosts 10.N.M.k on bridge tfbrN; the test process reaches them from .254."""
 
     def __init__(self, base: Path, names: list[str]):
+        remove_stale()
         tag = os.getpid() % 100000
+        self.pid = os.getpid()
         self.base = base
-        self.bridge = f"tfbr{tag}"
+        self.bridge = f"tfbr{self.pid}"
         self.subnet = f"10.{200 + tag % 50}.{tag % 250}"
         self.tag = tag
         self.addresses: dict[str, str] = {}
@@ -68,7 +94,7 @@ class Hosts:
             raise
 
     def _add(self, name: str, i: int) -> None:
-        ns, veth = f"tf{self.tag}-{name}", f"tf{self.tag}v{i}"
+        ns, veth = f"tf{self.pid}-{name}", f"tf{self.tag}v{i}"
         _ip("netns", "add", ns)
         self.namespaces[name] = ns
         _ip("link", "add", veth, "type", "veth", "peer", "name", f"{veth}b")
