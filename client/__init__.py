@@ -63,6 +63,9 @@ if TYPE_CHECKING:
         StateChange,
         Worker,
     )
+    from tunefleet.client.uploads import (
+        UploadError,
+    )
 
 _EXPORTS = {
     "DEFAULT_TARGET": "tunefleet.client.client",
@@ -100,6 +103,7 @@ _EXPORTS = {
     "Report": "tunefleet.client.types",
     "StateChange": "tunefleet.client.types",
     "Worker": "tunefleet.client.types",
+    "UploadError": "tunefleet.client.uploads",
 }
 
 __all__ = [
@@ -135,6 +139,7 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "Unimplemented",
+    "UploadError",
     "ValidationError",
     "Worker",
     "from_rpc_error",

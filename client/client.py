@@ -39,7 +39,9 @@ from tunefleet.client.errors import (
 )
 from tunefleet.client.sweeps import SweepClient
 from tunefleet.client.types import Event, Job, JobState, Worker
+from tunefleet.client.uploads import NO_STORAGE_HINT, UploadError, local_inputs, upload_inputs
 from tunefleet.defaults import DEFAULT_ADDRESS, ENV_COORDINATOR
+from tunefleet.spec.errors import SpecError
 from tunefleet.transport import SDK_CHANNEL_OPTIONS, ChannelSecurity, RetryPolicy, open_channel
 from tunefleet.v1 import coordinator_pb2, coordinator_pb2_grpc, spec_pb2
 
@@ -147,8 +149,9 @@ class Client(SweepClient):
         idempotency_key: str | None = None,
         priority: int | None = None,
         check_paths: bool = True,
+        upload: bool | None = None,
     ) -> JobHandle:
-        """Validate a job spec locally, then submit it.
+        """Validate a job spec locally, upload its local files if need be, then submit it.
 
         Args:
             spec: A job YAML path, a dict in the YAML's shape, or a `JobSpec`. Relative
@@ -157,21 +160,59 @@ class Client(SweepClient):
             idempotency_key: Submitting twice with one key creates one job. A fresh key is
                 generated when not given, which is what makes retrying a submit safe.
             priority: Overrides the spec's `priority` (higher runs first).
-            check_paths: Check that local data/model paths exist before submitting; turn
-                off when they exist only on the coordinator's and workers' machines.
+            check_paths: Look at the data/model paths on this machine: one it has is checked
+                (and uploaded, see `upload`); one it has not passes through as the workers'
+                path, with a note in the handle's `notes`. False: send every path as is.
+            upload: Upload the local files the spec names to the coordinator's storage
+                (`ftctl server --storage-uri`) and submit their URLs
+                (tunefleet.client.uploads). None: when the coordinator has storage; True:
+                UploadError if it has none; False: never.
 
         Raises:
             ValidationError: The spec is invalid; `.errors` lists every problem, exactly as
                 the coordinator would report them.
+            UploadError: A local file could not be uploaded (after retries).
         """
-        job_spec = prepare_spec(spec, check_paths=check_paths)
+        job_spec = _prepare_here(spec, check_paths)
+        notes: list[str] = []
+        if check_paths:
+            job_spec, notes = self._local_inputs(job_spec, upload)
         if priority is not None:
             job_spec.priority = priority
         request = coordinator_pb2.SubmitJobRequest(
             spec=job_spec, idempotency_key=idempotency_key or uuid.uuid4().hex
         )
         job = Job.from_proto(self._unary(self._stub.SubmitJob, request))
-        return JobHandle(self, job.id, job=job)
+        handle = JobHandle(self, job.id, job=job)
+        handle.notes = notes
+        return handle
+
+    def storage_uri(self) -> str:
+        """Where this coordinator has clients upload a job's local files ("": nowhere)."""
+        response = self._unary(self._stub.ListWorkers, coordinator_pb2.ListWorkersRequest())
+        return response.storage_uri
+
+    def _local_inputs(
+        self, spec: spec_pb2.JobSpec, upload: bool | None
+    ) -> tuple[spec_pb2.JobSpec, list[str]]:
+        """Uploads the local files if storage says so; the notes to show."""
+        present, notes, _ = local_inputs(spec)  # _prepare_here reported the problems
+        if not present or upload is False:
+            return spec, notes
+        storage = self.storage_uri()
+        if not storage:
+            if upload:
+                fields = ", ".join(f.path for f in present)
+                raise UploadError(
+                    f"cannot upload {fields}: the coordinator has no storage; {NO_STORAGE_HINT}"
+                )
+            return spec, notes
+        spec, done = upload_inputs(spec, present, storage)
+        notes.append(
+            f"uploaded {done.uploaded_files} files ({done.uploaded_bytes:,} bytes) to {storage}"
+            + (f", {done.reused_files} already there" if done.reused_files else "")
+        )
+        return spec, notes
 
     def get(self, job_id: str) -> Job:
         """The job's current state. `job_id` may be short (see `resolve_job_id`); raises
@@ -401,6 +442,8 @@ class JobHandle:
         self.id = normalize_job_id(job_id)
         self.client = client
         self.job = job
+        # What submit() had to say: paths passed through as the workers', files uploaded.
+        self.notes: list[str] = []
 
     def __repr__(self) -> str:
         return f"JobHandle({self.id!r})"
@@ -448,6 +491,24 @@ def normalize_job_id(job_id: str) -> str:
     if _HEX.fullmatch(job_id):
         return JOB_ID_PREFIX + job_id
     return job_id
+
+
+def _prepare_here(spec: SpecLike, check_paths: bool) -> spec_pb2.JobSpec:
+    """prepare_spec with the checks this machine can make: a file or folder it does not
+    have is the workers' path (a note, see Client.submit), every other problem an error."""
+    if not check_paths:
+        return prepare_spec(spec, check_paths=False)
+    try:
+        return prepare_spec(spec, check_paths=True)
+    except ValidationError as e:
+        kept = [x for x in e.errors if not x.message.startswith(_NOT_HERE)]
+        if kept:
+            source = str(spec) if isinstance(spec, (str, os.PathLike)) else None
+            raise ValidationError.from_spec_error(SpecError(kept, source)) from None
+    return prepare_spec(spec, check_paths=False)
+
+
+_NOT_HERE = ("no such file", "no such folder")
 
 
 def prepare_spec(spec: SpecLike, *, check_paths: bool = True) -> spec_pb2.JobSpec:

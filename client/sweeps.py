@@ -157,14 +157,16 @@ class SweepClient:
             ValidationError: Every problem, each with its field path (sweep.space.PATH for
                 a swept field), exactly as the coordinator would report them.
         """
-        from tunefleet.client.client import prepare_spec
+        from tunefleet.client.client import _prepare_here
         from tunefleet.client.errors import ValidationError
 
-        job_spec = prepare_spec(spec, check_paths=check_paths)
+        job_spec = _prepare_here(spec, check_paths)
         if not job_spec.HasField("sweep"):
             raise ValidationError(
                 "not a sweep: the spec has no sweep block (submit it as a job instead)"
             )
+        if check_paths:  # local files go to the coordinator's storage, as for a job
+            job_spec, _notes = self._local_inputs(job_spec, None)
         request = coordinator_pb2.SubmitSweepRequest(
             spec=job_spec, idempotency_key=idempotency_key or uuid.uuid4().hex
         )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 from pathlib import Path
 
 from tunefleet.defaults import DEFAULT_ADDRESS, DEFAULT_DB_PATH
@@ -33,6 +34,13 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     """Every flag of a coordinator run in the foreground."""
     parser.add_argument("--listen", default=DEFAULT_ADDRESS, metavar="HOST:PORT")
     parser.add_argument("--db", default=DEFAULT_DB_PATH, metavar="PATH")
+    parser.add_argument(
+        "--storage-uri",
+        default=os.environ.get("TUNEFLEET_STORAGE_URI", ""),
+        metavar="URL",
+        help="object storage clients upload a job's local files to, e.g. s3://bucket/inputs "
+        "(default: $TUNEFLEET_STORAGE_URI; none: jobs name paths the workers see)",
+    )
     parser.add_argument(
         "--metrics-port",
         type=int,
@@ -143,5 +151,6 @@ def serve_from_args(args: argparse.Namespace, security: dict) -> None:
             heartbeat_interval_s=args.heartbeat_s,
             lease_timeout_s=args.lease_s,
             max_followers=args.max_followers,
+            storage_uri=args.storage_uri,
             **security,
         )

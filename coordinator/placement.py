@@ -129,7 +129,9 @@ def first_fit(
             source = source_job(job.spec.model.job)
             if source is None or source.state != job_pb2.SUCCEEDED:
                 continue
-            model = source.artifacts.get("model")
+            # The uploaded copy when the source's worker had --artifacts-uri: any worker can
+            # fetch it (its input cache); else the local folder (same worker, shared disk).
+            model = source.artifacts.get("model_uri") or source.artifacts.get("model")
             if not model:
                 yield Placement(job, members, refusal=f"source job {source.id} has no model")
                 continue

@@ -64,7 +64,8 @@ class Scheduler:
         *,
         heartbeat_interval_s: float = 2.0,
         lease_timeout_s: float = 10.0,
-        check_paths: bool = True,
+        check_paths: bool = False,
+        storage_uri: str = "",
         retry_backoff_s: float = 1.0,
         retry_backoff_max_s: float = 60.0,
         clock: Callable[[], float] = time.time,
@@ -74,7 +75,12 @@ class Scheduler:
         self.bus = bus
         self.heartbeat_interval_s = heartbeat_interval_s
         self.lease_timeout_s = lease_timeout_s
-        self.check_paths = check_paths
+        # The coordinator runs the schema check only (issue 15): a spec's paths are the
+        # workers' paths, which this machine need not have (a worker checks them before it
+        # trains). `check_paths` is kept for callers that still pass it and changes nothing.
+        self.check_paths = False
+        # Told to clients (ListWorkers): where they upload a job's local files.
+        self.storage_uri = storage_uri
         self._clock = clock
         self._lock = threading.RLock()
         self._work_available = threading.Condition(self._lock)
@@ -95,7 +101,7 @@ class Scheduler:
             queue_job=self._queue_job,
             cancel_job=self.cancel,
             clock=clock,
-            check_paths=check_paths,
+            check_paths=False,
         )
         self._jobs.sweeps = self.sweeps
         self._reports.on_stored = self.sweeps.events_stored
@@ -135,8 +141,8 @@ class Scheduler:
         if spec.HasField("sweep"):
             message = "a job has no sweep block; submit the file as a sweep (ftctl sweep submit)"
             raise invalid_spec([("sweep", message)])
-        try:  # with tunefleet.spec, the one validator; outside the lock: it may read files
-            spec = specs.prepare(spec, check_paths=self.check_paths)
+        try:  # with tunefleet.spec, the one validator: its schema check, no files read
+            spec = specs.prepare(spec, check_paths=False)
         except specs.SpecError as exc:
             raise invalid_spec([(e.path, e.message) for e in exc.errors]) from None
         with self._lock:

@@ -218,7 +218,8 @@ def start_server(
     *,
     heartbeat_interval_s: float = 2.0,
     lease_timeout_s: float = 10.0,
-    check_paths: bool = True,
+    check_paths: bool = False,
+    storage_uri: str = "",
     max_workers: int = 32,
     max_followers: int = 256,
     max_long_polls: int = 1024,
@@ -264,6 +265,7 @@ def start_server(
         heartbeat_interval_s=heartbeat_interval_s,
         lease_timeout_s=lease_timeout_s,
         check_paths=check_paths,
+        storage_uri=storage_uri,
     )
     executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="tunefleet-rpc")
     # A few threads beyond the cap, so that a refusal is answered at once.

@@ -229,7 +229,9 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
                 own = [j for j in worker.job_ids if self._may_see_id(principal, j)]
                 del worker.job_ids[:]
                 worker.job_ids.extend(own)
-        return coordinator_pb2.ListWorkersResponse(workers=workers)
+        return coordinator_pb2.ListWorkersResponse(
+            workers=workers, storage_uri=self.scheduler.storage_uri
+        )
 
     def _may_see_id(self, principal, job_id: str) -> bool:
         job = self.scheduler.find_job(job_id)

@@ -20,6 +20,7 @@ from tunefleet.logging_setup import LOG_FORMATS
 from tunefleet.transport import ChannelSecurity, is_loopback, split_host
 from tunefleet.worker.artifact_store import ArtifactStore, ArtifactStoreError
 from tunefleet.worker.daemon import WorkerDaemon
+from tunefleet.worker.input_cache import DEFAULT_CACHE_MAX_GB
 from tunefleet.worker.path_policy import ENV_ALLOWED_ROOTS, roots_from_env
 
 __all__ = [
@@ -123,6 +124,21 @@ def add_worker_arguments(parser: argparse.ArgumentParser, *, connection: bool = 
         help="size bound of --feature-cache-dir; least recently used entries go first "
         "(default: %(default)s; 0 turns sharing off)",
     )
+    parser.add_argument(
+        "--input-cache-dir",
+        default=os.environ.get("TUNEFLEET_INPUT_CACHE_DIR") or None,
+        metavar="DIR",
+        help="local copies of the data and models jobs name by URL (s3://, gs://, hf://...), "
+        "shared by jobs and by workers pointed at the same folder "
+        "(default: $TUNEFLEET_INPUT_CACHE_DIR, else ARTIFACTS/.input-cache)",
+    )
+    parser.add_argument(
+        "--input-cache-max-gb",
+        type=float,
+        default=float(os.environ.get("TUNEFLEET_INPUT_CACHE_MAX_GB") or DEFAULT_CACHE_MAX_GB),
+        metavar="GB",
+        help="the cache's size bound; least recently used copies go first (default: %(default)s)",
+    )
     add_security_arguments(parser, tls_ca=connection)
 
 
@@ -173,6 +189,8 @@ def check_worker_arguments(args: argparse.Namespace) -> None:
         raise WorkerFlagError(f"--feature-cache-max-gb must be >= 0, got {args.feature_cache_max_gb}")
     if args.drain_grace_s < 0:
         raise WorkerFlagError(f"--drain-grace-s must be >= 0, got {args.drain_grace_s}")
+    if getattr(args, "input_cache_max_gb", 1.0) <= 0:
+        raise WorkerFlagError(f"--input-cache-max-gb must be > 0, got {args.input_cache_max_gb}")
 
 
 def daemon_from_args(args: argparse.Namespace) -> WorkerDaemon:
@@ -188,6 +206,13 @@ def daemon_from_args(args: argparse.Namespace) -> WorkerDaemon:
             ArtifactStore(args.artifacts_uri)
         except ArtifactStoreError as exc:
             raise WorkerFlagError(f"--artifacts-uri: {exc}") from None
+    if args.input_cache_dir:
+        try:  # now, with the flag's name, rather than a traceback from the daemon
+            Path(args.input_cache_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise WorkerFlagError(
+                f"--input-cache-dir: cannot create {args.input_cache_dir}: {exc.strerror or exc}"
+            ) from None
     return WorkerDaemon(
         args.coordinator,
         artifacts_root=Path(args.artifacts),
@@ -196,6 +221,8 @@ def daemon_from_args(args: argparse.Namespace) -> WorkerDaemon:
         worker_id=args.id,
         poll_s=args.poll_s,
         artifacts_uri=args.artifacts_uri,
+        cache_dir=Path(args.input_cache_dir) if args.input_cache_dir else None,
+        cache_max_bytes=int(args.input_cache_max_gb * 1024**3),
         security=security,
         allowed_roots=allowed_roots,
         drain_grace_s=args.drain_grace_s,

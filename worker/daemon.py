@@ -47,7 +47,6 @@ from tunefleet.transport import (
     Backoff,
     ChannelSecurity,
     open_channel,
-    split_host,
 )
 from tunefleet.v1 import coordinator_pb2, coordinator_pb2_grpc, job_pb2
 from tunefleet.worker import job_folder
@@ -55,7 +54,10 @@ from tunefleet.worker.artifact_store import ArtifactStore, publish_artifacts
 from tunefleet.worker.disk_health import DiskHealth
 from tunefleet.worker.engine.errors import is_no_space
 from tunefleet.worker.engine.launch import free_port
-from tunefleet.worker.job_runner import CommandFactory, JobOutcome, JobRunner
+from tunefleet.worker.host_info import detect_gpus, route_address
+from tunefleet.worker.input_cache import DEFAULT_CACHE_MAX_GB, InputCache
+from tunefleet.worker.job_inputs import prepare_inputs
+from tunefleet.worker.job_runner import CommandFactory, JobOutcome, JobRunner, log_event
 from tunefleet.worker.path_policy import PathPolicy
 
 log = logging.getLogger(__name__)
@@ -80,43 +82,6 @@ _MAX_BACKOFF_S = 2.0  # a restarting coordinator is back in seconds
 _STOP_PATIENCE_S = 10.0
 
 
-def detect_gpus() -> tuple[int, str]:
-    """(count, name of GPU 0) from torch if it is installed; (0, "") otherwise.
-
-    Imported here, not at module level: the daemon itself must not pay torch's import
-    time, and the base install (SDK, coordinator) has no torch at all.
-    """
-    try:
-        import torch
-
-        count = torch.cuda.device_count()
-        return count, (torch.cuda.get_device_name(0) if count else "")
-    except Exception:  # no torch, or a broken CUDA setup: run CPU jobs
-        return 0, ""
-
-
-def route_address(coordinator: str) -> str:
-    """This host's IP address on its route to the coordinator (127.0.0.1 for a coordinator
-    on loopback): where the other workers of a multi-node job, which reach the same
-    coordinator, most likely reach us too. "" when unknown: the coordinator then takes the
-    address our connection comes from."""
-    host = split_host(coordinator)
-    port = coordinator.rpartition(":")[2]
-    # IPv4 first: accelerate joins --main_process_ip and the port as "IP:PORT", which an
-    # IPv6 address (colons, no brackets) makes ambiguous.
-    for family in (socket.AF_INET, socket.AF_UNSPEC):
-        try:
-            info = socket.getaddrinfo(
-                host, int(port) if port.isdigit() else 0, family, socket.SOCK_DGRAM
-            )[0]
-            with socket.socket(info[0], socket.SOCK_DGRAM) as probe:
-                probe.connect(info[4])  # UDP: picks the route, sends nothing
-                return probe.getsockname()[0]
-        except (OSError, IndexError):
-            continue
-    return ""
-
-
 class WorkerDaemon:
     """A tunefleet worker. `run()` blocks until `stop()` (thread-safe) is called."""
 
@@ -137,6 +102,9 @@ class WorkerDaemon:
         address: str | None = None,
         min_free_bytes: int = 100 * 1024 * 1024,
         engine_env: dict[str, str] | None = None,
+        cache_dir: Path | None = None,
+        cache_max_bytes: int = int(DEFAULT_CACHE_MAX_GB * 1024**3),
+        check_inputs: bool | None = None,
     ):
         """
         Args:
@@ -161,6 +129,10 @@ class WorkerDaemon:
                 once this much is free there (and a test write works).
             engine_env: extra environment of every training process (the shared feature
                 cache's folder and bound: command_line.feature_cache_env).
+            cache_dir, cache_max_bytes: the input cache of URLs' copies and its bound
+                (tunefleet.worker.input_cache); default artifacts_root/.input-cache.
+            check_inputs: check the spec's files here before starting (tunefleet.spec.
+                environment); default: with the engine, not a command_factory's own program.
         """
         self.coordinator = coordinator
         self.artifacts_root = Path(artifacts_root).resolve()
@@ -170,6 +142,7 @@ class WorkerDaemon:
         self.worker_id = worker_id or ""
         self.poll_s = poll_s
         self.command_factory = command_factory
+        self.check_inputs = command_factory is None if check_inputs is None else check_inputs
         self.artifact_store = ArtifactStore(artifacts_uri) if artifacts_uri else None
         self.drain_grace_s = drain_grace_s
         self.address = (
@@ -191,8 +164,13 @@ class WorkerDaemon:
         # Why this worker takes no jobs now (.reason, "" = healthy); sent with heartbeats.
         self.health = DiskHealth(self.artifacts_root, min_free_bytes)
         self._channel = open_channel(coordinator, WORKER_CHANNEL_OPTIONS, security)
+        self.input_cache = InputCache(
+            cache_dir or self.artifacts_root / ".input-cache", cache_max_bytes
+        )
         self.path_policy = PathPolicy(
-            allowed_roots, always_allowed=[self.artifacts_root], cwd=self.work_root
+            allowed_roots,
+            always_allowed=[self.artifacts_root, self.input_cache.root],
+            cwd=self.work_root,
         )
         self._stub = coordinator_pb2_grpc.CoordinatorStub(self._channel)
 
@@ -430,11 +408,29 @@ class WorkerDaemon:
 
     def _run_job(self, assignment: coordinator_pb2.Assignment) -> None:
         job, attempt = assignment.job, assignment.attempt
-        refused = self.path_policy.check(job.spec)
+        batches = itertools.count(1)  # ReportEvents.batch_seq: retries resend the same one
+
+        def report(events: list[job_pb2.Event]) -> bool:
+            return self._report(job.id, attempt, events, next(batches))
+
+        inputs, refused = prepare_inputs(
+            job.spec, self.input_cache, self.path_policy, self.worker_id, self.check_inputs
+        )
         if refused is not None:  # before anything reads or writes those paths
-            log.warning("job %s: %s", job.id, refused)
-            self._finish(job.id, attempt, JobOutcome(job_pb2.FAILED, refused))
+            log.warning("job %s: %s", job.id, refused[0])
+            self._finish(
+                job.id, attempt, JobOutcome(job_pb2.FAILED, refused[0], retryable=refused[1])
+            )
             return
+        if inputs.notes:
+            report([log_event(note) for note in inputs.notes])
+        try:  # the engine reads the cached copies, not the URLs
+            self._run_local_job(inputs.job(job), assignment, report)
+        finally:
+            inputs.close()
+
+    def _run_local_job(self, job, assignment: coordinator_pb2.Assignment, report) -> None:
+        attempt = assignment.attempt
         out_dir = Path(job.spec.output.dir) if job.spec.output.dir else self.artifacts_root / job.id
         own_storage = not job.spec.output.dir
         try:
@@ -476,11 +472,6 @@ class WorkerDaemon:
             if rendezvous is not None
             else "",
         )
-        batches = itertools.count(1)  # ReportEvents.batch_seq: retries resend the same one
-
-        def report(events: list[job_pb2.Event]) -> bool:
-            return self._report(job.id, attempt, events, next(batches))
-
         try:
             outcome = runner.run(report)
             if runner.machine_rank == 0:  # the job's artifacts are rank 0's

@@ -4,6 +4,7 @@ listing (one line per job, cut to the terminal) is here, as it is the CLI's alon
 
 from __future__ import annotations
 
+import argparse
 import json
 
 from rich.text import Text
@@ -57,6 +58,18 @@ def register(commands: Commands) -> None:
         "--idempotency-key",
         metavar="KEY",
         help="resubmitting with the same key returns the same job (default: a fresh key)",
+    )
+    p.add_argument(
+        "--no-check-paths",
+        action="store_true",
+        help="send every data/model path as the workers' path, unchecked and not uploaded",
+    )
+    p.add_argument(
+        "--upload",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="upload the local files the job names to the coordinator's --storage-uri "
+        "(default: when it has one)",
     )
     add_throttle(p)
 
@@ -121,7 +134,15 @@ def resolved_yaml(spec, path: str, *, first: bool = True) -> str:
 def submit(args) -> int:
     console = stdout()
     with client(args, follow=args.follow) as sdk:
-        handle = sdk.submit(args.file, priority=args.priority, idempotency_key=args.idempotency_key)
+        handle = sdk.submit(
+            args.file,
+            priority=args.priority,
+            idempotency_key=args.idempotency_key,
+            check_paths=not args.no_check_paths,
+            upload=args.upload,
+        )
+        for note in handle.notes:  # stderr: `-q` keeps stdout to the job id
+            stderr().print(Text(printable(f"note: {note}")))
         job = handle.job
         assert job is not None
         if args.quiet and not args.follow:

@@ -14,7 +14,12 @@ import threading
 from pathlib import Path
 
 import pytest
-from client_helpers import BAD_PATHS, needs_coordinator, unused_port
+from client_helpers import (
+    BAD_PATHS,
+    BAD_SUBMIT_PATHS,
+    needs_coordinator,
+    unused_port,
+)
 
 from tunefleet.client.cli import build_parser, main
 from tunefleet.v1 import job_pb2
@@ -171,7 +176,7 @@ def test_submit_get_jobs_logs_cancel(capsys, cluster, job_yaml):
 def test_submit_of_an_invalid_job_prints_every_problem(capsys, cluster, bad_yaml):
     code, out, err = run_cli(capsys, "--coordinator", cluster.address, "submit", bad_yaml)
     assert code == 1 and out == ""
-    for path in BAD_PATHS:
+    for path in BAD_SUBMIT_PATHS:
         assert f"  {path}: " in err
     with cluster.client() as client:
         assert client.list() == []

@@ -132,13 +132,17 @@ def test_event_stream_on_a_closed_port_gives_up_too():
 
 @needs_coordinator
 def test_real_coordinator_not_found_and_invalid_spec(cluster, job_dict):
+    from tunefleet.spec import spec_from_dict
+    from tunefleet.v1 import coordinator_pb2
+
     with cluster.client() as client:
         with pytest.raises(tc.NotFound, match="job-nope"):
             client.get("job-nope")
-        # Paths are checked on the coordinator too: skip the local check to see its answer.
-        bad = {**job_dict, "data": {"source": "csv", "train": "/no/such/train.csv"}}
+        # The coordinator checks the schema (not the files, the workers'): a URL of an
+        # unsupported scheme, sent past the local check, gets its answer.
+        bad = spec_from_dict({**job_dict, "data": {"source": "csv", "train": "ftp://h/t.csv"}})
         with pytest.raises(tc.ValidationError) as info:
-            client.submit(bad, check_paths=False)
+            client._unary(client._stub.SubmitJob, coordinator_pb2.SubmitJobRequest(spec=bad))
     assert info.value.code == "INVALID_ARGUMENT"
     assert [e.path for e in info.value.errors] == ["data.train"]
 

@@ -7,7 +7,11 @@ import threading
 import time
 
 import pytest
-from client_helpers import BAD_PATHS, needs_coordinator, unused_port
+from client_helpers import (
+    BAD_SUBMIT_PATHS,
+    needs_coordinator,
+    unused_port,
+)
 
 from tunefleet.client import (
     Client,
@@ -55,7 +59,7 @@ def test_invalid_spec_is_rejected_locally_with_every_problem(cluster, bad_yaml):
         with pytest.raises(ValidationError) as info:
             client.submit(bad_yaml)
         assert client.list() == []
-    assert [e.path for e in info.value.errors] == BAD_PATHS
+    assert [e.path for e in info.value.errors] == BAD_SUBMIT_PATHS
 
 
 def test_list_rejects_an_unknown_state(cluster):

@@ -78,11 +78,13 @@ def test_each_manifest_file_is_valid_kubernetes(doc):
 def test_rendered_kustomization_is_valid_kubernetes(rendered):
     kinds = sorted(f"{d['kind']}/{d['metadata']['name']}" for d in rendered)
     assert kinds == [
+        "ConfigMap/tunefleet-storage",
         "Deployment/tunefleet-coordinator",
         "Deployment/tunefleet-worker",
         "Namespace/tunefleet",
         "PersistentVolumeClaim/tunefleet-artifacts",
         "PersistentVolumeClaim/tunefleet-coordinator-db",
+        "Secret/tunefleet-storage-credentials",
         "Secret/tunefleet-tls",
         "Secret/tunefleet-tokens",
         "Secret/tunefleet-worker-token",
@@ -139,7 +141,7 @@ def test_coordinator_is_one_pod_on_its_own_database(rendered):
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         command = container[probe]["exec"]["command"]
         assert command[:3] == ["python", "-m", "tunefleet.coordinator.health"], probe
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
     assert _under_a_mount(env["TUNEFLEET_TLS_CA"], mounts) == "tls"
 
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -220,6 +222,7 @@ def test_the_readme_overlay_renders_with_real_secrets(tmp_path):
     (overlay / "kustomization.yaml").write_text(block)
     for name in ("coordinator.crt", "coordinator.key", "ca.crt", "tokens.yaml", "worker.token"):
         (overlay / name).write_text(f"contents of {name}\n")
+    (overlay / "storage.env").write_text("AWS_ACCESS_KEY_ID=id\nAWS_SECRET_ACCESS_KEY=key\n")
     result = subprocess.run(
         [kubectl, "kustomize", str(overlay)], capture_output=True, text=True, timeout=60
     )
@@ -235,3 +238,33 @@ def test_the_readme_overlay_renders_with_real_secrets(tmp_path):
     if kubernetes_validate is not None:
         for doc in docs:
             kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_without_a_shared_file_system_the_coordinator_has_no_data_and_no_credentials(rendered):
+    """Issue 15: the coordinator checks specs' schema only, so it mounts nothing but its
+    database and secrets, and learns the storage URI for clients; the workers alone get the
+    store's credentials, from a Secret, as environment variables."""
+    coordinator = _find(rendered, "Deployment", "tunefleet-coordinator")
+    claims = [
+        v["persistentVolumeClaim"]["claimName"]
+        for v in coordinator["spec"]["template"]["spec"]["volumes"]
+        if "persistentVolumeClaim" in v
+    ]
+    assert claims == ["tunefleet-coordinator-db"]
+    container = _container(coordinator)
+    storage = {e["name"]: e for e in container["env"]}["TUNEFLEET_STORAGE_URI"]
+    assert storage["valueFrom"]["configMapKeyRef"]["name"] == "tunefleet-storage"
+    assert "envFrom" not in container
+    config = _find(rendered, "ConfigMap", "tunefleet-storage")["data"]
+    assert config["TUNEFLEET_STORAGE_URI"].startswith("s3://")
+
+    worker = _container(_find(rendered, "Deployment", "tunefleet-worker"))
+    sources = {kind: ref["name"] for source in worker["envFrom"] for kind, ref in source.items()}
+    assert sources["secretRef"] == "tunefleet-storage-credentials"
+    assert sources["configMapRef"] == "tunefleet-storage"  # TUNEFLEET_ARTIFACTS_URI
+    secret = _find(rendered, "Secret", "tunefleet-storage-credentials")
+    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(secret["stringData"])
+    args = parse_ftctl(["worker", *worker["args"]])
+    assert _mounts(_find(rendered, "Deployment", "tunefleet-worker"))[args.input_cache_dir] == (
+        "input-cache"
+    )

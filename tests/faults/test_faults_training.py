@@ -74,11 +74,13 @@ def test_a_job_whose_data_vanished_fails_at_once(cluster, make_job, tmp_path, fa
     events = cluster.events(job.id)
     contiguous = check_events(events)
     assert (done.attempt, done.restarts) == (1, 0)
-    assert str(train) in done.reason and "no such file" in done.reason
-    assert [s for s, _, _ in state_changes(events)] == ["QUEUED", "ASSIGNED", "RUNNING", "FAILED"]
+    assert done.reason == f"data.train: no such file on worker w1: {train}"
+    # The worker checks the paths before it starts the engine (issue 15): no RUNNING.
+    assert [s for s, _, _ in state_changes(events)] == ["QUEUED", "ASSIGNED", "FAILED"]
     report(
-        f"data file deleted after submit: FAILED on attempt 1 in {took:.1f} s (engine exit 2, "
-        f"not retried, restarts 0) with reason {done.reason!r}, {contiguous}"
+        f"data file deleted after submit: FAILED on attempt 1 in {took:.1f} s (the worker's "
+        f"check, before the engine; not retried, restarts 0) with reason {done.reason!r}, "
+        f"{contiguous}"
     )
 
 

@@ -96,9 +96,7 @@ def _compress(
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=data.collate)
     emit(log_event("compressing the final model"))
     # compress() sizes it (its parts) and marks each; evaluations report within a part.
-    progress = ProgressTracker(
-        emit, "compressing", 1, epoch=float(last_epoch + 1), step=last_step
-    )
+    progress = ProgressTracker(emit, "compressing", 1, epoch=float(last_epoch + 1), step=last_step)
     return compression.compress(
         model,
         spec.compression,

@@ -36,8 +36,8 @@ def _is_model_folder(path: Path) -> bool:
 
 
 def _looks_like_hub_id(name: str) -> bool:
-    return bool(name) and not Path(name).expanduser().exists() and not name.startswith(
-        ("/", ".", "~")
+    return (
+        bool(name) and not Path(name).expanduser().exists() and not name.startswith(("/", ".", "~"))
     )
 
 

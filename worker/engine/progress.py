@@ -35,6 +35,7 @@ PHASE_PREFIX = "progress/"
 STAGES = ("training", "caching", "evaluating", "compressing")
 DEFAULT_INTERVAL_S = 0.5
 
+
 class ProgressTracker:
     """One stage's progress; `update(done)` as it goes, `finish()` at its end.
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from tunefleet.spec.urls import is_url
 from tunefleet.v1 import spec_pb2
 
 _EXPLICIT = ("./", "../", "/", "~", ".\\", "..\\")
@@ -19,7 +20,7 @@ def looks_local(name: str) -> bool:
 
 
 def _abs(value: str, base: Path) -> str:
-    if not value:
+    if not value or is_url(value):  # s3://, hf://...: read by the worker, not a path here
         return value
     p = Path(os.path.expanduser(value))
     return str(p if p.is_absolute() else (base / p).resolve())

@@ -11,13 +11,13 @@ from google.protobuf.descriptor import FieldDescriptor
 
 from tunefleet import limits
 from tunefleet.spec import choices as C
-from tunefleet.spec.data_checks import check_data_files
 from tunefleet.spec.defaults import default_lr, default_validation_fraction
+from tunefleet.spec.environment import check_environment
 from tunefleet.spec.errors import FieldError
 from tunefleet.spec.model_blocks import body_block_count
-from tunefleet.spec.model_config import max_positions
 from tunefleet.spec.paths import looks_local
 from tunefleet.spec.sweep import check as check_sweep
+from tunefleet.spec.urls import is_url, url_problem
 from tunefleet.v1 import spec_pb2
 
 
@@ -66,26 +66,21 @@ class _Check:
         except re.error as e:
             self.fail(path, f"not a valid regular expression: {e}")
 
-    def file(
-        self, path: str, value: str, *, check_paths: bool, folder=False, folder_ok=False
-    ) -> None:
-        """`value` must be an existing file (a folder only if `folder_ok`), or with `folder`
-        an existing folder."""
-        if not value or not check_paths:
+    def file(self, path: str, value: str) -> None:
+        """The schema's part of a path field: a URL of a supported scheme, or an absolute
+        path. Whether the file exists is the environment check's (spec/environment.py)."""
+        if not value:
             return
-        p = Path(value)
-        if not p.is_absolute():
+        if is_url(value):
+            problem = url_problem(value)
+            if problem:
+                self.fail(path, f"{limits.quote(value)}: {problem}")
+        elif not Path(value).is_absolute():
             self.fail(
                 path,
                 f"relative path {limits.quote(value)}: give an absolute path (ftctl and the "
-                "SDK resolve paths against the YAML file's folder)",
+                "SDK resolve paths against the YAML file's folder) or a URL",
             )
-        elif folder and not p.is_dir():
-            self.fail(path, f"no such folder: {value}")
-        elif not folder and not p.exists():
-            self.fail(path, f"no such file: {value}")
-        elif not folder and not folder_ok and p.is_dir():
-            self.fail(path, f"{value} is a folder; give a file")
 
     def finite(self, msg, prefix: str = "") -> None:
         """NaN and infinity pass every range check (`nan < 0` is False): refuse them in every
@@ -123,7 +118,31 @@ def _repeated(field) -> bool:
 
 
 def validate(spec: spec_pb2.JobSpec, *, check_paths: bool = True) -> list[FieldError]:
-    """Every problem in `spec`, each with its field path; an empty list means valid."""
+    """Every problem in `spec`, each with its field path; an empty list means valid.
+
+    With `check_paths` False this is the pure schema check: it reads nothing but the spec,
+    so its answer is the same on every machine (the coordinator runs only this). With it,
+    the environment check (spec/environment.py) also asks this machine's disk."""
+    errors = check_schema(spec, check_paths=check_paths)
+    if check_paths and not spec.HasField("sweep"):
+        for problem in check_environment(spec, model_fit=True):
+            # In the spec's section order, as one validator would list them.
+            at = _section(problem.path)
+            i = next((i for i, e in enumerate(errors) if _section(e.path) > at), len(errors))
+            errors.insert(i, problem)
+    return errors
+
+
+_SECTIONS = [f.name for f in spec_pb2.JobSpec.DESCRIPTOR.fields]
+
+
+def _section(path: str) -> int:
+    top = path.split(".", 1)[0].split("[", 1)[0]
+    return _SECTIONS.index(top) if top in _SECTIONS else len(_SECTIONS)
+
+
+def check_schema(spec: spec_pb2.JobSpec, *, check_paths: bool = False) -> list[FieldError]:
+    """The schema's problems (see validate); `check_paths` only reaches a sweep's trials."""
     c = _Check()
     size = spec.ByteSize()
     if size > limits.MAX_SPEC_BYTES:
@@ -143,8 +162,8 @@ def validate(spec: spec_pb2.JobSpec, *, check_paths: bool = True) -> list[FieldE
     elif not limits.is_safe_name(spec.name):
         c.fail("name", f"{limits.quote(spec.name)}: use only {limits.NAME_RULE}")
     c.finite(spec)
-    _model(c, spec, check_paths)
-    _data(c, spec, check_paths)
+    _model(c, spec)
+    _data(c, spec)
     _finetune(c, spec)
     _optimizer(c, spec.optimizer)
     _schedule(c, spec)
@@ -152,10 +171,16 @@ def validate(spec: spec_pb2.JobSpec, *, check_paths: bool = True) -> list[FieldE
     _eval(c, spec)
     _resources(c, spec.resources)
     _compression(c, spec)
+    if is_url(spec.output.dir):
+        c.fail(
+            "output.dir",
+            "a folder on the worker, not a URL; workers upload succeeded jobs' artifacts "
+            "to their --artifacts-uri",
+        )
     return c.errors
 
 
-def _model(c: _Check, spec, check_paths: bool) -> None:
+def _model(c: _Check, spec) -> None:
     m = spec.model
     if not spec.HasField("model"):
         c.fail("model", "required: e.g. {source: hf, name: sentence-transformers/all-MiniLM-L6-v2}")
@@ -170,8 +195,8 @@ def _model(c: _Check, spec, check_paths: bool) -> None:
         c.fail("model.name", f"required: {what}")
     elif m.source == "torchvision":
         c.choice("model.name", m.name, C.TORCHVISION_ARCHS)
-    elif m.source == "hf" and check_paths and (looks_local(m.name) or Path(m.name).is_absolute()):
-        c.file("model.name", m.name, check_paths=True, folder=True)
+    elif m.source == "hf" and (looks_local(m.name) or is_url(m.name)):
+        c.file("model.name", m.name)
     if m.job and m.source != "job":
         c.fail("model.job", "only applies to source: job")
     if m.weights and m.source != "torchvision":
@@ -181,7 +206,7 @@ def _model(c: _Check, spec, check_paths: bool) -> None:
     if m.checkpoint:
         if m.source != "torchvision":
             c.fail("model.checkpoint", "only applies to source: torchvision")
-        c.file("model.checkpoint", m.checkpoint, check_paths=check_paths)
+        c.file("model.checkpoint", m.checkpoint)
     c.at_least(m, "num_labels", "model.num_labels", 2)
     if m.labels:
         if len(set(m.labels)) != len(m.labels):
@@ -210,7 +235,7 @@ def _model(c: _Check, spec, check_paths: bool) -> None:
     c.at_least(h, "hidden", "model.head.hidden", 0)
 
 
-def _data(c: _Check, spec, check_paths: bool) -> None:
+def _data(c: _Check, spec) -> None:
     d = spec.data
     if not spec.HasField("data"):
         c.fail("data", "required: e.g. {source: csv, train: train.csv, eval: test.csv}")
@@ -220,22 +245,18 @@ def _data(c: _Check, spec, check_paths: bool) -> None:
     if d.source in C.FILE_DATA_SOURCES:
         if not d.train:
             c.fail("data.train", f"required: the path of the training {d.source} file")
-        # A parquet dataset may be a folder of files; a CSV or JSON-lines file may not.
-        folder_ok = d.source == "parquet"
-        c.file("data.train", d.train, check_paths=check_paths, folder_ok=folder_ok)
-        c.file("data.eval", d.eval, check_paths=check_paths, folder_ok=folder_ok)
-        c.file("data.test", d.test, check_paths=check_paths, folder_ok=folder_ok)
-        if check_paths:  # columns and labels of the files that exist (data_checks.py)
-            check_data_files(spec, c.fail)
+        c.file("data.train", d.train)
+        c.file("data.eval", d.eval)
+        c.file("data.test", d.test)
     if d.source == "hf" and not d.name:
         c.fail("data.name", "required with source: hf (a dataset id such as glue)")
     if d.source == "torchvision":
         c.choice("data.name", d.name, C.TORCHVISION_DATASETS)
     if d.source in C.IMAGE_DATA_SOURCES:
         if not d.root:
-            c.fail("data.root", f"required with source: {d.source} (a local folder)")
+            c.fail("data.root", f"required with source: {d.source} (a folder or its URL)")
         elif not d.download:
-            c.file("data.root", d.root, check_paths=check_paths, folder=True)
+            c.file("data.root", d.root)
     if d.download and d.source != "torchvision":
         c.fail("data.download", "only applies to source: torchvision")
     image = d.source in C.IMAGE_DATA_SOURCES
@@ -251,14 +272,6 @@ def _data(c: _Check, spec, check_paths: bool) -> None:
         c.fail("data.augment", "augmentation presets apply to image data only")
     c.choice("data.augment", d.augment, C.AUGMENT, required=False)
     c.within(d, "max_length", "data.max_length", 1, 8192)
-    if d.HasField("max_length") and check_paths and spec.model.source == "hf":
-        positions = max_positions(spec.model.name)
-        if positions is not None and d.max_length > positions:
-            c.fail(
-                "data.max_length",
-                f"{d.max_length} is more than the {positions} positions the model "
-                f"({spec.model.name}) has; use at most {positions}",
-            )
     c.at_least(d, "num_workers", "data.num_workers", 0)
     c.at_most(d, "num_workers", "data.num_workers", limits.MAX_DATA_WORKERS, "per process")
     c.at_least(d, "image_size", "data.image_size", 8)
@@ -334,7 +347,9 @@ def _finetune(c: _Check, spec) -> None:
         elif f.k < 1:
             c.fail("finetune.k", f"must be >= 1, got {f.k}")
         else:
-            blocks = body_block_count(spec.model.source, spec.model.name)
+            # An hf folder's blocks are the environment check's (it reads the folder).
+            source = spec.model.source
+            blocks = body_block_count(source, spec.model.name) if source != "hf" else None
             if blocks is not None and f.k > blocks:
                 c.fail(
                     "finetune.k",

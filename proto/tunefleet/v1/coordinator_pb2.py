@@ -27,7 +27,7 @@ from tunefleet.v1 import spec_pb2 as tunefleet_dot_v1_dot_spec__pb2
 from tunefleet.v1 import sweep_pb2 as tunefleet_dot_v1_dot_sweep__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etunefleet/v1/coordinator.proto\x12\x0ctunefleet.v1\x1a\x16tunefleet/v1/job.proto\x1a\x17tunefleet/v1/spec.proto\x1a\x18tunefleet/v1/sweep.proto\"P\n\x10SubmitJobRequest\x12#\n\x04spec\x18\x01 \x01(\x0b\x32\x15.tunefleet.v1.JobSpec\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"R\n\x12SubmitSweepRequest\x12#\n\x04spec\x18\x01 \x01(\x0b\x32\x15.tunefleet.v1.JobSpec\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"#\n\x0fGetSweepRequest\x12\x10\n\x08sweep_id\x18\x01 \x01(\t\"\"\n\x11ListSweepsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"9\n\x12ListSweepsResponse\x12#\n\x06sweeps\x18\x01 \x03(\x0b\x32\x13.tunefleet.v1.Sweep\"6\n\x12\x43\x61ncelSweepRequest\x12\x10\n\x08sweep_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\\\n\x0fListJobsRequest\x12&\n\x06states\x18\x01 \x03(\x0e\x32\x16.tunefleet.v1.JobState\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"L\n\x10ListJobsResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.tunefleet.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"2\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"H\n\x13StreamEventsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"1\n\nEventBatch\x12#\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x13.tunefleet.v1.Event\"?\n\x0fWorkerResources\x12\x0c\n\x04gpus\x18\x01 \x01(\x05\x12\x0c\n\x04\x63pus\x18\x02 \x01(\x05\x12\x10\n\x08gpu_name\x18\x03 \x01(\t\"\xef\x01\n\x06Worker\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x30\n\tresources\x18\x03 \x01(\x0b\x32\x1d.tunefleet.v1.WorkerResources\x12(\n\x05state\x18\x04 \x01(\x0e\x32\x19.tunefleet.v1.WorkerState\x12\x11\n\tfree_gpus\x18\x05 \x01(\x05\x12\x0f\n\x07job_ids\x18\x06 \x03(\t\x12\x1c\n\x14last_heartbeat_age_s\x18\x07 \x01(\x01\x12\x0f\n\x07\x61\x64\x64ress\x18\x08 \x01(\t\x12\x18\n\x10unhealthy_reason\x18\t \x01(\t\"\x14\n\x12ListWorkersRequest\"\'\n\x12\x44rainWorkerRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\"<\n\x13ListWorkersResponse\x12%\n\x07workers\x18\x01 \x03(\x0b\x32\x14.tunefleet.v1.Worker\"\x7f\n\x15RegisterWorkerRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x30\n\tresources\x18\x03 \x01(\x0b\x32\x1d.tunefleet.v1.WorkerResources\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\"b\n\x16RegisterWorkerResponse\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x01\x12\x17\n\x0flease_timeout_s\x18\x03 \x01(\x01\"X\n\x10HeartbeatRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x17\n\x0frunning_job_ids\x18\x02 \x03(\t\x12\x18\n\x10unhealthy_reason\x18\x03 \x01(\t\"_\n\x11HeartbeatResponse\x12\x16\n\x0e\x63\x61ncel_job_ids\x18\x01 \x03(\t\x12\r\n\x05known\x18\x02 \x01(\x08\x12\x14\n\x0clost_job_ids\x18\x03 \x03(\t\x12\r\n\x05\x64rain\x18\x04 \x01(\x08\"U\n\x11\x41\x63quireJobRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x14\n\x0cwait_seconds\x18\x02 \x01(\x01\x12\x17\n\x0frendezvous_port\x18\x03 \x01(\x05\"k\n\nAssignment\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.tunefleet.v1.Job\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12,\n\nrendezvous\x18\x03 \x01(\x0b\x32\x18.tunefleet.v1.Rendezvous\"l\n\nRendezvous\x12\x14\n\x0cmachine_rank\x18\x01 \x01(\x05\x12\x14\n\x0cnum_machines\x18\x02 \x01(\x05\x12\x17\n\x0fmain_process_ip\x18\x03 \x01(\t\x12\x19\n\x11main_process_port\x18\x04 \x01(\x05\"B\n\x12\x41\x63quireJobResponse\x12,\n\nassignment\x18\x01 \x01(\x0b\x32\x18.tunefleet.v1.Assignment\"\x81\x01\n\x13ReportEventsRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12#\n\x06\x65vents\x18\x04 \x03(\x0b\x32\x13.tunefleet.v1.Event\x12\x11\n\tbatch_seq\x18\x05 \x01(\x03\"(\n\x14ReportEventsResponse\x12\x10\n\x08last_seq\x18\x01 \x01(\x03\"\xf2\x02\n\x10\x46inishJobRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12%\n\x05state\x18\x04 \x01(\x0e\x32\x16.tunefleet.v1.JobState\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12@\n\tartifacts\x18\x06 \x03(\x0b\x32-.tunefleet.v1.FinishJobRequest.ArtifactsEntry\x12<\n\x07summary\x18\x07 \x03(\x0b\x32+.tunefleet.v1.FinishJobRequest.SummaryEntry\x12\x11\n\tretryable\x18\x08 \x01(\x08\x1a\x30\n\x0e\x41rtifactsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cSummaryEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x13\n\x11\x46inishJobResponse\"W\n\x11ReleaseJobRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x14\n\x12ReleaseJobResponse*M\n\x0bWorkerState\x12\x1c\n\x18WORKER_STATE_UNSPECIFIED\x10\x00\x12\x08\n\x04LIVE\x10\x01\x12\x08\n\x04LOST\x10\x02\x12\x0c\n\x08\x44RAINING\x10\x03\x32\xdb\n\n\x0b\x43oordinator\x12>\n\tSubmitJob\x12\x1e.tunefleet.v1.SubmitJobRequest\x1a\x11.tunefleet.v1.Job\x12\x38\n\x06GetJob\x12\x1b.tunefleet.v1.GetJobRequest\x1a\x11.tunefleet.v1.Job\x12I\n\x08ListJobs\x12\x1d.tunefleet.v1.ListJobsRequest\x1a\x1e.tunefleet.v1.ListJobsResponse\x12>\n\tCancelJob\x12\x1e.tunefleet.v1.CancelJobRequest\x1a\x11.tunefleet.v1.Job\x12H\n\x0cStreamEvents\x12!.tunefleet.v1.StreamEventsRequest\x1a\x13.tunefleet.v1.Event0\x01\x12S\n\x12StreamEventBatches\x12!.tunefleet.v1.StreamEventsRequest\x1a\x18.tunefleet.v1.EventBatch0\x01\x12R\n\x0bListWorkers\x12 .tunefleet.v1.ListWorkersRequest\x1a!.tunefleet.v1.ListWorkersResponse\x12\x45\n\x0b\x44rainWorker\x12 .tunefleet.v1.DrainWorkerRequest\x1a\x14.tunefleet.v1.Worker\x12\x44\n\x0bSubmitSweep\x12 .tunefleet.v1.SubmitSweepRequest\x1a\x13.tunefleet.v1.Sweep\x12>\n\x08GetSweep\x12\x1d.tunefleet.v1.GetSweepRequest\x1a\x13.tunefleet.v1.Sweep\x12O\n\nListSweeps\x12\x1f.tunefleet.v1.ListSweepsRequest\x1a .tunefleet.v1.ListSweepsResponse\x12\x44\n\x0b\x43\x61ncelSweep\x12 .tunefleet.v1.CancelSweepRequest\x1a\x13.tunefleet.v1.Sweep\x12[\n\x0eRegisterWorker\x12#.tunefleet.v1.RegisterWorkerRequest\x1a$.tunefleet.v1.RegisterWorkerResponse\x12L\n\tHeartbeat\x12\x1e.tunefleet.v1.HeartbeatRequest\x1a\x1f.tunefleet.v1.HeartbeatResponse\x12O\n\nAcquireJob\x12\x1f.tunefleet.v1.AcquireJobRequest\x1a .tunefleet.v1.AcquireJobResponse\x12U\n\x0cReportEvents\x12!.tunefleet.v1.ReportEventsRequest\x1a\".tunefleet.v1.ReportEventsResponse\x12L\n\tFinishJob\x12\x1e.tunefleet.v1.FinishJobRequest\x1a\x1f.tunefleet.v1.FinishJobResponse\x12O\n\nReleaseJob\x12\x1f.tunefleet.v1.ReleaseJobRequest\x1a .tunefleet.v1.ReleaseJobResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etunefleet/v1/coordinator.proto\x12\x0ctunefleet.v1\x1a\x16tunefleet/v1/job.proto\x1a\x17tunefleet/v1/spec.proto\x1a\x18tunefleet/v1/sweep.proto\"P\n\x10SubmitJobRequest\x12#\n\x04spec\x18\x01 \x01(\x0b\x32\x15.tunefleet.v1.JobSpec\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"R\n\x12SubmitSweepRequest\x12#\n\x04spec\x18\x01 \x01(\x0b\x32\x15.tunefleet.v1.JobSpec\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"#\n\x0fGetSweepRequest\x12\x10\n\x08sweep_id\x18\x01 \x01(\t\"\"\n\x11ListSweepsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"9\n\x12ListSweepsResponse\x12#\n\x06sweeps\x18\x01 \x03(\x0b\x32\x13.tunefleet.v1.Sweep\"6\n\x12\x43\x61ncelSweepRequest\x12\x10\n\x08sweep_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\\\n\x0fListJobsRequest\x12&\n\x06states\x18\x01 \x03(\x0e\x32\x16.tunefleet.v1.JobState\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"L\n\x10ListJobsResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.tunefleet.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"2\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"H\n\x13StreamEventsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"1\n\nEventBatch\x12#\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x13.tunefleet.v1.Event\"?\n\x0fWorkerResources\x12\x0c\n\x04gpus\x18\x01 \x01(\x05\x12\x0c\n\x04\x63pus\x18\x02 \x01(\x05\x12\x10\n\x08gpu_name\x18\x03 \x01(\t\"\xef\x01\n\x06Worker\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x30\n\tresources\x18\x03 \x01(\x0b\x32\x1d.tunefleet.v1.WorkerResources\x12(\n\x05state\x18\x04 \x01(\x0e\x32\x19.tunefleet.v1.WorkerState\x12\x11\n\tfree_gpus\x18\x05 \x01(\x05\x12\x0f\n\x07job_ids\x18\x06 \x03(\t\x12\x1c\n\x14last_heartbeat_age_s\x18\x07 \x01(\x01\x12\x0f\n\x07\x61\x64\x64ress\x18\x08 \x01(\t\x12\x18\n\x10unhealthy_reason\x18\t \x01(\t\"\x14\n\x12ListWorkersRequest\"\'\n\x12\x44rainWorkerRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\"Q\n\x13ListWorkersResponse\x12%\n\x07workers\x18\x01 \x03(\x0b\x32\x14.tunefleet.v1.Worker\x12\x13\n\x0bstorage_uri\x18\x02 \x01(\t\"\x7f\n\x15RegisterWorkerRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x30\n\tresources\x18\x03 \x01(\x0b\x32\x1d.tunefleet.v1.WorkerResources\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\"b\n\x16RegisterWorkerResponse\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x01\x12\x17\n\x0flease_timeout_s\x18\x03 \x01(\x01\"X\n\x10HeartbeatRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x17\n\x0frunning_job_ids\x18\x02 \x03(\t\x12\x18\n\x10unhealthy_reason\x18\x03 \x01(\t\"_\n\x11HeartbeatResponse\x12\x16\n\x0e\x63\x61ncel_job_ids\x18\x01 \x03(\t\x12\r\n\x05known\x18\x02 \x01(\x08\x12\x14\n\x0clost_job_ids\x18\x03 \x03(\t\x12\r\n\x05\x64rain\x18\x04 \x01(\x08\"U\n\x11\x41\x63quireJobRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x14\n\x0cwait_seconds\x18\x02 \x01(\x01\x12\x17\n\x0frendezvous_port\x18\x03 \x01(\x05\"k\n\nAssignment\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.tunefleet.v1.Job\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12,\n\nrendezvous\x18\x03 \x01(\x0b\x32\x18.tunefleet.v1.Rendezvous\"l\n\nRendezvous\x12\x14\n\x0cmachine_rank\x18\x01 \x01(\x05\x12\x14\n\x0cnum_machines\x18\x02 \x01(\x05\x12\x17\n\x0fmain_process_ip\x18\x03 \x01(\t\x12\x19\n\x11main_process_port\x18\x04 \x01(\x05\"B\n\x12\x41\x63quireJobResponse\x12,\n\nassignment\x18\x01 \x01(\x0b\x32\x18.tunefleet.v1.Assignment\"\x81\x01\n\x13ReportEventsRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12#\n\x06\x65vents\x18\x04 \x03(\x0b\x32\x13.tunefleet.v1.Event\x12\x11\n\tbatch_seq\x18\x05 \x01(\x03\"(\n\x14ReportEventsResponse\x12\x10\n\x08last_seq\x18\x01 \x01(\x03\"\xf2\x02\n\x10\x46inishJobRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12%\n\x05state\x18\x04 \x01(\x0e\x32\x16.tunefleet.v1.JobState\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12@\n\tartifacts\x18\x06 \x03(\x0b\x32-.tunefleet.v1.FinishJobRequest.ArtifactsEntry\x12<\n\x07summary\x18\x07 \x03(\x0b\x32+.tunefleet.v1.FinishJobRequest.SummaryEntry\x12\x11\n\tretryable\x18\x08 \x01(\x08\x1a\x30\n\x0e\x41rtifactsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cSummaryEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x13\n\x11\x46inishJobResponse\"W\n\x11ReleaseJobRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x14\n\x12ReleaseJobResponse*M\n\x0bWorkerState\x12\x1c\n\x18WORKER_STATE_UNSPECIFIED\x10\x00\x12\x08\n\x04LIVE\x10\x01\x12\x08\n\x04LOST\x10\x02\x12\x0c\n\x08\x44RAINING\x10\x03\x32\xdb\n\n\x0b\x43oordinator\x12>\n\tSubmitJob\x12\x1e.tunefleet.v1.SubmitJobRequest\x1a\x11.tunefleet.v1.Job\x12\x38\n\x06GetJob\x12\x1b.tunefleet.v1.GetJobRequest\x1a\x11.tunefleet.v1.Job\x12I\n\x08ListJobs\x12\x1d.tunefleet.v1.ListJobsRequest\x1a\x1e.tunefleet.v1.ListJobsResponse\x12>\n\tCancelJob\x12\x1e.tunefleet.v1.CancelJobRequest\x1a\x11.tunefleet.v1.Job\x12H\n\x0cStreamEvents\x12!.tunefleet.v1.StreamEventsRequest\x1a\x13.tunefleet.v1.Event0\x01\x12S\n\x12StreamEventBatches\x12!.tunefleet.v1.StreamEventsRequest\x1a\x18.tunefleet.v1.EventBatch0\x01\x12R\n\x0bListWorkers\x12 .tunefleet.v1.ListWorkersRequest\x1a!.tunefleet.v1.ListWorkersResponse\x12\x45\n\x0b\x44rainWorker\x12 .tunefleet.v1.DrainWorkerRequest\x1a\x14.tunefleet.v1.Worker\x12\x44\n\x0bSubmitSweep\x12 .tunefleet.v1.SubmitSweepRequest\x1a\x13.tunefleet.v1.Sweep\x12>\n\x08GetSweep\x12\x1d.tunefleet.v1.GetSweepRequest\x1a\x13.tunefleet.v1.Sweep\x12O\n\nListSweeps\x12\x1f.tunefleet.v1.ListSweepsRequest\x1a .tunefleet.v1.ListSweepsResponse\x12\x44\n\x0b\x43\x61ncelSweep\x12 .tunefleet.v1.CancelSweepRequest\x1a\x13.tunefleet.v1.Sweep\x12[\n\x0eRegisterWorker\x12#.tunefleet.v1.RegisterWorkerRequest\x1a$.tunefleet.v1.RegisterWorkerResponse\x12L\n\tHeartbeat\x12\x1e.tunefleet.v1.HeartbeatRequest\x1a\x1f.tunefleet.v1.HeartbeatResponse\x12O\n\nAcquireJob\x12\x1f.tunefleet.v1.AcquireJobRequest\x1a .tunefleet.v1.AcquireJobResponse\x12U\n\x0cReportEvents\x12!.tunefleet.v1.ReportEventsRequest\x1a\".tunefleet.v1.ReportEventsResponse\x12L\n\tFinishJob\x12\x1e.tunefleet.v1.FinishJobRequest\x1a\x1f.tunefleet.v1.FinishJobResponse\x12O\n\nReleaseJob\x12\x1f.tunefleet.v1.ReleaseJobRequest\x1a .tunefleet.v1.ReleaseJobResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,8 +38,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FINISHJOBREQUEST_ARTIFACTSENTRY']._serialized_options = b'8\001'
   _globals['_FINISHJOBREQUEST_SUMMARYENTRY']._loaded_options = None
   _globals['_FINISHJOBREQUEST_SUMMARYENTRY']._serialized_options = b'8\001'
-  _globals['_WORKERSTATE']._serialized_start=2760
-  _globals['_WORKERSTATE']._serialized_end=2837
+  _globals['_WORKERSTATE']._serialized_start=2781
+  _globals['_WORKERSTATE']._serialized_end=2858
   _globals['_SUBMITJOBREQUEST']._serialized_start=123
   _globals['_SUBMITJOBREQUEST']._serialized_end=203
   _globals['_SUBMITSWEEPREQUEST']._serialized_start=205
@@ -73,39 +73,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DRAINWORKERREQUEST']._serialized_start=1188
   _globals['_DRAINWORKERREQUEST']._serialized_end=1227
   _globals['_LISTWORKERSRESPONSE']._serialized_start=1229
-  _globals['_LISTWORKERSRESPONSE']._serialized_end=1289
-  _globals['_REGISTERWORKERREQUEST']._serialized_start=1291
-  _globals['_REGISTERWORKERREQUEST']._serialized_end=1418
-  _globals['_REGISTERWORKERRESPONSE']._serialized_start=1420
-  _globals['_REGISTERWORKERRESPONSE']._serialized_end=1518
-  _globals['_HEARTBEATREQUEST']._serialized_start=1520
-  _globals['_HEARTBEATREQUEST']._serialized_end=1608
-  _globals['_HEARTBEATRESPONSE']._serialized_start=1610
-  _globals['_HEARTBEATRESPONSE']._serialized_end=1705
-  _globals['_ACQUIREJOBREQUEST']._serialized_start=1707
-  _globals['_ACQUIREJOBREQUEST']._serialized_end=1792
-  _globals['_ASSIGNMENT']._serialized_start=1794
-  _globals['_ASSIGNMENT']._serialized_end=1901
-  _globals['_RENDEZVOUS']._serialized_start=1903
-  _globals['_RENDEZVOUS']._serialized_end=2011
-  _globals['_ACQUIREJOBRESPONSE']._serialized_start=2013
-  _globals['_ACQUIREJOBRESPONSE']._serialized_end=2079
-  _globals['_REPORTEVENTSREQUEST']._serialized_start=2082
-  _globals['_REPORTEVENTSREQUEST']._serialized_end=2211
-  _globals['_REPORTEVENTSRESPONSE']._serialized_start=2213
-  _globals['_REPORTEVENTSRESPONSE']._serialized_end=2253
-  _globals['_FINISHJOBREQUEST']._serialized_start=2256
-  _globals['_FINISHJOBREQUEST']._serialized_end=2626
-  _globals['_FINISHJOBREQUEST_ARTIFACTSENTRY']._serialized_start=2530
-  _globals['_FINISHJOBREQUEST_ARTIFACTSENTRY']._serialized_end=2578
-  _globals['_FINISHJOBREQUEST_SUMMARYENTRY']._serialized_start=2580
-  _globals['_FINISHJOBREQUEST_SUMMARYENTRY']._serialized_end=2626
-  _globals['_FINISHJOBRESPONSE']._serialized_start=2628
-  _globals['_FINISHJOBRESPONSE']._serialized_end=2647
-  _globals['_RELEASEJOBREQUEST']._serialized_start=2649
-  _globals['_RELEASEJOBREQUEST']._serialized_end=2736
-  _globals['_RELEASEJOBRESPONSE']._serialized_start=2738
-  _globals['_RELEASEJOBRESPONSE']._serialized_end=2758
-  _globals['_COORDINATOR']._serialized_start=2840
-  _globals['_COORDINATOR']._serialized_end=4211
+  _globals['_LISTWORKERSRESPONSE']._serialized_end=1310
+  _globals['_REGISTERWORKERREQUEST']._serialized_start=1312
+  _globals['_REGISTERWORKERREQUEST']._serialized_end=1439
+  _globals['_REGISTERWORKERRESPONSE']._serialized_start=1441
+  _globals['_REGISTERWORKERRESPONSE']._serialized_end=1539
+  _globals['_HEARTBEATREQUEST']._serialized_start=1541
+  _globals['_HEARTBEATREQUEST']._serialized_end=1629
+  _globals['_HEARTBEATRESPONSE']._serialized_start=1631
+  _globals['_HEARTBEATRESPONSE']._serialized_end=1726
+  _globals['_ACQUIREJOBREQUEST']._serialized_start=1728
+  _globals['_ACQUIREJOBREQUEST']._serialized_end=1813
+  _globals['_ASSIGNMENT']._serialized_start=1815
+  _globals['_ASSIGNMENT']._serialized_end=1922
+  _globals['_RENDEZVOUS']._serialized_start=1924
+  _globals['_RENDEZVOUS']._serialized_end=2032
+  _globals['_ACQUIREJOBRESPONSE']._serialized_start=2034
+  _globals['_ACQUIREJOBRESPONSE']._serialized_end=2100
+  _globals['_REPORTEVENTSREQUEST']._serialized_start=2103
+  _globals['_REPORTEVENTSREQUEST']._serialized_end=2232
+  _globals['_REPORTEVENTSRESPONSE']._serialized_start=2234
+  _globals['_REPORTEVENTSRESPONSE']._serialized_end=2274
+  _globals['_FINISHJOBREQUEST']._serialized_start=2277
+  _globals['_FINISHJOBREQUEST']._serialized_end=2647
+  _globals['_FINISHJOBREQUEST_ARTIFACTSENTRY']._serialized_start=2551
+  _globals['_FINISHJOBREQUEST_ARTIFACTSENTRY']._serialized_end=2599
+  _globals['_FINISHJOBREQUEST_SUMMARYENTRY']._serialized_start=2601
+  _globals['_FINISHJOBREQUEST_SUMMARYENTRY']._serialized_end=2647
+  _globals['_FINISHJOBRESPONSE']._serialized_start=2649
+  _globals['_FINISHJOBRESPONSE']._serialized_end=2668
+  _globals['_RELEASEJOBREQUEST']._serialized_start=2670
+  _globals['_RELEASEJOBREQUEST']._serialized_end=2757
+  _globals['_RELEASEJOBRESPONSE']._serialized_start=2759
+  _globals['_RELEASEJOBRESPONSE']._serialized_end=2779
+  _globals['_COORDINATOR']._serialized_start=2861
+  _globals['_COORDINATOR']._serialized_end=4232
 # @@protoc_insertion_point(module_scope)

@@ -1,0 +1,187 @@
+"""Submitting from a laptop: a job's local files go to the coordinator's storage first.
+
+A spec's paths are the workers' paths; a file that exists only on the submitting machine
+must travel. When the coordinator was started with `--storage-uri s3://bucket/prefix` (it
+tells clients in ListWorkers), `Client.submit` uploads every local file or folder the spec
+names there, under its content hash, and the stored spec names the URL instead:
+
+    data.train: /home/me/train.csv  ->  s3://bucket/prefix/sha256/9f2c.../train.csv
+
+The same bytes always land under the same name, so a re-submit uploads nothing (the object
+is there with the right size); a folder (a model, a parquet dataset) is uploaded file by
+file and marked complete last. A failing store is retried with exponential backoff, then
+reported with the field, the file and the last error.
+
+Paths this machine does not have pass through untouched: they are taken to be the
+workers' own paths (a note says so). Credentials come from this machine's environment
+(AWS_* and the like), as fsspec finds them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tunefleet.client.errors import TunefleetError
+from tunefleet.spec.environment import check_environment, missing, path_fields
+from tunefleet.spec.errors import FieldError
+from tunefleet.spec.urls import is_url
+from tunefleet.v1 import spec_pb2
+
+__all__ = ["NO_STORAGE_HINT", "UploadError", "Uploaded", "local_inputs", "upload_inputs"]
+
+NO_STORAGE_HINT = (
+    "start the coordinator with --storage-uri s3://BUCKET/PREFIX (or $TUNEFLEET_STORAGE_URI) "
+    "so that clients upload local files there, or name paths the workers see "
+    "(ftctl submit --no-upload)"
+)
+COMPLETE = ".complete"  # written last in a folder's upload: its presence means complete
+_CHUNK = 1 << 20
+
+
+class UploadError(TunefleetError):
+    """A local file could not be uploaded to the coordinator's storage."""
+
+
+@dataclass
+class Uploaded:
+    """What preparing a spec's inputs did: the notes to show, bytes and files uploaded."""
+
+    notes: list[str] = field(default_factory=list)
+    uploaded_bytes: int = 0
+    uploaded_files: int = 0
+    reused_files: int = 0
+
+
+def local_inputs(spec: spec_pb2.JobSpec) -> tuple[list, list[str], list[FieldError]]:
+    """The spec's path fields this machine has (to upload), notes for those it has not
+    (the workers' paths), and the problems of the ones it has (a folder given for a file)."""
+    present, notes = [], []
+    for f in path_fields(spec):
+        if is_url(f.value):
+            continue
+        why = missing(f)
+        if why is None:
+            present.append(f)
+        elif why.startswith("no such"):
+            notes.append(
+                f"{f.path}: {f.value} is not on this machine; sent as the workers' path "
+                "(each worker checks it before it trains)"
+            )
+    seen = {f.path for f in present}
+    problems = [
+        e for e in check_environment(spec) if e.path in seen or not e.message.startswith("no such")
+    ]
+    return present, notes, problems
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _files(root: Path) -> list[tuple[Path, str]]:
+    if root.is_file():
+        return [(root, "")]
+    found = []
+    for dirpath, _dirs, names in os.walk(root):
+        for name in sorted(names):
+            p = Path(dirpath) / name
+            found.append((p, p.relative_to(root).as_posix()))
+    return sorted(found, key=lambda x: x[1])
+
+
+def _retrying(what: str, action: Callable[[], object], *, tries: int, backoff_s: float):
+    """`action()`, tried up to `tries` times with exponential backoff; UploadError after."""
+    delay, started = backoff_s, time.monotonic()
+    for attempt in range(1, tries + 1):
+        try:
+            return action()
+        except FileNotFoundError:
+            raise
+        except Exception as exc:
+            if attempt == tries:
+                raise UploadError(
+                    f"{what}: {type(exc).__name__}: {exc} (tried {tries} times over "
+                    f"{time.monotonic() - started:.1f} s; is the storage reachable?)"
+                ) from None
+            time.sleep(delay)
+            delay *= 2
+    raise AssertionError("unreachable")
+
+
+class _Store:
+    def __init__(self, storage_uri: str, tries: int, backoff_s: float):
+        import fsspec
+
+        try:
+            self.fs, self.root = fsspec.core.url_to_fs(storage_uri)
+        except (ImportError, ValueError) as exc:
+            scheme = storage_uri.split("://", 1)[0]
+            raise UploadError(
+                f"the coordinator's storage {storage_uri} cannot be used from this machine: "
+                f"{exc} (pip install 'tunefleet[{scheme}]')"
+            ) from None
+        self.uri = storage_uri.rstrip("/")
+        self.tries, self.backoff_s = tries, backoff_s
+
+    def retry(self, what: str, action: Callable[[], object]):
+        return _retrying(what, action, tries=self.tries, backoff_s=self.backoff_s)
+
+    def size(self, path: str) -> int | None:
+        try:
+            self.fs.invalidate_cache(path)
+            return int(self.fs.info(path).get("size") or 0)
+        except FileNotFoundError:
+            return None
+
+
+def upload_inputs(
+    spec: spec_pb2.JobSpec,
+    fields: list,
+    storage_uri: str,
+    *,
+    tries: int = 5,
+    backoff_s: float = 0.5,
+) -> tuple[spec_pb2.JobSpec, Uploaded]:
+    """Uploads the local files of `fields` under storage_uri/sha256/DIGEST/NAME and returns
+    the spec naming those URLs (the input is not changed) and what was uploaded."""
+    store = _Store(storage_uri, tries, backoff_s)
+    out = spec_pb2.JobSpec()
+    out.CopyFrom(spec)
+    done = Uploaded()
+    for f in fields:
+        local = Path(f.value)
+        files = _files(local)
+        hashes = [(rel, _sha256(p), p.stat().st_size) for p, rel in files]
+        if local.is_file():
+            digest = hashes[0][1]
+        else:
+            digest = hashlib.sha256(json.dumps(hashes).encode("utf-8")).hexdigest()
+        base = f"{store.root.rstrip('/')}/sha256/{digest}"
+        target = f"{base}/{local.name}"
+        what = f"{f.path}: cannot upload {local} to {store.uri}"
+        complete = target if local.is_file() else f"{base}/{COMPLETE}"
+        present = store.retry(what, lambda c=complete: store.size(c))
+        if present is not None and (not local.is_file() or present == hashes[0][2]):
+            done.reused_files += len(files)
+        else:
+            for (p, rel), (_, _, size) in zip(files, hashes, strict=True):
+                remote = f"{target}/{rel}" if rel else target
+                store.retry(what, lambda p=p, r=remote: store.fs.put_file(str(p), r))
+                done.uploaded_bytes += size
+                done.uploaded_files += 1
+            if not local.is_file():
+                store.retry(what, lambda c=complete: store.fs.pipe_file(c, b"{}"))
+        url = f"{store.uri}/sha256/{digest}/{local.name}"
+        message, attr = f.path.split(".", 1)
+        setattr(getattr(out, message), attr, url)
+    return out, done

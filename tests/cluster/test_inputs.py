@@ -1,0 +1,224 @@
+"""Who checks what, and inputs by URL (issue 15), without a training process: the
+coordinator's schema-only check, the client's notes and uploads, the worker's input cache
+against a real S3-compatible store (moto server)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import fsspec
+import pytest
+from cluster_helpers import clear_s3_instances, free_port
+
+import tunefleet.client as tc
+from tunefleet.client import Client
+from tunefleet.client.uploads import UploadError, local_inputs, upload_inputs
+from tunefleet.coordinator.server import start_server
+from tunefleet.spec import spec_from_dict, validate
+from tunefleet.worker.input_cache import InputCache
+from tunefleet.worker.job_inputs import prepare_inputs
+from tunefleet.worker.path_policy import PathPolicy
+
+
+def _job(train: str, eval_: str = "", model: str = "bert-base-uncased") -> dict:
+    data = {"source": "csv", "train": train, **({"eval": eval_} if eval_ else {})}
+    return {"name": "inputs", "model": {"source": "hf", "name": model}, "data": data}
+
+
+@pytest.fixture
+def coordinator(tmp_path, request):
+    storage = getattr(request, "param", "")
+    with start_server("127.0.0.1:0", tmp_path / "c.db", storage_uri=storage) as server:
+        yield server
+
+
+def test_the_coordinator_checks_the_schema_only_and_the_client_notes_what_it_cannot_see(
+    coordinator,
+):
+    with Client(coordinator.address) as client:
+        handle = client.submit(_job("/only/on/the/workers/train.csv"))
+        stored = client.get(handle.id)
+        assert stored.state.value == "QUEUED"
+        assert handle.notes == [
+            "data.train: /only/on/the/workers/train.csv is not on this machine; sent as the "
+            "workers' path (each worker checks it before it trains)"
+        ]
+        with pytest.raises(tc.ValidationError) as info:  # still a schema problem anywhere
+            client.submit({**_job("/x.csv"), "data": {"source": "csv", "train": "ftp://h/x"}})
+    assert [e.path for e in info.value.errors] == ["data.train"]
+    assert "ftp:// is not supported" in info.value.errors[0].message
+
+
+def test_url_fields_are_schema_checked_and_credentials_refused():
+    bad = _job("s3://bucket/x.csv?X-Amz-Signature=abc", "s3://", model="https://u:p@h/m")
+    problems = {e.path: e.message for e in validate(spec_from_dict(bad), check_paths=False)}
+    assert "credentials in the spec" in problems["data.train"]
+    assert "needs a bucket" in problems["data.eval"]
+    assert "credentials do not belong in a spec" in problems["model.name"]
+    out = validate(spec_from_dict({**_job("s3://b/t.csv"), "output": {"dir": "s3://b/out"}}))
+    assert [(e.path, "--artifacts-uri" in e.message) for e in out] == [("output.dir", True)]
+    assert validate(spec_from_dict(_job("s3://b/t.csv", "gs://b/e.csv"))) == []
+
+
+def test_a_folder_given_for_a_file_is_an_error_on_the_client(tmp_path):
+    present, notes, problems = local_inputs(spec_from_dict(_job(str(tmp_path))))
+    assert [str(p) for p in problems] == [f"data.train: {tmp_path} is a folder; give a file"]
+
+
+def test_upload_needs_storage_and_says_which_flag(coordinator, tmp_path):
+    train = tmp_path / "train.csv"
+    train.write_text("text,label\na,pos\n")
+    with Client(coordinator.address) as client, pytest.raises(UploadError) as info:
+        client.submit(_job(str(train)), upload=True)
+    assert "--storage-uri" in str(info.value) and "--no-upload" in str(info.value)
+
+
+def test_local_files_are_uploaded_once_by_content(s3_env, bucket, tmp_path, tiny_bert):
+    train, eval_ = tmp_path / "train.csv", tmp_path / "eval.csv"
+    train.write_text("text,label\ngood,pos\nbad,neg\n")
+    eval_.write_text("text,label\nfine,pos\n")
+    storage = f"{bucket}/inputs"
+    server = start_server("127.0.0.1:0", tmp_path / "c.db", storage_uri=storage)
+    with server, Client(server.address) as client:
+        assert client.storage_uri() == storage
+        first = client.submit(_job(str(train), str(eval_), model=str(tiny_bert)))
+        again = client.submit(_job(str(train), str(eval_), model=str(tiny_bert)))
+        spec = client.get(first.id).spec
+    model_files = sum(1 for p in tiny_bert.rglob("*") if p.is_file())
+    assert first.notes[-1].startswith(f"uploaded {model_files + 2} files")
+    assert again.notes[-1].startswith(f"uploaded 0 files (0 bytes) to {storage}")
+    assert spec.data.train.startswith(f"{storage}/sha256/") and spec.data.train.endswith(
+        "/train.csv"
+    )
+    assert spec.model.name.startswith(f"{storage}/sha256/")
+    fs = fsspec.filesystem("s3")
+    assert fs.cat_file(spec.data.train.removeprefix("s3://")) == train.read_bytes()
+
+
+def test_an_unreachable_store_is_retried_with_backoff_then_named(tmp_path, monkeypatch):
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(key, "testing")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nobody there
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    clear_s3_instances()
+    train = tmp_path / "train.csv"
+    train.write_text("text,label\na,pos\n")
+    spec = spec_from_dict(_job(str(train)))
+    present, _, _ = local_inputs(spec)
+    started = time.monotonic()
+    with pytest.raises(UploadError) as info:
+        upload_inputs(spec, present, "s3://down/inputs", tries=3, backoff_s=0.3)
+    took = time.monotonic() - started
+    clear_s3_instances()
+    message = str(info.value)
+    assert message.startswith(f"data.train: cannot upload {train} to s3://down/inputs: ")
+    assert "tried 3 times" in message and "is the storage reachable?" in message
+    assert took >= 0.3 + 0.6  # two waits, doubling
+
+
+def _put(bucket: str, key: str, data: bytes) -> str:
+    fsspec.filesystem("s3").pipe_file(f"{bucket.removeprefix('s3://')}/{key}", data)
+    return f"{bucket}/{key}"
+
+
+def test_the_cache_downloads_once_even_for_two_fetchers_at_once(s3_env, bucket, tmp_path):
+    url = _put(bucket, "data/train.csv", b"x" * 200_000)
+    cache = InputCache(tmp_path / "cache", 10**9)
+    results = []
+
+    def fetch():
+        results.append(InputCache(tmp_path / "cache", 10**9).fetch(url))
+
+    threads = [threading.Thread(target=fetch) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(r.downloaded for r in results) == [0, 200_000]
+    assert results[0].path == results[1].path and results[0].path.name == "train.csv"
+    with cache.fetch(url) as again:
+        assert again.downloaded == 0 and again.path.read_bytes() == b"x" * 200_000
+    for r in results:
+        r.close()
+    assert not list((tmp_path / "cache" / "tmp").iterdir())  # no temp file left behind
+
+
+def test_a_replaced_object_is_fetched_again(s3_env, bucket, tmp_path):
+    cache = InputCache(tmp_path / "cache", 10**9)
+    url = _put(bucket, "d.csv", b"old")
+    with cache.fetch(url) as first:
+        assert first.path.read_bytes() == b"old"
+    _put(bucket, "d.csv", b"new!")
+    with cache.fetch(url) as second:
+        assert second.downloaded == 4 and second.path.read_bytes() == b"new!"
+
+
+def test_least_recently_used_entries_go_but_not_those_in_use(s3_env, bucket, tmp_path):
+    cache = InputCache(tmp_path / "cache", 250_000)
+    a, b, c = (_put(bucket, f"{n}.bin", n.encode() * 100_000) for n in "abc")
+    held = cache.fetch(a)  # in use by a job: kept past the bound
+    cache.fetch(b).close()
+    time.sleep(0.05)
+    with cache.fetch(c) as third:
+        assert third.downloaded == 100_000
+    assert held.path.exists()
+    assert cache.size() <= 250_000
+    assert cache.fetch(b).downloaded == 100_000  # b was the one evicted
+    held.close()
+
+
+def test_a_missing_object_fails_at_once_and_a_dead_store_is_retryable(
+    s3_env, bucket, tmp_path, monkeypatch
+):
+    policy = PathPolicy()
+    cache = InputCache(tmp_path / "cache", 10**9)
+    spec = spec_from_dict(_job(f"{bucket}/nope.csv", f"{bucket}/gone.csv"))
+    inputs, refused = prepare_inputs(spec, cache, policy, "w-a")
+    assert inputs is None
+    assert refused == (
+        f"data.train: no such object: {bucket}/nope.csv; "
+        f"data.eval: no such object: {bucket}/gone.csv",
+        False,
+    )
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    clear_s3_instances()
+    _, refused = prepare_inputs(spec, cache, policy, "w-a")
+    assert refused[0].startswith(f"data.train: cannot read {bucket}/nope.csv") and refused[1]
+    assert f"; data.eval: cannot read {bucket}/gone.csv" in refused[0]
+
+
+def test_a_chained_job_gets_the_source_model_by_its_uploaded_url(coordinator):
+    """Placement hands a `model.source: job` chain the source's `model_uri` when its worker
+    uploaded it (--artifacts-uri), so any worker can fetch it; else the local path."""
+    import grpc
+
+    from tunefleet.v1 import coordinator_pb2, coordinator_pb2_grpc, job_pb2
+
+    stub = coordinator_pb2_grpc.CoordinatorStub(grpc.insecure_channel(coordinator.address))
+    stub.RegisterWorker(coordinator_pb2.RegisterWorkerRequest(worker_id="w1", hostname="h"))
+
+    def run(spec: dict, artifacts: dict[str, str]) -> job_pb2.Job:
+        job = stub.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=spec_from_dict(spec)))
+        got = stub.AcquireJob(coordinator_pb2.AcquireJobRequest(worker_id="w1", wait_seconds=5))
+        assert got.assignment.job.id == job.id
+        stub.FinishJob(
+            coordinator_pb2.FinishJobRequest(
+                worker_id="w1",
+                job_id=job.id,
+                attempt=got.assignment.attempt,
+                state=job_pb2.SUCCEEDED,
+                artifacts=artifacts,
+            )
+        )
+        return got.assignment.job
+
+    uploaded = {"model": "/w1/disk/model", "model_uri": "s3://b/artifacts/job-1/model"}
+    source = run(_job("s3://b/train.csv"), uploaded)
+    chained = {**_job("s3://b/train.csv"), "model": {"source": "job", "job": source.id}}
+    assert run(chained, {"model": "/w1/disk/m2"}).spec.model.name == uploaded["model_uri"]
+    local_only = run(_job("s3://b/train.csv"), {"model": "/w1/disk/m3"})
+    chained = {**_job("s3://b/train.csv"), "model": {"source": "job", "job": local_only.id}}
+    assert run(chained, {}).spec.model.name == "/w1/disk/m3"
