@@ -18,7 +18,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import os
 import shutil
 import sys
 import time
@@ -52,6 +54,29 @@ def job_spec(example: str, **model_overrides):
     return prepare(data, base_dir=EXAMPLES, source=str(path))
 
 
+@contextlib.contextmanager
+def dashboard_for(address: str):
+    """The web dashboard on this demo's coordinator, its URL printed, for as long as the demo
+    runs (its jobs, curves and sweep live in a browser); nothing when the extra is missing."""
+    from tunefleet.client.dashboard import DashboardServer, missing_dependencies
+
+    if missing_dependencies():
+        yield None
+        return
+    listen = os.environ.get("TUNEFLEET_DEMO_DASHBOARD", "127.0.0.1:8080")
+    try:
+        server = DashboardServer(listen, coordinator=address).start()
+    except (RuntimeError, ValueError, OSError) as e:
+        print(f"no dashboard ({e}); TUNEFLEET_DEMO_DASHBOARD=HOST:PORT picks another port")
+        yield None
+        return
+    print(f"dashboard: {server.url}/  (open it to watch the jobs live)")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 def main() -> int:
     if not FASHION_MNIST.is_dir():
         print(f"missing {FASHION_MNIST}: apt-get install dataset-fashion-mnist", file=sys.stderr)
@@ -62,7 +87,7 @@ def main() -> int:
     shutil.rmtree(run_dir, ignore_errors=True)  # each demo starts from an empty service
     run_dir.mkdir(parents=True)
     cluster = LocalCluster(db_path=run_dir / "coordinator.db", worker_log=run_dir / "worker.log")
-    with cluster, Client(cluster.address) as client:
+    with cluster, Client(cluster.address) as client, dashboard_for(cluster.address):
         print(f"coordinator {cluster.address}, artifacts under {cluster.artifacts}")
         jobs = [client.submit(job_spec("minilm-topics", name=str(minilm_folder())))]
         pretrain = client.submit(job_spec("fmnist-pretrain"))
