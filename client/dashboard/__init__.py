@@ -69,7 +69,7 @@ class DashboardServer:
         if not is_loopback(host) and not tls_cert:
             raise ValueError(
                 f"the dashboard serves loopback only without a certificate, not {host}: "
-                "session cookies must not cross a network in clear (give a TLS certificate)"
+                "session cookies must not cross a network in clear (give --https-cert PEM --https-key PEM)"
             )
         self.host, self.port = host, port
         self.tls_cert, self.tls_key = tls_cert, tls_key

@@ -217,6 +217,7 @@ BAD_INPUTS = [
     (["sweep", "bogus"], 2, "invalid choice: 'bogus'"),
     (["compare", "job-nope"], 1, "job job-nope not found"),
     (["compare", "sweep-nope", "--json"], 1, "sweep sweep-nope not found"),
+    (["dashboard", "--listen", "0.0.0.0:0"], 1, "give --https-cert PEM --https-key PEM"),
 ]
 
 
