@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -103,6 +104,11 @@ def test_job_appears_curve_grows_and_cancel_works(fleet, browser, tiny_bert, sen
                 timeout=60_000,
             )
             page.screenshot(path=str(Path(SCREENSHOTS) / "dashboard-job.png"), full_page=True)
+        # Let the stream be cut (every stream_s = 3 s) and resumed at least once before the
+        # job ends: the page may have drawn its points from the replay within the first cut.
+        deadline = time.monotonic() + 30
+        while len(streams) < 2 and time.monotonic() < deadline:
+            page.wait_for_timeout(200)
         page.on("dialog", lambda d: d.accept())
         page.click("#cancel")
         page.wait_for_selector(".job-header .state-cancelled", timeout=30_000)

@@ -110,7 +110,7 @@ def test_spec_default_and_validation():
     text = {
         "name": "t",
         "model": {"source": "hf", "name": "m"},
-        "data": {"source": "csv", "train": "t.csv"},
+        "data": {"source": "csv", "train": "/d/t.csv"},
     }
     assert prepare(text, check_paths=False).data.group_by_length is True
     off = {**text, "data": {**text["data"], "group_by_length": False}}
