@@ -54,15 +54,23 @@ VARIANTS = (
 )
 
 
+def lr_for(strategy: str) -> float:
+    """5e-5 (Trainer's default) where the body trains; a linear probe at that rate barely
+    leaves its initialisation in one epoch, so head_only uses 1e-3 (tunefleet's head_only
+    default for Adam/AdamW), on both sides."""
+    return 1e-3 if strategy == "head_only" else HP["lr"]
+
+
 def run_trainer(strategy: str, epochs: int, limit: int, out: Path) -> tuple[float, float, float]:
-    keep = ("classifier", "pooler") + (
-        ("encoder.layer.4.", "encoder.layer.5.") if strategy == "last_k" else ()
-    )
+    # What tunefleet's strategies train, module for module: head_only the new classifier
+    # alone (a linear probe on the pooled output), last_k k=2 the top two blocks (BERT's
+    # pooler counts as one, then layer 5) and the classifier.
+    keep = ("classifier",) + (("pooler", "encoder.layer.5.") if strategy == "last_k" else ())
     run = run_hf_trainer(
         (DATA / "train.csv", DATA / "test.csv"),
         out,
         epochs=epochs,
-        lr=HP["lr"],
+        lr=lr_for(strategy),
         batch_size=HP["batch_size"],
         eval_batch_size=EVAL_BATCH,
         max_length=HP["max_length"],
@@ -132,7 +140,11 @@ def run_engine(
                 **({"group_by_length": False} if variant in ("before", "no-grouping") else {}),
             },
             "finetune": finetune,
-            "optimizer": {"name": "adamw", "lr": HP["lr"], "weight_decay": HP["weight_decay"]},
+            "optimizer": {
+                "name": "adamw",
+                "lr": lr_for(strategy),
+                "weight_decay": HP["weight_decay"],
+            },
             "schedule": {"name": "linear"},
             "train": {
                 "epochs": epochs,

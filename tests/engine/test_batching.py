@@ -113,6 +113,11 @@ def test_spec_default_and_validation():
         "data": {"source": "csv", "train": "/d/t.csv"},
     }
     assert prepare(text, check_paths=False).data.group_by_length is True
+    # A linear probe shuffles plainly: its steps would learn length for class.
+    probe = {**text, "finetune": {"strategy": "head_only"}}
+    assert prepare(probe, check_paths=False).data.group_by_length is False
+    last_k = {**text, "finetune": {"strategy": "last_k", "k": 1}}
+    assert prepare(last_k, check_paths=False).data.group_by_length is True
     off = {**text, "data": {**text["data"], "group_by_length": False}}
     assert prepare(off, check_paths=False).data.group_by_length is False
     image = {

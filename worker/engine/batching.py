@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from tunefleet.spec.defaults import default_group_by_length
+
 WINDOW_STEPS = 50  # steps sorted together: more means less padding, less mixing of lengths
 
 
@@ -161,9 +163,14 @@ def build_loaders(
 
 
 def group_by_length(spec: Any, bundle: Any) -> bool:
-    """data.group_by_length (unset: on) where the datasets know their lengths (text)."""
+    """data.group_by_length (unset: the spec's default, off for head_only) where the
+    datasets know their lengths (text)."""
     d = spec.data
-    wanted = d.group_by_length if d.HasField("group_by_length") else True
+    wanted = (
+        d.group_by_length
+        if d.HasField("group_by_length")
+        else default_group_by_length(spec.finetune.strategy)
+    )
     datasets = (bundle.train, bundle.eval)
     has_lengths = all(hasattr(ds, "lengths") for ds in datasets if ds is not None)
     return wanted and has_lengths

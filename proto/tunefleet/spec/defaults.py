@@ -36,6 +36,17 @@ def default_head_lr_scale(strategy: str) -> float:
     return 1.0
 
 
+def default_group_by_length(strategy: str) -> bool:
+    """Length-grouped steps (text) save the padding of random batches, but each step then
+    holds examples of one length, and length can follow the class (short sports headlines):
+    a linear probe, whose few steps only move the head, learned that instead (topics, 50
+    steps at lr 1e-3: 0.795 grouped vs 0.9375 shuffled), while full and last_k fine-tunes
+    lose nothing measurable (26 sections: 0.6425 vs 0.6435). head_only also gains little
+    from it: after the first epoch its features come from the cache, padding gone. So
+    it is on where the body trains, off for head_only."""
+    return (strategy or "full") != "head_only"
+
+
 def default_validation_fraction(data: spec_pb2.DataSpec) -> float:
     """torchvision datasets have only train and test: without data.eval, 10 % of train
     becomes the validation set (6,000 of CIFAR-10's or Fashion-MNIST's training images, as
@@ -83,7 +94,7 @@ def resolve_defaults(spec: spec_pb2.JobSpec) -> spec_pb2.JobSpec:
     if d.source in ("hf", "csv", "jsonl", "parquet"):
         _default_str(d, "text_column", "text")
         _default_str(d, "label_column", "label")
-        _default(d, "group_by_length", True)
+        _default(d, "group_by_length", default_group_by_length(s.finetune.strategy))
 
     f = s.finetune
     _default_str(f, "strategy", "full")
