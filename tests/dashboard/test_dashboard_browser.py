@@ -211,8 +211,16 @@ def test_sweep_page_lists_trials_and_marks_the_best(fleet, browser, tiny_bert, s
         page.wait_for_selector("#sweep-header .state-succeeded", timeout=90_000)
         assert page.locator("table#trials tbody tr[data-trial]").count() == 2
         with user_client(cluster, "alice") as alice:
-            best = alice.get_sweep(sweep.id).best_trial
+            final = alice.get_sweep(sweep.id)
+        best = final.best_trial
         assert page.get_attribute("table#trials tr.best", "data-trial") == str(best)
+        # One param-vs-metric panel per swept field, a point for each trial with a value.
+        swept = {p for t in final.trials for p in t.params}
+        assert swept == {"optimizer.lr"}
+        valued = sum(t.value is not None for t in final.trials)
+        assert valued == 2
+        for param in swept:
+            assert points(page, f"{param} vs {final.metric}") == valued
         page.click('th[data-key="number"]')  # sortable: by trial number, descending
         numbers = page.eval_on_selector_all(
             "table#trials tbody tr", "rs => rs.map(r => r.dataset.trial)"

@@ -151,6 +151,56 @@ class Chart {
   }
 }
 
+// Param-vs-metric: one point per trial with a value, x its parameter's value, y the value.
+// Parameters arrive as YAML text: all numeric ones plot as numbers (log x past two decades,
+// as a loguniform lr does); anything else sits at evenly spaced positions named by the
+// value. The best trial is its own, larger series. data-points counts points (trials), not
+// distinct x values, since a grid repeats them.
+class Scatter {
+  constructor(parent, title, xLabel) {
+    this.box = el("div", { class: "chart", "data-points": "0", "data-title": title });
+    this.box.append(el("h3", {}, title));
+    parent.append(this.box);
+    this.xLabel = xLabel;
+    this.plot = null;
+    this.shape = "";
+  }
+  set(points) { // [{x, y, best}]
+    const asNum = (v) => (typeof v === "number" ? v : String(v).trim() === "" ? NaN : Number(v));
+    const numeric = points.every((p) => Number.isFinite(asNum(p.x)));
+    const cats = numeric ? [] : [...new Set(points.map((p) => String(p.x)))].sort();
+    const pos = points.map((p) => (numeric ? asNum(p.x) : cats.indexOf(String(p.x))));
+    const log = numeric && pos.length > 0 && pos.every((x) => x > 0) && Math.max(...pos) / Math.min(...pos) > 100;
+    const order = points.map((p, i) => [pos[i], p]).sort((a, b) => a[0] - b[0]);
+    const data = [order.map(([x]) => x), order.map(([, p]) => (p.best ? null : p.y)), order.map(([, p]) => (p.best ? p.y : null))];
+    this.box.dataset.points = String(points.length);
+    const shape = JSON.stringify([log, cats]);
+    if (this.plot && shape !== this.shape) { this.plot.destroy(); this.plot = null; }
+    this.shape = shape;
+    if (!points.length || typeof uPlot === "undefined") return;
+    if (this.plot) { this.plot.setData(data); return; }
+    const x = { time: false };
+    const xAxis = { label: this.xLabel };
+    if (log) { // label the decades only, readably (uPlot's own labels round 1e-5 to 0)
+      x.distr = 3;
+      xAxis.values = (u, splits) => splits.map((v) => (v > 0 && Math.abs(Math.log10(v) - Math.round(Math.log10(v))) < 1e-9 ? num(v) : null));
+    }
+    if (cats.length) {
+      x.range = [-0.5, cats.length - 0.5];
+      xAxis.splits = () => cats.map((_, i) => i);
+      xAxis.values = (u, splits) => splits.map((i) => cats[i] ?? "");
+    }
+    const dots = (label, color, size) => ({ label, stroke: color, fill: color, paths: () => null, points: { show: true, size, fill: color } });
+    this.plot = new uPlot({
+      width: Math.max(280, this.box.clientWidth - 16), height: 220,
+      legend: { live: false },
+      scales: { x, y: {} },
+      axes: [xAxis, { size: 60 }],
+      series: [{ label: this.xLabel }, dots("trial", COLORS[0], 7), dots("★ best", COLORS[1], 13)],
+    }, data, this.box);
+  }
+}
+
 // --- pages -------------------------------------------------------------------------
 
 function jobsPage(app) {
@@ -279,6 +329,7 @@ function sweepPage(app, sweepId) {
   const table = el("table", { id: "trials" });
   app.append(header, charts, el("h2", {}, "Trials"), table);
   let chart = null;
+  const scatters = new Map(); // param -> its param-vs-metric Scatter
   let sweep = null;
   let sortKey = "value";
   let descending = true;
@@ -309,6 +360,11 @@ function sweepPage(app, sweepId) {
         el("td", {}, t.job_id ? el("a", { href: `/jobs/${encodeURIComponent(t.job_id)}` }, t.job_id) : "-")))));
     if (!chart) chart = new Chart(charts, `Validation ${sweep.metric} by trial`, []);
     chart.setSeries(sweep.trials.filter((t) => t.curve.length).map((t) => ({ name: `${t.best ? "★ " : ""}trial ${t.number}`, points: t.curve })));
+    for (const p of params) {
+      if (!scatters.has(p)) scatters.set(p, new Scatter(charts, `${p} vs ${sweep.metric}`, p));
+      scatters.get(p).set(sweep.trials.filter((t) => t.value !== null && t.params[p] !== undefined)
+        .map((t) => ({ x: t.params[p], y: t.value, best: t.best })));
+    }
   };
   live(`/api/sweeps/${encodeURIComponent(sweepId)}/stream`, { data: (d) => { sweep = d; draw(); } });
 }
