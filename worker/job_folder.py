@@ -49,15 +49,19 @@ def claim(out_dir: Path, job_id: str, *, artifacts_root: Path) -> str | None:
             return f"output.dir {out_dir} is inside the output folder of job {other or '?'}"
     if folder.is_dir():
         owner = owner_of(folder)
+        if owner is None and any(not _is_claim_tmp(p.name) for p in folder.iterdir()):
+            # Another member of a multi-node job may have claimed the shared folder between
+            # our read of the owner file and the listing (what we saw may be that very file).
+            owner = owner_of(folder)
+            if owner is None:
+                return (
+                    f"output.dir {out_dir} exists and is not empty, and no job owns it: give "
+                    "the job a new or empty folder"
+                )
         if owner is not None and owner != job_id:
             return (
                 f"output.dir {out_dir} belongs to job {owner or '?'}: two jobs never share an "
                 "output folder (one would resume from, or overwrite, the other's checkpoints)"
-            )
-        if owner is None and any(not _is_claim_tmp(p.name) for p in folder.iterdir()):
-            return (
-                f"output.dir {out_dir} exists and is not empty, and no job owns it: give the "
-                "job a new or empty folder"
             )
         if owner == job_id:
             return None
