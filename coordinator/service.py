@@ -80,13 +80,19 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
 
     @_unary
     def SubmitJob(self, request, context):
+        key, submitter = self._checked_submit(request, context, "SubmitJobRequest")
+        return self.scheduler.submit(request.spec, key, submitter=submitter)
+
+    def _checked_submit(self, request, context, message: str) -> tuple[str, str]:
+        """What SubmitJob and SubmitSweep check alike; returns (the idempotency key scoped
+        to its caller, the submitter's name)."""
         if not request.HasField("spec"):
-            raise InvalidArgument("SubmitJobRequest.spec is required")
+            raise InvalidArgument(f"{message}.spec is required")
         principal = auth.caller(context)
         key = request.idempotency_key
         if len(key) > _MAX_IDEMPOTENCY_KEY_CHARS:
             raise InvalidArgument(
-                f"SubmitJobRequest.idempotency_key: at most {_MAX_IDEMPOTENCY_KEY_CHARS} "
+                f"{message}.idempotency_key: at most {_MAX_IDEMPOTENCY_KEY_CHARS} "
                 f"characters, got {len(key):,}"
             )
         if key and principal is not None:
@@ -97,9 +103,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
             if source is not None and not auth.may_see(principal, source.submitter):
                 # Starting from another user's model would hand it over: as if it did not exist.
                 raise invalid_spec([("model.job", f"job {model.job} not found")])
-        return self.scheduler.submit(
-            request.spec, key, submitter=principal.name if principal else ""
-        )
+        return key, principal.name if principal else ""
 
     @_unary
     def GetJob(self, request, context):
@@ -171,25 +175,8 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
 
     @_unary
     def SubmitSweep(self, request, context):
-        if not request.HasField("spec"):
-            raise InvalidArgument("SubmitSweepRequest.spec is required")
-        principal = auth.caller(context)
-        key = request.idempotency_key
-        if len(key) > _MAX_IDEMPOTENCY_KEY_CHARS:
-            raise InvalidArgument(
-                f"SubmitSweepRequest.idempotency_key: at most {_MAX_IDEMPOTENCY_KEY_CHARS} "
-                f"characters, got {len(key):,}"
-            )
-        if key and principal is not None:
-            key = f"{principal.name}/{key}"
-        model = request.spec.model
-        if model.source == "job" and model.job:
-            source = self.scheduler.find_job(model.job)
-            if source is not None and not auth.may_see(principal, source.submitter):
-                raise invalid_spec([("model.job", f"job {model.job} not found")])
-        return self.scheduler.sweeps.submit(
-            request.spec, key, submitter=principal.name if principal else ""
-        )
+        key, submitter = self._checked_submit(request, context, "SubmitSweepRequest")
+        return self.scheduler.sweeps.submit(request.spec, key, submitter=submitter)
 
     @_unary
     def GetSweep(self, request, context):
