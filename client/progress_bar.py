@@ -30,10 +30,9 @@ from rich.progress import BarColumn, Progress, ProgressColumn, SpinnerColumn, Ta
 from rich.text import Text
 
 from tunefleet.client.types import Metrics
+from tunefleet.progress_phases import stage_of
 
-# The engine's progress phases (worker/engine/progress.py; the client does not import the
-# worker): "progress/" + one of these, with the words the bar shows for them.
-PROGRESS_PREFIX = "progress/"
+# The words the bar shows for each of the engine's progress stages (tunefleet.progress_phases).
 STAGE_LABELS = {
     "training": ("training", "steps"),
     "caching": ("caching features", "examples"),
@@ -44,13 +43,6 @@ _EMA = 0.3  # weight of the newest step-time measurement
 _LABEL_WIDTH, _BAR_WIDTH = 16, 24
 # spinner, label, bar and the spaces between the columns
 _LEFT_WIDTH = 1 + 1 + _LABEL_WIDTH + 1 + _BAR_WIDTH + 1 + 1
-
-
-def progress_stage(phase: str) -> str | None:
-    """The stage of a progress phase ("progress/caching" -> "caching"), else None."""
-    if phase.startswith(PROGRESS_PREFIX):
-        return phase[len(PROGRESS_PREFIX) :]
-    return None
 
 
 def clock_text(seconds: float | None) -> str:
@@ -123,7 +115,7 @@ class LiveBar:
         """A metrics event at event time `at` (seconds)."""
         if self.started is None:  # `ftctl run`: no RUNNING event, the first report starts it
             self.started = at
-        stage = progress_stage(m.phase)
+        stage = stage_of(m.phase)
         if m.phase == "eval":
             self.last_eval = dict(m.values)
             self._anchor = None  # the evaluation's time is not step time

@@ -20,10 +20,11 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
-from tunefleet.client.progress_bar import STAGE_LABELS, LiveBar, progress_stage
+from tunefleet.client.progress_bar import STAGE_LABELS, LiveBar
 from tunefleet.client.summary_view import compression_table, footnote_texts, headline_lines
 from tunefleet.client.types import Event, Job, JobState, LogLine, Metrics, Report, StateChange
 from tunefleet.limits import printable
+from tunefleet.progress_phases import stage_of
 
 # Everything shown here that a user (or a worker) wrote goes through `_p`: a job name, a
 # reason or a log line with a newline, an ANSI escape or a NUL could otherwise print a fake
@@ -231,7 +232,7 @@ class EventRenderer:
 
     def _metrics(self, event: Event) -> None:
         m: Metrics = event.payload  # type: ignore[assignment]
-        stage = progress_stage(m.phase)
+        stage = stage_of(m.phase)
         if m.phase == "eval":
             self.last_eval = dict(m.values)
         elif m.phase != "test" and stage is None:

@@ -15,12 +15,8 @@ from collections.abc import Iterable
 
 from tunefleet.coordinator.store import rows
 from tunefleet.coordinator.store.database import Database
+from tunefleet.progress_phases import is_progress
 from tunefleet.v1 import job_pb2
-
-
-def is_progress(phase: str) -> bool:
-    """A progress report's phase (the engine's progress.py), not a measurement's."""
-    return phase.startswith("progress/")
 
 
 class EventTable(Database):

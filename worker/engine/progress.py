@@ -29,10 +29,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from tunefleet.progress_phases import STAGES, is_progress, phase_of
 from tunefleet.worker.engine.events import metrics_event
 
-PHASE_PREFIX = "progress/"
-STAGES = ("training", "caching", "evaluating", "compressing")
+__all__ = ["STAGES", "ProgressTracker", "is_progress"]
+
 DEFAULT_INTERVAL_S = 0.5
 
 
@@ -103,7 +104,7 @@ class ProgressTracker:
         step = self.step() if callable(self.step) else self.step
         self.emit(
             metrics_event(
-                PHASE_PREFIX + self.stage,
+                phase_of(self.stage),
                 step=int(self.done) if step is None else int(step),
                 epoch=epoch,
                 values={"done": min(self.done, self.total), "total": self.total},
@@ -111,8 +112,3 @@ class ProgressTracker:
         )
         self.reported += 1
         self._reported_done = min(self.done, self.total)
-
-
-def is_progress(phase: str) -> bool:
-    """Whether a metrics phase is a progress report (not a measurement to keep or plot)."""
-    return phase.startswith(PHASE_PREFIX)
