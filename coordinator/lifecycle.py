@@ -280,6 +280,7 @@ class JobLifecycle:
             return
         for job in self.store.dependents(source.id):
             # finish recurses into the dependents of `job` in turn.
+            what = "sweep" if source.id.startswith("sweep-") else "job"
             self.finish(
-                job, job_pb2.FAILED, f"source job {source.id} ended {state_name(source.state)}"
+                job, job_pb2.FAILED, f"source {what} {source.id} ended {state_name(source.state)}"
             )

@@ -178,10 +178,13 @@ def explain_waits(
             continue  # its reason says when its restart is due
         source_state = source_job(source) if source else None
         if source_state is not None and source_state.state != job_pb2.SUCCEEDED:
-            reason = (
-                f"waiting for source job {source} to succeed "
-                f"(it is {state_name(source_state.state)})"
-            )
+            if source.startswith("sweep-"):  # a sweep's stand-in (Sweeps.as_source)
+                reason = f"waiting for source sweep {source} to end and pick its best trial"
+            else:
+                reason = (
+                    f"waiting for source job {source} to succeed "
+                    f"(it is {state_name(source_state.state)})"
+                )
         elif nodes > 1 and fitting[gpus] < nodes:
             what = f"{gpus} free GPUs each" if gpus > 0 else "a free CPU slot"
             reason = f"waiting for {nodes} workers with {what} at once ({fitting[gpus]} now)"

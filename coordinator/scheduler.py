@@ -102,6 +102,7 @@ class Scheduler:
             cancel_job=self.cancel,
             clock=clock,
             check_paths=False,
+            on_ended=self._sweep_ended,
         )
         self._jobs.sweeps = self.sweeps
         self._reports.on_stored = self.sweeps.events_stored
@@ -109,7 +110,7 @@ class Scheduler:
         # memory: after a coordinator restart the next heartbeat says it again.
         self._unhealthy: dict[str, str] = {}
         self._closing = threading.Event()
-        self._waits = WaitReasons(store, self._unhealthy, clock=clock)
+        self._waits = WaitReasons(store, self._unhealthy, clock=clock, source_job=self.find_source)
         self._waiting = gang.WaitingWorkers()  # the workers a multi-node job can take now
         # After a coordinator restart every LIVE worker gets a fresh lease: the workers kept
         # running while we were down and deserve lease_timeout_s to reach us again before
@@ -186,6 +187,13 @@ class Scheduler:
 
     def find_job(self, job_id: str) -> job_pb2.Job | None:
         return self.store.get_job(job_id)
+
+    def find_source(self, source_id: str) -> job_pb2.Job | None:
+        """What `model.job` names: a job, or a sweep (its best trial's job once it
+        SUCCEEDED, else a stand-in in the sweep's state; Sweeps.as_source)."""
+        if source_id.startswith("sweep-"):
+            return self.sweeps.as_source(source_id)
+        return self.store.get_job(source_id)
 
     def list_jobs(
         self, states: Iterable[int], limit: int, *, submitter: str | None, offset: int
@@ -492,7 +500,7 @@ class Scheduler:
             now=self._clock(),
             rendezvous_port=rendezvous_port,
             gang_pool=lambda: self._gang_pool(worker.id),
-            source_job=self.store.get_job,
+            source_job=self.find_source,
         ):
             if found.refusal:
                 self._jobs.finish(found.job, job_pb2.FAILED, found.refusal)
@@ -553,10 +561,17 @@ class Scheduler:
             return None
         if not spec.model.job:
             raise invalid_spec([("model.job", "required when model.source is job")])
-        source = self.store.get_job(spec.model.job)
+        source = self.find_source(spec.model.job)
         if source is None:
-            raise invalid_spec([("model.job", f"job {spec.model.job} not found")])
+            what = "sweep" if spec.model.job.startswith("sweep-") else "job"
+            raise invalid_spec([("model.job", f"{what} {spec.model.job} not found")])
         return source
+
+    def _sweep_ended(self, source: job_pb2.Job) -> None:
+        """A sweep ended (lock held): the jobs chained on it fail with it, or may start
+        now from its best trial's model."""
+        self._jobs.fail_dependents_of(source)
+        self._changed()
 
     def _new_job_id(self) -> str:
         while True:

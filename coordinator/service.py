@@ -99,10 +99,11 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
             key = f"{principal.name}/{key}"  # one caller's key never returns another's job
         model = request.spec.model
         if model.source == "job" and model.job:
-            source = self.scheduler.find_job(model.job)
+            source = self.scheduler.find_source(model.job)
             if source is not None and not auth.may_see(principal, source.submitter):
                 # Starting from another user's model would hand it over: as if it did not exist.
-                raise invalid_spec([("model.job", f"job {model.job} not found")])
+                what = "sweep" if model.job.startswith("sweep-") else "job"
+                raise invalid_spec([("model.job", f"{what} {model.job} not found")])
         return key, principal.name if principal else ""
 
     @_unary

@@ -100,8 +100,12 @@ class Sweeps:
         cancel_job: Callable[[str, str], object],
         clock: Callable[[], float],
         check_paths: bool,
+        on_ended: Callable[[job_pb2.Job], None] = lambda source: None,
     ):
         self.store = store
+        # Called (lock held) with as_source(sweep) when a sweep ends: jobs chained on it
+        # start, or fail with it.
+        self._on_ended = on_ended
         self._lock = lock
         self._queue_job = queue_job
         self._cancel_job = cancel_job
@@ -151,6 +155,25 @@ class Sweeps:
     def find(self, sweep_id: str) -> SweepRow | None:
         return self.store.get_sweep(sweep_id)
 
+    def as_source(self, sweep_id: str) -> job_pb2.Job | None:
+        """A sweep as the model a chained job starts from (`model.job: sweep-...`): its best
+        trial's job once the sweep SUCCEEDED; until then a stand-in job (the sweep's id and
+        submitter) in the state the chained job waits on (RUNNING) or fails with (FAILED,
+        CANCELLED). None: no such sweep."""
+        row = self.store.get_sweep(sweep_id)
+        if row is None:
+            return None
+        if row.state == sweep_pb2.SWEEP_SUCCEEDED:
+            best = self._best(row)
+            job = self.store.get_job(best.job_id) if best is not None else None
+            if job is not None:
+                return job
+        state = {
+            sweep_pb2.SWEEP_RUNNING: job_pb2.RUNNING,
+            sweep_pb2.SWEEP_CANCELLED: job_pb2.CANCELLED,
+        }.get(row.state, job_pb2.FAILED)
+        return job_pb2.Job(id=sweep_id, state=state, submitter=row.submitter, reason=row.reason)
+
     def list(self, limit: int, *, submitter: str | None) -> list[sweep_pb2.Sweep]:
         views = [self._view(r) for r in self.store.list_sweeps(limit, submitter=submitter)]
         for view in views:
@@ -176,6 +199,7 @@ class Sweeps:
                 if job is not None and not is_terminal(job.state) and not job.cancel_requested:
                     self._cancel_job(t.job_id, f"sweep {sweep_id} cancelled: {reason}")
             log.info("sweep %s cancelled: %s", sweep_id, reason)
+            self._ended(sweep_id)
             return self.get(sweep_id)
 
     def recover(self) -> None:
@@ -320,6 +344,12 @@ class Sweeps:
         self.store.update_sweep(sweep_id, state=state, reason=reason, finished_at=self._clock())
         self._studies.pop(sweep_id, None)
         log.info("sweep %s ended: %s", sweep_id, reason)
+        self._ended(sweep_id)
+
+    def _ended(self, sweep_id: str) -> None:
+        source = self.as_source(sweep_id)
+        if source is not None:
+            self._on_ended(source)
 
     def _new_trial(self, row: SweepRow) -> None:
         """Asks the study for a trial and queues its job, in one transaction."""

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from tunefleet.coordinator import gang, placement
 from tunefleet.coordinator.placement import Capacity
 from tunefleet.coordinator.store import JobStore
-from tunefleet.v1 import coordinator_pb2
+from tunefleet.v1 import coordinator_pb2, job_pb2
 
 # Fleets up to this size (workers + active + queued jobs) are explained on every change;
 # larger ones by the lease watch.
@@ -25,9 +25,15 @@ _EXPLAIN_AT_ONCE = 256
 
 class WaitReasons:
     def __init__(
-        self, store: JobStore, unhealthy: Mapping[str, str], *, clock: Callable[[], float]
+        self,
+        store: JobStore,
+        unhealthy: Mapping[str, str],
+        *,
+        clock: Callable[[], float],
+        source_job: Callable[[str], job_pb2.Job | None],
     ):
         self.store = store
+        self._source_job = source_job  # a job or a sweep, by the id model.job names
         self._unhealthy = unhealthy  # the Scheduler's: workers that take no jobs now
         self._clock = clock
         self.pending = False  # a change awaits the lease watch's pass
@@ -61,7 +67,7 @@ class WaitReasons:
             queued,
             [Capacity(w, active.get(w.id, ())) for w in live],
             now=self._clock(),
-            source_job=self.store.get_job,
+            source_job=self._source_job,
             known_needs=self._needs,
         )
         if reasons:

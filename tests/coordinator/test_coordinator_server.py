@@ -33,7 +33,7 @@ def test_serve_runs_until_a_signal_and_keeps_its_data(tmp_path, sig):
     )
     client = Client(f"127.0.0.1:{port}")
     try:
-        job = wait_for(lambda: _try_submit(client), timeout=10)
+        job = wait_for(lambda: _try_submit(client), timeout=30)  # a loaded CI host starts slowly
         proc.send_signal(sig)
         assert proc.wait(timeout=10) == 0
     finally:

@@ -10,7 +10,7 @@ from coordinator_helpers import RPC_TIMEOUT, Worker, make_spec, wait_for
 from tunefleet.coordinator.store import JobStore
 from tunefleet.spec import spec_from_dict, spec_to_dict
 from tunefleet.status_details import read_details
-from tunefleet.v1 import coordinator_pb2, coordinator_pb2_grpc, job_pb2, sweep_pb2
+from tunefleet.v1 import coordinator_pb2, coordinator_pb2_grpc, job_pb2, spec_pb2, sweep_pb2
 
 
 def sweep_spec(sweep: dict, **base_fields):
@@ -319,3 +319,64 @@ def test_users_see_and_cancel_only_their_own_sweeps(start_coordinator):
     job = coordinator_pb2.GetJobRequest(job_id=sweep.trials[0].job_id)
     assert stub.GetJob(job, metadata=alice, timeout=RPC_TIMEOUT).submitter == "alice"
     channel.close()
+
+
+def chained_on(source_id: str) -> spec_pb2.JobSpec:
+    spec = make_spec("chained")
+    spec.model.source, spec.model.name, spec.model.job = "job", "", source_id
+    return spec
+
+
+def test_a_job_chained_on_a_running_sweep_waits_then_starts_from_its_best_model(sweeper, client):
+    sweep = sweeper.submit(
+        sweep_spec({"space": {"optimizer.lr": [0.001, 0.002]}, "max_concurrent": 1})
+    )
+    chained = client.submit(chained_on(sweep.id))
+    assert chained.state == job_pb2.QUEUED
+    worker = Worker(client.stub, "w1")
+
+    def trial(accuracy: float) -> str:
+        assignment = wait_for(lambda: worker.acquire(0.2))
+        job = assignment.job
+        assert job.id != chained.id, "the chained job ran before its sweep ended"
+        worker.finish(
+            job.id,
+            assignment.attempt,
+            summary={"eval_accuracy": accuracy},
+            artifacts={"model": f"/runs/{job.id}/model"},
+        )
+        return job.id
+
+    best = trial(0.9)
+    reason = wait_for(lambda: client.get(chained.id).reason.startswith("waiting for") and
+                      client.get(chained.id).reason)  # fmt: skip
+    assert reason == f"waiting for source sweep {sweep.id} to end and pick its best trial"
+    trial(0.7)
+    assert sweeper.get(sweep.id).best_job_id == best
+    # The sweep's model is its best trial's: the chained job is placed with that folder.
+    assignment = wait_for(lambda: worker.acquire(0.2))
+    assert assignment.job.id == chained.id
+    assert assignment.job.spec.model.name == f"/runs/{best}/model"
+
+
+def test_a_job_chained_on_a_finished_sweep_or_a_cancelled_one(sweeper, client):
+    with pytest.raises(grpc.RpcError) as e:
+        client.submit(chained_on("sweep-00000000"))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    violation = read_details(e.value).field_violations[0]
+    assert (violation.path, violation.message) == ("model.job", "sweep sweep-00000000 not found")
+    sweep = sweeper.submit(sweep_spec({"space": {"optimizer.lr": [0.001]}}))
+    worker = Worker(client.stub, "w1")
+    trial = wait_for(lambda: worker.acquire(0.2))
+    worker.finish(trial.job.id, trial.attempt, summary={"eval_accuracy": 0.8},
+                  artifacts={"model_uri": "s3://runs/best/model"})  # fmt: skip
+    chained = client.submit(chained_on(sweep.id))  # ended: starts at once from its best
+    assignment = wait_for(lambda: worker.acquire(0.2))
+    assert assignment.job.id == chained.id
+    assert assignment.job.spec.model.name == "s3://runs/best/model"
+    # A sweep cancelled before any trial finished has no model: its dependents fail.
+    cancelled = sweeper.submit(sweep_spec({"space": {"optimizer.lr": [0.001, 0.002]}}))
+    waiting = client.submit(chained_on(cancelled.id))
+    sweeper.cancel(cancelled.id)
+    job = wait_for(lambda: (j := client.get(waiting.id)).state == job_pb2.FAILED and j)
+    assert job.reason == f"source sweep {cancelled.id} ended CANCELLED"
