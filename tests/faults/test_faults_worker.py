@@ -33,12 +33,12 @@ from tunefleet.v1 import coordinator_pb2, job_pb2
 pytestmark = pytest.mark.timeout(300)
 
 
-def _start(cluster, make_job, *workers: str) -> job_pb2.Job:
+def _start(cluster, make_job, *workers: str, epochs: int = 3) -> job_pb2.Job:
     cluster.start_coordinator()
     for worker_id in workers:
         cluster.start_worker(worker_id)
         cluster.wait_worker_live(worker_id)
-    return cluster.submit(make_job())
+    return cluster.submit(make_job(epochs=epochs))
 
 
 def _requeue_event(events, attempt: int):
@@ -82,8 +82,8 @@ def test_kill_9_a_worker_mid_epoch(cluster, make_job):
     )
 
 
-def _running_on_w1_with_w2_spare(cluster, make_job, step: int) -> job_pb2.Job:
-    job = _start(cluster, make_job, "w1")
+def _running_on_w1_with_w2_spare(cluster, make_job, step: int, epochs: int = 3) -> job_pb2.Job:
+    job = _start(cluster, make_job, "w1", epochs=epochs)
     cluster.wait_job(job.id, lambda j: j.state == job_pb2.RUNNING, "the job to run on w1")
     cluster.start_worker("w2")
     cluster.wait_worker_live("w2")
@@ -93,10 +93,10 @@ def _running_on_w1_with_w2_spare(cluster, make_job, step: int) -> job_pb2.Job:
 
 def _drain_stop_step(events) -> int:
     """The step the engine of attempt 1 checkpointed at when it was drained."""
-    stop = next(
-        m for m in messages(events, attempt=1) if m.startswith("SIGTERM: stopped after step")
-    )
-    return int(stop.split("step ")[1].split()[0])
+    said = messages(events, attempt=1)
+    stops = [m for m in said if m.startswith("SIGTERM: stopped after step")]
+    assert stops, f"attempt 1 never said it stopped on SIGTERM; its last lines: {said[-8:]}"
+    return int(stops[0].split("step ")[1].split()[0])
 
 
 def test_sigterm_drains_a_worker(cluster, make_job):
@@ -215,7 +215,10 @@ def test_kill_9_a_worker_takes_every_rank_of_its_job_with_it(cluster, make_job):
 
 def test_ftctl_worker_drain_moves_the_job_and_the_worker_exits(cluster, make_job):
     """`ftctl worker drain w1`: as SIGTERM, but asked through the coordinator (admin)."""
-    job = _running_on_w1_with_w2_spare(cluster, make_job, 15)
+    # The request travels further than a signal (an ftctl process starts, the coordinator
+    # answers w1's next heartbeat): on a loaded CI host a 192-step job could finish before
+    # it lands, and a drain that comes too late rightly changes nothing. 640 steps.
+    job = _running_on_w1_with_w2_spare(cluster, make_job, 15, epochs=10)
 
     ftctl = Path(sys.executable).parent / "ftctl"
     started = time.monotonic()
