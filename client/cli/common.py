@@ -5,7 +5,9 @@ which each noun module registers its sub-commands."""
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 from rich.console import Console
 from rich.text import Text
@@ -212,6 +214,17 @@ def state_exit_code(state: JobState) -> int:
 
 
 # --- output ---------------------------------------------------------------------------
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """A reader (or an interrupted ftctl) never leaves a half-written file: temp, then rename."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise TunefleetError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def stdout() -> Console:

@@ -1,4 +1,7 @@
-"""`ftctl sweep submit|get|list|cancel`: sweeps over the SDK (tunefleet.client.sweeps).
+"""`ftctl sweep submit|get|list|cancel|suggest`: sweeps over the SDK (tunefleet.client.sweeps).
+
+`ftctl sweep suggest JOB.yaml [-o FILE]` needs no coordinator: it writes a sweep file for the
+job, its space proposed from the data's size (tunefleet.spec.advice), and says why.
 
 `ftctl sweep submit FILE --follow` keeps a live table (trial, params, state, value, best so
 far) until every trial has ended. `ftctl get SWEEP_ID` shows a sweep as `sweep get` does.
@@ -7,8 +10,11 @@ far) until every trial has ended. `ftctl get SWEEP_ID` shows a sweep as `sweep g
 from __future__ import annotations
 
 import json
+import sys
 import time
+from pathlib import Path
 
+import yaml
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
@@ -22,12 +28,18 @@ from tunefleet.client.cli.common import (
     coordinator_flag,
     note,
     stdout,
+    write_text_atomic,
 )
 from tunefleet.client.errors import TunefleetError
 from tunefleet.client.sweeps import Sweep, SweepState
-from tunefleet.limits import printable
+from tunefleet.limits import printable, safe_name
+from tunefleet.spec import SpecError, advice, load_job_file, prepare, spec_to_dict
+from tunefleet.spec.parse import parse_lenient, read_yaml
+from tunefleet.spec.paths import resolve_paths
 
-ACTIONS = ("submit", "get", "list", "cancel")
+ACTIONS = ("submit", "get", "list", "cancel", "suggest")
+# finetune fields of one strategy only: a suggested sweep's base job drops them.
+STRATEGY_FIELDS = ("strategy", "k", "patterns", "unfreeze_every", "probe_epochs", "lora")
 _POLL_S = 1.0
 
 
@@ -39,8 +51,9 @@ def register(commands: Commands) -> None:
     )
     p.add_argument("action", choices=ACTIONS, metavar="ACTION", help=" | ".join(ACTIONS))
     p.add_argument(
-        "target", nargs="?", metavar="FILE|SWEEP", help="submit: FILE; get/cancel: SWEEP"
+        "target", nargs="?", metavar="FILE|SWEEP", help="submit/suggest: FILE; get/cancel: SWEEP"
     )
+    p.add_argument("-o", "--output", default=None, help="suggest: write the sweep file here")
     p.add_argument("-f", "--follow", action="store_true", help="submit: follow until it ends")
     p.add_argument("--json", action="store_true", help="get/list: print JSON")
     p.add_argument("--reason", default="", help="cancel: why (kept with the sweep)")
@@ -49,10 +62,12 @@ def register(commands: Commands) -> None:
 
 def run(args) -> int:
     if args.action != "list" and not args.target:
-        what = "FILE" if args.action == "submit" else "SWEEP"
+        what = "FILE" if args.action in ("submit", "suggest") else "SWEEP"
         raise TunefleetError(f"ftctl sweep {args.action} {what}: which one?")
     if args.action == "submit":
         return submit(args)
+    if args.action == "suggest":
+        return suggest(args)
     if args.action == "get":
         return show(args, args.target)
     if args.action == "list":
@@ -60,6 +75,47 @@ def run(args) -> int:
     with client(args) as sdk:
         sweep = sdk.cancel_sweep(args.target, args.reason)
     stdout().print(Text(f"sweep {sweep.id}: {sweep.state.value} ({printable(sweep.reason)})"))
+    return EXIT_OK
+
+
+def suggest(args) -> int:
+    """Writes JOB.yaml as a sweep file whose space fits its data (stdout, or -o FILE)."""
+    args.file = args.target  # `main` names the file in a ValidationError's listing
+    path = Path(args.target)
+    load_job_file(path, check_paths=False)  # every problem of the job, with its path, first
+    data = read_yaml(path)
+    if "sweep" in data:
+        raise TunefleetError(f"{path}: already has a sweep: block; suggest takes a plain job")
+    spec, _ = parse_lenient(data)
+    spec = resolve_paths(spec, path.resolve().parent)
+    if not spec.name:
+        spec.name = safe_name(path.stem)
+    proposal = advice.suggest(spec, advice.data_size(spec))
+    job = spec_to_dict(spec)
+    # Each strategy the space does not give an lr takes its own default (a probe's is 20x
+    # a fine-tune's); the job's own lr is the first one swept.
+    job.get("optimizer", {}).pop("lr", None)
+    for field in STRATEGY_FIELDS:  # the space picks the strategy; k comes with last_k
+        job.get("finetune", {}).pop(field, None)
+    header = [f"# ftctl sweep suggest {args.target}: {proposal.why}"]
+    if job.pop("compression", None):
+        header.append(
+            "# compression left out: each trial would prune and quantize; compress the winner "
+            "with a job chained on the sweep (model: {source: job, job: SWEEP_ID})"
+        )
+    job = {k: v for k, v in job.items() if v != {}}
+    job["sweep"] = {"space": proposal.space, "algorithm": "grid", "max_concurrent": 2}
+    text = "\n".join(header) + "\n" + yaml.safe_dump(job, sort_keys=False, default_flow_style=None)
+    try:  # the proposal must be a sweep the one validator takes; if not, that is our bug
+        prepare(yaml.safe_load(text), check_paths=False)
+    except SpecError as exc:
+        raise RuntimeError(f"sweep suggest proposed an invalid sweep: {exc}") from exc
+    if args.output:
+        write_text_atomic(Path(args.output), text)
+        note(proposal.why)
+        note(f"wrote {args.output}; run it with: ftctl sweep submit {args.output} --follow")
+    else:
+        sys.stdout.write(text)  # YAML, as is: no wrapping, no markup
     return EXIT_OK
 
 

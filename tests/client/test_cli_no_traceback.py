@@ -37,6 +37,8 @@ OVERRIDES: dict[str, list[list[str]]] = {
     "sweep": [
         ["sweep", "submit", "{tmp}/missing.yaml"],
         ["sweep", "submit", "{tmp}/bad.yaml"],
+        ["sweep", "suggest", "{tmp}/missing.yaml"],
+        ["sweep", "suggest", "{tmp}/bad.yaml"],
         ["--coordinator", "{closed}", "--connect-timeout", "1", "sweep", "get", "sweep-0bad"],
         ["--coordinator", "{closed}", "--connect-timeout", "1", "sweep", "list"],
         ["--coordinator", "{closed}", "--connect-timeout", "1", "sweep", "cancel", "sweep-0bad"],
