@@ -20,8 +20,9 @@ JobRunner), a heartbeat thread (renews the lease, learns which jobs to cancel), 
 network): every call retries with backoff, and nothing but `stop()` ends the daemon.
 
 Multi-node jobs: each AcquireJob offers a port that is free on this host, and registration
-gives the address where the other workers reach us; when a poll of ours places a
-multi-node job we are its machine rank 0 and host its rendezvous there. Our part of a job
+gives the address where the other workers reach us (our ranks' gloo and NCCL listen on the
+interface that holds it, not on whatever the host's name resolves to); when a poll of ours
+places a multi-node job we are its machine rank 0 and host its rendezvous there. Our part of a job
 another worker's poll placed comes back from our own poll, with our machine rank. When the
 gang stops (a member lost, released or failed), our heartbeat says the job is no longer
 ours and the training process is killed like any other requeued job's.
@@ -54,7 +55,7 @@ from tunefleet.worker.artifact_store import ArtifactStore, publish_artifacts
 from tunefleet.worker.disk_health import DiskHealth
 from tunefleet.worker.engine.errors import is_no_space
 from tunefleet.worker.engine.launch import free_port
-from tunefleet.worker.host_info import detect_gpus, route_address
+from tunefleet.worker.host_info import collective_env, detect_gpus, route_address
 from tunefleet.worker.input_cache import DEFAULT_CACHE_MAX_GB, InputCache
 from tunefleet.worker.job_inputs import prepare_inputs
 from tunefleet.worker.job_runner import CommandFactory, JobOutcome, JobRunner, log_event
@@ -148,6 +149,8 @@ class WorkerDaemon:
         self.address = (
             address or os.environ.get("TUNEFLEET_WORKER_ADDRESS") or route_address(coordinator)
         )
+        # Multi-node jobs' ranks talk on the interface of that address (host_info).
+        self.collective_env = collective_env(self.address)
         self.heartbeat_interval_s = 2.0
         self.lease_timeout_s = 10.0
         self._lease_until = 0.0  # time.monotonic() when our lease may have run out
@@ -288,10 +291,12 @@ class WorkerDaemon:
                 self.lease_timeout_s = response.lease_timeout_s or 10.0
                 self._lease_until = sent_at + self.lease_timeout_s
                 log.info(
-                    "registered with %s as %s (%d GPUs)",
+                    "registered with %s as %s (%d GPUs); multi-node jobs reach it at %s%s",
                     self.coordinator,
                     self.worker_id,
                     resources.gpus,
+                    self.address or "the address the coordinator sees",
+                    "".join(f", {k}={v}" for k, v in self.collective_env.items()),
                 )
                 return True
         return False
@@ -457,7 +462,10 @@ class WorkerDaemon:
             lease_valid=self._lease_valid,
             rendezvous=rendezvous,
             own_storage=own_storage,
-            engine_env=self.engine_env,
+            engine_env={
+                **self.engine_env,
+                **(self.collective_env if rendezvous is not None else {}),
+            },
         )
         with self._lock:
             self._runner = runner

@@ -1,14 +1,19 @@
-"""What a worker knows about its host: its GPUs, and its address on the route to the
-coordinator (where the other members of a multi-node job reach it). Kept apart from the
-daemon, which re-exports both."""
+"""What a worker knows about its host: its GPUs, its address on the route to the
+coordinator (where the other members of a multi-node job reach it) and the network
+interface that holds that address. Kept apart from the daemon, which re-exports them."""
 
 from __future__ import annotations
 
+import os
 import socket
 
 from tunefleet.transport import split_host
 
-__all__ = ["detect_gpus", "route_address"]
+__all__ = ["collective_env", "detect_gpus", "interface_of", "route_address"]
+
+# The variables torch's gloo and NCCL backends read to pick the interface their ranks
+# listen and connect on.
+SOCKET_IFNAME_VARIABLES = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
 
 
 def detect_gpus() -> tuple[int, str]:
@@ -46,3 +51,38 @@ def route_address(coordinator: str) -> str:
         except (OSError, IndexError):
             continue
     return ""
+
+
+def interface_of(address: str) -> str:
+    """The name of this host's network interface that holds `address` (an IP, or a name
+    that resolves to one of ours); "" when none does (an address behind NAT, a name that
+    does not resolve) or psutil is missing."""
+    try:
+        import psutil  # the worker extra (and accelerate) install it
+    except ImportError:
+        return ""
+    try:
+        wanted = {info[4][0] for info in socket.getaddrinfo(address, None)}
+    except (OSError, UnicodeError):
+        return ""
+    families = (socket.AF_INET, socket.AF_INET6)
+    for name, addresses in psutil.net_if_addrs().items():
+        for found in addresses:
+            if found.family in families and found.address.split("%")[0] in wanted:
+                return name
+    return ""
+
+
+def collective_env(address: str, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for the training processes of a multi-node job: gloo and NCCL listen on
+    the interface that holds `address` (the worker's --address, where the other members
+    reach it). Without it gloo takes the address the host's *name* resolves to, which is
+    often 127.0.1.1 or 127.0.0.1 (Debian's /etc/hosts, containers): a rank then tells the
+    others to connect to its loopback, and the gang fails with "Connection refused,
+    remote=[127.0.0.1]". A variable already set in the worker's environment is left as is.
+    """
+    environ = os.environ if environ is None else environ
+    interface = interface_of(address) if address else ""
+    if not interface:
+        return {}
+    return {name: interface for name in SOCKET_IFNAME_VARIABLES if name not in environ}

@@ -11,6 +11,7 @@ store that failed (not a missing object) makes it retryable.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from tunefleet.limits import clip_chars
@@ -58,6 +59,7 @@ def materialize(spec, cache: InputCache | None, *, where: str) -> Materialized:
     for f in path_fields(spec):
         if not is_url(f.value):
             continue
+        started = time.monotonic()
         try:
             if cache is None and local_path(f.value) is None:
                 raise InputFetchError(f"worker {where} has no input cache", retryable=False)
@@ -70,10 +72,12 @@ def materialize(spec, cache: InputCache | None, *, where: str) -> Materialized:
         message, attr = f.path.split(".", 1)
         setattr(getattr(local, message), attr, str(fetched.path))
         if local_path(f.value) is None:
+            took = time.monotonic() - started
             how = (
-                f"downloaded {fetched.downloaded:,} bytes"
+                f"downloaded {fetched.downloaded:,} bytes in {took:.2f} s"
+                f" ({fetched.downloaded / max(took, 1e-6) / 1e6:.1f} MB/s)"
                 if fetched.downloaded
-                else f"cached, 0 bytes downloaded ({fetched.size:,} bytes)"
+                else f"cached, 0 bytes downloaded ({fetched.size:,} bytes) in {took:.2f} s"
             )
             result.notes.append(f"{f.path}: {f.value} on worker {where}: {how}")
     if failed:

@@ -14,8 +14,9 @@ A checkpoint holds everything needed to continue a run exactly where it stopped:
 Every file is written into ``step-NNNNNNN.tmp`` first, then the directory is renamed with
 os.replace, so a crash mid-save never leaves a half checkpoint under the real name.
 
-In multi-process runs each rank writes its own RNG file, so the caller runs `save` in three
-phases separated by barriers: `begin` (main), `write_rng` (every rank), `commit` (main).
+Only the main process writes (and reads) checkpoints: the machines of a multi-node job may
+not share a file system. It gathers every rank's RNG states first (rank_sync.py), then runs
+`begin`, `write_rng` once per rank, and `commit`.
 """
 
 from __future__ import annotations
@@ -97,10 +98,11 @@ def begin(root: Path, step: int) -> Path:
     return tmp
 
 
-def write_rng(tmp: Path, rank: int) -> None:
-    """Every process: its RNG states."""
+def write_rng(tmp: Path, rank: int, state: dict[str, Any] | None = None) -> None:
+    """Main process: the RNG states of `rank` (capture_rng() of that process; default this
+    process's own)."""
     try:
-        torch.save(capture_rng(), tmp / f"rng-{rank}.pt")
+        torch.save(capture_rng() if state is None else state, tmp / f"rng-{rank}.pt")
     except Exception as exc:
         _raise_if_disk_full(exc, tmp, f"saving the RNG state of rank {rank}")
         raise
@@ -236,12 +238,17 @@ class Checkpoint:
         path = self.path / "scheduler.pt"
         return load_tensors(path) if path.is_file() else None
 
-    def restore_rng(self, rank: int) -> bool:
-        """Restore this rank's RNG; False when the checkpoint has none for it."""
+    def rng_state(self, rank: int) -> dict[str, Any] | None:
+        """The RNG states `rank` saved; None when the checkpoint has none for it."""
         path = self.path / f"rng-{rank}.pt"
-        if not path.is_file():
+        return load_tensors(path) if path.is_file() else None
+
+    def restore_rng(self, rank: int) -> bool:
+        """Restore this process's RNG from `rank`'s; False when the checkpoint has none."""
+        state = self.rng_state(rank)
+        if state is None:
             return False
-        restore_rng(load_tensors(path))
+        restore_rng(state)
         return True
 
 

@@ -12,7 +12,8 @@ Strategies are small modules the loop calls: freeze plans (freeze.py), lr schedu
 the feature cache, OOM recovery (oom.py), preemption, divergence checks.
 
 One code path for 1 CPU process, 1 GPU and N processes (Accelerate): the loop never branches
-on the device count. Only the main process emits events and writes files.
+on the device count. Only the main process emits events and reads or writes the job's folder
+(the other ranks may be on machines that do not see it: rank_sync.py).
 
 Data split across processes: each process takes ``train.batch_size`` examples per micro-batch
 (accelerate shards whole batches round-robin), so the global batch is batch_size x processes and
@@ -48,6 +49,7 @@ from tunefleet.worker.engine import (
     lineage,
     models,
     preflight,
+    rank_sync,
     selection,
 )
 from tunefleet.worker.engine.batching import build_loaders
@@ -168,23 +170,23 @@ class TrainingRun:
 
     def _checkpoint_to_resume(self, resume: bool) -> Path | None:
         """The newest checkpoint of this job, or None for a fresh start (which clears what an
-        older run left)."""
-        acc = self.accelerator
-        if acc.is_main_process:
+        older run left). The main process decides for all (rank_sync.py): another machine's
+        folder may hold nothing, or an older attempt's checkpoints."""
+        latest, foreign = None, ""
+        if self.accelerator.is_main_process:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-        latest = checkpoint.latest(self.ckpt_root) if resume else None
-        if latest is not None:
-            foreign = lineage.mismatch(checkpoint.read_manifest(latest), self.identity)
-            if foreign:
-                raise InvalidJobInput(
-                    f"will not resume from the checkpoints in {self.ckpt_root}: {foreign}; "
-                    "give the job an output folder of its own"
-                )
-        if latest is None and acc.is_main_process:
-            # A fresh start must not mix with an older run's checkpoints or best weights.
-            shutil.rmtree(self.ckpt_root, ignore_errors=True)
-            shutil.rmtree(self.out_dir / "best", ignore_errors=True)
-        acc.wait_for_everyone()
+            latest = checkpoint.latest(self.ckpt_root) if resume else None
+            if latest is not None:
+                foreign = lineage.mismatch(checkpoint.read_manifest(latest), self.identity)
+            else:  # a fresh start must not mix with an older run's checkpoints or best weights
+                shutil.rmtree(self.ckpt_root, ignore_errors=True)
+                shutil.rmtree(self.out_dir / "best", ignore_errors=True)
+        latest, foreign = rank_sync.from_main(self.accelerator, (latest, foreign))
+        if foreign:
+            raise InvalidJobInput(
+                f"will not resume from the checkpoints in {self.ckpt_root}: {foreign}; "
+                "give the job an output folder of its own"
+            )
         return latest
 
     def _setup_model(self, task) -> nn.Module:
@@ -256,21 +258,38 @@ class TrainingRun:
             self.emit(log_event(warning, level="warning"))
 
     def _restore(self, path: Path) -> None:
-        ckpt = checkpoint.load(path)
-        ckpt.load_model(self.unwrapped)
-        optimizer_state, scheduler_state = ckpt.optimizer_state(), ckpt.scheduler_state()
-        if optimizer_state is not None:  # None: a finished run, which only exports again
-            self.optimizer.load_state_dict(optimizer_state)
-        if scheduler_state is not None:
-            self.scheduler.load_state_dict(scheduler_state)
-        self.state = s = TrainerState(**ckpt.trainer_state)
+        """The main process reads the checkpoint and sends every rank its part."""
+        acc, saved = self.accelerator, None
+        if acc.is_main_process:
+            try:
+                ckpt = checkpoint.load(path)
+                ckpt.load_model(self.unwrapped)
+                saved = {
+                    "optimizer": ckpt.optimizer_state(),
+                    "scheduler": ckpt.scheduler_state(),
+                    "trainer": ckpt.trainer_state,
+                    "rng": [ckpt.rng_state(rank) for rank in range(acc.num_processes)],
+                }
+            except InvalidJobInput as exc:  # every rank stops with the same reason
+                saved = {"invalid": str(exc)}
+        saved = rank_sync.from_main(acc, saved)
+        if "invalid" in saved:
+            raise InvalidJobInput(saved["invalid"])
+        rank_sync.weights_from_main(acc, self.unwrapped)
+        if saved["optimizer"] is not None:  # None: a finished run, which only exports again
+            self.optimizer.load_state_dict(saved["optimizer"])
+        if saved["scheduler"] is not None:
+            self.scheduler.load_state_dict(saved["scheduler"])
+        self.state = s = TrainerState(**saved["trainer"])
         batch = self.spec.train.batch_size
         s.batch_in_epoch = position_in_batches(s.batch_in_epoch, s.micro_batch_size, batch)
         s.micro_batch_size = batch
         self.last_saved_step = self.state.global_step
         # RNG last: everything above may draw random numbers (e.g. the new head's init).
-        if not ckpt.restore_rng(self.accelerator.process_index):
-            ckpt.restore_rng(0)
+        # A rank the checkpoint has none for (more processes now) takes rank 0's.
+        rng = saved["rng"][acc.process_index] or saved["rng"][0]
+        if rng is not None:
+            checkpoint.restore_rng(rng)
         self.emit(
             log_event(
                 f"resumed from {path.name}: step {s.global_step}, epoch {s.epoch + 1}, "
@@ -524,13 +543,11 @@ class TrainingRun:
 
     def _write_checkpoint(self) -> None:
         acc, s = self.accelerator, self.state
-        tmp = checkpoint.begin(self.ckpt_root, s.global_step) if acc.is_main_process else None
-        acc.wait_for_everyone()
-        checkpoint.write_rng(
-            tmp or self.ckpt_root / f"step-{s.global_step:07d}.tmp", acc.process_index
-        )
-        acc.wait_for_everyone()
+        rng_states = rank_sync.gather(acc, checkpoint.capture_rng())  # main writes them all
         if acc.is_main_process:
+            tmp = checkpoint.begin(self.ckpt_root, s.global_step)
+            for rank, rng in enumerate(rng_states):
+                checkpoint.write_rng(tmp, rank, rng)
             path = checkpoint.commit(
                 self.ckpt_root,
                 s.global_step,
