@@ -280,12 +280,19 @@ class JobRunner:
         self._stop_outcome: JobOutcome | None = None
         self._hard_stop = False  # SIGKILL, no chance to checkpoint
         self._abandoned = False
+        self._lease_lost = False
         self._last_error = ""
         self.done = False  # run() returned: stop requests change nothing any more
 
     @property
     def job_id(self) -> str:
         return self.job.id
+
+    @property
+    def fenced(self) -> bool:
+        """The job may run elsewhere now: taken away, or our lease ran out while it trained.
+        Stays True when a later heartbeat renews the lease (the job was requeued meanwhile)."""
+        return self._abandoned or self._lease_lost
 
     def cancel(self, reason: str = "cancelled by user") -> None:
         """Stops the training process; the attempt ends CANCELLED."""
@@ -449,6 +456,7 @@ class JobRunner:
         """Requests a hard stop if the process runs and our lease may have run out."""
         if process.poll() is not None or self.lease_valid() or self._hard_stop:
             return False
+        self._lease_lost = True
         log.error(
             "job %s attempt %d: lease lost; killing the training process",
             self.job_id,
