@@ -126,7 +126,7 @@ class CheckpointSync:
         self.local_root = self.out_dir / CHECKPOINTS
         # The engine's event file of this attempt (JobRunner.attempt_dir of machine rank 0).
         self.events_path = self.out_dir / "attempts" / str(attempt) / EVENTS
-        self.staging = Path(out_dir) / STAGING
+        self.staging = self.out_dir / STAGING
         self.attempt = attempt
         self.worker_id = worker_id
         self.keep = max(keep, 1)
@@ -204,12 +204,12 @@ class CheckpointSync:
         tmp = self.local_root / f".{final.name}.download"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        size = 0
-        for name in remote.files:
-            if "/" in name or name in ("", ".", ".."):
-                raise ValueError(f"{remote.uri}/{MARKER} lists a bad file name {name!r}")
-            self.fs.get_file(url_join(remote.path, name), str(tmp / name))
-            size += (tmp / name).stat().st_size
+        bad = [n for n in remote.files if "/" in n or n in ("", ".", "..")]
+        if bad:
+            raise ValueError(f"{remote.uri}/{MARKER} lists a bad file name {bad[0]!r}")
+        names = list(remote.files)
+        self.fs.get([url_join(remote.path, n) for n in names], [str(tmp / n) for n in names])
+        size = sum((tmp / n).stat().st_size for n in names)
         # The uploading attempt's events up to the checkpoint: the runner sends their
         # metrics again (JobRunner._unrelayed_metrics), so that the steps that worker
         # trained but never reported (it was killed, cut off) are not missing from the
@@ -314,17 +314,14 @@ class CheckpointSync:
         if not self.current():
             return False
         self.fs.makedirs(folder, exist_ok=True)
-        files, size, started = (
-            sorted(p.name for p in (snapshot / _FILES).iterdir()),
-            0,
-            time.monotonic(),
-        )
+        started = time.monotonic()
+        files = sorted(p.name for p in (snapshot / _FILES).iterdir())
         uploads = [(snapshot / _FILES / name, name) for name in files]
         if (snapshot / EVENTS).is_file():
             uploads.append((snapshot / EVENTS, EVENTS))
-        for local, name in uploads:
-            self.fs.put_file(str(local), url_join(folder, name))
-            size += local.stat().st_size
+        # One call: a store that can (s3fs, gcsfs...) sends the files concurrently.
+        self.fs.put([str(local) for local, _ in uploads], [url_join(folder, n) for _, n in uploads])
+        size = sum(local.stat().st_size for local, _ in uploads)
         if not self.current():  # our lease ran out while we uploaded: no marker
             return False
         marker = {
@@ -432,7 +429,8 @@ def synced(
         is_current=lambda: lease_valid() and not runner.fenced,
         report=report,
     )
-    sync.restore()
+    if runner.attempt > 1:  # a first attempt has nothing uploaded: no listing to wait for
+        sync.restore()
     sync.start()
     try:
         yield sync

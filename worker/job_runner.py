@@ -8,8 +8,10 @@ out_dir/attempts/N/engine.log; when it crashes, the last lines of that log are r
 so the user sees the traceback without logging into the worker.
 
 Every attempt of a job runs in the same out_dir (storage shared by the workers), so the
-engine resumes from the newest checkpoint there; only the event file and the log are per
-attempt, so a stale attempt's process can never pass its lines off as the current one's.
+engine resumes from the newest checkpoint there (without shared storage, the daemon first
+brings the newest uploaded one into the worker's out_dir: worker/checkpoint_sync.py); only
+the event file and the log are per attempt, so a stale attempt's process can never pass
+its lines off as the current one's.
 
 A multi-node job runs one JobRunner per member worker, all in the same out_dir. Machine
 rank 0 is the one described above. On the others (rendezvous.machine_rank > 0) the engine's
