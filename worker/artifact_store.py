@@ -3,19 +3,22 @@ succeeded job's final artifacts there, and `ftctl artifacts JOB --download DIR` 
 them from anywhere. Any fsspec URL works: s3://bucket/prefix (with s3fs), gs://... (gcsfs),
 file:///mnt/shared, memory:// (tests).
 
-Training itself stays on local disk (checkpoints are written often and are large); only
-the final outputs travel, after the job succeeded:
+Training itself stays on local disk; the final outputs travel after the job succeeded,
+and its checkpoints while it trains (worker/checkpoint_sync.py: a job requeued to a worker
+on another host resumes from them):
 
     URL/JOB_ID/model/...            every artifact except checkpoints/, under its name
     URL/JOB_ID/model_int8/...       relative to the job's output folder
     URL/JOB_ID/spec.json
     URL/JOB_ID/tensorboard/...      the TensorBoard logs
     URL/JOB_ID/attempts/N/...       each attempt's events.jsonl and engine.log
+    URL/JOB_ID/checkpoints/...      the newest checkpoints (uploaded during training)
     URL/JOB_ID/result.json          written last: its presence means the upload is complete
 
 The job's artifacts map keeps the local paths (a `model.source: job` chain on the same
 worker or a shared file system still loads from them) and gains one `NAME_uri` entry per
-uploaded artifact plus `artifacts_uri`, the job's folder.
+uploaded artifact plus `artifacts_uri`, the job's folder. A download of everything leaves
+the checkpoints out (resumable training state, not a result; `--name checkpoints` gets them).
 """
 
 from __future__ import annotations
@@ -35,16 +38,19 @@ __all__ = [
     "URI_SUFFIX",
     "ArtifactStore",
     "ArtifactStoreError",
+    "CHECKPOINTS",
     "download",
     "download_job",
     "publish_artifacts",
     "remote_artifacts",
+    "url_join",
 ]
 
 ROOT_KEY = "artifacts_uri"
 URI_SUFFIX = "_uri"
-# Artifacts that stay on the worker: resumable training state, not a result.
-LOCAL_ONLY = frozenset({"checkpoints"})
+CHECKPOINTS = "checkpoints"  # uploaded while the job trains, by worker/checkpoint_sync.py
+# Artifacts the final upload leaves out: resumable training state, not a result.
+LOCAL_ONLY = frozenset({CHECKPOINTS})
 # Files of the output folder uploaded besides the artifacts, by artifact name.
 EXTRA_FILES = {"spec": "spec.json", "tensorboard": "tensorboard", "attempts": "attempts"}
 RESULT_FILE = "result.json"
@@ -72,7 +78,8 @@ def _url_to_fs(url: str):
         raise ArtifactStoreError(f"{url}: {exc}") from None
 
 
-def _join(*parts: str) -> str:
+def url_join(*parts: str) -> str:
+    """Joins URL or store path parts with single slashes."""
     return "/".join(p.strip("/") if i else p.rstrip("/") for i, p in enumerate(parts) if p)
 
 
@@ -102,7 +109,7 @@ class ArtifactStore:
         return f"ArtifactStore({self.root_uri!r})"
 
     def job_uri(self, job_id: str) -> str:
-        return _join(self.root_uri, job_id)
+        return url_join(self.root_uri, job_id)
 
     def upload(self, job_id: str, out_dir: Path, artifacts: dict[str, str]) -> dict[str, str]:
         """Copies a job's final artifacts; returns the `NAME_uri` entries and `artifacts_uri`.
@@ -125,21 +132,32 @@ class ArtifactStore:
         if result.exists():
             items.append(("result", result, RESULT_FILE))  # last: marks a complete upload
 
-        job_path = _join(self.root_path, job_id)
-        if self.fs.exists(job_path):
-            self.fs.rm(job_path, recursive=True)
+        job_path = url_join(self.root_path, job_id)
+        self._clear(job_path)
         uris = {ROOT_KEY: self.job_uri(job_id)}
         count = size = 0
         for name, path, relative in items:
             for file, below in _files(path):
-                target = _join(job_path, relative, below)
+                target = url_join(job_path, relative, below)
                 self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
                 self.fs.put_file(str(file), target)
                 count += 1
                 size += file.stat().st_size
-            uris[f"{name}{URI_SUFFIX}"] = _join(self.root_uri, job_id, relative)
+            uris[f"{name}{URI_SUFFIX}"] = url_join(self.root_uri, job_id, relative)
+        if self.fs.exists(url_join(job_path, CHECKPOINTS)):
+            uris[f"{CHECKPOINTS}{URI_SUFFIX}"] = url_join(self.root_uri, job_id, CHECKPOINTS)
         log.info("uploaded %d files (%.1f MB) to %s", count, size / 1e6, uris[ROOT_KEY])
         return uris
+
+    def _clear(self, job_path: str) -> None:
+        """Removes an earlier upload of the job (a later attempt replaces it), all but the
+        checkpoints, which the attempts upload as they train."""
+        self.fs.invalidate_cache(job_path)
+        if not self.fs.exists(job_path):
+            return
+        for entry in self.fs.ls(job_path, detail=False):
+            if entry.rstrip("/").rsplit("/", 1)[-1] != CHECKPOINTS:
+                self.fs.rm(entry, recursive=True)
 
 
 def remote_artifacts(artifacts: dict[str, str]) -> dict[str, str]:
@@ -151,12 +169,15 @@ def remote_artifacts(artifacts: dict[str, str]) -> dict[str, str]:
     }
 
 
-def download(uri: str, dest: Path, *, keep_name: bool = False) -> list[Path]:
+def download(
+    uri: str, dest: Path, *, keep_name: bool = False, exclude: Iterable[str] = ()
+) -> list[Path]:
     """Copies a file or a whole folder at `uri` into the folder `dest`; returns the files.
 
     A file lands as dest/NAME; a folder's contents land directly in `dest`, or in
-    dest/NAME with `keep_name`.
+    dest/NAME with `keep_name`. `exclude`: names of the folder's entries to leave out.
     """
+    exclude = frozenset(exclude)
     fs, path = _url_to_fs(uri)
     dest = Path(dest)
     if not fs.exists(path):
@@ -172,6 +193,8 @@ def download(uri: str, dest: Path, *, keep_name: bool = False) -> list[Path]:
     files = []
     for remote in sorted(fs.find(root)):
         relative = remote[len(root) :].lstrip("/") if remote.startswith(root) else remote
+        if relative.split("/", 1)[0] in exclude:
+            continue
         target = dest.joinpath(*relative.split("/"))
         target.parent.mkdir(parents=True, exist_ok=True)
         fs.get_file(remote, str(target))
@@ -216,7 +239,7 @@ def download_job(artifacts: dict[str, str], dest: Path, names: Iterable[str] = (
         )
     names = list(names)
     if not names:
-        return download(root, dest)
+        return download(root, dest, exclude=LOCAL_ONLY)
     remote = remote_artifacts(artifacts)
     unknown = [n for n in names if n not in remote]
     if unknown:

@@ -105,7 +105,8 @@ def add_worker_arguments(parser: argparse.ArgumentParser, *, connection: bool = 
         "--artifacts-uri",
         default=os.environ.get("TUNEFLEET_ARTIFACTS_URI") or None,
         metavar="URL",
-        help="also upload succeeded jobs' final artifacts to this fsspec URL, e.g. "
+        help="also upload succeeded jobs' final artifacts, and running jobs' checkpoints (a "
+        "job requeued to another host resumes from them), to this fsspec URL, e.g. "
         "s3://bucket/prefix (default: $TUNEFLEET_ARTIFACTS_URI; none: artifacts stay under "
         "--artifacts)",
     )

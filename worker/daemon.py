@@ -30,6 +30,7 @@ ours and the training process is killed like any other requeued job's.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -50,7 +51,7 @@ from tunefleet.transport import (
     open_channel,
 )
 from tunefleet.v1 import coordinator_pb2, coordinator_pb2_grpc, job_pb2
-from tunefleet.worker import job_folder
+from tunefleet.worker import checkpoint_sync, job_folder
 from tunefleet.worker.artifact_store import ArtifactStore, publish_artifacts
 from tunefleet.worker.disk_health import DiskHealth
 from tunefleet.worker.engine.errors import is_no_space
@@ -480,8 +481,11 @@ class WorkerDaemon:
             if rendezvous is not None
             else "",
         )
+        # Without a shared file system the job's checkpoints travel through the store.
+        relay = functools.partial(self._report, job.id, attempt)  # unnumbered: another thread
         try:
-            outcome = runner.run(report)
+            with checkpoint_sync.synced(self.artifact_store, runner, self._lease_valid, relay):
+                outcome = runner.run(report)
             if runner.machine_rank == 0:  # the job's artifacts are rank 0's
                 outcome = publish_artifacts(self.artifact_store, job.id, out_dir, outcome, report)
         except Exception as exc:  # a bug of ours must not take the daemon down

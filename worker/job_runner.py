@@ -8,8 +8,10 @@ out_dir/attempts/N/engine.log; when it crashes, the last lines of that log are r
 so the user sees the traceback without logging into the worker.
 
 Every attempt of a job runs in the same out_dir (storage shared by the workers), so the
-engine resumes from the newest checkpoint there; only the event file and the log are per
-attempt, so a stale attempt's process can never pass its lines off as the current one's.
+engine resumes from the newest checkpoint there (without shared storage, the daemon first
+brings the newest uploaded one into the worker's out_dir: worker/checkpoint_sync.py); only
+the event file and the log are per attempt, so a stale attempt's process can never pass
+its lines off as the current one's.
 
 A multi-node job runs one JobRunner per member worker, all in the same out_dir. Machine
 rank 0 is the one described above. On the others (rendezvous.machine_rank > 0) the engine's
@@ -280,12 +282,19 @@ class JobRunner:
         self._stop_outcome: JobOutcome | None = None
         self._hard_stop = False  # SIGKILL, no chance to checkpoint
         self._abandoned = False
+        self._lease_lost = False
         self._last_error = ""
         self.done = False  # run() returned: stop requests change nothing any more
 
     @property
     def job_id(self) -> str:
         return self.job.id
+
+    @property
+    def fenced(self) -> bool:
+        """The job may run elsewhere now: taken away, or our lease ran out while it trained.
+        Stays True when a later heartbeat renews the lease (the job was requeued meanwhile)."""
+        return self._abandoned or self._lease_lost
 
     def cancel(self, reason: str = "cancelled by user") -> None:
         """Stops the training process; the attempt ends CANCELLED."""
@@ -449,6 +458,7 @@ class JobRunner:
         """Requests a hard stop if the process runs and our lease may have run out."""
         if process.poll() is not None or self.lease_valid() or self._hard_stop:
             return False
+        self._lease_lost = True
         log.error(
             "job %s attempt %d: lease lost; killing the training process",
             self.job_id,

@@ -81,6 +81,7 @@ class Hosts:
         self.tag = tag
         self.addresses: dict[str, str] = {}
         self.namespaces: dict[str, str] = {}
+        self.links: dict[str, str] = {}  # host -> its end of the veth pair (in its namespace)
         self.processes: list[subprocess.Popen] = []
         (base / "private").mkdir(parents=True, exist_ok=True)
         try:
@@ -97,6 +98,7 @@ class Hosts:
         ns, veth = f"tf{self.pid}-{name}", f"tf{self.tag}v{i}"
         _ip("netns", "add", ns)
         self.namespaces[name] = ns
+        self.links[name] = veth
         _ip("link", "add", veth, "type", "veth", "peer", "name", f"{veth}b")
         _ip("link", "set", veth, "netns", ns)
         _ip("link", "set", f"{veth}b", "master", self.bridge)
@@ -107,6 +109,11 @@ class Hosts:
         _ip("link", "set", "lo", "up", ns=ns)
         self.addresses[name] = address
         self.disk(name).mkdir(parents=True, exist_ok=True)
+
+    def set_link(self, name: str, *, up: bool) -> None:
+        """Cuts host `name` off the network (its processes run on, reaching nobody) or
+        connects it again: its link taken down or up inside its namespace."""
+        _ip("link", "set", self.links[name], "up" if up else "down", ns=self.namespaces[name])
 
     def disk(self, name: str) -> Path:
         """The host's disk as the test process sees it (the host sees it as BASE/private)."""

@@ -85,3 +85,31 @@ def test_rng_states_round_trip_through_weights_only_load(tmp_path):
     torch.manual_seed(2)
     checkpoint.restore_rng(torch.load(tmp_path / "rng.pt", weights_only=True))
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == want
+
+
+def test_the_best_weights_travel_with_the_checkpoint(tmp_path):
+    """A checkpoint copied to another machine (no shared file system) holds the run's best
+    weights as of its step, even after a later step replaced out_dir/best."""
+    model = torch.nn.Linear(3, 2)
+    best = tmp_path / "best" / "model.safetensors"
+    checkpoint.save_weights_atomic(model, best)
+    checkpoint.begin(tmp_path / "ckpt", 4)
+    path = checkpoint.commit(
+        tmp_path / "ckpt", 4, model=model, optimizer_state=None, scheduler_state=None,
+        trainer_state={"global_step": 4}, keep=2, best_weights=best,
+    )  # fmt: skip
+    assert (path / "best.safetensors").stat().st_ino == best.stat().st_ino  # a link, no bytes
+    assert "best.safetensors" in checkpoint.read_manifest(path)["files"]
+    kept = best.read_bytes()
+    checkpoint.save_weights_atomic(torch.nn.Linear(3, 2), best)  # a later, better step
+    assert best.read_bytes() != kept and (path / "best.safetensors").read_bytes() == kept
+
+    elsewhere = tmp_path / "other-host" / "best" / "model.safetensors"
+    assert checkpoint.load(path).restore_best(elsewhere)
+    assert elsewhere.read_bytes() == kept
+    checkpoint.begin(tmp_path / "ckpt", 5)
+    bare = checkpoint.commit(
+        tmp_path / "ckpt", 5, model=model, optimizer_state=None, scheduler_state=None,
+        trainer_state={"global_step": 5}, keep=2,
+    )  # fmt: skip
+    assert not checkpoint.load(bare).restore_best(tmp_path / "none" / "model.safetensors")

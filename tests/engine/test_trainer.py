@@ -179,6 +179,38 @@ def test_resume_continues_exactly(tmp_path, bert_dir, text_csvs, text_spec, even
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=0)
 
 
+def test_a_checkpoint_copied_alone_to_a_fresh_folder_resumes_with_its_best_weights(
+    tmp_path, bert_dir, text_csvs, text_spec, events
+):
+    """Another worker without the shared file system gets the checkpoint folder only (as
+    worker/checkpoint_sync.py downloads it): the run picks and exports what a straight run
+    does, because the best weights so far travel inside the checkpoint."""
+    import shutil
+
+    # lr 2: the eval loss is best at step 8, then worse: the export is not the last step.
+    spec = text_spec(
+        bert_dir, text_csvs, optimizer={"lr": 2.0}, schedule={"name": "constant"},
+        train={"epochs": 2, "checkpoint_every_steps": 4}, eval={"every_steps": 2, "metric": "loss"},
+    )  # fmt: skip
+    straight = run_job(spec, tmp_path / "straight", events)
+    assert straight.summary["selected_step"] == 8 < straight.summary["steps"]
+    with pytest.raises(Crash):
+        run_job(spec, tmp_path / "first-host", crash_after_checkpoint(8))
+    moved = tmp_path / "other-host" / "checkpoints" / "step-0000008"
+    shutil.copytree(tmp_path / "first-host" / "checkpoints" / "step-0000008", moved)
+    assert (moved / "best.safetensors").is_file()
+    resumed = run_job(spec, tmp_path / "other-host", events)
+    assert resumed.summary["selected_step"] == straight.summary["selected_step"]
+    result = json.loads((tmp_path / "other-host" / "result.json").read_text())
+    assert (
+        result["selection"]
+        == json.loads((tmp_path / "straight" / "result.json").read_text())["selection"]
+    )
+    a, b = exported_hf(tmp_path / "straight"), exported_hf(tmp_path / "other-host")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=0)
+
+
 def test_no_resume_starts_over_and_a_finished_run_only_exports_again(
     tmp_path, bert_dir, text_csvs, text_spec, events
 ):

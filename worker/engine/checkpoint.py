@@ -9,6 +9,10 @@ A checkpoint holds everything needed to continue a run exactly where it stopped:
                          again, and they are most of the bytes -- twice the model for Adam)
   rng-<rank>.pt          python / numpy / torch (/ cuda) RNG states of every process
   trainer_state.json     epoch, batch within the epoch, global step, best-so-far, ...
+  best.safetensors       the best evaluated weights so far (out_dir/best/ at this step), a
+                         hard link where the disk allows (no bytes); with it the checkpoint
+                         is the whole state, so a copy on another machine (a worker without
+                         the shared file system, worker/checkpoint_sync.py) resumes exactly
   MANIFEST.json          written last: a checkpoint without it is incomplete and ignored
 
 Every file is written into ``step-NNNNNNN.tmp`` first, then the directory is renamed with
@@ -40,6 +44,7 @@ from torch import nn
 from tunefleet.worker.engine.errors import InvalidJobInput, is_no_space
 
 MANIFEST = "MANIFEST.json"
+BEST_WEIGHTS = "best.safetensors"
 _STEP_DIR = re.compile(r"^step-(\d{7,})$")
 
 
@@ -132,11 +137,15 @@ def commit(
     trainer_state: dict[str, Any],
     keep: int,
     identity: dict[str, str] | None = None,
+    best_weights: Path | None = None,
 ) -> Path:
     """Main process: write the rest, MANIFEST last, rename into place, prune old checkpoints.
-    `identity` (lineage.identity: job id, spec hash) goes into the manifest."""
+    `identity` (lineage.identity: job id, spec hash) goes into the manifest; `best_weights`
+    (the run's best weights file, when it has one) into the checkpoint as best.safetensors."""
     tmp = _tmp_dir(root, step)
     try:
+        if best_weights is not None and Path(best_weights).is_file():
+            _link_or_copy(Path(best_weights), tmp / BEST_WEIGHTS)
         _write(tmp, step, model, optimizer_state, scheduler_state, trainer_state, identity)
     except Exception as exc:
         try:
@@ -150,6 +159,15 @@ def commit(
     os.replace(tmp, final)
     prune(root, keep)
     return final
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A hard link (no bytes; the best file is only ever replaced by rename, never written in
+    place, so the link keeps this step's content), or a copy where links do not work."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def _write(tmp, step, model, optimizer_state, scheduler_state, trainer_state, identity) -> None:
@@ -237,6 +255,20 @@ class Checkpoint:
     def scheduler_state(self) -> dict[str, Any] | None:
         path = self.path / "scheduler.pt"
         return load_tensors(path) if path.is_file() else None
+
+    def restore_best(self, best_file: Path) -> bool:
+        """Puts the checkpoint's best weights at `best_file` (out_dir/best/model.safetensors):
+        the best of the run up to this step, whatever a later step had written there.
+        False when the checkpoint has none (no evaluation yet, or an older checkpoint)."""
+        source = self.path / BEST_WEIGHTS
+        if not source.is_file():
+            return False
+        best_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = best_file.with_name(best_file.name + ".tmp")
+        tmp.unlink(missing_ok=True)
+        _link_or_copy(source, tmp)
+        os.replace(tmp, best_file)
+        return True
 
     def rng_state(self, rank: int) -> dict[str, Any] | None:
         """The RNG states `rank` saved; None when the checkpoint has none for it."""

@@ -124,6 +124,7 @@ class TrainingRun:
         self.spec = spec
         self.out_dir = out_dir
         self.ckpt_root = out_dir / "checkpoints"
+        self.best_file = out_dir / "best" / "model.safetensors"  # the best weights so far
         self.accelerator = make_accelerator(spec)
         main = self.accelerator.is_main_process
         self.emit: Emit = emit if main else (lambda event: None)
@@ -285,6 +286,8 @@ class TrainingRun:
         s.batch_in_epoch = position_in_batches(s.batch_in_epoch, s.micro_batch_size, batch)
         s.micro_batch_size = batch
         self.last_saved_step = self.state.global_step
+        if self.accelerator.is_main_process:
+            ckpt.restore_best(self.best_file)
         # RNG last: everything above may draw random numbers (e.g. the new head's init).
         # A rank the checkpoint has none for (more processes now) takes rank 0's.
         rng = saved["rng"][acc.process_index] or saved["rng"][0]
@@ -520,9 +523,7 @@ class TrainingRun:
         if not selection.track(s, name, s.global_step, metrics):
             return
         if self.accelerator.is_main_process:
-            checkpoint.save_weights_atomic(
-                self.unwrapped, self.out_dir / "best" / "model.safetensors"
-            )
+            checkpoint.save_weights_atomic(self.unwrapped, self.best_file)
             note = selection.tie_note(s, name)
             self.emit(
                 log_event(
@@ -558,6 +559,7 @@ class TrainingRun:
                 trainer_state=asdict(s),
                 identity=self.identity,
                 keep=self.spec.train.keep_checkpoints or 2,
+                best_weights=self.best_file if s.best_step >= 0 else None,
             )
             self.emit(log_event(f"checkpoint saved: {path.name}", level="debug"))
         acc.wait_for_everyone()
@@ -578,7 +580,7 @@ class TrainingRun:
 
         if acc.is_main_process:
             selected = selection.load_selected(
-                self.unwrapped, s, self._metric_name(), self.out_dir / "best" / "model.safetensors",
+                self.unwrapped, s, self._metric_name(), self.best_file,
                 validated=self.eval_loader is not None,
             )  # fmt: skip
             self.emit(
