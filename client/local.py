@@ -60,6 +60,7 @@ class LocalCluster:
         tls: A `tunefleet.coordinator.server.ServerTls`: the coordinator speaks TLS.
         tls_ca: The CA (PEM file) that signed `tls`'s certificate.
         allowed_roots: The worker's `--allowed-root` folders (see worker/path_policy.py).
+        worker_args: More flags of `python -m tunefleet.worker`, e.g. ("--no-warm-engine",).
     """
 
     def __init__(
@@ -78,6 +79,7 @@ class LocalCluster:
         tls: Any = None,
         tls_ca: str | os.PathLike | None = None,
         allowed_roots: tuple[str | os.PathLike, ...] = (),
+        worker_args: tuple[str, ...] = (),
     ):
         self._listen = listen
         self._tmp: str | None = None
@@ -93,6 +95,7 @@ class LocalCluster:
         self.worker_env = dict(worker_env or {})
         self.coordinator_options = dict(coordinator_options or {})
         self.allowed_roots = tuple(allowed_roots)
+        self.worker_args = tuple(worker_args)
         self.tls_ca = Path(tls_ca) if tls_ca else None
         if tls is not None and self.tls_ca is None:
             raise ValueError("a LocalCluster with tls needs tls_ca, the CA its clients trust")
@@ -176,7 +179,7 @@ class LocalCluster:
             cmd += ["--gpus", str(self.gpus)]
         for root in self.allowed_roots:
             cmd += ["--allowed-root", str(root)]
-        return cmd
+        return cmd + list(self.worker_args)
 
     def _spawn_worker(self) -> None:
         self.artifacts.mkdir(parents=True, exist_ok=True)

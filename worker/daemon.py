@@ -56,6 +56,7 @@ from tunefleet.worker.artifact_store import ArtifactStore, publish_artifacts
 from tunefleet.worker.disk_health import DiskHealth
 from tunefleet.worker.engine.errors import is_no_space
 from tunefleet.worker.engine.launch import free_port
+from tunefleet.worker.engine_process import EngineHost, warm_engine_supported
 from tunefleet.worker.host_info import collective_env, detect_gpus, route_address
 from tunefleet.worker.input_cache import DEFAULT_CACHE_MAX_GB, InputCache
 from tunefleet.worker.job_inputs import prepare_inputs
@@ -107,6 +108,7 @@ class WorkerDaemon:
         cache_dir: Path | None = None,
         cache_max_bytes: int = int(DEFAULT_CACHE_MAX_GB * 1024**3),
         check_inputs: bool | None = None,
+        warm_engine: bool = True,
     ):
         """
         Args:
@@ -135,6 +137,8 @@ class WorkerDaemon:
                 (tunefleet.worker.input_cache); default artifacts_root/.input-cache.
             check_inputs: check the spec's files here before starting (tunefleet.spec.
                 environment); default: with the engine, not a command_factory's own program.
+            warm_engine: single-process jobs run in a process forked by a warm engine host
+                (tunefleet.worker.engine_process) instead of a fresh interpreter.
         """
         self.coordinator = coordinator
         self.artifacts_root = Path(artifacts_root).resolve()
@@ -146,6 +150,8 @@ class WorkerDaemon:
         self.command_factory = command_factory
         self.check_inputs = command_factory is None if check_inputs is None else check_inputs
         self.artifact_store = ArtifactStore(artifacts_uri) if artifacts_uri else None
+        warm = warm_engine and command_factory is None and warm_engine_supported()
+        self.engine_host = EngineHost() if warm else None  # started by the first job
         self.drain_grace_s = drain_grace_s
         self.address = (
             address or os.environ.get("TUNEFLEET_WORKER_ADDRESS") or route_address(coordinator)
@@ -212,6 +218,8 @@ class WorkerDaemon:
             self._stopped.set()
             if heartbeat.is_alive():
                 heartbeat.join(timeout=5)
+            if self.engine_host is not None:
+                self.engine_host.close()
             self._channel.close()
             log.info("worker %s stopped", self.worker_id or "(unregistered)")
 
@@ -467,6 +475,7 @@ class WorkerDaemon:
                 **self.engine_env,
                 **(self.collective_env if rendezvous is not None else {}),
             },
+            engine_host=self.engine_host,
         )
         with self._lock:
             self._runner = runner

@@ -1,7 +1,8 @@
 """JobRunner: runs one job attempt as a child process and relays its events.
 
 The training process is the engine (`python -m tunefleet.worker.engine ...`, or the
-accelerate launcher around it). It runs in its own process group, so a cancel reaches
+accelerate launcher around it; a single process is forked warm by the worker's engine host
+when it can be: engine_process.py). It runs in its own process group, so a cancel reaches
 every rank it started, and it appends events to out_dir/attempts/N/events.jsonl, which we
 tail and send to the coordinator in batches. Its stdout and stderr go to
 out_dir/attempts/N/engine.log; when it crashes, the last lines of that log are relayed too,
@@ -42,7 +43,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -55,6 +55,7 @@ from tunefleet.limits import MAX_EVENT_BYTES, bound_event, clip_chars
 from tunefleet.spec import spec_to_dict
 from tunefleet.v1 import coordinator_pb2, job_pb2, spec_pb2
 from tunefleet.worker.engine.errors import EXIT_INVALID_INPUT, EXIT_NO_SPACE, is_no_space
+from tunefleet.worker.engine_process import EngineHost, TrainingProcess, start_engine_process
 from tunefleet.worker.tensorboard_writer import TENSORBOARD_DIR, TensorBoardWriter
 
 log = logging.getLogger(__name__)
@@ -239,6 +240,7 @@ class JobRunner:
         rendezvous: coordinator_pb2.Rendezvous | None = None,
         own_storage: bool = False,
         engine_env: dict[str, str] | None = None,
+        engine_host: EngineHost | None = None,
     ):
         """
         Args:
@@ -257,6 +259,7 @@ class JobRunner:
                 job is released, the worker becomes unhealthy), not the job's.
             engine_env: extra environment of the training process (the worker's shared
                 feature cache: worker/engine/shared_features.py).
+            engine_host: forks the training process warm when it can (engine_process.py).
         """
         self.job = job
         self.attempt = attempt
@@ -275,6 +278,8 @@ class JobRunner:
         self.lease_valid = lease_valid
         self.own_storage = own_storage
         self.engine_env = dict(engine_env or {})
+        self.engine_host = engine_host
+        self.warm = False  # the training process was forked by the engine host
         self.attempt_dir = self.out_dir / "attempts" / str(attempt)
         if self.machine_rank > 0:
             self.attempt_dir /= f"machine-{self.machine_rank}"
@@ -352,7 +357,8 @@ class JobRunner:
             where = f"worker {self.worker_id}"
             if self.rendezvous is not None:
                 where += f", machine rank {self.machine_rank} of {self.rendezvous.num_machines}"
-            pending = [log_event(f"started on {where} (pid {process.pid})")]
+            how = " in a warm engine process" if self.warm else ""
+            pending = [log_event(f"started on {where}{how} (pid {process.pid})")]
             if self.machine_rank == 0:
                 pending += self._unrelayed_metrics()
             if not self._relay(process, tail, pending, report) or self._abandoned:
@@ -400,7 +406,7 @@ class JobRunner:
             self.job.spec, spec_path, self.out_dir, events_path
         ), events_path
 
-    def _start(self, command: list[str]) -> subprocess.Popen:
+    def _start(self, command: list[str]) -> TrainingProcess:
         env = {**os.environ, **self.engine_env}
         env.update(
             PYTHONUNBUFFERED="1",  # so engine.log holds the last lines before a crash
@@ -415,19 +421,14 @@ class JobRunner:
                 TUNEFLEET_MAIN_PROCESS_PORT=str(self.rendezvous.main_process_port),
             )
         with (self.attempt_dir / "engine.log").open("ab") as log_file:
-            return subprocess.Popen(
-                dies_with_parent(command),
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                cwd=self.cwd,
-                env=env,
-                start_new_session=True,  # its own process group: one signal reaches all ranks
+            process, self.warm = start_engine_process(
+                command, env=env, cwd=self.cwd, log_file=log_file, host=self.engine_host
             )
+        return process
 
     def _relay(
         self,
-        process: subprocess.Popen,
+        process: TrainingProcess,
         tail: EventTail,
         pending: list[job_pb2.Event],
         report: ReportFn,
@@ -448,13 +449,13 @@ class JobRunner:
         finally:
             relayed.set()
 
-    def _watch_lease(self, process: subprocess.Popen, relayed: threading.Event) -> None:
+    def _watch_lease(self, process: TrainingProcess, relayed: threading.Event) -> None:
         while not relayed.wait(0.1) and process.poll() is None:
             if self._fence_if_lease_lost(process):
                 self._kill_group(process)
                 return
 
-    def _fence_if_lease_lost(self, process: subprocess.Popen) -> bool:
+    def _fence_if_lease_lost(self, process: TrainingProcess) -> bool:
         """Requests a hard stop if the process runs and our lease may have run out."""
         if process.poll() is not None or self.lease_valid() or self._hard_stop:
             return False
@@ -588,7 +589,7 @@ class JobRunner:
                 return False
         return True
 
-    def _terminate(self, process: subprocess.Popen, grace_s: float) -> None:
+    def _terminate(self, process: TrainingProcess, grace_s: float) -> None:
         """SIGTERM the group, then SIGKILL whatever is left after the grace period."""
         self._signal_group(process, signal.SIGTERM)
         try:
@@ -597,7 +598,7 @@ class JobRunner:
             log.warning("job %s: pid %d ignored SIGTERM; killing", self.job_id, process.pid)
         self._kill_group(process)
 
-    def _kill_group(self, process: subprocess.Popen) -> None:
+    def _kill_group(self, process: TrainingProcess) -> None:
         self._signal_group(process, signal.SIGKILL)
         try:
             process.wait(timeout=10)
@@ -605,29 +606,7 @@ class JobRunner:
             log.error("job %s: pid %d survived SIGKILL", self.job_id, process.pid)
 
     @staticmethod
-    def _signal_group(process: subprocess.Popen, sig: int) -> None:
+    def _signal_group(process: TrainingProcess, sig: int) -> None:
         # start_new_session: the group id is the child's pid.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, sig)
-
-
-# Sets PR_SET_PDEATHSIG, then becomes the training process (exec keeps the setting). Not a
-# preexec_fn: Python code between fork and exec in a process running gRPC threads can
-# abort the child (gRPC's fork handlers), so the child execs this first instead.
-_DIE_WITH_PARENT = """\
-import ctypes, os, signal, sys
-ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
-if os.getppid() != int(sys.argv[1]):
-    sys.exit(f"the worker (pid {sys.argv[1]}) exited before its training process started")
-os.execvp(sys.argv[2], sys.argv[2:])
-"""
-
-
-def dies_with_parent(command: list[str]) -> list[str]:
-    """`command`, run so that the kernel SIGKILLs it when the worker dies, kill -9 included.
-    An orphaned training process would go on writing checkpoints into the job's shared out
-    dir while the next attempt runs there. Linux only; elsewhere `command` as is (the
-    worker's own exit paths still kill the process group)."""
-    if sys.platform != "linux":
-        return command
-    return [sys.executable, "-I", "-S", "-c", _DIE_WITH_PARENT, str(os.getpid()), *command]

@@ -139,7 +139,8 @@ def _run_launched(spec, processes: int, out_dir: Path, emit, *, resume: bool) ->
     into `emit`, and wait for it. Ctrl-C asks it to checkpoint and stop (SIGTERM, as a
     drain does), so the same command resumes."""
     from tunefleet.spec import spec_to_dict
-    from tunefleet.worker.job_runner import EventTail, dies_with_parent, engine_command
+    from tunefleet.worker.engine_process import dies_with_parent
+    from tunefleet.worker.job_runner import EventTail, engine_command
 
     local = type(spec)()
     local.CopyFrom(spec)

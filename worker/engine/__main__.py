@@ -39,7 +39,7 @@ def _die_with_launcher() -> None:
     """A rank of a multi-process job gets SIGKILL when its launcher dies.
 
     The worker starts the launcher (`accelerate launch`) so that the kernel kills it when the
-    worker dies, kill -9 included (job_runner.dies_with_parent); the ranks are the launcher's
+    worker dies, kill -9 included (engine_process.dies_with_parent); the ranks are the launcher's
     children, and without this they would train on as orphans, writing checkpoints into the
     job's folder while the requeued attempt runs there. Linux only.
     """
