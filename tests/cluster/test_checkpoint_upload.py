@@ -55,7 +55,9 @@ def test_a_worker_on_another_disk_resumes_from_the_uploaded_checkpoint(
         make_sentiment_csv(tmp_path / "train.csv", 512),
         make_sentiment_csv(tmp_path / "eval.csv", 64, 1),
     )
-    train = {"epochs": 2, "batch_size": 8, "precision": "no", "log_every_steps": 1}
+    # 1,280 steps: wa (a warm engine process, ~50 steps/s from its first second) must still
+    # be training a second after its first upload is seen.
+    train = {"epochs": 20, "batch_size": 8, "precision": "no", "log_every_steps": 1}
     train["checkpoint_every_steps"] = 10
     spec = load_job_file(write_text_job(tmp_path, tiny_bert, data, name="ckpt-up", train=train))
 
