@@ -209,8 +209,8 @@ class Sweeps:
         trial = self.store.trial_of_job(job.id)
         if trial is None:
             return
-        # One commit (one disk flush) for the tell and the next trials, not one per write.
-        # A failed ask (its own savepoint) does not undo the tell.
+        # Stored with the job's end (lifecycle.finish commits both at once), as savepoints:
+        # a failed tell does not undo the job's end, nor a failed ask the tell.
         try:
             with self.store.atomic():
                 if trial.state == "RUNNING":
@@ -224,6 +224,11 @@ class Sweeps:
         except Exception:  # the job's own end stands; recover() retries on restart
             self._studies.pop(trial.sweep_id, None)
             log.exception("sweep %s: trial %d's end not recorded", trial.sweep_id, trial.number)
+
+    def forget_studies(self) -> None:
+        """Drops the in-memory studies (a commit that held their tells and asks failed):
+        each is rebuilt from its rows when next needed."""
+        self._studies.clear()
 
     def events_stored(self, job_id: str, events: Iterable[job_pb2.Event]) -> None:
         """A trial's validation metrics feed its pruner; a prune stops it through the
