@@ -8,8 +8,11 @@ The model (deliberately simple for now):
   GPUs cover them.
 - A CPU-only job (gpus == 0) uses the worker's CPUs flat out, so each worker runs at most
   one CPU-only job at a time.
-- Queued jobs are offered in order (priority desc, then oldest first: the store's queue
-  order); a worker takes the first one that fits it. A job too big for every worker
+- Queued jobs are offered in order (`fair_order`): priority desc; of equal priority, the
+  jobs of the submitter with the fewest jobs placed now first; then oldest first. A worker
+  takes the first one that fits it. So one user's backlog (a sweep's queued trials, a
+  burst of submits) does not make another user's job wait behind all of it: fair share of
+  the fleet by jobs placed, not first come first served. A job too big for every worker
   therefore waits without blocking smaller jobs behind it (it could starve under a steady
   stream of small jobs; reserving capacity for it is a later concern).
 - A job in a retry backoff (not_before) is not placed until the backoff ends.
@@ -23,6 +26,7 @@ The model (deliberately simple for now):
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -92,6 +96,23 @@ class Placement:
     members: list[WorkerRecord]  # the workers that run it, machine rank 0 (the asker) first
     spec: spec_pb2.JobSpec | None = None  # the spec to run, when not the job's own
     refusal: str = ""  # set: the job can never run (fail it with this reason)
+
+
+def fair_order(
+    queues: Iterable[Iterable[job_pb2.Job]], placed: dict[str, int]
+) -> Iterator[job_pb2.Job]:
+    """The submitters' queues (each one submitter's QUEUED jobs, higher priority first,
+    then the oldest) merged into placement order: higher priority first; of equal
+    priority, the jobs of whoever has the fewest jobs placed now (`placed`, by submitter),
+    then the oldest.
+
+    Lazy: it reads the head of each queue, then only as far as the caller takes; so the
+    first fit of a long queue costs one job per submitter, not the whole queue."""
+
+    def key(job: job_pb2.Job) -> tuple[int, int, int]:
+        return -job.spec.priority, placed.get(job.submitter, 0), job.created_at.ToNanoseconds()
+
+    return heapq.merge(*queues, key=key)
 
 
 def first_fit(

@@ -494,7 +494,7 @@ class Scheduler:
     def _place(self, worker: WorkerRecord, rendezvous_port: int = 0) -> job_pb2.Job | None:
         """Assigns the first queued job placement.first_fit finds for `worker`, if any."""
         for found in placement.first_fit(
-            self.store.iter_queued(),
+            self._queue(),
             worker,
             Capacity(worker, self.store.active_jobs(worker.id)),
             now=self._clock(),
@@ -513,6 +513,14 @@ class Scheduler:
             self._waits.changed()
             return job
         return None
+
+    def _queue(self) -> Iterable[job_pb2.Job]:
+        """The queued jobs in placement order (placement.fair_order), read lazily."""
+        submitters = self.store.queued_submitters()
+        if len(submitters) < 2:
+            return self.store.iter_queued()  # nobody to interleave with
+        queues = [self.store.iter_queued(submitter=s, first_page=1) for s in submitters]
+        return placement.fair_order(queues, self.store.placed_counts(submitters))
 
     def _gang_pool(self, first: str) -> list[tuple[WorkerRecord, Capacity]]:
         """The workers that could join a gang `first` places now (gang.pool_ids), each with

@@ -11,9 +11,10 @@ the next number again. A trial whose job ended while the coordinator was down is
 start (`recover`).
 
 Every trial is an ordinary job (its own id, events, artifacts, retries) created as the
-sweep needs it: at most max_concurrent of a sweep's jobs are queued or running at once, so
-a sweep leaves room for other users' jobs, and max_trials in all. A trial the pruner stops
-goes through the normal cancel path and ends PRUNED, not FAILED.
+sweep needs it: at most max_concurrent of a sweep's jobs are queued or running at once, and
+max_trials in all. With placement's fair order (the user with the fewest jobs placed goes
+first, placement.fair_order), a sweep's queued trials leave room for other users' jobs. A
+trial the pruner stops goes through the normal cancel path and ends PRUNED, not FAILED.
 
 Everything here runs with the Scheduler's lock held (the Scheduler, JobLifecycle and
 ReportIngest call in with it), like lifecycle.py.
@@ -232,13 +233,26 @@ class Sweeps:
         trial = self.store.trial_of_job(job.id)
         if trial is None:
             return
+        # Stored with the job's end (lifecycle.finish commits both at once), as savepoints:
+        # a failed tell does not undo the job's end, nor a failed ask the tell.
         try:
-            if trial.state == "RUNNING":
-                self._tell(trial.sweep_id, trial, job)
-            self._advance(trial.sweep_id)
+            with self.store.atomic():
+                if trial.state == "RUNNING":
+                    self._tell(trial.sweep_id, trial, job)
+                try:
+                    self._advance(trial.sweep_id)
+                except Exception:  # the trials asked before it stand; the next end retries
+                    self._studies.pop(trial.sweep_id, None)
+                    log.exception("sweep %s: no next trial after trial %d", trial.sweep_id,
+                                  trial.number)  # fmt: skip
         except Exception:  # the job's own end stands; recover() retries on restart
             self._studies.pop(trial.sweep_id, None)
             log.exception("sweep %s: trial %d's end not recorded", trial.sweep_id, trial.number)
+
+    def forget_studies(self) -> None:
+        """Drops the in-memory studies (a commit that held their tells and asks failed):
+        each is rebuilt from its rows when next needed."""
+        self._studies.clear()
 
     def events_stored(self, job_id: str, events: Iterable[job_pb2.Event]) -> None:
         """A trial's validation metrics feed its pruner; a prune stops it through the
@@ -275,7 +289,7 @@ class Sweeps:
         study = self._study(row)
         live = optuna.trial.Trial(study, self._trial_id(study, trial.number))
         for step, value in sorted(trial.intermediate.items()):
-            if step not in study.trials[trial.number].intermediate_values:
+            if step not in study.get_trials(deepcopy=False)[trial.number].intermediate_values:
                 live.report(value, step)
         if not live.should_prune():
             return
@@ -307,9 +321,8 @@ class Sweeps:
         self.store.update_trial(sweep_id, trial.number, state=state, value=value, note=note)
         if state == "COMPLETE":
             study.tell(trial.number, value)
-            best = self._best(row)
-            if best is not None:
-                self.store.update_sweep(sweep_id, best_trial=best.number, best_value=best.value)
+            if self._beats(row, trial.number, value):
+                self.store.update_sweep(sweep_id, best_trial=trial.number, best_value=value)
         else:
             study.tell(trial.number, state=TrialState.FAIL)
 
@@ -319,14 +332,18 @@ class Sweeps:
         if row is None or row.state != sweep_pb2.SWEEP_RUNNING:
             return
         s = row.spec.sweep
-        while True:
-            trials = self.store.trials(sweep_id)
-            if len(trials) >= s.max_trials:
-                break
+        # Counted, not read: every finished trial comes through here, and decoding all of a
+        # sweep's trial rows each time made a 100-trial sweep's asks quadratic.
+        asked = self.store.trial_count(sweep_id)
+        while asked < s.max_trials:
             if self.store.active_trial_count(sweep_id) >= s.max_concurrent:
                 return
             self._new_trial(row)
-        if self.store.active_trial_count(sweep_id) or any(t.state == "RUNNING" for t in trials):
+            asked += 1
+        if self.store.active_trial_count(sweep_id):
+            return
+        trials = self.store.trials(sweep_id)
+        if any(t.state == "RUNNING" for t in trials):
             return
         best = self._best(row)
         counts = {k: sum(t.state == k for t in trials) for k in ("COMPLETE", "PRUNED", "FAIL")}
@@ -362,7 +379,8 @@ class Sweeps:
                     params = space.grid(s)[trial.suggest_int(_GRID_PARAM, 0, row.grid_size - 1)]
                 else:
                     params = self._suggest(trial, s)
-                frozen = study.trials[trial.number]
+                # Not study.trials: that deep-copies every trial of the study, on every ask.
+                frozen = study.get_trials(deepcopy=False)[trial.number]
                 record = TrialRow(
                     sweep_id=row.id,
                     number=trial.number,
@@ -446,6 +464,17 @@ class Sweeps:
     @staticmethod
     def _trial_id(study: optuna.Study, number: int) -> int:
         return study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+
+    @staticmethod
+    def _beats(row: SweepRow, number: int, value: float) -> bool:
+        """Whether a trial that just completed is the sweep's new best: as _best picks
+        (the better value; of equal ones, the lower trial number), without reading every
+        trial."""
+        if row.best_value is None or row.best_trial is None:
+            return True
+        if value == row.best_value:
+            return number < row.best_trial
+        return value < row.best_value if row.spec.sweep.mode == "min" else value > row.best_value
 
     def _best(self, row: SweepRow) -> TrialRow | None:
         done = [

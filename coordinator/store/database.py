@@ -161,6 +161,12 @@ class Database:
         for name, declaration in _ADDED_JOB_COLUMNS.items():
             if name not in columns:
                 self._conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {declaration}")
+        # After the columns it indexes exist. Each submitter's queue in placement order, and
+        # how many of its jobs are placed: what placement's fair order reads (JobTable).
+        self._conn.execute(
+            "CREATE INDEX IF NOT EXISTS jobs_by_submitter "
+            "ON jobs (state, submitter, priority DESC, created_at)"
+        )
 
     def close(self) -> None:
         with self._lock:

@@ -13,7 +13,8 @@ from tunefleet.coordinator.store.rows import JOB_COLUMNS, MEMBER_COLUMNS
 from tunefleet.states import ACTIVE_STATES
 from tunefleet.v1 import job_pb2, spec_pb2
 
-# Placement order: higher priority first, then the oldest.
+# A queue's order: higher priority first, then the oldest. Placement interleaves the
+# submitters' queues (placement.fair_order).
 _QUEUE_ORDER = "ORDER BY priority DESC, created_at ASC, rowid ASC"
 
 
@@ -159,27 +160,56 @@ class JobTable(Database):
         )
 
     def queued_jobs(self) -> list[job_pb2.Job]:
-        """QUEUED jobs in placement order: higher priority first, then the oldest."""
+        """QUEUED jobs, higher priority first, then the oldest (all submitters together)."""
         return self._jobs(
             f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = ? {_QUEUE_ORDER}", (job_pb2.QUEUED,)
         )
 
-    def iter_queued(self, page: int = 16) -> Iterator[job_pb2.Job]:
-        """queued_jobs(), decoded a page at a time: a placement usually takes one of the
-        first jobs, and must not decode a queue of thousands to find it."""
-        offset = 0
+    def iter_queued(
+        self, page: int = 16, *, submitter: str | None = None, first_page: int = 0
+    ) -> Iterator[job_pb2.Job]:
+        """queued_jobs() (only `submitter`'s when given), decoded a page at a time: a
+        placement usually takes one of the first jobs, and must not decode a queue of
+        thousands to find it. `first_page` (0: `page`) sizes the first read: the fair order
+        starts from the head of each submitter's queue and goes on with one of them."""
+        where, args = "state = ?", [job_pb2.QUEUED]
+        if submitter is not None:
+            where, args = "state = ? AND submitter = ?", [job_pb2.QUEUED, submitter]
+        offset, size = 0, first_page or page
         while True:
             jobs = self._jobs(
-                f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = ? {_QUEUE_ORDER} LIMIT ? OFFSET ?",
-                (job_pb2.QUEUED, page, offset),
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE {where} {_QUEUE_ORDER} LIMIT ? OFFSET ?",
+                (*args, size, offset),
             )
             yield from jobs
-            if len(jobs) < page:
+            if len(jobs) < size:
                 return
-            offset += page
+            offset, size = offset + size, page
+
+    def queued_submitters(self) -> list[str]:
+        """The submitters with QUEUED jobs. A skip scan of the index (one seek per
+        submitter), not a DISTINCT that reads every queued job's entry."""
+        found = self._query(
+            "WITH RECURSIVE s(name) AS ("
+            "SELECT (SELECT min(submitter) FROM jobs WHERE state = ?1) UNION ALL "
+            "SELECT (SELECT min(submitter) FROM jobs WHERE state = ?1 AND submitter > name) "
+            "FROM s WHERE name IS NOT NULL) SELECT name FROM s WHERE name IS NOT NULL",
+            (job_pb2.QUEUED,),
+        )
+        return [name for (name,) in found]
+
+    def placed_counts(self, submitters: Iterable[str]) -> dict[str, int]:
+        """How many ASSIGNED or RUNNING jobs each of `submitters` has."""
+        return {
+            name: self._query(
+                "SELECT count(*) FROM jobs WHERE state IN (?, ?) AND submitter = ?",
+                (*ACTIVE_STATES, name),
+            )[0][0]
+            for name in submitters
+        }
 
     def queued_brief(self) -> list[tuple[str, str, bytes, float]]:
-        """(id, reason, serialized spec, not_before) of the QUEUED jobs in placement order:
+        """(id, reason, serialized spec, not_before) of the QUEUED jobs in queue order:
         what explaining waits needs, for a fraction of the cost of decoding whole jobs."""
         found = self._query(
             f"SELECT id, reason, spec, not_before FROM jobs WHERE state = ? {_QUEUE_ORDER}",

@@ -159,6 +159,11 @@ class SweepTable(Database):
         )
         return [_trial(r) for r in rows]
 
+    def trial_count(self, sweep_id: str) -> int:
+        """Trials asked so far (what max_trials bounds)."""
+        ((n,),) = self._query("SELECT count(*) FROM sweep_trials WHERE sweep_id = ?", (sweep_id,))
+        return n
+
     def trial_of_job(self, job_id: str) -> TrialRow | None:
         if not job_id:
             return None

@@ -81,6 +81,32 @@ def test_a_model_from_another_job_waits_for_it_and_takes_its_model():
     assert not placed.refusal and placed.spec.model.name == "/out/parent/model"
 
 
+def test_fair_order_puts_whoever_has_fewest_jobs_placed_first_within_a_priority():
+    def queued(job_id: str, submitter: str, created_s: int, priority: int = 0) -> job_pb2.Job:
+        job = _job(job_id, priority=priority)
+        job.submitter = submitter
+        job.created_at.FromSeconds(created_s)
+        return job
+
+    # alice's sweep queued its trials (and an urgent job) before bob's jobs came.
+    alice = [queued("urgent", "alice", 5, priority=5)] + [
+        queued(f"t{i}", "alice", i) for i in range(3)
+    ]
+    bob = [queued("b1", "bob", 11), queued("b2", "bob", 12)]
+
+    def order(placed: dict[str, int]) -> list[str]:
+        return [job.id for job in placement.fair_order([alice, bob], placed)]
+
+    assert order({"alice": 3, "bob": 1}) == ["urgent", "b1", "b2", "t0", "t1", "t2"]
+    # Equal shares: the oldest first, whoever submitted it.
+    assert order({"alice": 1, "bob": 1}) == ["urgent", "t0", "t1", "t2", "b1", "b2"]
+    # Lazy: the first job to place costs one job of each queue, not a whole backlog.
+    read = []
+    backlog = (read.append(job.id) or job for job in alice[1:])
+    assert next(placement.fair_order([backlog, bob], {"alice": 2})).id == "b1"
+    assert read == ["t0"]
+
+
 def test_explain_waits_says_what_each_job_waits_for():
     capacities = [Capacity(_worker("w", gpus=2), [_job("run", gpus=0, worker="w")])]
     queued = [

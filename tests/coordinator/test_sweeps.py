@@ -7,6 +7,7 @@ import grpc
 import pytest
 from coordinator_helpers import RPC_TIMEOUT, Worker, make_spec, wait_for
 
+from tunefleet.coordinator.auth import Role, TokenTable
 from tunefleet.coordinator.store import JobStore
 from tunefleet.spec import spec_from_dict, spec_to_dict
 from tunefleet.status_details import read_details
@@ -285,8 +286,6 @@ def test_trials_of_a_failed_source_job_fail_and_the_sweep_ends_failed(sweeper, c
 
 
 def test_users_see_and_cancel_only_their_own_sweeps(start_coordinator):
-    from tunefleet.coordinator.auth import Role, TokenTable
-
     tokens = TokenTable.from_entries(
         [
             {"name": "alice", "role": Role.USER.value, "token": "a" * 32},
@@ -380,3 +379,43 @@ def test_a_job_chained_on_a_finished_sweep_or_a_cancelled_one(sweeper, client):
     sweeper.cancel(cancelled.id)
     job = wait_for(lambda: (j := client.get(waiting.id)).state == job_pb2.FAILED and j)
     assert job.reason == f"source sweep {cancelled.id} ended CANCELLED"
+
+
+def test_a_sweeps_backlog_does_not_make_another_users_job_wait(start_coordinator):
+    """Placement interleaves submitters (fewest jobs placed first): bob's job, submitted
+    after alice's sweep queued its trials, takes the second free worker, not the last."""
+    tokens = TokenTable.from_entries(
+        [
+            {"name": "alice", "role": Role.USER.value, "token": "a" * 32},
+            {"name": "bob", "role": Role.USER.value, "token": "b" * 32},
+            {"name": "fleet", "role": Role.WORKER.value, "token": "w" * 32},
+        ]
+    )
+    server = start_coordinator(tokens=tokens, insecure=True)
+    channel = grpc.insecure_channel(server.address)
+    stub = coordinator_pb2_grpc.CoordinatorStub(channel)
+    alice, bob, fleet = ((("authorization", f"Bearer {c * 32}"),) for c in "abw")
+    lrs = [0.001, 0.002, 0.003, 0.004]
+    spec = sweep_spec({"space": {"optimizer.lr": lrs}, "max_concurrent": 4})
+    request = coordinator_pb2.SubmitSweepRequest(spec=spec)
+    sweep = stub.SubmitSweep(request, metadata=alice, timeout=RPC_TIMEOUT)
+    assert len(sweep.trials) == 4
+    request = coordinator_pb2.SubmitJobRequest(spec=make_spec("bobs-job"))
+    bobs = stub.SubmitJob(request, metadata=bob, timeout=RPC_TIMEOUT)
+
+    placed = []
+    for n in range(3):
+        worker_id = f"w{n}"
+        register = coordinator_pb2.RegisterWorkerRequest(
+            worker_id=worker_id, resources=coordinator_pb2.WorkerResources(cpus=2)
+        )
+        stub.RegisterWorker(register, metadata=fleet, timeout=RPC_TIMEOUT)
+        acquire = coordinator_pb2.AcquireJobRequest(worker_id=worker_id, wait_seconds=0.2)
+        response = stub.AcquireJob(acquire, metadata=fleet, timeout=RPC_TIMEOUT)
+        placed.append(response.assignment.job)
+
+    # First come first served would give alice all three workers.
+    assert [job.submitter for job in placed] == ["alice", "bob", "alice"]
+    assert placed[1].id == bobs.id
+    assert [placed[0].id, placed[2].id] == [t.job_id for t in sweep.trials[:2]]
+    channel.close()
