@@ -65,6 +65,7 @@ if TYPE_CHECKING:
     )
     from tunefleet.client.uploads import (
         UploadError,
+        UploadProgress,
     )
 
 _EXPORTS = {
@@ -104,6 +105,7 @@ _EXPORTS = {
     "StateChange": "tunefleet.client.types",
     "Worker": "tunefleet.client.types",
     "UploadError": "tunefleet.client.uploads",
+    "UploadProgress": "tunefleet.client.uploads",
 }
 
 __all__ = [
@@ -140,6 +142,7 @@ __all__ = [
     "Unavailable",
     "Unimplemented",
     "UploadError",
+    "UploadProgress",
     "ValidationError",
     "Worker",
     "from_rpc_error",

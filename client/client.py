@@ -39,7 +39,13 @@ from tunefleet.client.errors import (
 )
 from tunefleet.client.sweeps import SweepClient
 from tunefleet.client.types import Event, Job, JobState, Worker
-from tunefleet.client.uploads import NO_STORAGE_HINT, UploadError, local_inputs, upload_inputs
+from tunefleet.client.uploads import (
+    NO_STORAGE_HINT,
+    UploadError,
+    UploadProgress,
+    local_inputs,
+    upload_inputs,
+)
 from tunefleet.defaults import DEFAULT_ADDRESS, ENV_COORDINATOR
 from tunefleet.spec.errors import SpecError
 from tunefleet.transport import SDK_CHANNEL_OPTIONS, ChannelSecurity, RetryPolicy, open_channel
@@ -150,6 +156,7 @@ class Client(SweepClient):
         priority: int | None = None,
         check_paths: bool = True,
         upload: bool | None = None,
+        upload_progress: Callable[[UploadProgress], None] | None = None,
     ) -> JobHandle:
         """Validate a job spec locally, upload its local files if need be, then submit it.
 
@@ -167,6 +174,8 @@ class Client(SweepClient):
                 (`ftctl server --storage-uri`) and submit their URLs
                 (tunefleet.client.uploads). None: when the coordinator has storage; True:
                 UploadError if it has none; False: never.
+            upload_progress: Called as each chunk of an upload is sent (`UploadProgress`:
+                bytes done and total, the file on its way), e.g. to draw a bar.
 
         Raises:
             ValidationError: The spec is invalid; `.errors` lists every problem, exactly as
@@ -176,7 +185,7 @@ class Client(SweepClient):
         job_spec = _prepare_here(spec, check_paths)
         notes: list[str] = []
         if check_paths:
-            job_spec, notes = self._local_inputs(job_spec, upload)
+            job_spec, notes = self._local_inputs(job_spec, upload, upload_progress)
         if priority is not None:
             job_spec.priority = priority
         request = coordinator_pb2.SubmitJobRequest(
@@ -193,7 +202,10 @@ class Client(SweepClient):
         return response.storage_uri
 
     def _local_inputs(
-        self, spec: spec_pb2.JobSpec, upload: bool | None
+        self,
+        spec: spec_pb2.JobSpec,
+        upload: bool | None,
+        progress: Callable[[UploadProgress], None] | None = None,
     ) -> tuple[spec_pb2.JobSpec, list[str]]:
         """Uploads the local files if storage says so; the notes to show."""
         present, notes, _ = local_inputs(spec)  # _prepare_here reported the problems
@@ -207,7 +219,7 @@ class Client(SweepClient):
                     f"cannot upload {fields}: the coordinator has no storage; {NO_STORAGE_HINT}"
                 )
             return spec, notes
-        spec, done = upload_inputs(spec, present, storage)
+        spec, done = upload_inputs(spec, present, storage, progress=progress)
         notes.append(
             f"uploaded {done.uploaded_files} files ({done.uploaded_bytes:,} bytes) to {storage}"
             + (f", {done.reused_files} already there" if done.reused_files else "")

@@ -148,7 +148,12 @@ class SweepClient:
     sweep calls each stay one module."""
 
     def submit_sweep(
-        self, spec, *, idempotency_key: str | None = None, check_paths: bool = True
+        self,
+        spec,
+        *,
+        idempotency_key: str | None = None,
+        check_paths: bool = True,
+        upload_progress=None,
     ) -> SweepHandle:
         """Validate a sweep (a job YAML path, dict or JobSpec with a `sweep:` block: every
         point of its space is checked as a job) locally, then submit it.
@@ -156,6 +161,8 @@ class SweepClient:
         Raises:
             ValidationError: Every problem, each with its field path (sweep.space.PATH for
                 a swept field), exactly as the coordinator would report them.
+
+        `upload_progress`: as Client.submit's (the base job's local files are uploaded).
         """
         from tunefleet.client.client import _prepare_here
         from tunefleet.client.errors import ValidationError
@@ -166,7 +173,7 @@ class SweepClient:
                 "not a sweep: the spec has no sweep block (submit it as a job instead)"
             )
         if check_paths:  # local files go to the coordinator's storage, as for a job
-            job_spec, _notes = self._local_inputs(job_spec, None)
+            job_spec, _notes = self._local_inputs(job_spec, None, upload_progress)
         request = coordinator_pb2.SubmitSweepRequest(
             spec=job_spec, idempotency_key=idempotency_key or uuid.uuid4().hex
         )

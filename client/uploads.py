@@ -33,7 +33,14 @@ from tunefleet.spec.errors import FieldError
 from tunefleet.spec.urls import is_url
 from tunefleet.v1 import spec_pb2
 
-__all__ = ["NO_STORAGE_HINT", "UploadError", "Uploaded", "local_inputs", "upload_inputs"]
+__all__ = [
+    "NO_STORAGE_HINT",
+    "UploadError",
+    "UploadProgress",
+    "Uploaded",
+    "local_inputs",
+    "upload_inputs",
+]
 
 NO_STORAGE_HINT = (
     "start the coordinator with --storage-uri s3://BUCKET/PREFIX (or $TUNEFLEET_STORAGE_URI) "
@@ -46,6 +53,31 @@ _CHUNK = 1 << 20
 
 class UploadError(TunefleetError):
     """A local file could not be uploaded to the coordinator's storage."""
+
+
+@dataclass(frozen=True)
+class UploadProgress:
+    """Where an upload stands, for a progress bar: `done` of `total` bytes of the files that
+    must travel (those already in the storage are not counted), `file` the one on its way."""
+
+    done: int
+    total: int
+    file: str
+
+
+ProgressFn = Callable[[UploadProgress], None]
+
+
+def _bytes_sent(report: ProgressFn, total: int, before: int, file: str):
+    """An fsspec callback that reports each chunk s3fs & co. send (`before`: bytes of the
+    earlier files). A retry starts the file's count again."""
+    from fsspec.callbacks import Callback
+
+    class _Sent(Callback):
+        def call(self, *args, **kwargs):
+            report(UploadProgress(min(before + self.value, total), total, file))
+
+    return _Sent()
 
 
 @dataclass
@@ -151,13 +183,16 @@ def upload_inputs(
     *,
     tries: int = 5,
     backoff_s: float = 0.5,
+    progress: ProgressFn | None = None,
 ) -> tuple[spec_pb2.JobSpec, Uploaded]:
     """Uploads the local files of `fields` under storage_uri/sha256/DIGEST/NAME and returns
-    the spec naming those URLs (the input is not changed) and what was uploaded."""
+    the spec naming those URLs (the input is not changed) and what was uploaded.
+    `progress` hears about every chunk sent (UploadProgress)."""
     store = _Store(storage_uri, tries, backoff_s)
     out = spec_pb2.JobSpec()
     out.CopyFrom(spec)
     done = Uploaded()
+    plans = []
     for f in fields:
         local = Path(f.value)
         files = _files(local)
@@ -171,14 +206,33 @@ def upload_inputs(
         what = f"{f.path}: cannot upload {local} to {store.uri}"
         complete = target if local.is_file() else f"{base}/{COMPLETE}"
         present = store.retry(what, lambda c=complete: store.size(c))
-        if present is not None and (not local.is_file() or present == hashes[0][2]):
+        reused = present is not None and (not local.is_file() or present == hashes[0][2])
+        plans.append((f, local, files, hashes, target, complete, digest, what, reused))
+    # The bar's 100 %: the bytes of every file not already in the storage.
+    total = sum(
+        size
+        for plan in plans
+        if not plan[-1]
+        for _, _, size in plan[3]  # plan[3]: hashes
+    )
+    for f, local, files, hashes, target, complete, digest, what, reused in plans:
+        if reused:
             done.reused_files += len(files)
         else:
             for (p, rel), (_, _, size) in zip(files, hashes, strict=True):
                 remote = f"{target}/{rel}" if rel else target
-                store.retry(what, lambda p=p, r=remote: store.fs.put_file(str(p), r))
+
+                def put(p=p, r=remote):
+                    sent = None
+                    if progress is not None:
+                        sent = _bytes_sent(progress, total, done.uploaded_bytes, str(p))
+                    store.fs.put_file(str(p), r, **({"callback": sent} if sent else {}))
+
+                store.retry(what, put)
                 done.uploaded_bytes += size
                 done.uploaded_files += 1
+                if progress is not None:  # a store that reports no chunks still moves the bar
+                    progress(UploadProgress(done.uploaded_bytes, total, str(p)))
             if not local.is_file():
                 store.retry(what, lambda c=complete: store.fs.pipe_file(c, b"{}"))
         url = f"{store.uri}/sha256/{digest}/{local.name}"

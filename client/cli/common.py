@@ -5,8 +5,9 @@ which each noun module registers its sub-commands."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from rich.console import Console
@@ -15,6 +16,7 @@ from rich.text import Text
 from tunefleet.client.client import Client, RetryPolicy
 from tunefleet.client.errors import TunefleetError
 from tunefleet.client.types import JobState
+from tunefleet.client.uploads import UploadProgress
 from tunefleet.defaults import DEFAULT_ADDRESS, ENV_COORDINATOR
 from tunefleet.limits import printable
 from tunefleet.transport import ChannelSecurity
@@ -225,6 +227,44 @@ def write_text_atomic(path: Path, text: str) -> None:
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise TunefleetError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+@contextlib.contextmanager
+def upload_bar() -> Iterator[Callable[[UploadProgress], None] | None]:
+    """While a submit uploads local files: a bar on stderr (a terminal only; it goes when
+    the upload ends, and the submit's note says what was sent). Yields the SDK's
+    `upload_progress` callback, or None."""
+    console = stderr()
+    if not console.is_terminal:
+        yield None
+        return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    columns = (
+        TextColumn("uploading {task.fields[file]}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = None
+
+        def update(p: UploadProgress) -> None:
+            nonlocal task
+            name = printable(Path(p.file).name)
+            if task is None:
+                task = bar.add_task("upload", total=p.total, file=name)
+            bar.update(task, completed=p.done, file=name)
+
+        yield update
 
 
 def stdout() -> Console:

@@ -24,6 +24,7 @@ from tunefleet.client.cli.common import (
     state_exit_code,
     stderr,
     stdout,
+    upload_bar,
 )
 from tunefleet.client.client import Client, prepare_spec
 from tunefleet.client.errors import ValidationError
@@ -133,13 +134,14 @@ def resolved_yaml(spec, path: str, *, first: bool = True) -> str:
 
 def submit(args) -> int:
     console = stdout()
-    with client(args, follow=args.follow) as sdk:
+    with client(args, follow=args.follow) as sdk, upload_bar() as progress:
         handle = sdk.submit(
             args.file,
             priority=args.priority,
             idempotency_key=args.idempotency_key,
             check_paths=not args.no_check_paths,
             upload=args.upload,
+            upload_progress=progress,
         )
         for note in handle.notes:  # stderr: `-q` keeps stdout to the job id
             stderr().print(Text(printable(f"note: {note}")))

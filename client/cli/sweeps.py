@@ -28,6 +28,7 @@ from tunefleet.client.cli.common import (
     coordinator_flag,
     note,
     stdout,
+    upload_bar,
     write_text_atomic,
 )
 from tunefleet.client.errors import TunefleetError
@@ -123,7 +124,10 @@ def submit(args) -> int:
     console = stdout()
     args.file = args.target  # `main` names the file in a ValidationError's listing
     with client(args) as sdk:
-        handle = sdk.submit_sweep(args.target, idempotency_key=args.idempotency_key)
+        with upload_bar() as progress:
+            handle = sdk.submit_sweep(
+                args.target, idempotency_key=args.idempotency_key, upload_progress=progress
+            )
         sweep = handle.sweep
         s = sweep.spec.sweep
         console.print(

@@ -4,8 +4,14 @@ against a real S3-compatible store (moto server)."""
 
 from __future__ import annotations
 
+import json
+import os
+import pty
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import fsspec
 import pytest
@@ -94,6 +100,57 @@ def test_local_files_are_uploaded_once_by_content(s3_env, bucket, tmp_path, tiny
     assert spec.model.name.startswith(f"{storage}/sha256/")
     fs = fsspec.filesystem("s3")
     assert fs.cat_file(spec.data.train.removeprefix("s3://")) == train.read_bytes()
+
+
+def test_an_upload_reports_its_progress_and_ftctl_draws_a_bar(s3_env, bucket, tmp_path, tiny_bert):
+    train = tmp_path / "train.csv"
+    with train.open("w") as f:  # ~6 MB: several chunks of s3fs's multipart upload
+        f.write("text,label\n")
+        for i in range(120_000):
+            f.write(f"row number {i} of a large file,{'pos' if i % 2 else 'neg'}\n")
+    size = train.stat().st_size
+    storage = f"{bucket}/inputs"
+    seen: list[tc.UploadProgress] = []
+    server = start_server("127.0.0.1:0", tmp_path / "c.db", storage_uri=storage)
+    with server, Client(server.address) as client:
+        first = client.submit(_job(str(train), model=str(tiny_bert)), upload_progress=seen.append)
+        model_bytes = sum(p.stat().st_size for p in tiny_bert.rglob("*") if p.is_file())
+        assert seen and seen[-1].done == seen[-1].total == size + model_bytes
+        assert all(a.done <= b.done for a, b in zip(seen, seen[1:], strict=False))
+        assert any(p.file == str(train) and 0 < p.done < p.total for p in seen)
+        again: list[tc.UploadProgress] = []
+        client.submit(_job(str(train), model=str(tiny_bert)), upload_progress=again.append)
+        assert again == []  # nothing travels, nothing to draw
+        assert first.notes[-1].startswith("uploaded ")
+
+        # On a terminal, ftctl draws the bar while the upload runs (a new file: new bytes).
+        train.write_text(train.read_text() + "one more row,pos\n")
+        job = tmp_path / "job.yaml"
+        job.write_text(json.dumps(_job(str(train), model=str(tiny_bert))))
+        main, child = pty.openpty()
+        env = {**os.environ, "COLUMNS": "160", "TERM": "xterm"}
+        ftctl = Path(sys.executable).parent / "ftctl"
+        proc = subprocess.Popen(
+            [str(ftctl), "submit", str(job), "--coordinator", server.address],
+            stdin=child, stdout=child, stderr=child, env=env, close_fds=True,
+        )  # fmt: skip
+        os.close(child)
+        chunks = []
+        try:
+            while True:
+                try:
+                    data = os.read(main, 65536)
+                except OSError:
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+        finally:
+            os.close(main)
+        assert proc.wait(timeout=60) == 0
+    text = b"".join(chunks).decode("utf-8", "replace")
+    assert "uploading train.csv" in text and "MB" in text, text
+    assert "note: uploaded 1 files" in text, text
 
 
 def test_an_unreachable_store_is_retried_with_backoff_then_named(tmp_path, monkeypatch):
