@@ -53,7 +53,7 @@ def suggest(path: Path, *extra: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize(
     ("per_class", "first", "lr"),
-    [(4, "head_only", 1e-3), (40, "lp_ft", 5e-5), (150, "full", 5e-5)],
+    [(4, "lp_ft", 5e-5), (40, "lp_ft", 5e-5), (150, "full", 5e-5)],
 )
 def test_the_first_pick_follows_examples_per_class(tmp_path, per_class, first, lr):
     out = tmp_path / "sweep.yaml"
@@ -61,6 +61,7 @@ def test_the_first_pick_follows_examples_per_class(tmp_path, per_class, first, l
     assert done.returncode == 0, done.stderr
     assert f"{per_class * 5:,} training examples, 5 classes ({per_class} per class" in done.stderr
     assert f"-> {first} first at lr {lr:g}" in done.stderr
+    assert ("then head_only, last_k" in done.stderr) == (per_class < 20)
     # The file is a sweep the validator takes, from any folder (paths made absolute), and
     # the first pick is one of its grid points.
     spec = load_job_file(out, check_paths=True)
