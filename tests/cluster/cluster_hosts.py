@@ -149,6 +149,34 @@ class Hosts:
         self.processes.append(proc)
         return proc
 
+    def start_store(self, port: int, env: dict) -> subprocess.Popen:
+        """moto in server mode (S3-compatible) on host "store", once it listens."""
+        from cluster_helpers import wait_port
+
+        argv = [sys.executable, "-m", "moto.server", "-H", "0.0.0.0", "-p", str(port)]
+        proc = self.start("store", argv, env, "store.log")
+        wait_port(self.addresses["store"], port, ns=self.namespaces["store"])
+        return proc
+
+    def start_coordinator(
+        self, port: int, env: dict, *, heartbeat_s: float, lease_s: float, storage_uri: str = ""
+    ) -> subprocess.Popen:
+        """`python -m tunefleet.coordinator` on host "coord", its database on that host's
+        own disk, once it listens."""
+        from cluster_helpers import wait_port
+
+        argv = [
+            sys.executable, "-m", "tunefleet.coordinator",
+            "--listen", f"{self.addresses['coord']}:{port}", "--insecure",
+            "--db", str(self.private / "coordinator.db"),
+            "--heartbeat-s", str(heartbeat_s), "--lease-s", str(lease_s),
+        ]  # fmt: skip
+        if storage_uri:
+            argv += ["--storage-uri", storage_uri]
+        proc = self.start("coord", argv, env, "coordinator.log")
+        wait_port(self.addresses["coord"], port)
+        return proc
+
     def run(self, name: str, argv: list[str], env: dict, timeout: float = 120):
         return subprocess.run(
             self.command(name, argv), env=env, capture_output=True, text=True, timeout=timeout

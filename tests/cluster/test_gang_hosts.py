@@ -24,7 +24,7 @@ import time
 
 import pytest
 import yaml
-from cluster_helpers import FAKE_CREDENTIALS, wait_port
+from cluster_helpers import FAKE_CREDENTIALS
 from cluster_hosts import Hosts, namespaces_unavailable
 from jobfiles import make_sentiment_csv
 
@@ -54,21 +54,13 @@ def cluster(tmp_path_factory, tiny_bert):
         }
         for inherited in ("TUNEFLEET_ALLOWED_ROOTS", "GLOO_SOCKET_IFNAME"):
             hosts.env.pop(inherited, None)
-        store = [sys.executable, "-m", "moto.server", "-H", "0.0.0.0", "-p", str(STORE_PORT)]
-        hosts.start("store", store, hosts.env, "store.log")
-        wait_port(hosts.addresses["store"], STORE_PORT, ns=hosts.namespaces["store"])
+        hosts.start_store(STORE_PORT, hosts.env)
         mkbucket = f"import fsspec; fsspec.filesystem('s3').mkdir({BUCKET!r})"
         made = hosts.run("laptop", [sys.executable, "-c", mkbucket], hosts.env)
         assert made.returncode == 0, made.stderr
-        coordinator = [
-            sys.executable, "-m", "tunefleet.coordinator",
-            "--listen", f"{hosts.addresses['coord']}:{PORT}", "--insecure",
-            "--db", str(hosts.private / "coordinator.db"),
-            "--heartbeat-s", "0.5", "--lease-s", "10",
-            "--storage-uri", f"s3://{BUCKET}/inputs",
-        ]  # fmt: skip
-        hosts.start("coord", coordinator, hosts.env, "coordinator.log")
-        wait_port(hosts.addresses["coord"], PORT)
+        hosts.start_coordinator(
+            PORT, hosts.env, heartbeat_s=0.5, lease_s=10, storage_uri=f"s3://{BUCKET}/inputs"
+        )
         for name in ("w1", "w2"):
             worker = [
                 sys.executable, "-m", "tunefleet.worker", "--id", name, "--gpus", "0",

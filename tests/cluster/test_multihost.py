@@ -24,7 +24,7 @@ import time
 
 import pytest
 import yaml
-from cluster_helpers import FAKE_CREDENTIALS, wait_port
+from cluster_helpers import FAKE_CREDENTIALS
 from cluster_hosts import Hosts, namespaces_unavailable
 from jobfiles import make_sentiment_csv
 
@@ -54,21 +54,13 @@ def cluster(tmp_path_factory, tiny_bert):
             "TUNEFLEET_COORDINATOR": f"{hosts.addresses['coord']}:{PORT}",
         }
         hosts.env.pop("TUNEFLEET_ALLOWED_ROOTS", None)
-        store_argv = [sys.executable, "-m", "moto.server", "-H", "0.0.0.0", "-p", str(STORE_PORT)]
-        hosts.store = hosts.start("store", store_argv, hosts.env, "store.log")
-        wait_port(hosts.addresses["store"], STORE_PORT, ns=hosts.namespaces["store"])
+        hosts.store = hosts.start_store(STORE_PORT, hosts.env)
         mkbucket = f"import fsspec; fsspec.filesystem('s3').mkdir({BUCKET!r})"
         made = hosts.run("laptop", [sys.executable, "-c", mkbucket], hosts.env)
         assert made.returncode == 0, made.stderr
-        coordinator = [
-            sys.executable, "-m", "tunefleet.coordinator",
-            "--listen", f"{hosts.addresses['coord']}:{PORT}", "--insecure",
-            "--db", str(hosts.private / "coordinator.db"),
-            "--heartbeat-s", "0.5", "--lease-s", "5",
-            "--storage-uri", f"s3://{BUCKET}/inputs",
-        ]  # fmt: skip
-        hosts.start("coord", coordinator, hosts.env, "coordinator.log")
-        wait_port(hosts.addresses["coord"], PORT)
+        hosts.start_coordinator(
+            PORT, hosts.env, heartbeat_s=0.5, lease_s=5, storage_uri=f"s3://{BUCKET}/inputs"
+        )
         # The laptop's own files: the model and the data exist nowhere else.
         shutil.copytree(tiny_bert, hosts.disk("laptop") / "model")
         make_sentiment_csv(hosts.disk("laptop") / "train.csv", 96)

@@ -22,7 +22,7 @@ from pathlib import Path
 import fsspec
 import grpc
 import pytest
-from cluster_helpers import FAKE_CREDENTIALS, clear_s3_instances, wait_port
+from cluster_helpers import FAKE_CREDENTIALS, clear_s3_instances
 from cluster_hosts import Hosts, namespaces_unavailable
 from jobfiles import make_sentiment_csv
 
@@ -61,18 +61,9 @@ def hosts(tmp_path, tiny_bert, monkeypatch):
         for key, value in {**FAKE_CREDENTIALS, "AWS_ENDPOINT_URL": store_url}.items():
             monkeypatch.setenv(key, value)  # this process reads the store too
         clear_s3_instances()
-        moto = [sys.executable, "-m", "moto.server", "-H", "0.0.0.0", "-p", str(STORE_PORT)]
-        hosts.start("store", moto, hosts.env, "store.log")
-        wait_port(hosts.addresses["store"], STORE_PORT)
+        hosts.start_store(STORE_PORT, hosts.env)
         fsspec.filesystem("s3").mkdir(BUCKET)
-        coordinator = [
-            sys.executable, "-m", "tunefleet.coordinator",
-            "--listen", f"{hosts.addresses['coord']}:{PORT}", "--insecure",
-            "--db", str(hosts.private / "coordinator.db"),
-            "--heartbeat-s", str(HEARTBEAT_S), "--lease-s", str(LEASE_S),
-        ]  # fmt: skip
-        hosts.start("coord", coordinator, hosts.env, "coordinator.log")
-        wait_port(hosts.addresses["coord"], PORT)
+        hosts.start_coordinator(PORT, hosts.env, heartbeat_s=HEARTBEAT_S, lease_s=LEASE_S)
         for worker in ("w1", "w2"):  # the same files on each worker's own disk
             shutil.copytree(tiny_bert, hosts.disk(worker) / "model")
             make_sentiment_csv(hosts.disk(worker) / "train.csv", 512)
