@@ -40,7 +40,7 @@ def test_kill_9_the_coordinator_while_a_job_runs(start_cluster, make_job):
     cluster.stub.CancelJob(coordinator_pb2.CancelJobRequest(job_id=done_before.id), timeout=10)
     cluster.start_worker("w1")
     cluster.wait_worker_live("w1")
-    job = cluster.submit(make_job(epochs=8))
+    job = cluster.submit(make_job(epochs=20))  # still training after step 200 and 5 s down
     figures = []
 
     for down_s, at_step in ((0.0, 30), (5.0, 200)):

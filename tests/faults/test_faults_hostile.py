@@ -146,7 +146,9 @@ def test_a_coordinator_outage_longer_than_the_lease_starts_no_requeue_storm(
     cluster = start_cluster(lease_s=2.5)
     cluster.start_coordinator()
     cluster.start_worker("w1")
-    job = cluster.submit(make_job("outage", epochs=6))
+    # 1,280 steps: a warm engine process trains the tiny BERT fast from its first second,
+    # and the job must still be training when the lease runs out during the outage.
+    job = cluster.submit(make_job("outage", epochs=20))
     cluster.wait_step(job.id, 1, 12)
     pid = engine_pid(cluster.events(job.id), 1)
     cluster.kill_coordinator()

@@ -33,7 +33,9 @@ from tunefleet.v1 import coordinator_pb2, job_pb2
 pytestmark = pytest.mark.timeout(300)
 
 
-def _start(cluster, make_job, *workers: str, epochs: int = 3) -> job_pb2.Job:
+def _start(cluster, make_job, *workers: str, epochs: int = 10) -> job_pb2.Job:
+    """640 steps by default: a warm engine process trains the tiny BERT from its first
+    second, and each fault below must land while it still trains."""
     cluster.start_coordinator()
     for worker_id in workers:
         cluster.start_worker(worker_id)
@@ -82,7 +84,7 @@ def test_kill_9_a_worker_mid_epoch(cluster, make_job):
     )
 
 
-def _running_on_w1_with_w2_spare(cluster, make_job, step: int, epochs: int = 3) -> job_pb2.Job:
+def _running_on_w1_with_w2_spare(cluster, make_job, step: int, epochs: int = 10) -> job_pb2.Job:
     job = _start(cluster, make_job, "w1", epochs=epochs)
     cluster.wait_job(job.id, lambda j: j.state == job_pb2.RUNNING, "the job to run on w1")
     cluster.start_worker("w2")
@@ -218,7 +220,7 @@ def test_ftctl_worker_drain_moves_the_job_and_the_worker_exits(cluster, make_job
     # The request travels further than a signal (an ftctl process starts, the coordinator
     # answers w1's next heartbeat): on a loaded CI host a 192-step job could finish before
     # it lands, and a drain that comes too late rightly changes nothing. 640 steps.
-    job = _running_on_w1_with_w2_spare(cluster, make_job, 15, epochs=10)
+    job = _running_on_w1_with_w2_spare(cluster, make_job, 15)
 
     ftctl = Path(sys.executable).parent / "ftctl"
     started = time.monotonic()
