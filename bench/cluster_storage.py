@@ -27,27 +27,19 @@ baselines above.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import re
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from input_cache import start_moto
 
 from tunefleet.client import Client, JobState, LocalCluster
 
 BUCKET = "bench"
 WORDS = ["the", "movie", "was", "really", "very", "a", "plot", "and", "it", "so"]
 LABEL_WORDS = {"pos": ["good", "great", "fine", "happy"], "neg": ["bad", "awful", "poor", "sad"]}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_csv(path: Path, mb: int) -> int:
@@ -133,19 +125,7 @@ def main() -> None:
     parser.add_argument("--mb", type=int, default=200, help="size of the CSV (MB)")
     parser.add_argument("--rows", type=int, default=256, help="rows trained on (limit_train)")
     args = parser.parse_args()
-    port = _free_port()
-    store = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    credentials = {
-        "AWS_ACCESS_KEY_ID": "bench",
-        "AWS_SECRET_ACCESS_KEY": "bench",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-    }
-    os.environ.update(credentials)  # the laptop's; the worker gets the same below
+    store, credentials = start_moto()  # the laptop's; the worker gets the same below
     with tempfile.TemporaryDirectory(prefix="tunefleet-bench-storage-") as tmp:
         try:
             root = Path(tmp)

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from tunefleet.client.errors import TunefleetError
 from tunefleet.spec.environment import check_environment, missing, path_fields
@@ -78,6 +79,20 @@ def _bytes_sent(report: ProgressFn, total: int, before: int, file: str):
             report(UploadProgress(min(before + self.value, total), total, file))
 
     return _Sent()
+
+
+class _Plan(NamedTuple):
+    """One field's upload, decided before any byte is sent (the bar needs the total)."""
+
+    path_field: Any  # the spec field (path, value) the file comes from
+    local: Path
+    files: list[tuple[Path, str]]
+    hashes: list[tuple[str, str, int]]  # (relative name, sha256, size) per file
+    target: str
+    complete: str
+    digest: str
+    what: str
+    reused: bool  # already in the storage: nothing to send
 
 
 @dataclass
@@ -207,14 +222,9 @@ def upload_inputs(
         complete = target if local.is_file() else f"{base}/{COMPLETE}"
         present = store.retry(what, lambda c=complete: store.size(c))
         reused = present is not None and (not local.is_file() or present == hashes[0][2])
-        plans.append((f, local, files, hashes, target, complete, digest, what, reused))
+        plans.append(_Plan(f, local, files, hashes, target, complete, digest, what, reused))
     # The bar's 100 %: the bytes of every file not already in the storage.
-    total = sum(
-        size
-        for plan in plans
-        if not plan[-1]
-        for _, _, size in plan[3]  # plan[3]: hashes
-    )
+    total = sum(size for plan in plans if not plan.reused for _, _, size in plan.hashes)
     for f, local, files, hashes, target, complete, digest, what, reused in plans:
         if reused:
             done.reused_files += len(files)
