@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import os
 from pathlib import Path
 
@@ -11,6 +12,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from jobfiles import make_sentiment_csv, make_tiny_bert  # noqa: E402
+
+# After the last test Python joins every non-daemon thread a test left behind; one that
+# never ends would hang `make test` silently until CI's own limit. Past this many seconds
+# of shutdown, print every thread's stack and exit 1, so the hang is a failure that names it.
+SHUTDOWN_LIMIT_S = 120
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    faulthandler.dump_traceback_later(SHUTDOWN_LIMIT_S, exit=True)
 
 
 @pytest.fixture(scope="session")

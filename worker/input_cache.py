@@ -14,8 +14,9 @@ the same bytes share an entry when the store gives them the same checksum.
 Two engines may ask for the same object at once (two workers on one host, a multi-node
 job's ranks): each key has a lock file; whoever holds it exclusively downloads into a
 temporary folder and renames it into place (a reader never sees half a file), the other
-waits and finds the entry done. While a job uses an entry it holds the lock shared, so the
-LRU eviction (least recently used first, down to the size bound) skips it.
+waits and finds the entry done. While a job uses an entry it holds another lock of the key
+shared, so the LRU eviction (least recently used first, down to the size bound) skips it;
+a download never waits for a job that uses the entry, only for another download.
 
 Credentials come from the worker's environment only (AWS_*, GOOGLE_APPLICATION_CREDENTIALS,
 AZURE_STORAGE_*, HF_TOKEN): a spec never carries them (tunefleet.spec.urls refuses them).
@@ -156,16 +157,15 @@ class InputCache:
         entry = self.objects / key
         fd = os.open(self.locks / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            # Shared while in use (eviction skips the entry until close()); exclusive only
-            # to download, one process per key, the others waiting for the renamed entry.
+            # Two locks a key. The use lock, held shared from here until close(), keeps
+            # eviction (which takes it exclusively, without waiting) off the entry. The
+            # download lock, held exclusively only while downloading, makes one fetcher per
+            # key download while the others wait for its rename -- never for a job that
+            # merely uses the entry, which may train for hours.
             fcntl.flock(fd, fcntl.LOCK_SH)
             downloaded = 0
             if not entry.is_dir():
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                if not entry.is_dir():  # nobody else fetched it meanwhile
-                    downloaded = self._download(fs, remote, listing, entry, name, url)
-                fcntl.flock(fd, fcntl.LOCK_SH)
+                downloaded = self._download_once(fs, remote, listing, entry, name, url)
             os.utime(entry)  # most recently used
         except BaseException:
             os.close(fd)
@@ -174,6 +174,17 @@ class InputCache:
         if downloaded:
             self.evict(keep=key)
         return fetched
+
+    def _download_once(self, fs, remote, listing, entry: Path, name: str, url: str) -> int:
+        """Downloads the entry unless another fetcher does it first; 0 if it did."""
+        fd = os.open(self.locks / f"{entry.name}.download", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if entry.is_dir():  # another fetcher downloaded it while this one waited
+                return 0
+            return self._download(fs, remote, listing, entry, name, url)
+        finally:
+            os.close(fd)  # releases the download lock
 
     def _describe(self, fs, remote: str) -> tuple[list, int]:
         """[(relative name, identity, size)] of the object (a file: one row, name "")."""

@@ -4,9 +4,11 @@ against a real S3-compatible store (moto server)."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pty
+import shutil
 import subprocess
 import sys
 import threading
@@ -187,17 +189,42 @@ def test_the_cache_downloads_once_even_for_two_fetchers_at_once(s3_env, bucket, 
     def fetch():
         results.append(InputCache(tmp_path / "cache", 10**9).fetch(url))
 
-    threads = [threading.Thread(target=fetch) for _ in range(2)]
+    threads = [threading.Thread(target=fetch, daemon=True) for _ in range(2)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(30)
+    assert not any(t.is_alive() for t in threads), "a fetcher is still waiting after 30 s"
     assert sorted(r.downloaded for r in results) == [0, 200_000]
     assert results[0].path == results[1].path and results[0].path.name == "train.csv"
     with cache.fetch(url) as again:
         assert again.downloaded == 0 and again.path.read_bytes() == b"x" * 200_000
     for r in results:
         r.close()
+
+
+def test_a_download_does_not_wait_for_a_job_that_uses_the_entry(s3_env, bucket, tmp_path):
+    """Two fetchers that both found the entry missing: the first downloads and starts
+    using it (its lock shared); the second must then find the entry, not wait for that job
+    to end (which, on a real worker, may take hours)."""
+    url = _put(bucket, "data/train.csv", b"y" * 1000)
+    with InputCache(tmp_path / "elsewhere", 10**9).fetch(url) as probe:
+        key = probe.path.parent.name  # the key depends on the object, not on the folder
+    cache = InputCache(tmp_path / "cache", 10**9)
+    cache.fetch(url).close()
+    shutil.rmtree(cache.objects / key)  # as if the second fetcher looked before the rename
+    in_use = os.open(cache.locks / f"{key}.lock", os.O_RDWR)
+    fcntl.flock(in_use, fcntl.LOCK_SH)  # a job holds the entry
+    results = []
+    fetcher = threading.Thread(target=lambda: results.append(cache.fetch(url)), daemon=True)
+    fetcher.start()
+    fetcher.join(20)
+    try:
+        assert results, "the fetch waited for the job using the entry"
+        assert results[0].downloaded == 1000 and results[0].path.read_bytes() == b"y" * 1000
+        results[0].close()
+    finally:
+        os.close(in_use)
     assert not list((tmp_path / "cache" / "tmp").iterdir())  # no temp file left behind
 
 
