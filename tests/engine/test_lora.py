@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from engine_helpers import Crash, crash_after_checkpoint
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from tunefleet.worker.engine import load_model, lora, models, run_job
@@ -16,6 +17,7 @@ from tunefleet.worker.engine.architectures import quiet_transformers
 from tunefleet.worker.engine.errors import InvalidJobInput
 from tunefleet.worker.engine.lora import is_lora_param
 from tunefleet.worker.engine.plan_preview import plan_table
+from tunefleet.worker.engine.weights import FINGERPRINT_KEY, frozen_fingerprint
 
 TARGETS = ("query", "value")
 
@@ -55,10 +57,19 @@ def test_only_adapters_and_head_train_and_base_weights_stay_bit_identical(lora_r
     assert all(".query." in k or ".value." in k for k in adapters)
 
     head = {k for k in state if k.startswith("classifier.")}  # the new output layer alone
-    body = [k for k in before if k.startswith("bert.")]  # the pretrained pooler included
-    for key in body:  # every pretrained body weight, adapted layers' bases included
-        assert torch.equal(state[lora_name(key)], before[key]), key
-    initial = build_lora_model(lora_run[3]).state_dict()  # same seed: the initial adapters
+    # The run's weight files leave out what never trains (weights.py): the pretrained body,
+    # adapted layers' bases included, is not in the file, and the fingerprint the file
+    # records of it is the untouched pretrained body's. (The next test shows the exported
+    # model is exactly that body with the trained adapters merged.)
+    model = build_lora_model(lora_run[3])  # same seed: the initial adapters and head
+    params = dict(model.named_parameters())
+    body = [lora_name(k) for k in before if k.startswith("bert.")]  # the pooler included
+    assert not any(k in state for k in body)
+    assert {k for k in state if k in params} == adapters | head
+    with safe_open(str(out / "best" / "model.safetensors"), framework="pt") as f:
+        recorded = f.metadata()[FINGERPRINT_KEY]
+    assert recorded == frozen_fingerprint(model, set(body))
+    initial = model.state_dict()
     changed = {k for k in state if not torch.equal(state[k], initial[k])}
     assert changed == adapters | head
     assert result.summary["steps"] == 18
@@ -76,7 +87,8 @@ def test_export_is_a_plain_merged_model_with_the_adapted_logits(lora_run):
     batch = tokenizer(["a great fun movie", "the awful plot"], return_tensors="pt", padding=True)
 
     adapted = build_lora_model(spec)
-    adapted.load_state_dict(load_file(str(out / "best" / "model.safetensors")))
+    # The trained part onto the pretrained body: the export must be exactly their merge.
+    adapted.load_state_dict(load_file(str(out / "best" / "model.safetensors")), strict=False)
     adapted.eval()
     with torch.no_grad():
         unmerged = adapted(**batch).logits
@@ -159,10 +171,16 @@ def test_lora_on_a_cnn_adapts_convs_and_exports_a_plain_model(
     assert rows["head"] == "yes" and all(rows[b].startswith("lora ") for b in ("stem", "stage1"))
     state = load_file(str(tmp_path / "best" / "model.safetensors"))
     before = load_file(str(smallcnn_checkpoint))
-    for key, value in before.items():  # conv bases and BatchNorm (kept in eval mode) unchanged
+    # The file holds what may change (weights.py): adapters, head and every buffer. The
+    # BatchNorm statistics (kept in eval mode) are unchanged; the frozen bases are left out.
+    buffers = ("running_mean", "running_var", "num_batches_tracked")
+    for key, value in before.items():
         if not key.startswith("head."):
             base = key.replace(".0.weight", ".0.base_layer.weight")
-            assert torch.equal(state[base], value), key
+            if key.endswith(buffers):
+                assert torch.equal(state[base], value), key
+            else:
+                assert base not in state, key
     model = load_model(tmp_path / "model")
     assert set(model.state_dict()) == set(before)  # a plain SmallCNN: merged, no adapters
     assert (

@@ -11,7 +11,7 @@ from test_data import TRAIN, make_spec, tokenizer  # noqa: F401 (a fixture)
 
 from tunefleet.v1 import spec_pb2
 from tunefleet.worker.engine.data import load_data
-from tunefleet.worker.engine.data.tables import csv_line_of_row
+from tunefleet.worker.engine.data.tables import _read_file_table as read_table
 from tunefleet.worker.engine.devices import describe_run, few_steps_warning
 from tunefleet.worker.engine.errors import InvalidJobInput
 from tunefleet.worker.engine.task import Task
@@ -78,7 +78,8 @@ def test_csv_errors_name_the_file_line_counting_the_header_and_multiline_fields(
         load_data(spec, Task(kind="text", tokenizer=tokenizer))
     msg = str(e.value)
     assert msg.startswith(f"{train}: line 6, column 'label': label 'pso'"), msg
-    assert csv_line_of_row(str(train), 0) == 2 and csv_line_of_row(str(train), 1) == 5
+    table = read_table(str(train), "csv")
+    assert table.describe(0) == "line 2" and table.describe(1) == "line 5"
 
 
 def test_jsonl_errors_name_the_line_skipping_blank_lines(tmp_path, tokenizer):  # noqa: F811

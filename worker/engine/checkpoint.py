@@ -1,7 +1,8 @@
 """Resumable checkpoints: checkpoints/step-NNNNNNN/.
 
 A checkpoint holds everything needed to continue a run exactly where it stopped:
-  model.safetensors      the (unwrapped) model's weights
+  model.safetensors      the (unwrapped) model's weights: what the run can change only,
+                         when the plan keeps a part frozen throughout (weights.py)
   optimizer.pt           optimizer state (torch.save; loaded with weights_only=True, so a
                          planted pickle cannot run code: it fails as InvalidJobInput)
   scheduler.pt           LR scheduler state
@@ -42,6 +43,7 @@ import torch
 from torch import nn
 
 from tunefleet.worker.engine.errors import InvalidJobInput, is_no_space
+from tunefleet.worker.engine.weights import RunWeights
 
 MANIFEST = "MANIFEST.json"
 BEST_WEIGHTS = "best.safetensors"
@@ -138,15 +140,18 @@ def commit(
     keep: int,
     identity: dict[str, str] | None = None,
     best_weights: Path | None = None,
+    weights: RunWeights | None = None,
 ) -> Path:
     """Main process: write the rest, MANIFEST last, rename into place, prune old checkpoints.
     `identity` (lineage.identity: job id, spec hash) goes into the manifest; `best_weights`
-    (the run's best weights file, when it has one) into the checkpoint as best.safetensors."""
+    (the run's best weights file, when it has one) into the checkpoint as best.safetensors;
+    `weights` says which of the model's tensors to write (all when None)."""
     tmp = _tmp_dir(root, step)
     try:
         if best_weights is not None and Path(best_weights).is_file():
             _link_or_copy(Path(best_weights), tmp / BEST_WEIGHTS)
-        _write(tmp, step, model, optimizer_state, scheduler_state, trainer_state, identity)
+        (weights or RunWeights(model)).save(model, tmp / "model.safetensors")
+        _write(tmp, step, optimizer_state, scheduler_state, trainer_state, identity)
     except Exception as exc:
         try:
             _raise_if_disk_full(exc, Path(root), f"saving checkpoint step-{step:07d}")
@@ -170,10 +175,7 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
-def _write(tmp, step, model, optimizer_state, scheduler_state, trainer_state, identity) -> None:
-    from safetensors.torch import save_model
-
-    save_model(model, str(tmp / "model.safetensors"))
+def _write(tmp, step, optimizer_state, scheduler_state, trainer_state, identity) -> None:
     if optimizer_state is not None:
         torch.save(optimizer_state, tmp / "optimizer.pt")
     if scheduler_state is not None:
@@ -230,14 +232,12 @@ class Checkpoint:
     path: Path
     trainer_state: dict[str, Any]
 
-    def load_model(self, model: nn.Module) -> None:
+    def load_model(self, model: nn.Module, weights: RunWeights | None = None) -> None:
         """Loads the weights; a checkpoint whose tensors do not fit `model` (another
         architecture, another number of labels) is InvalidJobInput: it will never fit."""
-        from safetensors.torch import load_model
-
         try:
-            load_model(model, str(self.path / "model.safetensors"))
-        except OSError:
+            (weights or RunWeights(model)).load(model, self.path / "model.safetensors")
+        except (OSError, InvalidJobInput):
             raise
         except Exception as exc:
             lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
@@ -305,11 +305,9 @@ def load(path: Path) -> Checkpoint:
     return Checkpoint(Path(path), state)
 
 
-def save_weights_atomic(model: nn.Module, path: Path) -> None:
+def save_weights_atomic(model: nn.Module, path: Path, weights: RunWeights | None = None) -> None:
     """The model's weights as one safetensors file (the run's best weights), never half."""
-    from safetensors.torch import save_model
-
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_model(model, str(tmp))
+    (weights or RunWeights(model)).save(model, tmp)
     os.replace(tmp, path)

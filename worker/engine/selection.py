@@ -22,7 +22,7 @@ exported step was chosen (`reason`); the state lives in TrainerState (checkpoint
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -106,16 +106,20 @@ def reason(state: SelectionState, name: str) -> str:
 
 
 def load_selected(
-    model: Any, state: SelectionState, name: str, best_file: Path, *, validated: bool
+    model: Any,
+    state: SelectionState,
+    name: str,
+    best_file: Path,
+    *,
+    validated: bool,
+    load: Callable[[Any, Path], None],
 ) -> dict:
     """Load the best evaluated weights (`best_file`) into `model` unless it holds them;
     returns which step is exported and why: {"step": int, "reason": str}. Without a best
     (no validation set, or no evaluation with every figure finite) the last step is."""
     if state.best_step >= 0 and best_file.is_file():
         if state.best_step != state.global_step:  # else the weights in memory are the best
-            from safetensors.torch import load_model
-
-            load_model(model, str(best_file))
+            load(model, best_file)  # RunWeights.load: the file may hold the trained part only
         return {"step": state.best_step, "reason": reason(state, name)}
     why = "no finite evaluation" if validated else "no validation set"
     return {"step": state.global_step, "reason": f"the last step ({why})"}

@@ -69,6 +69,7 @@ from tunefleet.worker.engine.progress import ProgressTracker
 from tunefleet.worker.engine.schedules import build_schedule
 from tunefleet.worker.engine.shared_features import from_env as shared_feature_cache
 from tunefleet.worker.engine.train_window import TrainWindow
+from tunefleet.worker.engine.weights import RunWeights
 
 Emit = Callable[[job_pb2.Event], None]
 
@@ -152,6 +153,8 @@ class TrainingRun:
             self.spec, self.data, self.accelerator.num_processes
         )
         self._prepare(model, optimizer, loaders)
+        ever = set().union(*(self.plan.trainable(e) for e in range(self.num_epochs)))
+        self.weights = RunWeights(self.unwrapped, ever)  # what weight files hold (weights.py)
         # The frozen prefix runs in eval mode; its outputs are cached when that pays.
         self.features = FrozenFeatures(
             spec=self.spec,
@@ -264,7 +267,7 @@ class TrainingRun:
         if acc.is_main_process:
             try:
                 ckpt = checkpoint.load(path)
-                ckpt.load_model(self.unwrapped)
+                ckpt.load_model(self.unwrapped, self.weights)
                 saved = {
                     "optimizer": ckpt.optimizer_state(),
                     "scheduler": ckpt.scheduler_state(),
@@ -523,7 +526,7 @@ class TrainingRun:
         if not selection.track(s, name, s.global_step, metrics):
             return
         if self.accelerator.is_main_process:
-            checkpoint.save_weights_atomic(self.unwrapped, self.best_file)
+            checkpoint.save_weights_atomic(self.unwrapped, self.best_file, self.weights)
             note = selection.tie_note(s, name)
             self.emit(
                 log_event(
@@ -560,6 +563,7 @@ class TrainingRun:
                 identity=self.identity,
                 keep=self.spec.train.keep_checkpoints or 2,
                 best_weights=self.best_file if s.best_step >= 0 else None,
+                weights=self.weights,
             )
             self.emit(log_event(f"checkpoint saved: {path.name}", level="debug"))
         acc.wait_for_everyone()
@@ -581,7 +585,7 @@ class TrainingRun:
         if acc.is_main_process:
             selected = selection.load_selected(
                 self.unwrapped, s, self._metric_name(), self.best_file,
-                validated=self.eval_loader is not None,
+                validated=self.eval_loader is not None, load=self.weights.load,
             )  # fmt: skip
             self.emit(
                 log_event(f"exporting the model of step {selected['step']}: {selected['reason']}")

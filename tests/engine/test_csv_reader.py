@@ -1,0 +1,69 @@
+"""The engine reads CSV files with the csv module (data/tables.py: no pandas import in each
+training process) and must read them as pandas.read_csv(dtype=str, keep_default_na=False)
+did: the same columns, values, row count, for the files users write."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from tunefleet.worker.engine.data.tables import _read_file_table
+from tunefleet.worker.engine.errors import InvalidJobInput
+
+FILES = {
+    "plain": "text,label\nthe cat sat,pos\nbad plot,neg\n",
+    "no final newline": "text,label\na,1\nb,0",
+    "quoted comma and quote": 'text,label\n"a, b",1\n"say ""hi""",0\n',
+    "multiline field": 'text,label\n"line one\nline two",1\nx,0\n',
+    "blank lines": "text,label\n\na,1\n\n\nb,0\n\n",
+    "NA and numbers kept as written": "text,label\nNA,007\nnull,1.50\n,0\n",
+    "byte order mark": "\ufefftext,label\na,1\n",
+    "crlf": "text,label\r\na,1\r\nb,0\r\n",
+    "repeated header": "text,text,label,text\na,b,1,c\n",
+    "short row": "text,label,extra\na,1\nb,0,z\n",
+    "empty fields": "text,label\n,\n ,x\n",
+    "unicode": "text,label\ncafé ☕,1\n日本語,0\n",
+    "header only": "text,label\n",
+}
+
+
+def _pandas(path) -> dict[str, list]:
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    as_none = lambda v: None if isinstance(v, float) and math.isnan(v) else v  # noqa: E731
+    return {str(c): [as_none(v) for v in df[c].tolist()] for c in df.columns}
+
+
+@pytest.mark.parametrize("content", list(FILES.values()), ids=list(FILES))
+def test_reads_as_pandas_did(tmp_path, content):
+    path = tmp_path / "data.csv"
+    path.write_bytes(content.encode("utf-8"))
+    table = _read_file_table(str(path), "csv")
+    expected = _pandas(path)
+    assert list(table.columns) == list(expected)
+    assert {name: table.column(name, "x") for name in table.columns} == expected
+    assert table.num_rows == len(next(iter(expected.values())))
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("text,label\na,1,extra\n", "line 2 has 3 fields, the header has 2"),
+        ("", "the file is empty"),
+        ("\n\n", "the file is empty"),
+    ],
+)
+def test_bad_files_name_the_file_and_the_line(tmp_path, content, message):
+    path = tmp_path / "data.csv"
+    path.write_text(content)
+    with pytest.raises(InvalidJobInput, match=message) as e:
+        _read_file_table(str(path), "csv")
+    assert str(e.value).startswith(str(path))
+
+
+def test_a_file_that_is_not_utf8_is_named(tmp_path):
+    path = tmp_path / "data.csv"
+    path.write_bytes(b"text,label\n\xff\xfe,1\n")
+    with pytest.raises(InvalidJobInput, match="cannot read as csv: 'utf-8' codec"):
+        _read_file_table(str(path), "csv")
