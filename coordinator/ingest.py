@@ -17,11 +17,13 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from tunefleet import limits
 from tunefleet.coordinator import gang
 from tunefleet.coordinator.errors import InvalidArgument
 from tunefleet.coordinator.lifecycle import JobLifecycle
+from tunefleet.states import is_terminal
 from tunefleet.v1 import job_pb2
 
 log = logging.getLogger("tunefleet.coordinator.scheduler")  # see lifecycle.py
@@ -42,6 +44,14 @@ class _Report:
     done: bool = False
     last_seq: int = 0
     error: Exception | None = None
+
+
+class Reported(NamedTuple):
+    """How a report ended: the job's last event seq, and whether its worker must stop it
+    now (cancelled or pruned; ReportEventsResponse.stop)."""
+
+    last_seq: int
+    stop: bool
 
 
 def check_events(events: Iterable[job_pb2.Event]) -> list[job_pb2.Event]:
@@ -82,18 +92,29 @@ class ReportIngest:
         attempt: int,
         events: Iterable[job_pb2.Event],
         batch_seq: int = 0,
-    ) -> int:
-        """Stores a worker's events for its current attempt (see Scheduler.report); returns
-        the job's last seq."""
+    ) -> Reported:
+        """Stores a worker's events for its current attempt (see Scheduler.report)."""
         ticket = _Report(worker_id, job_id, attempt, check_events(events), batch_seq)
         with self._queue_lock:
             self._queue.append(ticket)
         with self._lock:
             if not ticket.done:  # else an earlier lock holder stored it with its own
                 self._commit()
+            # After the commit and its on_stored (under this lock, whoever committed): a
+            # pruner that stopped the job on these metrics has marked it by now.
+            stop = ticket.error is None and self._stop_requested(ticket)
         if ticket.error is not None:
             raise ticket.error
-        return ticket.last_seq
+        return Reported(ticket.last_seq, stop)
+
+    def _stop_requested(self, ticket: _Report) -> bool:
+        job = self.store.get_job(ticket.job_id)
+        return (
+            job is not None
+            and job.cancel_requested
+            and not is_terminal(job.state)
+            and job.attempt == ticket.attempt
+        )
 
     def _commit(self) -> None:
         """Stores every queued report in one transaction (call with the lock held)."""

@@ -41,7 +41,7 @@ from tunefleet.coordinator.errors import (
     invalid_spec,
 )
 from tunefleet.coordinator.event_bus import EventBus, Subscription
-from tunefleet.coordinator.ingest import ReportIngest
+from tunefleet.coordinator.ingest import Reported, ReportIngest
 from tunefleet.coordinator.lifecycle import DEFAULT_FINISH_REASONS, MAX_REQUEUES, JobLifecycle
 from tunefleet.coordinator.placement import Capacity
 from tunefleet.coordinator.store import JobStore, WorkerRecord
@@ -381,8 +381,9 @@ class Scheduler:
         attempt: int,
         events: Iterable[job_pb2.Event],
         batch_seq: int = 0,
-    ) -> int:
-        """Stores a worker's events for its current attempt; returns the job's last seq.
+    ) -> Reported:
+        """Stores a worker's events for its current attempt; returns the job's last seq and
+        whether the worker must stop the job now (cancelled, or pruned on these metrics).
 
         A batch_seq already stored for this attempt is a retry and stores nothing; metrics
         of steps already reported (by an earlier attempt) are dropped (see

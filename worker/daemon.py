@@ -533,7 +533,9 @@ class WorkerDaemon:
             # job's cancel (the lease is watched on a thread of its own). A coordinator
             # outage this long is past any lease: the job will be requeued, and its next
             # attempt sends the metrics again from the event files.
-            self._call("ReportEvents", request, give_up_after_s=max(6 * self.lease_timeout_s, 60))
+            response = self._call(
+                "ReportEvents", request, give_up_after_s=max(6 * self.lease_timeout_s, 60)
+            )
         except grpc.RpcError as exc:
             if exc.code() in _NOT_OURS:
                 log.warning("job %s: %s", job_id, exc.details())
@@ -547,7 +549,21 @@ class WorkerDaemon:
                 exc.code().name,
                 clip_chars(exc.details() or "", 300),
             )
+            return True
+        if response.stop:
+            self._stop_job(job_id, attempt)
         return True
+
+    def _stop_job(self, job_id: str, attempt: int) -> None:
+        """The coordinator's reply to a report asks to stop the job (cancelled, or a sweep
+        pruned it on the metrics just sent): as the heartbeat's cancel would, without
+        waiting up to a heartbeat interval for it."""
+        with self._lock:
+            runner = self._runner
+        if runner is None or runner.done or (runner.job_id, runner.attempt) != (job_id, attempt):
+            return
+        log.info("job %s: stop requested by the coordinator", job_id)
+        runner.cancel()
 
     def _finish(self, job_id: str, attempt: int, outcome: JobOutcome) -> None:
         request = coordinator_pb2.FinishJobRequest(

@@ -91,6 +91,26 @@ def test_cancel_stops_a_warm_training_process_within_seconds(cluster, make_job):
     report(f"cancel of a warm training process: CANCELLED and the process gone in {took:.1f} s")
 
 
+def test_a_cancel_reaches_the_worker_in_the_reply_to_its_next_report(start_cluster, make_job):
+    """With heartbeats a minute apart, the job still stops within seconds: the coordinator's
+    reply to the worker's next event report says stop (a sweep's pruner stops a trial the
+    same way, in the reply to the report whose metrics pruned it)."""
+    cluster = start_cluster(heartbeat_s=60.0, lease_s=180.0)
+    _one_worker(cluster)
+    job = cluster.submit(make_job("long", epochs=20))
+    cluster.wait_step(job.id, 1, 2)
+
+    asked = time.monotonic()
+    cluster.stub.CancelJob(coordinator_pb2.CancelJobRequest(job_id=job.id), timeout=10)
+    cluster.wait_job(job.id, lambda j: j.state == job_pb2.CANCELLED, "the job to be cancelled")
+    took = time.monotonic() - asked
+    log = cluster.workers["w1"].log()
+    assert "stop requested by the coordinator" in log, log[-2000:]
+    assert "cancel requested by the coordinator" not in log  # not through a heartbeat
+    assert took < 15, f"cancel took {took:.1f} s"
+    report(f"cancel with heartbeats 60 s apart: CANCELLED in {took:.1f} s (report reply)")
+
+
 def test_a_crashed_warm_process_is_restarted_warm_by_the_same_host(cluster, make_job):
     _one_worker(cluster)
     job = cluster.submit(make_job("crashing", epochs=2))

@@ -258,10 +258,12 @@ class ReportEventsRequest(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., events: _Optional[_Iterable[_Union[_job_pb2.Event, _Mapping]]] = ..., batch_seq: _Optional[int] = ...) -> None: ...
 
 class ReportEventsResponse(_message.Message):
-    __slots__ = ("last_seq",)
+    __slots__ = ("last_seq", "stop")
     LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    STOP_FIELD_NUMBER: _ClassVar[int]
     last_seq: int
-    def __init__(self, last_seq: _Optional[int] = ...) -> None: ...
+    stop: bool
+    def __init__(self, last_seq: _Optional[int] = ..., stop: _Optional[bool] = ...) -> None: ...
 
 class FinishJobRequest(_message.Message):
     __slots__ = ("worker_id", "job_id", "attempt", "state", "reason", "artifacts", "summary", "retryable")
