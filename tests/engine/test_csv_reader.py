@@ -26,6 +26,7 @@ FILES = {
     "empty fields": "text,label\n,\n ,x\n",
     "unicode": "text,label\ncafé ☕,1\n日本語,0\n",
     "header only": "text,label\n",
+    "index column and trailing comma": ",text,label,\n0,a,1,\n1,b,0,\n",
 }
 
 

@@ -99,10 +99,12 @@ def _read_csv(path: str) -> Table:
 
 
 def _unique_names(names: list[str]) -> list[str]:
-    """Header names made unique as pandas makes them: a repeat of x becomes x.1, x.2..."""
+    """Header names as pandas gives them: an empty one is "Unnamed: <position>", and a
+    repeat of x becomes x.1, x.2..."""
     seen: dict[str, int] = {}
     unique = []
-    for name in names:
+    for i, name in enumerate(names):
+        name = name or f"Unnamed: {i}"  # an index column written by pandas, a trailing comma
         candidate = name
         while candidate in seen:
             seen[name] += 1
