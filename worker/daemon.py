@@ -62,25 +62,20 @@ from tunefleet.worker.input_cache import DEFAULT_CACHE_MAX_GB, InputCache
 from tunefleet.worker.job_inputs import prepare_inputs
 from tunefleet.worker.job_runner import CommandFactory, JobOutcome, JobRunner, log_event
 from tunefleet.worker.path_policy import PathPolicy
+from tunefleet.worker.rpc_retry import (
+    MAX_BACKOFF_S,
+    RPC_TIMEOUT_S,
+    RpcOutages,
+    call_with_retry,
+)
 
 log = logging.getLogger(__name__)
 
-# Failures that say "try again later", as opposed to "this request is wrong".
-RETRYABLE = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        grpc.StatusCode.ABORTED,
-    }
-)
 # The coordinator says this attempt is not ours any more: drop it quietly.
 _NOT_OURS = frozenset({grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND})
 
-_RPC_TIMEOUT_S = 30.0
 # While unhealthy, how often the worker checks whether the cause is gone.
 _HEALTH_PROBE_S = 1.0
-_MAX_BACKOFF_S = 2.0  # a restarting coordinator is back in seconds
 # After stop(), how long we keep trying to tell the coordinator how the job ended.
 _STOP_PATIENCE_S = 10.0
 
@@ -170,7 +165,7 @@ class WorkerDaemon:
         self._register_lock = threading.Lock()
         self._runner: JobRunner | None = None
         self._acquire_call: grpc.Future | None = None
-        self._failing: set[str] = set()  # RPCs failing right now, to log each outage once
+        self._outages = RpcOutages()  # RPCs failing right now, to log each outage once
         # Why this worker takes no jobs now (.reason, "" = healthy); sent with heartbeats.
         self.health = DiskHealth(self.artifacts_root, min_free_bytes)
         self._channel = open_channel(coordinator, WORKER_CHANNEL_OPTIONS, security)
@@ -197,17 +192,17 @@ class WorkerDaemon:
             if not self._register():
                 return
             heartbeat.start()
-            backoff = Backoff(0.2, _MAX_BACKOFF_S)
+            backoff = Backoff(0.2, MAX_BACKOFF_S)
             while not self._stopping.is_set():
                 if not self._ready_for_work():
                     self._stopping.wait(_HEALTH_PROBE_S if self.health.reason else 0.1)
                     continue
                 try:
                     assignment = self._acquire()
-                    self._rpc_ok("AcquireJob")
+                    self._outages.ok("AcquireJob")
                     backoff.reset()
                 except Exception as exc:  # never die from a coordinator problem
-                    self._log_rpc_failure("AcquireJob", exc)
+                    self._outages.failed("AcquireJob", exc)
                     self._stopping.wait(backoff.next())
                     continue
                 if assignment is not None:
@@ -279,7 +274,7 @@ class WorkerDaemon:
             gpus=self.gpus or 0, cpus=os.cpu_count() or 0, gpu_name=self._gpu_name
         )
         with self._register_lock:
-            backoff = Backoff(0.2, _MAX_BACKOFF_S)
+            backoff = Backoff(0.2, MAX_BACKOFF_S)
             while not self._stopping.is_set():
                 request = coordinator_pb2.RegisterWorkerRequest(
                     worker_id=self.worker_id,
@@ -289,12 +284,12 @@ class WorkerDaemon:
                 )
                 sent_at = time.monotonic()
                 try:
-                    response = self._stub.RegisterWorker(request, timeout=_RPC_TIMEOUT_S)
+                    response = self._stub.RegisterWorker(request, timeout=RPC_TIMEOUT_S)
                 except grpc.RpcError as exc:
-                    self._log_rpc_failure("RegisterWorker", exc)
+                    self._outages.failed("RegisterWorker", exc)
                     self._stopping.wait(backoff.next())
                     continue
-                self._rpc_ok("RegisterWorker")
+                self._outages.ok("RegisterWorker")
                 self.worker_id = response.worker_id
                 self.heartbeat_interval_s = response.heartbeat_interval_s or 2.0
                 self.lease_timeout_s = response.lease_timeout_s or 10.0
@@ -314,7 +309,7 @@ class WorkerDaemon:
         request = coordinator_pb2.AcquireJobRequest(
             worker_id=self.worker_id, wait_seconds=self.poll_s, rendezvous_port=free_port()
         )
-        call = self._stub.AcquireJob.future(request, timeout=self.poll_s + _RPC_TIMEOUT_S)
+        call = self._stub.AcquireJob.future(request, timeout=self.poll_s + RPC_TIMEOUT_S)
         with self._lock:
             self._acquire_call = call
         if self._stopping.is_set():  # stop() may have run before _acquire_call was set
@@ -344,33 +339,11 @@ class WorkerDaemon:
         patience_after_stop_s: float = 0.0,
         give_up_after_s: float | None = None,
     ):
-        """Calls the RPC `method`, retrying transient failures with backoff. After stop() it
-        gives up once `patience_after_stop_s` has passed, and in any case after
-        `give_up_after_s` (None: never), raising the last error. A request too big to send
-        is not transient: it fails at once."""
-        rpc = getattr(self._stub, method)
-        backoff = Backoff(0.2, _MAX_BACKOFF_S)
-        stop_deadline = None
-        give_up_at = None if give_up_after_s is None else time.monotonic() + give_up_after_s
-        while True:
-            try:
-                response = rpc(request, timeout=_RPC_TIMEOUT_S)
-                self._rpc_ok(method)
-                return response
-            except grpc.RpcError as exc:
-                if exc.code() not in RETRYABLE or _too_large(exc):
-                    raise
-                if give_up_at is not None and time.monotonic() >= give_up_at:
-                    raise
-                self._log_rpc_failure(method, exc)
-                if self._stopping.is_set():
-                    stop_deadline = stop_deadline or time.monotonic() + patience_after_stop_s
-                    remaining = stop_deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise
-                    time.sleep(min(backoff.next(), remaining))
-                else:
-                    self._stopping.wait(backoff.next())
+        """The RPC, retried while the failure is transient (rpc_retry.call_with_retry)."""
+        return call_with_retry(
+            self._stub, method, request, stopping=self._stopping, outages=self._outages,
+            patience_after_stop_s=patience_after_stop_s, give_up_after_s=give_up_after_s,
+        )  # fmt: skip
 
     def _heartbeat_loop(self) -> None:
         # Until run() ends, not until stop(): a draining job needs its lease to hold.
@@ -389,9 +362,9 @@ class WorkerDaemon:
                     request, timeout=max(self.heartbeat_interval_s, 5.0)
                 )
             except grpc.RpcError as exc:
-                self._log_rpc_failure("Heartbeat", exc)
+                self._outages.failed("Heartbeat", exc)
                 continue
-            self._rpc_ok("Heartbeat")
+            self._outages.ok("Heartbeat")
             lost = set(response.lost_job_ids) if response.known else {running}
             # A runner that is done is telling the coordinator how it ended: leave it be.
             if runner is not None and not runner.done:
@@ -602,24 +575,3 @@ class WorkerDaemon:
             log.log(level, "job %s: could not report its end: %s", job_id, exc.details())
             return False
         return True
-
-    def _log_rpc_failure(self, what: str, exc: Exception) -> None:
-        """Warns once per outage of each RPC; repeats go to debug until it works again."""
-        if not isinstance(exc, grpc.RpcError):
-            log.exception("%s failed", what)
-            return
-        level = logging.DEBUG if what in self._failing else logging.WARNING
-        self._failing.add(what)
-        log.log(level, "%s failed: %s %s (retrying)", what, exc.code().name, exc.details())
-
-    def _rpc_ok(self, what: str) -> None:
-        if what in self._failing:
-            self._failing.discard(what)
-            log.info("%s works again", what)
-
-
-def _too_large(exc: grpc.RpcError) -> bool:
-    """RESOURCE_EXHAUSTED because the message is over a size limit (ours or the peer's):
-    sending it again fails the same way."""
-    details = (exc.details() or "").lower()
-    return exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details
