@@ -7,6 +7,7 @@ accuracies.
 
     .venv/bin/python bench/engine_vs_trainer.py [--strategies full,last_k,head_only]
         [--epochs 1] [--repeats 1] [--limit-train 1600] [--threads N]
+        [--data DIR --max-length N]
         [--variants before,engine,no-grouping,no-memory-reuse,eager-attention,foreach-adamw]
 
 `--variants` turns the engine's speed levers off one at a time (the ablation): each variant
@@ -18,6 +19,10 @@ is one more run per repeat, in the same alternation, and gets its own ratio vs t
     no-memory-reuse  freed host memory is unmapped as glibc does by default (host_memory.py)
     eager-attention  attn_implementation="eager" instead of transformers' default SDPA
     foreach-adamw    the multi-tensor AdamW instead of the fused one
+
+`--data DIR` runs another text task (DIR/train.csv and DIR/test.csv, columns text and
+label; default: the committed topic headlines, max_length 48), e.g. the 26 Debian sections
+of bench/quality_vs_trainer.py, whose longer descriptions (max_length 64) pad more.
 
 Besides wall-clock samples/s it reports each ratio in CPU seconds of this process, which
 other load on a shared machine disturbs less.
@@ -160,11 +165,19 @@ def run_engine(
         start, cpu = time.perf_counter(), time.process_time()
         result = run_job(spec, out, lambda event: None, resume=False)
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu
-    n = min(limit, 1600)
+    n = min(limit, _train_rows())
     return n * epochs / wall, cpu, result.summary.get("eval_accuracy", float("nan"))
 
 
+def _train_rows() -> int:
+    import csv
+
+    with open(DATA / "train.csv", newline="", encoding="utf-8") as f:
+        return sum(1 for _ in csv.reader(f)) - 1
+
+
 def main() -> None:
+    global DATA
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--strategies", default="full,last_k,head_only")
     ap.add_argument("--epochs", type=int, default=1)
@@ -172,7 +185,10 @@ def main() -> None:
     ap.add_argument("--limit-train", type=int, default=1600)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--variants", default="engine", help=f"any of {','.join(VARIANTS)}")
+    ap.add_argument("--data", type=Path, default=DATA, help="DIR with train.csv and test.csv")
+    ap.add_argument("--max-length", type=int, default=HP["max_length"])
     args = ap.parse_args()
+    DATA, HP["max_length"] = args.data, args.max_length
     variants = args.variants.split(",")
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
