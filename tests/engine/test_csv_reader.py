@@ -68,3 +68,15 @@ def test_a_file_that_is_not_utf8_is_named(tmp_path):
     path.write_bytes(b"text,label\n\xff\xfe,1\n")
     with pytest.raises(InvalidJobInput, match="cannot read as csv: 'utf-8' codec"):
         _read_file_table(str(path), "csv")
+
+
+def test_a_long_field_is_read_and_the_process_limit_is_left_as_it_was(tmp_path):
+    """Fields past csv's 128 KiB default are read (pandas had no limit), and the module's
+    process-wide limit is put back: the spec validator relies on it."""
+    import csv
+
+    path = tmp_path / "data.csv"
+    path.write_text("text,label\n" + "w" * 300_000 + ",1\n")
+    before = csv.field_size_limit()
+    assert _read_file_table(str(path), "csv").column("text", "x") == ["w" * 300_000]
+    assert csv.field_size_limit() == before

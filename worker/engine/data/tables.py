@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from tunefleet.worker.engine.data.hub import load_hf_split
@@ -60,9 +61,8 @@ def _read_csv(path: str) -> Table:
     keep_default_na=False) gives, without importing pandas (a third of a second in every
     training process, and what a forked warm process cannot share: with pyarrow it leaves
     a thread running)."""
-    csv.field_size_limit(2**31 - 1)  # a long document is one field; pandas has no limit
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
+        with _no_field_limit(), open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f, strict=True)
             header: list[str] | None = None
             rows: list[list[str]] = []
@@ -96,6 +96,19 @@ def _read_csv(path: str) -> Table:
         num_rows=len(rows),
         describe=lambda i: f"line {lines[i]}",
     )
+
+
+@contextlib.contextmanager
+def _no_field_limit() -> Iterator[None]:
+    """csv's field limit (128 KiB by default) lifted while the engine reads: a long document
+    is one field, and pandas had no limit. Process-wide state, so it is put back after:
+    the spec validator (tunefleet.spec.data_files) relies on the default limit to skip a
+    file with an absurd header rather than read it, in processes that run both."""
+    before = csv.field_size_limit(2**31 - 1)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(before)
 
 
 def _unique_names(names: list[str]) -> list[str]:
