@@ -50,7 +50,7 @@ def test_reads_as_pandas_did(tmp_path, content):
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ("text,label\na,1,extra\n", "line 2 has 3 fields, the header has 2"),
+        ("text,label\na,1,extra\n", "cannot read as csv: line 2 has 3 fields, the header has 2"),
         ("", "the file is empty"),
         ("\n\n", "the file is empty"),
     ],

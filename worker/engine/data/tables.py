@@ -77,8 +77,8 @@ def _read_csv(path: str) -> Table:
                     continue
                 if len(fields) > len(header):
                     raise InvalidJobInput(
-                        f"{path}: line {start} has {len(fields)} fields, the header has "
-                        f"{len(header)}: quote a field that holds a comma"
+                        f"{path}: cannot read as csv: line {start} has {len(fields)} fields, "
+                        f"the header has {len(header)} (quote a field that holds a comma)"
                     )
                 rows.append(fields)
                 lines.append(start)
