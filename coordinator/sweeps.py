@@ -83,6 +83,12 @@ def _pruner(s: spec_pb2.SweepSpec) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
+def _may_be_trial(job: job_pb2.Job) -> bool:
+    """False for a job that is surely no trial: every trial's job carries the label "sweep"
+    (_new_trial sets it), so a job without it has no trial row to look up."""
+    return "sweep" in job.spec.labels
+
+
 def _trial_name(base: str, number: int) -> str:
     suffix = f"-t{number}"
     return base[: limits.MAX_NAME_CHARS - len(suffix)] + suffix
@@ -221,7 +227,7 @@ class Sweeps:
 
     def job_finishing(self, job: job_pb2.Job, state: int, reason: str) -> tuple[int, str]:
         """A trial its pruner stopped ends PRUNED, not CANCELLED."""
-        if state != job_pb2.CANCELLED:
+        if state != job_pb2.CANCELLED or not _may_be_trial(job):
             return state, reason
         trial = self.store.trial_of_job(job.id)
         if trial is not None and trial.state == "PRUNED":
@@ -230,7 +236,7 @@ class Sweeps:
 
     def job_finished(self, job: job_pb2.Job) -> None:
         """Tells the sweep how its trial ended, then creates the next trials (or ends it)."""
-        trial = self.store.trial_of_job(job.id)
+        trial = self.store.trial_of_job(job.id) if _may_be_trial(job) else None
         if trial is None:
             return
         # Stored with the job's end (lifecycle.finish commits both at once), as savepoints:

@@ -38,7 +38,8 @@ class JobTable(Database):
         with self._tx() as db:
             db.execute(
                 "INSERT INTO jobs (id, spec, state, reason, priority, created_at, updated_at, "
-                "idempotency_key, source_job, submitter) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "idempotency_key, source_job, submitter, last_seq) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
                 (
                     job_id,
                     spec.SerializeToString(),
@@ -51,8 +52,10 @@ class JobTable(Database):
                     source_job,
                     submitter,
                 ),
+            )  # with last_seq 1: its first event's, inserted here
+            (event,) = rows.insert_events(
+                db, job_id, 0, [rows.state_change(job_pb2.QUEUED, reason, now)], now, 0
             )
-            event = rows.append_state_change(db, job_id, 0, job_pb2.QUEUED, reason, now)
             return rows.get_job(db, job_id), event
 
     def transition(
@@ -74,10 +77,20 @@ class JobTable(Database):
         RUNNING (the gang stopped without them)."""
         now = time.time() if now is None else now
         with self._tx() as db:
-            (attempt,) = db.execute("SELECT attempt FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            for note in notes:
-                rows.append_events(db, job_id, attempt, [note], now)
-            _update(db, job_id, now, dict(fields, reason=reason), state=state)
+            # The job's row is read once and written once: its attempt (the notes are about
+            # the current one, the state change about the one `fields` sets) and its last
+            # event seq, which the UPDATE sets past the events inserted here.
+            attempt, last_seq = db.execute(
+                "SELECT attempt, last_seq FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
+            stored = rows.insert_events(db, job_id, attempt, notes, now, last_seq)
+            if "attempt" in fields:
+                attempt = rows.FIELD_ENCODERS["attempt"](fields["attempt"])
+            change = rows.state_change(state, reason, now)
+            (event,) = rows.insert_events(
+                db, job_id, attempt, [change], now, stored[-1].seq if stored else last_seq
+            )
+            _update(db, job_id, now, dict(fields, reason=reason), state=state, seq=event.seq)
             if members is not None:
                 db.execute("DELETE FROM job_members WHERE job_id = ?", (job_id,))
                 db.executemany(
@@ -93,8 +106,6 @@ class JobTable(Database):
                     "WHERE job_id = ? AND state IN (?, ?)",
                     (*end_members, now, job_id, *ACTIVE_STATES),
                 )
-            (attempt,) = db.execute("SELECT attempt FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            event = rows.append_state_change(db, job_id, attempt, state, reason, now)
             return rows.get_job(db, job_id), event
 
     def set_member(
@@ -131,6 +142,10 @@ class JobTable(Database):
     def get_job(self, job_id: str) -> job_pb2.Job | None:
         with self._lock:
             return rows.get_job(self._conn, job_id)
+
+    def has_job(self, job_id: str) -> bool:
+        """Whether the id is taken (a new id's check: nothing decoded)."""
+        return bool(self._query("SELECT 1 FROM jobs WHERE id = ?", (job_id,)))
 
     def find_by_idempotency_key(self, key: str) -> job_pb2.Job | None:
         jobs = self._jobs(f"SELECT {JOB_COLUMNS} FROM jobs WHERE idempotency_key = ?", (key,))
@@ -199,14 +214,18 @@ class JobTable(Database):
         return [name for (name,) in found]
 
     def placed_counts(self, submitters: Iterable[str]) -> dict[str, int]:
-        """How many ASSIGNED or RUNNING jobs each of `submitters` has."""
-        return {
-            name: self._query(
-                "SELECT count(*) FROM jobs WHERE state IN (?, ?) AND submitter = ?",
-                (*ACTIVE_STATES, name),
-            )[0][0]
-            for name in submitters
-        }
+        """How many ASSIGNED or RUNNING jobs each of `submitters` has (one query: an index
+        range per state and submitter)."""
+        names = list(submitters)
+        counts = dict.fromkeys(names, 0)
+        if names:
+            found = self._query(
+                "SELECT submitter, count(*) FROM jobs WHERE state IN (?, ?) "
+                f"AND submitter IN ({','.join('?' * len(names))}) GROUP BY submitter",
+                (*ACTIVE_STATES, *names),
+            )
+            counts.update(found)
+        return counts
 
     def queued_brief(self) -> list[tuple[str, str, bytes, float]]:
         """(id, reason, serialized spec, not_before) of the QUEUED jobs in queue order:
@@ -250,14 +269,22 @@ class JobTable(Database):
 
 
 def _update(
-    db: sqlite3.Connection, job_id: str, now: float, fields: dict, state: int | None = None
+    db: sqlite3.Connection,
+    job_id: str,
+    now: float,
+    fields: dict,
+    state: int | None = None,
+    seq: int | None = None,
 ) -> None:
+    """Sets `fields` (FIELD_ENCODERS), and `state` and last_seq (`seq`) when given."""
     unknown = set(fields) - set(rows.FIELD_ENCODERS)
     if unknown:
         raise ValueError(f"cannot update job fields {sorted(unknown)}")
     values = {name: rows.FIELD_ENCODERS[name](value) for name, value in fields.items()}
     if state is not None:
         values["state"] = state
+    if seq is not None:
+        values["last_seq"] = seq
     values["updated_at"] = now
     assignments = ", ".join(f"{name} = ?" for name in values)
     cursor = db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", [*values.values(), job_id])

@@ -142,12 +142,10 @@ def worker_from_row(row: tuple) -> WorkerRecord:
 # ---- the event log (inside a transaction) ----------------------------------------------
 
 
-def append_state_change(
-    db: sqlite3.Connection, job_id: str, attempt: int, state: int, reason: str, now: float
-) -> job_pb2.Event:
+def state_change(state: int, reason: str, now: float) -> job_pb2.Event:
     event = job_pb2.Event(state_change=job_pb2.StateChange(state=state, reason=reason))
     set_time(event.time, now)
-    return append_events(db, job_id, attempt, [event], now)[0]
+    return event
 
 
 def append_events(
