@@ -35,6 +35,7 @@ from optuna.trial import TrialState
 
 from tunefleet import limits
 from tunefleet import spec as specs
+from tunefleet.coordinator import samplers
 from tunefleet.coordinator.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -48,39 +49,6 @@ from tunefleet.v1 import job_pb2, spec_pb2, sweep_pb2
 
 log = logging.getLogger("tunefleet.coordinator.scheduler")  # see lifecycle.py
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-_GRID_PARAM = "grid_point"
-# The median pruner judges a trial once this many trials have finished.
-_MEDIAN_STARTUP_TRIALS = 2
-
-
-class _GridSampler(optuna.samplers.GridSampler):
-    """GridSampler that does not stop the study when the grid is exhausted: its stop() works
-    only inside study.optimize, and the sweep ends itself once max_trials have ended."""
-
-    def after_trial(self, study, trial, state, values) -> None:
-        pass
-
-
-def _sampler(s: spec_pb2.SweepSpec, grid_size: int, asked: int) -> optuna.samplers.BaseSampler:
-    # A rebuilt study (after a restart) must not draw the first trials' values again: its
-    # seed moves on by the trials already asked.
-    seed = s.seed + asked
-    if s.algorithm == "grid":
-        # The grid's points are enumerated by tunefleet.spec.sweep (conditions included),
-        # so optuna's grid is over their indices: GridSampler does not know conditions.
-        return _GridSampler({_GRID_PARAM: list(range(grid_size))}, seed=seed)
-    if s.algorithm == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed)
-
-
-def _pruner(s: spec_pb2.SweepSpec) -> optuna.pruners.BasePruner:
-    if s.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=_MEDIAN_STARTUP_TRIALS)
-    if s.pruner == "asha":
-        return optuna.pruners.SuccessiveHalvingPruner()
-    return optuna.pruners.NopPruner()
 
 
 def _may_be_trial(job: job_pb2.Job) -> bool:
@@ -395,7 +363,9 @@ class Sweeps:
             with self.store.atomic():
                 trial = study.ask()
                 if s.algorithm == "grid":
-                    params = space.grid(s)[trial.suggest_int(_GRID_PARAM, 0, row.grid_size - 1)]
+                    params = space.grid(s)[
+                        trial.suggest_int(samplers.GRID_PARAM, 0, row.grid_size - 1)
+                    ]
                 else:
                     params = self._suggest(trial, s)
                 # Not study.trials: that deep-copies every trial of the study, on every ask.
@@ -463,8 +433,8 @@ class Sweeps:
             warnings.simplefilter("ignore")
             study = optuna.create_study(
                 direction="minimize" if s.mode == "min" else "maximize",
-                sampler=_sampler(s, row.grid_size, len(trials)),
-                pruner=_pruner(s),
+                sampler=samplers.sampler(s, row.grid_size, len(trials)),
+                pruner=samplers.pruner(s),
                 study_name=row.id,
             )
             for t in trials:
