@@ -3,16 +3,22 @@ study; this picks and tunes what asks it).
 
 TPE is optuna's own sampler, with one thing kept across asks instead of recomputed on each
 (every finished trial makes the coordinator ask the next one, with the Scheduler's lock
-held): the relative search space. optuna recomputes it per ask as the intersection of the
-distributions of the study's finished trials, rescanning every trial after the oldest
-running one (a sweep always has up to max_concurrent of those) and deep-copying the result.
-Here each finished trial is folded into the intersection once. The draws are optuna's: same
-seed and history, same params (tests/coordinator/test_samplers.py compares them with the
-stock sampler's, conditional params included).
+held), two things are kept across asks instead of recomputed on each:
+- the relative search space: optuna recomputes it per ask as the intersection of the
+  distributions of the study's finished trials, rescanning every trial after the oldest
+  running one (a sweep always has up to max_concurrent of those) and deep-copying it. Here
+  each finished trial is folded into the intersection once.
+- the finished trials' params in the estimators' internal form (to_internal_repr, read
+  twice per sampled space and ask, for every trial): a finished trial's params never
+  change, so each is converted once per search space. Running trials (the constant liar's)
+  are converted on every ask, as optuna does.
+The draws are optuna's: same seed and history, same params (tests/coordinator/
+test_samplers.py compares them with the stock sampler's, conditional params included).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
@@ -42,6 +48,9 @@ class TPESampler(optuna.samplers.TPESampler):
         super().__init__(seed=seed)
         self._space: dict[str, BaseDistribution] | None = None  # None: no trial finished
         self._folded: set[int] = set()  # numbers of the finished trials in self._space
+        # search space (its items) -> finished trial number -> its params' internal values
+        # in the space's order, or None when it lacks one of them.
+        self._reprs: dict[tuple, dict[int, tuple[float, ...] | None]] = {}
 
     def infer_relative_search_space(
         self, study: optuna.Study, trial: FrozenTrial
@@ -62,6 +71,36 @@ class TPESampler(optuna.samplers.TPESampler):
                 }
         # Not deep-copied as optuna's is: the sampler only reads distributions.
         return {name: d for name, d in sorted((self._space or {}).items()) if not d.single()}
+
+    def _get_internal_repr(
+        self,
+        trials: list[FrozenTrial],
+        search_space: dict[str, BaseDistribution],
+        study: optuna.Study,
+    ) -> dict[str, np.ndarray]:
+        # TPESampler._get_internal_repr, with the finished trials' rows kept.
+        known = self._reprs.setdefault(tuple(search_space.items()), {})
+        values: dict[str, list[float]] = {name: [] for name in search_space}
+        columns = list(values.values())
+        for trial in trials:
+            if trial.state.is_finished():
+                if trial.number not in known:
+                    known[trial.number] = self._internal_row(trial, search_space, study)
+                row = known[trial.number]
+            else:
+                row = self._internal_row(trial, search_space, study)
+            if row is not None:
+                for column, value in zip(columns, row, strict=True):
+                    column.append(value)
+        return {k: np.asarray(v) for k, v in values.items()}
+
+    def _internal_row(
+        self, trial: FrozenTrial, search_space: dict[str, BaseDistribution], study: optuna.Study
+    ) -> tuple[float, ...] | None:
+        params = self._get_params(trial, study)
+        if not search_space.keys() <= params.keys():
+            return None
+        return tuple(d.to_internal_repr(params[name]) for name, d in search_space.items())
 
 
 def sampler(s: spec_pb2.SweepSpec, grid_size: int, asked: int) -> optuna.samplers.BaseSampler:
