@@ -517,11 +517,11 @@ class Scheduler:
 
     def _queue(self) -> Iterable[job_pb2.Job]:
         """The queued jobs in placement order (placement.fair_order), read lazily."""
-        submitters = self.store.queued_submitters()
-        if len(submitters) < 2:
-            return self.store.iter_queued()  # nobody to interleave with
-        queues = [self.store.iter_queued(submitter=s, first_page=1) for s in submitters]
-        return placement.fair_order(queues, self.store.placed_counts(submitters))
+        heads = self.store.queued_heads()
+        if len(heads) < 2:  # nobody to interleave with
+            return self.store.iter_queued(head=heads[0]) if heads else ()
+        queues = [self.store.iter_queued(submitter=h.submitter, head=h) for h in heads]
+        return placement.fair_order(queues, self.store.placed_counts(h.submitter for h in heads))
 
     def _gang_pool(self, first: str) -> list[tuple[WorkerRecord, Capacity]]:
         """The workers that could join a gang `first` places now (gang.pool_ids), each with

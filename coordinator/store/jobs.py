@@ -181,16 +181,23 @@ class JobTable(Database):
         )
 
     def iter_queued(
-        self, page: int = 16, *, submitter: str | None = None, first_page: int = 0
+        self,
+        page: int = 16,
+        *,
+        submitter: str | None = None,
+        head: job_pb2.Job | None = None,
     ) -> Iterator[job_pb2.Job]:
         """queued_jobs() (only `submitter`'s when given), decoded a page at a time: a
         placement usually takes one of the first jobs, and must not decode a queue of
-        thousands to find it. `first_page` (0: `page`) sizes the first read: the fair order
-        starts from the head of each submitter's queue and goes on with one of them."""
+        thousands to find it. `head`: that queue's first job, already read (queued_heads),
+        yielded first; the reads start after it, and only if the caller goes on."""
         where, args = "state = ?", [job_pb2.QUEUED]
         if submitter is not None:
             where, args = "state = ? AND submitter = ?", [job_pb2.QUEUED, submitter]
-        offset, size = 0, first_page or page
+        offset, size = 0, page
+        if head is not None:
+            yield head
+            offset = 1
         while True:
             jobs = self._jobs(
                 f"SELECT {JOB_COLUMNS} FROM jobs WHERE {where} {_QUEUE_ORDER} LIMIT ? OFFSET ?",
@@ -201,17 +208,21 @@ class JobTable(Database):
                 return
             offset, size = offset + size, page
 
-    def queued_submitters(self) -> list[str]:
-        """The submitters with QUEUED jobs. A skip scan of the index (one seek per
-        submitter), not a DISTINCT that reads every queued job's entry."""
-        found = self._query(
+    def queued_heads(self) -> list[job_pb2.Job]:
+        """The first QUEUED job (queue order) of each submitter that has one, by submitter
+        name, in one query: a skip scan of the index finds the submitters (one seek each,
+        not a DISTINCT that reads every queued job's entry), and one more seek each their
+        heads, where placement's fair order starts."""
+        return self._jobs(
             "WITH RECURSIVE s(name) AS ("
             "SELECT (SELECT min(submitter) FROM jobs WHERE state = ?1) UNION ALL "
             "SELECT (SELECT min(submitter) FROM jobs WHERE state = ?1 AND submitter > name) "
-            "FROM s WHERE name IS NOT NULL) SELECT name FROM s WHERE name IS NOT NULL",
+            f"FROM s WHERE name IS NOT NULL) SELECT {JOB_COLUMNS} FROM s JOIN jobs "
+            "ON jobs.rowid = (SELECT q.rowid FROM jobs AS q WHERE q.state = ?1 "
+            "AND q.submitter = s.name ORDER BY q.priority DESC, q.created_at ASC, q.rowid ASC "
+            "LIMIT 1) ORDER BY s.name",
             (job_pb2.QUEUED,),
         )
-        return [name for (name,) in found]
 
     def placed_counts(self, submitters: Iterable[str]) -> dict[str, int]:
         """How many ASSIGNED or RUNNING jobs each of `submitters` has (one query: an index
