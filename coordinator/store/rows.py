@@ -86,14 +86,17 @@ def _job_from_row(row: tuple) -> job_pb2.Job:
         reason=reason,
         attempt=attempt,
         worker_id=worker_id,
-        artifacts=json.loads(artifacts),
-        summary=json.loads(summary),
         last_seq=last_seq,
         cancel_requested=bool(cancel_requested),
         submitter=submitter,
         restarts=restarts,
         rendezvous=rendezvous,
     )
+    # Most jobs have neither yet ("{}"): decoding that costs more than the rest of the row.
+    if artifacts != "{}":
+        job.artifacts.update(json.loads(artifacts))
+    if summary != "{}":
+        job.summary.update(json.loads(summary))
     set_time(job.not_before, not_before or None)
     set_time(job.created_at, created_at)
     set_time(job.started_at, started_at)
