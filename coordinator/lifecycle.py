@@ -95,7 +95,11 @@ class JobLifecycle:
     def owned_job(self, worker_id: str, job_id: str, attempt: int) -> job_pb2.Job:
         """The job, if `attempt` on `worker_id` (its worker, or a member of the gang) is its
         current, unfinished placement; else FAILED_PRECONDITION (the fence)."""
-        job = self.get_job(job_id)
+        return self.check_owned(self.get_job(job_id), worker_id, attempt)
+
+    def check_owned(self, job: job_pb2.Job, worker_id: str, attempt: int) -> job_pb2.Job:
+        """owned_job for a job the caller read under this same lock (no second read)."""
+        job_id = job.id
         if (
             (job.worker_id != worker_id and gang.member_of(job, worker_id) is None)
             or job.attempt != attempt

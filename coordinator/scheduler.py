@@ -178,8 +178,9 @@ class Scheduler:
         )
         if source is not None:
             self._jobs.fail_dependents_of(source)
-        self._changed()
-        return self.get_job(job_id)
+        explained = self._waits.changed()  # as _changed(); read again if that or the
+        self._work_available.notify_all()  # source's failure changed the job's row since
+        return job if source is None and job_id not in explained else self.get_job(job_id)
 
     def get_job(self, job_id: str) -> job_pb2.Job:
         """The job, or NOT_FOUND."""
@@ -418,7 +419,7 @@ class Scheduler:
                 return
             if job.state == state and job.worker_id == worker_id and job.attempt == attempt:
                 return  # a retried FinishJob whose first reply was lost
-            job = self._jobs.owned_job(worker_id, job_id, attempt)
+            job = self._jobs.check_owned(job, worker_id, attempt)
             if state == job_pb2.FAILED and retryable and not job.cancel_requested:
                 self._jobs.retry(job, reason)
                 return
@@ -438,8 +439,7 @@ class Scheduler:
                 if job.state in ACTIVE_STATES:
                     self._jobs.release(job, f"{reason} (machine rank {member.rank})")
                 return
-            job = self._jobs.owned_job(worker_id, job_id, attempt)
-            self._jobs.release(job, reason)
+            self._jobs.release(self._jobs.check_owned(job, worker_id, attempt), reason)
 
     # ---- liveness --------------------------------------------------------------------
 
@@ -517,11 +517,11 @@ class Scheduler:
 
     def _queue(self) -> Iterable[job_pb2.Job]:
         """The queued jobs in placement order (placement.fair_order), read lazily."""
-        submitters = self.store.queued_submitters()
-        if len(submitters) < 2:
-            return self.store.iter_queued()  # nobody to interleave with
-        queues = [self.store.iter_queued(submitter=s, first_page=1) for s in submitters]
-        return placement.fair_order(queues, self.store.placed_counts(submitters))
+        heads = self.store.queued_heads()
+        if len(heads) < 2:  # nobody to interleave with
+            return self.store.iter_queued(head=heads[0]) if heads else ()
+        queues = [self.store.iter_queued(submitter=h.submitter, head=h) for h in heads]
+        return placement.fair_order(queues, self.store.placed_counts(h.submitter for h in heads))
 
     def _gang_pool(self, first: str) -> list[tuple[WorkerRecord, Capacity]]:
         """The workers that could join a gang `first` places now (gang.pool_ids), each with
@@ -585,7 +585,7 @@ class Scheduler:
     def _new_job_id(self) -> str:
         while True:
             job_id = f"job-{secrets.token_hex(4)}"
-            if self.store.get_job(job_id) is None:
+            if not self.store.has_job(job_id):
                 return job_id
 
     def _new_worker_id(self, hostname: str) -> str:

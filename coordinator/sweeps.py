@@ -35,6 +35,7 @@ from optuna.trial import TrialState
 
 from tunefleet import limits
 from tunefleet import spec as specs
+from tunefleet.coordinator import samplers
 from tunefleet.coordinator.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -49,38 +50,11 @@ from tunefleet.v1 import job_pb2, spec_pb2, sweep_pb2
 log = logging.getLogger("tunefleet.coordinator.scheduler")  # see lifecycle.py
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-_GRID_PARAM = "grid_point"
-# The median pruner judges a trial once this many trials have finished.
-_MEDIAN_STARTUP_TRIALS = 2
 
-
-class _GridSampler(optuna.samplers.GridSampler):
-    """GridSampler that does not stop the study when the grid is exhausted: its stop() works
-    only inside study.optimize, and the sweep ends itself once max_trials have ended."""
-
-    def after_trial(self, study, trial, state, values) -> None:
-        pass
-
-
-def _sampler(s: spec_pb2.SweepSpec, grid_size: int, asked: int) -> optuna.samplers.BaseSampler:
-    # A rebuilt study (after a restart) must not draw the first trials' values again: its
-    # seed moves on by the trials already asked.
-    seed = s.seed + asked
-    if s.algorithm == "grid":
-        # The grid's points are enumerated by tunefleet.spec.sweep (conditions included),
-        # so optuna's grid is over their indices: GridSampler does not know conditions.
-        return _GridSampler({_GRID_PARAM: list(range(grid_size))}, seed=seed)
-    if s.algorithm == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed)
-
-
-def _pruner(s: spec_pb2.SweepSpec) -> optuna.pruners.BasePruner:
-    if s.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=_MEDIAN_STARTUP_TRIALS)
-    if s.pruner == "asha":
-        return optuna.pruners.SuccessiveHalvingPruner()
-    return optuna.pruners.NopPruner()
+def _may_be_trial(job: job_pb2.Job) -> bool:
+    """False for a job that is surely no trial: every trial's job carries the label "sweep"
+    (_new_trial sets it), so a job without it has no trial row to look up."""
+    return "sweep" in job.spec.labels
 
 
 def _trial_name(base: str, number: int) -> str:
@@ -209,11 +183,12 @@ class Sweeps:
         with self._lock:
             for sweep_id in self.store.running_sweeps():
                 try:
+                    row = self.store.get_sweep(sweep_id)
                     for t in self.store.trials(sweep_id):
                         job = self.store.get_job(t.job_id)
                         if t.state == "RUNNING" and job is not None and is_terminal(job.state):
-                            self._tell(sweep_id, t, job)
-                    self._advance(sweep_id)
+                            self._tell(row, t, job)
+                    self._advance(sweep_id, row)
                 except Exception:
                     log.exception("sweep %s: recovery failed", sweep_id)
 
@@ -221,7 +196,7 @@ class Sweeps:
 
     def job_finishing(self, job: job_pb2.Job, state: int, reason: str) -> tuple[int, str]:
         """A trial its pruner stopped ends PRUNED, not CANCELLED."""
-        if state != job_pb2.CANCELLED:
+        if state != job_pb2.CANCELLED or not _may_be_trial(job):
             return state, reason
         trial = self.store.trial_of_job(job.id)
         if trial is not None and trial.state == "PRUNED":
@@ -230,17 +205,18 @@ class Sweeps:
 
     def job_finished(self, job: job_pb2.Job) -> None:
         """Tells the sweep how its trial ended, then creates the next trials (or ends it)."""
-        trial = self.store.trial_of_job(job.id)
+        trial = self.store.trial_of_job(job.id) if _may_be_trial(job) else None
         if trial is None:
             return
         # Stored with the job's end (lifecycle.finish commits both at once), as savepoints:
         # a failed tell does not undo the job's end, nor a failed ask the tell.
         try:
+            row = self.store.get_sweep(trial.sweep_id)  # read once: _tell keeps it current
             with self.store.atomic():
                 if trial.state == "RUNNING":
-                    self._tell(trial.sweep_id, trial, job)
+                    self._tell(row, trial, job)
                 try:
-                    self._advance(trial.sweep_id)
+                    self._advance(trial.sweep_id, row)
                 except Exception:  # the trials asked before it stand; the next end retries
                     self._studies.pop(trial.sweep_id, None)
                     log.exception("sweep %s: no next trial after trial %d", trial.sweep_id,
@@ -303,8 +279,10 @@ class Sweeps:
         log.info("sweep %s: trial %d (%s) %s", trial.sweep_id, trial.number, trial.job_id, note)
         self._cancel_job(trial.job_id, note)
 
-    def _tell(self, sweep_id: str, trial: TrialRow, job: job_pb2.Job) -> None:
-        row = self.store.get_sweep(sweep_id)
+    def _tell(self, row: SweepRow, trial: TrialRow, job: job_pb2.Job) -> None:
+        """Stores and tells how a trial ended; a new best is set on `row` too, so a caller
+        may go on with it (_advance) instead of reading it again."""
+        sweep_id = row.id
         metric = row.spec.sweep.metric
         value = job.summary.get(f"eval_{metric}")
         if value is not None and not math.isfinite(value):
@@ -323,24 +301,31 @@ class Sweeps:
             study.tell(trial.number, value)
             if self._beats(row, trial.number, value):
                 self.store.update_sweep(sweep_id, best_trial=trial.number, best_value=value)
+                row.best_trial, row.best_value = trial.number, value
         else:
             study.tell(trial.number, state=TrialState.FAIL)
 
-    def _advance(self, sweep_id: str) -> None:
-        """Creates trials while the sweep may have more; ends it when all have ended."""
-        row = self.store.get_sweep(sweep_id)
+    def _advance(self, sweep_id: str, row: SweepRow | None = None) -> None:
+        """Creates trials while the sweep may have more; ends it when all have ended. `row`:
+        the sweep's row if the caller has it current."""
+        row = self.store.get_sweep(sweep_id) if row is None else row
         if row is None or row.state != sweep_pb2.SWEEP_RUNNING:
             return
         s = row.spec.sweep
         # Counted, not read: every finished trial comes through here, and decoding all of a
-        # sweep's trial rows each time made a 100-trial sweep's asks quadratic.
+        # sweep's trial rows each time made a 100-trial sweep's asks quadratic. Both counts
+        # are queried once and kept while each new trial adds just its own queued job.
         asked = self.store.trial_count(sweep_id)
+        active = self.store.active_trial_count(sweep_id)
         while asked < s.max_trials:
-            if self.store.active_trial_count(sweep_id) >= s.max_concurrent:
+            if active >= s.max_concurrent:
                 return
-            self._new_trial(row)
-            asked += 1
-        if self.store.active_trial_count(sweep_id):
+            if self._new_trial(row):
+                asked, active = asked + 1, active + 1
+            else:  # anything else may have changed more: count again
+                asked = self.store.trial_count(sweep_id)
+                active = self.store.active_trial_count(sweep_id)
+        if active:
             return
         trials = self.store.trials(sweep_id)
         if any(t.state == "RUNNING" for t in trials):
@@ -368,15 +353,19 @@ class Sweeps:
         if source is not None:
             self._on_ended(source)
 
-    def _new_trial(self, row: SweepRow) -> None:
-        """Asks the study for a trial and queues its job, in one transaction."""
+    def _new_trial(self, row: SweepRow) -> bool:
+        """Asks the study for a trial and queues its job, in one transaction. True: that
+        added one trial and one queued job to the sweep and changed no other job (so the
+        caller's counts stay right without a query)."""
         s = row.spec.sweep
         study = self._study(row)
         try:
             with self.store.atomic():
                 trial = study.ask()
                 if s.algorithm == "grid":
-                    params = space.grid(s)[trial.suggest_int(_GRID_PARAM, 0, row.grid_size - 1)]
+                    params = space.grid(s)[
+                        trial.suggest_int(samplers.GRID_PARAM, 0, row.grid_size - 1)
+                    ]
                 else:
                     params = self._suggest(trial, s)
                 # Not study.trials: that deep-copies every trial of the study, on every ask.
@@ -397,9 +386,11 @@ class Sweeps:
                 job_spec.name = _trial_name(row.spec.name, trial.number)
                 job_spec.labels["sweep"] = row.id
                 job_spec.labels["trial"] = str(trial.number)
+                job = None
                 try:
                     job_spec = specs.prepare(job_spec, check_paths=False)
-                    record.job_id = self._queue_job(job_spec, row.submitter).id
+                    job = self._queue_job(job_spec, row.submitter)
+                    record.job_id = job.id
                 except (specs.SpecError, InvalidArgument) as exc:
                     record.state, record.note = "FAIL", f"its job was refused: {exc}"
                 self.store.insert_trial(record)
@@ -410,10 +401,12 @@ class Sweeps:
             raise
         log.info("sweep %s: trial %d -> %s %s", row.id, record.number, record.job_id or "-",
                  record.params)  # fmt: skip
-        job = self.store.get_job(record.job_id) if record.job_id else None
+        # _queue_job's job is current: it reads the row again if anything changed it.
         if job is not None and is_terminal(job.state):
             # It ended before its trial row existed (its source job had failed): tell it now.
-            self._tell(row.id, record, job)
+            self._tell(row, record, job)
+        # A chained job's queueing may end other jobs (its source's dependents).
+        return job is not None and job.state == job_pb2.QUEUED and job.spec.model.source != "job"
 
     @staticmethod
     def _suggest(trial: optuna.Trial, s: spec_pb2.SweepSpec) -> dict:
@@ -440,8 +433,8 @@ class Sweeps:
             warnings.simplefilter("ignore")
             study = optuna.create_study(
                 direction="minimize" if s.mode == "min" else "maximize",
-                sampler=_sampler(s, row.grid_size, len(trials)),
-                pruner=_pruner(s),
+                sampler=samplers.sampler(s, row.grid_size, len(trials)),
+                pruner=samplers.pruner(s),
                 study_name=row.id,
             )
             for t in trials:

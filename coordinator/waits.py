@@ -40,22 +40,23 @@ class WaitReasons:
         self._size = 0  # of the fleet at the last pass
         self._needs: dict[str, placement.Need] = {}  # queued job id -> placement.need(spec)
 
-    def changed(self) -> None:
+    def changed(self) -> dict[str, str]:
         """The queue or the fleet changed (call with the Scheduler's lock held): explain
-        now, or leave it to the lease watch when the fleet is large."""
+        now, or leave it to the lease watch when the fleet is large. Returns the reasons
+        set now, by job id."""
         if self._size > _EXPLAIN_AT_ONCE:
             self.pending = True
-            return
-        self.explain()
+            return {}
+        return self.explain()
 
-    def explain(self) -> None:
-        """One pass: sets the reasons that changed (the lease watch calls it outside the
-        lock for a pending change)."""
+    def explain(self) -> dict[str, str]:
+        """One pass: sets the reasons that changed, and returns them (the lease watch calls
+        it outside the lock for a pending change)."""
         self.pending = False
         queued = self.store.queued_brief()
         if not queued:  # nothing waits: no need to read the fleet
             self._size = 0
-            return
+            return {}
         live = [
             w
             for w in self.store.list_workers()
@@ -72,3 +73,4 @@ class WaitReasons:
         )
         if reasons:
             self.store.set_reasons(reasons, now=self._clock())
+        return reasons

@@ -206,6 +206,17 @@ class Database:
                 self._depth = 0
             self._conn.execute("COMMIT")
 
+    def _write(self, sql: str, args: Iterable = ()) -> None:
+        """One statement as one of _tx's transactions. Nested in atomic() it needs no
+        savepoint of its own: SQLite undoes a failed statement by itself and leaves the
+        enclosing transaction as it was, which is all a savepoint around it would do."""
+        with self._lock:
+            if self._depth:
+                self._conn.execute(sql, tuple(args))
+                return
+            with self._tx() as db:
+                db.execute(sql, tuple(args))
+
     def _query(self, sql: str, args: Iterable = ()) -> list[tuple]:
         with self._lock:
             return self._conn.execute(sql, tuple(args)).fetchall()

@@ -38,7 +38,8 @@ class JobTable(Database):
         with self._tx() as db:
             db.execute(
                 "INSERT INTO jobs (id, spec, state, reason, priority, created_at, updated_at, "
-                "idempotency_key, source_job, submitter) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "idempotency_key, source_job, submitter, last_seq) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
                 (
                     job_id,
                     spec.SerializeToString(),
@@ -51,8 +52,10 @@ class JobTable(Database):
                     source_job,
                     submitter,
                 ),
+            )  # with last_seq 1: its first event's, inserted here
+            (event,) = rows.insert_events(
+                db, job_id, 0, [rows.state_change(job_pb2.QUEUED, reason, now)], now, 0
             )
-            event = rows.append_state_change(db, job_id, 0, job_pb2.QUEUED, reason, now)
             return rows.get_job(db, job_id), event
 
     def transition(
@@ -74,10 +77,20 @@ class JobTable(Database):
         RUNNING (the gang stopped without them)."""
         now = time.time() if now is None else now
         with self._tx() as db:
-            (attempt,) = db.execute("SELECT attempt FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            for note in notes:
-                rows.append_events(db, job_id, attempt, [note], now)
-            _update(db, job_id, now, dict(fields, reason=reason), state=state)
+            # The job's row is read once and written once: its attempt (the notes are about
+            # the current one, the state change about the one `fields` sets) and its last
+            # event seq, which the UPDATE sets past the events inserted here.
+            attempt, last_seq = db.execute(
+                "SELECT attempt, last_seq FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
+            stored = rows.insert_events(db, job_id, attempt, notes, now, last_seq)
+            if "attempt" in fields:
+                attempt = rows.FIELD_ENCODERS["attempt"](fields["attempt"])
+            change = rows.state_change(state, reason, now)
+            (event,) = rows.insert_events(
+                db, job_id, attempt, [change], now, stored[-1].seq if stored else last_seq
+            )
+            _update(db, job_id, now, dict(fields, reason=reason), state=state, seq=event.seq)
             if members is not None:
                 db.execute("DELETE FROM job_members WHERE job_id = ?", (job_id,))
                 db.executemany(
@@ -93,8 +106,6 @@ class JobTable(Database):
                     "WHERE job_id = ? AND state IN (?, ?)",
                     (*end_members, now, job_id, *ACTIVE_STATES),
                 )
-            (attempt,) = db.execute("SELECT attempt FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            event = rows.append_state_change(db, job_id, attempt, state, reason, now)
             return rows.get_job(db, job_id), event
 
     def set_member(
@@ -132,6 +143,10 @@ class JobTable(Database):
         with self._lock:
             return rows.get_job(self._conn, job_id)
 
+    def has_job(self, job_id: str) -> bool:
+        """Whether the id is taken (a new id's check: nothing decoded)."""
+        return bool(self._query("SELECT 1 FROM jobs WHERE id = ?", (job_id,)))
+
     def find_by_idempotency_key(self, key: str) -> job_pb2.Job | None:
         jobs = self._jobs(f"SELECT {JOB_COLUMNS} FROM jobs WHERE idempotency_key = ?", (key,))
         return jobs[0] if jobs else None
@@ -166,16 +181,23 @@ class JobTable(Database):
         )
 
     def iter_queued(
-        self, page: int = 16, *, submitter: str | None = None, first_page: int = 0
+        self,
+        page: int = 16,
+        *,
+        submitter: str | None = None,
+        head: job_pb2.Job | None = None,
     ) -> Iterator[job_pb2.Job]:
         """queued_jobs() (only `submitter`'s when given), decoded a page at a time: a
         placement usually takes one of the first jobs, and must not decode a queue of
-        thousands to find it. `first_page` (0: `page`) sizes the first read: the fair order
-        starts from the head of each submitter's queue and goes on with one of them."""
+        thousands to find it. `head`: that queue's first job, already read (queued_heads),
+        yielded first; the reads start after it, and only if the caller goes on."""
         where, args = "state = ?", [job_pb2.QUEUED]
         if submitter is not None:
             where, args = "state = ? AND submitter = ?", [job_pb2.QUEUED, submitter]
-        offset, size = 0, first_page or page
+        offset, size = 0, page
+        if head is not None:
+            yield head
+            offset = 1
         while True:
             jobs = self._jobs(
                 f"SELECT {JOB_COLUMNS} FROM jobs WHERE {where} {_QUEUE_ORDER} LIMIT ? OFFSET ?",
@@ -186,27 +208,35 @@ class JobTable(Database):
                 return
             offset, size = offset + size, page
 
-    def queued_submitters(self) -> list[str]:
-        """The submitters with QUEUED jobs. A skip scan of the index (one seek per
-        submitter), not a DISTINCT that reads every queued job's entry."""
-        found = self._query(
+    def queued_heads(self) -> list[job_pb2.Job]:
+        """The first QUEUED job (queue order) of each submitter that has one, by submitter
+        name, in one query: a skip scan of the index finds the submitters (one seek each,
+        not a DISTINCT that reads every queued job's entry), and one more seek each their
+        heads, where placement's fair order starts."""
+        return self._jobs(
             "WITH RECURSIVE s(name) AS ("
             "SELECT (SELECT min(submitter) FROM jobs WHERE state = ?1) UNION ALL "
             "SELECT (SELECT min(submitter) FROM jobs WHERE state = ?1 AND submitter > name) "
-            "FROM s WHERE name IS NOT NULL) SELECT name FROM s WHERE name IS NOT NULL",
+            f"FROM s WHERE name IS NOT NULL) SELECT {JOB_COLUMNS} FROM s JOIN jobs "
+            "ON jobs.rowid = (SELECT q.rowid FROM jobs AS q WHERE q.state = ?1 "
+            "AND q.submitter = s.name ORDER BY q.priority DESC, q.created_at ASC, q.rowid ASC "
+            "LIMIT 1) ORDER BY s.name",
             (job_pb2.QUEUED,),
         )
-        return [name for (name,) in found]
 
     def placed_counts(self, submitters: Iterable[str]) -> dict[str, int]:
-        """How many ASSIGNED or RUNNING jobs each of `submitters` has."""
-        return {
-            name: self._query(
-                "SELECT count(*) FROM jobs WHERE state IN (?, ?) AND submitter = ?",
-                (*ACTIVE_STATES, name),
-            )[0][0]
-            for name in submitters
-        }
+        """How many ASSIGNED or RUNNING jobs each of `submitters` has (one query: an index
+        range per state and submitter)."""
+        names = list(submitters)
+        counts = dict.fromkeys(names, 0)
+        if names:
+            found = self._query(
+                "SELECT submitter, count(*) FROM jobs WHERE state IN (?, ?) "
+                f"AND submitter IN ({','.join('?' * len(names))}) GROUP BY submitter",
+                (*ACTIVE_STATES, *names),
+            )
+            counts.update(found)
+        return counts
 
     def queued_brief(self) -> list[tuple[str, str, bytes, float]]:
         """(id, reason, serialized spec, not_before) of the QUEUED jobs in queue order:
@@ -250,14 +280,22 @@ class JobTable(Database):
 
 
 def _update(
-    db: sqlite3.Connection, job_id: str, now: float, fields: dict, state: int | None = None
+    db: sqlite3.Connection,
+    job_id: str,
+    now: float,
+    fields: dict,
+    state: int | None = None,
+    seq: int | None = None,
 ) -> None:
+    """Sets `fields` (FIELD_ENCODERS), and `state` and last_seq (`seq`) when given."""
     unknown = set(fields) - set(rows.FIELD_ENCODERS)
     if unknown:
         raise ValueError(f"cannot update job fields {sorted(unknown)}")
     values = {name: rows.FIELD_ENCODERS[name](value) for name, value in fields.items()}
     if state is not None:
         values["state"] = state
+    if seq is not None:
+        values["last_seq"] = seq
     values["updated_at"] = now
     assignments = ", ".join(f"{name} = ?" for name in values)
     cursor = db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", [*values.values(), job_id])

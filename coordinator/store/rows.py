@@ -86,14 +86,17 @@ def _job_from_row(row: tuple) -> job_pb2.Job:
         reason=reason,
         attempt=attempt,
         worker_id=worker_id,
-        artifacts=json.loads(artifacts),
-        summary=json.loads(summary),
         last_seq=last_seq,
         cancel_requested=bool(cancel_requested),
         submitter=submitter,
         restarts=restarts,
         rendezvous=rendezvous,
     )
+    # Most jobs have neither yet ("{}"): decoding that costs more than the rest of the row.
+    if artifacts != "{}":
+        job.artifacts.update(json.loads(artifacts))
+    if summary != "{}":
+        job.summary.update(json.loads(summary))
     set_time(job.not_before, not_before or None)
     set_time(job.created_at, created_at)
     set_time(job.started_at, started_at)
@@ -142,12 +145,10 @@ def worker_from_row(row: tuple) -> WorkerRecord:
 # ---- the event log (inside a transaction) ----------------------------------------------
 
 
-def append_state_change(
-    db: sqlite3.Connection, job_id: str, attempt: int, state: int, reason: str, now: float
-) -> job_pb2.Event:
+def state_change(state: int, reason: str, now: float) -> job_pb2.Event:
     event = job_pb2.Event(state_change=job_pb2.StateChange(state=state, reason=reason))
     set_time(event.time, now)
-    return append_events(db, job_id, attempt, [event], now)[0]
+    return event
 
 
 def append_events(

@@ -126,19 +126,17 @@ class SweepTable(Database):
         if not fields:
             return
         sets = ", ".join(f"{name} = ?" for name in fields)
-        with self._tx() as db:
-            db.execute(f"UPDATE sweeps SET {sets} WHERE id = ?", [*fields.values(), sweep_id])
+        self._write(f"UPDATE sweeps SET {sets} WHERE id = ?", [*fields.values(), sweep_id])
 
     def insert_trial(self, t: TrialRow) -> None:
-        with self._tx() as db:
-            db.execute(
-                f"INSERT INTO sweep_trials ({_TRIAL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    t.sweep_id, t.number, t.job_id, t.state, json.dumps(t.params),
-                    json.dumps(t.sampler_params), json.dumps(t.distributions),
-                    json.dumps(t.system_attrs), json.dumps(t.intermediate), t.value, t.note,
-                ),
-            )  # fmt: skip
+        self._write(
+            f"INSERT INTO sweep_trials ({_TRIAL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                t.sweep_id, t.number, t.job_id, t.state, json.dumps(t.params),
+                json.dumps(t.sampler_params), json.dumps(t.distributions),
+                json.dumps(t.system_attrs), json.dumps(t.intermediate), t.value, t.note,
+            ),
+        )  # fmt: skip
 
     def update_trial(self, sweep_id: str, number: int, **fields) -> None:
         encoded = {
@@ -146,11 +144,10 @@ class SweepTable(Database):
             for k, v in fields.items()
         }
         sets = ", ".join(f"{name} = ?" for name in encoded)
-        with self._tx() as db:
-            db.execute(
-                f"UPDATE sweep_trials SET {sets} WHERE sweep_id = ? AND number = ?",
-                [*encoded.values(), sweep_id, number],
-            )
+        self._write(
+            f"UPDATE sweep_trials SET {sets} WHERE sweep_id = ? AND number = ?",
+            [*encoded.values(), sweep_id, number],
+        )
 
     def trials(self, sweep_id: str) -> list[TrialRow]:
         rows = self._query(

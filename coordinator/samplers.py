@@ -1,0 +1,124 @@
+"""The optuna samplers and pruners a sweep's study uses (coordinator/sweeps.py drives the
+study; this picks and tunes what asks it).
+
+TPE is optuna's own sampler, with one thing kept across asks instead of recomputed on each
+(every finished trial makes the coordinator ask the next one, with the Scheduler's lock
+held), two things are kept across asks instead of recomputed on each:
+- the relative search space: optuna recomputes it per ask as the intersection of the
+  distributions of the study's finished trials, rescanning every trial after the oldest
+  running one (a sweep always has up to max_concurrent of those) and deep-copying it. Here
+  each finished trial is folded into the intersection once.
+- the finished trials' params in the estimators' internal form (to_internal_repr, read
+  twice per sampled space and ask, for every trial): a finished trial's params never
+  change, so each is converted once per search space. Running trials (the constant liar's)
+  are converted on every ask, as optuna does.
+The draws are optuna's: same seed and history, same params (tests/coordinator/
+test_samplers.py compares them with the stock sampler's, conditional params included).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from tunefleet.v1 import spec_pb2
+
+GRID_PARAM = "grid_point"
+# The median pruner judges a trial once this many trials have finished.
+_MEDIAN_STARTUP_TRIALS = 2
+# The trials optuna's IntersectionSearchSpace(include_pruned=True) takes as finished.
+_FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+class GridSampler(optuna.samplers.GridSampler):
+    """GridSampler that does not stop the study when the grid is exhausted: its stop() works
+    only inside study.optimize, and the sweep ends itself once max_trials have ended."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        pass
+
+
+class TPESampler(optuna.samplers.TPESampler):
+    """optuna's TPESampler (its defaults: multivariate, no groups) whose relative search
+    space is kept up to date trial by trial rather than recomputed on every ask."""
+
+    def __init__(self, *, seed: int | None = None):
+        super().__init__(seed=seed)
+        self._space: dict[str, BaseDistribution] | None = None  # None: no trial finished
+        self._folded: set[int] = set()  # numbers of the finished trials in self._space
+        # search space (its items) -> finished trial number -> its params' internal values
+        # in the space's order, or None when it lacks one of them.
+        self._reprs: dict[tuple, dict[int, tuple[float, ...] | None]] = {}
+
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        # As TPESampler's without groups: the distributions shared by every COMPLETE or
+        # PRUNED trial (equal by value), sorted by name, less the single-valued ones.
+        if not self._is_multivariate(study):
+            return {}
+        for t in study._get_trials(deepcopy=False, use_cache=True):
+            if t.state not in _FINISHED or t.number in self._folded:
+                continue  # a finished trial's distributions never change: fold it once
+            self._folded.add(t.number)
+            if self._space is None:
+                self._space = dict(t.distributions)
+            else:
+                self._space = {
+                    name: d for name, d in self._space.items() if t.distributions.get(name) == d
+                }
+        # Not deep-copied as optuna's is: the sampler only reads distributions.
+        return {name: d for name, d in sorted((self._space or {}).items()) if not d.single()}
+
+    def _get_internal_repr(
+        self,
+        trials: list[FrozenTrial],
+        search_space: dict[str, BaseDistribution],
+        study: optuna.Study,
+    ) -> dict[str, np.ndarray]:
+        # TPESampler._get_internal_repr, with the finished trials' rows kept.
+        known = self._reprs.setdefault(tuple(search_space.items()), {})
+        values: dict[str, list[float]] = {name: [] for name in search_space}
+        columns = list(values.values())
+        for trial in trials:
+            if trial.state.is_finished():
+                if trial.number not in known:
+                    known[trial.number] = self._internal_row(trial, search_space, study)
+                row = known[trial.number]
+            else:
+                row = self._internal_row(trial, search_space, study)
+            if row is not None:
+                for column, value in zip(columns, row, strict=True):
+                    column.append(value)
+        return {k: np.asarray(v) for k, v in values.items()}
+
+    def _internal_row(
+        self, trial: FrozenTrial, search_space: dict[str, BaseDistribution], study: optuna.Study
+    ) -> tuple[float, ...] | None:
+        params = self._get_params(trial, study)
+        if not search_space.keys() <= params.keys():
+            return None
+        return tuple(d.to_internal_repr(params[name]) for name, d in search_space.items())
+
+
+def sampler(s: spec_pb2.SweepSpec, grid_size: int, asked: int) -> optuna.samplers.BaseSampler:
+    # A rebuilt study (after a restart) must not draw the first trials' values again: its
+    # seed moves on by the trials already asked.
+    seed = s.seed + asked
+    if s.algorithm == "grid":
+        # The grid's points are enumerated by tunefleet.spec.sweep (conditions included),
+        # so optuna's grid is over their indices: GridSampler does not know conditions.
+        return GridSampler({GRID_PARAM: list(range(grid_size))}, seed=seed)
+    if s.algorithm == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return TPESampler(seed=seed)
+
+
+def pruner(s: spec_pb2.SweepSpec) -> optuna.pruners.BasePruner:
+    if s.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=_MEDIAN_STARTUP_TRIALS)
+    if s.pruner == "asha":
+        return optuna.pruners.SuccessiveHalvingPruner()
+    return optuna.pruners.NopPruner()
