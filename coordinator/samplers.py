@@ -1,9 +1,9 @@
 """The optuna samplers and pruners a sweep's study uses (coordinator/sweeps.py drives the
 study; this picks and tunes what asks it).
 
-TPE is optuna's own sampler, with one thing kept across asks instead of recomputed on each
-(every finished trial makes the coordinator ask the next one, with the Scheduler's lock
-held), two things are kept across asks instead of recomputed on each:
+TPE is optuna's own sampler. Every finished trial makes the coordinator ask the next one,
+with the Scheduler's lock held, so two things are kept across asks instead of recomputed on
+each:
 - the relative search space: optuna recomputes it per ask as the intersection of the
   distributions of the study's finished trials, rescanning every trial after the oldest
   running one (a sweep always has up to max_concurrent of those) and deep-copying it. Here
@@ -14,6 +14,8 @@ held), two things are kept across asks instead of recomputed on each:
   are converted on every ask, as optuna does.
 The draws are optuna's: same seed and history, same params (tests/coordinator/
 test_samplers.py compares them with the stock sampler's, conditional params included).
+The overrides reach into TPESampler's private helpers (`_get_internal_repr`, `_get_params`),
+hence optuna is pinned to the major version those tests ran on (pyproject.toml).
 """
 
 from __future__ import annotations
