@@ -222,7 +222,7 @@ def test_validate_resolved_prints_the_spec_with_every_default(capsys, job_yaml, 
     resolved = yaml.safe_load(out)
     assert resolved == spec_to_dict(load_job_file(job_yaml))
     # Defaults the file did not give, filled in.
-    assert resolved["train"]["batch_size"] == 32 and resolved["train"]["epochs"] == 1
+    assert resolved["train"]["batch_size"] == 8 and resolved["train"]["epochs"] == 1  # hf model
     assert resolved["optimizer"] == {
         "name": "adamw",
         "lr": 5e-05,

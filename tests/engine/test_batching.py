@@ -106,20 +106,39 @@ def test_resume_mid_epoch_yields_the_same_batches():
             assert torch.equal(a[key], b[key])
 
 
+def test_default_batch_size_follows_the_model_source():
+    """8 for Hugging Face models (TrainingArguments' default: a few thousand examples need
+    the steps), 32 for vision models (BatchNorm statistics); an explicit value stays."""
+    hf = {
+        "name": "t",
+        "model": {"source": "hf", "name": "m"},
+        "data": {"source": "csv", "train": "/d/t.csv"},
+    }
+    assert prepare(hf, check_paths=False).train.batch_size == 8
+    image = {
+        "name": "i",
+        "model": {"source": "torchvision", "name": "resnet18"},
+        "data": {"source": "torchvision", "name": "MNIST", "root": "/r", "download": True},
+    }
+    assert prepare(image, check_paths=False).train.batch_size == 32
+    hf["train"] = {"batch_size": 32}
+    assert prepare(hf, check_paths=False).train.batch_size == 32
+
+
 def test_spec_default_and_validation():
     text = {
         "name": "t",
         "model": {"source": "hf", "name": "m"},
         "data": {"source": "csv", "train": "/d/t.csv"},
     }
-    assert prepare(text, check_paths=False).data.group_by_length is True
-    # A linear probe shuffles plainly: its steps would learn length for class.
+    # Off unless asked: a grouped step holds one length, and length can follow the class.
+    assert prepare(text, check_paths=False).data.group_by_length is False
     probe = {**text, "finetune": {"strategy": "head_only"}}
     assert prepare(probe, check_paths=False).data.group_by_length is False
     last_k = {**text, "finetune": {"strategy": "last_k", "k": 1}}
-    assert prepare(last_k, check_paths=False).data.group_by_length is True
-    off = {**text, "data": {**text["data"], "group_by_length": False}}
-    assert prepare(off, check_paths=False).data.group_by_length is False
+    assert prepare(last_k, check_paths=False).data.group_by_length is False
+    on = {**text, "data": {**text["data"], "group_by_length": True}}
+    assert prepare(on, check_paths=False).data.group_by_length is True
     image = {
         "name": "i",
         "model": {"source": "torchvision", "name": "smallcnn"},
@@ -145,7 +164,7 @@ def test_resume_with_an_oom_halved_micro_batch_keeps_the_grouped_steps(
     )
     sections = {"train": {"epochs": 2, "checkpoint_every_steps": 4, "keep_checkpoints": 5}}
     spec = text_spec(bert_nodrop_dir, data, **sections)
-    assert spec.data.group_by_length
+    spec.data.group_by_length = True
     run_job(spec, tmp_path / "straight", events)
     straight = events.train_losses()
     assert len(straight) == 12

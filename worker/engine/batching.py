@@ -163,7 +163,7 @@ def build_loaders(
 
 
 def group_by_length(spec: Any, bundle: Any) -> bool:
-    """data.group_by_length (unset: the spec's default, off for head_only) where the
+    """data.group_by_length (unset: the spec's default, off) where the
     datasets know their lengths (text)."""
     d = spec.data
     wanted = (
