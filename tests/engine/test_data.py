@@ -388,3 +388,43 @@ def test_corrupt_image_error_survives_dataloader_workers(tmp_path):
     )
     with pytest.raises(InvalidJobInput, match="zz-broken.png"):
         list(loader)
+
+
+def test_default_max_length_is_the_models_own_limit(tmp_path, bert_dir):
+    """Unset data.max_length (0) keeps what the model can take (here its 64 positions),
+    as a Trainer script's truncation=True does, not a fixed 128 (which this model could not
+    even embed) nor a cut shorter than the model allows; an explicit value still wins."""
+    from engine_helpers import FILLER, NEG, POS
+
+    from tunefleet.spec import prepare
+    from tunefleet.worker.engine import data, models
+
+    path = tmp_path / "long.csv"
+    rows = ["text,label", " ".join([*FILLER * 30, POS[0]]) + ",pos", f"{NEG[0]} {NEG[1]},neg"]
+    path.write_text("\n".join(rows) + "\n")
+    job = {
+        "name": "long",
+        "model": {"source": "hf", "name": str(bert_dir)},
+        "data": {"source": "csv", "train": str(path)},
+    }
+    spec = prepare(job)
+    assert spec.data.max_length == 0
+    bundle = data.load_data(spec, models.resolve_task(spec))
+    assert sorted(bundle.train.lengths) == [4, 64]  # [CLS] two words [SEP]; cut at 64
+    job["data"]["max_length"] = 16
+    spec = prepare(job)
+    bundle = data.load_data(spec, models.resolve_task(spec))
+    assert max(bundle.train.lengths) == 16
+
+
+def test_text_limit_takes_the_smaller_of_tokenizer_and_positions_at_most_512(tmp_path):
+    from types import SimpleNamespace
+
+    from tunefleet.worker.engine.models import text_limit
+
+    (tmp_path / "config.json").write_text(json.dumps({"max_position_embeddings": 512}))
+    assert text_limit(SimpleNamespace(model_max_length=128), str(tmp_path)) == 128
+    assert text_limit(SimpleNamespace(model_max_length=int(1e30)), str(tmp_path)) == 512
+    (tmp_path / "config.json").write_text(json.dumps({"max_position_embeddings": 8192}))
+    assert text_limit(SimpleNamespace(model_max_length=8192), str(tmp_path)) == 512
+    assert text_limit(SimpleNamespace(), str(tmp_path / "nowhere")) == 512

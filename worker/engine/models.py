@@ -25,6 +25,7 @@ from typing import Any
 
 from torch import nn
 
+from tunefleet.spec.model_config import max_positions
 from tunefleet.v1 import spec_pb2
 from tunefleet.worker.engine.architectures import (
     build_torchvision_arch,
@@ -45,6 +46,7 @@ from tunefleet.worker.engine.model_sources import local_copy, unreachable_hint
 from tunefleet.worker.engine.task import IMAGENET_MEAN, IMAGENET_STD, Task
 
 # Per-dataset normalisation for the small CNN (computed on the training sets).
+TEXT_LIMIT_CAP = 512  # data.max_length 0: the model's limit, at most this
 _SMALL_DATASETS = {
     "fashionmnist": (28, 1, (0.2860,), (0.3530,)),
     "mnist": (28, 1, (0.1307,), (0.3081,)),
@@ -88,6 +90,22 @@ def _load_tokenizer(name: str, revision: str | None) -> Any:
     return tokenizer
 
 
+def text_limit(tokenizer: Any, folder: str) -> int:
+    """The tokens a text example keeps when data.max_length is 0 (its default): the
+    model's own limit, as a Trainer script's `tokenizer(text, truncation=True)` gets it
+    (the tokenizer's model_max_length, and the positions in a local config.json), at most
+    TEXT_LIMIT_CAP: past 512 tokens attention's cost grows with the square of the length,
+    a long-context model's 8,192 is for users who ask for it."""
+    limit = TEXT_LIMIT_CAP
+    said = getattr(tokenizer, "model_max_length", None)
+    if isinstance(said, int) and 0 < said < 1_000_000:  # unset: a huge sentinel
+        limit = min(limit, said)
+    positions = max_positions(folder)
+    if positions is not None:
+        limit = min(limit, positions)
+    return limit
+
+
 def model_kind(spec: spec_pb2.JobSpec) -> tuple[str, str]:
     """(kind, arch): kind is "hf" or "torchvision"; for source job, read from the folder."""
     source = spec.model.source
@@ -115,7 +133,8 @@ def _model_task(spec: spec_pb2.JobSpec) -> Task:
     if kind == "hf":
         name = spec.model.name
         revision = spec.model.revision if spec.model.source == "hf" else None
-        return Task.text(_load_tokenizer(name, revision))
+        tokenizer = _load_tokenizer(name, revision)
+        return Task.text(tokenizer, text_limit(tokenizer, local_copy(name, revision)[0]))
 
     data_size = spec.data.image_size if spec.data.HasField("image_size") else 0
     if spec.model.source == "job":

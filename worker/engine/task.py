@@ -24,11 +24,16 @@ class Task:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     in_channels: int = 3
+    # Text: the model's own token limit, what data.max_length 0 (its default) truncates at.
+    max_length: int = 0
 
     @classmethod
-    def text(cls, tokenizer: Any) -> Task:
+    def text(cls, tokenizer: Any, max_length: int) -> Task:
         """A text task: no image fields (they are recorded as 0 / empty in the export)."""
-        return cls(kind="text", tokenizer=tokenizer, image_size=0, mean=(), std=(), in_channels=0)
+        return cls(
+            kind="text", tokenizer=tokenizer, image_size=0, mean=(), std=(), in_channels=0,
+            max_length=max_length,
+        )  # fmt: skip
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able, without the tokenizer (saved next to the model instead)."""

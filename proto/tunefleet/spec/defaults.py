@@ -89,7 +89,9 @@ def resolve_defaults(spec: spec_pb2.JobSpec) -> spec_pb2.JobSpec:
     _default(head, "hidden", 0)
 
     d = s.data
-    _default(d, "max_length", 128)
+    # 0: the model's own limit (tokenizer and positions, at most 512), as a Trainer script's
+    # truncation=True: a fixed 128 cut long texts a Trainer user keeps whole.
+    _default(d, "max_length", 0)
     _default(d, "num_workers", 0)
     _default_str(d, "augment", "none")
     _default(d, "limit_train", 0)

@@ -271,7 +271,7 @@ def _data(c: _Check, spec) -> None:
     elif d.augment and d.augment != "none":
         c.fail("data.augment", "augmentation presets apply to image data only")
     c.choice("data.augment", d.augment, C.AUGMENT, required=False)
-    c.within(d, "max_length", "data.max_length", 1, 8192)
+    c.within(d, "max_length", "data.max_length", 0, 8192)  # 0: the model's own limit
     c.at_least(d, "num_workers", "data.num_workers", 0)
     c.at_most(d, "num_workers", "data.num_workers", limits.MAX_DATA_WORKERS, "per process")
     c.at_least(d, "image_size", "data.image_size", 8)

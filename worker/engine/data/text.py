@@ -131,7 +131,8 @@ def load_text(spec, task: Task) -> DataBundle:
     }
     names, size, parts = splits.select(space.names, space.size, spec, ids)
 
-    max_length = d.max_length if d.HasField("max_length") and d.max_length > 0 else 128
+    # 0 (the default): the model's own limit (models.text_limit).
+    max_length = d.max_length if d.max_length > 0 else (task.max_length or 512)
 
     def build(role: str) -> TokenizedTextDataset | None:
         if role not in parts:
