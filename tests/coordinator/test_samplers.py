@@ -25,6 +25,28 @@ SPACE = {
 }
 
 
+# SPACE as optuna's distributions, for studies rebuilt from trial rows.
+DISTRIBUTIONS = {
+    "optimizer.lr": optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True),
+    "finetune.strategy": optuna.distributions.CategoricalDistribution(
+        ["head_only", "last_k", "full"]
+    ),
+    "finetune.k": optuna.distributions.CategoricalDistribution([1, 2]),
+}
+
+
+def rebuilt_study(sampler, history) -> optuna.Study:
+    """A study rebuilt from (params, state, value) rows, as Sweeps._study does."""
+    study = new_study(sampler)
+    for params, state, value in history:
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=state, value=value, params=params, distributions=DISTRIBUTIONS
+            )
+        )
+    return study
+
+
 def sweep_block(space: dict = SPACE):
     data = spec_to_dict(make_spec("base"))
     data["sweep"] = {"space": space, "algorithm": "tpe", "metric": "accuracy", "mode": "max"}
@@ -81,9 +103,6 @@ def test_tpe_draws_what_optunas_draws_in_a_rebuilt_study():
     """A study rebuilt from trial rows (Sweeps._study's add_trial) whose finished trials all
     chose last_k: finetune.k is then in the intersection, until a trial without it ends."""
     s = sweep_block()
-    lr = optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True)
-    strategy = optuna.distributions.CategoricalDistribution(["head_only", "last_k", "full"])
-    k = optuna.distributions.CategoricalDistribution([1, 2])
     history = []
     rng = random.Random(3)
     for i in range(14):
@@ -95,20 +114,7 @@ def test_tpe_draws_what_optunas_draws_in_a_rebuilt_study():
         )
 
     def draws(sampler) -> list[dict]:
-        study = new_study(sampler)
-        for params, state, value in history:
-            study.add_trial(
-                optuna.trial.create_trial(
-                    state=state,
-                    value=value,
-                    params=params,
-                    distributions={
-                        "optimizer.lr": lr,
-                        "finetune.strategy": strategy,
-                        "finetune.k": k,
-                    },
-                )
-            )
+        study = rebuilt_study(sampler, history)
         tell = random.Random(5)
         drawn = []
         for _ in range(25):
@@ -126,18 +132,6 @@ def test_tpe_draws_what_optunas_draws_in_a_rebuilt_study():
 def sampler_space_after(history) -> dict:
     """What our sampler infers as the relative space right after the rebuilt history."""
     sampler = samplers.TPESampler(seed=0)
-    study = new_study(sampler)
-    lr = optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True)
-    strategy = optuna.distributions.CategoricalDistribution(["head_only", "last_k", "full"])
-    k = optuna.distributions.CategoricalDistribution([1, 2])
-    for params, state, value in history:
-        study.add_trial(
-            optuna.trial.create_trial(
-                state=state,
-                value=value,
-                params=params,
-                distributions={"optimizer.lr": lr, "finetune.strategy": strategy, "finetune.k": k},
-            )
-        )
+    study = rebuilt_study(sampler, history)
     frozen = study._storage.get_trial(study.ask()._trial_id)
     return sampler.infer_relative_search_space(study, frozen)
