@@ -105,14 +105,8 @@ def test_cli_sweep_submit_get_list_and_compare(capsys, cluster, scripted_worker,
     assert [r["validation"] for r in rows] == [0.9, 0.7, 0.6]
     assert rows[0]["best"] and rows[0]["job_id"] == best_job
     assert rows[0]["test"] == pytest.approx(0.85)
-    # head_only's defaults differ too (lr; a plain shuffle instead of length-grouped
-    # steps): the resolved specs are compared.
-    assert set(rows[0]["params"]) == {
-        "finetune.strategy",
-        "finetune.k",
-        "optimizer.lr",
-        "data.group_by_length",
-    }
+    # head_only's default lr differs too: the resolved specs are compared.
+    assert set(rows[0]["params"]) == {"finetune.strategy", "finetune.k", "optimizer.lr"}
     assert main(["compare", sweep_id, "--csv", *flags]) == 0
     parsed = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert parsed[0]["job_id"] == best_job and parsed[0]["best"] == "True"
