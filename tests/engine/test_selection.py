@@ -96,6 +96,9 @@ def test_an_engine_run_whose_metric_saturates_exports_the_lowest_loss_step(
         optimizer={"name": "adamw", "lr": 1e-2},
         schedule={"name": "constant"},
         eval={"metric": "accuracy", "every_steps": 6},
+        # This seed's length-grouped order gives a trajectory whose lowest-loss tied step is
+        # not the first tied one (else first-wins would pass too, see below).
+        data={"group_by_length": True},
     )
     result = run_job(spec, tmp_path, events)
     evals = [
