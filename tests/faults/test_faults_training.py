@@ -29,7 +29,10 @@ def test_a_training_process_that_crashes_twice_is_restarted(cluster, make_job):
     cluster.start_coordinator()
     cluster.start_worker("w1")
     cluster.wait_worker_live("w1")
-    job = cluster.submit(make_job())
+    # 8 epochs (512 steps): each kill lands hundreds of steps before the end. With 3, a warm
+    # process on an idle machine (~4 ms a step) sometimes finished between the poll that
+    # saw step 45 and the kill.
+    job = cluster.submit(make_job(epochs=8))
     crashes = []
 
     for attempt in (1, 2):

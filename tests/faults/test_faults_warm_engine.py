@@ -113,7 +113,7 @@ def test_a_cancel_reaches_the_worker_in_the_reply_to_its_next_report(start_clust
 
 def test_a_crashed_warm_process_is_restarted_warm_by_the_same_host(cluster, make_job):
     _one_worker(cluster)
-    job = cluster.submit(make_job("crashing", epochs=2))
+    job = cluster.submit(make_job("crashing", epochs=6))  # still training well after the kill
     cluster.wait_step(job.id, 1, 15)
     os.kill(engine_pid(cluster.events(job.id), 1), signal.SIGKILL)
 
