@@ -156,8 +156,8 @@ def test_the_pruner_stops_a_trial_through_cancel_and_it_ends_pruned(sweeper, cli
     )
     sweep = sweeper.submit(spec)
     worker = Worker(client.stub, "w1")
-    run_trial(worker, 0.9, steps=(1, 2, 3))
     run_trial(worker, 0.8, steps=(1, 2, 3))
+    run_trial(worker, 0.9, steps=(1, 2, 3))  # better than the first: ASHA keeps it too
     assignment = wait_for(lambda: worker.acquire(0.2))
     job_id = assignment.job.id
     worker.report(job_id, assignment.attempt, eval_metrics(1, 0.1))
@@ -174,6 +174,39 @@ def test_the_pruner_stops_a_trial_through_cancel_and_it_ends_pruned(sweeper, cli
     final = sweeper.get(sweep.id)
     assert final.state == sweep_pb2.SWEEP_SUCCEEDED
     assert final.best_trial == 3 and "1 pruned" in final.reason
+
+
+def test_asha_prunes_while_every_trial_still_trains(sweeper, client):
+    """A sweep spread over a fleet: all four trials train at once and none has finished.
+    ASHA's first rung is the first validation, so the three that trail the first report
+    there are stopped at once (optuna's own 'auto' rung waits for a finished trial; on a
+    fleet as wide as the sweep it would prune nothing)."""
+    space = {"optimizer.lr": [0.001, 0.002, 0.003, 0.004]}
+    sweep = sweeper.submit(sweep_spec({"space": space, "pruner": "asha", "max_concurrent": 4}))
+    workers = [Worker(client.stub, f"w{i}") for i in range(4)]
+    running = [wait_for(lambda w=w: w.acquire(0.2)) for w in workers]
+    accuracies = [0.9, 0.5, 0.95, 0.3]  # the first to report leads; the third beats it
+    for worker, assignment, accuracy in zip(workers, running, accuracies, strict=True):
+        worker.report(assignment.job.id, assignment.attempt, eval_metrics(50, accuracy))
+    stopped = [
+        a.job.id in w.heartbeat(a.job.id).cancel_job_ids
+        for w, a in zip(workers, running, strict=True)
+    ]
+    assert stopped == [False, True, False, True]
+    for worker, assignment, accuracy in zip(workers, running, accuracies, strict=True):
+        if accuracy in (0.5, 0.3):
+            worker.finish(assignment.job.id, assignment.attempt, job_pb2.CANCELLED)
+            job = client.get(assignment.job.id)
+            assert job.state == job_pb2.PRUNED
+            assert "pruned by the sweep's asha pruner at step 50" in job.reason
+    states = {t.job_id: t.trial_state for t in sweeper.get(sweep.id).trials}
+    assert [states[a.job.id] for a in running[1::2]] == ["PRUNED", "PRUNED"]
+    # Later reports are judged at the same rungs: the rung at 4x the first validation.
+    lead, best = running[0], running[2]
+    workers[2].report(best.job.id, best.attempt, eval_metrics(200, 0.96))
+    workers[0].report(lead.job.id, lead.attempt, eval_metrics(200, 0.91))
+    assert lead.job.id in workers[0].heartbeat(lead.job.id).cancel_job_ids
+    assert best.job.id not in workers[2].heartbeat(best.job.id).cancel_job_ids
 
 
 def test_cancel_sweep_cancels_its_queued_and_running_trials(sweeper, client):
