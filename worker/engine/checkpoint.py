@@ -34,7 +34,7 @@ import random
 import re
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +42,32 @@ import numpy as np
 import torch
 from torch import nn
 
+from tunefleet.worker.engine import rank_sync
 from tunefleet.worker.engine.errors import InvalidJobInput, is_no_space
 from tunefleet.worker.engine.weights import RunWeights
 
 MANIFEST = "MANIFEST.json"
 BEST_WEIGHTS = "best.safetensors"
 _STEP_DIR = re.compile(r"^step-(\d{7,})$")
+
+
+@dataclass
+class TrainerState:
+    """Where the run is; saved in every checkpoint (trainer_state.json)."""
+
+    epoch: int = 0  # current epoch (0-based)
+    batch_in_epoch: int = 0  # micro-batches of `epoch` already consumed by this process
+    micro_batch_size: int = 0  # examples per micro-batch when batch_in_epoch was counted
+    global_step: int = 0  # optimizer steps taken
+    finished: bool = False
+    best_value: float | None = None
+    best_step: int = -1
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    best_tied_steps: list[int] = field(default_factory=list)  # tied on the metric (selection.py)
+    evals_since_best: int = 0
+    last_eval_step: int = -1
+    train_samples: float = 0.0  # global examples trained on (for samples/s)
+    train_time_s: float = 0.0
 
 
 def step_dir(root: Path, step: int) -> Path:
@@ -311,3 +331,30 @@ def save_weights_atomic(model: nn.Module, path: Path, weights: RunWeights | None
     tmp = path.with_name(path.name + ".tmp")
     (weights or RunWeights(model)).save(model, tmp)
     os.replace(tmp, path)
+
+
+def read_for_every_rank(
+    acc, path: Path, model: nn.Module, weights: RunWeights
+) -> tuple[dict[str, Any], Checkpoint | None]:
+    """On resume, the main process alone reads the checkpoint (the other ranks may be on
+    machines that do not see the job's folder) and loads its weights into `model`; every
+    rank gets the optimizer, scheduler, trainer and its own RNG state. A bad checkpoint
+    stops every rank with the same InvalidJobInput. Returns (that state, the Checkpoint on
+    the main process, else None)."""
+    saved, ckpt = None, None
+    if acc.is_main_process:
+        try:
+            ckpt = load(path)
+            ckpt.load_model(model, weights)
+            saved = {
+                "optimizer": ckpt.optimizer_state(),
+                "scheduler": ckpt.scheduler_state(),
+                "trainer": ckpt.trainer_state,
+                "rng": [ckpt.rng_state(rank) for rank in range(acc.num_processes)],
+            }
+        except InvalidJobInput as exc:
+            saved = {"invalid": str(exc)}
+    saved = rank_sync.from_main(acc, saved)
+    if "invalid" in saved:
+        raise InvalidJobInput(saved["invalid"])
+    return saved, ckpt

@@ -101,3 +101,22 @@ def evaluate_module(
     return classification_metrics(
         torch.cat(losses), torch.cat(preds), torch.cat(labels), num_labels
     )
+
+
+def evaluate_dataset(
+    accelerator, module: nn.Module, dataset, data, bundle, *, batch_size: int, progress=None
+) -> dict[str, float]:
+    """One split (the test set), in order, on the main process: `evaluate_module` over a
+    plain loader of `dataset`, with the data's own collate and the run's precision."""
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        collate_fn=data.collate,
+        num_workers=data.num_workers,
+    )
+    with accelerator.autocast():
+        return evaluate_module(
+            module, loader, bundle.kind, bundle.num_labels,
+            device=accelerator.device, progress=progress,
+        )  # fmt: skip

@@ -33,7 +33,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -53,10 +53,11 @@ from tunefleet.worker.engine import (
     selection,
 )
 from tunefleet.worker.engine.batching import build_loaders
+from tunefleet.worker.engine.checkpoint import TrainerState
 from tunefleet.worker.engine.devices import describe_run, few_steps_warning, make_accelerator
 from tunefleet.worker.engine.divergence import DivergenceGuard
 from tunefleet.worker.engine.errors import InvalidJobInput
-from tunefleet.worker.engine.evaluation import evaluate_module, evaluate_prepared
+from tunefleet.worker.engine.evaluation import evaluate_dataset, evaluate_prepared
 from tunefleet.worker.engine.events import log_event, metrics_event, report_message_event
 from tunefleet.worker.engine.feature_cache import FrozenFeatures
 from tunefleet.worker.engine.final_export import export_final, write_json_atomic
@@ -78,25 +79,6 @@ Emit = Callable[[job_pb2.Event], None]
 class EngineResult:
     artifacts: dict[str, str]
     summary: dict[str, float]
-
-
-@dataclass
-class TrainerState:
-    """Where the run is; saved in every checkpoint (trainer_state.json)."""
-
-    epoch: int = 0  # current epoch (0-based)
-    batch_in_epoch: int = 0  # micro-batches of `epoch` already consumed by this process
-    micro_batch_size: int = 0  # examples per micro-batch when batch_in_epoch was counted
-    global_step: int = 0  # optimizer steps taken
-    finished: bool = False
-    best_value: float | None = None
-    best_step: int = -1
-    best_metrics: dict[str, float] = field(default_factory=dict)
-    best_tied_steps: list[int] = field(default_factory=list)  # tied on the metric (selection.py)
-    evals_since_best: int = 0
-    last_eval_step: int = -1
-    train_samples: float = 0.0  # global examples trained on (for samples/s)
-    train_time_s: float = 0.0
 
 
 def run_job(
@@ -263,22 +245,8 @@ class TrainingRun:
 
     def _restore(self, path: Path) -> None:
         """The main process reads the checkpoint and sends every rank its part."""
-        acc, saved = self.accelerator, None
-        if acc.is_main_process:
-            try:
-                ckpt = checkpoint.load(path)
-                ckpt.load_model(self.unwrapped, self.weights)
-                saved = {
-                    "optimizer": ckpt.optimizer_state(),
-                    "scheduler": ckpt.scheduler_state(),
-                    "trainer": ckpt.trainer_state,
-                    "rng": [ckpt.rng_state(rank) for rank in range(acc.num_processes)],
-                }
-            except InvalidJobInput as exc:  # every rank stops with the same reason
-                saved = {"invalid": str(exc)}
-        saved = rank_sync.from_main(acc, saved)
-        if "invalid" in saved:
-            raise InvalidJobInput(saved["invalid"])
+        acc = self.accelerator
+        saved, ckpt = checkpoint.read_for_every_rank(acc, path, self.unwrapped, self.weights)
         rank_sync.weights_from_main(acc, self.unwrapped)
         if saved["optimizer"] is not None:  # None: a finished run, which only exports again
             self.optimizer.load_state_dict(saved["optimizer"])
@@ -618,17 +586,10 @@ class TrainingRun:
         test = self.data.test
         if test is None or len(test) == 0:
             return None
-        loader = DataLoader(
-            test,
+        metrics = evaluate_dataset(
+            self.accelerator, self.unwrapped, test, self.data, self.bundle,
             batch_size=self.spec.eval.batch_size or self.spec.train.batch_size,
-            shuffle=False,
-            collate_fn=self.data.collate,
-            num_workers=self.data.num_workers,
-        )
-        with self.accelerator.autocast():
-            metrics = evaluate_module(
-                self.unwrapped, loader, self.bundle.kind, self.bundle.num_labels,
-                device=self.accelerator.device, progress=self._tracker("evaluating", len(test)),
-            )  # fmt: skip
+            progress=self._tracker("evaluating", len(test)),
+        )  # fmt: skip
         self._emit_metrics("test", values=metrics)
         return metrics
