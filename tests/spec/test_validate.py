@@ -148,6 +148,11 @@ def test_every_problem_reported_together(job_dir):
             "one of",
         ),
         ({"model": {"source": "job"}}, "model.job", "required"),
+        (
+            {"data": {"source": "csv", "train": "/t.csv", "max_length": -1}},
+            "data.max_length",
+            "[0, 8192] (0: the model's own limit)",
+        ),
         ({"model": {"source": "torchvision", "name": "resnet18"}}, "data.source", "text data"),
     ],
 )

@@ -50,7 +50,7 @@ class _Check:
             self.fail(path, f"must be <= {high:g} ({why}), got {getattr(msg, field):g}")
 
     def within(
-        self, msg, field: str, path: str, low, high, *, high_open=False, low_open=False
+        self, msg, field: str, path: str, low, high, *, high_open=False, low_open=False, note=""
     ) -> None:
         if not msg.HasField(field):
             return
@@ -58,7 +58,7 @@ class _Check:
         bad = v < low or v > high or (low_open and v == low) or (high_open and v == high)
         if bad:
             lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
-            self.fail(path, f"must be in {lo}{low:g}, {high:g}{hi}, got {v:g}")
+            self.fail(path, f"must be in {lo}{low:g}, {high:g}{hi}{note}, got {v:g}")
 
     def regex(self, path: str, pattern: str) -> None:
         try:
@@ -271,7 +271,7 @@ def _data(c: _Check, spec) -> None:
     elif d.augment and d.augment != "none":
         c.fail("data.augment", "augmentation presets apply to image data only")
     c.choice("data.augment", d.augment, C.AUGMENT, required=False)
-    c.within(d, "max_length", "data.max_length", 0, 8192)  # 0: the model's own limit
+    c.within(d, "max_length", "data.max_length", 0, 8192, note=" (0: the model's own limit)")
     c.at_least(d, "num_workers", "data.num_workers", 0)
     c.at_most(d, "num_workers", "data.num_workers", limits.MAX_DATA_WORKERS, "per process")
     c.at_least(d, "image_size", "data.image_size", 8)
