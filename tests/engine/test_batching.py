@@ -121,6 +121,11 @@ def test_default_batch_size_follows_the_model_source():
         "data": {"source": "torchvision", "name": "MNIST", "root": "/r", "download": True},
     }
     assert prepare(image, check_paths=False).train.batch_size == 32
+    # A model from an earlier job: its data tells text (an HF model) from images.
+    chained = {**hf, "model": {"source": "job", "job": "job-0123abcd"}}
+    assert prepare(chained, check_paths=False).train.batch_size == 8
+    chained_image = {**image, "model": {"source": "job", "job": "job-0123abcd"}}
+    assert prepare(chained_image, check_paths=False).train.batch_size == 32
     hf["train"] = {"batch_size": 32}
     assert prepare(hf, check_paths=False).train.batch_size == 32
 

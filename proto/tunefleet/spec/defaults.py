@@ -48,11 +48,18 @@ def default_group_by_length(strategy: str) -> bool:
     return False
 
 
-def default_batch_size(model_source: str) -> int:
+_IMAGE_SOURCES = ("torchvision", "imagefolder")
+
+
+def default_batch_size(model_source: str, data_source: str = "") -> int:
     """8 for Hugging Face models, as TrainingArguments: on a few thousand examples a
     fine-tune needs the steps (26 Debian sections, 4,000 examples, 3 epochs: batch 32 0.64,
     batch 8 0.695, Trainer's defaults 0.704). 32 for torchvision and the other vision
-    models, whose BatchNorm layers need more than 8 examples a step for their statistics."""
+    models, whose BatchNorm layers need more than 8 examples a step for their statistics.
+    A model from an earlier job (source: job) is not known here: its data says which
+    (text: an HF model; images: a vision one)."""
+    if model_source == "job":
+        return 32 if data_source in _IMAGE_SOURCES else 8
     return 8 if model_source == "hf" else 32
 
 
@@ -145,7 +152,7 @@ def resolve_defaults(spec: spec_pb2.JobSpec) -> spec_pb2.JobSpec:
     t = s.train
     _default(t, "epochs", 3)
     _default(t, "max_steps", 0)
-    _default(t, "batch_size", default_batch_size(s.model.source))
+    _default(t, "batch_size", default_batch_size(s.model.source, s.data.source))
     _default(t, "grad_accum_steps", 1)
     _default(t, "max_grad_norm", 1.0)
     _default_str(t, "precision", "no")
