@@ -267,7 +267,14 @@ class Sweeps:
         for step, value in sorted(trial.intermediate.items()):
             if step not in study.get_trials(deepcopy=False)[trial.number].intermediate_values:
                 live.report(value, step)
-        if not live.should_prune():
+        pruned = live.should_prune()
+        # ASHA records, per trial, its value at each rung it reached (system attrs): a study
+        # rebuilt after a restart must compare later trials with those same values.
+        attrs = study.get_trials(deepcopy=False)[trial.number].system_attrs
+        if attrs != trial.system_attrs:
+            trial.system_attrs = dict(attrs)
+            self.store.update_trial(trial.sweep_id, trial.number, system_attrs=trial.system_attrs)
+        if not pruned:
             return
         step = max(trial.intermediate)
         note = (

@@ -268,6 +268,31 @@ def test_a_restart_neither_repeats_nor_loses_a_trial(start_coordinator, tmp_path
     sweeper.close()
 
 
+def test_asha_judges_reports_after_a_restart_against_those_before_it(start_coordinator):
+    """The values each trial had at each rung are the sweep's state too: after a kill, a
+    trial that trails one reported before the restart is still pruned at that rung."""
+    spec = sweep_spec({"space": {"optimizer.lr": [0.001, 0.002, 0.003, 0.004]},
+                       "pruner": "asha", "max_concurrent": 4})  # fmt: skip
+    first = start_coordinator()
+    sweeper = Sweeper(first.address)
+    sweep = sweeper.submit(spec)
+    workers = [Worker(sweeper.stub, f"w{i}") for i in range(2)]
+    lead, trailing = (wait_for(lambda w=w: w.acquire(0.2)) for w in workers)
+    workers[0].report(lead.job.id, lead.attempt, eval_metrics(50, 0.9))
+    sweeper.close()
+    first.stop(grace=0)
+
+    second = start_coordinator()
+    sweeper = Sweeper(second.address)
+    worker = workers[1]
+    worker.stub = sweeper.stub  # the same worker, on: it has not restarted
+    worker.report(trailing.job.id, trailing.attempt, eval_metrics(50, 0.5))
+    assert trailing.job.id in worker.heartbeat(trailing.job.id).cancel_job_ids
+    states = {t.job_id: t.trial_state for t in sweeper.get(sweep.id).trials}
+    assert states[trailing.job.id] == "PRUNED" and states[lead.job.id] == "RUNNING"
+    sweeper.close()
+
+
 def test_max_concurrent_leaves_room_for_other_jobs(sweeper, client):
     spec = sweep_spec({"space": {"optimizer.lr": [0.001, 0.002, 0.003]}, "max_concurrent": 1})
     sweep = sweeper.submit(spec)
