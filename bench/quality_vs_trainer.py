@@ -92,6 +92,10 @@ def run_engine(strategy: str, seed: int, data: Path, out: Path) -> float:
         "train": {"seed": seed, "log_every_steps": 50},
     }
     if strategy != "defaults":
+        # The shared hyperparameters, stated: tunefleet's own defaults differ for some
+        # (batch 8 for HF models since 2026-12-07).
+        job["train"]["batch_size"] = SHARED["batch_size"]
+        job["train"]["epochs"] = SHARED["epochs"]
         job["data"]["max_length"] = SHARED["max_length"]
         job["schedule"] = {"warmup_steps": SHARED["warmup_steps"]}
         job["finetune"] = {"strategy": strategy, **({"k": 2} if strategy == "last_k" else {})}
