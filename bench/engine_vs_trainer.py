@@ -8,7 +8,7 @@ accuracies.
     .venv/bin/python bench/engine_vs_trainer.py [--strategies full,last_k,head_only]
         [--epochs 1] [--repeats 1] [--limit-train 1600] [--threads N]
         [--data DIR --max-length N]
-        [--variants before,engine,grouped,no-memory-reuse,eager-attention,foreach-adamw]
+        [--variants before,engine,grouped,bf16,no-memory-reuse,eager-attention,foreach-adamw]
 
 `--variants` turns the engine's speed levers on or off one at a time (the ablation): each
 variant is one more run per repeat, in the same alternation, and gets its own ratio vs the
@@ -18,6 +18,8 @@ Trainer:
     engine           the engine as a user runs it (defaults: a plain shuffle, as Trainer's)
     grouped          data.group_by_length: true (length-grouped steps; opt-in, since they
                      can cost accuracy where length follows the class)
+    bf16             train.precision: bf16 (Accelerate's bf16 autocast; on a CPU with
+                     AVX512-BF16 or AMX its matrix products run natively in bf16)
     no-memory-reuse  freed host memory is unmapped as glibc does by default (host_memory.py)
     eager-attention  attn_implementation="eager" instead of transformers' default SDPA
     foreach-adamw    the multi-tensor AdamW instead of the fused one
@@ -55,6 +57,7 @@ VARIANTS = (
     "before",
     "engine",
     "grouped",
+    "bf16",
     "no-memory-reuse",
     "eager-attention",
     "foreach-adamw",
@@ -159,6 +162,7 @@ def run_engine(
                 "max_grad_norm": HP["max_grad_norm"],
                 "seed": HP["seed"],
                 "log_every_steps": 10,
+                **({"precision": "bf16"} if variant == "bf16" else {}),
             },
             "eval": {"batch_size": EVAL_BATCH},  # as the Trainer's per_device_eval_batch_size
         }

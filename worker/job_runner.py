@@ -49,13 +49,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from google.protobuf import json_format
-
-from tunefleet.limits import MAX_EVENT_BYTES, bound_event, clip_chars
+from tunefleet.limits import clip_chars
 from tunefleet.spec import spec_to_dict
 from tunefleet.v1 import coordinator_pb2, job_pb2, spec_pb2
 from tunefleet.worker.engine.errors import EXIT_INVALID_INPUT, EXIT_NO_SPACE, is_no_space
 from tunefleet.worker.engine_process import EngineHost, TrainingProcess, start_engine_process
+from tunefleet.worker.event_tail import EventTail, log_event, read_events
 from tunefleet.worker.tensorboard_writer import TENSORBOARD_DIR, TensorBoardWriter
 
 log = logging.getLogger(__name__)
@@ -68,9 +67,6 @@ ReportFn = Callable[[list[job_pb2.Event]], bool]
 EXIT_PREEMPTED = 75  # the engine checkpointed and stopped on SIGTERM (EX_TEMPFAIL)
 CRASH_TAIL_LINES = 20
 _REASON_MAX_CHARS = 500
-# An events.jsonl line this long is not parsed at all (the engine bounds its events; a
-# longer line comes from something else and would only cost memory).
-_MAX_EVENT_LINE_BYTES = 4 * MAX_EVENT_BYTES
 
 
 @dataclass(frozen=True)
@@ -107,80 +103,11 @@ def engine_command(
     return build_command(spec, spec_path, out_dir, events_path, rendezvous=rendezvous)
 
 
-def log_event(message: str, level: str = "info") -> job_pb2.Event:
-    event = job_pb2.Event(log=job_pb2.LogLine(level=level, message=message))
-    event.time.GetCurrentTime()
-    return event
-
-
 def write_json_atomic(path: Path, data) -> None:
     """Readers never see a half-written file: write a temp file, then rename over."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, path)
-
-
-class EventTail:
-    """Reads the complete lines appended to an events.jsonl file since the last read."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        # A rerun in the same out dir appends to the old file: start at its current end,
-        # on a fresh line (a crashed writer may have left half a line).
-        self._offset = 0
-        if path.exists():
-            with path.open("rb+") as f:
-                f.seek(0, os.SEEK_END)
-                if f.tell() > 0:
-                    f.seek(-1, os.SEEK_END)
-                    if f.read(1) != b"\n":
-                        f.write(b"\n")
-                self._offset = f.tell()
-        self._partial = b""
-
-    def read(self) -> list[job_pb2.Event]:
-        try:
-            with self.path.open("rb") as f:
-                f.seek(self._offset)
-                data = f.read()
-        except FileNotFoundError:
-            return []
-        self._offset += len(data)
-        *lines, self._partial = (self._partial + data).split(b"\n")
-        return _parse_lines(lines, self.path)
-
-
-def _parse_lines(lines: list[bytes], path: Path) -> list[job_pb2.Event]:
-    events = []
-    for line in lines:
-        if not line.strip():
-            continue
-        if len(line) > _MAX_EVENT_LINE_BYTES:
-            log.warning("skipping a %d-byte line of %s: over the event size limit", len(line), path)
-            events.append(
-                log_event(f"an event of {len(line):,} bytes was dropped: over the limit", "warning")
-            )
-            continue
-        try:
-            events.append(
-                bound_event(
-                    json_format.Parse(
-                        line.decode("utf-8"), job_pb2.Event(), ignore_unknown_fields=True
-                    )
-                )
-            )
-        except (json_format.ParseError, UnicodeDecodeError) as exc:
-            log.warning("skipping an unreadable line of %s: %s", path, exc)
-    return events
-
-
-def _read_events(path: Path) -> list[job_pb2.Event]:
-    """Every readable event of a whole events.jsonl file (a crashed writer's half line is
-    skipped)."""
-    try:
-        return _parse_lines(path.read_bytes().split(b"\n"), path)
-    except OSError:
-        return []
 
 
 def _newest_checkpoint_step(root: Path) -> int | None:
@@ -386,7 +313,7 @@ class JobRunner:
         metrics = []
         for attempt in range(1, self.attempt):
             path = self.out_dir / "attempts" / str(attempt) / "events.jsonl"
-            for event in _read_events(path):
+            for event in read_events(path):
                 if event.WhichOneof("kind") == "metrics" and event.metrics.step <= resume_step:
                     metrics.append(event)
         return metrics

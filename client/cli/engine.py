@@ -140,7 +140,8 @@ def _run_launched(spec, processes: int, out_dir: Path, emit, *, resume: bool) ->
     drain does), so the same command resumes."""
     from tunefleet.spec import spec_to_dict
     from tunefleet.worker.engine_process import dies_with_parent
-    from tunefleet.worker.job_runner import EventTail, engine_command
+    from tunefleet.worker.event_tail import EventTail
+    from tunefleet.worker.job_runner import engine_command
 
     local = type(spec)()
     local.CopyFrom(spec)

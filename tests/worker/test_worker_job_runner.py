@@ -13,7 +13,8 @@ from coordinator_helpers import make_spec, wait_for
 from worker_helpers import pid_alive, scripted_command
 
 from tunefleet.v1 import job_pb2
-from tunefleet.worker.job_runner import EventTail, JobRunner
+from tunefleet.worker.event_tail import EventTail
+from tunefleet.worker.job_runner import JobRunner
 
 
 def _job(name: str = "runner-test") -> job_pb2.Job:
