@@ -12,7 +12,7 @@ from test_data import TRAIN, make_spec, tokenizer  # noqa: F401 (a fixture)
 from tunefleet.v1 import spec_pb2
 from tunefleet.worker.engine.data import load_data
 from tunefleet.worker.engine.data.tables import _read_file_table as read_table
-from tunefleet.worker.engine.devices import describe_run, few_steps_warning
+from tunefleet.worker.engine.devices import describe_run, few_steps_warning, native_cpu_bf16
 from tunefleet.worker.engine.errors import InvalidJobInput
 from tunefleet.worker.engine.task import Task
 from tunefleet.worker.engine.trainer import run_job
@@ -34,6 +34,16 @@ def test_the_run_line_says_processes_device_and_precision_in_words():
         "training on 2 CPU processes (gloo), bf16 mixed precision, global batch 32"
     )
     assert "process(es)" not in line and "NO" not in line
+
+
+def test_bf16_on_a_cpu_without_native_bf16_says_it_is_slower():
+    assert native_cpu_bf16("flags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n") is True
+    assert native_cpu_bf16("flags\t\t: fpu sse4_2 avx2 amx_bf16 amx_tile\n") is True
+    assert native_cpu_bf16("flags\t\t: fpu sse4_2 avx2 avx512f\n") is False
+    line = describe_run(accelerator(1, "cpu", "bf16"), 32, 25)
+    here = native_cpu_bf16()
+    assert ("no native bf16" in line) == (here is False)
+    assert "no native bf16" not in describe_run(accelerator(1, "cpu", "no"), 32, 25)
 
 
 def spec_with(**train) -> spec_pb2.JobSpec:
