@@ -13,19 +13,15 @@ from google.protobuf import json_format
 
 from tunefleet.limits import MAX_EVENT_BYTES, bound_event
 from tunefleet.v1 import job_pb2
+from tunefleet.worker.engine.events import log_event  # torch-free, as this module
+
+__all__ = ["EventTail", "log_event", "parse_lines", "read_events"]
 
 log = logging.getLogger(__name__)
 
 # An events.jsonl line this long is not parsed at all (the engine bounds its events; a
 # longer line comes from something else and would only cost memory).
 _MAX_EVENT_LINE_BYTES = 4 * MAX_EVENT_BYTES
-
-
-def log_event(message: str, level: str = "info") -> job_pb2.Event:
-    event = job_pb2.Event(log=job_pb2.LogLine(level=level, message=message))
-    event.time.GetCurrentTime()
-    return event
-
 
 
 class EventTail:

@@ -75,10 +75,10 @@ class ModelBundle:
 # ----------------------------------------------------------------------------- task
 
 
-def _load_tokenizer(name: str, revision: str | None) -> Any:
+def _load_tokenizer(name: str, revision: str | None, source: str) -> Any:
+    """The tokenizer of ``model.name`` from `source`, its local_copy."""
     from transformers import AutoTokenizer
 
-    source, _ = local_copy(name, revision)
     try:
         with quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(source, revision=revision or None)
@@ -133,8 +133,9 @@ def _model_task(spec: spec_pb2.JobSpec) -> Task:
     if kind == "hf":
         name = spec.model.name
         revision = spec.model.revision if spec.model.source == "hf" else None
-        tokenizer = _load_tokenizer(name, revision)
-        return Task.text(tokenizer, text_limit(tokenizer, local_copy(name, revision)[0]))
+        source, _ = local_copy(name, revision)
+        tokenizer = _load_tokenizer(name, revision, source)
+        return Task.text(tokenizer, text_limit(tokenizer, source))
 
     data_size = spec.data.image_size if spec.data.HasField("image_size") else 0
     if spec.model.source == "job":
