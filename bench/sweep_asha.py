@@ -38,7 +38,6 @@ import random
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from contextlib import ExitStack
@@ -174,10 +173,11 @@ def print_replay(curves: dict, grid_best: float, orders: int = 40) -> None:
 
 
 def extra_worker(cluster, stack: ExitStack, n: int, log: Path) -> None:
-    """Another worker process on the same coordinator and artifacts folder."""
-    argv = [sys.executable, "-m", "tunefleet.worker", "--coordinator", cluster.address,
-            "--artifacts", str(cluster.artifacts), "--gpus", "0", "--id", f"bench-{n}"]  # fmt: skip
-    proc = subprocess.Popen(argv, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    """Another worker process on the same coordinator and artifacts folder: the cluster's
+    own worker command, under another id (the last --id wins)."""
+    argv = [*cluster.worker_command(), "--id", f"bench-{n}"]
+    out = stack.enter_context(log.open("ab"))
+    proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
     stack.callback(lambda: (proc.terminate(), proc.wait(30)))
 
 
