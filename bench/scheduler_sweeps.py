@@ -125,7 +125,13 @@ def simulate(args, *, with_sweeps: bool, folder: Path) -> Run:
     rng = random.Random(0)
     users = [f"user{u}" for u in range(args.submitters)]
     store = JobStore(folder / f"{run.label.replace(' ', '-')}.db")
-    scheduler = Scheduler(store, EventBus(), check_paths=False, lease_timeout_s=3600.0)
+    scheduler = Scheduler(
+        store,
+        EventBus(),
+        check_paths=False,
+        lease_timeout_s=3600.0,
+        sampler_process=not args.in_process_asks,  # as the server runs it, by default
+    )
     scheduler.start()  # the lease watch, as in a server
     workers = [
         scheduler.register_worker(
@@ -206,7 +212,11 @@ def simulate(args, *, with_sweeps: bool, folder: Path) -> Run:
 
     for worker in workers:  # the fill: every worker takes a job
         place(worker)
-    while running and not expired():
+    # A TPE trial's successor is drawn in the sampler process and queued when its reply
+    # comes, so the run goes on until every trial was placed, not just while jobs run.
+    while (running or len(run.wait_s["sweeps"]) < total) and not expired():
+        if not running:
+            time.sleep(0.001)  # every trial asked is done: wait for the next replies
         for worker in workers:
             job = running.pop(worker, None)
             if job is not None:
@@ -246,15 +256,26 @@ def main() -> None:
     )
     ap.add_argument("--algorithm", default="tpe", choices=("tpe", "random"))
     ap.add_argument(
+        "--in-process-asks",
+        action="store_true",
+        help="TPE asks in the coordinator's process, not the sampler process (the server's)",
+    )
+    ap.add_argument(
         "--reports",
         action="store_true",
         help="each job also reports its eval metric (ReportEvents, one commit each) when placed",
     )
     ap.add_argument("--max-seconds", type=float, default=600.0, help="cap per run")
+    ap.add_argument(
+        "--db-dir",
+        type=Path,
+        default=None,
+        help="where the runs' databases go (default: the temp folder; /dev/shm: no fsync cost)",
+    )
     args = ap.parse_args()
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
     runs: list[Run] = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=args.db_dir) as tmp:
         for with_sweeps in (False, True):
             run = simulate(args, with_sweeps=with_sweeps, folder=Path(tmp))
             runs.append(run)

@@ -20,11 +20,14 @@ hence optuna is pinned to the major version those tests ran on (pyproject.toml).
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import optuna
-from optuna.distributions import BaseDistribution
+from optuna.distributions import BaseDistribution, json_to_distribution
 from optuna.trial import FrozenTrial, TrialState
 
+from tunefleet.spec import sweep as space
 from tunefleet.v1 import spec_pb2
 
 GRID_PARAM = "grid_point"
@@ -103,6 +106,85 @@ class TPESampler(optuna.samplers.TPESampler):
         if not search_space.keys() <= params.keys():
             return None
         return tuple(d.to_internal_repr(params[name]) for name, d in search_space.items())
+
+
+def suggest(trial: optuna.Trial, s: spec_pb2.SweepSpec) -> dict:
+    """A trial's point of the space (field path -> value), its conditions applied: what
+    the coordinator's study asks and what the sampler process (sampler_process.py) asks
+    for it, by the same code, so that both see the same distributions."""
+    chosen: dict = {}
+    for path in space.order(s.space):
+        p = s.space[path]
+        if not space.active(p, chosen):
+            continue  # its condition does not hold: the base job's value stays
+        if p.type == "choice":
+            chosen[path] = trial.suggest_categorical(path, space.choice_values(path, p))
+        elif p.type == "int":
+            chosen[path] = trial.suggest_int(path, int(p.low), int(p.high))
+        else:
+            chosen[path] = trial.suggest_float(path, p.low, p.high, log=p.type == "loguniform")
+    return chosen
+
+
+class Given(optuna.samplers.BaseSampler):
+    """The coordinator's stand-in for a TPE sampler that runs in the sampler process: it
+    returns the point that process drew (`point`, set just before each ask), so the
+    coordinator's study records the trial (params, distributions, numbering) as a local
+    ask would, without TPE's maths under the Scheduler's lock."""
+
+    def __init__(self) -> None:
+        self.point: dict = {}
+
+    def infer_relative_search_space(self, study, trial) -> dict[str, BaseDistribution]:
+        return {}
+
+    def sample_relative(self, study, trial, search_space) -> dict:
+        return {}
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self.point[param_name]
+
+
+def new_study(
+    s: spec_pb2.SweepSpec,
+    sampler: optuna.samplers.BaseSampler,
+    pruner: optuna.pruners.BasePruner | None = None,
+    name: str | None = None,
+) -> optuna.Study:
+    """An in-memory study for the sweep (its direction from `mode`)."""
+    with warnings.catch_warnings():  # optuna flags its newer samplers as experimental
+        warnings.simplefilter("ignore")
+        return optuna.create_study(
+            direction="minimize" if s.mode == "min" else "maximize",
+            sampler=sampler,
+            pruner=pruner,
+            study_name=name,
+        )
+
+
+def add_trial(
+    study: optuna.Study,
+    state: TrialState,
+    value: float | None,
+    params: dict,
+    distributions: dict[str, str],
+    intermediate: dict[int, float],
+    system_attrs: dict | None = None,
+) -> None:
+    """Adds a trial as stored (its distributions as optuna's JSON): how a study is rebuilt
+    from the trial rows, and how the sampler process's mirror learns of a trial."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=state,
+                value=value if state == TrialState.COMPLETE else None,
+                params=params,
+                distributions={k: json_to_distribution(d) for k, d in distributions.items()},
+                system_attrs=system_attrs,
+                intermediate_values=intermediate,
+            )
+        )
 
 
 def sampler(s: spec_pb2.SweepSpec, grid_size: int, asked: int) -> optuna.samplers.BaseSampler:

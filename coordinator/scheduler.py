@@ -70,6 +70,7 @@ class Scheduler:
         retry_backoff_max_s: float = 60.0,
         clock: Callable[[], float] = time.time,
         max_requeues: int = MAX_REQUEUES,
+        sampler_process: bool = False,
     ):
         self.store = store
         self.bus = bus
@@ -103,6 +104,8 @@ class Scheduler:
             clock=clock,
             check_paths=False,
             on_ended=self._sweep_ended,
+            # TPE sweeps' trials drawn on another core (coordinator/sampler_process.py).
+            sampler_process=sampler_process,
         )
         self._jobs.sweeps = self.sweeps
         self._reports.on_stored = self.sweeps.events_stored
@@ -125,12 +128,14 @@ class Scheduler:
         self._lease_watch.start()
 
     def close(self) -> None:
-        """Stops the lease watch and sends long-polling workers away (UNAVAILABLE)."""
+        """Stops the lease watch and the sampler process, and sends long-polling workers
+        away (UNAVAILABLE)."""
         self._closing.set()
         with self._work_available:
             self._work_available.notify_all()
         if self._lease_watch.is_alive():
             self._lease_watch.join(timeout=5)
+        self.sweeps.close()
 
     # ---- client API ------------------------------------------------------------------
 

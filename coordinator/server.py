@@ -266,6 +266,7 @@ def start_server(
         lease_timeout_s=lease_timeout_s,
         check_paths=check_paths,
         storage_uri=storage_uri,
+        sampler_process=True,
     )
     executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="tunefleet-rpc")
     # A few threads beyond the cap, so that a refusal is answered at once.

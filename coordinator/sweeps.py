@@ -16,8 +16,13 @@ max_trials in all. With placement's fair order (the user with the fewest jobs pl
 first, placement.fair_order), a sweep's queued trials leave room for other users' jobs. A
 trial the pruner stops goes through the normal cancel path and ends PRUNED, not FAILED.
 
+TPE sweeps' trials are drawn in the sampler process (sampler_process.py, which the server
+turns on): an ask is then a request, and its reply makes the trial and its job (one
+transaction, as above) when it comes; the rows stay the truth.
+
 Everything here runs with the Scheduler's lock held (the Scheduler, JobLifecycle and
-ReportIngest call in with it), like lifecycle.py.
+ReportIngest call in with it, and the sampler process's replies take it), like
+lifecycle.py.
 """
 
 from __future__ import annotations
@@ -26,22 +31,22 @@ import logging
 import math
 import secrets
 import threading
-import warnings
 from collections.abc import Callable, Iterable
 
 import optuna
-from optuna.distributions import distribution_to_json, json_to_distribution
+from optuna.distributions import distribution_to_json
 from optuna.trial import TrialState
 
 from tunefleet import limits
 from tunefleet import spec as specs
-from tunefleet.coordinator import samplers
+from tunefleet.coordinator import samplers, sweep_views
 from tunefleet.coordinator.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     invalid_spec,
 )
+from tunefleet.coordinator.sampler_process import RemoteSampler, Reply
 from tunefleet.coordinator.store import JobStore, SweepRow, TrialRow
 from tunefleet.spec import sweep as space
 from tunefleet.states import is_terminal
@@ -76,6 +81,7 @@ class Sweeps:
         clock: Callable[[], float],
         check_paths: bool,
         on_ended: Callable[[job_pb2.Job], None] = lambda source: None,
+        sampler_process: bool = False,
     ):
         self.store = store
         # Called (lock held) with as_source(sweep) when a sweep ends: jobs chained on it
@@ -87,6 +93,20 @@ class Sweeps:
         self._clock = clock
         self.check_paths = check_paths
         self._studies: dict[str, optuna.Study] = {}
+        # TPE sweeps draw their trials in a child process (sampler_process.py): the server
+        # turns it on; in-process callers (tests, benches) may.
+        self._remote = RemoteSampler(self._on_replies, self._on_lost) if sampler_process else None
+        self._local: set[str] = set()  # TPE sweeps the child failed: asked here
+
+    def close(self) -> None:
+        """Stops the sampler process, if one runs."""
+        if self._remote is not None:
+            self._remote.close()
+
+    @property
+    def sampler_pid(self) -> int | None:
+        """The sampler process's pid while it runs (for tests and operators)."""
+        return self._remote.pid if self._remote is not None else None
 
     # ---- API ---------------------------------------------------------------------------
 
@@ -173,6 +193,7 @@ class Sweeps:
                 job = self.store.get_job(t.job_id)
                 if job is not None and not is_terminal(job.state) and not job.cancel_requested:
                     self._cancel_job(t.job_id, f"sweep {sweep_id} cancelled: {reason}")
+            self._forget(sweep_id)
             log.info("sweep %s cancelled: %s", sweep_id, reason)
             self._ended(sweep_id)
             return self.get(sweep_id)
@@ -324,15 +345,21 @@ class Sweeps:
         # are queried once and kept while each new trial adds just its own queued job.
         asked = self.store.trial_count(sweep_id)
         active = self.store.active_trial_count(sweep_id)
-        while asked < s.max_trials:
-            if active >= s.max_concurrent:
+        remote = self._remote_for(row)
+        # Asks in flight to the sampler process: trials (and queued jobs) to be.
+        pending = self._remote.pending(sweep_id) if remote else 0
+        while asked + pending < s.max_trials:
+            if active + pending >= s.max_concurrent:
                 return
-            if self._new_trial(row):
+            # A remote ask's reply makes the trial (_on_replies), then comes back here.
+            if remote and self._remote.request(sweep_id, s, self._study(row)):
+                pending += 1
+            elif self._new_trial(row):
                 asked, active = asked + 1, active + 1
             else:  # anything else may have changed more: count again
                 asked = self.store.trial_count(sweep_id)
                 active = self.store.active_trial_count(sweep_id)
-        if active:
+        if active or pending:
             return
         trials = self.store.trials(sweep_id)
         if any(t.state == "RUNNING" for t in trials):
@@ -352,6 +379,7 @@ class Sweeps:
             )
         self.store.update_sweep(sweep_id, state=state, reason=reason, finished_at=self._clock())
         self._studies.pop(sweep_id, None)
+        self._forget(sweep_id)
         log.info("sweep %s ended: %s", sweep_id, reason)
         self._ended(sweep_id)
 
@@ -360,21 +388,29 @@ class Sweeps:
         if source is not None:
             self._on_ended(source)
 
-    def _new_trial(self, row: SweepRow) -> bool:
+    def _new_trial(self, row: SweepRow, given: Reply | None = None) -> bool:
         """Asks the study for a trial and queues its job, in one transaction. True: that
         added one trial and one queued job to the sweep and changed no other job (so the
-        caller's counts stay right without a query)."""
+        caller's counts stay right without a query). `given`: the trial the sampler
+        process drew (its number and point), which the study records."""
         s = row.spec.sweep
         study = self._study(row)
         try:
             with self.store.atomic():
+                if given is not None:
+                    study.sampler.point = given.point
                 trial = study.ask()
+                if given is not None and trial.number != given.number:
+                    raise LookupError(
+                        f"the sampler process drew trial {given.number}, the study asks "
+                        f"{trial.number}"
+                    )
                 if s.algorithm == "grid":
                     params = space.grid(s)[
                         trial.suggest_int(samplers.GRID_PARAM, 0, row.grid_size - 1)
                     ]
                 else:
-                    params = self._suggest(trial, s)
+                    params = samplers.suggest(trial, s)
                 # Not study.trials: that deep-copies every trial of the study, on every ask.
                 frozen = study.get_trials(deepcopy=False)[trial.number]
                 record = TrialRow(
@@ -406,6 +442,8 @@ class Sweeps:
         except Exception:
             self._studies.pop(row.id, None)  # it asked a trial the database does not have
             raise
+        if given is not None:
+            self._remote.delivered(row.id, record.number)
         log.info("sweep %s: trial %d -> %s %s", row.id, record.number, record.job_id or "-",
                  record.params)  # fmt: skip
         # _queue_job's job is current: it reads the row again if anything changed it.
@@ -415,49 +453,98 @@ class Sweeps:
         # A chained job's queueing may end other jobs (its source's dependents).
         return job is not None and job.state == job_pb2.QUEUED and job.spec.model.source != "job"
 
-    @staticmethod
-    def _suggest(trial: optuna.Trial, s: spec_pb2.SweepSpec) -> dict:
-        chosen: dict = {}
-        for path in space.order(s.space):
-            p = s.space[path]
-            if not space.active(p, chosen):
-                continue  # its condition does not hold: the base job's value stays
-            if p.type == "choice":
-                chosen[path] = trial.suggest_categorical(path, space.choice_values(path, p))
-            elif p.type == "int":
-                chosen[path] = trial.suggest_int(path, int(p.low), int(p.high))
-            else:
-                chosen[path] = trial.suggest_float(path, p.low, p.high, log=p.type == "loguniform")
-        return chosen
+    # ---- the sampler process (sampler_process.py) ------------------------------------
+
+    def _remote_for(self, row: SweepRow) -> bool:
+        """Whether the sweep's trials are drawn in the sampler process: TPE's (grid and
+        random draw in microseconds), unless the process failed it or for good."""
+        return (
+            self._remote is not None
+            and self._remote.usable
+            and row.spec.sweep.algorithm not in ("grid", "random")
+            and row.id not in self._local
+        )
+
+    def _forget(self, sweep_id: str) -> None:
+        if self._remote is not None:
+            self._remote.forget(sweep_id)
+        self._local.discard(sweep_id)
+
+    def _on_replies(self, replies: list[Reply]) -> None:
+        """The sampler process's draws (from its reader thread): each becomes a trial and
+        its job, and the sweep asks again if it has room; all in one commit."""
+        with self._lock:
+            advance: dict[str, None] = {}
+            try:
+                with self.store.atomic():
+                    for reply in replies:
+                        if self._remote.accept(reply):
+                            self._take(reply)
+                            advance[reply.sweep_id] = None
+                    self._ask_again(list(advance))
+            except Exception:  # the commit: nothing of it stands, ask again
+                log.exception("sampler process: trials not stored; asking again")
+                self._studies.clear()
+                self._ask_again(self._remote.reset_all())
+
+    def _take(self, reply: Reply) -> None:
+        row = self.store.get_sweep(reply.sweep_id)
+        if row is None or row.state != sweep_pb2.SWEEP_RUNNING or not self._remote_for(row):
+            return
+        if reply.point is None:
+            log.warning("sweep %s: the sampler process could not ask: %s", row.id, reply.error)
+            if self._remote.failed(row.id):
+                log.error("sweep %s: asked in the coordinator from now on", row.id)
+                self._local.add(row.id)
+                self._studies.pop(row.id, None)  # rebuilt with its own TPE sampler
+            return
+        try:
+            with self.store.atomic():
+                self._new_trial(row, given=reply)
+        except Exception:
+            log.exception("sweep %s: trial %d not recorded", row.id, reply.number)
+            self._remote.reset(row.id)  # its mirror has a trial the rows lack
+
+    def _on_lost(self) -> None:
+        """The sampler process died (reader thread): every mirror went with it."""
+        with self._lock:
+            self._ask_again(self._remote.reset_all())
+
+    def _ask_again(self, sweep_ids: list[str]) -> None:
+        """_advance for each sweep, each on its own (a failure stops only its sweep)."""
+        for sweep_id in sweep_ids:
+            try:
+                with self.store.atomic():
+                    self._advance(sweep_id)
+            except Exception:
+                self._studies.pop(sweep_id, None)
+                log.exception("sweep %s: no next trial", sweep_id)
 
     def _study(self, row: SweepRow) -> optuna.Study:
         study = self._studies.get(row.id)
-        if study is not None:
+        # Kept while its sampler still fits: a sweep the sampler process gave up on (or
+        # that lost it for good) is rebuilt with its own TPE sampler.
+        remote = self._remote_for(row)
+        if study is not None and isinstance(study.sampler, samplers.Given) == remote:
             return study
         s = row.spec.sweep
         trials = self.store.trials(row.id)
-        with warnings.catch_warnings():  # optuna flags its newer samplers as experimental
-            warnings.simplefilter("ignore")
-            study = optuna.create_study(
-                direction="minimize" if s.mode == "min" else "maximize",
-                sampler=samplers.sampler(s, row.grid_size, len(trials)),
-                pruner=samplers.pruner(s),
-                study_name=row.id,
+        study = samplers.new_study(
+            s,
+            samplers.Given() if remote else samplers.sampler(s, row.grid_size, len(trials)),
+            samplers.pruner(s),
+            row.id,
+        )
+        for t in trials:
+            samplers.add_trial(
+                study,
+                TrialState[t.state],
+                t.value,
+                t.sampler_params,
+                t.distributions,
+                t.intermediate,
+                t.system_attrs,
             )
-            for t in trials:
-                state = TrialState[t.state]
-                study.add_trial(
-                    optuna.trial.create_trial(
-                        state=state,
-                        value=t.value if state == TrialState.COMPLETE else None,
-                        params=t.sampler_params,
-                        distributions={
-                            k: json_to_distribution(d) for k, d in t.distributions.items()
-                        },
-                        system_attrs=t.system_attrs,
-                        intermediate_values=t.intermediate,
-                    )
-                )
         self._studies[row.id] = study
         return study
 
@@ -477,51 +564,10 @@ class Sweeps:
         return value < row.best_value if row.spec.sweep.mode == "min" else value > row.best_value
 
     def _best(self, row: SweepRow) -> TrialRow | None:
-        done = [
-            t for t in self.store.trials(row.id) if t.state == "COMPLETE" and t.value is not None
-        ]
-        if not done:
-            return None
-        pick = min if row.spec.sweep.mode == "min" else max
-        return pick(done, key=lambda t: t.value)
-
-    # ---- views -------------------------------------------------------------------------
+        return sweep_views.best(self.store, row)
 
     def _view(self, row: SweepRow) -> sweep_pb2.Sweep:
-        view = sweep_pb2.Sweep(
-            id=row.id,
-            spec=row.spec,
-            state=row.state,
-            reason=row.reason,
-            submitter=row.submitter,
-            grid_size=row.grid_size,
-        )
-        view.created_at.FromNanoseconds(round(row.created_at * 1e9))
-        if row.finished_at is not None:
-            view.finished_at.FromNanoseconds(round(row.finished_at * 1e9))
-        for t in self.store.trials(row.id):
-            job = self.store.get_job(t.job_id) if t.job_id else None
-            trial = view.trials.add(
-                number=t.number,
-                job_id=t.job_id,
-                job_state=job.state if job is not None else job_pb2.JOB_STATE_UNSPECIFIED,
-                trial_state=t.state,
-                params={k: space.fmt(v) for k, v in t.params.items()},
-                intermediate=t.intermediate,
-            )
-            if t.value is not None:
-                trial.value = t.value
-        best = self._best(row)
-        if best is not None:
-            view.best_trial, view.best_job_id, view.best_value = (
-                best.number,
-                best.job_id,
-                best.value,
-            )
-            job = self.store.get_job(best.job_id)
-            if job is not None:
-                view.best_artifacts.update(job.artifacts)
-        return view
+        return sweep_views.view(self.store, row)
 
     def _new_id(self) -> str:
         while True:

@@ -15,7 +15,6 @@ from optuna.trial import TrialState
 
 from tunefleet import spec as specs
 from tunefleet.coordinator import samplers
-from tunefleet.coordinator.sweeps import Sweeps
 from tunefleet.spec import spec_from_dict, spec_to_dict
 
 SPACE = {
@@ -65,7 +64,7 @@ def score(params: dict, rng: random.Random) -> float:
 
 
 def run_sweep(sampler, seed: int, trials: int, concurrent: int) -> list[dict]:
-    """Asks as the coordinator does (Sweeps._suggest) with `concurrent` trials in flight,
+    """Asks as the coordinator does (samplers.suggest) with `concurrent` trials in flight,
     ending them in a seeded order: most COMPLETE, some PRUNED (with an intermediate value),
     some FAIL. Returns every trial's params, in order."""
     s = sweep_block()
@@ -76,7 +75,7 @@ def run_sweep(sampler, seed: int, trials: int, concurrent: int) -> list[dict]:
     while len(drawn) < trials or running:
         while len(running) < concurrent and len(drawn) < trials:
             trial = study.ask()
-            drawn.append(Sweeps._suggest(trial, s))
+            drawn.append(samplers.suggest(trial, s))
             running.append(trial)
         trial = running.pop(rng.randrange(len(running)))
         fate = rng.random()
@@ -119,7 +118,7 @@ def test_tpe_draws_what_optunas_draws_in_a_rebuilt_study():
         drawn = []
         for _ in range(25):
             trial = study.ask()
-            drawn.append(Sweeps._suggest(trial, s))
+            drawn.append(samplers.suggest(trial, s))
             study.tell(trial.number, score(trial.params, tell))
         return drawn
 

@@ -1,12 +1,16 @@
 """A sweep survives kill -9 of its coordinator (a real child process): on restart with the
 same database the study is rebuilt from the coordinator's tables, and no trial is asked
-twice or lost, whatever the kill interrupted (a trial's end, the next trial's creation)."""
+twice or lost, whatever the kill interrupted (a trial's end, the next trial's creation).
+With TPE the trials are drawn in the coordinator's sampler process, which must die with
+it (no orphan) while its asks in flight are lost and asked again."""
 
 from __future__ import annotations
 
 import contextlib
 
 import grpc
+import pytest
+from fault_helpers import children, pid_alive, wait_for
 
 from tunefleet.spec import spec_from_dict
 from tunefleet.v1 import coordinator_pb2, job_pb2, sweep_pb2
@@ -15,7 +19,7 @@ RPC_TIMEOUT = 10.0
 MAX_TRIALS = 6
 
 
-def sweep_spec(tmp_path):
+def sweep_spec(tmp_path, algorithm: str):
     train = tmp_path / "train.csv"
     train.write_text("text,label\ngood,pos\nbad,neg\n")
     return spec_from_dict(
@@ -28,7 +32,7 @@ def sweep_spec(tmp_path):
                     "optimizer.lr": "loguniform(1e-5, 1e-2)",
                     "finetune.strategy": ["head_only", "full"],
                 },
-                "algorithm": "random",
+                "algorithm": algorithm,
                 "max_trials": MAX_TRIALS,
                 "max_concurrent": 2,
             },
@@ -77,13 +81,16 @@ class FakeWorker:
         )
 
 
-def test_kill_9_mid_sweep_neither_repeats_nor_loses_a_trial(cluster, tmp_path):
+@pytest.mark.parametrize("algorithm", ["random", "tpe"])
+def test_kill_9_mid_sweep_neither_repeats_nor_loses_a_trial(cluster, tmp_path, algorithm):
     cluster.start_coordinator()
     sweep = cluster.stub.SubmitSweep(
-        coordinator_pb2.SubmitSweepRequest(spec=sweep_spec(tmp_path)), timeout=RPC_TIMEOUT
+        coordinator_pb2.SubmitSweepRequest(spec=sweep_spec(tmp_path, algorithm)),
+        timeout=RPC_TIMEOUT,
     )
     worker = FakeWorker(cluster.stub)
     kills = 0
+    seen: list[int] = []
     for round_ in range(40):
         got = cluster.stub.GetSweep(
             coordinator_pb2.GetSweepRequest(sweep_id=sweep.id), timeout=RPC_TIMEOUT
@@ -98,7 +105,11 @@ def test_kill_9_mid_sweep_neither_repeats_nor_loses_a_trial(cluster, tmp_path):
             # The kill lands while (or just after) the finish is told and the next trial
             # is asked: the coordinator may or may not have stored either.
             future = cluster.stub.FinishJob.future(request, timeout=RPC_TIMEOUT)
+            samplers = children(cluster.coordinator.pid)  # TPE's sampler process
+            seen += samplers
             cluster.kill_coordinator()
+            for pid in samplers:  # it reads EOF from its dead coordinator and exits
+                wait_for(lambda p=pid: not pid_alive(p), 10, f"sampler process {pid} to exit")
             with contextlib.suppress(grpc.RpcError):
                 future.result()
             kills += 1
@@ -107,6 +118,8 @@ def test_kill_9_mid_sweep_neither_repeats_nor_loses_a_trial(cluster, tmp_path):
         else:
             cluster.stub.FinishJob(request, timeout=RPC_TIMEOUT)
     assert kills == 3
+    if algorithm == "tpe":  # the sweep's asks went through the sampler processes
+        assert seen
     final = cluster.stub.GetSweep(
         coordinator_pb2.GetSweepRequest(sweep_id=sweep.id), timeout=RPC_TIMEOUT
     )
