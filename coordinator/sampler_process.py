@@ -8,7 +8,7 @@ with TPE against 705 with the random sampler, which draws in microseconds).
 
 How: the child keeps a mirror of each TPE sweep's study (same sampler, same seed) and asks
 it; the coordinator keeps its own study as the truth (trial rows, pruning, tells) and
-records each point the child drew through a stand-in sampler (samplers.Given). Each ask
+records each trial the child drew (its point and distributions) without asking. Each ask
 request carries what changed in the coordinator's study since the last one (new trials,
 tells, prunes), so the mirror has seen exactly what a local ask would have seen: the same
 draws as asking in-process (tests/coordinator/test_sampler_process.py).
@@ -27,7 +27,8 @@ coordinator closed it, or died (kill -9 included), so it never outlives its coor
 Wire (two one-way pipes, multiprocessing Connections: pickled tuples, in order):
   -> ("ask", sweep_id, epoch, sweep_spec_bytes | None, changes)   bytes: build afresh
   -> ("forget", sweep_id)
-  <- ("asked", sweep_id, epoch, number, point) | ("failed", sweep_id, epoch, message)
+  <- ("asked", sweep_id, epoch, number, point, distributions)
+   | ("failed", sweep_id, epoch, message)
 A change is (number, state, value, intermediate, params, distributions); params and
 distributions (optuna's JSON) only for a trial the mirror does not have yet.
 """
@@ -42,6 +43,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -59,6 +61,9 @@ log = logging.getLogger("tunefleet.coordinator.scheduler")  # see lifecycle.py
 MAX_LOSSES = 3
 # A sweep whose asks the child failed this many times in a row is asked in-process.
 MAX_FAILURES = 3
+# Replies gathered into one commit: for up to this long, at most this many.
+GATHER_S = 0.002
+GATHER_MAX = 64
 
 
 # ---- the child ------------------------------------------------------------------------
@@ -89,7 +94,10 @@ def serve(requests, replies) -> None:
             study, s = mirrors[sweep_id]
             _apply(study, changes)
             trial = study.ask()
-            reply = ("asked", sweep_id, epoch, trial.number, samplers.suggest(trial, s))
+            point = samplers.suggest(trial, s)
+            drawn = study.get_trials(deepcopy=False)[trial.number].distributions
+            distributions = {k: distribution_to_json(d) for k, d in drawn.items()}
+            reply = ("asked", sweep_id, epoch, trial.number, point, distributions)
         except Exception as exc:  # the coordinator builds it again, or asks itself
             mirrors.pop(sweep_id, None)
             reply = ("failed", sweep_id, epoch, f"{type(exc).__name__}: {exc}")
@@ -111,7 +119,7 @@ def _apply(study: optuna.Study, changes: list[tuple]) -> None:
             for step, v in sorted(intermediate.items()):
                 if step not in mine.intermediate_values:
                     study._storage.set_trial_intermediate_value(trial_id, step, v)
-            study.tell(number, value if state == TrialState.COMPLETE else None, state=state)
+            samplers.tell(study, number, value if state == TrialState.COMPLETE else None, state)
         elif number == len(trials) and params is not None:
             samplers.add_trial(study, state, value, params, distributions, intermediate)
             trials = study.get_trials(deepcopy=False)
@@ -129,7 +137,8 @@ class Reply:
     sweep_id: str
     epoch: int  # of the mirror that drew it: RemoteSampler.accept ignores older ones
     number: int = -1
-    point: dict | None = None
+    point: dict | None = None  # field path -> value, as samplers.suggest returns it
+    distributions: dict[str, str] | None = None  # optuna's JSON, by field path
     error: str = ""
 
 
@@ -194,7 +203,8 @@ class RemoteSampler:
     def request(self, sweep_id: str, s: spec_pb2.SweepSpec, study: optuna.Study) -> bool:
         """Sends one ask for the sweep, with what its mirror has not seen of `study`.
         False: the child could not be started (no longer `usable`): ask in-process."""
-        if not self._start_child():
+        child = self._running_child()
+        if child is None:
             return False
         mirror = self._mirrors.get(sweep_id)
         if mirror is None:
@@ -213,7 +223,7 @@ class RemoteSampler:
             spec_bytes = None
         for t in trials:
             mirror.sent[t.number] = t.state
-        self._child.outbox.put(("ask", sweep_id, mirror.epoch, spec_bytes, changes))
+        child.outbox.put(("ask", sweep_id, mirror.epoch, spec_bytes, changes))
         mirror.pending += 1
         return True
 
@@ -282,19 +292,24 @@ class RemoteSampler:
         self._epochs += 1
         return self._epochs
 
-    def _start_child(self) -> bool:
+    def _running_child(self) -> _Child | None:
+        """The child, started if need be; None if it cannot be (ask in-process)."""
         with self._guard:
             if self._child is not None:
-                return True
+                return self._child
             if not self.usable:
-                return False
+                return None
             try:
                 self._child = self._start()
             except (OSError, subprocess.SubprocessError) as exc:
                 self._losses = MAX_LOSSES
                 log.error("sampler process not started (%s): sweeps ask in the coordinator", exc)
-                return False
-            return True
+                return None
+            child = self._child
+        # A new child has no mirrors, whatever the old one had: each sweep sends its whole
+        # study with its next ask (on_lost asks again for those with asks in flight).
+        self.reset_all()
+        return child
 
     def _start(self) -> _Child:
         # A fresh interpreter, not a fork of one that runs gRPC's threads; only the child's
@@ -350,7 +365,10 @@ class RemoteSampler:
         while True:
             try:
                 replies = [_reply(conn.recv())]
-                while conn.poll():  # what is ready goes in one commit
+                # What comes within GATHER_S goes in one commit: one take of the lock
+                # and one transaction for several trials, at a few ms of a trial's wait.
+                until = time.monotonic() + GATHER_S
+                while len(replies) < GATHER_MAX and conn.poll(max(0.0, until - time.monotonic())):
                     replies.append(_reply(conn.recv()))
             except (EOFError, OSError, ValueError):
                 break
@@ -402,7 +420,7 @@ def _change(t: FrozenTrial, *, new: bool) -> tuple:
 def _reply(message: tuple) -> Reply:
     kind, sweep_id, epoch, *rest = message
     if kind == "asked":
-        return Reply(sweep_id, epoch, number=rest[0], point=rest[1])
+        return Reply(sweep_id, epoch, number=rest[0], point=rest[1], distributions=rest[2])
     return Reply(sweep_id, epoch, error=rest[0])
 
 

@@ -126,14 +126,9 @@ def suggest(trial: optuna.Trial, s: spec_pb2.SweepSpec) -> dict:
     return chosen
 
 
-class Given(optuna.samplers.BaseSampler):
-    """The coordinator's stand-in for a TPE sampler that runs in the sampler process: it
-    returns the point that process drew (`point`, set just before each ask), so the
-    coordinator's study records the trial (params, distributions, numbering) as a local
-    ask would, without TPE's maths under the Scheduler's lock."""
-
-    def __init__(self) -> None:
-        self.point: dict = {}
+class Elsewhere(optuna.samplers.BaseSampler):
+    """The sampler of a coordinator's study whose trials the sampler process draws: the
+    coordinator records each drawn trial (add_trial) and never asks this study itself."""
 
     def infer_relative_search_space(self, study, trial) -> dict[str, BaseDistribution]:
         return {}
@@ -142,7 +137,17 @@ class Given(optuna.samplers.BaseSampler):
         return {}
 
     def sample_independent(self, study, trial, param_name, param_distribution):
-        return self.point[param_name]
+        raise RuntimeError("this sweep's trials are drawn in the sampler process")
+
+
+def tell(
+    study: optuna.Study, number: int, value: float | None = None, state: TrialState | None = None
+) -> None:
+    """Study.tell, without the deep copy of the trial it returns (which nobody reads here:
+    ~0.2 ms a tell at 100 trials, on every trial's end)."""
+    from optuna.study._tell import _tell_with_warning
+
+    _tell_with_warning(study, number, value, state)
 
 
 def new_study(
@@ -185,6 +190,17 @@ def add_trial(
                 intermediate_values=intermediate,
             )
         )
+
+
+def add_running(study: optuna.Study, params: dict, distributions: dict[str, str]) -> None:
+    """Adds a RUNNING trial with these params, as an ask and its suggests would leave it,
+    without a sampler; storage calls, not add_trial, which deep-copies a whole template
+    trial (~0.15 ms a trial)."""
+    storage = study._storage
+    trial_id = storage.create_new_trial(study._study_id)
+    for name, value in params.items():
+        d = json_to_distribution(distributions[name])
+        storage.set_trial_param(trial_id, name, d.to_internal_repr(value), d)
 
 
 def sampler(s: spec_pb2.SweepSpec, grid_size: int, asked: int) -> optuna.samplers.BaseSampler:

@@ -274,9 +274,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         reported = self.scheduler.report(
             request.worker_id, request.job_id, request.attempt, request.events, request.batch_seq
         )
-        return coordinator_pb2.ReportEventsResponse(
-            last_seq=reported.last_seq, stop=reported.stop
-        )
+        return coordinator_pb2.ReportEventsResponse(last_seq=reported.last_seq, stop=reported.stop)
 
     @_unary
     def FinishJob(self, request, context):

@@ -303,7 +303,7 @@ class Sweeps:
             f"({metric} {trial.intermediate[step]:.4g})"
         )
         self.store.update_trial(trial.sweep_id, trial.number, state="PRUNED", note=note)
-        study.tell(trial.number, state=TrialState.PRUNED)
+        samplers.tell(study, trial.number, state=TrialState.PRUNED)
         log.info("sweep %s: trial %d (%s) %s", trial.sweep_id, trial.number, trial.job_id, note)
         self._cancel_job(trial.job_id, note)
 
@@ -326,12 +326,12 @@ class Sweeps:
         study = self._study(row)
         self.store.update_trial(sweep_id, trial.number, state=state, value=value, note=note)
         if state == "COMPLETE":
-            study.tell(trial.number, value)
+            samplers.tell(study, trial.number, value)
             if self._beats(row, trial.number, value):
                 self.store.update_sweep(sweep_id, best_trial=trial.number, best_value=value)
                 row.best_trial, row.best_value = trial.number, value
         else:
-            study.tell(trial.number, state=TrialState.FAIL)
+            samplers.tell(study, trial.number, state=TrialState.FAIL)
 
     def _advance(self, sweep_id: str, row: SweepRow | None = None) -> None:
         """Creates trials while the sweep may have more; ends it when all have ended. `row`:
@@ -397,19 +397,16 @@ class Sweeps:
         study = self._study(row)
         try:
             with self.store.atomic():
-                if given is not None:
-                    study.sampler.point = given.point
-                trial = study.ask()
-                if given is not None and trial.number != given.number:
-                    raise LookupError(
-                        f"the sampler process drew trial {given.number}, the study asks "
-                        f"{trial.number}"
-                    )
-                if s.algorithm == "grid":
+                if given is not None:  # drawn elsewhere: recorded as drawn
+                    trial = self._record(study, given)
+                    params = given.point
+                elif s.algorithm == "grid":
+                    trial = study.ask()
                     params = space.grid(s)[
                         trial.suggest_int(samplers.GRID_PARAM, 0, row.grid_size - 1)
                     ]
                 else:
+                    trial = study.ask()
                     params = samplers.suggest(trial, s)
                 # Not study.trials: that deep-copies every trial of the study, on every ask.
                 frozen = study.get_trials(deepcopy=False)[trial.number]
@@ -438,7 +435,7 @@ class Sweeps:
                     record.state, record.note = "FAIL", f"its job was refused: {exc}"
                 self.store.insert_trial(record)
                 if record.state == "FAIL":
-                    study.tell(trial.number, state=TrialState.FAIL)
+                    samplers.tell(study, trial.number, state=TrialState.FAIL)
         except Exception:
             self._studies.pop(row.id, None)  # it asked a trial the database does not have
             raise
@@ -454,6 +451,18 @@ class Sweeps:
         return job is not None and job.state == job_pb2.QUEUED and job.spec.model.source != "job"
 
     # ---- the sampler process (sampler_process.py) ------------------------------------
+
+    @staticmethod
+    def _record(study: optuna.Study, given: Reply) -> optuna.trial.FrozenTrial:
+        """Adds the trial the sampler process drew to the coordinator's study, as RUNNING
+        (no ask: that would run a sampler)."""
+        trials = study.get_trials(deepcopy=False)
+        if given.number != len(trials):
+            raise LookupError(
+                f"the sampler process drew trial {given.number}, the study is at {len(trials)}"
+            )
+        samplers.add_running(study, given.point, given.distributions)
+        return study.get_trials(deepcopy=False)[given.number]
 
     def _remote_for(self, row: SweepRow) -> bool:
         """Whether the sweep's trials are drawn in the sampler process: TPE's (grid and
@@ -472,38 +481,40 @@ class Sweeps:
 
     def _on_replies(self, replies: list[Reply]) -> None:
         """The sampler process's draws (from its reader thread): each becomes a trial and
-        its job, and the sweep asks again if it has room; all in one commit."""
+        its job, all in one commit. A sweep whose reply made no trial asks again."""
         with self._lock:
-            advance: dict[str, None] = {}
+            again: dict[str, None] = {}
             try:
                 with self.store.atomic():
                     for reply in replies:
-                        if self._remote.accept(reply):
-                            self._take(reply)
-                            advance[reply.sweep_id] = None
-                    self._ask_again(list(advance))
+                        # A new trial takes its ask's place: the sweep's room is unchanged.
+                        if self._remote.accept(reply) and not self._take(reply):
+                            again[reply.sweep_id] = None
+                    self._ask_again(list(again))
             except Exception:  # the commit: nothing of it stands, ask again
                 log.exception("sampler process: trials not stored; asking again")
                 self._studies.clear()
                 self._ask_again(self._remote.reset_all())
 
-    def _take(self, reply: Reply) -> None:
+    def _take(self, reply: Reply) -> bool:
+        """The reply's trial and job; False if it made none (the sweep may ask again)."""
         row = self.store.get_sweep(reply.sweep_id)
         if row is None or row.state != sweep_pb2.SWEEP_RUNNING or not self._remote_for(row):
-            return
+            return False
         if reply.point is None:
             log.warning("sweep %s: the sampler process could not ask: %s", row.id, reply.error)
             if self._remote.failed(row.id):
                 log.error("sweep %s: asked in the coordinator from now on", row.id)
                 self._local.add(row.id)
                 self._studies.pop(row.id, None)  # rebuilt with its own TPE sampler
-            return
+            return False
         try:
-            with self.store.atomic():
-                self._new_trial(row, given=reply)
+            # A trial and a queued job, and nothing else changed: its room is the same.
+            return self._new_trial(row, given=reply)
         except Exception:
             log.exception("sweep %s: trial %d not recorded", row.id, reply.number)
             self._remote.reset(row.id)  # its mirror has a trial the rows lack
+            return False
 
     def _on_lost(self) -> None:
         """The sampler process died (reader thread): every mirror went with it."""
@@ -525,13 +536,13 @@ class Sweeps:
         # Kept while its sampler still fits: a sweep the sampler process gave up on (or
         # that lost it for good) is rebuilt with its own TPE sampler.
         remote = self._remote_for(row)
-        if study is not None and isinstance(study.sampler, samplers.Given) == remote:
+        if study is not None and isinstance(study.sampler, samplers.Elsewhere) == remote:
             return study
         s = row.spec.sweep
         trials = self.store.trials(row.id)
         study = samplers.new_study(
             s,
-            samplers.Given() if remote else samplers.sampler(s, row.grid_size, len(trials)),
+            samplers.Elsewhere() if remote else samplers.sampler(s, row.grid_size, len(trials)),
             samplers.pruner(s),
             row.id,
         )
