@@ -426,7 +426,13 @@ def _reply(message: tuple) -> Reply:
 
 def main() -> None:
     """The child's entry: `python -m tunefleet.coordinator.sampler_process R W`."""
-    requests, replies = (int(fd) for fd in sys.argv[1:3])
+    try:
+        requests, replies = (int(fd) for fd in sys.argv[1:])
+    except ValueError:
+        sys.exit(
+            "usage: python -m tunefleet.coordinator.sampler_process REQUESTS_FD REPLIES_FD "
+            "(started by the coordinator with two pipe ends; not a command to run by hand)"
+        )
     serve(Connection(requests, writable=False), Connection(replies, readable=False))
 
 
