@@ -26,7 +26,11 @@ Figures: placements/s over the whole run, p50/p99 of the acquire that places a j
 scheduling latency of the targets) and of finish (it holds the lock while the sweep tells
 and asks), and each job's wait from queued to placed, in seconds and in placements made
 meanwhile, for the sweeps' trials and for the other user's jobs: those must not starve
-behind the sweeps' backlog.
+behind the sweeps' backlog. Both runs start timing with the same queue: every sweep's first
+max_concurrent trials queued (the sampler process draws them after submit; waiting for
+them is set-up, as submitting the plain run's first jobs is). Last, the CPU time each
+placement took in this process (coordinator and simulated workers) and each ask in the
+sampler process, over the timed loop: what 500 placements/s would need in cores.
 
     .venv/bin/python bench/scheduler_sweeps.py [--sweeps 100] [--trials 100]
         [--workers 1000] [--max-concurrent 20] [--submitters 4] [--other-every 10]
@@ -116,6 +120,20 @@ class Run:
     wait_n: dict[str, list[int]] = field(default_factory=lambda: {"sweeps": [], "other": []})
     sweeps_ended: str = ""
     timed_out: bool = False
+    # CPU seconds over the placement loop: this process's (the coordinator's threads and
+    # the simulated workers') and the sampler process's (None: no child, or not Linux).
+    cpu_s: float = 0.0
+    sampler_cpu_s: float | None = None
+    asks: int = 0  # trials drawn during the loop (each one ask)
+
+
+def process_cpu_s(pid: int | None) -> float | None:
+    """User + system CPU seconds of another process so far (Linux /proc), or None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, TypeError):
+        return None
 
 
 def simulate(args, *, with_sweeps: bool, folder: Path) -> Run:
@@ -150,13 +168,22 @@ def simulate(args, *, with_sweeps: bool, folder: Path) -> Run:
         chain_sent[chain] += 1
 
     start = time.perf_counter()
+    sweep_ids = []
     for i in range(args.sweeps):
         if with_sweeps:
             spec = sweep_spec(i, args.trials, args.max_concurrent, args.algorithm)
-            scheduler.sweeps.submit(spec, submitter=users[i % len(users)])
+            sweep_ids.append(scheduler.sweeps.submit(spec, submitter=users[i % len(users)]).id)
         else:
             for _ in range(min(args.max_concurrent, args.trials)):
                 chain_next(i)
+    # The same start for both runs: every sweep's first max_concurrent trials queued, as
+    # the plain run's first jobs are. In-process asks make them in submit; the sampler
+    # process draws them after it, and that is set-up too, not placement.
+    first = len(sweep_ids) * min(args.max_concurrent, args.trials)
+    while sum(map(scheduler.store.trial_count, sweep_ids)) < first:
+        if time.perf_counter() - start > args.max_seconds:
+            break
+        time.sleep(0.01)
     run.setup_s = time.perf_counter() - start
 
     # (time.time(), placements so far) at each placement: a job's created_at -> how many
@@ -206,6 +233,10 @@ def simulate(args, *, with_sweeps: bool, folder: Path) -> Run:
             chain_next(chain)
 
     start = time.perf_counter()
+    cpu0 = time.process_time()
+    sampler_pid = scheduler.sweeps.sampler_pid
+    sampler0 = process_cpu_s(sampler_pid)
+    asked0 = sum(map(scheduler.store.trial_count, sweep_ids))
 
     def expired() -> bool:
         return time.perf_counter() - start > args.max_seconds
@@ -228,6 +259,11 @@ def simulate(args, *, with_sweeps: bool, folder: Path) -> Run:
             if expired():
                 break
     run.wall = time.perf_counter() - start
+    run.cpu_s = time.process_time() - cpu0
+    sampler1 = process_cpu_s(sampler_pid)
+    if sampler0 is not None and sampler1 is not None:
+        run.sampler_cpu_s = sampler1 - sampler0
+    run.asks = sum(map(scheduler.store.trial_count, sweep_ids)) - asked0
     run.timed_out = bool(running)
     if with_sweeps:
         states = [s.state for s in scheduler.sweeps.list(args.sweeps, submitter=None)]
@@ -315,6 +351,22 @@ def main() -> None:
         f"target >= 500 placements/s and p99 < 50 ms (with the sweeps): {rate:,.0f}/s, p99 "
         f"{p99:.1f} ms -> {'met' if rate >= 500 and p99 < 50 and not sweeps.timed_out else 'NOT met'}"
     )
+    # Where the CPU goes: on a machine with few cores, the coordinator and the sampler
+    # process together may need more than it has, whatever the scheduler's code does.
+    coord = sweeps.cpu_s / sweeps.placed * 1000
+    line = (
+        f"CPU per placement: this process {coord:.2f} ms with the sweeps, "
+        f"{plain.cpu_s / plain.placed * 1000:.2f} ms with plain jobs"
+    )
+    if sweeps.sampler_cpu_s is not None and sweeps.asks:
+        per_ask = sweeps.sampler_cpu_s / sweeps.asks * 1000
+        total = coord + per_ask * sweeps.asks / sweeps.placed
+        line += (
+            f"; the sampler process {per_ask:.2f} ms per ask ({sweeps.asks:,} asks): "
+            f"{total:.2f} ms in all, so 500 placements/s need {total * 0.5:.1f} cores' time "
+            f"(this machine has {os.cpu_count()})"
+        )
+    print(line)
     other_p99, trials_p50 = pct(sweeps.wait_n["other"], 0.99), pct(sweeps.wait_n["sweeps"], 0.5)
     bound = max(trials_p50, args.submitters + 1)
     print(

@@ -20,6 +20,7 @@ hence optuna is pinned to the major version those tests ran on (pyproject.toml).
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import numpy as np
@@ -35,6 +36,10 @@ GRID_PARAM = "grid_point"
 _MEDIAN_STARTUP_TRIALS = 2
 # The trials optuna's IntersectionSearchSpace(include_pruned=True) takes as finished.
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+# A sweep's trials share a handful of distributions: each JSON is decoded once. optuna
+# only reads them (a trial's distributions are compared by value), so one object serves
+# every trial that has it.
+_distribution = functools.lru_cache(maxsize=1024)(json_to_distribution)
 
 
 class GridSampler(optuna.samplers.GridSampler):
@@ -185,7 +190,7 @@ def add_trial(
                 state=state,
                 value=value if state == TrialState.COMPLETE else None,
                 params=params,
-                distributions={k: json_to_distribution(d) for k, d in distributions.items()},
+                distributions={k: _distribution(d) for k, d in distributions.items()},
                 system_attrs=system_attrs,
                 intermediate_values=intermediate,
             )
@@ -199,7 +204,7 @@ def add_running(study: optuna.Study, params: dict, distributions: dict[str, str]
     storage = study._storage
     trial_id = storage.create_new_trial(study._study_id)
     for name, value in params.items():
-        d = json_to_distribution(distributions[name])
+        d = _distribution(distributions[name])
         storage.set_trial_param(trial_id, name, d.to_internal_repr(value), d)
 
 

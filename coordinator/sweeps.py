@@ -417,9 +417,9 @@ class Sweeps:
                     state="RUNNING",
                     params={k: params[k] for k in space.order(s.space) if k in params},
                     sampler_params=dict(frozen.params),
-                    distributions={
-                        k: distribution_to_json(d) for k, d in frozen.distributions.items()
-                    },
+                    distributions=dict(given.distributions)
+                    if given is not None  # as the sampler process encoded them
+                    else {k: distribution_to_json(d) for k, d in frozen.distributions.items()},
                     system_attrs=dict(frozen.system_attrs),
                 )
                 job_spec = space.apply(row.spec, params)

@@ -168,11 +168,17 @@ class SweepTable(Database):
         return _trial(rows[0]) if rows else None
 
     def active_trial_count(self, sweep_id: str) -> int:
-        """Trials whose jobs are queued or placed: what max_concurrent bounds."""
+        """Trials whose jobs are queued or placed: what max_concurrent bounds.
+
+        Only RUNNING and PRUNED trials are looked up in the jobs table: a COMPLETE or FAIL
+        trial was told its job's end (or its job was refused), and a job that ended never
+        runs again. A PRUNED one's job may still be stopping. So a finished trial's count
+        reads the sweep's running trials, not all it ever had."""
         marks = ",".join("?" * len(_ACTIVE_JOB_STATES))
         ((n,),) = self._query(
             "SELECT count(*) FROM sweep_trials t JOIN jobs j ON j.id = t.job_id "
-            f"WHERE t.sweep_id = ? AND j.state IN ({marks})",
+            "WHERE t.sweep_id = ? AND t.state IN ('RUNNING', 'PRUNED') "
+            f"AND j.state IN ({marks})",
             (sweep_id, *_ACTIVE_JOB_STATES),
         )
         return n

@@ -176,6 +176,27 @@ def test_the_pruner_stops_a_trial_through_cancel_and_it_ends_pruned(sweeper, cli
     assert final.best_trial == 3 and "1 pruned" in final.reason
 
 
+def test_a_pruned_trial_holds_its_slot_until_its_job_stops(sweeper, client):
+    """max_concurrent counts a pruned trial whose job is still stopping: another trial's
+    end then makes one new trial, not two."""
+    lrs = [0.001, 0.002, 0.003, 0.004, 0.005, 0.006]
+    spec = sweep_spec({"space": {"optimizer.lr": lrs}, "pruner": "median", "max_concurrent": 2})
+    sweep = sweeper.submit(spec)
+    first, second = Worker(client.stub, "w1"), Worker(client.stub, "w2")
+    run_trial(first, 0.9, steps=(1, 2, 3))
+    run_trial(first, 0.9, steps=(1, 2, 3))  # two finished: the median pruner judges now
+    pruned = wait_for(lambda: first.acquire(0.2))
+    other = wait_for(lambda: second.acquire(0.2))
+    first.report(pruned.job.id, pruned.attempt, eval_metrics(1, 0.1))
+    assert pruned.job.id in first.heartbeat(pruned.job.id).cancel_job_ids  # stopping
+    second.finish(other.job.id, other.attempt, summary={"eval_accuracy": 0.95})
+    # The pruned trial's job still runs: it holds one of the two slots.
+    assert len(sweeper.get(sweep.id).trials) == 5
+    first.finish(pruned.job.id, pruned.attempt, job_pb2.CANCELLED)
+    assert len(sweeper.get(sweep.id).trials) == 6  # its slot is free once it stopped
+    assert sweeper.get(sweep.id).trials[2].trial_state == "PRUNED"
+
+
 def test_asha_prunes_while_every_trial_still_trains(sweeper, client):
     """A sweep spread over a fleet: all four trials train at once and none has finished.
     ASHA's first rung is the first validation, so the three that trail the first report
