@@ -35,7 +35,8 @@ def test_constant_with_warmup():
 
 
 @pytest.mark.parametrize(
-    ("warmup", "total"), [(0, 1), (0, 10), (1, 10), (3, 10), (8, 375), (10, 10), (4, 7)]
+    ("warmup", "total"),
+    [(0, 1), (0, 10), (1, 10), (3, 10), (8, 375), (10, 10), (4, 7), (15, 10), (3, 1)],
 )
 @pytest.mark.parametrize("name", ["linear", "cosine", "constant"])
 def test_schedules_are_transformers_step_for_step(name, warmup, total):

@@ -5,7 +5,8 @@ optimizer step ``t`` (1-based: the first update uses ``multiplier(1)``). Scaling
 the same factor keeps layerwise lr decay and ``lr_groups`` ratios intact across the schedule.
 
 Formulas (T = total optimizer steps, W = warmup steps, c = t - 1 the steps already taken):
-- warmup (any schedule), c < W:   c / W          (0 at the first step, as transformers does)
+- warmup (any schedule), c < W:   c / W          (0 at the first step, as transformers does;
+                                                  W > T never reaches the peak, as there)
 - constant:                       1
 - linear:   (T - c) / (T - W)     (lr_t = lr0 - (t-1)*lr0/T when W = 0: the method's formula)
 - cosine:   f + (1-f) * (1 + cos(pi * (c-W)/(T-W))) / 2,  f = min_lr / lr0
@@ -45,7 +46,9 @@ class LrSchedule:
 
     def multiplier(self, t: int) -> float:
         """The lr factor for optimizer step t (1-based)."""
-        w = min(self.warmup_steps, self.total_steps)
+        # Not capped at total_steps: a warmup longer than the run ramps at 1/W per step and
+        # stops short of the peak, as transformers' schedules do.
+        w = self.warmup_steps
         c = t - 1  # optimizer steps already taken
         if c < w:
             return c / w
