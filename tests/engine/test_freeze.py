@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -156,3 +158,18 @@ def test_plan_table_builds_the_model_without_data(smallcnn_checkpoint, image_spe
     assert "strategy last_k" in text
     lines = {line.split()[0]: line.split()[-1] for line in text.splitlines()[3:]}
     assert lines == {"stem": "no", "stage1": "no", "stage2": "yes", "head": "yes"}
+
+
+def test_plan_of_the_alexnet_example_needs_no_download(tmp_path, monkeypatch):
+    """`ftctl plan examples/cifar10-alexnet.yaml` offline: the table is the architecture's,
+    whatever its weights, so the pretrained weights (~230 MB) are not fetched for it."""
+    from tunefleet.spec import load_job_file
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # an empty weights cache
+    example = Path(__file__).parents[2] / "examples" / "cifar10-alexnet.yaml"
+    spec = load_job_file(example, check_paths=False)
+    text = plan_table(spec)
+    rows = {line.split()[0]: line.split()[-1] for line in text.splitlines()[3:]}
+    assert rows["classifier.4"] == "yes" and rows["classifier.1"] == "no"  # fc7 + the new layer
+    assert rows["head"] == "yes" and "trainable at start 16,822,282 of" in text
+    assert not (tmp_path / "torch-home").exists()
