@@ -112,3 +112,22 @@ def test_optimizers_get_their_hyperparameters(name):
         assert group["momentum"] == 0.9 and group["nesterov"]
     else:
         assert group["betas"] == (0.8, 0.9) and group["eps"] == 1e-8
+
+
+def test_lr_groups_that_match_nothing_trainable_are_named_in_a_warning(
+    tmp_path, bert_dir, text_csvs, text_spec, events
+):
+    """head_only trains the new layer alone: an lr group over the encoder (or a typo)
+    changes nothing, and the job's log says so rather than ignoring it silently."""
+    from tunefleet.worker.engine.trainer import TrainingRun
+
+    lr_groups = [{"pattern": "encoder", "lr": 1e-4}, {"pattern": "classifier", "lr": 0.5}]
+    spec = text_spec(
+        bert_dir, text_csvs, finetune={"strategy": "head_only", "lr_groups": lr_groups}
+    )
+    TrainingRun(spec, tmp_path, events).setup(resume=False)
+    warnings = [e.log.message for e in events.kind("log") if e.log.level == "warning"]
+    assert [w for w in warnings if "lr_groups" in w] == [
+        "finetune.lr_groups[0]: pattern 'encoder' matches no parameter that trains under "
+        "strategy head_only; its lr 0.0001 is not used"
+    ]

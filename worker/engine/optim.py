@@ -85,6 +85,19 @@ def build_param_groups(
     return list(groups.values())
 
 
+def unused_lr_groups(groups: list[dict[str, Any]], finetune: spec_pb2.FinetuneSpec) -> list[str]:
+    """One line per `finetune.lr_groups` entry that matched no parameter the optimizer holds:
+    a typo, or a pattern over layers the strategy freezes (head_only trains the new layer
+    alone). Such an entry changes nothing, which the job's log should say."""
+    used = {g["name"].removesuffix(".no_decay") for g in groups}
+    return [
+        f"finetune.lr_groups[{i}]: pattern {g.pattern!r} matches no parameter that trains "
+        f"under strategy {finetune.strategy or 'full'}; its lr {g.lr:g} is not used"
+        for i, g in enumerate(finetune.lr_groups)
+        if f"lr_group.{i}" not in used
+    ]
+
+
 def build_optimizer(
     groups: list[dict[str, Any]], spec: spec_pb2.OptimizerSpec
 ) -> torch.optim.Optimizer:

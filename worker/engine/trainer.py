@@ -64,7 +64,12 @@ from tunefleet.worker.engine.final_export import export_final, write_json_atomic
 from tunefleet.worker.engine.freeze import FreezePlan
 from tunefleet.worker.engine.host_memory import reuse_freed_memory
 from tunefleet.worker.engine.oom import InjectedOom, position_in_batches, retry_on_oom
-from tunefleet.worker.engine.optim import build_optimizer, build_param_groups, group_lrs
+from tunefleet.worker.engine.optim import (
+    build_optimizer,
+    build_param_groups,
+    group_lrs,
+    unused_lr_groups,
+)
 from tunefleet.worker.engine.preemption import EXIT_PREEMPTED, Preempted, SigtermFlag
 from tunefleet.worker.engine.progress import ProgressTracker
 from tunefleet.worker.engine.schedules import build_schedule
@@ -206,6 +211,8 @@ class TrainingRun:
         if not self.plan.dynamic:
             self.plan.apply(model, 0)
         groups = build_param_groups(model, self.plan, spec.finetune, spec.optimizer)
+        for line in unused_lr_groups(groups, spec.finetune):
+            self.emit(log_event(line, level="warning"))
         # Metrics report the job's lr as scheduled (optimizer.lr x the schedule), whatever
         # group 0 is scaled by (the new layer's head_lr_scale); every group's in lr_groups.
         lr0 = spec.optimizer.lr
