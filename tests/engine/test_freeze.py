@@ -91,7 +91,7 @@ def test_last_k_larger_than_the_model_names_k_and_the_count(bert_dir, text_csvs,
     spec = text_spec(bert_dir, text_csvs)
     spec.finetune.strategy, spec.finetune.k = "last_k", 5
     bundle = models.build_model(spec, models.resolve_task(spec), 2, ["a", "b"])
-    with pytest.raises(InvalidJobInput, match=r"finetune\.k: 5 .* 4 blocks"):
+    with pytest.raises(InvalidJobInput, match=r"finetune\.k: 5 .* 4 blocks .*; use at most 4,"):
         FreezePlan.for_model(bundle.model, "hf", spec.finetune)
 
 

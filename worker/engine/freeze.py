@@ -40,9 +40,11 @@ class FreezePlan:
         if self.strategy == "last_k":
             k = finetune.k
             if k < 0 or k > len(self.body):
+                n = len(self.body)
                 raise InvalidJobInput(
-                    f"finetune.k: {k} is out of range; the model has {len(self.body)} blocks "
-                    f"below the head ({', '.join(b.name for b in self.body)})"
+                    f"finetune.k: {k} is out of range; the model has {n} blocks below the "
+                    f"head ({', '.join(b.name for b in self.body)}); use at most {n}, or "
+                    "strategy: full"
                 )
         self._patterns_trainable = [re.compile(p) for p in finetune.trainable]
         self._patterns_frozen = [re.compile(p) for p in finetune.frozen]
