@@ -108,6 +108,27 @@ def test_int_labels_and_truncation(tmp_path, tokenizer):
     assert bundle.collate([bundle.train[0], bundle.train[1]])["input_ids"].shape == (2, 8)
 
 
+def test_integer_labels_below_model_num_labels_are_classes_in_eval(tmp_path, tokenizer):
+    """model.num_labels 3 with train ids {0, 1}: id 2 in eval is the model's third class
+    (a rare class the train split lacks), not an unknown label; 3 still is one."""
+    train = write_rows(
+        tmp_path / "train.csv", [{"text": "a", "label": 0}, {"text": "b", "label": 1}]
+    )
+    evl = write_rows(tmp_path / "eval.csv", [{"text": "c", "label": 2}])
+    spec = make_spec(
+        model={"num_labels": 3},
+        source="csv", train=train, eval=evl, text_column="text", label_column="label",
+    )  # fmt: skip
+    bundle = load_data(spec, Task(kind="text", tokenizer=tokenizer))
+    assert bundle.num_labels == 3 and bundle.label_names == ["0", "1", "2"]
+    assert bundle.eval.labels.tolist() == [2]
+    write_rows(tmp_path / "eval.csv", [{"text": "c", "label": 3}])
+    with pytest.raises(
+        InvalidJobInput, match=r"label '3' is not one of the training labels \(0, 1, 2\)"
+    ):
+        load_data(spec, Task(kind="text", tokenizer=tokenizer))
+
+
 def test_csv_digit_labels_are_ints_and_model_labels_name_them(tmp_path, tokenizer):
     train = write_rows(
         tmp_path / "train.csv", [{"text": "a", "label": 1}, {"text": "b", "label": 0}]

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from tunefleet.spec import resolve_defaults
 from tunefleet.v1 import spec_pb2
 from tunefleet.worker.engine.schedules import LrSchedule, build_schedule
 
@@ -82,6 +83,19 @@ def test_cosine_decays_to_min_lr_with_warmup():
 def test_step_multiplies_by_gamma_every_step_size_steps():
     got = lrs(LrSchedule("step", 7, step_size=3, gamma=0.5), 1.0)
     assert got == [1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.25]
+
+
+def test_step_alone_drops_twice_over_the_run_not_every_step():
+    """`schedule: {name: step}` with no step_size: a third of the steps after warmup, so
+    the lr is lr0, then gamma x lr0, then gamma² x lr0 (not gamma^t: 1e-10 x lr0 by step
+    11 with a step_size of 1)."""
+    resolved = resolve_defaults(spec_pb2.JobSpec(schedule=spec_pb2.ScheduleSpec(name="step")))
+    assert not resolved.schedule.HasField("step_size")
+    schedule = build_schedule(resolved.schedule, base_lr=1.0, total_steps=9)
+    assert lrs(schedule, 1.0) == pytest.approx([1, 1, 1, 0.1, 0.1, 0.1, 0.01, 0.01, 0.01])
+    warm = spec_pb2.ScheduleSpec(name="step", warmup_steps=2)
+    got = lrs(build_schedule(warm, base_lr=1.0, total_steps=8), 1.0)
+    assert got == pytest.approx([0, 0.5, 1, 1, 0.1, 0.1, 0.01, 0.01])  # ceil(6 / 3) = 2
 
 
 def test_build_schedule_from_spec_warmup_ratio_and_min_lr():

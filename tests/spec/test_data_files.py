@@ -160,6 +160,16 @@ def test_model_num_labels_must_hold_every_class_of_the_train_file(tmp_path):
     load_job_file(job(tmp_path, labels=", num_labels: 4"))
 
 
+def test_integer_labels_below_model_num_labels_are_classes_even_if_train_lacks_them(tmp_path):
+    """With num_labels 3, class id 2 in eval is a class of the model, though no train row
+    has it; 3 is not."""
+    csv_files(tmp_path, train="text,label\na,0\nb,1\n", eval="text,label\nc,2\n")
+    assert "class ids 0..1" in errors(job(tmp_path))["data.eval"]
+    load_job_file(job(tmp_path, labels=", num_labels: 3"))
+    csv_files(tmp_path, train="text,label\na,0\nb,1\n", eval="text,label\nc,3\n")
+    assert "class ids 0..2" in errors(job(tmp_path, labels=", num_labels: 3"))["data.eval"]
+
+
 def test_a_train_file_with_only_a_header_is_an_empty_split(tmp_path):
     csv_files(tmp_path, train="text,label\n")
     msg = errors(job(tmp_path))["data.train"]

@@ -10,7 +10,7 @@ Formulas (T = total optimizer steps, W = warmup steps, c = t - 1 the steps alrea
 - constant:                       1
 - linear:   (T - c) / (T - W)     (lr_t = lr0 - (t-1)*lr0/T when W = 0: the method's formula)
 - cosine:   f + (1-f) * (1 + cos(pi * (c-W)/(T-W))) / 2,  f = min_lr / lr0
-- step:     gamma ** ((c-W) // step_size)
+- step:     gamma ** ((c-W) // step_size), step_size unset: ceil((T-W) / 3) (two drops)
 
 These are transformers' get_{constant,linear,cosine}_schedule_with_warmup step for step (the
 tests compare against them), so a job and an HF Trainer run see the same learning rates;
@@ -35,7 +35,7 @@ class LrSchedule:
     total_steps: int
     warmup_steps: int = 0
     min_ratio: float = 0.0
-    step_size: int = 1
+    step_size: int = 0  # 0: a third of the steps after warmup
     gamma: float = 0.1
 
     def __post_init__(self) -> None:
@@ -63,7 +63,10 @@ class LrSchedule:
             return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (
                 1.0 + math.cos(math.pi * progress)
             )
-        return self.gamma ** (k // max(self.step_size, 1))
+        # Unset, a third of the run after warmup: `step` alone drops twice (gamma, gamma²),
+        # not every step (a step_size of 1 takes lr0 to 1e-10 x lr0 in 10 steps).
+        size = self.step_size if self.step_size > 0 else math.ceil(decay_steps / 3)
+        return self.gamma ** (k // max(size, 1))
 
     def lambda_lr(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
         """A LambdaLR whose k-th ``step()`` sets the lr for optimizer step k+1."""
@@ -82,6 +85,6 @@ def build_schedule(spec: spec_pb2.ScheduleSpec, *, base_lr: float, total_steps: 
         total_steps=max(total_steps, 1),
         warmup_steps=max(warmup, 0),
         min_ratio=min(max(min_ratio, 0.0), 1.0),
-        step_size=spec.step_size if spec.HasField("step_size") else 1,
+        step_size=spec.step_size if spec.HasField("step_size") else 0,
         gamma=spec.gamma if spec.HasField("gamma") else 0.1,
     )

@@ -107,7 +107,11 @@ def _check_labels(spec, files: dict[str, str], found: dict[str, Labels], column:
             fail(f"data.{split}", where.format(line=labels.empty_line) + ": the label is empty")
         unknown = []
         if train_ints is not None:
-            size = len(model_labels) or max(train_ints) + 1
+            # Class ids: model.labels' count, else model.num_labels when it is wider than
+            # train's ids (a class train lacks is still a class), else train's largest + 1.
+            m = spec.model
+            declared = m.num_labels if m.HasField("num_labels") else 0
+            size = len(model_labels) or max(max(train_ints) + 1, declared)
             what = (
                 f"out of range for the {size} names in model.labels"
                 if model_labels

@@ -146,7 +146,8 @@ def resolve_defaults(spec: spec_pb2.JobSpec) -> spec_pb2.JobSpec:
     if not sc.HasField("warmup_ratio"):
         _default(sc, "warmup_steps", 0)
     _default(sc, "min_lr", 0.0)
-    _default(sc, "step_size", 1)
+    # step_size stays unset: a third of the run after warmup (the engine knows its length),
+    # so `step` alone drops the lr by gamma twice, as the classic 30/60/90-epoch recipe.
     _default(sc, "gamma", 0.1)
 
     t = s.train

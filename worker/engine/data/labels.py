@@ -116,6 +116,11 @@ def build_label_space(
                 )
             size = len(names)
         else:
+            # model.num_labels wider than train's ids: the ids up to it are classes too
+            # (one train happens to lack may be in eval or test).
+            m = spec.model
+            if m.HasField("num_labels") and not spec.data.classes:
+                size = max(size, m.num_labels)
             names = [str(i) for i in range(size)]
         return LabelSpace(names=names, size=size)
     keys = [_label_str(v) for v in values]
