@@ -183,3 +183,11 @@ def test_random_sweep_blocks_fail_only_with_field_errors(space_block, settings_b
     # Accepted: every point it can create is a valid job.
     for point in space.check_points(spec.sweep)[:20]:
         prepare(space.apply(spec, point), check_paths=False)
+
+
+def test_a_negative_seed_is_refused_at_submit():
+    # optuna's samplers seed numpy, which takes 0..2**32-1: a negative seed used to pass
+    # validation and fail the sweep's first ask inside the coordinator.
+    found = dict(problems({"space": {"optimizer.lr": [1e-3]}, "seed": -1}))
+    assert found == {"sweep.seed": "must be >= 0, got -1"}
+

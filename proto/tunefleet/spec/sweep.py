@@ -410,6 +410,8 @@ def _check_settings(fail, spec) -> None:
         fail("sweep.max_trials", f"must be in [1, {MAX_TRIALS}], got {s.max_trials}")
     if s.HasField("max_concurrent") and not 1 <= s.max_concurrent <= MAX_CONCURRENT:
         fail("sweep.max_concurrent", f"must be in [1, {MAX_CONCURRENT}], got {s.max_concurrent}")
+    if s.HasField("seed") and s.seed < 0:  # optuna seeds numpy, which takes 0..2**32-1
+        fail("sweep.seed", f"must be >= 0, got {s.seed}")
     if s.algorithm == "grid":
         ranges = sorted(p for p, q in s.space.items() if q.type in RANGE_TYPES)
         if ranges:
