@@ -191,3 +191,40 @@ def test_a_negative_seed_is_refused_at_submit():
     found = dict(problems({"space": {"optimizer.lr": [1e-3]}, "seed": -1}))
     assert found == {"sweep.seed": "must be >= 0, got -1"}
 
+
+def test_a_condition_matches_its_choice_by_value_not_spelling():
+    # YAML reads 1e-3 (no dot) as a string; the choice and the condition name one value.
+    spec = prepare(
+        {
+            **BASE,
+            "sweep": {
+                "space": {
+                    "optimizer.lr": ["1e-3", 0.0001],
+                    "optimizer.weight_decay": {
+                        "values": [0, 0.01],
+                        "when": {"optimizer.lr": 0.001},
+                    },
+                    "train.epochs": {"values": [1, 2], "when": {"optimizer.lr": "1e-4"}},
+                }
+            },
+        },
+        check_paths=False,
+    )
+    points = space.grid(spec.sweep)
+    assert len(points) == 4
+    assert all(("optimizer.weight_decay" in p) == (p["optimizer.lr"] == 1e-3) for p in points)
+    assert all(("train.epochs" in p) == (p["optimizer.lr"] == 1e-4) for p in points)
+    found = dict(
+        problems(
+            {
+                "space": {
+                    "optimizer.lr": ["1e-3", "1e-4"],
+                    "train.epochs": {"values": [1], "when": {"optimizer.lr": "1e-5"}},
+                }
+            }
+        )
+    )
+    assert (
+        "'1e-5' is not one of optimizer.lr's values: 1e-3, 1e-4"
+        in found["sweep.space.train.epochs.when.optimizer.lr"]
+    )

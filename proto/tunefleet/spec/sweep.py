@@ -232,7 +232,20 @@ def order(space) -> list[str]:
 
 def active(param: spec_pb2.SweepParam, chosen: dict[str, Any]) -> bool:
     """Whether `param`'s conditions hold for the values drawn so far."""
-    return all(w in chosen and fmt(chosen[w]) == v for w, v in param.when.items())
+    return all(w in chosen and _same(w, chosen[w], v) for w, v in param.when.items())
+
+
+def _same(path: str, value: Any, text: str) -> bool:
+    """Whether a drawn value is the one a condition names: compared as the field's type, so
+    `when: {optimizer.lr: 0.001}` holds for a choice written 1e-3 (YAML reads that, without a
+    dot, as a string)."""
+    if fmt(value) == text:
+        return True
+    field, _ = field_at(path)
+    try:
+        return field is not None and convert(field, text) == value
+    except ValueError:
+        return False
 
 
 def _points(space, ends: bool) -> Iterator[dict[str, Any]]:
@@ -333,9 +346,11 @@ def check(
             if q is None or q.type != "choice":
                 fail(at, "a condition names another choice parameter of sweep.space")
                 continue
-            if other in fields and value not in {
-                fmt(convert(fields[other], v)) for v in q.values if _ok(fields[other], v)
-            }:
+            if other in fields and not any(
+                _same(other, convert(fields[other], v), value)
+                for v in q.values
+                if _ok(fields[other], v)
+            ):
                 fail(at, f"{quote(value)} is not one of {other}'s values: {', '.join(q.values)}")
     names = order(s.space)  # a circle leaves its members last, each naming a later one
     for i, path in enumerate(names):
