@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import math
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.text import Text
@@ -287,6 +290,22 @@ def error(message: str) -> None:
 
 def note(message: str) -> None:
     stderr().print(Text(printable(message), style="yellow"))
+
+
+def json_text(value: Any) -> str:
+    """`--json` output: a NaN or infinite figure (a diverged loss) is written as null, since
+    JSON has no such numbers and parsers other than Python's refuse `NaN` / `Infinity`."""
+    return json.dumps(_finite(value), indent=2, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def print_problems(source: str, errors, console: Console) -> None:

@@ -9,7 +9,6 @@ far) until every trial has ended. `ftctl get SWEEP_ID` shows a sweep as `sweep g
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from tunefleet.client.cli.common import (
     Commands,
     client,
     coordinator_flag,
+    json_text,
     note,
     stdout,
     upload_bar,
@@ -268,7 +268,7 @@ def show(args, sweep_id: str) -> int:
     with client(args) as sdk:
         sweep = sdk.get_sweep(sweep_id)
     if args.json:
-        print(json.dumps(sweep_dict(sweep), indent=2))
+        print(json_text(sweep_dict(sweep)))
     else:
         render_sweep(stdout(), sweep)
     return EXIT_OK
@@ -278,7 +278,7 @@ def list_sweeps(args) -> int:
     with client(args) as sdk:
         sweeps = sdk.list_sweeps()
     if args.json:
-        print(json.dumps([sweep_dict(s) for s in sweeps], indent=2))
+        print(json_text([sweep_dict(s) for s in sweeps]))
         return EXIT_OK
     console = stdout()
     if not sweeps:

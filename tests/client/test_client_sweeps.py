@@ -133,3 +133,57 @@ def test_cli_sweep_submit_follow_ends_with_the_sweep(capsys, cluster, sweep_yaml
     t.join()
     out = capsys.readouterr().out
     assert code == 3 and "CANCELLED" in out
+
+
+def _strict_json(text: str):
+    """json.loads that refuses NaN and Infinity, as JSON parsers other than Python's do."""
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_compare_ranks_a_diverged_trial_last_and_prints_strict_json(
+    capsys, cluster, scripted_worker, tmp_path, job_dict
+):
+    # A trial whose validation loss is NaN or infinite is no best: the sweep fails it, and
+    # compare used to sort it first, mark it best and print NaN/Infinity in --json.
+    path = tmp_path / "loss.yaml"
+    sweep = {"space": {"optimizer.lr": [1e-3, 1e-4, 1e-5]}, "metric": "loss"}
+    path.write_text(yaml.safe_dump({**job_dict, "sweep": {**sweep, "max_concurrent": 3}}))
+    flags = ["--coordinator", cluster.address]
+    with Client(cluster.address) as client:
+        handle = client.submit_sweep(path)
+        for loss in (float("nan"), 0.5, float("inf")):
+            job_id, attempt = scripted_worker.acquire()
+            scripted_worker.finish(job_id, attempt, summary={"eval_loss": loss})
+        final = handle.wait(timeout=10, poll_s=0.05)
+    assert final.best_value == 0.5
+    assert main(["compare", handle.id, "--json", *flags]) == 0
+    rows = _strict_json(capsys.readouterr().out)["rows"]
+    assert rows[0]["job_id"] == final.best_job_id and rows[0]["best"]
+    assert [r["validation"] for r in rows] == [0.5, None, None]
+    assert main(["compare", handle.id, *flags]) == 0
+    table = capsys.readouterr().out
+    assert table.index(final.best_job_id) < table.index("nan")
+    assert main(["jobs", "--json", *flags]) == 0
+    _strict_json(capsys.readouterr().out)
+    assert main(["get", rows[-1]["job_id"], "--json", *flags]) == 0
+    _strict_json(capsys.readouterr().out)
+
+
+def test_compare_lists_each_job_once_and_refuses_an_unknown_metric(
+    capsys, cluster, scripted_worker, sweep_yaml
+):
+    flags = ["--coordinator", cluster.address]
+    with Client(cluster.address) as client:
+        handle = client.submit_sweep(sweep_yaml)
+        first = play(scripted_worker, 0.7)
+        assert main(["compare", handle.id, first, handle.id, "--csv", *flags]) == 0
+        rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+        assert [r["job_id"] for r in rows] == [first, client.sweep(handle.id).trials()[1].job_id]
+        with pytest.raises(SystemExit) as e:
+            main(["compare", handle.id, "--metric", "acuracy", *flags])
+        assert e.value.code == 2
+        assert "invalid choice: 'acuracy'" in capsys.readouterr().err
