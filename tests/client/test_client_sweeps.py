@@ -187,3 +187,26 @@ def test_compare_lists_each_job_once_and_refuses_an_unknown_metric(
             main(["compare", handle.id, "--metric", "acuracy", *flags])
         assert e.value.code == 2
         assert "invalid choice: 'acuracy'" in capsys.readouterr().err
+
+
+def test_plot_writes_where_it_says_and_refuses_a_folder_or_format_it_cannot_write(
+    capsys, cluster, scripted_worker, sweep_yaml, tmp_path
+):
+    pytest.importorskip("matplotlib")
+    flags = ["--coordinator", cluster.address]
+    with Client(cluster.address) as client:
+        sweep_id = client.submit_sweep(sweep_yaml).id
+    play(scripted_worker, 0.7)
+    # No suffix: matplotlib adds .png; ftctl used to name the path it did not write.
+    assert main(["plot", sweep_id, "-o", str(tmp_path / "curves"), *flags]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 'curves.png'}"
+    assert (tmp_path / "curves.png").is_file()
+    # A folder: it used to write FOLDER.png beside it and say "wrote FOLDER".
+    assert main(["plot", sweep_id, "-o", str(tmp_path), *flags]) == 1
+    assert "is a folder" in capsys.readouterr().err
+    assert not tmp_path.with_name(tmp_path.name + ".png").exists()
+    # An unknown format: it used to be reported as "a bug in ftctl", after the download.
+    assert main(["plot", "job-nope", "-o", str(tmp_path / "c.foo"), *flags]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "cannot write a .foo file" in err and ".png" in err
+    assert "bug" not in err
