@@ -228,3 +228,30 @@ def test_a_condition_matches_its_choice_by_value_not_spelling():
         "'1e-5' is not one of optimizer.lr's values: 1e-3, 1e-4"
         in found["sweep.space.train.epochs.when.optimizer.lr"]
     )
+
+
+def test_swept_paths_resolve_against_the_files_folder_as_the_base_jobs_do(tmp_path, monkeypatch):
+    # They were left relative: validate, submit and the SDK refused them ("relative path
+    # 'a.csv': give an absolute path (ftctl and the SDK resolve paths against the YAML
+    # file's folder)"), although the same value in the base job resolves.
+    for name in ("a.csv", "b.csv"):
+        (tmp_path / name).write_text("text,label\ngood,pos\nbad,neg\n")
+    (tmp_path / "job.yaml").write_text(
+        "name: files\n"
+        "model: {source: hf, name: org/model}\n"
+        "data: {source: csv, train: a.csv}\n"
+        "sweep:\n"
+        "  space:\n"
+        "    data.train: [a.csv, ./b.csv]\n"
+        "    optimizer.lr: {values: [0.001, 0.01], when: {data.train: b.csv}}\n"
+        "    model.name: [org/model, org/other]\n"
+    )
+    monkeypatch.chdir(ROOT)  # anywhere but the file's folder
+    spec = load_job_file(tmp_path / "job.yaml")
+    a, b = str(tmp_path / "a.csv"), str(tmp_path / "b.csv")
+    assert list(spec.sweep.space["data.train"].values) == [a, b]
+    assert spec.sweep.space["optimizer.lr"].when["data.train"] == b
+    assert list(spec.sweep.space["model.name"].values) == ["org/model", "org/other"]  # hub ids
+    points = space.grid(spec.sweep)
+    assert len(points) == 6
+    assert all(("optimizer.lr" in p) == (p["data.train"] == b) for p in points)
