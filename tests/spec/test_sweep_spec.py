@@ -255,3 +255,13 @@ def test_swept_paths_resolve_against_the_files_folder_as_the_base_jobs_do(tmp_pa
     points = space.grid(spec.sweep)
     assert len(points) == 6
     assert all(("optimizer.lr" in p) == (p["data.train"] == b) for p in points)
+
+
+def test_a_yaml_boolean_choice_of_a_text_field_says_to_quote_it():
+    # `precision: no` in the base job says "quote it"; in a sweep it became 'false', then
+    # "'false' is not allowed; one of: no, bf16, fp16", which hides why.
+    found = dict(problems({"space": {"train.precision": [False, "bf16"]}}))
+    assert found == {
+        "sweep.space.train.precision.values[0]": "expected a string, got False; quote it "
+        "(YAML reads no/yes/on/off as booleans)"
+    }

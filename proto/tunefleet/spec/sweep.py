@@ -98,11 +98,21 @@ def normalize_block(block: Any, errors: list[FieldError]) -> Any:
             )
             continue
         if isinstance(value.get("values"), list):
+            field = field_at(key)[0] if isinstance(key, str) else None
+            text_field = field is not None and field.type == FieldDescriptor.TYPE_STRING
             texts = []
             for i, v in enumerate(value["values"]):
                 t = _text(v)
                 if t is None:
                     errors.append(FieldError(f"{path}.values[{i}]", "expected a single value"))
+                elif isinstance(v, bool) and text_field:  # as the base job's parser says it
+                    errors.append(
+                        FieldError(
+                            f"{path}.values[{i}]",
+                            f"expected a string, got {quote(v)}; quote it "
+                            "(YAML reads no/yes/on/off as booleans)",
+                        )
+                    )
                 else:
                     texts.append(t)
             value["values"] = texts
