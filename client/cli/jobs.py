@@ -98,7 +98,7 @@ def register(commands: Commands) -> None:
     )
     add_throttle(p)
 
-    p = commands.add("cancel", cancel, "cancel a job")
+    p = commands.add("cancel", cancel, "cancel a job (or a sweep: its queued and running trials)")
     p.add_argument("job", metavar="JOB")
     p.add_argument("--reason", default="", help="recorded with the cancellation")
 
@@ -304,6 +304,10 @@ def get(args) -> int:
 
 
 def cancel(args) -> int:
+    if args.job.startswith("sweep-"):  # a sweep's id: cancelled as `ftctl sweep cancel` does
+        from tunefleet.client.cli.sweeps import cancel as cancel_sweep
+
+        return cancel_sweep(args, args.job)
     with client(args) as sdk:
         job = sdk.cancel(args.job, args.reason)
     if job.is_terminal():

@@ -73,8 +73,13 @@ def run(args) -> int:
         return show(args, args.target)
     if args.action == "list":
         return list_sweeps(args)
+    return cancel(args, args.target)
+
+
+def cancel(args, sweep_id: str) -> int:
+    """`ftctl sweep cancel SWEEP` and `ftctl cancel SWEEP`."""
     with client(args) as sdk:
-        sweep = sdk.cancel_sweep(args.target, args.reason)
+        sweep = sdk.cancel_sweep(sweep_id, args.reason)
     stdout().print(Text(f"sweep {sweep.id}: {sweep.state.value} ({printable(sweep.reason)})"))
     return EXIT_OK
 

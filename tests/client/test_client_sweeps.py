@@ -210,3 +210,15 @@ def test_plot_writes_where_it_says_and_refuses_a_folder_or_format_it_cannot_writ
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "cannot write a .foo file" in err and ".png" in err
     assert "bug" not in err
+
+
+def test_cancel_takes_a_sweep_id_as_get_does(capsys, cluster, sweep_yaml):
+    # `ftctl get SWEEP` shows a sweep; `ftctl cancel SWEEP` answered "job sweep-... not found".
+    flags = ["--coordinator", cluster.address]
+    with Client(cluster.address) as client:
+        handle = client.submit_sweep(sweep_yaml)
+        assert main(["cancel", handle.id, *flags]) == 0
+        assert capsys.readouterr().out.startswith(f"sweep {handle.id}: CANCELLED")
+        assert handle.get().state is SweepState.CANCELLED
+        assert main(["cancel", handle.id, *flags]) == 1  # as a job cancelled twice
+        assert f"sweep {handle.id} already CANCELLED" in capsys.readouterr().err
