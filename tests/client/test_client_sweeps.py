@@ -222,3 +222,14 @@ def test_cancel_takes_a_sweep_id_as_get_does(capsys, cluster, sweep_yaml):
         assert handle.get().state is SweepState.CANCELLED
         assert main(["cancel", handle.id, *flags]) == 1  # as a job cancelled twice
         assert f"sweep {handle.id} already CANCELLED" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("verb", ["run", "plan"])
+def test_run_and_plan_refuse_a_sweep_file_as_submit_does(capsys, sweep_yaml, tmp_path, verb):
+    # They trained (or planned) the base job, which is none of the sweep's points: here
+    # strategy full, while the space holds head_only and last_k.
+    argv = [verb, str(sweep_yaml)] + (["--out", str(tmp_path / "out")] if verb == "run" else [])
+    assert main(argv) == 1
+    out, err = capsys.readouterr()
+    assert "has a sweep: block" in err and f"ftctl sweep submit {sweep_yaml}" in err, err
+    assert "freeze plan" not in out and not (tmp_path / "out").exists()
