@@ -180,11 +180,13 @@ def security(args) -> ChannelSecurity:
         raise TunefleetError(str(e)) from None
 
 
-def client(args, *, follow: bool = False) -> Client:
+def client(args, *, follow: bool = False, poll: bool = False) -> Client:
     """The SDK client for a command. One-shot commands give up after --connect-timeout;
-    follow=True (a followed job) keeps reconnecting a lost coordinator for FOLLOW_RETRY_S.
-    Either way the first failed try says at once, on stderr, that it is waiting."""
+    follow=True (a followed job) keeps reconnecting a lost coordinator for FOLLOW_RETRY_S,
+    and so does poll=True (a followed sweep, which polls with unary calls). Either way the
+    first failed try says at once, on stderr, that it is waiting."""
     timeout = args.connect_timeout
+    follow = follow or poll
     stream_timeout = max(timeout, FOLLOW_RETRY_S) if follow else timeout
 
     def waiting(target: str, give_up_s: float) -> None:
@@ -194,7 +196,10 @@ def client(args, *, follow: bool = False) -> Client:
 
     return Client(
         args.coordinator,
-        retry=RetryPolicy(max_elapsed_s=timeout, stream_max_elapsed_s=stream_timeout),
+        retry=RetryPolicy(
+            max_elapsed_s=stream_timeout if poll else timeout,
+            stream_max_elapsed_s=stream_timeout,
+        ),
         security=security(args),
         on_unavailable=waiting,
     )

@@ -147,7 +147,10 @@ def submit(args) -> int:
             console.print(Text(f"  cancel:  ftctl sweep cancel {sweep.id}{flag}"))
             return EXIT_OK
         try:
-            sweep = follow(handle, console)
+            # Polled by a client that, like a followed job's, rides out a restarting
+            # coordinator; the submit above still gave up after --connect-timeout.
+            with client(args, poll=True) as poller:
+                sweep = follow(poller.sweep(sweep.id), console)
         except KeyboardInterrupt:
             note(
                 f"stopped following; sweep {sweep.id} keeps running (ftctl sweep get {sweep.id}{flag})"

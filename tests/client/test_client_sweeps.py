@@ -233,3 +233,29 @@ def test_run_and_plan_refuse_a_sweep_file_as_submit_does(capsys, sweep_yaml, tmp
     out, err = capsys.readouterr()
     assert "has a sweep: block" in err and f"ftctl sweep submit {sweep_yaml}" in err, err
     assert "freeze plan" not in out and not (tmp_path / "out").exists()
+
+
+def test_a_followed_sweep_outlives_a_coordinator_restart(
+    capsys, cluster, scripted_worker, sweep_yaml
+):
+    # `submit -f` keeps reconnecting a lost coordinator for 60 s; `sweep submit -f` polled
+    # with one-shot calls and gave up after --connect-timeout, exit 1, the sweep running on.
+    import threading
+
+    flags = ["--coordinator", cluster.address, "--connect-timeout", "1"]
+    codes: list[int] = []
+    follower = threading.Thread(
+        target=lambda: codes.append(main(["sweep", "submit", str(sweep_yaml), "-f", *flags]))
+    )
+    follower.start()
+    with Client(cluster.address) as client:
+        for _ in range(200):
+            if client.list_sweeps():
+                break
+            threading.Event().wait(0.05)
+    cluster.restart_coordinator(down_s=2.5)  # longer than --connect-timeout
+    for accuracy in (0.6, 0.8, 0.7):
+        play(scripted_worker, accuracy)
+    follower.join(30)
+    assert codes == [0], capsys.readouterr()
+    assert "SUCCEEDED" in capsys.readouterr().out
