@@ -265,3 +265,19 @@ def test_a_yaml_boolean_choice_of_a_text_field_says_to_quote_it():
         "sweep.space.train.precision.values[0]": "expected a string, got False; quote it "
         "(YAML reads no/yes/on/off as booleans)"
     }
+
+
+def test_a_swept_value_that_fails_only_with_some_others_names_them():
+    # k without `when`: it fails only where strategy is full. The message said just
+    # "1: only applies to strategy: last_k", although last_k is in the space.
+    found = problems({"space": {"finetune.strategy": ["last_k", "full"], "finetune.k": [1, 2]}})
+    assert found == [
+        (
+            "sweep.space.finetune.k",
+            "1: only applies to strategy: last_k (with finetune.strategy=full)",
+        ),
+        (
+            "sweep.space.finetune.k",
+            "2: only applies to strategy: last_k (with finetune.strategy=full)",
+        ),
+    ]

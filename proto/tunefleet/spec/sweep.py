@@ -452,21 +452,29 @@ def _check_jobs(spec, validate) -> list[FieldError]:
     all_choices = all(p.type == "choice" for p in s.space.values())
     if s.algorithm in ("grid", "") and all_choices and len(grid(s)) > MAX_GRID_POINTS:
         return [FieldError("sweep.space", f"the grid has more than {MAX_GRID_POINTS:,} points")]
-    found: dict[tuple[str, str], str] = {}
+    found: dict[tuple[str, str], str] = {}  # a problem -> the other values it came with
     points = check_points(s)
     counts: dict[tuple[str, str], int] = {}
+    # The points a problem could have come from: all of them, or (a swept value's) those
+    # drawing that value. Found at fewer, it depends on the others: they are named.
+    could: dict[tuple[str, str], int] = {}
     for point in points:
         for e in validate(apply(spec, point)):
             swept = next((p for p in point if e.path == p or e.path.startswith(p + ".")), None)
             if swept is not None:
-                key = (f"sweep.space.{swept}", f"{fmt(point[swept])}: {e.message}")
+                value = fmt(point[swept])
+                key = (f"sweep.space.{swept}", f"{value}: {e.message}")
+                if key not in could:
+                    could[key] = sum(swept in q and fmt(q[swept]) == value for q in points)
             else:
                 key = (e.path, e.message)
+                could[key] = len(points)
             counts[key] = counts.get(key, 0) + 1
-            found.setdefault(key, ", ".join(f"{k}={fmt(v)}" for k, v in point.items()))
+            others = [f"{k}={fmt(v)}" for k, v in point.items() if k != swept]
+            found.setdefault(key, ", ".join(others))
     errors = []
     for (path, message), where in found.items():
-        if not path.startswith("sweep.") and counts[(path, message)] < len(points):
+        if where and counts[(path, message)] < could[(path, message)]:
             message = f"{message} (with {where})"
         errors.append(FieldError(path, message))
     return errors
