@@ -38,10 +38,35 @@ def plot(args) -> int:
     from tunefleet.client.sweep_plot import plot_sweep
 
     draw = plot_sweep if args.job.startswith("sweep-") else plot_job
+    output = _plot_path(args.output or f"{args.job}-curves.png")
     with client(args) as sdk:
-        path = draw(sdk, args.job, args.output or f"{args.job}-curves.png")
+        path = draw(sdk, args.job, output)
     stdout().print(Text(f"wrote {path}"))
     return EXIT_OK
+
+
+def _plot_path(output: str) -> Path:
+    """The file `plot` writes, checked before anything is fetched: no suffix means .png (as
+    matplotlib would add, so the path printed is the one written); a folder, or a format
+    matplotlib cannot write, is refused with what it takes."""
+    path = Path(output)
+    if path.is_dir():
+        raise TunefleetError(
+            f"-o {path}: is a folder; give a file name, e.g. {path / 'curves.png'}"
+        )
+    if not path.suffix:
+        path = path.with_name(path.name + ".png")
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError:  # drawing says how to install it (plot.py)
+        return path
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if path.suffix[1:].lower() not in formats:
+        accepted = ", ".join(f".{f}" for f in sorted(formats))
+        raise TunefleetError(
+            f"-o {path}: cannot write a {path.suffix} file; use one of: {accepted}"
+        )
+    return path
 
 
 def artifacts(args) -> int:

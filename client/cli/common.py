@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import math
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.text import Text
@@ -177,11 +180,13 @@ def security(args) -> ChannelSecurity:
         raise TunefleetError(str(e)) from None
 
 
-def client(args, *, follow: bool = False) -> Client:
+def client(args, *, follow: bool = False, poll: bool = False) -> Client:
     """The SDK client for a command. One-shot commands give up after --connect-timeout;
-    follow=True (a followed job) keeps reconnecting a lost coordinator for FOLLOW_RETRY_S.
-    Either way the first failed try says at once, on stderr, that it is waiting."""
+    follow=True (a followed job) keeps reconnecting a lost coordinator for FOLLOW_RETRY_S,
+    and so does poll=True (a followed sweep, which polls with unary calls). Either way the
+    first failed try says at once, on stderr, that it is waiting."""
     timeout = args.connect_timeout
+    follow = follow or poll
     stream_timeout = max(timeout, FOLLOW_RETRY_S) if follow else timeout
 
     def waiting(target: str, give_up_s: float) -> None:
@@ -191,7 +196,10 @@ def client(args, *, follow: bool = False) -> Client:
 
     return Client(
         args.coordinator,
-        retry=RetryPolicy(max_elapsed_s=timeout, stream_max_elapsed_s=stream_timeout),
+        retry=RetryPolicy(
+            max_elapsed_s=stream_timeout if poll else timeout,
+            stream_max_elapsed_s=stream_timeout,
+        ),
         security=security(args),
         on_unavailable=waiting,
     )
@@ -287,6 +295,22 @@ def error(message: str) -> None:
 
 def note(message: str) -> None:
     stderr().print(Text(printable(message), style="yellow"))
+
+
+def json_text(value: Any) -> str:
+    """`--json` output: a NaN or infinite figure (a diverged loss) is written as null, since
+    JSON has no such numbers and parsers other than Python's refuse `NaN` / `Infinity`."""
+    return json.dumps(_finite(value), indent=2, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def print_problems(source: str, errors, console: Console) -> None:

@@ -8,14 +8,16 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 
 from rich.table import Table
 from rich.text import Text
 
-from tunefleet.client.cli.common import EXIT_OK, Commands, client, stdout
+from tunefleet.client.cli.common import EXIT_OK, Commands, client, json_text, stdout
 from tunefleet.client.errors import TunefleetError
 from tunefleet.client.types import Job
 from tunefleet.limits import printable
+from tunefleet.spec.choices import EVAL_METRICS
 
 # Fields that differ between any two jobs without saying anything about how they train.
 _IGNORED = ("name", "labels.", "output.", "sweep.")
@@ -27,6 +29,7 @@ def register(commands: Commands) -> None:
     p.add_argument(
         "--metric",
         default=None,
+        choices=EVAL_METRICS,
         help="accuracy | macro_f1 | loss (default: the sweep's metric, else the first "
         "job's eval.metric)",
     )
@@ -36,22 +39,26 @@ def register(commands: Commands) -> None:
 
 
 def compare(args) -> int:
-    jobs: list[Job] = []
+    jobs: dict[str, Job] = {}  # by id: a job named twice (or in its sweep too) is one row
     metric = args.metric
     with client(args) as sdk:
         for name in args.ids:
             if name.startswith("sweep-"):
                 sweep = sdk.get_sweep(name)
                 metric = metric or sweep.metric
-                jobs += [sdk.get(t.job_id) for t in sweep.trials if t.job_id]
+                for t in sweep.trials:
+                    if t.job_id and t.job_id not in jobs:
+                        jobs[t.job_id] = sdk.get(t.job_id)
             else:
-                jobs.append(sdk.get(name))
+                job = sdk.get(name)  # digits or a prefix: keyed by the full id
+                jobs.setdefault(job.id, job)
     if not jobs:
         raise TunefleetError("nothing to compare: the sweeps have no trials yet")
-    metric = metric or jobs[0].spec.eval.metric or "accuracy"
-    rows = comparison(jobs, metric)
+    first = next(iter(jobs.values()))
+    metric = metric or first.spec.eval.metric or "accuracy"
+    rows = comparison(list(jobs.values()), metric)
     if args.json:
-        print(json.dumps({"metric": metric, "rows": rows}, indent=2))
+        print(json_text({"metric": metric, "rows": rows}))
     elif args.csv:
         print(to_csv(rows, metric), end="")
     else:
@@ -71,7 +78,8 @@ def _flat(data, prefix: str = "") -> dict[str, str]:
 
 
 def comparison(jobs: list[Job], metric: str) -> list[dict]:
-    """The rows, best first (lowest loss, else highest value); jobs without the metric last."""
+    """The rows, best first (lowest loss, else highest value); jobs without the metric, or
+    with a NaN or infinite one (a diverged run, which its sweep counts as failed), last."""
     from tunefleet.spec import spec_to_dict
 
     specs = [_flat(spec_to_dict(j.spec)) for j in jobs]
@@ -91,8 +99,12 @@ def comparison(jobs: list[Job], metric: str) -> list[dict]:
         for j, s in zip(jobs, specs, strict=True)
     ]
     sign = 1 if metric == "loss" else -1
-    rows.sort(key=lambda r: (r["validation"] is None, sign * (r["validation"] or 0.0)))
-    if rows and rows[0]["validation"] is not None:
+
+    def ranked(r: dict) -> bool:
+        return r["validation"] is not None and math.isfinite(r["validation"])
+
+    rows.sort(key=lambda r: (not ranked(r), sign * r["validation"] if ranked(r) else 0.0))
+    if rows and ranked(rows[0]):
         rows[0]["best"] = True
     return rows
 

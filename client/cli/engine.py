@@ -62,8 +62,20 @@ def register(commands: Commands) -> None:
     p.add_argument("file", metavar="JOB.yaml")
 
 
+def _job(path: str):
+    """The job file's spec; a sweep file is refused, as `ftctl submit` refuses it: its base
+    job is none of the points its space draws."""
+    spec = prepare_spec(path)
+    if spec.HasField("sweep"):
+        raise TunefleetError(
+            f"{path}: has a sweep: block, so it is not one job; run the sweep with "
+            f"ftctl sweep submit {path}, or remove the block to use the base job"
+        )
+    return spec
+
+
 def plan(args) -> int:
-    spec = prepare_spec(args.file)
+    spec = _job(args.file)
     plan_table = _engine_function("tunefleet.worker.engine.plan_preview", "plan_table")
     stdout().print(Text(plan_table(spec)))
     return EXIT_OK
@@ -80,7 +92,7 @@ class _Launched:
 
 
 def run(args) -> int:
-    spec = prepare_spec(args.file)
+    spec = _job(args.file)
     run_job = _engine_function("tunefleet.worker.engine", "run_job")
     processes_per_node = _engine_function("tunefleet.worker.engine.launch", "processes_per_node")
     out_dir = Path(args.out or spec.output.dir or Path(DEFAULT_RUNS) / spec.name).resolve()

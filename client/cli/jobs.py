@@ -5,7 +5,6 @@ listing (one line per job, cut to the terminal) is here, as it is the CLI's alon
 from __future__ import annotations
 
 import argparse
-import json
 
 from rich.text import Text
 
@@ -19,6 +18,7 @@ from tunefleet.client.cli.common import (
     add_throttle,
     client,
     coordinator_flag,
+    json_text,
     note,
     print_problems,
     state_exit_code,
@@ -98,7 +98,7 @@ def register(commands: Commands) -> None:
     )
     add_throttle(p)
 
-    p = commands.add("cancel", cancel, "cancel a job")
+    p = commands.add("cancel", cancel, "cancel a job (or a sweep: its queued and running trials)")
     p.add_argument("job", metavar="JOB")
     p.add_argument("--reason", default="", help="recorded with the cancellation")
 
@@ -214,7 +214,7 @@ def list_jobs(args) -> int:
         jobs = sdk.list(states or None, limit=args.limit)
     console = stdout()
     if args.json:
-        print(json.dumps([job_dict(j) for j in jobs], indent=2))
+        print(json_text([job_dict(j) for j in jobs]))
     elif not jobs:
         console.print("no jobs" + (f" in state {', '.join(states)}" if states else ""))
     else:
@@ -296,7 +296,7 @@ def get(args) -> int:
     with client(args) as sdk:
         job = sdk.get(args.job)
     if args.json:
-        print(json.dumps(job_dict(job, spec=True), indent=2))
+        print(json_text(job_dict(job, spec=True)))
     else:
         # The headline and the compression table come from the summary (render.py).
         render_job(stdout(), job)
@@ -304,6 +304,10 @@ def get(args) -> int:
 
 
 def cancel(args) -> int:
+    if args.job.startswith("sweep-"):  # a sweep's id: cancelled as `ftctl sweep cancel` does
+        from tunefleet.client.cli.sweeps import cancel as cancel_sweep
+
+        return cancel_sweep(args, args.job)
     with client(args) as sdk:
         job = sdk.cancel(args.job, args.reason)
     if job.is_terminal():

@@ -9,7 +9,6 @@ far) until every trial has ended. `ftctl get SWEEP_ID` shows a sweep as `sweep g
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from tunefleet.client.cli.common import (
     Commands,
     client,
     coordinator_flag,
+    json_text,
     note,
     stdout,
     upload_bar,
@@ -73,8 +73,13 @@ def run(args) -> int:
         return show(args, args.target)
     if args.action == "list":
         return list_sweeps(args)
+    return cancel(args, args.target)
+
+
+def cancel(args, sweep_id: str) -> int:
+    """`ftctl sweep cancel SWEEP` and `ftctl cancel SWEEP`."""
     with client(args) as sdk:
-        sweep = sdk.cancel_sweep(args.target, args.reason)
+        sweep = sdk.cancel_sweep(sweep_id, args.reason)
     stdout().print(Text(f"sweep {sweep.id}: {sweep.state.value} ({printable(sweep.reason)})"))
     return EXIT_OK
 
@@ -142,7 +147,10 @@ def submit(args) -> int:
             console.print(Text(f"  cancel:  ftctl sweep cancel {sweep.id}{flag}"))
             return EXIT_OK
         try:
-            sweep = follow(handle, console)
+            # Polled by a client that, like a followed job's, rides out a restarting
+            # coordinator; the submit above still gave up after --connect-timeout.
+            with client(args, poll=True) as poller:
+                sweep = follow(poller.sweep(sweep.id), console)
         except KeyboardInterrupt:
             note(
                 f"stopped following; sweep {sweep.id} keeps running (ftctl sweep get {sweep.id}{flag})"
@@ -268,7 +276,7 @@ def show(args, sweep_id: str) -> int:
     with client(args) as sdk:
         sweep = sdk.get_sweep(sweep_id)
     if args.json:
-        print(json.dumps(sweep_dict(sweep), indent=2))
+        print(json_text(sweep_dict(sweep)))
     else:
         render_sweep(stdout(), sweep)
     return EXIT_OK
@@ -278,7 +286,7 @@ def list_sweeps(args) -> int:
     with client(args) as sdk:
         sweeps = sdk.list_sweeps()
     if args.json:
-        print(json.dumps([sweep_dict(s) for s in sweeps], indent=2))
+        print(json_text([sweep_dict(s) for s in sweeps]))
         return EXIT_OK
     console = stdout()
     if not sweeps:

@@ -133,3 +133,129 @@ def test_cli_sweep_submit_follow_ends_with_the_sweep(capsys, cluster, sweep_yaml
     t.join()
     out = capsys.readouterr().out
     assert code == 3 and "CANCELLED" in out
+
+
+def _strict_json(text: str):
+    """json.loads that refuses NaN and Infinity, as JSON parsers other than Python's do."""
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_compare_ranks_a_diverged_trial_last_and_prints_strict_json(
+    capsys, cluster, scripted_worker, tmp_path, job_dict
+):
+    # A trial whose validation loss is NaN or infinite is no best: the sweep fails it, and
+    # compare used to sort it first, mark it best and print NaN/Infinity in --json.
+    path = tmp_path / "loss.yaml"
+    sweep = {"space": {"optimizer.lr": [1e-3, 1e-4, 1e-5]}, "metric": "loss"}
+    path.write_text(yaml.safe_dump({**job_dict, "sweep": {**sweep, "max_concurrent": 3}}))
+    flags = ["--coordinator", cluster.address]
+    with Client(cluster.address) as client:
+        handle = client.submit_sweep(path)
+        for loss in (float("nan"), 0.5, float("inf")):
+            job_id, attempt = scripted_worker.acquire()
+            scripted_worker.finish(job_id, attempt, summary={"eval_loss": loss})
+        final = handle.wait(timeout=10, poll_s=0.05)
+    assert final.best_value == 0.5
+    assert main(["compare", handle.id, "--json", *flags]) == 0
+    rows = _strict_json(capsys.readouterr().out)["rows"]
+    assert rows[0]["job_id"] == final.best_job_id and rows[0]["best"]
+    assert [r["validation"] for r in rows] == [0.5, None, None]
+    assert main(["compare", handle.id, *flags]) == 0
+    table = capsys.readouterr().out
+    assert table.index(final.best_job_id) < table.index("nan")
+    assert main(["jobs", "--json", *flags]) == 0
+    _strict_json(capsys.readouterr().out)
+    assert main(["get", rows[-1]["job_id"], "--json", *flags]) == 0
+    _strict_json(capsys.readouterr().out)
+
+
+def test_compare_lists_each_job_once_and_refuses_an_unknown_metric(
+    capsys, cluster, scripted_worker, sweep_yaml
+):
+    flags = ["--coordinator", cluster.address]
+    with Client(cluster.address) as client:
+        handle = client.submit_sweep(sweep_yaml)
+        first = play(scripted_worker, 0.7)
+        assert main(["compare", handle.id, first, handle.id, "--csv", *flags]) == 0
+        rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+        assert [r["job_id"] for r in rows] == [first, client.sweep(handle.id).trials()[1].job_id]
+        with pytest.raises(SystemExit) as e:
+            main(["compare", handle.id, "--metric", "acuracy", *flags])
+        assert e.value.code == 2
+        assert "invalid choice: 'acuracy'" in capsys.readouterr().err
+
+
+def test_plot_writes_where_it_says_and_refuses_a_folder_or_format_it_cannot_write(
+    capsys, cluster, scripted_worker, sweep_yaml, tmp_path
+):
+    pytest.importorskip("matplotlib")
+    flags = ["--coordinator", cluster.address]
+    with Client(cluster.address) as client:
+        sweep_id = client.submit_sweep(sweep_yaml).id
+    play(scripted_worker, 0.7)
+    # No suffix: matplotlib adds .png; ftctl used to name the path it did not write.
+    assert main(["plot", sweep_id, "-o", str(tmp_path / "curves"), *flags]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 'curves.png'}"
+    assert (tmp_path / "curves.png").is_file()
+    # A folder: it used to write FOLDER.png beside it and say "wrote FOLDER".
+    assert main(["plot", sweep_id, "-o", str(tmp_path), *flags]) == 1
+    assert "is a folder" in capsys.readouterr().err
+    assert not tmp_path.with_name(tmp_path.name + ".png").exists()
+    # An unknown format: it used to be reported as "a bug in ftctl", after the download.
+    assert main(["plot", "job-nope", "-o", str(tmp_path / "c.foo"), *flags]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "cannot write a .foo file" in err and ".png" in err
+    assert "bug" not in err
+
+
+def test_cancel_takes_a_sweep_id_as_get_does(capsys, cluster, sweep_yaml):
+    # `ftctl get SWEEP` shows a sweep; `ftctl cancel SWEEP` answered "job sweep-... not found".
+    flags = ["--coordinator", cluster.address]
+    with Client(cluster.address) as client:
+        handle = client.submit_sweep(sweep_yaml)
+        assert main(["cancel", handle.id, *flags]) == 0
+        assert capsys.readouterr().out.startswith(f"sweep {handle.id}: CANCELLED")
+        assert handle.get().state is SweepState.CANCELLED
+        assert main(["cancel", handle.id, *flags]) == 1  # as a job cancelled twice
+        assert f"sweep {handle.id} already CANCELLED" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("verb", ["run", "plan"])
+def test_run_and_plan_refuse_a_sweep_file_as_submit_does(capsys, sweep_yaml, tmp_path, verb):
+    # They trained (or planned) the base job, which is none of the sweep's points: here
+    # strategy full, while the space holds head_only and last_k.
+    argv = [verb, str(sweep_yaml)] + (["--out", str(tmp_path / "out")] if verb == "run" else [])
+    assert main(argv) == 1
+    out, err = capsys.readouterr()
+    assert "has a sweep: block" in err and f"ftctl sweep submit {sweep_yaml}" in err, err
+    assert "freeze plan" not in out and not (tmp_path / "out").exists()
+
+
+def test_a_followed_sweep_outlives_a_coordinator_restart(
+    capsys, cluster, scripted_worker, sweep_yaml
+):
+    # `submit -f` keeps reconnecting a lost coordinator for 60 s; `sweep submit -f` polled
+    # with one-shot calls and gave up after --connect-timeout, exit 1, the sweep running on.
+    import threading
+
+    flags = ["--coordinator", cluster.address, "--connect-timeout", "1"]
+    codes: list[int] = []
+    follower = threading.Thread(
+        target=lambda: codes.append(main(["sweep", "submit", str(sweep_yaml), "-f", *flags]))
+    )
+    follower.start()
+    with Client(cluster.address) as client:
+        for _ in range(200):
+            if client.list_sweeps():
+                break
+            threading.Event().wait(0.05)
+    cluster.restart_coordinator(down_s=2.5)  # longer than --connect-timeout
+    for accuracy in (0.6, 0.8, 0.7):
+        play(scripted_worker, accuracy)
+    follower.join(30)
+    assert codes == [0], capsys.readouterr()
+    assert "SUCCEEDED" in capsys.readouterr().out

@@ -352,6 +352,19 @@ def test_hostile_sweep_protos_are_refused_with_paths(sweeper):
     }
 
 
+@pytest.mark.parametrize("algorithm", ["grid", "random", "tpe"])
+def test_a_negative_seed_is_refused_and_leaves_no_sweep(sweeper, algorithm):
+    # It used to pass the validator, then fail the first ask (numpy takes no negative
+    # seed): INTERNAL for grid and random, and a TPE sweep RUNNING with no trial, for good.
+    spec = sweep_spec({"space": {"optimizer.lr": [1e-3, 1e-4]}, "algorithm": algorithm})
+    spec.sweep.seed = -1
+    with pytest.raises(grpc.RpcError) as e:
+        sweeper.submit(spec)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.path for v in read_details(e.value).field_violations] == ["sweep.seed"]
+    assert sweeper.list() == []
+
+
 def test_trials_of_a_failed_source_job_fail_and_the_sweep_ends_failed(sweeper, client):
     source = client.submit(make_spec("pretrain"))
     client.cancel(source.id)

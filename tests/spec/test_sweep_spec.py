@@ -183,3 +183,101 @@ def test_random_sweep_blocks_fail_only_with_field_errors(space_block, settings_b
     # Accepted: every point it can create is a valid job.
     for point in space.check_points(spec.sweep)[:20]:
         prepare(space.apply(spec, point), check_paths=False)
+
+
+def test_a_negative_seed_is_refused_at_submit():
+    # optuna's samplers seed numpy, which takes 0..2**32-1: a negative seed used to pass
+    # validation and fail the sweep's first ask inside the coordinator.
+    found = dict(problems({"space": {"optimizer.lr": [1e-3]}, "seed": -1}))
+    assert found == {"sweep.seed": "must be >= 0, got -1"}
+
+
+def test_a_condition_matches_its_choice_by_value_not_spelling():
+    # YAML reads 1e-3 (no dot) as a string; the choice and the condition name one value.
+    spec = prepare(
+        {
+            **BASE,
+            "sweep": {
+                "space": {
+                    "optimizer.lr": ["1e-3", 0.0001],
+                    "optimizer.weight_decay": {
+                        "values": [0, 0.01],
+                        "when": {"optimizer.lr": 0.001},
+                    },
+                    "train.epochs": {"values": [1, 2], "when": {"optimizer.lr": "1e-4"}},
+                }
+            },
+        },
+        check_paths=False,
+    )
+    points = space.grid(spec.sweep)
+    assert len(points) == 4
+    assert all(("optimizer.weight_decay" in p) == (p["optimizer.lr"] == 1e-3) for p in points)
+    assert all(("train.epochs" in p) == (p["optimizer.lr"] == 1e-4) for p in points)
+    found = dict(
+        problems(
+            {
+                "space": {
+                    "optimizer.lr": ["1e-3", "1e-4"],
+                    "train.epochs": {"values": [1], "when": {"optimizer.lr": "1e-5"}},
+                }
+            }
+        )
+    )
+    assert (
+        "'1e-5' is not one of optimizer.lr's values: 1e-3, 1e-4"
+        in found["sweep.space.train.epochs.when.optimizer.lr"]
+    )
+
+
+def test_swept_paths_resolve_against_the_files_folder_as_the_base_jobs_do(tmp_path, monkeypatch):
+    # They were left relative: validate, submit and the SDK refused them ("relative path
+    # 'a.csv': give an absolute path (ftctl and the SDK resolve paths against the YAML
+    # file's folder)"), although the same value in the base job resolves.
+    for name in ("a.csv", "b.csv"):
+        (tmp_path / name).write_text("text,label\ngood,pos\nbad,neg\n")
+    (tmp_path / "job.yaml").write_text(
+        "name: files\n"
+        "model: {source: hf, name: org/model}\n"
+        "data: {source: csv, train: a.csv}\n"
+        "sweep:\n"
+        "  space:\n"
+        "    data.train: [a.csv, ./b.csv]\n"
+        "    optimizer.lr: {values: [0.001, 0.01], when: {data.train: b.csv}}\n"
+        "    model.name: [org/model, org/other]\n"
+    )
+    monkeypatch.chdir(ROOT)  # anywhere but the file's folder
+    spec = load_job_file(tmp_path / "job.yaml")
+    a, b = str(tmp_path / "a.csv"), str(tmp_path / "b.csv")
+    assert list(spec.sweep.space["data.train"].values) == [a, b]
+    assert spec.sweep.space["optimizer.lr"].when["data.train"] == b
+    assert list(spec.sweep.space["model.name"].values) == ["org/model", "org/other"]  # hub ids
+    points = space.grid(spec.sweep)
+    assert len(points) == 6
+    assert all(("optimizer.lr" in p) == (p["data.train"] == b) for p in points)
+
+
+def test_a_yaml_boolean_choice_of_a_text_field_says_to_quote_it():
+    # `precision: no` in the base job says "quote it"; in a sweep it became 'false', then
+    # "'false' is not allowed; one of: no, bf16, fp16", which hides why.
+    found = dict(problems({"space": {"train.precision": [False, "bf16"]}}))
+    assert found == {
+        "sweep.space.train.precision.values[0]": "expected a string, got False; quote it "
+        "(YAML reads no/yes/on/off as booleans)"
+    }
+
+
+def test_a_swept_value_that_fails_only_with_some_others_names_them():
+    # k without `when`: it fails only where strategy is full. The message said just
+    # "1: only applies to strategy: last_k", although last_k is in the space.
+    found = problems({"space": {"finetune.strategy": ["last_k", "full"], "finetune.k": [1, 2]}})
+    assert found == [
+        (
+            "sweep.space.finetune.k",
+            "1: only applies to strategy: last_k (with finetune.strategy=full)",
+        ),
+        (
+            "sweep.space.finetune.k",
+            "2: only applies to strategy: last_k (with finetune.strategy=full)",
+        ),
+    ]

@@ -119,6 +119,11 @@ def test_every_problem_reported_together(job_dir):
             "one of: pretrained, random",
         ),
         ({"finetune": {"strategy": "sideways"}}, "finetune.strategy", "one of"),
+        (  # issue 16's `strategy: auto` is a command: it names it
+            {"finetune": {"strategy": "auto"}},
+            "finetune.strategy",
+            "ftctl sweep suggest JOB.yaml",
+        ),
         ({"finetune": {"strategy": "full", "k": 2}}, "finetune.k", "only applies"),
         ({"optimizer": {"name": "adamw", "momentum": 0.9}}, "optimizer.momentum", "only applies"),
         ({"optimizer": {"name": "sgd", "betas": [0.9, 0.9]}}, "optimizer.betas", "adam"),

@@ -2,6 +2,8 @@
 
 Hub ids (`org/model`) and relative folders look alike; a name is taken as a local path
 when it exists under the base folder or is written explicitly as one (./, ../, /, ~).
+A sweep's choices for these fields (and the `when` conditions naming them) resolve as the
+base job's value would: each trial is the base job with one of them set.
 """
 
 from __future__ import annotations
@@ -26,10 +28,49 @@ def _abs(value: str, base: Path) -> str:
     return str(p if p.is_absolute() else (base / p).resolve())
 
 
+# The fields resolve_paths may rewrite (section, field).
+_PATH_FIELDS = {
+    "model.name": ("model", "name"),
+    "model.checkpoint": ("model", "checkpoint"),
+    "data.train": ("data", "train"),
+    "data.eval": ("data", "eval"),
+    "data.test": ("data", "test"),
+    "data.root": ("data", "root"),
+    "data.name": ("data", "name"),
+    "output.dir": ("output", "dir"),
+}
+
+
 def resolve_paths(spec: spec_pb2.JobSpec, base_dir: str | Path) -> spec_pb2.JobSpec:
+    s = _resolve_job(spec, Path(base_dir).resolve())
+    if s.HasField("sweep"):
+        _resolve_sweep(s, Path(base_dir).resolve())
+    return s
+
+
+def _resolve_sweep(s: spec_pb2.JobSpec, base: Path) -> None:
+    """The sweep's choices of path fields, each resolved as the base job's value would be
+    (the base's other fields, e.g. data.source, decide as they do there)."""
+
+    def resolved(path: str, value: str) -> str:
+        section, field = _PATH_FIELDS[path]
+        job = spec_pb2.JobSpec()
+        job.CopyFrom(s)
+        job.ClearField("sweep")
+        setattr(getattr(job, section), field, value)
+        return getattr(getattr(_resolve_job(job, base), section), field)
+
+    for path, param in s.sweep.space.items():
+        if path in _PATH_FIELDS and param.type == "choice":
+            param.values[:] = [resolved(path, v) for v in param.values]
+        for other, value in list(param.when.items()):
+            if other in _PATH_FIELDS:
+                param.when[other] = resolved(other, value)
+
+
+def _resolve_job(spec: spec_pb2.JobSpec, base: Path) -> spec_pb2.JobSpec:
     s = spec_pb2.JobSpec()
     s.CopyFrom(spec)
-    base = Path(base_dir).resolve()
     m = s.model
     if m.source == "hf" and m.name and (looks_local(m.name) or (base / m.name).exists()):
         m.name = _abs(m.name, base)

@@ -98,11 +98,21 @@ def normalize_block(block: Any, errors: list[FieldError]) -> Any:
             )
             continue
         if isinstance(value.get("values"), list):
+            field = field_at(key)[0] if isinstance(key, str) else None
+            text_field = field is not None and field.type == FieldDescriptor.TYPE_STRING
             texts = []
             for i, v in enumerate(value["values"]):
                 t = _text(v)
                 if t is None:
                     errors.append(FieldError(f"{path}.values[{i}]", "expected a single value"))
+                elif isinstance(v, bool) and text_field:  # as the base job's parser says it
+                    errors.append(
+                        FieldError(
+                            f"{path}.values[{i}]",
+                            f"expected a string, got {quote(v)}; quote it "
+                            "(YAML reads no/yes/on/off as booleans)",
+                        )
+                    )
                 else:
                     texts.append(t)
             value["values"] = texts
@@ -232,7 +242,20 @@ def order(space) -> list[str]:
 
 def active(param: spec_pb2.SweepParam, chosen: dict[str, Any]) -> bool:
     """Whether `param`'s conditions hold for the values drawn so far."""
-    return all(w in chosen and fmt(chosen[w]) == v for w, v in param.when.items())
+    return all(w in chosen and _same(w, chosen[w], v) for w, v in param.when.items())
+
+
+def _same(path: str, value: Any, text: str) -> bool:
+    """Whether a drawn value is the one a condition names: compared as the field's type, so
+    `when: {optimizer.lr: 0.001}` holds for a choice written 1e-3 (YAML reads that, without a
+    dot, as a string)."""
+    if fmt(value) == text:
+        return True
+    field, _ = field_at(path)
+    try:
+        return field is not None and convert(field, text) == value
+    except ValueError:
+        return False
 
 
 def _points(space, ends: bool) -> Iterator[dict[str, Any]]:
@@ -333,9 +356,11 @@ def check(
             if q is None or q.type != "choice":
                 fail(at, "a condition names another choice parameter of sweep.space")
                 continue
-            if other in fields and value not in {
-                fmt(convert(fields[other], v)) for v in q.values if _ok(fields[other], v)
-            }:
+            if other in fields and not any(
+                _same(other, convert(fields[other], v), value)
+                for v in q.values
+                if _ok(fields[other], v)
+            ):
                 fail(at, f"{quote(value)} is not one of {other}'s values: {', '.join(q.values)}")
     names = order(s.space)  # a circle leaves its members last, each naming a later one
     for i, path in enumerate(names):
@@ -410,6 +435,8 @@ def _check_settings(fail, spec) -> None:
         fail("sweep.max_trials", f"must be in [1, {MAX_TRIALS}], got {s.max_trials}")
     if s.HasField("max_concurrent") and not 1 <= s.max_concurrent <= MAX_CONCURRENT:
         fail("sweep.max_concurrent", f"must be in [1, {MAX_CONCURRENT}], got {s.max_concurrent}")
+    if s.HasField("seed") and s.seed < 0:  # optuna seeds numpy, which takes 0..2**32-1
+        fail("sweep.seed", f"must be >= 0, got {s.seed}")
     if s.algorithm == "grid":
         ranges = sorted(p for p, q in s.space.items() if q.type in RANGE_TYPES)
         if ranges:
@@ -425,21 +452,29 @@ def _check_jobs(spec, validate) -> list[FieldError]:
     all_choices = all(p.type == "choice" for p in s.space.values())
     if s.algorithm in ("grid", "") and all_choices and len(grid(s)) > MAX_GRID_POINTS:
         return [FieldError("sweep.space", f"the grid has more than {MAX_GRID_POINTS:,} points")]
-    found: dict[tuple[str, str], str] = {}
+    found: dict[tuple[str, str], str] = {}  # a problem -> the other values it came with
     points = check_points(s)
     counts: dict[tuple[str, str], int] = {}
+    # The points a problem could have come from: all of them, or (a swept value's) those
+    # drawing that value. Found at fewer, it depends on the others: they are named.
+    could: dict[tuple[str, str], int] = {}
     for point in points:
         for e in validate(apply(spec, point)):
             swept = next((p for p in point if e.path == p or e.path.startswith(p + ".")), None)
             if swept is not None:
-                key = (f"sweep.space.{swept}", f"{fmt(point[swept])}: {e.message}")
+                value = fmt(point[swept])
+                key = (f"sweep.space.{swept}", f"{value}: {e.message}")
+                if key not in could:
+                    could[key] = sum(swept in q and fmt(q[swept]) == value for q in points)
             else:
                 key = (e.path, e.message)
+                could[key] = len(points)
             counts[key] = counts.get(key, 0) + 1
-            found.setdefault(key, ", ".join(f"{k}={fmt(v)}" for k, v in point.items()))
+            others = [f"{k}={fmt(v)}" for k, v in point.items() if k != swept]
+            found.setdefault(key, ", ".join(others))
     errors = []
     for (path, message), where in found.items():
-        if not path.startswith("sweep.") and counts[(path, message)] < len(points):
+        if where and counts[(path, message)] < could[(path, message)]:
             message = f"{message} (with {where})"
         errors.append(FieldError(path, message))
     return errors

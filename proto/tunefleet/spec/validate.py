@@ -337,7 +337,15 @@ def _normalisation(c: _Check, d) -> None:
 
 def _finetune(c: _Check, spec) -> None:
     f = spec.finetune
-    ok = c.choice("finetune.strategy", f.strategy, C.STRATEGIES, required=False)
+    if f.strategy == "auto":  # proposed from the data by a command, not chosen per job
+        c.fail(
+            "finetune.strategy",
+            "'auto' is not a strategy: `ftctl sweep suggest JOB.yaml` proposes which to try "
+            f"for your data (a sweep file); {C.one_of(C.STRATEGIES)}",
+        )
+        ok = False
+    else:
+        ok = c.choice("finetune.strategy", f.strategy, C.STRATEGIES, required=False)
     strategy = f.strategy or "full"
     if ok and strategy in C.UNSUPPORTED_STRATEGIES:
         c.fail("finetune.strategy", f"{strategy!r} is not supported yet")
