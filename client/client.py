@@ -36,6 +36,7 @@ from tunefleet.client.errors import (
     TunefleetError,
     ValidationError,
     from_rpc_error,
+    wire_limit,
 )
 from tunefleet.client.sweeps import SweepClient
 from tunefleet.client.types import Event, Job, JobState, Worker
@@ -252,6 +253,7 @@ class Client(SweepClient):
             wanted = [JobState.parse(s).to_proto() for s in states or ()]
         except ValueError as e:
             raise ValidationError(str(e)) from None
+        limit = wire_limit(limit)
         jobs: list[Job] = []
         token = ""
         while True:

@@ -215,3 +215,15 @@ def from_rpc_error(e: grpc.RpcError, *, target: str | None = None) -> TunefleetE
         violations = read_details(e).quota_violations
         return ResourceExhausted(message, violations, code=code.name, target=target)
     return cls(message, code=code.name, target=target)
+
+
+_INT32_MAX = 2**31 - 1
+
+
+def wire_limit(limit: int) -> int:
+    """A list call's `limit` as the wire's int32 carries it: <= 0 stays "all" (0), a
+    larger one than int32 holds means all there are too; not an integer: ValidationError
+    (protobuf would raise a bare TypeError or ValueError)."""
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise ValidationError(f"limit: expected an integer, got {limit!r}")
+    return min(max(limit, 0), _INT32_MAX)

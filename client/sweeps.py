@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
 
-from tunefleet.client.errors import DeadlineExceeded
+from tunefleet.client.errors import DeadlineExceeded, wire_limit
 from tunefleet.client.types import JobState, timestamp_to_datetime
 from tunefleet.v1 import coordinator_pb2, job_pb2, spec_pb2, sweep_pb2
 
@@ -187,7 +187,7 @@ class SweepClient:
 
     def list_sweeps(self, limit: int = 100) -> list[Sweep]:
         """Sweeps, newest first (their trials without intermediate values)."""
-        request = coordinator_pb2.ListSweepsRequest(limit=max(limit, 0))
+        request = coordinator_pb2.ListSweepsRequest(limit=wire_limit(limit))
         response = self._unary(self._stub.ListSweeps, request)
         return [Sweep.from_proto(s) for s in response.sweeps]
 
@@ -225,11 +225,17 @@ class SweepHandle:
 
     def wait(self, timeout: float | None = None, *, poll_s: float = 1.0) -> Sweep:
         """Block until every trial has ended; return the final Sweep. Raises
-        DeadlineExceeded after `timeout` seconds (the sweep keeps running)."""
+        DeadlineExceeded after `timeout` seconds (the sweep keeps running).
+
+        A cancelled sweep is terminal at once, while its trials' jobs may still be
+        stopping on their workers: this waits for those too, so that the caller may
+        reuse the workers (or read the trials' last state) when it returns."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             sweep = self.get()
-            if sweep.is_terminal():
+            if sweep.is_terminal() and all(
+                t.job_state is None or t.job_state.is_terminal() for t in sweep.trials
+            ):
                 return sweep
             if deadline is not None and time.monotonic() >= deadline:
                 raise DeadlineExceeded(f"sweep {self.id}: still running after the timeout")

@@ -218,12 +218,17 @@ def daemon_from_args(args: argparse.Namespace) -> WorkerDaemon:
             ArtifactStore(args.artifacts_uri)
         except ArtifactStoreError as exc:
             raise WorkerFlagError(f"--artifacts-uri: {exc}") from None
-    if args.input_cache_dir:
-        try:  # now, with the flag's name, rather than a traceback from the daemon
-            Path(args.input_cache_dir).mkdir(parents=True, exist_ok=True)
+    for flag, folder in (
+        ("--work-dir", args.work_dir),
+        ("--input-cache-dir", args.input_cache_dir),
+    ):
+        if not folder:
+            continue
+        try:  # now, with the flag's name, rather than every job failing on a missing folder
+            Path(folder).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise WorkerFlagError(
-                f"--input-cache-dir: cannot create {args.input_cache_dir}: {exc.strerror or exc}"
+                f"{flag}: cannot create {folder}: {exc.strerror or exc}"
             ) from None
     return WorkerDaemon(
         args.coordinator,

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from client_helpers import needs_coordinator
 
-from tunefleet.client import Client, SweepState, ValidationError
+from tunefleet.client import Client, DeadlineExceeded, SweepState, ValidationError
 from tunefleet.client.cli import main
 from tunefleet.v1 import job_pb2
 
@@ -66,6 +66,28 @@ def test_sdk_submits_follows_and_picks_the_best(cluster, scripted_worker, sweep_
         assert final.best_artifacts["model"] == f"/runs/{jobs[1]}/model"
         assert [s.id for s in client.list_sweeps()] == [handle.id]
         assert client.get(best.job_id).spec.labels["sweep"] == handle.id
+
+
+def test_wait_on_a_cancelled_sweep_returns_once_its_running_trial_stopped(
+    cluster, scripted_worker, sweep_yaml
+):
+    with Client(cluster.address) as client:
+        handle = client.submit_sweep(sweep_yaml)
+        job_id, attempt = scripted_worker.acquire()
+        assert handle.cancel().state is SweepState.CANCELLED
+        with pytest.raises(DeadlineExceeded):  # its trial's job has not stopped yet
+            handle.wait(timeout=0.3, poll_s=0.05)
+        scripted_worker.finish(job_id, attempt, job_pb2.CANCELLED)
+        final = handle.wait(timeout=10, poll_s=0.05)
+        assert all(t.job_state.is_terminal() for t in final.trials)
+
+
+def test_list_limits_beyond_int32_mean_all_and_a_non_integer_is_a_validation_error(cluster):
+    with Client(cluster.address) as client:
+        assert client.list(limit=10**12) == [] and client.list_sweeps(limit=10**12) == []
+        for call in (client.list, client.list_sweeps):
+            with pytest.raises(ValidationError, match="limit: expected an integer, got '5'"):
+                call(limit="5")
 
 
 def test_sdk_refuses_a_bad_space_locally_with_paths(cluster, tmp_path, job_dict):

@@ -45,6 +45,16 @@ def test_defaults_under_the_work_dir_else_the_artifacts(tmp_path):
         _daemon(tmp_path, "--feature-cache-max-gb", "-1")
 
 
+def test_a_work_dir_that_does_not_exist_yet_is_made_or_refused_with_its_flag(tmp_path):
+    """Made at start (jobs ran in it and each failed on the missing folder); one that
+    cannot be made stops the worker with the flag's name."""
+    _daemon(tmp_path, "--work-dir", str(tmp_path / "new" / "work"))
+    assert (tmp_path / "new" / "work").is_dir()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(WorkerFlagError, match="--work-dir: cannot create .*file/work"):
+        _daemon(tmp_path, "--work-dir", str(tmp_path / "file" / "work"))
+
+
 def test_the_training_process_gets_them(tmp_path):
     seen = tmp_path / "seen.txt"
     code = f"import os; open({str(seen)!r}, 'w').write(os.environ[{DIR_ENV!r}])"
