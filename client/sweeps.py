@@ -153,6 +153,7 @@ class SweepClient:
         *,
         idempotency_key: str | None = None,
         check_paths: bool = True,
+        upload: bool | None = None,
         upload_progress=None,
     ) -> SweepHandle:
         """Validate a sweep (a job YAML path, dict or JobSpec with a `sweep:` block: every
@@ -162,7 +163,10 @@ class SweepClient:
             ValidationError: Every problem, each with its field path (sweep.space.PATH for
                 a swept field), exactly as the coordinator would report them.
 
-        `upload_progress`: as Client.submit's (the base job's local files are uploaded).
+        `check_paths`, `upload`, `upload_progress`: as Client.submit's. The local files the
+        base job names and those its space's choices name (`data.train: [a.csv, b.csv]`)
+        are uploaded, and the choices become their URLs; the handle's `notes` say what was
+        sent and which paths are left as the workers'.
         """
         from tunefleet.client.client import _prepare_here
         from tunefleet.client.errors import ValidationError
@@ -172,13 +176,16 @@ class SweepClient:
             raise ValidationError(
                 "not a sweep: the spec has no sweep block (submit it as a job instead)"
             )
+        notes: list[str] = []
         if check_paths:  # local files go to the coordinator's storage, as for a job
-            job_spec, _notes = self._local_inputs(job_spec, None, upload_progress)
+            job_spec, notes = self._local_inputs(job_spec, upload, upload_progress)
         request = coordinator_pb2.SubmitSweepRequest(
             spec=job_spec, idempotency_key=idempotency_key or uuid.uuid4().hex
         )
         sweep = Sweep.from_proto(self._unary(self._stub.SubmitSweep, request))
-        return SweepHandle(self, sweep.id, sweep=sweep)
+        handle = SweepHandle(self, sweep.id, sweep=sweep)
+        handle.notes = notes
+        return handle
 
     def get_sweep(self, sweep_id: str) -> Sweep:
         """The sweep and its trials. Raises NotFound for an unknown id."""
@@ -208,6 +215,8 @@ class SweepHandle:
         self.id = sweep_id
         self.client = client
         self.sweep = sweep
+        # What submit_sweep did with the local paths (uploaded, left as the workers').
+        self.notes: list[str] = []
 
     def __repr__(self) -> str:
         return f"SweepHandle({self.id!r})"

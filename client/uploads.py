@@ -12,6 +12,10 @@ is there with the right size); a folder (a model, a parquet dataset) is uploaded
 file and marked complete last. A failing store is retried with exponential backoff, then
 reported with the field, the file and the last error.
 
+A sweep's choices of these fields travel too: `sweep.space: {data.train: [a.csv, b.csv]}`
+uploads both files, and the choices (and a `when` condition naming one) become the URLs,
+so each trial's job names URLs as a plain job's would.
+
 Paths this machine does not have pass through untouched: they are taken to be the
 workers' own paths (a note says so). Credentials come from this machine's environment
 (AWS_* and the like), as fsspec finds them.
@@ -23,13 +27,16 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from google.protobuf.descriptor import FieldDescriptor
+
 from tunefleet.client.errors import TunefleetError
-from tunefleet.spec.environment import check_environment, missing, path_fields
+from tunefleet.spec import sweep as sweep_space
+from tunefleet.spec.environment import PathField, check_environment, missing, path_fields
 from tunefleet.spec.errors import FieldError
 from tunefleet.spec.urls import is_url
 from tunefleet.v1 import spec_pb2
@@ -48,8 +55,10 @@ NO_STORAGE_HINT = (
     "so that clients upload local files there, or name paths the workers see "
     "(ftctl submit --no-upload)"
 )
+SWEPT = "sweep.space."  # a PathField of a sweep's choice: SWEPT + the field it sets
 COMPLETE = ".complete"  # written last in a folder's upload: its presence means complete
 _CHUNK = 1 << 20
+_TEXT = FieldDescriptor.TYPE_STRING  # path fields are text; apply() would convert others
 
 
 class UploadError(TunefleetError):
@@ -82,9 +91,10 @@ def _bytes_sent(report: ProgressFn, total: int, before: int, file: str):
 
 
 class _Plan(NamedTuple):
-    """One field's upload, decided before any byte is sent (the bar needs the total)."""
+    """One local file or folder's upload, decided before any byte is sent (the bar needs
+    the total)."""
 
-    path_field: Any  # the spec field (path, value) the file comes from
+    path_field: Any  # the first spec field (path, value) naming it
     local: Path
     files: list[tuple[Path, str]]
     hashes: list[tuple[str, str, int]]  # (relative name, sha256, size) per file
@@ -105,11 +115,33 @@ class Uploaded:
     reused_files: int = 0
 
 
+def _swept_path_fields(spec: spec_pb2.JobSpec) -> Iterator[PathField]:
+    """A sweep's choices that name a file or folder, each as `path_fields` sees it in the
+    trial that draws it (the base job with that value set: e.g. data.source decides), its
+    path SWEPT + the field (`sweep.space.data.train`)."""
+    if not spec.HasField("sweep"):
+        return
+    base = spec_pb2.JobSpec()
+    base.CopyFrom(spec)
+    base.ClearField("sweep")
+    for key in sorted(spec.sweep.space):
+        param = spec.sweep.space[key]
+        descriptor, _ = sweep_space.field_at(key)
+        if param.type != "choice" or descriptor is None or descriptor.type != _TEXT:
+            continue
+        for value in param.values:
+            trial = sweep_space.apply(base, {key: value})
+            for f in path_fields(trial):
+                if f.path == key and f.value == value:
+                    yield replace(f, path=SWEPT + key)
+
+
 def local_inputs(spec: spec_pb2.JobSpec) -> tuple[list, list[str], list[FieldError]]:
-    """The spec's path fields this machine has (to upload), notes for those it has not
-    (the workers' paths), and the problems of the ones it has (a folder given for a file)."""
+    """The spec's path fields (a sweep's choices included) this machine has (to upload),
+    notes for those it has not (the workers' paths), and the problems of the ones it has
+    (a folder given for a file; a sweep's are its trials', which the validator reports)."""
     present, notes = [], []
-    for f in path_fields(spec):
+    for f in [*path_fields(spec), *_swept_path_fields(spec)]:
         if is_url(f.value):
             continue
         why = missing(f)
@@ -201,14 +233,17 @@ def upload_inputs(
     progress: ProgressFn | None = None,
 ) -> tuple[spec_pb2.JobSpec, Uploaded]:
     """Uploads the local files of `fields` under storage_uri/sha256/DIGEST/NAME and returns
-    the spec naming those URLs (the input is not changed) and what was uploaded.
+    the spec naming those URLs (the input is not changed) and what was uploaded. A file
+    several fields name (the base job's and a sweep's choice) is sent once.
     `progress` hears about every chunk sent (UploadProgress)."""
     store = _Store(storage_uri, tries, backoff_s)
     out = spec_pb2.JobSpec()
     out.CopyFrom(spec)
     done = Uploaded()
-    plans = []
+    plans: dict[str, _Plan] = {}
     for f in fields:
+        if f.value in plans:
+            continue
         local = Path(f.value)
         files = _files(local)
         hashes = [(rel, _sha256(p), p.stat().st_size) for p, rel in files]
@@ -222,10 +257,10 @@ def upload_inputs(
         complete = target if local.is_file() else f"{base}/{COMPLETE}"
         present = store.retry(what, lambda c=complete: store.size(c))
         reused = present is not None and (not local.is_file() or present == hashes[0][2])
-        plans.append(_Plan(f, local, files, hashes, target, complete, digest, what, reused))
+        plans[f.value] = _Plan(f, local, files, hashes, target, complete, digest, what, reused)
     # The bar's 100 %: the bytes of every file not already in the storage.
-    total = sum(size for plan in plans if not plan.reused for _, _, size in plan.hashes)
-    for f, local, files, hashes, target, complete, digest, what, reused in plans:
+    total = sum(size for plan in plans.values() if not plan.reused for _, _, size in plan.hashes)
+    for _f, local, files, hashes, target, complete, _digest, what, reused in plans.values():
         if reused:
             done.reused_files += len(files)
         else:
@@ -245,7 +280,22 @@ def upload_inputs(
                     progress(UploadProgress(done.uploaded_bytes, total, str(p)))
             if not local.is_file():
                 store.retry(what, lambda c=complete: store.fs.pipe_file(c, b"{}"))
-        url = f"{store.uri}/sha256/{digest}/{local.name}"
-        message, attr = f.path.split(".", 1)
-        setattr(getattr(out, message), attr, url)
+    for f in fields:
+        plan = plans[f.value]
+        _name(out, f, f"{store.uri}/sha256/{plan.digest}/{plan.local.name}")
     return out, done
+
+
+def _name(spec: spec_pb2.JobSpec, f: PathField, url: str) -> None:
+    """`spec` with `url` where field `f` had its local path: a sweep's choice is replaced
+    in its values and in every `when` that names it, so the conditions still hold."""
+    if not f.path.startswith(SWEPT):
+        message, attr = f.path.split(".", 1)
+        setattr(getattr(spec, message), attr, url)
+        return
+    key = f.path.removeprefix(SWEPT)
+    param = spec.sweep.space[key]
+    param.values[:] = [url if v == f.value else v for v in param.values]
+    for other in spec.sweep.space.values():
+        if other.when.get(key) == f.value:
+            other.when[key] = url

@@ -9,6 +9,7 @@ far) until every trial has ended. `ftctl get SWEEP_ID` shows a sweep as `sweep g
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -59,6 +60,13 @@ def register(commands: Commands) -> None:
     p.add_argument("--json", action="store_true", help="get/list: print JSON")
     p.add_argument("--reason", default="", help="cancel: why (kept with the sweep)")
     p.add_argument("--idempotency-key", default=None, help="submit: retry-safe key")
+    p.add_argument(
+        "--upload",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="submit: upload the local files the sweep names (its space's choices too) to "
+        "the coordinator's --storage-uri (default: when it has one)",
+    )
 
 
 def run(args) -> int:
@@ -131,8 +139,13 @@ def submit(args) -> int:
     with client(args) as sdk:
         with upload_bar() as progress:
             handle = sdk.submit_sweep(
-                args.target, idempotency_key=args.idempotency_key, upload_progress=progress
+                args.target,
+                idempotency_key=args.idempotency_key,
+                upload=args.upload,
+                upload_progress=progress,
             )
+        for line in handle.notes:
+            note(f"note: {line}")
         sweep = handle.sweep
         s = sweep.spec.sweep
         console.print(

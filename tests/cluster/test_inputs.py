@@ -21,9 +21,11 @@ from cluster_helpers import clear_s3_instances, free_port
 
 import tunefleet.client as tc
 from tunefleet.client import Client
+from tunefleet.client.cli import main
 from tunefleet.client.uploads import UploadError, local_inputs, upload_inputs
 from tunefleet.coordinator.server import start_server
-from tunefleet.spec import spec_from_dict, validate
+from tunefleet.spec import load_job_file, spec_from_dict, validate
+from tunefleet.spec import sweep as sweep_space
 from tunefleet.worker.input_cache import InputCache
 from tunefleet.worker.job_inputs import prepare_inputs
 from tunefleet.worker.path_policy import PathPolicy
@@ -306,3 +308,103 @@ def test_a_chained_job_gets_the_source_model_by_its_uploaded_url(coordinator):
     local_only = run(_job("s3://b/train.csv"), {"model": "/w1/disk/m3"})
     chained = {**_job("s3://b/train.csv"), "model": {"source": "job", "job": local_only.id}}
     assert run(chained, {}).spec.model.name == "/w1/disk/m3"
+
+
+def _sweep_files(folder: Path) -> tuple[Path, Path, Path]:
+    """Two CSVs and a sweep file whose space names them (relative: they resolve against
+    the file's folder); the lr is swept only with b.csv."""
+    a, b = folder / "a.csv", folder / "b.csv"
+    a.write_text("text,label\ngood,pos\nbad,neg\n")
+    b.write_text("text,label\nfine,pos\nawful,neg\nnice,pos\n")
+    sweep = folder / "sweep.yaml"
+    space = {
+        "data.train": ["a.csv", "./b.csv"],
+        "optimizer.lr": {"values": [0.001, 0.01], "when": {"data.train": "b.csv"}},
+    }
+    sweep.write_text(json.dumps({**_job("a.csv"), "sweep": {"space": space, "max_concurrent": 3}}))
+    return a, b, sweep
+
+
+def test_a_sweeps_swept_local_files_are_uploaded_and_its_trials_name_their_urls(
+    s3_env, bucket, tmp_path
+):
+    # Only the base job's fields were uploaded: the space kept /home/.../b.csv, which a
+    # worker on another host does not have, so those trials failed there.
+    a, b, sweep = _sweep_files(tmp_path)
+    storage = f"{bucket}/inputs"
+    server = start_server("127.0.0.1:0", tmp_path / "c.db", storage_uri=storage)
+    with server, Client(server.address) as client:
+        first = client.submit_sweep(sweep)
+        again = client.submit_sweep(sweep)
+        stored = client.get_sweep(first.id)
+        trial_train = {client.get(t.job_id).spec.data.train for t in stored.trials}
+        # ftctl sweep submit --no-upload sends the paths as the workers' paths, as submit does.
+        assert (
+            main(["sweep", "submit", str(sweep), "--no-upload", "--coordinator", server.address])
+            == 0
+        )
+        kept = client.list_sweeps()[0].spec.sweep.space["data.train"].values
+    assert list(kept) == [str(a), str(b)]
+    assert first.notes[-1].startswith(f"uploaded 2 files ({a.stat().st_size + b.stat().st_size:,}")
+    assert again.notes[-1].startswith(f"uploaded 0 files (0 bytes) to {storage}, 2 already")
+    space = stored.spec.sweep.space
+    url_a, url_b = space["data.train"].values
+    fs = fsspec.filesystem("s3")
+    for url, local in ((url_a, a), (url_b, b)):
+        assert url.startswith(f"{storage}/sha256/") and url.endswith(f"/{local.name}")
+        assert fs.cat_file(url.removeprefix("s3://")) == local.read_bytes()
+    assert space["optimizer.lr"].when["data.train"] == url_b
+    assert stored.spec.data.train == url_a  # the base job's, as before
+    assert stored.grid_size == 3 and trial_train == {url_a, url_b}
+
+
+def test_a_condition_on_a_swept_path_holds_for_its_uploaded_url(tmp_path):
+    _, _, sweep = _sweep_files(tmp_path)
+    spec = load_job_file(sweep)
+    present, notes, _ = local_inputs(spec)
+    assert sorted(f.path for f in present) == ["data.train", *["sweep.space.data.train"] * 2]
+    store = f"memory://{tmp_path.name}"  # fsspec's in-memory store, fresh for this test
+    out, done = upload_inputs(spec, present, store)
+    assert done.uploaded_files == 2  # a.csv is the base's and a choice: sent once
+    url_a, url_b = out.sweep.space["data.train"].values
+    assert url_b.startswith(f"{store}/sha256/") and url_b.endswith("/b.csv")
+    points = sweep_space.grid(out.sweep)
+    assert [(p["data.train"], p.get("optimizer.lr")) for p in points] == [
+        (url_a, None),
+        (url_b, 0.001),
+        (url_b, 0.01),
+    ]
+    assert list(spec.sweep.space["data.train"].values) == [
+        str(tmp_path / "a.csv"),
+        str(tmp_path / "b.csv"),
+    ]  # the input is not changed
+    # A choice this machine does not have is the workers' path, with a note.
+    spec.sweep.space["data.train"].values.append("/only/on/the/workers/c.csv")
+    present, notes, _ = local_inputs(spec)
+    assert len(present) == 3 and notes == [
+        "sweep.space.data.train: /only/on/the/workers/c.csv is not on this machine; sent as "
+        "the workers' path (each worker checks it before it trains)"
+    ]
+
+
+def test_swept_model_folders_are_uploaded_as_folders(tmp_path):
+    models = []
+    for name in ("small", "large"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps({"size": name}))
+        models.append(str(tmp_path / name))
+    spec = spec_from_dict(
+        {**_job("s3://b/train.csv"), "sweep": {"space": {"model.name": [*models, "org/hub"]}}}
+    )
+    present, _, _ = local_inputs(spec)  # a hub id is no path: it stays as it is
+    assert [(f.path, f.value, f.folder) for f in present] == [
+        ("sweep.space.model.name", m, True) for m in models
+    ]
+    store = f"memory://{tmp_path.name}"
+    out, done = upload_inputs(spec, present, store)
+    *urls, hub = out.sweep.space["model.name"].values
+    assert done.uploaded_files == 2 and hub == "org/hub"
+    fs = fsspec.filesystem("memory")
+    for url, name in zip(urls, ("small", "large"), strict=True):
+        assert url.endswith(f"/{name}") and fs.exists(f"{url.rsplit('/', 1)[0]}/.complete")
+        assert json.loads(fs.cat_file(f"{url}/config.json")) == {"size": name}
