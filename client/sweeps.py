@@ -14,6 +14,7 @@ Errors are the SDK's own (tunefleet.client.errors).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from enum import Enum
 
 from tunefleet.client.errors import DeadlineExceeded, wire_limit
 from tunefleet.client.types import JobState, timestamp_to_datetime
+from tunefleet.spec import sweep as space
 from tunefleet.v1 import coordinator_pb2, job_pb2, spec_pb2, sweep_pb2
 
 __all__ = ["Sweep", "SweepClient", "SweepHandle", "SweepState", "Trial"]
@@ -121,12 +123,22 @@ class Sweep:
     def from_proto(cls, msg: sweep_pb2.Sweep) -> Sweep:
         spec = spec_pb2.JobSpec()
         spec.CopyFrom(msg.spec)
+        # A trial's params in the space's order (conditions after what they name), as the
+        # coordinator stored them: the wire's map has no order of its own.
+        rank = {path: i for i, path in enumerate(space.order(spec.sweep.space))}
+        trials = []
+        for t in msg.trials:
+            trial = Trial.from_proto(t)
+            ordered = sorted(
+                trial.params.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])
+            )
+            trials.append(dataclasses.replace(trial, params=dict(ordered)))
         return cls(
             id=msg.id,
             name=msg.spec.name,
             state=SweepState.from_proto(msg.state),
             reason=msg.reason,
-            trials=tuple(Trial.from_proto(t) for t in msg.trials),
+            trials=tuple(trials),
             best_trial=msg.best_trial if msg.HasField("best_trial") else None,
             best_job_id=msg.best_job_id,
             best_value=msg.best_value if msg.HasField("best_value") else None,

@@ -12,9 +12,9 @@ import pytest
 import yaml
 from client_helpers import needs_coordinator
 
-from tunefleet.client import Client, DeadlineExceeded, SweepState, ValidationError
+from tunefleet.client import Client, DeadlineExceeded, Sweep, SweepState, ValidationError
 from tunefleet.client.cli import main
-from tunefleet.v1 import job_pb2
+from tunefleet.v1 import job_pb2, spec_pb2, sweep_pb2
 
 pytestmark = needs_coordinator
 
@@ -88,6 +88,29 @@ def test_list_limits_beyond_int32_mean_all_and_a_non_integer_is_a_validation_err
         for call in (client.list, client.list_sweeps):
             with pytest.raises(ValidationError, match="limit: expected an integer, got '5'"):
                 call(limit="5")
+
+
+def test_a_trials_params_come_in_the_spaces_order_not_the_wires():
+    """A condition's field after the field it names (strategy, then k), whatever order
+    the wire's map gives them in."""
+    msg = sweep_pb2.Sweep(id="sweep-1234abcd", state=sweep_pb2.SWEEP_RUNNING)
+    space = msg.spec.sweep.space
+    space["finetune.strategy"].CopyFrom(
+        spec_pb2.SweepParam(type="choice", values=["head_only", "last_k"])
+    )
+    space["finetune.k"].CopyFrom(
+        spec_pb2.SweepParam(type="choice", values=["1", "2"], when={"finetune.strategy": "last_k"})
+    )
+    space["optimizer.lr"].CopyFrom(spec_pb2.SweepParam(type="loguniform", low=1e-5, high=1e-3))
+    trial = msg.trials.add(number=0)
+    for path, value in (
+        ("optimizer.lr", "0.001"),
+        ("finetune.k", "1"),
+        ("finetune.strategy", "last_k"),
+    ):
+        trial.params[path] = value
+    got = Sweep.from_proto(msg).trials[0].params
+    assert list(got) == ["finetune.strategy", "finetune.k", "optimizer.lr"]
 
 
 def test_sdk_refuses_a_bad_space_locally_with_paths(cluster, tmp_path, job_dict):
