@@ -128,17 +128,25 @@ class Sweeps:
                     return self._view(existing)
             sweep_id = self._new_id()
             grid_size = len(space.grid(spec.sweep)) if spec.sweep.algorithm == "grid" else 0
-            self.store.insert_sweep(
-                sweep_id,
-                spec,
-                submitter=submitter,
-                idempotency_key=idempotency_key,
-                grid_size=grid_size,
-                now=self._clock(),
-            )
+            try:
+                # The sweep and its first trials in one commit: a first ask that fails leaves
+                # no sweep behind (RUNNING with no trial, asked again only by a restart).
+                with self.store.atomic():
+                    self.store.insert_sweep(
+                        sweep_id,
+                        spec,
+                        submitter=submitter,
+                        idempotency_key=idempotency_key,
+                        grid_size=grid_size,
+                        now=self._clock(),
+                    )
+                    self._advance(sweep_id)
+            except Exception:
+                self._studies.pop(sweep_id, None)
+                self._forget(sweep_id)
+                raise
             log.info("sweep %s submitted (%s, %d trials)", sweep_id, spec.sweep.algorithm,
                      spec.sweep.max_trials)  # fmt: skip
-            self._advance(sweep_id)
             return self.get(sweep_id)
 
     def get(self, sweep_id: str) -> sweep_pb2.Sweep:

@@ -7,6 +7,7 @@ import grpc
 import pytest
 from coordinator_helpers import RPC_TIMEOUT, Worker, make_spec, wait_for
 
+from tunefleet.coordinator import samplers
 from tunefleet.coordinator.auth import Role, TokenTable
 from tunefleet.coordinator.store import JobStore
 from tunefleet.spec import spec_from_dict, spec_to_dict
@@ -363,6 +364,23 @@ def test_a_negative_seed_is_refused_and_leaves_no_sweep(sweeper, algorithm):
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert [v.path for v in read_details(e.value).field_violations] == ["sweep.seed"]
     assert sweeper.list() == []
+
+
+def test_a_sweep_whose_first_ask_fails_leaves_no_sweep_and_no_job(sweeper, client, monkeypatch):
+    """The sweep and its first trials are one commit: a sampler that fails its first ask
+    (an optuna error, a bug) leaves nothing RUNNING with no trial behind."""
+
+    def broken(trial, s):
+        raise RuntimeError("the sampler broke")
+
+    monkeypatch.setattr(samplers, "suggest", broken)
+    spec = sweep_spec({"space": {"optimizer.lr": "loguniform(1e-4, 1e-2)"}, "algorithm": "random"})
+    with pytest.raises(grpc.RpcError) as e:
+        sweeper.submit(spec)
+    assert e.value.code() == grpc.StatusCode.INTERNAL
+    assert sweeper.list() == [] and client.list_jobs() == []
+    monkeypatch.undo()
+    assert len(sweeper.submit(spec).trials) == 2  # max_concurrent 2: a fresh one works
 
 
 def test_trials_of_a_failed_source_job_fail_and_the_sweep_ends_failed(sweeper, client):
