@@ -322,37 +322,49 @@ class Client(SweepClient):
     def _with_job_id(self, job_id: str, call: Callable[[str], T]) -> T:
         """`call(full id)`: first with the id as given (prefixed when bare), then, if the
         coordinator does not know it, with the one job whose id it is a prefix of."""
-        full = normalize_job_id(job_id)
-        try:
-            return call(full)
-        except NotFound as e:
-            return call(self._match_job_id(job_id, e))
+        return self._with_id(job_id, call, JOB_ID_PREFIX, self._job_ids)
 
-    def _match_job_id(self, job_id: str, not_found: NotFound) -> str:
-        """The one known job id that `job_id` abbreviates, or NotFound saying which were
-        meant. Only on the error path: a full id costs no listing."""
-        if not job_id.strip():
+    def _job_ids(self) -> list[str]:
+        return [j.id for j in self.list(limit=5000)]
+
+    def _with_id(
+        self, given: str, call: Callable[[str], T], prefix: str, known: Callable[[], list[str]]
+    ) -> T:
+        """_with_job_id for any kind of id (`prefix`: "job-", "sweep-"); `known` lists the
+        ids the coordinator has, asked only when `given` is not one of them."""
+        try:
+            return call(normalize_id(given, prefix))
+        except NotFound as e:
+            return call(self._match_id(given, e, prefix, known))
+
+    def _match_id(
+        self, given: str, not_found: NotFound, prefix: str, known: Callable[[], list[str]]
+    ) -> str:
+        """The one known id that `given` abbreviates, or NotFound saying which were meant.
+        Only on the error path: a full id costs no listing."""
+        if not given.strip():
             raise not_found from None
         try:
-            known = [j.id for j in self.list(limit=5000)]
+            ids = known()
         except TunefleetError:
             raise not_found from None  # no list to suggest from (e.g. not allowed to)
-        full = normalize_job_id(job_id)
-        matches = [k for k in known if k.startswith(full) or k.startswith(job_id.strip())]
+        full = normalize_id(given, prefix)
+        matches = [k for k in ids if k.startswith(full) or k.startswith(given.strip())]
+        noun = prefix.rstrip("-")
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:
             shown = ", ".join(matches[:5]) + (", ..." if len(matches) > 5 else "")
-            message = f"job id {job_id!r} is ambiguous: did you mean {shown}?"
+            message = f"{noun} id {given!r} is ambiguous: did you mean {shown}?"
         else:
             # Compared without the prefix every id shares, which would make any two ids
             # look alike; a digit or two off (a typo) still matches.
-            digits = {k.removeprefix(JOB_ID_PREFIX): k for k in known}
-            wanted = full.removeprefix(JOB_ID_PREFIX)
+            digits = {k.removeprefix(prefix): k for k in ids}
+            wanted = full.removeprefix(prefix)
             close = [digits[d] for d in difflib.get_close_matches(wanted, digits, 3, 0.7)]
             if not close:
                 raise not_found from None
-            message = f"job {full} not found; did you mean {', '.join(close)}?"
+            message = f"{noun} {full} not found; did you mean {', '.join(close)}?"
         raise NotFound(message, code=not_found.code, target=not_found.target) from None
 
     def _unavailable(self, give_up_s: float) -> None:
@@ -428,7 +440,7 @@ class Client(SweepClient):
                     resolved = True
                     not_found = from_rpc_error(e, target=self.target)
                     assert isinstance(not_found, NotFound)
-                    job_id = self._match_job_id(job_id, not_found)
+                    job_id = self._match_id(job_id, not_found, JOB_ID_PREFIX, self._job_ids)
                     continue
                 if code != grpc.StatusCode.UNAVAILABLE:
                     raise from_rpc_error(e, target=self.target) from None
@@ -501,10 +513,13 @@ class JobHandle:
 def normalize_job_id(job_id: str) -> str:
     """`d3be7e24` -> `job-d3be7e24`: the hex digits of an id, as people copy them from a
     table or a path, get the prefix every id has; anything else is left as it is."""
-    job_id = job_id.strip()
-    if _HEX.fullmatch(job_id):
-        return JOB_ID_PREFIX + job_id
-    return job_id
+    return normalize_id(job_id, JOB_ID_PREFIX)
+
+
+def normalize_id(given: str, prefix: str) -> str:
+    """normalize_job_id for ids with `prefix` ("sweep-": `1a2b` -> `sweep-1a2b`)."""
+    given = given.strip()
+    return prefix + given if _HEX.fullmatch(given) else given
 
 
 def _prepare_here(spec: SpecLike, check_paths: bool) -> spec_pb2.JobSpec:

@@ -69,9 +69,7 @@ def build_sweep_figure(sweep: Sweep, curves: dict[int, list[tuple[int, float]]])
     fields = (varied or names)[:_MAX_PARAM_PANELS]
     if not any(curves.values()) and not any(t.value is not None for t in sweep.trials):
         raise TunefleetError(f"nothing to plot: no trial of {sweep.id} has evaluated yet")
-    figure = _pyplot_free_figure(
-        figsize=(7 + 4 * len(fields), 5.5), dpi=110, layout="constrained"
-    )
+    figure = _pyplot_free_figure(figsize=(7 + 4 * len(fields), 5.5), dpi=110, layout="constrained")
     axes = figure.subplots(1, 1 + len(fields), squeeze=False)[0]
     curve_ax, param_axes = axes[0], axes[1:]
 

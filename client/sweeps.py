@@ -155,6 +155,9 @@ class Sweep:
         )
 
 
+SWEEP_ID_PREFIX = "sweep-"
+
+
 class SweepClient:
     """The sweep calls of `Client` (it inherits them): kept here so the job calls and the
     sweep calls each stay one module."""
@@ -200,9 +203,14 @@ class SweepClient:
         return handle
 
     def get_sweep(self, sweep_id: str) -> Sweep:
-        """The sweep and its trials. Raises NotFound for an unknown id."""
-        request = coordinator_pb2.GetSweepRequest(sweep_id=sweep_id)
-        return Sweep.from_proto(self._unary(self._stub.GetSweep, request))
+        """The sweep and its trials. `sweep_id` may be short, as a job id may (its digits
+        or a unique prefix); raises NotFound, with "did you mean", for an unknown one."""
+        return self._with_sweep_id(
+            sweep_id,
+            lambda sid: Sweep.from_proto(
+                self._unary(self._stub.GetSweep, coordinator_pb2.GetSweepRequest(sweep_id=sid))
+            ),
+        )
 
     def list_sweeps(self, limit: int = 100) -> list[Sweep]:
         """Sweeps, newest first (their trials without intermediate values)."""
@@ -212,8 +220,21 @@ class SweepClient:
 
     def cancel_sweep(self, sweep_id: str, reason: str = "") -> Sweep:
         """No more trials; the queued and running ones are cancelled."""
-        request = coordinator_pb2.CancelSweepRequest(sweep_id=sweep_id, reason=reason)
-        return Sweep.from_proto(self._unary(self._stub.CancelSweep, request))
+        return self._with_sweep_id(
+            sweep_id,
+            lambda sid: Sweep.from_proto(
+                self._unary(
+                    self._stub.CancelSweep,
+                    coordinator_pb2.CancelSweepRequest(sweep_id=sid, reason=reason),
+                )
+            ),
+        )
+
+    def _with_sweep_id(self, sweep_id: str, call):
+        """Client._with_id for sweeps: the listing is asked only for an unknown id."""
+        return self._with_id(
+            sweep_id, call, SWEEP_ID_PREFIX, lambda: [s.id for s in self.list_sweeps(limit=5000)]
+        )
 
     def sweep(self, sweep_id: str) -> SweepHandle:
         """A handle on an existing sweep (no call is made until you use it)."""
@@ -235,6 +256,7 @@ class SweepHandle:
 
     def get(self) -> Sweep:
         self.sweep = self.client.get_sweep(self.id)
+        self.id = self.sweep.id  # a short id, resolved once
         return self.sweep
 
     def trials(self) -> list[Trial]:

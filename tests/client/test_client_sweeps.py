@@ -12,7 +12,14 @@ import pytest
 import yaml
 from client_helpers import needs_coordinator
 
-from tunefleet.client import Client, DeadlineExceeded, Sweep, SweepState, ValidationError
+from tunefleet.client import (
+    Client,
+    DeadlineExceeded,
+    NotFound,
+    Sweep,
+    SweepState,
+    ValidationError,
+)
 from tunefleet.client.cli import main
 from tunefleet.v1 import job_pb2, spec_pb2, sweep_pb2
 
@@ -267,6 +274,25 @@ def test_cancel_takes_a_sweep_id_as_get_does(capsys, cluster, sweep_yaml):
         assert handle.get().state is SweepState.CANCELLED
         assert main(["cancel", handle.id, *flags]) == 1  # as a job cancelled twice
         assert f"sweep {handle.id} already CANCELLED" in capsys.readouterr().err
+
+
+def test_a_sweep_id_may_be_its_digits_or_a_unique_prefix_as_a_job_id_may(
+    capsys, cluster, sweep_yaml
+):
+    flags = ["--coordinator", cluster.address]
+    with Client(cluster.address) as client:
+        handle = client.submit_sweep(sweep_yaml)
+        digits = handle.id.removeprefix("sweep-")
+        assert client.get_sweep(digits).id == handle.id
+        assert client.get_sweep(f"sweep-{digits[:4]}").id == handle.id
+        assert client.sweep(digits[:3]).get().id == handle.id
+        typo = digits[:-1] + ("0" if digits[-1] != "0" else "1")
+        with pytest.raises(NotFound, match=f"did you mean {handle.id}"):
+            client.get_sweep(typo)
+        assert main(["sweep", "get", digits[:5], *flags]) == 0
+        assert handle.id in capsys.readouterr().out
+        assert main(["sweep", "cancel", digits, *flags]) == 0
+        assert handle.get().state is SweepState.CANCELLED
 
 
 @pytest.mark.parametrize("verb", ["run", "plan"])
