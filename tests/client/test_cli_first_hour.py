@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -88,6 +89,32 @@ def test_a_follower_keeps_retrying_and_says_so(capsys, monkeypatch):
     err = capsys.readouterr().err
     assert f"waiting for coordinator at {closed}... (retrying for up to 1 s" in err
     assert "Ctrl-C stops following, the job keeps running" in err
+
+
+def test_a_coordinator_that_accepts_but_never_answers_is_given_up_on_in_time(capsys):
+    """A port that completes TCP but never speaks gRPC (a stopped or hung coordinator,
+    another service): gRPC's own 20 s connect timeout held `ftctl jobs` past
+    --connect-timeout."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel completes the handshake; nobody ever answers
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        started = time.monotonic()
+        code = main(["jobs", "--coordinator", address, "--connect-timeout", "1"])
+        elapsed = time.monotonic() - started
+    err = capsys.readouterr().err
+    assert code == 1 and elapsed < 8, (elapsed, err)
+    assert f"error: cannot reach coordinator at {address}" in err
+
+
+@pytest.mark.parametrize("value", ["nan", "-1"])
+def test_a_connect_timeout_that_is_no_number_of_seconds_is_a_bad_command_line(capsys, value):
+    """NaN compared false with every deadline: `--connect-timeout nan` retried forever."""
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["jobs", "--connect-timeout", value])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --connect-timeout: expected seconds, 0 or more, got {value}" in err
 
 
 def test_the_connect_timeout_default_is_a_few_seconds():
