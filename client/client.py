@@ -521,11 +521,15 @@ class JobHandle:
 
 def normalize_job_id(job_id: str) -> str:
     """`d3be7e24` -> `job-d3be7e24`: the hex digits of an id, as people copy them from a
-    table or a path, get the prefix every id has; anything else is left as it is. Not a
-    string: ValidationError."""
+    table or a path, get the prefix every id has; an id in capitals (`JOB-D3BE7E24`,
+    `D3BE`) is lowered, as every id the coordinator hands out is lower case; anything else
+    is left as it is. Not a string: ValidationError."""
     job_id = wire_str("job_id", job_id, "job-d3be7e24").strip()
-    if _HEX.fullmatch(job_id):
-        return JOB_ID_PREFIX + job_id
+    lowered = job_id.lower()
+    if _HEX.fullmatch(lowered):
+        return JOB_ID_PREFIX + lowered
+    if lowered.startswith(JOB_ID_PREFIX) and _HEX.fullmatch(lowered[len(JOB_ID_PREFIX) :]):
+        return lowered
     return job_id
 
 

@@ -128,6 +128,9 @@ def test_the_connect_timeout_default_is_a_few_seconds():
 def test_bare_hex_digits_get_the_job_prefix():
     assert normalize_job_id("d3be7e24") == "job-d3be7e24"
     assert normalize_job_id(" job-d3be7e24 ") == "job-d3be7e24"
+    # Every id is lower case; one typed or copied in capitals is the same id.
+    assert normalize_job_id("JOB-D3BE7E24") == normalize_job_id("D3BE7E24") == "job-d3be7e24"
+    assert normalize_job_id("Job-D3be") == "job-d3be"
     assert normalize_job_id("nope") == "nope"  # not an id's digits: left alone
 
 
@@ -138,6 +141,7 @@ def test_short_job_ids_work_in_the_sdk_and_every_job_verb(capsys, cluster, job_y
         digits = job_id.removeprefix("job-")
         assert sdk.get(digits).id == job_id
         assert sdk.resolve_job_id(digits[:4]) == job_id  # a unique prefix
+        assert sdk.resolve_job_id(digits[:4].upper()) == sdk.get(job_id.upper()).id == job_id
         assert [e.seq for e in sdk.events(digits[:5], follow=False)]
         assert sdk.job(digits).id == job_id
 
