@@ -36,7 +36,10 @@ from tunefleet.client.errors import (
     TunefleetError,
     ValidationError,
     from_rpc_error,
+    seconds,
+    wire_int,
     wire_limit,
+    wire_str,
 )
 from tunefleet.client.sweeps import SweepClient
 from tunefleet.client.types import Event, Job, JobState, Worker
@@ -117,8 +120,10 @@ class Client(SweepClient):
         on_unavailable: Callable[[str, float], None] | None = None,
     ):
         self.on_unavailable = on_unavailable
+        if target is not None:
+            wire_str("target", target, "127.0.0.1:50051")
         self.target = target or os.environ.get(ENV_TARGET) or DEFAULT_TARGET
-        self.timeout = timeout
+        self.timeout = seconds("timeout", timeout)
         self.retry = retry or RetryPolicy()
         try:
             if security is None:
@@ -183,6 +188,10 @@ class Client(SweepClient):
                 the coordinator would report them.
             UploadError: A local file could not be uploaded (after retries).
         """
+        if priority is not None:
+            wire_int("priority", priority, -(2**31), 2**31 - 1)
+        if idempotency_key is not None:
+            wire_str("idempotency_key", idempotency_key)
         job_spec = _prepare_here(spec, check_paths)
         notes: list[str] = []
         if check_paths:
@@ -244,11 +253,14 @@ class Client(SweepClient):
         return self.get(job_id).id
 
     def list(self, states: Iterable[JobState | str] | None = None, limit: int = 100) -> list[Job]:
-        """Jobs, newest first, optionally only those in `states` ("running", JobState.QUEUED...);
+        """Jobs, newest first, optionally only those in `states` (one state or several:
+        "running", JobState.QUEUED...);
         at most `limit` (all when <= 0), fetched a page at a time.
 
         Each job's `spec` is a summary (name, priority, resources, model, data, strategy):
         `get(job_id)` has the whole spec."""
+        if isinstance(states, (str, int)):  # one state ("running"), not its letters
+            states = [states]
         try:
             wanted = [JobState.parse(s).to_proto() for s in states or ()]
         except ValueError as e:
@@ -267,6 +279,7 @@ class Client(SweepClient):
 
     def cancel(self, job_id: str, reason: str = "") -> Job:
         """Ask the coordinator to cancel a job; returns the job as it stands after the request."""
+        wire_str("reason", reason)
         return self._with_job_id(
             job_id,
             lambda jid: Job.from_proto(
@@ -298,6 +311,8 @@ class Client(SweepClient):
         Args:
             timeout: Raise DeadlineExceeded if the stream is still open after this long.
         """
+        after_seq = wire_int("after_seq", after_seq)
+        timeout = seconds("timeout", timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         return self._stream_events(normalize_job_id(job_id), after_seq, follow, deadline)
 
@@ -310,7 +325,7 @@ class Client(SweepClient):
     def drain_worker(self, worker_id: str) -> Worker:
         """Take a worker out of service (admin): it gets no new jobs, its running job
         checkpoints and resumes on another worker, then it exits. Returns it, DRAINING."""
-        request = coordinator_pb2.DrainWorkerRequest(worker_id=worker_id)
+        request = coordinator_pb2.DrainWorkerRequest(worker_id=wire_str("worker_id", worker_id))
         return Worker.from_proto(self._unary(self._stub.DrainWorker, request))
 
     # --- plumbing ---------------------------------------------------------------------
@@ -342,15 +357,20 @@ class Client(SweepClient):
     ) -> str:
         """The one known id that `given` abbreviates, or NotFound saying which were meant.
         Only on the error path: a full id costs no listing."""
+        noun = prefix.rstrip("-")
         if not given.strip():
-            raise not_found from None
+            raise NotFound(
+                f"no {noun} id given: name a {noun} as printed ({prefix}d3be7e24), its digits "
+                "or a unique prefix of them",
+                code=not_found.code,
+                target=not_found.target,
+            ) from None
         try:
             ids = known()
         except TunefleetError:
             raise not_found from None  # no list to suggest from (e.g. not allowed to)
         full = normalize_id(given, prefix)
         matches = [k for k in ids if k.startswith(full) or k.startswith(given.strip())]
-        noun = prefix.rstrip("-")
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:
@@ -495,6 +515,7 @@ class JobHandle:
             raise_on_failure: Raise JobFailed (with `.job`) if the job ends FAILED or
                 CANCELLED instead of returning it.
         """
+        timeout = seconds("timeout", timeout)
         job = self.get()
         if not job.is_terminal():
             for event in self.client.events(self.id, job.last_seq, True, timeout=timeout):
@@ -512,14 +533,22 @@ class JobHandle:
 
 def normalize_job_id(job_id: str) -> str:
     """`d3be7e24` -> `job-d3be7e24`: the hex digits of an id, as people copy them from a
-    table or a path, get the prefix every id has; anything else is left as it is."""
+    table or a path, get the prefix every id has; an id in capitals (`JOB-D3BE7E24`,
+    `D3BE`) is lowered, as every id the coordinator hands out is lower case; anything else
+    is left as it is. Not a string: ValidationError."""
     return normalize_id(job_id, JOB_ID_PREFIX)
 
 
 def normalize_id(given: str, prefix: str) -> str:
     """normalize_job_id for ids with `prefix` ("sweep-": `1a2b` -> `sweep-1a2b`)."""
-    given = given.strip()
-    return prefix + given if _HEX.fullmatch(given) else given
+    noun = prefix.rstrip("-")
+    given = wire_str(f"{noun}_id", given, f"{prefix}d3be7e24").strip()
+    lowered = given.lower()
+    if _HEX.fullmatch(lowered):
+        return prefix + lowered
+    if lowered.startswith(prefix) and _HEX.fullmatch(lowered[len(prefix) :]):
+        return lowered
+    return given
 
 
 def _prepare_here(spec: SpecLike, check_paths: bool) -> spec_pb2.JobSpec:

@@ -1,7 +1,8 @@
 """The SDK's one exception tree: users catch `TunefleetError`, never a raw `grpc.RpcError`.
 
 TunefleetError
-├── ValidationError       INVALID_ARGUMENT, OUT_OF_RANGE, a bad local spec (.errors)
+├── ValidationError       INVALID_ARGUMENT, OUT_OF_RANGE, a bad local spec (.errors),
+│                         an SDK argument of the wrong type or range
 ├── NotFound              NOT_FOUND
 ├── AlreadyExists         ALREADY_EXISTS
 ├── PermissionDenied      PERMISSION_DENIED
@@ -23,6 +24,7 @@ found it, newlines and all.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import grpc
@@ -218,6 +220,7 @@ def from_rpc_error(e: grpc.RpcError, *, target: str | None = None) -> TunefleetE
 
 
 _INT32_MAX = 2**31 - 1
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 def wire_limit(limit: int) -> int:
@@ -227,3 +230,36 @@ def wire_limit(limit: int) -> int:
     if isinstance(limit, bool) or not isinstance(limit, int):
         raise ValidationError(f"limit: expected an integer, got {limit!r}")
     return min(max(limit, 0), _INT32_MAX)
+
+
+# The SDK's arguments are checked before they reach protobuf, which would raise a bare
+# TypeError or ValueError ("bad argument type for built-in operation") naming nothing.
+
+
+def wire_int(name: str, value: int, low: int = _INT64_MIN, high: int = _INT64_MAX) -> int:
+    """An integer argument that the wire carries from `low` to `high`; else ValidationError
+    naming the argument and the range."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(f"{name}: expected an integer, got {value!r}")
+    if not low <= value <= high:
+        raise ValidationError(f"{name}: must be from {low} to {high}, got {value}")
+    return value
+
+
+def wire_str(name: str, value: str, example: str = "") -> str:
+    """A string argument; anything else is a ValidationError naming it."""
+    if not isinstance(value, str):
+        hint = f" such as {example!r}" if example else ""
+        raise ValidationError(
+            f"{name}: expected a string{hint}, got {type(value).__name__} {value!r}"
+        )
+    return value
+
+
+def seconds(name: str, value: float | None) -> float | None:
+    """A timeout in seconds (None: no limit); a negative one means "already over"."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise ValidationError(f"{name}: expected seconds (a number) or None, got {value!r}")
+    return float(value)

@@ -185,7 +185,7 @@ def download(
     if not fs.isdir(path):
         dest.mkdir(parents=True, exist_ok=True)
         target = dest / path.rstrip("/").rsplit("/", 1)[-1]
-        fs.get_file(path, str(target))
+        _get_file(fs, path, target)
         return [target]
     root = path.rstrip("/")
     if keep_name:
@@ -197,9 +197,22 @@ def download(
             continue
         target = dest.joinpath(*relative.split("/"))
         target.parent.mkdir(parents=True, exist_ok=True)
-        fs.get_file(remote, str(target))
+        _get_file(fs, remote, target)
         files.append(target)
     return files
+
+
+def _get_file(fs, remote: str, target: Path) -> None:
+    """One file, fetched to a temporary name beside `target` and then renamed: an
+    interrupted or failed download never leaves a half-written file under the real name,
+    nor truncates the one a previous download left there."""
+    tmp = target.with_name(f".{target.name}.part")
+    try:
+        fs.get_file(remote, str(tmp))
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def publish_artifacts(store: ArtifactStore | None, job_id: str, out_dir: Path, outcome, report):

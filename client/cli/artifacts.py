@@ -69,23 +69,45 @@ def _plot_path(output: str) -> Path:
     return path
 
 
+def _download_dir(download: str | None) -> Path | None:
+    """The folder `--download` names, checked before anything is fetched: a file there,
+    or no name at all, is refused with what the flag takes (a folder, made if missing)."""
+    if download is None:
+        return None
+    if not download.strip():
+        raise TunefleetError("--download: give the folder to download into, e.g. --download ./out")
+    dest = Path(download)
+    if dest.exists() and not dest.is_dir():
+        raise TunefleetError(
+            f"--download {dest}: is a file, not a folder; give a folder (it is made if missing)"
+        )
+    return dest
+
+
 def artifacts(args) -> int:
     from tunefleet.worker.artifact_store import ArtifactStoreError, download_job
 
+    dest = _download_dir(args.download)
     with client(args) as sdk:
         job = sdk.get(args.job)
     console = stdout()
-    if not args.download:
+    if dest is None:
         if not job.artifacts:
             console.print(f"job {job.id} has no artifacts ({job.state.value})")
         for name, location in sorted(job.artifacts.items()):
             console.print(Text(printable(f"{name:<24} {location}")))
         return EXIT_OK
     try:
-        files = download_job(job.artifacts, Path(args.download), args.name or ())
+        files = download_job(job.artifacts, dest, args.name or ())
     except ArtifactStoreError as e:
         raise TunefleetError(f"job {job.id}: {e}") from None
+    except OSError as e:  # a file where the download needs a folder, a full disk...
+        where = f" {e.filename}" if e.filename else ""
+        raise TunefleetError(f"--download {dest}: cannot write{where}: {e.strerror or e}") from None
     for path in files:
-        console.print(Text(str(path)))
-    console.print(Text(f"downloaded {len(files)} files of job {job.id} to {args.download}"))
+        console.print(Text(printable(str(path))))
+    n = len(files)
+    console.print(
+        Text(printable(f"downloaded {n} file{'s' if n != 1 else ''} of job {job.id} to {dest}"))
+    )
     return EXIT_OK

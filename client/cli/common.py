@@ -76,7 +76,7 @@ def add_global_flags(
     )
     add_argument(
         "--connect-timeout",
-        type=float,
+        type=seconds_arg,
         metavar="S",
         default=default(DEFAULT_CONNECT_TIMEOUT_S),
         help="give up on an unreachable coordinator after S seconds (default: "
@@ -124,6 +124,17 @@ def int_in(low: int, high: int) -> Callable[[str], int]:
     parse.__name__ = "int"
     return parse
 
+
+def seconds_arg(text: str) -> float:
+    """An argparse type: seconds, 0 or more (inf: no limit). NaN compares false with every
+    deadline, so it would mean "retry forever" in silence: refused with the flag."""
+    value = float(text)  # ValueError: argparse says "invalid float value"
+    if math.isnan(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected seconds, 0 or more, got {text}")
+    return value
+
+
+seconds_arg.__name__ = "seconds"
 
 INT32 = int_in(-(2**31), 2**31 - 1)
 INT64 = int_in(-(2**63), 2**63 - 1)
@@ -196,6 +207,7 @@ def client(args, *, follow: bool = False, poll: bool = False) -> Client:
 
     return Client(
         args.coordinator,
+        channel_options=connect_attempt_options(timeout),
         retry=RetryPolicy(
             max_elapsed_s=stream_timeout if poll else timeout,
             stream_max_elapsed_s=stream_timeout,
@@ -203,6 +215,16 @@ def client(args, *, follow: bool = False, poll: bool = False) -> Client:
         security=security(args),
         on_unavailable=waiting,
     )
+
+
+def connect_attempt_options(connect_timeout_s: float) -> list[tuple[str, int]]:
+    """gRPC gives one connection attempt at least 20 s (GRPC_ARG_MIN_RECONNECT_BACKOFF_MS,
+    which sets the minimum connect timeout, not the backoff): a coordinator that accepts
+    TCP but never answers (stopped, hung, or another service on the port) held a one-shot
+    command for 20 s whatever --connect-timeout said. Half of it lets a second try and the
+    "waiting for" note fit in; never more than gRPC's own 20 s."""
+    attempt_s = min(max(connect_timeout_s / 2, 0.1), 20.0)
+    return [("grpc.min_reconnect_backoff_ms", int(attempt_s * 1000))]
 
 
 def unreachable_message(target: str) -> str:

@@ -96,7 +96,14 @@ def run(args) -> int:
     run_job = _engine_function("tunefleet.worker.engine", "run_job")
     processes_per_node = _engine_function("tunefleet.worker.engine.launch", "processes_per_node")
     out_dir = Path(args.out or spec.output.dir or Path(DEFAULT_RUNS) / spec.name).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file of that name ("File exists" said nothing of the flag)
+        named = "--out" if args.out else "output.dir" if spec.output.dir else "the output folder"
+        what = "is a file, not a folder" if out_dir.exists() else e.strerror or str(e)
+        raise TunefleetError(
+            f"{named} {out_dir}: {what}; give a folder (it is made if missing)"
+        ) from None
     console = stdout()
     renderer = EventRenderer(console, throttle_s=args.throttle)
     renderer.print(Text(f"RUNNING {spec.name} locally, writing to {out_dir}"))

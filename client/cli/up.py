@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 import time
+from pathlib import Path
 
 from rich.text import Text
 
@@ -70,6 +71,7 @@ def up(args) -> int:
         raise TunefleetError(str(e)) from None
     if security["tls"] is not None and not args.tls_ca:
         raise TunefleetError("with --tls-cert, give --tls-ca: the CA the local worker trusts")
+    _check_db_path(Path(args.db))
     cluster = LocalCluster(
         listen=args.listen,
         db_path=args.db,
@@ -114,6 +116,20 @@ def up(args) -> int:
         if dash is not None:
             dash.stop()
         cluster.stop()
+
+
+def _check_db_path(db: Path) -> None:
+    """SQLite says only "unable to open database file" (an internal error, once) for a
+    --db that is a folder or lies below a file: refused here with the flag and a fix."""
+    if db.is_dir():
+        raise TunefleetError(
+            f"--db {db}: is a folder; give the database file's path, e.g. {db / 'coordinator.db'}"
+        )
+    for parent in db.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise TunefleetError(f"--db {db}: {parent} is a file, not a folder")
+            return
 
 
 def _credentials_hint(args, security: dict) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -90,6 +91,32 @@ def test_a_follower_keeps_retrying_and_says_so(capsys, monkeypatch):
     assert "Ctrl-C stops following, the job keeps running" in err
 
 
+def test_a_coordinator_that_accepts_but_never_answers_is_given_up_on_in_time(capsys):
+    """A port that completes TCP but never speaks gRPC (a stopped or hung coordinator,
+    another service): gRPC's own 20 s connect timeout held `ftctl jobs` past
+    --connect-timeout."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel completes the handshake; nobody ever answers
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        started = time.monotonic()
+        code = main(["jobs", "--coordinator", address, "--connect-timeout", "1"])
+        elapsed = time.monotonic() - started
+    err = capsys.readouterr().err
+    assert code == 1 and elapsed < 8, (elapsed, err)
+    assert f"error: cannot reach coordinator at {address}" in err
+
+
+@pytest.mark.parametrize("value", ["nan", "-1"])
+def test_a_connect_timeout_that_is_no_number_of_seconds_is_a_bad_command_line(capsys, value):
+    """NaN compared false with every deadline: `--connect-timeout nan` retried forever."""
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["jobs", "--connect-timeout", value])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --connect-timeout: expected seconds, 0 or more, got {value}" in err
+
+
 def test_the_connect_timeout_default_is_a_few_seconds():
     args = build_parser().parse_args(["jobs"])
     assert 3 <= args.connect_timeout <= 5
@@ -101,6 +128,9 @@ def test_the_connect_timeout_default_is_a_few_seconds():
 def test_bare_hex_digits_get_the_job_prefix():
     assert normalize_job_id("d3be7e24") == "job-d3be7e24"
     assert normalize_job_id(" job-d3be7e24 ") == "job-d3be7e24"
+    # Every id is lower case; one typed or copied in capitals is the same id.
+    assert normalize_job_id("JOB-D3BE7E24") == normalize_job_id("D3BE7E24") == "job-d3be7e24"
+    assert normalize_job_id("Job-D3be") == "job-d3be"
     assert normalize_job_id("nope") == "nope"  # not an id's digits: left alone
 
 
@@ -111,6 +141,7 @@ def test_short_job_ids_work_in_the_sdk_and_every_job_verb(capsys, cluster, job_y
         digits = job_id.removeprefix("job-")
         assert sdk.get(digits).id == job_id
         assert sdk.resolve_job_id(digits[:4]) == job_id  # a unique prefix
+        assert sdk.resolve_job_id(digits[:4].upper()) == sdk.get(job_id.upper()).id == job_id
         assert [e.seq for e in sdk.events(digits[:5], follow=False)]
         assert sdk.job(digits).id == job_id
 

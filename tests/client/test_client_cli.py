@@ -204,9 +204,11 @@ BAD_INPUTS = [
     (["server", "--db", "{tmp}/db", "--lease-s", "1"], 1, "--lease-s (1.0) must be longer"),
     (["server", "--db", "{tmp}/db", "--tls-cert", "x.pem"], 1, "give both --tls-cert"),
     (["up", "--listen", "0.0.0.0:0", "--db", "{tmp}/db"], 1, "serves this machine only"),
+    (["up", "--listen", "127.0.0.1:0", "--db", "{tmp}"], 1, "is a folder; give the database"),
     (["token", " "], 1, "NAME: required"),
     (["token", "ci", "--role", "root"], 2, "invalid choice: 'root'"),
     (["run", "{tmp}/nope.yaml"], 1, "no such file"),
+    (["run", "{tmp}/job.yaml", "--out", "{tmp}/train.csv"], 1, "train.csv: is a file, not a"),
     (["plan", "{tmp}/nope.yaml"], 1, "no such file"),
     (["plot", "job-nope"], 1, "job job-nope not found"),
     (["artifacts", "job-nope"], 1, "job job-nope not found"),
@@ -236,7 +238,7 @@ def test_bad_inputs_cover_every_verb():
     ("argv", "exit_code", "message"), BAD_INPUTS, ids=[" ".join(a[:2]) for a, _, _ in BAD_INPUTS]
 )
 def test_every_verb_refuses_bad_input_without_a_traceback(
-    capsys, cluster, tmp_path, argv, exit_code, message
+    capsys, cluster, tmp_path, job_yaml, argv, exit_code, message
 ):
     argv = [a.format(addr=cluster.address, tmp=tmp_path) for a in argv]
     try:

@@ -219,6 +219,17 @@ def test_ftctl_validate_dev_zero_and_a_folder(capsys, tmp_path):
     assert f"{tmp_path}: is a folder, not a job file" in err
 
 
+def test_a_control_character_is_placed_by_line_and_column(capsys, tmp_path):
+    """PyYAML's reader error has no mark: it read `in "<unicode string>", position 14`,
+    over two lines."""
+    path = tmp_path / "job.yaml"
+    path.write_text("name: x\nmodel: a\x00b\n")
+    assert ftctl(["validate", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert f"{path}: not valid YAML at line 2, column 9: character U+0000 is not allowed" in err
+    assert "unicode string" not in err and len(err.splitlines()) == 2
+
+
 def test_deep_or_huge_values_from_the_sdk_give_short_messages():
     deep: object = "x"
     for _ in range(5000):

@@ -234,6 +234,14 @@ def read_yaml(path: str | Path) -> Any:
         data = yaml.load(text, Loader=_JobLoader)  # noqa: S506 - a SafeLoader subclass
     except _TooBig as e:
         raise fail(str(e)) from None
+    except yaml.reader.ReaderError as e:  # it has no mark, and its text spans lines
+        line = text.count("\n", 0, e.position) + 1
+        column = e.position - text.rfind("\n", 0, e.position)
+        code = e.character if isinstance(e.character, int) else ord(str(e.character)[:1] or " ")
+        raise fail(
+            f"not valid YAML at line {line}, column {column}: character U+{code:04X} is not "
+            "allowed (no control characters but tab and newline; is it a text file?)"
+        ) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
