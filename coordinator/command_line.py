@@ -131,7 +131,23 @@ def check_server_arguments(args: argparse.Namespace) -> dict:
 
     security = security_from_args(args)
     check_lease_settings(args.heartbeat_s, args.lease_s)
+    check_db_path(args.db)
     return security
+
+
+def check_db_path(db: str) -> None:
+    """SQLite says only "unable to open database file" (an internal error, once) for a
+    --db that is a folder or lies below a file: ValueError with the flag and a fix."""
+    path = Path(db)
+    if path.is_dir():
+        raise ValueError(
+            f"--db {db}: is a folder; give the database file's path, e.g. {path / 'coordinator.db'}"
+        )
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"--db {db}: {parent} is a file, not a folder")
+            return
 
 
 def serve_from_args(args: argparse.Namespace, security: dict) -> None:

@@ -199,12 +199,16 @@ def follow(
                 return
             # A job ends with a state change event, so it can only have ended when we
             # just sent one or have nothing new (saves a job read per batch).
+            wake_beyond = seq
             if not batch or state_changed:
                 job = get_job(job_id)
                 if is_terminal(job.state) and seq >= job.last_seq:
                     return
+                # Asked from beyond the job's last event (after_seq too big): its next
+                # event, the end included, is numbered below `seq` and must wake us too.
+                wake_beyond = min(seq, job.last_seq)
             if bus.closed:
                 raise Unavailable("the coordinator is shutting down; follow again later")
             if subscription.closed:
                 return
-            subscription.wait_beyond(seq, timeout=FOLLOW_RECHECK_S)
+            subscription.wait_beyond(wake_beyond, timeout=FOLLOW_RECHECK_S)

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import signal
 import time
-from pathlib import Path
 
 from rich.text import Text
 
 from tunefleet.client.cli import dashboard
 from tunefleet.client.cli.common import EXIT_FAILED, EXIT_OK, Commands, error, stderr, stdout
 from tunefleet.client.errors import TunefleetError
-from tunefleet.coordinator.command_line import add_security_arguments, security_from_args
+from tunefleet.coordinator.command_line import (
+    add_security_arguments,
+    check_db_path,
+    security_from_args,
+)
 from tunefleet.defaults import DEFAULT_ADDRESS, DEFAULT_ARTIFACTS, DEFAULT_DB_PATH, ENV_COORDINATOR
 
 
@@ -71,7 +74,7 @@ def up(args) -> int:
         raise TunefleetError(str(e)) from None
     if security["tls"] is not None and not args.tls_ca:
         raise TunefleetError("with --tls-cert, give --tls-ca: the CA the local worker trusts")
-    _check_db_path(Path(args.db))
+    _check_db_path(args.db)
     cluster = LocalCluster(
         listen=args.listen,
         db_path=args.db,
@@ -118,18 +121,11 @@ def up(args) -> int:
         cluster.stop()
 
 
-def _check_db_path(db: Path) -> None:
-    """SQLite says only "unable to open database file" (an internal error, once) for a
-    --db that is a folder or lies below a file: refused here with the flag and a fix."""
-    if db.is_dir():
-        raise TunefleetError(
-            f"--db {db}: is a folder; give the database file's path, e.g. {db / 'coordinator.db'}"
-        )
-    for parent in db.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise TunefleetError(f"--db {db}: {parent} is a file, not a folder")
-            return
+def _check_db_path(db: str) -> None:
+    try:  # as `ftctl server` checks it
+        check_db_path(db)
+    except ValueError as e:
+        raise TunefleetError(str(e)) from None
 
 
 def _credentials_hint(args, security: dict) -> str:

@@ -205,6 +205,7 @@ BAD_INPUTS = [
     (["server", "--db", "{tmp}/db", "--tls-cert", "x.pem"], 1, "give both --tls-cert"),
     (["up", "--listen", "0.0.0.0:0", "--db", "{tmp}/db"], 1, "serves this machine only"),
     (["up", "--listen", "127.0.0.1:0", "--db", "{tmp}"], 1, "is a folder; give the database"),
+    (["server", "--listen", "127.0.0.1:0", "--db", "{tmp}"], 1, "is a folder; give the database"),
     (["token", " "], 1, "NAME: required"),
     (["token", "ci", "--role", "root"], 2, "invalid choice: 'root'"),
     (["run", "{tmp}/nope.yaml"], 1, "no such file"),

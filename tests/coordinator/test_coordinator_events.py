@@ -89,6 +89,21 @@ def test_follower_that_starts_late_catches_up_then_follows(client):
     assert results["late"][-1].state_change.reason == "boom"
 
 
+def test_a_follower_from_beyond_the_last_event_ends_when_the_job_does(client):
+    """after_seq past the job's last event: the job's end (numbered below it) ends the
+    follow at once, not after the follower's periodic recheck (10 s)."""
+    worker = Worker(client.stub, "w1")
+    job = client.submit(make_spec())
+    attempt = worker.acquire().attempt
+    results: dict = {}
+    follower = _follow_in_thread(client, job.id, results, "ahead", after_seq=999)
+    time.sleep(0.3)  # following: nothing beyond 999 yet
+    started = time.monotonic()
+    worker.finish(job.id, attempt, job_pb2.SUCCEEDED)
+    follower.join(timeout=15)
+    assert results["ahead"] == [] and time.monotonic() - started < 3
+
+
 def test_disconnected_followers_release_their_server_threads(client, coordinator):
     job = client.submit(make_spec())
     request = coordinator_pb2.StreamEventsRequest(job_id=job.id, follow=True)
