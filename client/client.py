@@ -41,7 +41,7 @@ from tunefleet.client.errors import (
     wire_limit,
     wire_str,
 )
-from tunefleet.client.sweeps import SweepClient
+from tunefleet.client.sweeps import SWEEP_ID_PREFIX, SweepClient
 from tunefleet.client.types import Event, Job, JobState, Worker
 from tunefleet.client.uploads import (
     NO_STORAGE_HINT,
@@ -51,7 +51,7 @@ from tunefleet.client.uploads import (
     upload_inputs,
 )
 from tunefleet.defaults import DEFAULT_ADDRESS, ENV_COORDINATOR
-from tunefleet.spec.errors import SpecError
+from tunefleet.spec.errors import FieldError, SpecError
 from tunefleet.transport import SDK_CHANNEL_OPTIONS, ChannelSecurity, RetryPolicy, open_channel
 from tunefleet.v1 import coordinator_pb2, coordinator_pb2_grpc, spec_pb2
 
@@ -74,6 +74,7 @@ T = TypeVar("T")
 # Every job id the coordinator hands out is "job-" + 8 hex digits; people copy the digits.
 JOB_ID_PREFIX = "job-"
 _HEX = re.compile(r"[0-9a-f]+")
+_FULL_ID = re.compile(r"(job|sweep)-[0-9a-f]{8}")
 SpecLike = spec_pb2.JobSpec | dict | str | os.PathLike
 
 
@@ -192,7 +193,7 @@ class Client(SweepClient):
             wire_int("priority", priority, -(2**31), 2**31 - 1)
         if idempotency_key is not None:
             wire_str("idempotency_key", idempotency_key)
-        job_spec = _prepare_here(spec, check_paths)
+        job_spec = self._resolve_source(_prepare_here(spec, check_paths))
         notes: list[str] = []
         if check_paths:
             job_spec, notes = self._local_inputs(job_spec, upload, upload_progress)
@@ -338,6 +339,27 @@ class Client(SweepClient):
         """`call(full id)`: first with the id as given (prefixed when bare), then, if the
         coordinator does not know it, with the one job whose id it is a prefix of."""
         return self._with_id(job_id, call, JOB_ID_PREFIX, self._job_ids)
+
+    def _resolve_source(self, spec: spec_pb2.JobSpec) -> spec_pb2.JobSpec:
+        """`model.job` may name its job (or sweep) as a JOB argument may: its digits or a
+        unique prefix become the full id, and an unknown one is a ValidationError on
+        model.job with "did you mean". A full id is sent as it is (no extra call)."""
+        m = spec.model
+        if m.source != "job" or not m.job or _FULL_ID.fullmatch(m.job):
+            return spec
+        try:
+            if m.job.startswith(SWEEP_ID_PREFIX):
+                full = self.get_sweep(m.job).id
+            else:
+                full = self.get(m.job).id
+        except NotFound as e:
+            raise ValidationError(
+                "invalid job spec", [FieldError("model.job", e.message)]
+            ) from None
+        out = spec_pb2.JobSpec()
+        out.CopyFrom(spec)
+        out.model.job = full
+        return out
 
     def _job_ids(self) -> list[str]:
         return [j.id for j in self.list(limit=5000)]

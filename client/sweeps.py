@@ -186,7 +186,7 @@ class SweepClient:
         from tunefleet.client.client import _prepare_here
         from tunefleet.client.errors import ValidationError
 
-        job_spec = _prepare_here(spec, check_paths)
+        job_spec = self._resolve_source(_prepare_here(spec, check_paths))
         if not job_spec.HasField("sweep"):
             raise ValidationError(
                 "not a sweep: the spec has no sweep block (submit it as a job instead)"

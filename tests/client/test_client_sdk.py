@@ -201,3 +201,19 @@ def test_unary_calls_retry_until_the_coordinator_comes_up(tmp_path, job_dict):
     finally:
         starter.join()
         cluster.stop()
+
+
+def test_a_chained_jobs_model_job_may_be_short_as_a_job_argument_may(cluster, job_dict):
+    """`model.job: 70c16df6` (its digits) or a unique prefix is the full id in the stored
+    spec; an unknown one is a ValidationError on model.job with "did you mean"."""
+    with Client(cluster.address) as client:
+        source = client.submit(job_dict)
+        digits = source.id.removeprefix("job-")
+        for given in (digits, digits[:5], source.id):
+            chained = {**job_dict, "model": {"source": "job", "job": given}}
+            assert client.get(client.submit(chained).id).spec.model.job == source.id
+        typo = digits[:-1] + ("0" if digits[-1] != "0" else "1")
+        with pytest.raises(ValidationError) as e:
+            client.submit({**job_dict, "model": {"source": "job", "job": typo}})
+        assert [x.path for x in e.value.errors] == ["model.job"]
+        assert f"did you mean {source.id}" in e.value.errors[0].message
