@@ -406,3 +406,19 @@ def test_a_rerun_without_compression_leaves_no_variants_of_the_older_model(
         p.name for p in tmp_path.iterdir()
     )
     assert not left
+
+
+def test_temporary_folders_of_a_compression_that_was_killed_are_removed(tmp_path):
+    """A process killed while compressing (lost lease, OOM killer) leaves its temporary
+    folders, one of them a whole fp32 model; the next attempt's compression removes them."""
+    model, batch = tiny_bert(), text_batch(8)
+    evaluate = agreement_evaluator(logits(model, batch, "text"), batch, "text")
+    stale = [".fp32-export-k1ll3d", ".model_pruned.tmp", ".model_pruned.tmp.tmp"]
+    for name in [*stale, ".model_int8.tmp"]:
+        (tmp_path / name / "model").mkdir(parents=True)
+        (tmp_path / name / "model" / "model.safetensors").write_bytes(b"0" * 1024)
+    compress(
+        model, make_spec(amount=0), kind="hf", evaluate=evaluate, example_batch=batch,
+        out_dir=tmp_path, export=hf_export,
+    )  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["compression_report.json", "model_int8"]
