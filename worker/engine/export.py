@@ -6,7 +6,8 @@ hf:           save_pretrained + tokenizer (AutoModelForSequenceClassification / 
               (encoder_pruning.py says why)
 torchvision:  model.safetensors + tunefleet_model.json (arch, head, labels, input format)
 
-tunefleet_model.json: {"kind", "arch", "num_labels", "labels", "head", "task", "spec"}.
+tunefleet_model.json: {"kind", "arch", "num_labels", "labels", "head", "task", "spec",
+"arch_options"} (torchvision builder arguments, e.g. a ViT's image_size).
 The folder is written under a temporary name and renamed, so a reader never sees half of it.
 """
 
@@ -22,6 +23,7 @@ from torch import nn
 
 from tunefleet.worker.engine.architectures import (
     META_FILE,
+    arch_options,
     build_torchvision_arch,
     quiet_transformers,
     read_meta,
@@ -65,6 +67,7 @@ def export_model(
         "head": dict(head),
         "task": dict(task or {}),
         "spec": spec or {},
+        "arch_options": {} if kind == "hf" else arch_options(model),
     }
     (tmp / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
     if folder.exists():
@@ -93,7 +96,9 @@ def load_model(folder: str | Path) -> nn.Module:
         from safetensors.torch import load_model as load_weights
 
         in_channels = meta.get("task", {}).get("in_channels", 3) or 3
-        model = build_torchvision_arch(meta["arch"], in_channels=in_channels)
+        model = build_torchvision_arch(
+            meta["arch"], in_channels=in_channels, options=meta.get("arch_options")
+        )
         model, _ = replace_torchvision_head(model, meta["num_labels"], meta["head"])
         load_weights(model, str(folder / "model.safetensors"))
     return model.eval()

@@ -193,7 +193,9 @@ def _float_architecture(folder: Path) -> nn.Module:
             model, _ = replace_hf_head(model, meta["num_labels"], meta["labels"], head)
         return model
     in_channels = (meta.get("task") or {}).get("in_channels") or 3
-    model = build_torchvision_arch(meta["arch"], in_channels=in_channels)
+    model = build_torchvision_arch(
+        meta["arch"], in_channels=in_channels, options=meta.get("arch_options")
+    )
     model, _ = replace_torchvision_head(model, meta["num_labels"], head)
     return model
 

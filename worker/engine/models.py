@@ -213,7 +213,8 @@ def build_model(
             model.config.pad_token_id = pad_id  # decoder models find the last token by it
     else:
         if spec.model.source == "job" and random_init:
-            model = build_torchvision_arch(arch, in_channels=task.in_channels or 3)
+            options = read_meta(spec.model.name).get("arch_options")
+            model = build_torchvision_arch(arch, in_channels=task.in_channels or 3, options=options)
         elif spec.model.source == "job":
             model = load_model(spec.model.name)
             model.train()
