@@ -237,23 +237,29 @@ def test_a_dropout_value_sets_modernberts_own_and_the_head_stays_one_linear():
     assert model.drop.p == 0.3 and model.config.classifier_dropout == 0.3
 
 
-def test_a_head_that_brings_its_own_dropout_loads_back_with_load_model(tmp_path):
-    # CTRL has no dropout in front of its classifier: a head.dropout value becomes part of
-    # the head (Dropout + Linear), which from_pretrained does not rebuild; load_model must.
+@pytest.mark.parametrize("dropout", [None, 0.2])
+def test_a_head_unlike_the_models_own_loads_back_with_load_model(tmp_path, dropout):
+    # CTRL's classifier has no bias and no dropout in front of it: the new head (with a
+    # bias, and with head.dropout a Dropout of its own) is not what from_pretrained
+    # rebuilds, which loaded it without its bias, or drew it at random; load_model must not.
     from tunefleet.worker.engine.export import export_model, load_model
+    from tunefleet.worker.engine.int8 import load_int8, quantize_dynamic_int8, save_int8
 
     _, model = _tiny_hf("ctrl", n_embd=32, n_layer=2, n_head=2, dff=37, n_positions=64)
-    head = _head(dropout=0.2)
+    head = _head() if dropout is None else _head(dropout=dropout)
     model, path = heads.replace_hf_head(model, N, ["a", "b", "c"], head)
-    assert isinstance(model.get_submodule(path), nn.Sequential)
+    assert isinstance(model.get_submodule(path), nn.Sequential if dropout else nn.Linear)
     with torch.no_grad():
         for p in model.get_submodule(path).parameters():
             p.normal_()
-    export_model(
+    folder = export_model(
         model.eval(), tmp_path / "m", kind="hf", arch="ctrl", labels=["a", "b", "c"], head=head
     )
+    quantized = quantize_dynamic_int8(model)
+    save_int8(quantized, tmp_path / "q", skeleton=folder)
     ids = torch.tensor([[1, 5, 6, 7, 2]])
     with torch.no_grad():
+        assert torch.equal(load_model(folder)(input_ids=ids).logits, model(input_ids=ids).logits)
         assert torch.equal(
-            load_model(tmp_path / "m")(input_ids=ids).logits, model(input_ids=ids).logits
+            load_int8(tmp_path / "q")(input_ids=ids).logits, quantized(input_ids=ids).logits
         )

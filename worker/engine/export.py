@@ -117,15 +117,15 @@ def _load_hf_folder(folder: Path, meta: dict[str, Any]) -> nn.Module:
             if not info["missing_keys"] and not info["unexpected_keys"]:
                 return model
             # else a head from_pretrained would have drawn at random: rebuilt below.
-        # Not something from_pretrained rebuilds: a head with a hidden layer or a Dropout of
-        # its own (a model without one in front of `classifier`, e.g. CTRL, and a
-        # head.dropout), or attention narrowed by structured pruning (transformers 5
-        # dropped config.pruned_heads).
+        # Not something from_pretrained rebuilds: a head unlike the model's own classifier
+        # (a hidden layer; a Dropout of its own, for a model without one in front of it and
+        # a head.dropout; a bias where the model's had none, e.g. CTRL), or attention
+        # narrowed by structured pruning (transformers 5 dropped config.pruned_heads). The
+        # head is rebuilt as the trainer built it.
         from safetensors.torch import load_file
 
         model = AutoModelForSequenceClassification.from_config(config)
         restore_pruned_heads(model)
-        if meta["head"].get("hidden") or meta["head"].get("dropout") is not None:
-            model, _ = replace_hf_head(model, meta["num_labels"], meta["labels"], meta["head"])
+        model, _ = replace_hf_head(model, meta["num_labels"], meta["labels"], meta["head"])
         model.load_state_dict(load_file(str(folder / "model.safetensors")))
     return model

@@ -189,7 +189,7 @@ def _float_architecture(folder: Path) -> nn.Module:
 
         model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(folder))
         encoder_pruning.restore_pruned_heads(model)  # structured pruning: narrower attention
-        if head.get("hidden") or head.get("dropout") is not None:  # rebuilt as the trainer did
+        if "labels" in meta:  # the head as the trainer built it (export.load_model says why)
             model, _ = replace_hf_head(model, meta["num_labels"], meta["labels"], head)
         return model
     in_channels = (meta.get("task") or {}).get("in_channels") or 3
