@@ -124,3 +124,25 @@ def test_lora_adapts_convs_and_linears_that_get_gradients(arch):
 
     merged = lora.merge_lora(model)
     assert not any(lora.is_lora_param(n) for n, _ in merged.named_parameters())
+
+
+def test_a_vit_built_for_another_image_size_exports_and_loads_back(tmp_path):
+    """Some weights build a ViT for another image size (vit_b_16 IMAGENET1K_SWAG_E2E_V1:
+    384, vit_l_16's: 512), which sizes its position embeddings; load_model rebuilt every
+    ViT at the default 224 and could not load such a model. Built here without weights,
+    as torchvision's builder does for them."""
+    import torchvision
+
+    from tunefleet.worker.engine.export import export_model, load_model
+
+    torch.manual_seed(0)
+    model = torchvision.models.get_model("vit_b_32", image_size=64)
+    model, _ = heads.replace_torchvision_head(model, 3, HEAD)
+    task = {"kind": "image", "image_size": 64, "in_channels": 3}
+    folder = export_model(
+        model.eval(), tmp_path / "model", kind="torchvision", arch="vit_b_32",
+        labels=["a", "b", "c"], head=HEAD, task=task,
+    )  # fmt: skip
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(load_model(folder)(images), model(images))

@@ -381,3 +381,44 @@ def test_run_job_cnn_structured_recovery_keeps_channels_zeroed(
     report = next(e.report for e in events.kind("report") if e.report.name == "compression")
     assert [r.cells[0] for r in report.rows] == ["fp32", "pruned+2 recovery steps"]
     assert "held at zero" in report.text and "only BERT-style encoders" in report.text
+
+
+def test_a_rerun_without_compression_leaves_no_variants_of_the_older_model(
+    tmp_path, bert_dir, text_csvs, text_spec, events
+):
+    """model_pruned/, model_int8/ and the report in a reused output folder belong to the run
+    that wrote them: a later run (here the finished one again, compression removed, which
+    resumes since compression does not shape training) must not leave them beside its model."""
+    from tunefleet.worker.engine import run_job
+
+    compression = {"prune": {"amount": 0.3}, "quantize": {"method": "dynamic_int8"}}
+    spec = text_spec(bert_dir, text_csvs, train={"max_steps": 2}, compression=compression)
+    first = run_job(spec, tmp_path, events)
+    assert {"model_pruned", "model_int8", "compression_report"} <= first.artifacts.keys()
+    spec = text_spec(
+        bert_dir, text_csvs, train={"max_steps": 2}, compression={"prune": {"amount": 0.3}}
+    )
+    second = run_job(spec, tmp_path, events)
+    assert "model_int8" not in second.artifacts and not (tmp_path / "model_int8").exists()
+    assert Path(second.artifacts["model_pruned"]).is_dir()
+    run_job(text_spec(bert_dir, text_csvs, train={"max_steps": 2}), tmp_path, events)
+    left = {"model_pruned", "model_int8", "compression_report.json"} & set(
+        p.name for p in tmp_path.iterdir()
+    )
+    assert not left
+
+
+def test_temporary_folders_of_a_compression_that_was_killed_are_removed(tmp_path):
+    """A process killed while compressing (lost lease, OOM killer) leaves its temporary
+    folders, one of them a whole fp32 model; the next attempt's compression removes them."""
+    model, batch = tiny_bert(), text_batch(8)
+    evaluate = agreement_evaluator(logits(model, batch, "text"), batch, "text")
+    stale = [".fp32-export-k1ll3d", ".model_pruned.tmp", ".model_pruned.tmp.tmp"]
+    for name in [*stale, ".model_int8.tmp"]:
+        (tmp_path / name / "model").mkdir(parents=True)
+        (tmp_path / name / "model" / "model.safetensors").write_bytes(b"0" * 1024)
+    compress(
+        model, make_spec(amount=0), kind="hf", evaluate=evaluate, example_batch=batch,
+        out_dir=tmp_path, export=hf_export,
+    )  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["compression_report.json", "model_int8"]

@@ -222,3 +222,44 @@ def test_head_defaults_and_their_validation():
     ):
         with pytest.raises(SpecError, match=path.replace(".", r"\.")):
             prepare({**base, "model": {**base["model"], "head": head}}, check_paths=False)
+
+
+MODERNBERT = {"pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 3, "cls_token_id": 2}
+
+
+def test_a_dropout_value_sets_modernberts_own_and_the_head_stays_one_linear():
+    # ModernBERT calls the dropout in front of its classifier `drop`, not `dropout`: a new
+    # Dropout stacked on it made the head classifier.0/classifier.1, which from_pretrained
+    # cannot load (the exported folder came back with a random head).
+    _, model = _tiny_hf("modernbert", sep_token_id=3, **MODERNBERT)
+    model, path = heads.replace_hf_head(model, N, ["a", "b", "c"], _head(dropout=0.3))
+    assert path == "classifier" and isinstance(model.classifier, nn.Linear)
+    assert model.drop.p == 0.3 and model.config.classifier_dropout == 0.3
+
+
+@pytest.mark.parametrize("dropout", [None, 0.2])
+def test_a_head_unlike_the_models_own_loads_back_with_load_model(tmp_path, dropout):
+    # CTRL's classifier has no bias and no dropout in front of it: the new head (with a
+    # bias, and with head.dropout a Dropout of its own) is not what from_pretrained
+    # rebuilds, which loaded it without its bias, or drew it at random; load_model must not.
+    from tunefleet.worker.engine.export import export_model, load_model
+    from tunefleet.worker.engine.int8 import load_int8, quantize_dynamic_int8, save_int8
+
+    _, model = _tiny_hf("ctrl", n_embd=32, n_layer=2, n_head=2, dff=37, n_positions=64)
+    head = _head() if dropout is None else _head(dropout=dropout)
+    model, path = heads.replace_hf_head(model, N, ["a", "b", "c"], head)
+    assert isinstance(model.get_submodule(path), nn.Sequential if dropout else nn.Linear)
+    with torch.no_grad():
+        for p in model.get_submodule(path).parameters():
+            p.normal_()
+    folder = export_model(
+        model.eval(), tmp_path / "m", kind="hf", arch="ctrl", labels=["a", "b", "c"], head=head
+    )
+    quantized = quantize_dynamic_int8(model)
+    save_int8(quantized, tmp_path / "q", skeleton=folder)
+    ids = torch.tensor([[1, 5, 6, 7, 2]])
+    with torch.no_grad():
+        assert torch.equal(load_model(folder)(input_ids=ids).logits, model(input_ids=ids).logits)
+        assert torch.equal(
+            load_int8(tmp_path / "q")(input_ids=ids).logits, quantized(input_ids=ids).logits
+        )

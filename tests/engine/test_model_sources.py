@@ -64,3 +64,25 @@ def test_an_unreachable_hub_id_says_how_to_point_at_a_local_copy(
     assert "could not be reached" in message
     assert "set model.name to a local folder" in message
     assert "$TUNEFLEET_MODEL_DIRS/acme/not-staged-anywhere/" in message
+
+
+@pytest.mark.parametrize("init", ["pretrained", "random"])
+def test_a_model_saved_in_bfloat16_trains_in_float32(
+    tmp_path, bert_dir, text_csvs, text_spec, init
+):
+    """Hub models are often saved in half precision (config.json dtype bfloat16/float16);
+    transformers 5 builds them in that dtype, and the new fp32 head then refused the body's
+    bf16 features at the first step. precision `no` means fp32 weights (README)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from tunefleet.worker.engine.export import load_model
+
+    half = tmp_path / "bf16-bert"
+    shutil.copytree(bert_dir, half)
+    model = AutoModelForSequenceClassification.from_pretrained(bert_dir)
+    model.to(torch.bfloat16).save_pretrained(half)
+    spec = text_spec(half, text_csvs, model={"init": init}, train={"max_steps": 2})
+    result = run_job(spec, tmp_path / "job", lambda event: None)
+    assert result.summary["steps"] == 2
+    assert {p.dtype for p in load_model(tmp_path / "job" / "model").parameters()} == {torch.float32}

@@ -475,3 +475,42 @@ def test_checkpoints_by_elapsed_time_between_step_checkpoints(
     assert [p.name for p in (tmp_path / "default" / "checkpoints").glob("step-*")] == [
         "step-0000006"
     ]
+
+
+def test_resume_mid_epoch_is_exact_with_augmented_images(tmp_path, events):
+    """Augmentation draws random numbers while a batch loads, and Accelerate's loader loads
+    the next batch before the step that checkpoints: the saved RNG state already held the
+    next batch's draws, so the resumed run augmented it (and stepped its dropout)
+    differently. Each example's augmentation now comes from (seed, epoch, index)."""
+    import numpy as np
+    from PIL import Image
+
+    from tunefleet.spec import prepare
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 12), ("val", 4)):
+        for c in ("cat", "dog"):
+            (tmp_path / "img" / split / c).mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 255, (36, 36, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(tmp_path / "img" / split / c / f"{i}.png")
+    spec = prepare(
+        {
+            "name": "augmented",
+            "model": {"source": "torchvision", "name": "smallcnn", "init": "random"},
+            "data": {
+                "source": "imagefolder", "root": str(tmp_path / "img"), "train": "train",
+                "eval": "val", "image_size": 32, "augment": "strong",
+            },
+            "optimizer": {"name": "sgd", "lr": 0.05},
+            "train": {"epochs": 2, "batch_size": 4, "checkpoint_every_steps": 2},
+        }
+    )  # fmt: skip
+    run_job(spec, tmp_path / "straight", events)
+    with pytest.raises(Crash):
+        run_job(spec, tmp_path / "resumed", crash_after_checkpoint(4))  # mid-epoch 1 of 6 steps
+    run_job(spec, tmp_path / "resumed", events)
+    a = load_file(str(tmp_path / "straight" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "model" / "model.safetensors"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0)

@@ -79,12 +79,25 @@ def quiet_transformers() -> Iterator[None]:
 
 
 def build_torchvision_arch(
-    arch: str, *, in_channels: int = 3, weights: str | None = None
+    arch: str,
+    *,
+    in_channels: int = 3,
+    weights: str | None = None,
+    options: dict[str, Any] | None = None,
 ) -> nn.Module:
+    """`options`: the builder arguments an exported model recorded (`arch_options`)."""
     if arch == "smallcnn":
         return SmallCNN(num_classes=10, in_channels=in_channels)
     import torchvision
 
     if arch not in torchvision.models.list_models():
         raise InvalidJobInput(f"model.name: unknown torchvision architecture {arch!r}")
-    return torchvision.models.get_model(arch, weights=weights or None)
+    return torchvision.models.get_model(arch, weights=weights or None, **(options or {}))
+
+
+def arch_options(model: nn.Module) -> dict[str, Any]:
+    """What shapes a torchvision model beyond its name, for rebuilding it without its
+    weights: a ViT's image_size (its position embeddings), which weights may set
+    (vit_b_16 IMAGENET1K_SWAG_E2E_V1: 384; rebuilt at the default 224, it cannot load)."""
+    size = getattr(model, "image_size", None)
+    return {"image_size": size} if isinstance(size, int) and not isinstance(size, bool) else {}

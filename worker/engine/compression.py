@@ -243,6 +243,7 @@ def compress(
     progress.total = float(_parts(spec))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    _remove_temporaries(out_dir)
     notes: list[str] = []
     stages: list[_Stage] = []
     artifacts: dict[str, str] = {}
@@ -335,6 +336,14 @@ def compress(
     )
     artifacts["compression_report"] = str(report_path)
     return CompressionResult(artifacts=artifacts, summary=summary, report=report)
+
+
+def _remove_temporaries(out_dir: Path) -> None:
+    """The temporary folders of a compression killed midway (a lost lease, the OOM killer):
+    `.fp32-export-*` is a whole model, and its random name is never reused."""
+    for pattern in (".fp32-export-*", ".model_pruned.tmp*", ".model_int8.tmp*"):
+        for path in out_dir.glob(pattern):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _prune_parts(p) -> int:

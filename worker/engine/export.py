@@ -6,7 +6,8 @@ hf:           save_pretrained + tokenizer (AutoModelForSequenceClassification / 
               (encoder_pruning.py says why)
 torchvision:  model.safetensors + tunefleet_model.json (arch, head, labels, input format)
 
-tunefleet_model.json: {"kind", "arch", "num_labels", "labels", "head", "task", "spec"}.
+tunefleet_model.json: {"kind", "arch", "num_labels", "labels", "head", "task", "spec",
+"arch_options"} (torchvision builder arguments, e.g. a ViT's image_size).
 The folder is written under a temporary name and renamed, so a reader never sees half of it.
 """
 
@@ -22,6 +23,7 @@ from torch import nn
 
 from tunefleet.worker.engine.architectures import (
     META_FILE,
+    arch_options,
     build_torchvision_arch,
     quiet_transformers,
     read_meta,
@@ -65,6 +67,7 @@ def export_model(
         "head": dict(head),
         "task": dict(task or {}),
         "spec": spec or {},
+        "arch_options": {} if kind == "hf" else arch_options(model),
     }
     (tmp / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
     if folder.exists():
@@ -93,7 +96,9 @@ def load_model(folder: str | Path) -> nn.Module:
         from safetensors.torch import load_model as load_weights
 
         in_channels = meta.get("task", {}).get("in_channels", 3) or 3
-        model = build_torchvision_arch(meta["arch"], in_channels=in_channels)
+        model = build_torchvision_arch(
+            meta["arch"], in_channels=in_channels, options=meta.get("arch_options")
+        )
         model, _ = replace_torchvision_head(model, meta["num_labels"], meta["head"])
         load_weights(model, str(folder / "model.safetensors"))
     return model.eval()
@@ -106,14 +111,21 @@ def _load_hf_folder(folder: Path, meta: dict[str, Any]) -> nn.Module:
         config = AutoConfig.from_pretrained(folder)
         pruned_heads = getattr(config, "pruned_heads", None)
         if not meta["head"].get("hidden") and not pruned_heads:
-            return AutoModelForSequenceClassification.from_pretrained(folder)
-        # Not something from_pretrained rebuilds: a head with a hidden layer, or attention
-        # narrowed by structured pruning (transformers 5 dropped config.pruned_heads).
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                folder, output_loading_info=True
+            )
+            if not info["missing_keys"] and not info["unexpected_keys"]:
+                return model
+            # else a head from_pretrained would have drawn at random: rebuilt below.
+        # Not something from_pretrained rebuilds: a head unlike the model's own classifier
+        # (a hidden layer; a Dropout of its own, for a model without one in front of it and
+        # a head.dropout; a bias where the model's had none, e.g. CTRL), or attention
+        # narrowed by structured pruning (transformers 5 dropped config.pruned_heads). The
+        # head is rebuilt as the trainer built it.
         from safetensors.torch import load_file
 
         model = AutoModelForSequenceClassification.from_config(config)
         restore_pruned_heads(model)
-        if meta["head"].get("hidden"):
-            model, _ = replace_hf_head(model, meta["num_labels"], meta["labels"], meta["head"])
+        model, _ = replace_hf_head(model, meta["num_labels"], meta["labels"], meta["head"])
         model.load_state_dict(load_file(str(folder / "model.safetensors")))
     return model

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,11 @@ def export_final(
         )
 
     export(model, out_dir / "model")
+    # Variants an earlier run left in this folder (another compression, or none asked now)
+    # are of another model: compression writes this one's anew.
+    for name in ("model_pruned", "model_int8"):
+        shutil.rmtree(out_dir / name, ignore_errors=True)
+    (out_dir / "compression_report.json").unlink(missing_ok=True)
     artifacts = {
         "model": str(out_dir / "model"),
         "checkpoints": str(out_dir / "checkpoints"),

@@ -159,11 +159,7 @@ def replace_hf_head(
     """
     classifier = getattr(model, "classifier", None)
     if isinstance(classifier, nn.Linear):
-        path, in_features, dropout = (
-            "classifier",
-            classifier.in_features,
-            getattr(model, "dropout", None),
-        )
+        path, in_features, dropout = "classifier", classifier.in_features, _own_dropout(model)
     elif isinstance(getattr(classifier, "out_proj", None), nn.Linear):
         path, in_features = "classifier.out_proj", classifier.out_proj.in_features
         dropout = getattr(classifier, "dropout", None)
@@ -186,6 +182,17 @@ def replace_hf_head(
     if rate is not None and hasattr(config, "classifier_dropout"):
         config.classifier_dropout = rate
     return model, path
+
+
+def _own_dropout(model: nn.Module) -> nn.Module | None:
+    """The Dropout a model with a Linear `classifier` applies right before it: `dropout`
+    (BERT, ALBERT, DistilBERT, DeBERTa, ...) or `drop` (ModernBERT). Missing it would stack
+    a second Dropout into the head, which from_pretrained then cannot load."""
+    for name in ("dropout", "drop"):
+        module = getattr(model, name, None)
+        if isinstance(module, nn.Dropout):
+            return module
+    return None
 
 
 def describe_init(head: dict[str, Any], model: nn.Module, kind: str) -> str:

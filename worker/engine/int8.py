@@ -189,11 +189,13 @@ def _float_architecture(folder: Path) -> nn.Module:
 
         model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(folder))
         encoder_pruning.restore_pruned_heads(model)  # structured pruning: narrower attention
-        if head.get("hidden"):  # not a stock HF head: rebuild it as the trainer did
+        if "labels" in meta:  # the head as the trainer built it (export.load_model says why)
             model, _ = replace_hf_head(model, meta["num_labels"], meta["labels"], head)
         return model
     in_channels = (meta.get("task") or {}).get("in_channels") or 3
-    model = build_torchvision_arch(meta["arch"], in_channels=in_channels)
+    model = build_torchvision_arch(
+        meta["arch"], in_channels=in_channels, options=meta.get("arch_options")
+    )
     model, _ = replace_torchvision_head(model, meta["num_labels"], head)
     return model
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from tunefleet.spec.model_config import max_positions
@@ -213,7 +214,8 @@ def build_model(
             model.config.pad_token_id = pad_id  # decoder models find the last token by it
     else:
         if spec.model.source == "job" and random_init:
-            model = build_torchvision_arch(arch, in_channels=task.in_channels or 3)
+            options = read_meta(spec.model.name).get("arch_options")
+            model = build_torchvision_arch(arch, in_channels=task.in_channels or 3, options=options)
         elif spec.model.source == "job":
             model = load_model(spec.model.name)
             model.train()
@@ -252,15 +254,18 @@ def _load_hf(name: str, revision: str | None, *, random_init: bool = False) -> n
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     source, _ = local_copy(name, revision)
+    # fp32 weights whatever dtype the model was saved in (transformers 5 keeps a config's
+    # bfloat16/float16): train.precision decides the compute, and the new head is fp32.
+    dtype = torch.float32
     try:
         with quiet_transformers():
             if random_init:  # same architecture, fresh weights (from the global torch RNG)
                 config = AutoConfig.from_pretrained(source, revision=revision or None)
-                return AutoModelForSequenceClassification.from_config(config)
+                return AutoModelForSequenceClassification.from_config(config, dtype=dtype)
             # ignore_mismatched_sizes: the checkpoint's own head may have another label count;
             # it is replaced right after, so a size mismatch there is expected.
             model = AutoModelForSequenceClassification.from_pretrained(
-                source, revision=revision or None, ignore_mismatched_sizes=True
+                source, revision=revision or None, ignore_mismatched_sizes=True, dtype=dtype
             )
             if getattr(model.config, "pruned_heads", None):
                 # ...but here it would have re-initialised the narrowed attention layers.

@@ -301,6 +301,8 @@ class TrainingRun:
             if s.batch_in_epoch > 0:
                 loader = acc.skip_first_batches(epoch_loader, s.batch_in_epoch)
             self.sampler.set_epoch(epoch)
+            if hasattr(self.data.train, "seed_epoch"):  # augmented images (data/images.py)
+                self.data.train.seed_epoch(spec.train.seed, epoch)
             self.loader_generator.manual_seed(spec.train.seed * 100_003 + epoch)
             loader.set_epoch(epoch)
             self._train_mode(epoch)

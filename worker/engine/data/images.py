@@ -97,19 +97,42 @@ def build_image_transform(task: Task, *, augment: str, train: bool, native_size:
 
 
 class ImageDataset(Dataset):
-    """`get(index)` yields a raw image (PIL or uint8 CHW tensor); rows picks and orders them."""
+    """`get(index)` yields a raw image (PIL or uint8 CHW tensor); rows picks and orders them.
 
-    def __init__(self, get: Callable[[int], Any], rows: np.ndarray, labels: np.ndarray, transform):
+    A random transform (augmentation) draws from the process's RNG, unless the trainer
+    called `seed_epoch`: then example i of epoch e is augmented from its own seed, a function
+    of (train.seed, e, i). Exact resume needs that: Accelerate's loader loads the next batch
+    before the current one's step, so a checkpoint's RNG state already holds the next
+    batch's draws, and a resumed run would augment that batch (and drop out) differently.
+    """
+
+    def __init__(
+        self, get: Callable[[int], Any], rows: np.ndarray, labels: np.ndarray, transform,
+        *, random: bool = False,
+    ):  # fmt: skip
         self.get = get
         self.rows = rows
         self.labels = labels
         self.transform = transform
+        self.random = random  # the transform draws random numbers
+        self.seed: int | None = None
+        self.epoch = 0
+
+    def seed_epoch(self, seed: int, epoch: int) -> None:
+        """Augment epoch `epoch` from per-example seeds (class docstring)."""
+        self.seed, self.epoch = seed, epoch
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, i: int) -> dict:
-        img = self.transform(self.get(int(self.rows[i])))
+        raw = self.get(int(self.rows[i]))
+        if self.random and self.seed is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(((self.seed * 100_003 + self.epoch) * 1_000_003 + i) % 2**63)
+                img = self.transform(raw)
+        else:
+            img = self.transform(raw)
         return {"pixel_values": img.as_subclass(torch.Tensor), "labels": int(self.labels[i])}
 
 
@@ -274,8 +297,11 @@ def load_images(spec, task: Task) -> DataBundle:
         if role not in parts:
             return None
         part = parts[role]
-        transform = tr_tf if role == "train" else ev_tf
-        return ImageDataset(found[part.table].get, part.rows, part.ids, transform)
+        train = role == "train"
+        return ImageDataset(
+            found[part.table].get, part.rows, part.ids, tr_tf if train else ev_tf,
+            random=train and augment not in ("", "none"),
+        )  # fmt: skip
 
     return DataBundle(
         train=build("train"),
