@@ -129,6 +129,10 @@ def run(args) -> int:
                 _run_launched(spec, processes, out_dir, emit, resume=not args.fresh),
                 spec, out_dir, renderer, console, started,
             )  # fmt: skip
+        # As _run_launched: this run's spec.json (the export keeps one it finds) and no
+        # older run's result.json to pass for this one's.
+        for stale in ("spec.json", "result.json"):
+            (out_dir / stale).unlink(missing_ok=True)
         result = run_job(spec, out_dir, emit, resume=not args.fresh)
     except KeyboardInterrupt:
         renderer.close()

@@ -3,6 +3,7 @@ and `ftctl run` / `ftctl plan` calling the engine in-process. Tiny models, CPU, 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -130,3 +131,11 @@ def test_ftctl_plan_and_run(capsys, tmp_path, tiny_job):
     assert "train step" in out and "eval  step" in out
     assert "SUCCEEDED tiny-cli" in out and f"  model       {out_dir / 'model'}" in out
     assert (out_dir / "model").is_dir()
+
+    # The job edited, run again from scratch: its spec.json is this run's, not the first's.
+    edited = yaml.safe_load(tiny_job.read_text())
+    edited["optimizer"]["lr"] = 1e-3
+    tiny_job.write_text(yaml.safe_dump(edited))
+    assert main(["run", str(tiny_job), "--out", str(out_dir), "--fresh"]) == 0
+    capsys.readouterr()
+    assert json.loads((out_dir / "spec.json").read_text())["optimizer"]["lr"] == 1e-3
