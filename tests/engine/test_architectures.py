@@ -146,3 +146,19 @@ def test_a_vit_built_for_another_image_size_exports_and_loads_back(tmp_path):
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(load_model(folder)(images), model(images))
+
+
+def test_a_random_vit_is_built_for_the_jobs_image_size():
+    """`init: random` with data.image_size 64: built at 64 (at torchvision's 224 the first
+    step failed "Wrong image height"); a size its patches do not divide is refused."""
+    from tunefleet.worker.engine.models import build_model, resolve_task
+
+    spec = spec_pb2.JobSpec()
+    spec.model.source, spec.model.name, spec.model.init = "torchvision", "vit_b_32", "random"
+    spec.data.source, spec.data.image_size = "imagefolder", 64
+    bundle = build_model(spec, resolve_task(spec), 3, ["a", "b", "c"])
+    with torch.no_grad():
+        assert bundle.model.eval()(torch.randn(2, 3, 64, 64)).shape == (2, 3)
+    spec.data.image_size = 60
+    with pytest.raises(InvalidJobInput, match="data.image_size: vit_b_32 cuts images into 32x32"):
+        build_model(spec, resolve_task(spec), 3, ["a", "b", "c"])

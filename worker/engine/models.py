@@ -298,7 +298,9 @@ def _first_line(e: Exception) -> str:
 
 def _load_torchvision(spec: spec_pb2.JobSpec, arch: str, task: Task) -> nn.Module:
     if spec.model.init == "random":
-        return build_torchvision_arch(arch, in_channels=task.in_channels)
+        return build_torchvision_arch(
+            arch, in_channels=task.in_channels, options=_random_vit_options(arch, task)
+        )
     try:
         model = build_torchvision_arch(
             arch, in_channels=task.in_channels, weights=spec.model.weights
@@ -312,6 +314,20 @@ def _load_torchvision(spec: spec_pb2.JobSpec, arch: str, task: Task) -> nn.Modul
     if spec.model.checkpoint:
         _load_checkpoint_into(model, Path(spec.model.checkpoint))
     return model
+
+
+def _random_vit_options(arch: str, task: Task) -> dict | None:
+    """A ViT without weights is built for the job's images (data.image_size): its default
+    224 would refuse any other size at the first step (a crash, retried for nothing)."""
+    if not arch.startswith("vit_") or not task.image_size or task.image_size == 224:
+        return None
+    patch = int(arch.rsplit("_", 1)[1])
+    if task.image_size % patch:
+        raise InvalidJobInput(
+            f"data.image_size: {arch} cuts images into {patch}x{patch} patches; use a "
+            f"multiple of {patch} (e.g. {max(patch, task.image_size // patch * patch)})"
+        )
+    return {"image_size": task.image_size}
 
 
 def _load_checkpoint_into(model: nn.Module, path: Path) -> None:
