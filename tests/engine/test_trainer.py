@@ -514,3 +514,22 @@ def test_resume_mid_epoch_is_exact_with_augmented_images(tmp_path, events):
     b = load_file(str(tmp_path / "resumed" / "model" / "model.safetensors"))
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0)
+
+
+def test_the_exported_tokenizer_truncates_where_training_did(tmp_path, bert_dir):
+    """data.max_length 16: the saved tokenizer's model_max_length is 16, so
+    `truncation=True` at inference cuts where the job's training and evaluation did."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from tunefleet.worker.engine.export import export_model
+
+    model = AutoModelForSequenceClassification.from_pretrained(bert_dir, num_labels=2)
+    tokenizer = AutoTokenizer.from_pretrained(bert_dir)
+    own = tokenizer.model_max_length
+    folder = export_model(
+        model, tmp_path / "model", kind="hf", arch="", labels=["a", "b"], head={},
+        spec={"data": {"max_length": 16}}, tokenizer=tokenizer,
+    )  # fmt: skip
+    saved = AutoTokenizer.from_pretrained(folder)
+    assert saved.model_max_length == 16 and tokenizer.model_max_length == own
+    assert len(saved("word " * 100, truncation=True)["input_ids"]) == 16

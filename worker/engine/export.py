@@ -32,6 +32,18 @@ from tunefleet.worker.engine.encoder_pruning import restore_pruned_heads
 from tunefleet.worker.engine.heads import replace_hf_head, replace_torchvision_head
 
 
+def _save_tokenizer(tokenizer: Any, folder: Path, max_length: int | None) -> None:
+    """Saved with the job's data.max_length as its model_max_length: `truncation=True` at
+    inference then cuts where training and evaluation did, not at the model's own limit."""
+    limit = tokenizer.model_max_length
+    if max_length:
+        tokenizer.model_max_length = int(max_length)
+    try:
+        tokenizer.save_pretrained(folder)
+    finally:
+        tokenizer.model_max_length = limit
+
+
 def export_model(
     model: nn.Module,
     folder: str | Path,
@@ -54,7 +66,7 @@ def export_model(
         with quiet_transformers():
             model.save_pretrained(tmp)
             if tokenizer is not None:
-                tokenizer.save_pretrained(tmp)
+                _save_tokenizer(tokenizer, tmp, (spec or {}).get("data", {}).get("max_length"))
     else:
         from safetensors.torch import save_model
 
