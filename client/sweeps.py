@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
 
-from tunefleet.client.errors import DeadlineExceeded, wire_limit
+from tunefleet.client.errors import DeadlineExceeded, wire_limit, wire_str
 from tunefleet.client.types import JobState, timestamp_to_datetime
 from tunefleet.spec import sweep as space
 from tunefleet.v1 import coordinator_pb2, job_pb2, spec_pb2, sweep_pb2
@@ -220,15 +220,13 @@ class SweepClient:
 
     def cancel_sweep(self, sweep_id: str, reason: str = "") -> Sweep:
         """No more trials; the queued and running ones are cancelled."""
-        return self._with_sweep_id(
-            sweep_id,
-            lambda sid: Sweep.from_proto(
-                self._unary(
-                    self._stub.CancelSweep,
-                    coordinator_pb2.CancelSweepRequest(sweep_id=sid, reason=reason),
-                )
-            ),
-        )
+        wire_str("reason", reason)
+
+        def cancel(sid: str) -> Sweep:
+            request = coordinator_pb2.CancelSweepRequest(sweep_id=sid, reason=reason)
+            return Sweep.from_proto(self._unary(self._stub.CancelSweep, request))
+
+        return self._with_sweep_id(sweep_id, cancel)
 
     def _with_sweep_id(self, sweep_id: str, call):
         """Client._with_id for sweeps: the listing is asked only for an unknown id."""
