@@ -129,10 +129,28 @@ class Dashboard:
             if required:
                 return _shell("login", status=401, next_path=request.url.path)
             fresh = self.sessions.create(None, "anonymous")
-        response = _shell(SINGULAR[page] if item else page, item=item)
+        missing = item and await self._missing(fresh[1] if fresh else session, page, item)
+        if missing:
+            response = _shell("missing", status=404, item=SINGULAR[page], message=missing)
+        else:
+            response = _shell(SINGULAR[page] if item else page, item=item)
         if fresh is not None:
             self.set_cookies(response, *fresh)
         return response
+
+    async def _missing(self, session: Session, page: str, item: str) -> str:
+        """Why the job or sweep a page names is not there for this user ("" when it is, or
+        when the coordinator cannot say now: the page's script then shows that). A page for
+        it answers 404, as its API route does, not a 200 shell that draws an empty page."""
+        client = self.client(session)
+        get = client.get if page == "jobs" else client.get_sweep
+        try:
+            await run_in_threadpool(get, item)
+        except (NotFound, ValidationError) as e:
+            return e.message
+        except TunefleetError:
+            return ""
+        return ""
 
     async def login(self, request: Request) -> Response:
         if not same_origin(request):

@@ -385,6 +385,13 @@ function workersPage(app) {
   });
 }
 
+// A job or sweep this user cannot see (none by that id, or another user's): the server
+// answered this page with 404 and put its reason in the (hidden) login form's message.
+function missingPage(app, kind) {
+  const message = document.getElementById("login-message").textContent;
+  app.replaceChildren(el("h1", {}, kind === "sweep" ? "Sweep not found" : "Job not found"), notice(message));
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   const { page, item } = document.body.dataset;
   const app = document.getElementById("app");
@@ -397,5 +404,5 @@ document.addEventListener("DOMContentLoaded", () => {
   }
   const nav = { job: "jobs", sweep: "sweeps" }[page] || page;
   document.querySelector(`[data-nav="${nav}"]`)?.classList.add("active");
-  ({ jobs: jobsPage, job: jobPage, sweeps: sweepsPage, sweep: sweepPage, workers: workersPage })[page](app, item);
+  ({ jobs: jobsPage, job: jobPage, sweeps: sweepsPage, sweep: sweepPage, workers: workersPage, missing: missingPage })[page](app, item);
 });
