@@ -80,3 +80,16 @@ def test_a_long_field_is_read_and_the_process_limit_is_left_as_it_was(tmp_path):
     before = csv.field_size_limit()
     assert _read_file_table(str(path), "csv").column("text", "x") == ["w" * 300_000]
     assert csv.field_size_limit() == before
+
+
+def test_jsonl_with_a_byte_order_mark_reads_and_one_not_utf8_is_named(tmp_path):
+    """A BOM (Windows editors) is dropped as for CSV; a Latin-1 file is an input error
+    naming the file, not a UnicodeDecodeError traceback."""
+    path = tmp_path / "data.jsonl"
+    path.write_text('\ufeff{"text": "a", "label": "x"}\n{"text": "b", "label": "y"}\n')
+    table = _read_file_table(str(path), "jsonl")
+    assert table.column("text", "data.text_column") == ["a", "b"]
+    path.write_bytes('{"text": "caf\xe9", "label": "x"}\n'.encode("latin-1"))
+    with pytest.raises(InvalidJobInput, match="cannot read as jsonl: the file is not UTF-8") as e:
+        _read_file_table(str(path), "jsonl")
+    assert str(e.value).startswith(str(path))

@@ -129,20 +129,27 @@ def _unique_names(names: list[str]) -> list[str]:
 
 
 def _read_jsonl(path: str) -> Table:
+    """One JSON object per line, UTF-8; a byte order mark (Windows editors write one) is
+    dropped, as for CSV and as the validator reads it."""
     rows: list[dict] = []
     lines: list[int] = []  # the line of each row (blank lines are skipped)
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InvalidJobInput(f"{path}: line {lineno} is not valid JSON: {e}") from e
-            if not isinstance(row, dict):
-                raise InvalidJobInput(f"{path}: line {lineno} is not a JSON object")
-            rows.append(row)
-            lines.append(lineno)
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise InvalidJobInput(f"{path}: line {lineno} is not valid JSON: {e}") from e
+                if not isinstance(row, dict):
+                    raise InvalidJobInput(f"{path}: line {lineno} is not a JSON object")
+                rows.append(row)
+                lines.append(lineno)
+    except UnicodeDecodeError as e:
+        raise InvalidJobInput(
+            f"{path}: cannot read as jsonl: the file is not UTF-8 ({e}); save it as UTF-8"
+        ) from e
     names = list(dict.fromkeys(k for r in rows for k in r))
     cols = {n: (lambda n=n: [r.get(n) for r in rows]) for n in names}
     return Table(
