@@ -108,6 +108,17 @@ def test_int_labels_and_truncation(tmp_path, tokenizer):
     assert bundle.collate([bundle.train[0], bundle.train[1]])["input_ids"].shape == (2, 8)
 
 
+@pytest.mark.parametrize("big", ["1000000000", "99999999999999999999999"])
+def test_an_integer_label_far_past_any_head_is_refused_naming_the_line(tmp_path, big, tokenizer):
+    """A column of years or row ids is not class ids: refused before a billion-name head
+    is built (or int64 overflows), naming the file, line and the limit."""
+    train = tmp_path / "train.csv"
+    train.write_text(f"text,label\nthe cat,0\na dog,{big}\n")
+    spec = make_spec(source="csv", train=str(train))
+    with pytest.raises(InvalidJobInput, match=f"line 3, column 'label': label '{big}' is past"):
+        load_data(spec, Task(kind="text", tokenizer=tokenizer))
+
+
 def test_integer_labels_below_model_num_labels_are_classes_in_eval(tmp_path, tokenizer):
     """model.num_labels 3 with train ids {0, 1}: id 2 in eval is the model's third class
     (a rare class the train split lacks), not an unknown label; 3 still is one."""

@@ -138,6 +138,8 @@ def test_count_classes_sizes_the_head_as_the_engine_would(tmp_path):
     assert count_classes(str(path), "csv", "label") == (3, ["sports", "tech", "world"])
     path.write_text("text,label\na,0\nb,4\n")
     assert count_classes(str(path), "csv", "label") == (5, ["0", "1", "2", "3", "4"])
+    path.write_text("text,label\na,0\nb,1000000000\n")  # row ids, not classes: no head
+    assert count_classes(str(path), "csv", "label") is None
 
 
 def test_huge_names_in_a_header_are_clipped_or_left_to_the_engine(tmp_path):

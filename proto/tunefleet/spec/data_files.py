@@ -18,6 +18,8 @@ import re
 import time
 from dataclasses import dataclass, field
 
+from tunefleet.limits import MAX_CLASSES
+
 # A pass over a label column stops after this many rows or seconds: what it saw is still
 # checked, the rest is left to the engine.
 MAX_ROWS = 1_000_000
@@ -164,6 +166,8 @@ def count_classes(path: str, source: str, column: str) -> tuple[int, list[str]] 
     ints = labels.as_ints()
     if ints is not None:
         n = max(ints) + 1
+        if n > MAX_CLASSES:
+            return None  # not class ids (years, row ids): the engine refuses them
         return n, [str(i) for i in range(n)]
     names = sorted(labels.first_line)
     return len(names), names

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tunefleet.limits import MAX_CLASSES
 from tunefleet.worker.engine.errors import InvalidJobInput
 
 _INT_RE = re.compile(r"^\s*[+-]?\d+\s*$")
@@ -97,6 +98,13 @@ def build_label_space(
     model_labels = list(spec.model.labels) if not spec.data.classes else []
     as_ints = [_label_int(v) for v in values]
     if not as_names and all(x is not None for x in as_ints):
+        big = next((i for i, x in enumerate(as_ints) if x >= MAX_CLASSES), None)
+        if big is not None:
+            raise InvalidJobInput(
+                f"{where}: {describe(big)}, column {column!r}: label {values[big]!r} is "
+                f"past the {MAX_CLASSES} classes a head may have; integer labels must be "
+                "class ids 0..N-1 (is data.label_column the label column?)"
+            )
         ints = np.asarray(as_ints, dtype=np.int64)
         if len(ints) and ints.min() < 0:
             i = int(np.argmin(ints))
