@@ -153,6 +153,20 @@ def test_csv_digit_labels_are_ints_and_model_labels_name_them(tmp_path, tokenize
     assert bundle.train.labels.tolist() == [1, 0]
 
 
+def test_csv_labels_written_as_floats_are_class_ids(tmp_path, tokenizer):
+    """pandas writes an integer label column that held a missing value as 1.0, 0.0: those
+    are class ids, as 1.0 in JSON-lines or parquet is, not names '0.0', '1.0', '10.0'
+    sorted as strings (and unknown to model.labels)."""
+    train = tmp_path / "train.csv"
+    train.write_text("text,label\nthe cat,1.0\na dog,0.0\ngood,2.0\n")
+    evl = tmp_path / "eval.csv"
+    evl.write_text("text,label\nbad,2\n")
+    spec = make_spec({"labels": ["a", "b", "c"]}, source="csv", train=str(train), eval=str(evl))
+    bundle = load_data(spec, Task(kind="text", tokenizer=tokenizer))
+    assert bundle.label_names == ["a", "b", "c"]
+    assert bundle.train.labels.tolist() == [1, 0, 2] and bundle.eval.labels.tolist() == [2]
+
+
 def test_model_labels_fix_string_label_order(tmp_path, tokenizer):
     train = write_rows(tmp_path / "train.parquet", TRAIN)
     spec = make_spec(

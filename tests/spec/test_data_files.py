@@ -83,6 +83,14 @@ def test_integer_labels_are_class_ids_below_the_model_labels_count(tmp_path):
     assert "line 4" in msg and "label '2' is out of range for the 2 names in model.labels" in msg
 
 
+def test_integer_labels_written_as_floats_are_class_ids_too(tmp_path):
+    csv_files(tmp_path, train="text,label\na,0.0\nb,1.0\n", eval="text,label\na,1\n")
+    load_job_file(job(tmp_path, labels=", labels: [neg, pos]"))
+    csv_files(tmp_path, train="text,label\na,0.0\nb,2.0\n", eval="text,label\na,1\n")
+    msg = errors(job(tmp_path, labels=", labels: [neg, pos]"))["data.train"]
+    assert "line 3" in msg and "label '2.0' is out of range for the 2 names" in msg
+
+
 def test_an_empty_label_is_reported(tmp_path):
     csv_files(tmp_path, train="text,label\na,pos\nb,\n")
     assert "line 3, column 'label': the label is empty" in errors(job(tmp_path))["data.train"]

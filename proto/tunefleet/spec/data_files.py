@@ -27,7 +27,8 @@ MAX_SECONDS = 5.0
 
 READABLE_SOURCES = ("csv", "jsonl")
 
-_INT_RE = re.compile(r"^\s*[+-]?\d+\s*$")
+# An integer, or one written as a float ("3.0"), as the engine reads class ids.
+_INT_RE = re.compile(r"^\s*([+-]?\d+)(?:\.0*)?\s*$")
 
 
 class DataFileError(Exception):
@@ -50,7 +51,7 @@ class Labels:
             return None
         out: dict[int, int] = {}
         for v, line in self.first_line.items():
-            out.setdefault(int(v), line)
+            out.setdefault(int(_INT_RE.match(v).group(1)), line)
         return out
 
 

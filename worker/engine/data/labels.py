@@ -16,7 +16,9 @@ import numpy as np
 from tunefleet.limits import MAX_CLASSES
 from tunefleet.worker.engine.errors import InvalidJobInput
 
-_INT_RE = re.compile(r"^\s*[+-]?\d+\s*$")
+# An integer, or one written as a float ("3.0": pandas writes an integer column that held a
+# missing value that way), as JSON and parquet 3.0 read as 3.
+_INT_RE = re.compile(r"^\s*([+-]?\d+)(?:\.0*)?\s*$")
 
 
 @dataclass
@@ -59,10 +61,10 @@ def _label_str(v) -> str | None:
 
 
 def _label_int(v) -> int | None:
-    if isinstance(v, (bool, np.bool_, int, np.integer)) or (
-        isinstance(v, str) and _INT_RE.match(v)
-    ):
+    if isinstance(v, (bool, np.bool_, int, np.integer)):
         return int(v)
+    if isinstance(v, str) and (m := _INT_RE.match(v)):
+        return int(m.group(1))
     if isinstance(v, (float, np.floating)) and float(v).is_integer():
         return int(v)
     return None
