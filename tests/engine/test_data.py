@@ -321,6 +321,33 @@ def test_imagefolder_shapes_labels_and_channels(tmp_path):
     assert gray.train[0]["pixel_values"].min() >= -1.0
 
 
+def test_imagefolder_skips_hidden_entries_and_mixes_modes_and_extensions(tmp_path):
+    """Jupyter's .ipynb_checkpoints is no class (in eval it was refused as unknown), a
+    macOS ._x.png or a .cache folder holds no image (it failed mid-training); grayscale,
+    RGBA and palette images in nested folders with upper-case extensions all load."""
+    from PIL import Image
+
+    def save(path: Path, mode: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new(mode, (10, 12), 100).save(path)
+
+    save(tmp_path / "train/cat/a.PNG", "L")
+    save(tmp_path / "train/cat/deep/b.png", "P")
+    save(tmp_path / "train/dog/c.JPG", "RGB")
+    save(tmp_path / "train/dog/d.png", "RGBA")
+    (tmp_path / "train/dog/notes.txt").write_text("not an image")
+    (tmp_path / "train/cat/._a.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    save(tmp_path / "train/dog/.cache/e.png", "RGB")
+    save(tmp_path / "train/.ipynb_checkpoints/f.png", "RGB")
+    save(tmp_path / "val/cat/g.png", "RGB")
+    (tmp_path / "val/.ipynb_checkpoints").mkdir()
+    spec = make_spec(source="imagefolder", root=str(tmp_path), train="train", eval="val")
+    bundle = load_data(spec, Task(kind="image", image_size=8, in_channels=3))
+    assert bundle.label_names == ["cat", "dog"] and bundle.train.labels.tolist() == [0, 0, 1, 1]
+    batch = bundle.collate([bundle.train[i] for i in range(len(bundle.train))])
+    assert batch["pixel_values"].shape == (4, 3, 8, 8) and len(bundle.eval) == 1
+
+
 def test_imagefolder_corrupt_image_and_unknown_eval_class_are_named(tmp_path):
     write_pngs(tmp_path / "train", {"a": 1, "b": 1})
     write_pngs(tmp_path / "eval", {"a": 1, "zebra": 1})
