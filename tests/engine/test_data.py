@@ -167,6 +167,27 @@ def test_csv_labels_written_as_floats_are_class_ids(tmp_path, tokenizer):
     assert bundle.train.labels.tolist() == [1, 0, 2] and bundle.eval.labels.tolist() == [2]
 
 
+@pytest.mark.parametrize(
+    "row,message",
+    [
+        ({"text": {"body": "the cat"}, "label": "pos"}, "column 'text' .data.text_column.: the "
+         "value is an object, not text"),
+        ({"text": ["the", "cat"], "label": "pos"}, "column .text. .*: the value is a list, not"),
+        ({"text": "the cat", "label": {"id": 1}}, "column 'label': label {'id': 1} is a JSON obj"),
+    ],
+)  # fmt: skip
+def test_nested_jsonl_values_are_refused_naming_the_line(tmp_path, tokenizer, row, message):
+    """A nested JSON value was tokenised (or named a class) as its Python repr."""
+    rows = [{"text": "a dog", "label": "neg"}, row]
+    train = write_rows(tmp_path / "train.jsonl", rows)
+    spec = make_spec(source="jsonl", train=train)
+    with pytest.raises(InvalidJobInput, match=f"train.jsonl: line 2, {message}"):
+        load_data(spec, Task(kind="text", tokenizer=tokenizer))
+    rows[1] = {"text": 7, "label": "pos"}  # a number is text
+    write_rows(tmp_path / "train.jsonl", rows)
+    assert len(load_data(spec, Task(kind="text", tokenizer=tokenizer)).train) == 2
+
+
 def test_model_labels_fix_string_label_order(tmp_path, tokenizer):
     train = write_rows(tmp_path / "train.parquet", TRAIN)
     spec = make_spec(

@@ -97,6 +97,12 @@ def build_label_space(
     for i, v in enumerate(values):
         if _label_str(v) in (None, ""):
             raise InvalidJobInput(f"{where}: {describe(i)}, column {column!r}: the label is empty")
+        if isinstance(v, (dict, list, tuple)):  # a nested JSON-lines field: no class name
+            raise InvalidJobInput(
+                f"{where}: {describe(i)}, column {column!r}: label {v!r} is a JSON "
+                f"{'object' if isinstance(v, dict) else 'list'}; a label is a string or an "
+                "integer class id"
+            )
     model_labels = list(spec.model.labels) if not spec.data.classes else []
     as_ints = [_label_int(v) for v in values]
     if not as_names and all(x is not None for x in as_ints):
