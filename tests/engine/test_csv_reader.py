@@ -93,3 +93,12 @@ def test_jsonl_with_a_byte_order_mark_reads_and_one_not_utf8_is_named(tmp_path):
     with pytest.raises(InvalidJobInput, match="cannot read as jsonl: the file is not UTF-8") as e:
         _read_file_table(str(path), "jsonl")
     assert str(e.value).startswith(str(path))
+
+
+@pytest.mark.parametrize("sep,name", [(";", "';'"), ("\t", "tabs")])
+def test_a_file_separated_by_semicolons_or_tabs_is_named_so(tmp_path, sep, name):
+    path = tmp_path / "data.csv"
+    path.write_text(f"text{sep}label\na{sep}x\n")
+    table = _read_file_table(str(path), "csv")
+    with pytest.raises(InvalidJobInput, match=f"looks separated by {name}, and data.source csv"):
+        table.column("text", "data.text_column")

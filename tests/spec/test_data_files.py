@@ -56,6 +56,12 @@ def test_a_label_column_not_in_the_header_names_the_file_columns_and_the_close_o
     )
 
 
+def test_a_semicolon_separated_file_is_named_so(tmp_path):
+    csv_files(tmp_path, train="text;label\na;pos\n")
+    msg = errors(job(tmp_path))["data.label_column"]
+    assert "looks separated by ';'" in msg and "comma-separated" in msg
+
+
 def test_the_default_text_column_is_checked_too(tmp_path):
     csv_files(tmp_path, train="sentence,label\na,pos\n", eval="sentence,label\nb,pos\n")
     msg = errors(job(tmp_path))["data.text_column"]

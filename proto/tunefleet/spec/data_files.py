@@ -66,6 +66,19 @@ def label_key(value) -> str:
     return value.strip() if isinstance(value, str) else str(value)
 
 
+def separator_hint(header: list[str]) -> str:
+    """Why a header read as one column: the file is separated by ';' or tabs (a spreadsheet
+    export in many locales), and the csv source reads commas only."""
+    if len(header) == 1:
+        for sep, name in ((";", "';'"), ("\t", "tabs"), ("|", "'|'")):
+            if sep in header[0]:
+                return (
+                    f"; the header is one column: the file looks separated by {name}, and "
+                    "data.source csv reads comma-separated files (save it with commas)"
+                )
+    return ""
+
+
 def columns(path: str, source: str) -> list[str] | None:
     """The columns of a CSV file's header, or the keys of a JSON-lines file's rows (all of
     them, as the engine takes the union); None when the pass was cut short (a JSON-lines

@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from tunefleet.spec.data_files import separator_hint
 from tunefleet.worker.engine.data.hub import load_hf_split
 from tunefleet.worker.engine.data.labels import describe_row
 from tunefleet.worker.engine.errors import InvalidJobInput
@@ -29,7 +30,7 @@ class Table:
         if name not in self.columns:
             raise InvalidJobInput(
                 f"{self.where}: no column {name!r} ({field_name}); available columns: "
-                f"{', '.join(self.columns) or '(none)'}"
+                f"{', '.join(self.columns) or '(none)'}{separator_hint(list(self.columns))}"
             )
         return self.columns[name]()
 
