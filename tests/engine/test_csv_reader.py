@@ -53,6 +53,8 @@ def test_reads_as_pandas_did(tmp_path, content):
         ("text,label\na,1,extra\n", "cannot read as csv: line 2 has 3 fields, the header has 2"),
         ("", "the file is empty"),
         ("\n\n", "the file is empty"),
+        ('text,label\na,1\n"b"c,1\n', "the row starting on line 3: ',' expected after"),
+        ('text,label\na,1\n\n"b,1\nc,2\n', "the row starting on line 4: unexpected end of"),
     ],
 )
 def test_bad_files_name_the_file_and_the_line(tmp_path, content, message):

@@ -62,13 +62,13 @@ def _read_csv(path: str) -> Table:
     keep_default_na=False) gives, without importing pandas (a third of a second in every
     training process, and what a forked warm process cannot share: with pyarrow it leaves
     a thread running)."""
+    end = 0  # the line the last row read ends on
     try:
         with _no_field_limit(), open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f, strict=True)
             header: list[str] | None = None
             rows: list[list[str]] = []
             lines: list[int] = []  # the line each row starts on, for messages
-            end = 0
             for fields in reader:
                 start, end = end + 1, reader.line_num
                 if not fields:
@@ -83,7 +83,12 @@ def _read_csv(path: str) -> Table:
                     )
                 rows.append(fields)
                 lines.append(start)
-    except (csv.Error, UnicodeDecodeError) as e:
+    except csv.Error as e:  # bad quoting: the row that starts after the last one read
+        raise InvalidJobInput(
+            f"{path}: cannot read as csv: the row starting on line {end + 1}: {e} (a field "
+            'that holds a quote is quoted whole, its quotes doubled: "say ""hi""")'
+        ) from e
+    except UnicodeDecodeError as e:
         raise InvalidJobInput(f"{path}: cannot read as csv: {e}") from e
     if header is None:
         raise InvalidJobInput(f"{path}: cannot read as csv: the file is empty (no header row)")
