@@ -41,6 +41,9 @@ MAX_PROCESSES_PER_NODE = 64
 MAX_GPUS_PER_NODE = 64
 MAX_NODES = 256
 MAX_DATA_WORKERS = 32
+# Integer labels are class ids 0..N-1: a column of years, prices or row ids read as labels
+# would otherwise build a head (and a list of names) of a billion classes, or overflow int64.
+MAX_CLASSES = 100_000
 
 # Job names and worker ids: letters, digits, and . _ - (not first), nothing that a
 # terminal, a shell or a file name would read specially.

@@ -53,6 +53,8 @@ def test_reads_as_pandas_did(tmp_path, content):
         ("text,label\na,1,extra\n", "cannot read as csv: line 2 has 3 fields, the header has 2"),
         ("", "the file is empty"),
         ("\n\n", "the file is empty"),
+        ('text,label\na,1\n"b"c,1\n', "the row starting on line 3: ',' expected after"),
+        ('text,label\na,1\n\n"b,1\nc,2\n', "the row starting on line 4: unexpected end of"),
     ],
 )
 def test_bad_files_name_the_file_and_the_line(tmp_path, content, message):
@@ -80,3 +82,25 @@ def test_a_long_field_is_read_and_the_process_limit_is_left_as_it_was(tmp_path):
     before = csv.field_size_limit()
     assert _read_file_table(str(path), "csv").column("text", "x") == ["w" * 300_000]
     assert csv.field_size_limit() == before
+
+
+def test_jsonl_with_a_byte_order_mark_reads_and_one_not_utf8_is_named(tmp_path):
+    """A BOM (Windows editors) is dropped as for CSV; a Latin-1 file is an input error
+    naming the file, not a UnicodeDecodeError traceback."""
+    path = tmp_path / "data.jsonl"
+    path.write_text('\ufeff{"text": "a", "label": "x"}\n{"text": "b", "label": "y"}\n')
+    table = _read_file_table(str(path), "jsonl")
+    assert table.column("text", "data.text_column") == ["a", "b"]
+    path.write_bytes('{"text": "caf\xe9", "label": "x"}\n'.encode("latin-1"))
+    with pytest.raises(InvalidJobInput, match="cannot read as jsonl: the file is not UTF-8") as e:
+        _read_file_table(str(path), "jsonl")
+    assert str(e.value).startswith(str(path))
+
+
+@pytest.mark.parametrize("sep,name", [(";", "';'"), ("\t", "tabs")])
+def test_a_file_separated_by_semicolons_or_tabs_is_named_so(tmp_path, sep, name):
+    path = tmp_path / "data.csv"
+    path.write_text(f"text{sep}label\na{sep}x\n")
+    table = _read_file_table(str(path), "csv")
+    with pytest.raises(InvalidJobInput, match=f"looks separated by {name}, and data.source csv"):
+        table.column("text", "data.text_column")

@@ -108,6 +108,17 @@ def test_int_labels_and_truncation(tmp_path, tokenizer):
     assert bundle.collate([bundle.train[0], bundle.train[1]])["input_ids"].shape == (2, 8)
 
 
+@pytest.mark.parametrize("big", ["1000000000", "99999999999999999999999"])
+def test_an_integer_label_far_past_any_head_is_refused_naming_the_line(tmp_path, big, tokenizer):
+    """A column of years or row ids is not class ids: refused before a billion-name head
+    is built (or int64 overflows), naming the file, line and the limit."""
+    train = tmp_path / "train.csv"
+    train.write_text(f"text,label\nthe cat,0\na dog,{big}\n")
+    spec = make_spec(source="csv", train=str(train))
+    with pytest.raises(InvalidJobInput, match=f"line 3, column 'label': label '{big}' is past"):
+        load_data(spec, Task(kind="text", tokenizer=tokenizer))
+
+
 def test_integer_labels_below_model_num_labels_are_classes_in_eval(tmp_path, tokenizer):
     """model.num_labels 3 with train ids {0, 1}: id 2 in eval is the model's third class
     (a rare class the train split lacks), not an unknown label; 3 still is one."""
@@ -140,6 +151,41 @@ def test_csv_digit_labels_are_ints_and_model_labels_name_them(tmp_path, tokenize
     bundle = load_data(spec, Task(kind="text", tokenizer=tokenizer))
     assert bundle.label_names == ["neg", "pos", "neutral"] and bundle.num_labels == 3
     assert bundle.train.labels.tolist() == [1, 0]
+
+
+def test_csv_labels_written_as_floats_are_class_ids(tmp_path, tokenizer):
+    """pandas writes an integer label column that held a missing value as 1.0, 0.0: those
+    are class ids, as 1.0 in JSON-lines or parquet is, not names '0.0', '1.0', '10.0'
+    sorted as strings (and unknown to model.labels)."""
+    train = tmp_path / "train.csv"
+    train.write_text("text,label\nthe cat,1.0\na dog,0.0\ngood,2.0\n")
+    evl = tmp_path / "eval.csv"
+    evl.write_text("text,label\nbad,2\n")
+    spec = make_spec({"labels": ["a", "b", "c"]}, source="csv", train=str(train), eval=str(evl))
+    bundle = load_data(spec, Task(kind="text", tokenizer=tokenizer))
+    assert bundle.label_names == ["a", "b", "c"]
+    assert bundle.train.labels.tolist() == [1, 0, 2] and bundle.eval.labels.tolist() == [2]
+
+
+@pytest.mark.parametrize(
+    "row,message",
+    [
+        ({"text": {"body": "the cat"}, "label": "pos"}, "column 'text' .data.text_column.: the "
+         "value is an object, not text"),
+        ({"text": ["the", "cat"], "label": "pos"}, "column .text. .*: the value is a list, not"),
+        ({"text": "the cat", "label": {"id": 1}}, "column 'label': label {'id': 1} is a JSON obj"),
+    ],
+)  # fmt: skip
+def test_nested_jsonl_values_are_refused_naming_the_line(tmp_path, tokenizer, row, message):
+    """A nested JSON value was tokenised (or named a class) as its Python repr."""
+    rows = [{"text": "a dog", "label": "neg"}, row]
+    train = write_rows(tmp_path / "train.jsonl", rows)
+    spec = make_spec(source="jsonl", train=train)
+    with pytest.raises(InvalidJobInput, match=f"train.jsonl: line 2, {message}"):
+        load_data(spec, Task(kind="text", tokenizer=tokenizer))
+    rows[1] = {"text": 7, "label": "pos"}  # a number is text
+    write_rows(tmp_path / "train.jsonl", rows)
+    assert len(load_data(spec, Task(kind="text", tokenizer=tokenizer)).train) == 2
 
 
 def test_model_labels_fix_string_label_order(tmp_path, tokenizer):
@@ -294,6 +340,33 @@ def test_imagefolder_shapes_labels_and_channels(tmp_path):
     gray = load_data(spec, Task(kind="image", image_size=8, in_channels=1, mean=(0.5,), std=(0.5,)))
     assert gray.train[0]["pixel_values"].shape == (1, 8, 8)
     assert gray.train[0]["pixel_values"].min() >= -1.0
+
+
+def test_imagefolder_skips_hidden_entries_and_mixes_modes_and_extensions(tmp_path):
+    """Jupyter's .ipynb_checkpoints is no class (in eval it was refused as unknown), a
+    macOS ._x.png or a .cache folder holds no image (it failed mid-training); grayscale,
+    RGBA and palette images in nested folders with upper-case extensions all load."""
+    from PIL import Image
+
+    def save(path: Path, mode: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new(mode, (10, 12), 100).save(path)
+
+    save(tmp_path / "train/cat/a.PNG", "L")
+    save(tmp_path / "train/cat/deep/b.png", "P")
+    save(tmp_path / "train/dog/c.JPG", "RGB")
+    save(tmp_path / "train/dog/d.png", "RGBA")
+    (tmp_path / "train/dog/notes.txt").write_text("not an image")
+    (tmp_path / "train/cat/._a.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    save(tmp_path / "train/dog/.cache/e.png", "RGB")
+    save(tmp_path / "train/.ipynb_checkpoints/f.png", "RGB")
+    save(tmp_path / "val/cat/g.png", "RGB")
+    (tmp_path / "val/.ipynb_checkpoints").mkdir()
+    spec = make_spec(source="imagefolder", root=str(tmp_path), train="train", eval="val")
+    bundle = load_data(spec, Task(kind="image", image_size=8, in_channels=3))
+    assert bundle.label_names == ["cat", "dog"] and bundle.train.labels.tolist() == [0, 0, 1, 1]
+    batch = bundle.collate([bundle.train[i] for i in range(len(bundle.train))])
+    assert batch["pixel_values"].shape == (4, 3, 8, 8) and len(bundle.eval) == 1
 
 
 def test_imagefolder_corrupt_image_and_unknown_eval_class_are_named(tmp_path):

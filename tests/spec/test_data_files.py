@@ -56,6 +56,12 @@ def test_a_label_column_not_in_the_header_names_the_file_columns_and_the_close_o
     )
 
 
+def test_a_semicolon_separated_file_is_named_so(tmp_path):
+    csv_files(tmp_path, train="text;label\na;pos\n")
+    msg = errors(job(tmp_path))["data.label_column"]
+    assert "looks separated by ';'" in msg and "comma-separated" in msg
+
+
 def test_the_default_text_column_is_checked_too(tmp_path):
     csv_files(tmp_path, train="sentence,label\na,pos\n", eval="sentence,label\nb,pos\n")
     msg = errors(job(tmp_path))["data.text_column"]
@@ -81,6 +87,14 @@ def test_integer_labels_are_class_ids_below_the_model_labels_count(tmp_path):
     csv_files(tmp_path, train="text,label\na,0\nb,1\nc,2\n", eval="text,label\na,1\n")
     msg = errors(job(tmp_path, labels=", labels: [neg, pos]"))["data.train"]
     assert "line 4" in msg and "label '2' is out of range for the 2 names in model.labels" in msg
+
+
+def test_integer_labels_written_as_floats_are_class_ids_too(tmp_path):
+    csv_files(tmp_path, train="text,label\na,0.0\nb,1.0\n", eval="text,label\na,1\n")
+    load_job_file(job(tmp_path, labels=", labels: [neg, pos]"))
+    csv_files(tmp_path, train="text,label\na,0.0\nb,2.0\n", eval="text,label\na,1\n")
+    msg = errors(job(tmp_path, labels=", labels: [neg, pos]"))["data.train"]
+    assert "line 3" in msg and "label '2.0' is out of range for the 2 names" in msg
 
 
 def test_an_empty_label_is_reported(tmp_path):
@@ -138,6 +152,8 @@ def test_count_classes_sizes_the_head_as_the_engine_would(tmp_path):
     assert count_classes(str(path), "csv", "label") == (3, ["sports", "tech", "world"])
     path.write_text("text,label\na,0\nb,4\n")
     assert count_classes(str(path), "csv", "label") == (5, ["0", "1", "2", "3", "4"])
+    path.write_text("text,label\na,0\nb,1000000000\n")  # row ids, not classes: no head
+    assert count_classes(str(path), "csv", "label") is None
 
 
 def test_huge_names_in_a_header_are_clipped_or_left_to_the_engine(tmp_path):

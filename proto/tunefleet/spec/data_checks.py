@@ -14,7 +14,14 @@ import os
 from collections.abc import Callable
 
 from tunefleet.limits import clip_chars, quote
-from tunefleet.spec.data_files import READABLE_SOURCES, DataFileError, Labels, columns, read_labels
+from tunefleet.spec.data_files import (
+    READABLE_SOURCES,
+    DataFileError,
+    Labels,
+    columns,
+    read_labels,
+    separator_hint,
+)
 
 Fail = Callable[[str, str], None]
 SPLITS = ("train", "eval", "test")
@@ -83,7 +90,7 @@ def check_data_files(spec, fail: Fail) -> None:
         fail(
             f,
             f"{quote(name)}{default} is not a column of {in_files}; {whose}: "
-            f"{shown(have) or '(none)'}{did_you_mean(name, have)}",
+            f"{shown(have) or '(none)'}{did_you_mean(name, have)}{separator_hint(have)}",
         )
     if "train" in found and not d.classes:
         _check_labels(spec, files, found, label_column, fail)

@@ -18,6 +18,8 @@ import re
 import time
 from dataclasses import dataclass, field
 
+from tunefleet.limits import MAX_CLASSES
+
 # A pass over a label column stops after this many rows or seconds: what it saw is still
 # checked, the rest is left to the engine.
 MAX_ROWS = 1_000_000
@@ -25,7 +27,8 @@ MAX_SECONDS = 5.0
 
 READABLE_SOURCES = ("csv", "jsonl")
 
-_INT_RE = re.compile(r"^\s*[+-]?\d+\s*$")
+# An integer, or one written as a float ("3.0"), as the engine reads class ids.
+_INT_RE = re.compile(r"^\s*([+-]?\d+)(?:\.0*)?\s*$")
 
 
 class DataFileError(Exception):
@@ -48,7 +51,7 @@ class Labels:
             return None
         out: dict[int, int] = {}
         for v, line in self.first_line.items():
-            out.setdefault(int(v), line)
+            out.setdefault(int(_INT_RE.match(v).group(1)), line)
         return out
 
 
@@ -61,6 +64,19 @@ def label_key(value) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return value.strip() if isinstance(value, str) else str(value)
+
+
+def separator_hint(header: list[str]) -> str:
+    """Why a header read as one column: the file is separated by ';' or tabs (a spreadsheet
+    export in many locales), and the csv source reads commas only."""
+    if len(header) == 1:
+        for sep, name in ((";", "';'"), ("\t", "tabs"), ("|", "'|'")):
+            if sep in header[0]:
+                return (
+                    f"; the header is one column: the file looks separated by {name}, and "
+                    "data.source csv reads comma-separated files (save it with commas)"
+                )
+    return ""
 
 
 def columns(path: str, source: str) -> list[str] | None:
@@ -164,6 +180,8 @@ def count_classes(path: str, source: str, column: str) -> tuple[int, list[str]] 
     ints = labels.as_ints()
     if ints is not None:
         n = max(ints) + 1
+        if n > MAX_CLASSES:
+            return None  # not class ids (years, row ids): the engine refuses them
         return n, [str(i) for i in range(n)]
     names = sorted(labels.first_line)
     return len(names), names

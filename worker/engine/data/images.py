@@ -207,10 +207,12 @@ def _torchvision_split(spec, train: bool):
 
 
 def _scan_image_folder(folder: str, classes: list[str] | None) -> tuple[list[str], list[str]]:
-    """(paths, class name per path); sorted, like torchvision's ImageFolder."""
+    """(paths, class name per path); sorted, like torchvision's ImageFolder. Hidden entries
+    (a name starting with ".") are skipped, as Hugging Face's imagefolder does: a Jupyter
+    .ipynb_checkpoints folder is no class, and macOS's ._x.png holds no image."""
     if not os.path.isdir(folder):
         raise InvalidJobInput(f"{folder}: no such folder")
-    found = sorted(e.name for e in os.scandir(folder) if e.is_dir())
+    found = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
     if classes is not None:
         extra = [c for c in found if c not in classes]
         if extra:
@@ -220,9 +222,13 @@ def _scan_image_folder(folder: str, classes: list[str] | None) -> tuple[list[str
             )
     paths, labels = [], []
     for c in found:
-        for dirpath, _, files in sorted(os.walk(os.path.join(folder, c), followlinks=True)):
+        walked = []
+        for dirpath, dirs, files in os.walk(os.path.join(folder, c), followlinks=True):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]  # prunes the walk
+            walked.append((dirpath, files))
+        for dirpath, files in sorted(walked):
             for f in sorted(files):
-                if f.lower().endswith(IMAGE_EXTENSIONS):
+                if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."):
                     paths.append(os.path.join(dirpath, f))
                     labels.append(c)
     if not paths:

@@ -13,9 +13,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tunefleet.limits import MAX_CLASSES
 from tunefleet.worker.engine.errors import InvalidJobInput
 
-_INT_RE = re.compile(r"^\s*[+-]?\d+\s*$")
+# An integer, or one written as a float ("3.0": pandas writes an integer column that held a
+# missing value that way), as JSON and parquet 3.0 read as 3.
+_INT_RE = re.compile(r"^\s*([+-]?\d+)(?:\.0*)?\s*$")
 
 
 @dataclass
@@ -58,10 +61,10 @@ def _label_str(v) -> str | None:
 
 
 def _label_int(v) -> int | None:
-    if isinstance(v, (bool, np.bool_, int, np.integer)) or (
-        isinstance(v, str) and _INT_RE.match(v)
-    ):
+    if isinstance(v, (bool, np.bool_, int, np.integer)):
         return int(v)
+    if isinstance(v, str) and (m := _INT_RE.match(v)):
+        return int(m.group(1))
     if isinstance(v, (float, np.floating)) and float(v).is_integer():
         return int(v)
     return None
@@ -94,9 +97,22 @@ def build_label_space(
     for i, v in enumerate(values):
         if _label_str(v) in (None, ""):
             raise InvalidJobInput(f"{where}: {describe(i)}, column {column!r}: the label is empty")
+        if isinstance(v, (dict, list, tuple)):  # a nested JSON-lines field: no class name
+            raise InvalidJobInput(
+                f"{where}: {describe(i)}, column {column!r}: label {v!r} is a JSON "
+                f"{'object' if isinstance(v, dict) else 'list'}; a label is a string or an "
+                "integer class id"
+            )
     model_labels = list(spec.model.labels) if not spec.data.classes else []
     as_ints = [_label_int(v) for v in values]
     if not as_names and all(x is not None for x in as_ints):
+        big = next((i for i, x in enumerate(as_ints) if x >= MAX_CLASSES), None)
+        if big is not None:
+            raise InvalidJobInput(
+                f"{where}: {describe(big)}, column {column!r}: label {values[big]!r} is "
+                f"past the {MAX_CLASSES} classes a head may have; integer labels must be "
+                "class ids 0..N-1 (is data.label_column the label column?)"
+            )
         ints = np.asarray(as_ints, dtype=np.int64)
         if len(ints) and ints.min() < 0:
             i = int(np.argmin(ints))

@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from tunefleet.spec.data_files import separator_hint
 from tunefleet.worker.engine.data.hub import load_hf_split
 from tunefleet.worker.engine.data.labels import describe_row
 from tunefleet.worker.engine.errors import InvalidJobInput
@@ -29,7 +30,7 @@ class Table:
         if name not in self.columns:
             raise InvalidJobInput(
                 f"{self.where}: no column {name!r} ({field_name}); available columns: "
-                f"{', '.join(self.columns) or '(none)'}"
+                f"{', '.join(self.columns) or '(none)'}{separator_hint(list(self.columns))}"
             )
         return self.columns[name]()
 
@@ -61,13 +62,13 @@ def _read_csv(path: str) -> Table:
     keep_default_na=False) gives, without importing pandas (a third of a second in every
     training process, and what a forked warm process cannot share: with pyarrow it leaves
     a thread running)."""
+    end = 0  # the line the last row read ends on
     try:
         with _no_field_limit(), open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f, strict=True)
             header: list[str] | None = None
             rows: list[list[str]] = []
             lines: list[int] = []  # the line each row starts on, for messages
-            end = 0
             for fields in reader:
                 start, end = end + 1, reader.line_num
                 if not fields:
@@ -82,7 +83,12 @@ def _read_csv(path: str) -> Table:
                     )
                 rows.append(fields)
                 lines.append(start)
-    except (csv.Error, UnicodeDecodeError) as e:
+    except csv.Error as e:  # bad quoting: the row that starts after the last one read
+        raise InvalidJobInput(
+            f"{path}: cannot read as csv: the row starting on line {end + 1}: {e} (a field "
+            'that holds a quote is quoted whole, its quotes doubled: "say ""hi""")'
+        ) from e
+    except UnicodeDecodeError as e:
         raise InvalidJobInput(f"{path}: cannot read as csv: {e}") from e
     if header is None:
         raise InvalidJobInput(f"{path}: cannot read as csv: the file is empty (no header row)")
@@ -129,20 +135,27 @@ def _unique_names(names: list[str]) -> list[str]:
 
 
 def _read_jsonl(path: str) -> Table:
+    """One JSON object per line, UTF-8; a byte order mark (Windows editors write one) is
+    dropped, as for CSV and as the validator reads it."""
     rows: list[dict] = []
     lines: list[int] = []  # the line of each row (blank lines are skipped)
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InvalidJobInput(f"{path}: line {lineno} is not valid JSON: {e}") from e
-            if not isinstance(row, dict):
-                raise InvalidJobInput(f"{path}: line {lineno} is not a JSON object")
-            rows.append(row)
-            lines.append(lineno)
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise InvalidJobInput(f"{path}: line {lineno} is not valid JSON: {e}") from e
+                if not isinstance(row, dict):
+                    raise InvalidJobInput(f"{path}: line {lineno} is not a JSON object")
+                rows.append(row)
+                lines.append(lineno)
+    except UnicodeDecodeError as e:
+        raise InvalidJobInput(
+            f"{path}: cannot read as jsonl: the file is not UTF-8 ({e}); save it as UTF-8"
+        ) from e
     names = list(dict.fromkeys(k for r in rows for k in r))
     cols = {n: (lambda n=n: [r.get(n) for r in rows]) for n in names}
     return Table(

@@ -15,6 +15,7 @@ from tunefleet.worker.engine import splits
 from tunefleet.worker.engine.data.bundle import DataBundle
 from tunefleet.worker.engine.data.labels import build_label_space
 from tunefleet.worker.engine.data.tables import read_split
+from tunefleet.worker.engine.errors import InvalidJobInput
 from tunefleet.worker.engine.task import Task
 
 _TOKENIZE_CHUNK = 8192
@@ -67,6 +68,19 @@ class TextCollator:
         return batch
 
 
+def _check_text(values: list, table, column: str, field_name: str) -> None:
+    """A JSON object or list in a text column (a nested JSON-lines field, an HF sequence) is
+    refused: its repr would be tokenised as if it were the text. Numbers and empty values
+    are read as text."""
+    for i, v in enumerate(values):
+        if isinstance(v, (dict, list, tuple, np.ndarray)):
+            kind = "an object" if isinstance(v, dict) else "a list"
+            raise InvalidJobInput(
+                f"{table.where}: {table.describe(i)}, column {column!r} ({field_name}): "
+                f"the value is {kind}, not text; a text column holds strings"
+            )
+
+
 def _as_text(v) -> str:
     if v is None or (isinstance(v, float) and np.isnan(v)):
         return ""
@@ -115,8 +129,10 @@ def load_text(spec, task: Task) -> DataBundle:
             "text": table.column(text_col, "data.text_column"),
             "label": table.column(label_col, "data.label_column"),
         }
+        _check_text(raw[name]["text"], table, text_col, "data.text_column")
         if pair_col:
             raw[name]["pair"] = table.column(pair_col, "data.text_pair_column")
+            _check_text(raw[name]["pair"], table, pair_col, "data.text_pair_column")
 
     train = tables["train"]
     space = build_label_space(
