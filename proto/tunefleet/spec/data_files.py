@@ -47,12 +47,32 @@ class Labels:
 
     def as_ints(self) -> dict[int, int] | None:
         """{class id: first line} when every value is an integer (class ids), else None."""
-        if not self.first_line or not all(_INT_RE.match(v) for v in self.first_line):
+        ids = [class_id(v) for v in self.first_line]
+        if not ids or None in ids:
             return None
         out: dict[int, int] = {}
-        for v, line in self.first_line.items():
-            out.setdefault(int(_INT_RE.match(v).group(1)), line)
+        for i, line in zip(ids, self.first_line.values(), strict=True):
+            out.setdefault(i, line)
         return out
+
+
+def class_id(text: str) -> int | None:
+    """The class id a label's text writes ("3", or "3.0" as pandas writes an int column
+    that held a gap), else None: the engine reads labels by the same rule."""
+    m = _INT_RE.match(text)
+    return int(m.group(1)) if m else None
+
+
+def json_object(path: str, line: int, text: str) -> dict:
+    """One JSON-lines row, which must be an object; DataFileError naming the file and line
+    (the engine raises it as its own error, with the same words)."""
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataFileError(f"{path}: line {line} is not valid JSON: {e}") from e
+    if not isinstance(row, dict):
+        raise DataFileError(f"{path}: line {line} is not a JSON object")
+    return row
 
 
 def label_key(value) -> str:
@@ -157,13 +177,7 @@ def _jsonl_rows(path: str):
             if n > MAX_ROWS or (n % 10_000 == 0 and time.monotonic() - started > MAX_SECONDS):
                 yield -1, None
                 return
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise DataFileError(f"{path}: line {n} is not valid JSON: {e}") from e
-            if not isinstance(row, dict):
-                raise DataFileError(f"{path}: line {n} is not a JSON object")
-            yield n, row
+            yield n, json_object(path, n, text)
 
 
 def count_classes(path: str, source: str, column: str) -> tuple[int, list[str]] | None:

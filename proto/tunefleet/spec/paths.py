@@ -28,35 +28,32 @@ def _abs(value: str, base: Path) -> str:
     return str(p if p.is_absolute() else (base / p).resolve())
 
 
-# The fields resolve_paths may rewrite (section, field).
-_PATH_FIELDS = {
-    "model.name": ("model", "name"),
-    "model.checkpoint": ("model", "checkpoint"),
-    "data.train": ("data", "train"),
-    "data.eval": ("data", "eval"),
-    "data.test": ("data", "test"),
-    "data.root": ("data", "root"),
-    "data.name": ("data", "name"),
-    "output.dir": ("output", "dir"),
-}
+# The fields resolve_paths may rewrite, as "section.field".
+_PATH_FIELDS = frozenset(
+    ("model.name", "model.checkpoint", "data.train", "data.eval", "data.test", "data.root",
+     "data.name", "output.dir")
+)  # fmt: skip
 
 
 def resolve_paths(spec: spec_pb2.JobSpec, base_dir: str | Path) -> spec_pb2.JobSpec:
-    s = _resolve_job(spec, Path(base_dir).resolve())
+    base = Path(base_dir).resolve()
+    s = _resolve_job(spec, base)
     if s.HasField("sweep"):
-        _resolve_sweep(s, Path(base_dir).resolve())
+        _resolve_sweep(s, base)
     return s
 
 
 def _resolve_sweep(s: spec_pb2.JobSpec, base: Path) -> None:
     """The sweep's choices of path fields, each resolved as the base job's value would be
     (the base's other fields, e.g. data.source, decide as they do there)."""
+    base_job = spec_pb2.JobSpec()
+    base_job.CopyFrom(s)
+    base_job.ClearField("sweep")
 
     def resolved(path: str, value: str) -> str:
-        section, field = _PATH_FIELDS[path]
+        section, field = path.split(".")
         job = spec_pb2.JobSpec()
-        job.CopyFrom(s)
-        job.ClearField("sweep")
+        job.CopyFrom(base_job)
         setattr(getattr(job, section), field, value)
         return getattr(getattr(_resolve_job(job, base), section), field)
 

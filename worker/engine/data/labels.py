@@ -7,18 +7,14 @@ labels, or to the order of `model.labels` when given. Eval labels must be known 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from tunefleet.limits import MAX_CLASSES
+from tunefleet.spec.data_files import class_id
 from tunefleet.worker.engine.errors import InvalidJobInput
-
-# An integer, or one written as a float ("3.0": pandas writes an integer column that held a
-# missing value that way), as JSON and parquet 3.0 read as 3.
-_INT_RE = re.compile(r"^\s*([+-]?\d+)(?:\.0*)?\s*$")
 
 
 @dataclass
@@ -63,8 +59,8 @@ def _label_str(v) -> str | None:
 def _label_int(v) -> int | None:
     if isinstance(v, (bool, np.bool_, int, np.integer)):
         return int(v)
-    if isinstance(v, str) and (m := _INT_RE.match(v)):
-        return int(m.group(1))
+    if isinstance(v, str):
+        return class_id(v)
     if isinstance(v, (float, np.floating)) and float(v).is_integer():
         return int(v)
     return None

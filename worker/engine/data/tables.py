@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from tunefleet.spec.data_files import separator_hint
+from tunefleet.spec.data_files import DataFileError, json_object, separator_hint
 from tunefleet.worker.engine.data.hub import load_hf_split
 from tunefleet.worker.engine.data.labels import describe_row
 from tunefleet.worker.engine.errors import InvalidJobInput
@@ -145,11 +144,9 @@ def _read_jsonl(path: str) -> Table:
                 if not line.strip():
                     continue
                 try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise InvalidJobInput(f"{path}: line {lineno} is not valid JSON: {e}") from e
-                if not isinstance(row, dict):
-                    raise InvalidJobInput(f"{path}: line {lineno} is not a JSON object")
+                    row = json_object(path, lineno, line)
+                except DataFileError as e:
+                    raise InvalidJobInput(str(e)) from e
                 rows.append(row)
                 lines.append(lineno)
     except UnicodeDecodeError as e:
