@@ -33,8 +33,10 @@ from tunefleet.worker.engine.heads import replace_hf_head, replace_torchvision_h
 
 
 def _save_tokenizer(tokenizer: Any, folder: Path, max_length: int | None) -> None:
-    """Saved with the job's data.max_length as its model_max_length: `truncation=True` at
-    inference then cuts where training and evaluation did, not at the model's own limit."""
+    """Saved with the length the job's examples were cut at as its model_max_length:
+    `truncation=True` at inference then cuts where training and evaluation did, also when
+    the source tokenizer's own limit is unset (a huge sentinel) and only the model's
+    position count bounded the job."""
     limit = tokenizer.model_max_length
     if max_length:
         tokenizer.model_max_length = int(max_length)
@@ -55,8 +57,12 @@ def export_model(
     task: dict[str, Any] | None = None,
     spec: dict[str, Any] | None = None,
     tokenizer: Any = None,
+    max_length: int = 0,
 ) -> Path:
-    """Write ``model`` (unwrapped) as a self-describing folder; returns the folder."""
+    """Write ``model`` (unwrapped) as a self-describing folder; returns the folder.
+
+    ``max_length``: the tokens a text example was cut at (`Task.truncation`); 0 takes the
+    spec's data.max_length."""
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
     if tmp.exists():
@@ -66,7 +72,8 @@ def export_model(
         with quiet_transformers():
             model.save_pretrained(tmp)
             if tokenizer is not None:
-                _save_tokenizer(tokenizer, tmp, (spec or {}).get("data", {}).get("max_length"))
+                limit = max_length or (spec or {}).get("data", {}).get("max_length")
+                _save_tokenizer(tokenizer, tmp, limit)
     else:
         from safetensors.torch import save_model
 

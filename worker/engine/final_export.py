@@ -69,6 +69,9 @@ def export_final(
             task=bundle.task.as_dict(),
             spec=spec_dict,
             tokenizer=bundle.tokenizer,
+            max_length=(
+                bundle.task.truncation(spec.data.max_length) if bundle.task.kind == "text" else 0
+            ),
         )
 
     export(model, out_dir / "model")

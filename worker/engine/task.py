@@ -35,6 +35,12 @@ class Task:
             max_length=max_length,
         )  # fmt: skip
 
+    def truncation(self, max_length: int) -> int:
+        """The tokens a text example keeps: data.max_length, or 0 (its default) for the
+        model's own limit. The data pipeline cuts there and the exported tokenizer records
+        it, so `truncation=True` at inference cuts where training and evaluation did."""
+        return max_length if max_length > 0 else (self.max_length or 512)
+
     def as_dict(self) -> dict[str, Any]:
         """JSON-able, without the tokenizer (saved next to the model instead)."""
         return {

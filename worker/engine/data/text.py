@@ -148,7 +148,7 @@ def load_text(spec, task: Task) -> DataBundle:
     names, size, parts = splits.select(space.names, space.size, spec, ids)
 
     # 0 (the default): the model's own limit (models.text_limit).
-    max_length = d.max_length if d.max_length > 0 else (task.max_length or 512)
+    max_length = task.truncation(d.max_length)
 
     def build(role: str) -> TokenizedTextDataset | None:
         if role not in parts:
