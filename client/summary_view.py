@@ -61,11 +61,13 @@ def headline_lines(
     steps = summary.get("steps")
     of = f" of {steps:,.0f}" if steps else ""
     if "selected_step" in summary:
+        # The engine's tie rule (worker/engine/selection.py): the loss has no lower loss to
+        # fall back on, so its ties go to the later step.
+        ties = "the later step" if metric == "loss" else "lower eval loss"
         rows.append(
             (
                 "selected",
-                f"step {summary['selected_step']:,.0f}{of} by validation {metric} "
-                "(ties -> lower eval loss)",
+                f"step {summary['selected_step']:,.0f}{of} by validation {metric} (ties -> {ties})",
             )  # fmt: skip
         )
     elif "best_step" in summary:

@@ -153,6 +153,7 @@ def run(args) -> int:
         artifacts=result.artifacts,
         duration_s=time.monotonic() - started,
         title=spec.name,
+        metric=spec.eval.metric,
     )
     return EXIT_OK
 
@@ -223,6 +224,7 @@ def _finish_launched(launched: _Launched, spec, out_dir, renderer, console, star
             artifacts=launched.artifacts,
             duration_s=time.monotonic() - started,
             title=spec.name,
+            metric=spec.eval.metric,
         )
         return EXIT_OK
     reason = launched.error or f"the engine exited with code {launched.code}"

@@ -139,3 +139,16 @@ def test_ftctl_plan_and_run(capsys, tmp_path, tiny_job):
     assert main(["run", str(tiny_job), "--out", str(out_dir), "--fresh"]) == 0
     capsys.readouterr()
     assert json.loads((out_dir / "spec.json").read_text())["optimizer"]["lr"] == 1e-3
+
+
+@needs_engine
+def test_ftctl_run_says_the_jobs_own_metric_chose_the_model(capsys, tmp_path, tiny_job):
+    """eval.metric: macro_f1 picks the exported step; the closing lines said "by validation
+    accuracy" and led with accuracy (`ftctl run` did not pass the job's metric on)."""
+    job = yaml.safe_load(tiny_job.read_text())
+    job["eval"] = {"metric": "macro_f1"}
+    tiny_job.write_text(yaml.safe_dump(job))
+    assert main(["run", str(tiny_job), "--out", str(tmp_path / "run")]) == 0
+    out, _ = capsys.readouterr()
+    assert "by validation macro_f1 (ties -> lower eval loss)" in out
+    assert "  validation  macro_f1 " in out

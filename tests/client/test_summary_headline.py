@@ -125,3 +125,11 @@ def test_get_prints_the_headline_after_the_state_table():
     assert "validation  macro_f1 0.9922  accuracy 0.9925  loss 0.1900" in lines
     assert lines[-1] == "every figure: ftctl get job-1 --json; paths: ftctl artifacts job-1"
     assert any(line.split()[:2] == ["variant", "size"] and "macro_f1" in line for line in lines)
+
+
+def test_a_loss_selected_step_says_its_own_tie_rule():
+    """metric loss: the engine breaks a tie toward the later step (selection.py); there is
+    no lower eval loss to fall back on, as the accuracy wording said."""
+    rows = headline_lines({**SUMMARY, "selected_step": 120.0}, metric="loss")
+    assert rows[0] == ("selected", "step 120 of 240 by validation loss (ties -> the later step)")
+    assert rows[1] == ("validation", "loss 0.1900  accuracy 0.9925  macro_f1 0.9922")
