@@ -57,3 +57,34 @@ def test_default_max_length_export_truncates_long_texts_at_the_models_limit(
     classify = pipeline("text-classification", model=str(folder))
     predicted = classify([r["text"] for r in rows], truncation=True)
     assert {p["label"] for p in predicted} <= {"neg", "pos"}
+
+
+def test_a_head_transformers_cannot_rebuild_says_how_to_load_it(
+    tmp_path, bert_dir, text_csvs, text_spec, events
+):
+    """head.hidden: from_pretrained loads the body, reports the head's weights unexpected
+    and draws a random Linear in its place (a model that predicts noise). The job says so
+    and names the loader that rebuilds the head; a plain head gets no such warning."""
+    from transformers import AutoModelForSequenceClassification
+
+    from tunefleet.worker.engine import load_model
+
+    def warnings() -> list[str]:
+        return [e.log.message for e in events.kind("log") if e.log.level == "warning"]
+
+    spec = text_spec(bert_dir, text_csvs, model={"head": {"hidden": 8}}, train={"max_steps": 2})
+    run_job(spec, tmp_path / "hidden", events)
+    folder = tmp_path / "hidden" / "model"
+    _, info = AutoModelForSequenceClassification.from_pretrained(folder, output_loading_info=True)
+    assert "classifier.weight" in info["missing_keys"]  # what the warning is about
+    assert load_model(folder).classifier[0].out_features == 8
+    assert [w for w in warnings() if "tunefleet.worker.engine.load_model" in w] == [
+        "model/: its head (classifier, a hidden layer of 8) is not the single Linear that "
+        "transformers builds: AutoModelForSequenceClassification.from_pretrained and "
+        "pipeline() would put a random one in its place; load the folder with "
+        "tunefleet.worker.engine.load_model"
+    ]
+
+    events.clear()
+    run_job(text_spec(bert_dir, text_csvs, train={"max_steps": 2}), tmp_path / "plain", events)
+    assert not [w for w in warnings() if "load_model" in w]

@@ -75,6 +75,8 @@ def export_final(
         )
 
     export(model, out_dir / "model")
+    if bundle.kind == "hf" and not isinstance(model.get_submodule(bundle.head_path), nn.Linear):
+        emit(log_event(_not_a_transformers_head(bundle), "warning"))
     # Variants an earlier run left in this folder (another compression, or none asked now)
     # are of another model: compression writes this one's anew.
     for name in ("model_pruned", "model_int8"):
@@ -94,6 +96,23 @@ def export_final(
         artifacts.update(result.artifacts)
         summary.update(result.summary)
     return artifacts, summary
+
+
+def _not_a_transformers_head(bundle: ModelBundle) -> str:
+    """Why the folder needs load_model: transformers builds its classifier as one Linear, so
+    from_pretrained (and pipeline) reports this head's weights unexpected and silently draws
+    a random Linear in its place, a model that predicts noise."""
+    what = (
+        f"a hidden layer of {bundle.head['hidden']}"
+        if bundle.head.get("hidden")
+        else "a Dropout of its own"
+    )
+    return (
+        f"model/: its head ({bundle.head_path}, {what}) is not the single Linear that "
+        "transformers builds: AutoModelForSequenceClassification.from_pretrained and "
+        "pipeline() would put a random one in its place; load the folder with "
+        "tunefleet.worker.engine.load_model"
+    )
 
 
 def _compress(
