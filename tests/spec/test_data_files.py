@@ -89,6 +89,19 @@ def test_integer_labels_are_class_ids_below_the_model_labels_count(tmp_path):
     assert "line 4" in msg and "label '2' is out of range for the 2 names in model.labels" in msg
 
 
+def test_a_name_beside_a_train_file_of_class_ids_is_said_to_be_no_class_id(tmp_path):
+    """Train labels 0/1 named by model.labels, eval labels written as those names: the
+    message said "label 'pos' is out of range for the 2 names in model.labels", though
+    'pos' is one of them."""
+    csv_files(tmp_path, train="text,label\na,0\nb,1\n", eval="text,label\nc,pos\n")
+    got = errors(job(tmp_path, labels=", labels: [neg, pos]"))
+    assert got["data.eval"] == (
+        f"{tmp_path / 'eval.csv'}: line 2, column 'label': label 'pos' is not a class id: the "
+        f"labels of {tmp_path / 'train.csv'} are class ids 0..1, which model.labels names; "
+        "write ids here too"
+    )
+
+
 def test_integer_labels_written_as_floats_are_class_ids_too(tmp_path):
     csv_files(tmp_path, train="text,label\na,0.0\nb,1.0\n", eval="text,label\na,1\n")
     load_job_file(job(tmp_path, labels=", labels: [neg, pos]"))

@@ -124,9 +124,18 @@ def _check_labels(spec, files: dict[str, str], found: dict[str, Labels], column:
                 if model_labels
                 else f"not one of the training labels (class ids 0..{size - 1})"
             )
+            # A name among class ids (a file of names beside a train file of ids) is no
+            # class id at all: "out of range" would misstate it, even for a name that is in
+            # model.labels.
+            not_an_id = (
+                f"not a class id: the labels of {files['train']} are class ids 0..{size - 1}"
+                + (", which model.labels names; write ids here too" if model_labels else "")
+            )
             for value, line in labels.first_line.items():
                 ints = Labels({value: line}).as_ints()
-                if ints is None or not 0 <= next(iter(ints)) < size:
+                if ints is None:
+                    unknown.append((value, line, not_an_id, ""))
+                elif not 0 <= next(iter(ints)) < size:
                     unknown.append((value, line, what, ""))
         else:
             names = model_labels or sorted(train.first_line)
