@@ -6,9 +6,12 @@ neither imports the other.
 
 from __future__ import annotations
 
+import os
+
 from tunefleet.spec.data_files import count_classes
 from tunefleet.v1 import spec_pb2
 from tunefleet.worker.engine import models
+from tunefleet.worker.engine.data.images import image_folder_classes
 from tunefleet.worker.engine.errors import InvalidJobInput
 from tunefleet.worker.engine.freeze import FreezePlan
 
@@ -20,8 +23,9 @@ def plan_table(spec: spec_pb2.JobSpec) -> str:
     """The freeze plan of a job, rendered.
 
     The head is sized as the run will size it: from model.num_labels / model.labels, else
-    data.classes, else the labels in the train file (a cheap pass, tunefleet.spec.data_files)
-    or a torchvision dataset's classes; 2 only when none of these can tell (a hub dataset). The body's blocks do not depend on it.
+    data.classes, else the labels in the train file (a cheap pass, tunefleet.spec.data_files),
+    an image folder's class folders or a torchvision dataset's classes; 2 only when none of
+    these can tell (a hub dataset). The body's blocks do not depend on it.
 
     Nor do they depend on a torchvision model's weights: the architecture is built without
     them, so a plan needs no download (AlexNet's are 230 MB) and works offline.
@@ -48,6 +52,10 @@ def head_labels(spec: spec_pb2.JobSpec) -> tuple[int, list[str]]:
     counted = count_classes(d.train, d.source, d.label_column or "label") if d.train else None
     if counted is not None:
         return models.resolve_labels(spec, *counted)
+    if d.source == "imagefolder" and d.root:
+        names = image_folder_classes(os.path.join(d.root, d.train or "train"))
+        if names:
+            return models.resolve_labels(spec, len(names), names)
     if d.source == "torchvision" and d.name in _TORCHVISION_CLASSES:
         return models.resolve_labels(spec, _TORCHVISION_CLASSES[d.name])
     return 2, ["LABEL_0", "LABEL_1"]

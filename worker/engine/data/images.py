@@ -239,6 +239,24 @@ def _scan_image_folder(folder: str, classes: list[str] | None) -> tuple[list[str
     return paths, labels
 
 
+def image_folder_classes(folder: str) -> list[str]:
+    """The classes `_scan_image_folder` would find in `folder` (sorted; a class folder
+    without an image is none), stopping at each class's first image: `ftctl plan` sizes
+    the head without listing a whole dataset."""
+    if not os.path.isdir(folder):
+        return []
+    found = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+    return [c for c in found if _holds_an_image(os.path.join(folder, c))]
+
+
+def _holds_an_image(folder: str) -> bool:
+    for _, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        if any(f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".") for f in files):
+            return True
+    return False
+
+
 @dataclass
 class _ImageSplit:
     get: Callable[[int], Any]
