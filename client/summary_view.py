@@ -104,8 +104,13 @@ def _beside(artifacts: Mapping[str, str], names: list[str]) -> str:
 def compression_table(
     summary: Mapping[str, float], *, metric: str = "accuracy"
 ) -> tuple[Table | None, list[str]]:
-    """The compression variants side by side, and footnotes; (None, []) without any."""
+    """The compression variants side by side, and footnotes; (None, []) without any.
+
+    The job's metric has a column beside the eval loss; a job that selects by the loss
+    gets accuracy there instead (a second loss column would hide what pruning did to it)."""
     metric = metric or "accuracy"
+    if metric == "loss":
+        metric = "accuracy"
     variants = [
         (key, label) for key, label in _VARIANTS if f"{key}_size_mb" in summary or
         f"{key}_{metric}" in summary
@@ -130,7 +135,7 @@ def compression_table(
             label,
             cell(key, "size_mb", ".1f"),
             cell(key, "nonzero_params", ",.0f"),
-            cell(key, metric, ".4f") if metric != "loss" else cell(key, "loss", ".4f"),
+            cell(key, metric, ".4f"),
             cell(key, "loss", ".4f"),
             cell(key, "latency_ms", ".2f"),
             "-" if speedup is None else f"{speedup:.2f}x",

@@ -133,3 +133,18 @@ def test_a_loss_selected_step_says_its_own_tie_rule():
     rows = headline_lines({**SUMMARY, "selected_step": 120.0}, metric="loss")
     assert rows[0] == ("selected", "step 120 of 240 by validation loss (ties -> the later step)")
     assert rows[1] == ("validation", "loss 0.1900  accuracy 0.9925  macro_f1 0.9922")
+
+
+def test_a_loss_selected_jobs_compression_table_shows_accuracy_beside_the_loss():
+    """metric loss: the table's metric column repeated the eval loss column and hid the
+    accuracy each variant kept, and the "loss rises while the metric holds" note compared
+    the loss with itself, so it never showed."""
+    console, out = plain()
+    render_summary(console, state=JobState.SUCCEEDED, summary=SUMMARY, metric="loss")
+    lines = [line.rstrip() for line in out.getvalue().splitlines()]
+    header = next(line for line in lines if "variant" in line).split()
+    assert header == ["variant", "size", "MB", "non-zero", "params", "accuracy", "eval",
+                      "loss", "latency", "ms", "speed-up"]  # fmt: skip
+    rows = {line.split()[0]: line.split()[1:] for line in lines if line.startswith("    ")}
+    assert rows["pruned"] == ["91.6", "19,485,467", "0.9800", "0.8200", "20.50", "0.98x"]
+    assert "* eval loss rises while accuracy holds" in out.getvalue()
