@@ -36,6 +36,34 @@ def test_grad_accumulation_equals_the_larger_batch(
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize(("batch", "accum"), [(4, 3), (2, 6)])
+def test_a_short_last_step_is_the_mean_of_its_examples_with_accumulation(
+    tmp_path, bert_nodrop_dir, text_spec, events, batch, accum
+):
+    """30 examples, global batch 12: an epoch's last step has 6. Accelerate divides every
+    micro-batch's loss by grad_accum_steps, so that step got half its gradient (2 x 6: 3
+    micro-batches, each divided by 6) or, 4 x 3, (mean of 4 + mean of 2) / 3 instead of
+    the mean of its 6; and OOM halving (twice the accumulation) changed what that step
+    computes."""
+    from engine_helpers import make_csv
+
+    data = (make_csv(tmp_path / "train.csv", 30), make_csv(tmp_path / "eval.csv", 6, seed=1))
+    sgd = {"name": "sgd", "lr": 0.5, "momentum": 0.0}
+
+    def run(name: str, **train) -> dict[str, torch.Tensor]:
+        spec = text_spec(
+            bert_nodrop_dir, data, optimizer=sgd, schedule={"name": "constant"},
+            train={"epochs": 2, "max_grad_norm": 0.0, **train},
+        )  # fmt: skip
+        run_job(spec, tmp_path / name, events)
+        return final_weights(tmp_path / name)
+
+    want = run("big", batch_size=12)
+    got = run("accum", batch_size=batch, grad_accum_steps=accum)
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize("max_norm", [1e-3, 0.0])
 def test_clipping_bounds_the_first_sgd_update(
     tmp_path, bert_dir, text_csvs, text_spec, events, max_norm
