@@ -1,51 +1,67 @@
-"""Gradient accumulation that averages over an optimizer step's examples, however many.
+"""Each optimizer step's gradient is the mean over the examples it holds, however many.
 
-Accelerate divides each micro-batch's mean loss by grad_accum_steps. That is the mean over
-the step's examples only when the step has grad_accum_steps micro-batches of one size, and
-the last step of an epoch rarely has: the data does not divide by the global batch. With
-42 examples, batch 2 x 4 gave the last step's 2 examples a quarter of the gradient that
-batch 8 gives the same 2, and batch 4 x 2 half of it. So accumulation was not the larger
-batch it stands for, and OOM recovery (half the micro-batch, twice the accumulation)
-changed what the last step of every epoch computed.
+Two things made the last step of an epoch (the data rarely divides by the global batch)
+differ from the same step on one process without accumulation:
 
-`StepMean` weights each micro-batch by its examples (mean loss x size / batch_size) and,
-when a step ends with fewer than batch_size x grad_accum_steps examples, scales the summed
-gradients to their mean before clipping. Full steps are untouched (no factor at all), so
-a run whose data divides trains bit for bit as before; so does one without accumulation.
-The count is this process's: with several processes DDP averages their steps' means.
+- Accelerate divides every micro-batch's mean loss by grad_accum_steps. With 42 examples,
+  batch 2 x 4 gave the last step's 2 examples a quarter of the gradient that batch 8 gives
+  them; OOM recovery (half the micro-batch, twice the accumulation) changed it too.
+- With several processes, Accelerate deals batches round-robin and tops the last ones up
+  with the epoch's first examples (`even_batches`, so that every process steps together):
+  2 processes of batch 4 trained the last step on its 2 examples and 6 repeats.
+
+`StepShare` knows, from the epoch's size alone, how many examples of each micro-batch are
+the epoch's own (the repeats are appended at a batch's end) and how many the whole step
+holds, on every process; `share_loss` weights each micro-batch by that share. DDP's mean
+over processes and Accelerate's division are undone in the factor, so a step is the mean
+over its examples. A full step's factor is exactly 1 and nothing is masked, so runs whose
+data divides train bit for bit as before.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import torch
+import torch.nn.functional as F
 
 
-class StepMean:
-    """Counts one optimizer step's examples; see the module docstring."""
+def own_examples(n: int, batch: int, processes: int, rank: int, micro: int) -> int:
+    """How many of micro-batch `micro` (of the epoch, on process `rank`) are examples of
+    the epoch's `n`, not repeats: it is base batch micro x processes + rank."""
+    return max(0, min(batch, n - (micro * processes + rank) * batch))
 
-    def __init__(self, micro_batch_size: int, accum_steps: int):
-        self.micro_batch_size = micro_batch_size
-        self.accum_steps = max(accum_steps, 1)
-        self.examples = 0
 
-    def backward_loss(self, loss: torch.Tensor, size: int) -> torch.Tensor:
-        """The loss to backpropagate for a micro-batch of `size` examples whose mean loss
-        is `loss` (what is logged stays `loss`)."""
-        self.examples += size
-        if self.accum_steps == 1 or size == self.micro_batch_size:
-            return loss
-        return loss * (size / self.micro_batch_size)
+class StepShare:
+    """The examples of an epoch's micro-batches and of the optimizer steps they make up."""
 
-    def end_step(self, parameters: Iterable[torch.nn.Parameter]) -> None:
-        """At an optimizer step, gradients synced, before clipping: the accumulated
-        gradients become the mean over the step's examples."""
-        full = self.micro_batch_size * self.accum_steps
-        examples, self.examples = self.examples, 0
-        if self.accum_steps == 1 or examples in (0, full):
-            return
-        factor = full / examples
-        for p in parameters:
-            if p.grad is not None:
-                p.grad.mul_(factor)
+    def __init__(self, *, examples: int, batch: int, processes: int, rank: int, accum: int):
+        self.n, self.batch, self.processes, self.rank = examples, batch, processes, rank
+        self.accum = max(accum, 1)
+        self.full = batch * processes * self.accum
+
+    def of(self, micro: int) -> tuple[int, float]:
+        """(own examples of micro-batch `micro`, the factor on their mean loss)."""
+        own = own_examples(self.n, self.batch, self.processes, self.rank, micro)
+        first = micro - micro % self.accum
+        step = sum(
+            own_examples(self.n, self.batch, self.processes, p, m)
+            for p in range(self.processes)
+            for m in range(first, first + self.accum)
+        )
+        if own == self.batch and step == self.full:
+            return own, 1.0
+        return own, own * self.processes * self.accum / step
+
+
+def share_loss(
+    logits: torch.Tensor, labels: torch.Tensor, own: int, factor: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the loss to log: the mean over the micro-batch's own examples, or over all of it
+    when it holds only repeats; the loss to backpropagate)."""
+    if own == len(labels):
+        loss = F.cross_entropy(logits, labels)
+        return loss, loss if factor == 1.0 else loss * factor
+    if own > 0:
+        loss = F.cross_entropy(logits[:own], labels[:own])
+        return loss, loss * factor
+    # Repeats only: no share of the step, but DDP still waits for this process's backward.
+    return F.cross_entropy(logits, labels), logits.sum() * 0.0

@@ -37,7 +37,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -52,7 +51,7 @@ from tunefleet.worker.engine import (
     rank_sync,
     selection,
 )
-from tunefleet.worker.engine.accumulation import StepMean
+from tunefleet.worker.engine.accumulation import StepShare, share_loss
 from tunefleet.worker.engine.batching import build_loaders
 from tunefleet.worker.engine.checkpoint import TrainerState
 from tunefleet.worker.engine.devices import describe_run, few_steps_warning, make_accelerator
@@ -288,8 +287,11 @@ class TrainingRun:
         ckpt_every = spec.train.checkpoint_every_steps
         max_norm = spec.train.max_grad_norm
         n_batches = len(self.train_loader)
-        # Checkpoints fall between optimizer steps, so a resumed run starts a step afresh.
-        step_mean = StepMean(spec.train.batch_size, spec.train.grad_accum_steps)
+        share = StepShare(
+            examples=len(self.data.train), batch=spec.train.batch_size,
+            processes=acc.num_processes, rank=acc.process_index,
+            accum=spec.train.grad_accum_steps,
+        )  # fmt: skip
         self.window = TrainWindow(acc.device, self.divergence.patience)
         self._last_checkpoint_time = time.monotonic()  # setup's time is not training time
         self._step_lrs = group_lrs(self.optimizer)
@@ -319,16 +321,16 @@ class TrainingRun:
                 with acc.accumulate(self.model):
                     self.injected_oom.check(batch)
                     logits = self._forward(batch).float()
-                    loss = F.cross_entropy(logits, batch["labels"])
-                    acc.backward(step_mean.backward_loss(loss, len(batch["labels"])))
-                    if acc.sync_gradients:
-                        step_mean.end_step(self.model.parameters())
-                        if max_norm > 0:
-                            acc.clip_grad_norm_(self.model.parameters(), max_norm)
+                    own, factor = share.of(s.batch_in_epoch)
+                    loss, to_backward = share_loss(logits, batch["labels"], own, factor)
+                    acc.backward(to_backward)
+                    if acc.sync_gradients and max_norm > 0:
+                        acc.clip_grad_norm_(self.model.parameters(), max_norm)
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
                 s.batch_in_epoch += 1
-                self.window.add(loss, logits, batch["labels"])
+                if own:
+                    self.window.add(loss, logits[:own], batch["labels"][:own])
                 if not acc.sync_gradients:
                     continue
                 self._step_lrs = group_lrs(self.optimizer)  # the lrs this step used
