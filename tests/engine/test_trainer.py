@@ -533,3 +533,32 @@ def test_the_exported_tokenizer_truncates_where_training_did(tmp_path, bert_dir)
     saved = AutoTokenizer.from_pretrained(folder)
     assert saved.model_max_length == 16 and tokenizer.model_max_length == own
     assert len(saved("word " * 100, truncation=True)["input_ids"]) == 16
+
+
+def test_lp_ft_probes_at_probe_lr_then_fine_tunes_the_head_at_its_own(
+    tmp_path, bert_dir, text_csvs, text_spec, events
+):
+    """The probe epochs train the new layer alone at finetune.probe_lr (a linear probe's
+    lr, by default head_only's), not at the fine-tune's: at 5e-5 a probe epoch barely
+    moves from chance. From the first fine-tune step the head is back at head_lr_scale x
+    lr; the schedule scales both, and the reported lr stays the job's."""
+    spec = text_spec(
+        bert_dir,
+        text_csvs,
+        finetune={"strategy": "lp_ft", "probe_epochs": 1},
+        optimizer={"lr": 1e-4},
+        train={"epochs": 2},
+    )
+    assert spec.finetune.probe_lr == pytest.approx(1e-3)  # adamw's head_only default
+    run_job(spec, tmp_path, events)
+    steps_per_epoch = 24 // 4
+    total = 2 * steps_per_epoch
+    train = {e.metrics.step: e.metrics for e in events.kind("metrics") if e.metrics.phase == "train"}
+    for step, m in train.items():
+        schedule = 1.0 - (step - 1) / total  # linear, no warmup: the step's own lr
+        head = 1e-3 if step <= steps_per_epoch else 1e-4
+        assert m.lr_groups["head"] == pytest.approx(head * schedule), step
+        assert m.lr == pytest.approx(1e-4 * schedule), step
+        if step > steps_per_epoch:
+            assert m.lr_groups["layer.0"] == pytest.approx(1e-4 * schedule), step
+    assert {1, steps_per_epoch, steps_per_epoch + 1, total} <= train.keys()

@@ -18,6 +18,7 @@ skip parameters whose ``grad`` is None, so unfreezing never rebuilds the optimiz
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -96,6 +97,32 @@ def unused_lr_groups(groups: list[dict[str, Any]], finetune: spec_pb2.FinetuneSp
         for i, g in enumerate(finetune.lr_groups)
         if f"lr_group.{i}" not in used
     ]
+
+
+def probe_lr_factors(
+    param_groups: list[dict[str, Any]],
+    plan: FreezePlan,
+    finetune: spec_pb2.FinetuneSpec,
+    steps_per_epoch: int,
+) -> list[Callable[[int], float]] | None:
+    """lp_ft: the new layer's groups train at ``finetune.probe_lr`` for the probe epochs'
+    optimizer steps, then at their own lr (head_lr_scale x lr); every other group at its
+    own throughout. A factor per group of the steps already taken, for the schedule
+    (schedules.LrSchedule.lambda_lr). None when nothing differs."""
+    if plan.strategy != "lp_ft" or not finetune.HasField("probe_lr"):
+        return None
+    probe_epochs = finetune.probe_epochs if finetune.HasField("probe_epochs") else 1
+    probe_steps = probe_epochs * steps_per_epoch
+    head = plan.blocks[-1].name
+    factors: list[Callable[[int], float]] = []
+    for group in param_groups:
+        own = group["lr"]
+        if group.get("name") in (head, f"{head}.no_decay") and own > 0:
+            ratio = finetune.probe_lr / own
+            factors.append(lambda taken, r=ratio: r if taken < probe_steps else 1.0)
+        else:
+            factors.append(lambda taken: 1.0)
+    return factors
 
 
 def build_optimizer(

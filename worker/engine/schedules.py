@@ -20,6 +20,7 @@ tests compare against them), so a job and an HF Trainer run see the same learnin
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -68,9 +69,20 @@ class LrSchedule:
         size = self.step_size if self.step_size > 0 else math.ceil(decay_steps / 3)
         return self.gamma ** (k // max(size, 1))
 
-    def lambda_lr(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
-        """A LambdaLR whose k-th ``step()`` sets the lr for optimizer step k+1."""
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: self.multiplier(i + 1))
+    def lambda_lr(
+        self,
+        optimizer: torch.optim.Optimizer,
+        group_factors: list[Callable[[int], float]] | None = None,
+    ) -> torch.optim.lr_scheduler.LambdaLR:
+        """A LambdaLR whose k-th ``step()`` sets the lr for optimizer step k+1.
+        `group_factors`: one per param group, a further factor of the steps already taken
+        (lp_ft's probe lr for the new layer, optim.probe_lr_factors); None: the schedule
+        alone. Functions of the step count, so a resumed run sets the same lrs."""
+        if group_factors is None:
+            return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: self.multiplier(i + 1))
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, [lambda i, f=f: self.multiplier(i + 1) * f(i) for f in group_factors]
+        )
 
 
 def build_schedule(spec: spec_pb2.ScheduleSpec, *, base_lr: float, total_steps: int) -> LrSchedule:

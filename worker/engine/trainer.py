@@ -68,6 +68,7 @@ from tunefleet.worker.engine.optim import (
     build_optimizer,
     build_param_groups,
     group_lrs,
+    probe_lr_factors,
     unused_lr_groups,
 )
 from tunefleet.worker.engine.preemption import EXIT_PREEMPTED, Preempted, SigtermFlag
@@ -213,10 +214,6 @@ class TrainingRun:
         groups = build_param_groups(model, self.plan, spec.finetune, spec.optimizer)
         for line in unused_lr_groups(groups, spec.finetune):
             self.emit(log_event(line, level="warning"))
-        # Metrics report the job's lr as scheduled (optimizer.lr x the schedule), whatever
-        # group 0 is scaled by (the new layer's head_lr_scale); every group's in lr_groups.
-        lr0 = spec.optimizer.lr
-        self._group0_ratio = groups[0]["lr"] / lr0 if lr0 > 0 and groups[0]["lr"] > 0 else 1.0
         return build_optimizer(groups, spec.optimizer)
 
     def _prepare(
@@ -237,12 +234,17 @@ class TrainingRun:
         else:
             self.num_epochs = max(spec.train.epochs, 1)
             self.total_steps = self.num_epochs * self.steps_per_epoch
-        schedule = build_schedule(
+        self.schedule = build_schedule(
             spec.schedule, base_lr=spec.optimizer.lr, total_steps=self.total_steps
         )
         # Not passed to accelerator.prepare: its wrapper steps the schedule once per process
         # per optimizer step, while ours counts optimizer steps.
-        self.scheduler = schedule.lambda_lr(self.optimizer.optimizer)
+        self.scheduler = self.schedule.lambda_lr(
+            self.optimizer.optimizer,
+            probe_lr_factors(
+                self.optimizer.param_groups, self.plan, spec.finetune, self.steps_per_epoch
+            ),
+        )
 
         global_batch = spec.train.batch_size * acc.num_processes * accum
         self.emit(log_event(describe_run(acc, global_batch, self.total_steps)))
@@ -295,6 +297,7 @@ class TrainingRun:
         self.window = TrainWindow(acc.device, self.divergence.patience)
         self._last_checkpoint_time = time.monotonic()  # setup's time is not training time
         self._step_lrs = group_lrs(self.optimizer)
+        self._step_index = self.scheduler.last_epoch  # the schedule's, for the lrs above
         trainable_before: set[str] | None = None
         progress = self._tracker("training", self.total_steps)
 
@@ -334,6 +337,7 @@ class TrainingRun:
                 if not acc.sync_gradients:
                     continue
                 self._step_lrs = group_lrs(self.optimizer)  # the lrs this step used
+                self._step_index = self.scheduler.last_epoch
                 if not acc.optimizer_step_was_skipped:
                     self.scheduler.step()
                 s.global_step += 1
@@ -447,7 +451,9 @@ class TrainingRun:
         self._emit_metrics(
             "train",
             loss=w.loss,
-            lr=next(iter(lrs.values())) / self._group0_ratio,
+            # The job's lr as scheduled (optimizer.lr x the schedule), whatever the new
+            # layer's group is scaled by (head_lr_scale, lp_ft's probe_lr); each group's below.
+            lr=self.spec.optimizer.lr * self.schedule.multiplier(self._step_index + 1),
             lr_groups=lrs,
             # The one throughput (README, "Throughput"): since training began, as the summary.
             samples_per_s=s.train_samples / s.train_time_s if s.train_time_s > 0 else 0.0,

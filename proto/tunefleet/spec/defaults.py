@@ -140,6 +140,10 @@ def resolve_defaults(spec: spec_pb2.JobSpec) -> spec_pb2.JobSpec:
     if not o.betas and o.name in ("adam", "adamw"):
         o.betas.extend([0.9, 0.999])
     _default(o, "eps", 1e-8)
+    if f.strategy == "lp_ft":
+        # The probe trains a freshly drawn layer alone: a linear probe's lr, not the
+        # fine-tune's (MiniLM, 4 topics, one probe epoch: 0.205 at 5e-5, chance 0.25).
+        _default(f, "probe_lr", default_lr(o.name, "head_only"))
 
     sc = s.schedule
     _default_str(sc, "name", "linear")

@@ -388,6 +388,9 @@ def _finetune(c: _Check, spec) -> None:
                 f"{f.probe_epochs} leaves no epoch for the full "
                 f"fine-tune (train.epochs is {spec.train.epochs})",
             )
+    c.at_least(f, "probe_lr", "finetune.probe_lr", 0.0, strict=True)
+    if f.HasField("probe_lr") and strategy != "lp_ft":
+        c.fail("finetune.probe_lr", "only applies to strategy: lp_ft")
     if f.HasField("lora") and strategy != "lora":
         c.fail("finetune.lora", "only applies to strategy: lora")
     elif strategy == "lora":

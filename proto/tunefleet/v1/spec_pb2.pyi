@@ -186,7 +186,7 @@ class DataSpec(_message.Message):
     def __init__(self, source: _Optional[str] = ..., name: _Optional[str] = ..., root: _Optional[str] = ..., train: _Optional[str] = ..., eval: _Optional[str] = ..., text_column: _Optional[str] = ..., text_pair_column: _Optional[str] = ..., label_column: _Optional[str] = ..., max_length: _Optional[int] = ..., classes: _Optional[_Iterable[int]] = ..., augment: _Optional[str] = ..., download: _Optional[bool] = ..., num_workers: _Optional[int] = ..., image_size: _Optional[int] = ..., limit_train: _Optional[int] = ..., limit_eval: _Optional[int] = ..., config: _Optional[str] = ..., test: _Optional[str] = ..., validation_fraction: _Optional[float] = ..., validation_seed: _Optional[int] = ..., limit_test: _Optional[int] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., group_by_length: _Optional[bool] = ...) -> None: ...
 
 class FinetuneSpec(_message.Message):
-    __slots__ = ("strategy", "k", "trainable", "frozen", "unfreeze_every", "probe_epochs", "lora", "layerwise_lr_decay", "lr_groups", "feature_cache", "head_lr_scale")
+    __slots__ = ("strategy", "k", "trainable", "frozen", "unfreeze_every", "probe_epochs", "lora", "layerwise_lr_decay", "lr_groups", "feature_cache", "head_lr_scale", "probe_lr")
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     TRAINABLE_FIELD_NUMBER: _ClassVar[int]
@@ -198,6 +198,7 @@ class FinetuneSpec(_message.Message):
     LR_GROUPS_FIELD_NUMBER: _ClassVar[int]
     FEATURE_CACHE_FIELD_NUMBER: _ClassVar[int]
     HEAD_LR_SCALE_FIELD_NUMBER: _ClassVar[int]
+    PROBE_LR_FIELD_NUMBER: _ClassVar[int]
     strategy: str
     k: int
     trainable: _containers.RepeatedScalarFieldContainer[str]
@@ -209,7 +210,8 @@ class FinetuneSpec(_message.Message):
     lr_groups: _containers.RepeatedCompositeFieldContainer[LrGroup]
     feature_cache: str
     head_lr_scale: float
-    def __init__(self, strategy: _Optional[str] = ..., k: _Optional[int] = ..., trainable: _Optional[_Iterable[str]] = ..., frozen: _Optional[_Iterable[str]] = ..., unfreeze_every: _Optional[int] = ..., probe_epochs: _Optional[int] = ..., lora: _Optional[_Union[LoraSpec, _Mapping]] = ..., layerwise_lr_decay: _Optional[float] = ..., lr_groups: _Optional[_Iterable[_Union[LrGroup, _Mapping]]] = ..., feature_cache: _Optional[str] = ..., head_lr_scale: _Optional[float] = ...) -> None: ...
+    probe_lr: float
+    def __init__(self, strategy: _Optional[str] = ..., k: _Optional[int] = ..., trainable: _Optional[_Iterable[str]] = ..., frozen: _Optional[_Iterable[str]] = ..., unfreeze_every: _Optional[int] = ..., probe_epochs: _Optional[int] = ..., lora: _Optional[_Union[LoraSpec, _Mapping]] = ..., layerwise_lr_decay: _Optional[float] = ..., lr_groups: _Optional[_Iterable[_Union[LrGroup, _Mapping]]] = ..., feature_cache: _Optional[str] = ..., head_lr_scale: _Optional[float] = ..., probe_lr: _Optional[float] = ...) -> None: ...
 
 class LoraSpec(_message.Message):
     __slots__ = ("r", "alpha", "dropout", "target_modules")
