@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +31,7 @@ from tunefleet.coordinator.scheduler import Scheduler
 from tunefleet.coordinator.service import CoordinatorService
 from tunefleet.coordinator.store import JobStore
 from tunefleet.defaults import DEFAULT_ADDRESS, DEFAULT_DB_PATH
-from tunefleet.transport import SERVER_OPTIONS, is_loopback
+from tunefleet.transport import SERVER_OPTIONS, check_port, is_loopback
 from tunefleet.v1 import coordinator_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -209,6 +210,7 @@ def _split_listen(listen: str) -> tuple[str, str]:
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit():
         raise ValueError(f"listen address must be HOST:PORT, got {listen!r}")
+    check_port(listen)
     return host, port
 
 
@@ -257,7 +259,7 @@ def start_server(
         host, tls=tls is not None, tokens=tokens is not None, insecure=insecure
     )
     credentials = tls.credentials() if tls is not None else None  # unreadable files fail here
-    store = JobStore(db_path)
+    store = open_store(db_path)
     bus = EventBus()
     scheduler = Scheduler(
         store,
@@ -345,6 +347,22 @@ def start_server(
         metrics=metrics,
         health=health,
     )
+
+
+def open_store(db_path: str | Path) -> JobStore:
+    """The JobStore at `db_path`; RuntimeError naming the file when SQLite cannot open or
+    use it (an unwritable folder, a file that is not a database), which SQLite alone says
+    as "unable to open database file" without saying which file."""
+    try:
+        return JobStore(db_path)
+    except (sqlite3.Error, OSError) as exc:
+        hint = (
+            " (does its folder exist, and may this user write there?)"
+            if "unable to open" in str(exc) or isinstance(exc, OSError)
+            else ""
+        )
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise RuntimeError(f"cannot use the database {db_path}: {reason}{hint}") from None
 
 
 def check_lease_settings(heartbeat_s: float, lease_s: float) -> None:

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "MAX_MESSAGE_BYTES",
+    "MAX_PORT",
     "MAX_CONCURRENT_STREAMS",
     "SDK_CHANNEL_OPTIONS",
     "SERVER_OPTIONS",
@@ -46,6 +47,7 @@ __all__ = [
     "ENV_TOKEN",
     "ENV_TOKEN_FILE",
     "ChannelSecurity",
+    "check_port",
     "is_loopback",
     "open_channel",
     "read_token_file",
@@ -222,6 +224,18 @@ def split_host(target: str) -> str:
     return (host if sep and port.isdigit() else target).strip("[]")
 
 
+MAX_PORT = 65535
+
+
+def check_port(address: str) -> None:
+    """ValueError when `address` ("host:port", "dns:///host:port") names a port above
+    65535. gRPC takes such a port modulo 65536 without a word: `--listen 127.0.0.1:99999`
+    served on 34463 and a client dialled 34463, so a typo became a silent wrong port."""
+    port = address.split("///", 1)[-1].rpartition(":")[2]
+    if port.isdigit() and int(port) > MAX_PORT:
+        raise ValueError(f"{address}: port {port} is out of range (0-{MAX_PORT})")
+
+
 @dataclass(frozen=True)
 class ChannelSecurity:
     """How a channel authenticates: TLS settings and the bearer token.
@@ -302,7 +316,9 @@ def open_channel(
     options: Iterable[tuple[str, int | str]] = (),
     security: ChannelSecurity | None = None,
 ) -> grpc.Channel:
-    """A channel to `target` with `security` applied (plaintext, no token when None)."""
+    """A channel to `target` with `security` applied (plaintext, no token when None);
+    ValueError for a port out of range."""
+    check_port(target)
     security = security or ChannelSecurity()
     options = list(options)
     if security.server_name:
