@@ -128,3 +128,12 @@ def test_a_malformed_cache_size_variable_breaks_only_the_worker(monkeypatch):
     )
     check_worker_arguments(args)
     assert args.input_cache_max_gb == 3.0
+
+
+def test_dashboard_refuses_a_port_out_of_range():
+    """It printed "dashboard on http://127.0.0.1:99999/", then "internal error:
+    OverflowError ... a bug in ftctl"."""
+    pytest.importorskip("uvicorn")
+    result = run([*FTCTL, "dashboard", "--listen", "127.0.0.1:99999"])
+    assert_one_line_error(result, "99999", "0-65535")
+    assert "dashboard on" not in result.stdout
