@@ -185,6 +185,19 @@ class WorkerDaemon:
         """Registers, then acquires and runs jobs until stop()."""
         if self.gpus is None:
             self.gpus, self._gpu_name = detect_gpus()
+        elif self.gpus > 0:
+            # Offered GPUs the host lacks are still placed on: a job that asked for them
+            # trains on the CPU (accelerate falls back) or fails, so say it at the start.
+            seen, self._gpu_name = detect_gpus()
+            if seen < self.gpus:
+                log.warning(
+                    "--gpus %d, but torch sees %d GPU%s on this host: jobs placed on the "
+                    "missing ones train on the CPU or fail (check CUDA_VISIBLE_DEVICES and "
+                    "the driver, or offer fewer)",
+                    self.gpus,
+                    seen,
+                    "" if seen == 1 else "s",
+                )
         heartbeat = threading.Thread(
             target=self._heartbeat_loop, name="tunefleet-heartbeat", daemon=True
         )

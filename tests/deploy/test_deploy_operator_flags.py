@@ -11,6 +11,7 @@ here, not a hang.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -137,3 +138,24 @@ def test_dashboard_refuses_a_port_out_of_range():
     result = run([*FTCTL, "dashboard", "--listen", "127.0.0.1:99999"])
     assert_one_line_error(result, "99999", "0-65535")
     assert "dashboard on" not in result.stdout
+
+
+def test_worker_offering_gpus_the_host_lacks_says_so_at_start(tmp_path):
+    """`--gpus 2` on a host where torch sees none (a CPU node, a wrong
+    CUDA_VISIBLE_DEVICES): the worker registered 2 GPUs without a word, and GPU jobs placed
+    on it trained on the CPU."""
+    pytest.importorskip("torch")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TUNEFLEET_")}
+    proc = subprocess.Popen(
+        [*WORKER, "--gpus", "2", "--coordinator", "127.0.0.1:1", "--artifacts", str(tmp_path)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**clean, "CUDA_VISIBLE_DEVICES": "", "GRPC_VERBOSITY": "NONE"},
+    )
+    try:
+        # Its first line: the warning, or (old code) the failed registration.
+        first = proc.stderr.readline()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=START_TIMEOUT_S)
+    assert "--gpus 2, but torch sees 0 GPUs" in first, first
