@@ -115,3 +115,46 @@ def test_server_tls_files_must_be_readable(start, pki, tmp_path):
         start(tls=ServerTls(tmp_path / "missing.pem", pki.server_key))
     with pytest.raises(ValueError, match="both"):
         ChannelSecurity.resolve(tls_cert=pki.client_cert, environ={})
+
+
+def _ftctl_error(capsys, address: str, *flags: str) -> str:
+    from tunefleet.client.cli import main
+
+    code = main(["--coordinator", address, "--connect-timeout", "1", *flags, "jobs"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err, err
+    return err.strip().splitlines()[-1]
+
+
+def test_ftctl_says_which_tls_setting_disagrees_instead_of_start_one(
+    capsys, start, pki, tokens_file, monkeypatch, tmp_path
+):
+    """Each of these said "cannot reach coordinator ... Start one on this machine with
+    `ftctl up`" although a coordinator answered: only the TLS settings disagreed."""
+    for name in ("TUNEFLEET_TLS_CA", "TUNEFLEET_TLS_CERT", "TUNEFLEET_TLS_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    token = tmp_path / "alice.token"
+    token.write_text(TOKENS["alice"])
+    tokens = TokenTable.from_file(tokens_file)
+    # On every interface, so that 127.0.0.2 (a name the certificate lacks) reaches it too.
+    tls = start("0.0.0.0:0", tls=ServerTls(pki.server_cert, pki.server_key), tokens=tokens)
+    address, auth = f"127.0.0.1:{tls.port}", ("--token-file", str(token))
+
+    line = _ftctl_error(capsys, address, *auth)  # plaintext
+    assert "closed the connection" in line and "--tls-ca" in line and "ftctl up" not in line
+    line = _ftctl_error(capsys, address, *auth, "--tls-ca", str(pki.rogue_ca))
+    assert "not signed by a CA this client trusts" in line, line
+    line = _ftctl_error(capsys, f"127.0.0.2:{tls.port}", *auth, "--tls-ca", str(pki.ca))
+    assert "does not name 127.0.0.2" in line, line
+
+    plain = start(tokens=tokens)
+    line = _ftctl_error(capsys, plain.address, *auth, "--tls-ca", str(pki.ca))
+    assert "does not speak TLS" in line, line
+
+    mtls = start(tls=ServerTls(pki.server_cert, pki.server_key, pki.ca), tokens=tokens)
+    line = _ftctl_error(capsys, mtls.address, *auth, "--tls-ca", str(pki.ca))
+    assert "--tls-client-ca" in line and "TUNEFLEET_TLS_CERT" in line, line
+
+    # Nothing listening at all: still "start one".
+    plain.stop(grace=0)
+    assert "ftctl up" in _ftctl_error(capsys, plain.address, *auth)
