@@ -15,6 +15,7 @@ import os
 import signal
 from pathlib import Path
 
+from tunefleet import limits
 from tunefleet.defaults import DEFAULT_ARTIFACTS, ENV_COORDINATOR
 from tunefleet.logging_setup import LOG_FORMATS, LOG_LEVELS
 from tunefleet.transport import ChannelSecurity, check_port, is_loopback, split_host
@@ -204,6 +205,13 @@ def check_worker_arguments(args: argparse.Namespace) -> None:
         )
     if args.drain_grace_s < 0:
         raise WorkerFlagError(f"--drain-grace-s must be >= 0, got {args.drain_grace_s}")
+    if args.id is not None and not limits.is_safe_name(args.id, limits.MAX_WORKER_ID_CHARS):
+        # The coordinator refuses it at every registration, which the daemon would retry
+        # for ever: a unit file's typo has to stop here, with the rule.
+        raise WorkerFlagError(
+            f"--id {limits.quote(args.id)}: at most {limits.MAX_WORKER_ID_CHARS} characters, "
+            f"{limits.NAME_RULE}"
+        )
     if str(args.log_level).upper() not in LOG_LEVELS:
         raise WorkerFlagError(
             f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {args.log_level!r}"

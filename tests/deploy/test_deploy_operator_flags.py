@@ -104,6 +104,11 @@ def test_worker_refuses_bad_flag_values_in_one_line(tmp_path, command):
     # Dialled 34463 (99999 mod 65536) and retried forever, its log naming another port.
     result = run([*command, "--coordinator", "127.0.0.1:99999", "--artifacts", str(tmp_path)])
     assert_one_line_error(result, "--coordinator 127.0.0.1:99999", "0-65535")
+    # The coordinator refused the id at every registration, and the worker retried for ever.
+    long_id = "gpu-node-0001.cluster.example.org-" + "x" * 40
+    for bad_id in ("bad id!", long_id):
+        result = run([*base, "--id", bad_id])
+        assert_one_line_error(result, "--id", "at most 64 characters")
     # An --artifacts folder it cannot create: the worker registered and failed every job.
     result = run([*command, "--coordinator", "127.0.0.1:1", "--artifacts", "/proc/nope/art"])
     assert_one_line_error(result, "--artifacts", "/proc/nope/art")
