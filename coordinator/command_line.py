@@ -189,5 +189,6 @@ def serve_from_args(args: argparse.Namespace, security: dict) -> None:
             lease_timeout_s=args.lease_s,
             max_followers=args.max_followers,
             storage_uri=args.storage_uri,
+            announce=args.log_format != "json",
             **security,
         )

@@ -379,10 +379,14 @@ def check_lease_settings(heartbeat_s: float, lease_s: float) -> None:
 def serve(
     listen: str = DEFAULT_ADDRESS,
     db_path: str | Path = DEFAULT_DB_PATH,
+    *,
+    announce: bool = True,
     **options,
 ) -> None:
     """Runs a coordinator until SIGINT or SIGTERM (`ftctl server`). `options` are
-    start_server's keyword arguments."""
+    start_server's keyword arguments. `announce`: also print where it listens (and serves
+    metrics) on stdout, for a terminal; off for JSON logs, whose collector reads stdout
+    and stderr as one stream of JSON lines (the log records say the same)."""
     if not logging.getLogger().handlers:
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -396,10 +400,12 @@ def serve(
     }
     try:
         server = start_server(listen, db_path, **options)
-        print(
-            f"tunefleet coordinator listening on {server.address} (db {Path(db_path)})", flush=True
-        )
-        if server.metrics is not None and server.metrics.port is not None:
+        if announce:
+            print(
+                f"tunefleet coordinator listening on {server.address} (db {Path(db_path)})",
+                flush=True,
+            )
+        if announce and server.metrics is not None and server.metrics.port is not None:
             metrics_host = options.get("metrics_host", "127.0.0.1")
             print(f"metrics on http://{metrics_host}:{server.metrics.port}/metrics", flush=True)
         try:

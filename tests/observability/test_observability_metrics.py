@@ -210,10 +210,14 @@ def test_ftctl_server_serves_metrics_and_json_logs(tmp_path):
         text=True,
         env={**os.environ, "GRPC_VERBOSITY": "NONE"},
     )
+    early = []  # the JSON log says where it listens; stdout stays empty (one JSON stream)
     try:
-        lines = [proc.stdout.readline(), proc.stdout.readline()]
-        address = re.search(r"listening on (\S+)", lines[0]).group(1)
-        port = int(re.search(r"metrics on http://127.0.0.1:(\d+)/metrics", lines[1]).group(1))
+        while not any("coordinator listening on" in line for line in early):
+            early.append(proc.stderr.readline())
+            assert early[-1], f"the coordinator exited: {early}"
+        text = "".join(early)
+        address = re.search(r"coordinator listening on (127\.0\.0\.1:\d+)", text).group(1)
+        port = int(re.search(r"metrics on http://127.0.0.1:(\d+)/metrics", text).group(1))
         client = Client(address)
         spec = make_spec("via-cli")  # `ftctl server` checks that paths exist
         (tmp_path / "train.csv").write_text("text,label\na,b\n")
@@ -226,9 +230,10 @@ def test_ftctl_server_serves_metrics_and_json_logs(tmp_path):
         assert check(address) == "SERVING"
     finally:
         proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=20)
+        stdout, stderr = proc.communicate(timeout=20)
     assert proc.returncode == 0, stderr
-    records = [json.loads(line) for line in stderr.splitlines() if line.strip()]
+    assert stdout == ""
+    records = [json.loads(line) for line in (text + stderr).splitlines() if line.strip()]
     assert records, "the coordinator logged nothing"
     for record in records:
         assert {"time", "level", "logger", "message"} <= set(record), record
