@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import signal
 import sqlite3
+import ssl
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -182,12 +183,44 @@ class ServerTls:
             except OSError as exc:
                 raise ValueError(f"cannot read {path}: {exc.strerror}") from None
 
+        key, cert = read(self.key_file), read(self.cert_file)
         client_ca = read(self.client_ca_file) if self.client_ca_file else None
+        self._check_pem()
         return grpc.ssl_server_credentials(
-            [(read(self.key_file), read(self.cert_file))],
+            [(key, cert)],
             root_certificates=client_ca,
             require_client_auth=client_ca is not None,
         )
+
+    def _check_pem(self) -> None:
+        """ValueError naming the file when the PEM material is not what its flag wants.
+        gRPC checks it only when it binds the port and then says nothing but that the port
+        could not be added: a placeholder secret, a key from another certificate or the
+        two files swapped read as "cannot listen on HOST:PORT (address in use?)"."""
+
+        def encrypted() -> bytes:
+            raise ValueError("the key is encrypted; gRPC needs it without a passphrase")
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            context.load_cert_chain(self.cert_file, self.key_file, password=encrypted)
+        except (ssl.SSLError, ValueError) as exc:
+            if isinstance(exc, ssl.SSLError):  # OpenSSL's reason, e.g. KEY_VALUES_MISMATCH
+                why = exc.reason if exc.reason else "not PEM, or the two files swapped"
+            else:
+                why = str(exc)
+            raise ValueError(
+                f"--tls-cert {self.cert_file} / --tls-key {self.key_file}: not a PEM "
+                f"certificate chain and the private key it was issued for ({why})"
+            ) from None
+        if self.client_ca_file:
+            try:
+                context.load_verify_locations(cafile=str(self.client_ca_file))
+            except ssl.SSLError as exc:
+                raise ValueError(
+                    f"--tls-client-ca {self.client_ca_file}: not a PEM CA certificate "
+                    f"({exc.reason or exc})"
+                ) from None
 
 
 def check_exposure(host: str, *, tls: bool, tokens: bool, insecure: bool) -> str | None:

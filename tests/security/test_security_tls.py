@@ -158,3 +158,22 @@ def test_ftctl_says_which_tls_setting_disagrees_instead_of_start_one(
     # Nothing listening at all: still "start one".
     plain.stop(grace=0)
     assert "ftctl up" in _ftctl_error(capsys, plain.address, *auth)
+
+
+def test_unusable_tls_material_is_named_not_reported_as_a_busy_port(start, pki, tmp_path):
+    """Each of these failed as "cannot listen on 127.0.0.1:0 (address in use?)": gRPC
+    only says the port could not be added."""
+    placeholder = tmp_path / "tls.crt"  # deploy/kubernetes/secrets.yaml, not yet replaced
+    placeholder.write_text("REPLACE_ME (PEM certificate chain)")
+    cases = [
+        (ServerTls(placeholder, pki.server_key), "not PEM, or the two files swapped"),
+        (ServerTls(pki.server_key, pki.server_cert), "not PEM, or the two files swapped"),
+        (ServerTls(pki.server_cert, pki.client_key), "KEY_VALUES_MISMATCH"),
+        (ServerTls(pki.server_cert, pki.server_key, placeholder), "--tls-client-ca"),
+    ]
+    for tls, reason in cases:
+        with pytest.raises(ValueError) as info:
+            start(tls=tls)
+        assert reason in str(info.value) and "address in use" not in str(info.value)
+        assert str(tls.client_ca_file or tls.key_file) in str(info.value)
+    start(tls=ServerTls(pki.server_cert, pki.server_key, pki.ca)).stop(grace=0)
