@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import signal
 import sqlite3
-import ssl
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +31,7 @@ from tunefleet.coordinator.scheduler import Scheduler
 from tunefleet.coordinator.service import CoordinatorService
 from tunefleet.coordinator.store import JobStore
 from tunefleet.defaults import DEFAULT_ADDRESS, DEFAULT_DB_PATH
-from tunefleet.transport import SERVER_OPTIONS, check_port, is_loopback
+from tunefleet.transport import SERVER_OPTIONS, check_pem_files, check_port, is_loopback
 from tunefleet.v1 import coordinator_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -193,34 +192,18 @@ class ServerTls:
         )
 
     def _check_pem(self) -> None:
-        """ValueError naming the file when the PEM material is not what its flag wants.
-        gRPC checks it only when it binds the port and then says nothing but that the port
-        could not be added: a placeholder secret, a key from another certificate or the
-        two files swapped read as "cannot listen on HOST:PORT (address in use?)"."""
-
-        def encrypted() -> bytes:
-            raise ValueError("the key is encrypted; gRPC needs it without a passphrase")
-
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        """ValueError naming the flag and the file when the PEM material is not what its
+        flag wants: gRPC would say only that the port could not be added, so a placeholder
+        secret, a key from another certificate or the two files swapped read as "cannot
+        listen on HOST:PORT (address in use?)"."""
         try:
-            context.load_cert_chain(self.cert_file, self.key_file, password=encrypted)
-        except (ssl.SSLError, ValueError) as exc:
-            if isinstance(exc, ssl.SSLError):  # OpenSSL's reason, e.g. KEY_VALUES_MISMATCH
-                why = exc.reason if exc.reason else "not PEM, or the two files swapped"
-            else:
-                why = str(exc)
-            raise ValueError(
-                f"--tls-cert {self.cert_file} / --tls-key {self.key_file}: not a PEM "
-                f"certificate chain and the private key it was issued for ({why})"
-            ) from None
-        if self.client_ca_file:
-            try:
-                context.load_verify_locations(cafile=str(self.client_ca_file))
-            except ssl.SSLError as exc:
-                raise ValueError(
-                    f"--tls-client-ca {self.client_ca_file}: not a PEM CA certificate "
-                    f"({exc.reason or exc})"
-                ) from None
+            check_pem_files(cert=self.cert_file, key=self.key_file)
+        except ValueError as exc:
+            raise ValueError(f"--tls-cert / --tls-key: {exc}") from None
+        try:
+            check_pem_files(ca=self.client_ca_file)
+        except ValueError as exc:
+            raise ValueError(f"--tls-client-ca: {exc}") from None
 
 
 def check_exposure(host: str, *, tls: bool, tokens: bool, insecure: bool) -> str | None:

@@ -268,6 +268,13 @@ def daemon_from_args(args: argparse.Namespace) -> WorkerDaemon:
             ) from None
         if not os.access(folder, os.W_OK | os.X_OK):
             raise WorkerFlagError(f"{flag}: {folder} is not writable by this user")
+    try:  # the channel is opened here: unusable TLS files are named now
+        return _daemon(args, security, allowed_roots)
+    except ValueError as exc:
+        raise WorkerFlagError(str(exc)) from None
+
+
+def _daemon(args: argparse.Namespace, security: ChannelSecurity, allowed_roots) -> WorkerDaemon:
     return WorkerDaemon(
         args.coordinator,
         artifacts_root=Path(args.artifacts),

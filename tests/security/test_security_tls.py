@@ -177,3 +177,29 @@ def test_unusable_tls_material_is_named_not_reported_as_a_busy_port(start, pki, 
         assert reason in str(info.value) and "address in use" not in str(info.value)
         assert str(tls.client_ca_file or tls.key_file) in str(info.value)
     start(tls=ServerTls(pki.server_cert, pki.server_key, pki.ca)).stop(grace=0)
+
+
+def test_unusable_client_tls_files_are_named_before_any_connection(capsys, pki, tmp_path):
+    """A CA file that is not PEM, or a client certificate with another's key: the SDK
+    and ftctl said "cannot reach coordinator ... start one", the worker retried "Failed to
+    create security handshaker" for ever."""
+    from tunefleet.client import ValidationError
+    from tunefleet.client.cli import main
+    from tunefleet.worker.__main__ import build_parser
+    from tunefleet.worker.command_line import WorkerFlagError, daemon_from_args
+
+    garbage = tmp_path / "ca.pem"
+    garbage.write_text("REPLACE_ME (PEM CA certificate)")
+    with pytest.raises(ValidationError, match="not a PEM CA certificate"):
+        Client("127.0.0.1:1", tls_ca=garbage)
+    code = main(["--coordinator", "127.0.0.1:1", "--tls-ca", str(garbage), "workers"])
+    err = capsys.readouterr().err
+    assert (
+        code == 1
+        and err == f"error: {garbage}: not a PEM CA certificate (NO_CERTIFICATE_OR_CRL_FOUND)\n"
+    )
+    flags = ["--coordinator", "127.0.0.1:1", "--artifacts", str(tmp_path / "a"), "--gpus", "0"]
+    mismatched = ["--tls-ca", str(pki.ca), "--tls-cert", str(pki.client_cert)]
+    args = build_parser().parse_args([*flags, *mismatched, "--tls-key", str(pki.server_key)])
+    with pytest.raises(WorkerFlagError, match="KEY_VALUES_MISMATCH"):
+        daemon_from_args(args)
