@@ -16,7 +16,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from coordinator_helpers import Client, make_spec, wait_for
+from coordinator_helpers import Client, Worker, make_spec, wait_for
 from observability_helpers import metric, scrape
 from worker_helpers import scripted_command
 
@@ -87,12 +87,14 @@ def test_metrics_show_jobs_queue_workers_gpus_and_rpcs(tmp_path, daemons):
     client = Client(server.address)
     pool = daemons(server.address)
     try:
-        # Two CPU jobs succeed on a CPU worker, which then goes away (and is lost).
+        # Two CPU jobs succeed on a CPU worker, which then stops (and is forgotten); another
+        # registers and vanishes without a word (and is lost).
         cpu_worker = pool.start("w-cpu", "succeed", gpus=0)
         done = [client.submit(make_spec(f"cpu-{i}")).id for i in range(2)]
         for job_id in done:
             wait_for(lambda j=job_id: _state(client, j) == job_pb2.SUCCEEDED, timeout=20)
         pool.stop(cpu_worker)
+        Worker(client.stub, "w-vanished")
 
         # A GPU worker runs a 1-GPU job that keeps going; a 4-GPU job cannot fit anywhere.
         pool.start("w-gpu", "hang", gpus=2)
@@ -161,6 +163,38 @@ def test_metrics_show_jobs_queue_workers_gpus_and_rpcs(tmp_path, daemons):
         assert metric(samples, "tunefleet_events_ingested_total", kind="metrics") is None
     finally:
         again.stop(grace=0)
+
+
+def test_a_worker_that_stops_is_forgotten_and_one_that_vanishes_is_lost(tmp_path, daemons):
+    """Every routine stop (SIGTERM from systemd, Kubernetes or Slurm; a drain) left a LOST
+    worker behind for ever: `ftctl workers` filled with them and the documented alert,
+    tunefleet_workers{state="LOST"} > 0, fired after the first rollout and never cleared."""
+    server = start_server(
+        "127.0.0.1:0", tmp_path / "c.db", heartbeat_interval_s=0.2, lease_timeout_s=1.0,
+        check_paths=False, metrics_port=0,
+    )  # fmt: skip
+    client = Client(server.address)
+    pool = daemons(server.address)
+    try:
+        stopping = pool.start("w-stopping", "hang", gpus=0)
+        running = client.submit(make_spec("running")).id
+        wait_for(lambda: _state(client, running) == job_pb2.RUNNING, timeout=20)
+        Worker(client.stub, "w-vanished")  # registers, then never heard from again
+        pool.stop(stopping)  # SIGTERM's path: drain, hand back the job, exit
+
+        def workers() -> dict:
+            listed = client.stub.ListWorkers(coordinator_pb2.ListWorkersRequest(), timeout=10)
+            return {w.id: w.state for w in listed.workers}
+
+        wait_for(lambda: workers() == {"w-vanished": coordinator_pb2.LOST}, timeout=10)
+        samples = scrape(server.metrics.port)
+        assert metric(samples, "tunefleet_workers", state="LOST") == 1
+        assert metric(samples, "tunefleet_workers", state="LIVE") == 0
+        assert _state(client, running) == job_pb2.QUEUED  # handed back, not lost with it
+    finally:
+        pool.stop_all()
+        client.channel.close()
+        server.stop(grace=0)
 
 
 def test_metrics_are_off_by_default_and_a_taken_port_is_an_error(tmp_path):
