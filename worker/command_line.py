@@ -217,7 +217,7 @@ def check_worker_arguments(args: argparse.Namespace) -> None:
             f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {args.log_level!r}"
         )
     try:
-        check_port(args.coordinator)
+        check_port(args.coordinator or "")
     except ValueError as exc:
         raise WorkerFlagError(f"--coordinator {exc}") from None
     args.input_cache_max_gb = input_cache_max_gb(args)
