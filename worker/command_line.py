@@ -342,4 +342,12 @@ def allowed_roots_from_args(args: argparse.Namespace) -> list[str]:
             "no --allowed-root: jobs from %s may read and write any path this user can",
             args.coordinator,
         )
+    for root in roots:
+        if not Path(root).is_dir():
+            # A typo here refuses every job's paths, with a reason that names the job's
+            # path, not this flag: say it once, now (a mount may still be on its way).
+            logging.getLogger("tunefleet.worker").warning(
+                "--allowed-root %s: no such folder; job paths under it are refused until it exists",
+                root,
+            )
     return roots

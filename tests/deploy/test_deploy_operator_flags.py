@@ -145,22 +145,40 @@ def test_dashboard_refuses_a_port_out_of_range():
     assert "dashboard on" not in result.stdout
 
 
+def _first_log_line(argv: list[str], env: dict[str, str] | None = None) -> str:
+    """The first line a worker logs, then SIGTERM."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TUNEFLEET_")}
+    proc = subprocess.Popen(
+        argv,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**clean, "GRPC_VERBOSITY": "NONE", **(env or {})},
+    )
+    try:
+        return proc.stderr.readline()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=START_TIMEOUT_S)
+
+
+def test_worker_says_at_start_that_an_allowed_root_does_not_exist(tmp_path):
+    """`--allowed-root /shraed`: every job was refused ("path outside the folders this
+    worker allows") and nothing named the flag's typo."""
+    typo = tmp_path / "shraed"
+    first = _first_log_line(
+        [*WORKER, "--coordinator", "127.0.0.1:1", "--artifacts", str(tmp_path / "a"),
+         "--gpus", "0", "--allowed-root", str(typo)]
+    )  # fmt: skip
+    assert f"--allowed-root {typo}: no such folder" in first, first
+
+
 def test_worker_offering_gpus_the_host_lacks_says_so_at_start(tmp_path):
     """`--gpus 2` on a host where torch sees none (a CPU node, a wrong
     CUDA_VISIBLE_DEVICES): the worker registered 2 GPUs without a word, and GPU jobs placed
     on it trained on the CPU."""
     pytest.importorskip("torch")
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("TUNEFLEET_")}
-    proc = subprocess.Popen(
+    first = _first_log_line(
         [*WORKER, "--gpus", "2", "--coordinator", "127.0.0.1:1", "--artifacts", str(tmp_path)],
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**clean, "CUDA_VISIBLE_DEVICES": "", "GRPC_VERBOSITY": "NONE"},
+        env={"CUDA_VISIBLE_DEVICES": ""},
     )
-    try:
-        # Its first line: the warning, or (old code) the failed registration.
-        first = proc.stderr.readline()
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=START_TIMEOUT_S)
     assert "--gpus 2, but torch sees 0 GPUs" in first, first
