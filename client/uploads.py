@@ -271,6 +271,9 @@ def upload_inputs(
                     sent = None
                     if progress is not None:
                         sent = _bytes_sent(progress, total, done.uploaded_bytes, str(p))
+                    # A file:// (or plain path) storage has real folders, which put_file
+                    # does not create; object stores take this as a no-op.
+                    store.fs.makedirs(r.rsplit("/", 1)[0], exist_ok=True)
                     store.fs.put_file(str(p), r, **({"callback": sent} if sent else {}))
 
                 store.retry(what, put)

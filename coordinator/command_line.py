@@ -32,8 +32,20 @@ __all__ = [
 
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     """Every flag of a coordinator run in the foreground."""
-    parser.add_argument("--listen", default=DEFAULT_ADDRESS, metavar="HOST:PORT")
-    parser.add_argument("--db", default=DEFAULT_DB_PATH, metavar="PATH")
+    parser.add_argument(
+        "--listen",
+        default=DEFAULT_ADDRESS,
+        metavar="HOST:PORT",
+        help="where clients and workers connect; an address beyond loopback needs TLS and "
+        "--tokens, or --insecure (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--db",
+        default=DEFAULT_DB_PATH,
+        metavar="PATH",
+        help="the SQLite database (jobs, events, workers), on a local disk, not NFS; "
+        "created with its folder (default: %(default)s, relative to the working directory)",
+    )
     parser.add_argument(
         "--storage-uri",
         default=os.environ.get("TUNEFLEET_STORAGE_URI", ""),
@@ -128,9 +140,14 @@ def check_server_arguments(args: argparse.Namespace) -> dict:
     """The security options (see security_from_args) once every flag checks out;
     ValueError naming the flag otherwise."""
     from tunefleet.coordinator.server import check_lease_settings
+    from tunefleet.transport import MAX_PORT
 
     security = security_from_args(args)
     check_lease_settings(args.heartbeat_s, args.lease_s)
+    if args.metrics_port is not None and not 0 <= args.metrics_port <= MAX_PORT:
+        raise ValueError(
+            f"--metrics-port must be 0-{MAX_PORT} (0: any free port), got {args.metrics_port}"
+        )
     check_db_path(args.db)
     return security
 
@@ -155,7 +172,11 @@ def serve_from_args(args: argparse.Namespace, security: dict) -> None:
     ValueError when it cannot start (cannot bind, malformed --listen, exposure refused)."""
     from tunefleet.coordinator.server import serve
 
-    Path(args.db).parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(args.db).parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"--db {args.db}: cannot create {folder}: {exc.strerror or exc}") from None
     configure_command_logging("INFO", args.log_format)
     with contextlib.suppress(KeyboardInterrupt):
         serve(
@@ -168,5 +189,6 @@ def serve_from_args(args: argparse.Namespace, security: dict) -> None:
             lease_timeout_s=args.lease_s,
             max_followers=args.max_followers,
             storage_uri=args.storage_uri,
+            announce=args.log_format != "json",
             **security,
         )

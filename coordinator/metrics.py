@@ -258,8 +258,9 @@ class CoordinatorMetrics:
         port. Raises RuntimeError when the address cannot be bound."""
         try:
             self._httpd, self._thread = start_http_server(port, host, registry=self.registry)
-        except OSError as exc:
-            raise RuntimeError(f"cannot serve metrics on {host}:{port}: {exc.strerror}") from exc
+        except (OSError, OverflowError) as exc:  # OverflowError: a port above 65535
+            reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+            raise RuntimeError(f"cannot serve metrics on {host}:{port}: {reason}") from exc
         log.info("metrics on http://%s:%d/metrics", host, self.port)
         return self.port
 

@@ -342,6 +342,21 @@ class Scheduler:
                     self._jobs.release_if_silent(job, worker_id, now, self.lease_timeout_s)
             return sorted(stop), sorted(lost), True, worker.state == coordinator_pb2.DRAINING
 
+    def leave(self, worker_id: str) -> None:
+        """Forgets a worker that exits on purpose (stopped or drained), so that LOST means
+        vanished: every routine stop (a rollout, a Slurm allocation's end, a scale-down)
+        used to leave a LOST worker behind for ever, and `tunefleet_workers{state="LOST"}
+        > 0` alerted on it. A job it still holds goes back to the queue, as if lost."""
+        with self._lock:
+            if self.store.get_worker(worker_id) is None:
+                return
+            for job in self.store.active_jobs(worker_id):
+                self._jobs.release(job, "worker stopped", detail=f"worker {worker_id} stopped")
+            self.store.delete_worker(worker_id)
+            self._unhealthy.pop(worker_id, None)
+            log.info("worker %s stopped and signed off", worker_id)
+            self._changed()
+
     def _member_finishing(self, job_id: str, worker_id: str, now: float) -> bool:
         job = self.store.get_job(job_id)
         return job is not None and gang.finishing(job, worker_id, now, self.lease_timeout_s)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +31,7 @@ from tunefleet.coordinator.scheduler import Scheduler
 from tunefleet.coordinator.service import CoordinatorService
 from tunefleet.coordinator.store import JobStore
 from tunefleet.defaults import DEFAULT_ADDRESS, DEFAULT_DB_PATH
-from tunefleet.transport import SERVER_OPTIONS, is_loopback
+from tunefleet.transport import SERVER_OPTIONS, check_pem_files, check_port, is_loopback
 from tunefleet.v1 import coordinator_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -181,12 +182,28 @@ class ServerTls:
             except OSError as exc:
                 raise ValueError(f"cannot read {path}: {exc.strerror}") from None
 
+        key, cert = read(self.key_file), read(self.cert_file)
         client_ca = read(self.client_ca_file) if self.client_ca_file else None
+        self._check_pem()
         return grpc.ssl_server_credentials(
-            [(read(self.key_file), read(self.cert_file))],
+            [(key, cert)],
             root_certificates=client_ca,
             require_client_auth=client_ca is not None,
         )
+
+    def _check_pem(self) -> None:
+        """ValueError naming the flag and the file when the PEM material is not what its
+        flag wants: gRPC would say only that the port could not be added, so a placeholder
+        secret, a key from another certificate or the two files swapped read as "cannot
+        listen on HOST:PORT (address in use?)"."""
+        try:
+            check_pem_files(cert=self.cert_file, key=self.key_file)
+        except ValueError as exc:
+            raise ValueError(f"--tls-cert / --tls-key: {exc}") from None
+        try:
+            check_pem_files(ca=self.client_ca_file)
+        except ValueError as exc:
+            raise ValueError(f"--tls-client-ca: {exc}") from None
 
 
 def check_exposure(host: str, *, tls: bool, tokens: bool, insecure: bool) -> str | None:
@@ -209,6 +226,7 @@ def _split_listen(listen: str) -> tuple[str, str]:
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit():
         raise ValueError(f"listen address must be HOST:PORT, got {listen!r}")
+    check_port(listen)
     return host, port
 
 
@@ -257,7 +275,7 @@ def start_server(
         host, tls=tls is not None, tokens=tokens is not None, insecure=insecure
     )
     credentials = tls.credentials() if tls is not None else None  # unreadable files fail here
-    store = JobStore(db_path)
+    store = open_store(db_path)
     bus = EventBus()
     scheduler = Scheduler(
         store,
@@ -347,6 +365,22 @@ def start_server(
     )
 
 
+def open_store(db_path: str | Path) -> JobStore:
+    """The JobStore at `db_path`; RuntimeError naming the file when SQLite cannot open or
+    use it (an unwritable folder, a file that is not a database), which SQLite alone says
+    as "unable to open database file" without saying which file."""
+    try:
+        return JobStore(db_path)
+    except (sqlite3.Error, OSError) as exc:
+        hint = (
+            " (does its folder exist, and may this user write there?)"
+            if "unable to open" in str(exc) or isinstance(exc, OSError)
+            else ""
+        )
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise RuntimeError(f"cannot use the database {db_path}: {reason}{hint}") from None
+
+
 def check_lease_settings(heartbeat_s: float, lease_s: float) -> None:
     """Raises ValueError naming the flag when the heartbeat/lease pair cannot work."""
     if heartbeat_s <= 0:
@@ -361,10 +395,14 @@ def check_lease_settings(heartbeat_s: float, lease_s: float) -> None:
 def serve(
     listen: str = DEFAULT_ADDRESS,
     db_path: str | Path = DEFAULT_DB_PATH,
+    *,
+    announce: bool = True,
     **options,
 ) -> None:
     """Runs a coordinator until SIGINT or SIGTERM (`ftctl server`). `options` are
-    start_server's keyword arguments."""
+    start_server's keyword arguments. `announce`: also print where it listens (and serves
+    metrics) on stdout, for a terminal; off for JSON logs, whose collector reads stdout
+    and stderr as one stream of JSON lines (the log records say the same)."""
     if not logging.getLogger().handlers:
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -378,10 +416,12 @@ def serve(
     }
     try:
         server = start_server(listen, db_path, **options)
-        print(
-            f"tunefleet coordinator listening on {server.address} (db {Path(db_path)})", flush=True
-        )
-        if server.metrics is not None and server.metrics.port is not None:
+        if announce:
+            print(
+                f"tunefleet coordinator listening on {server.address} (db {Path(db_path)})",
+                flush=True,
+            )
+        if announce and server.metrics is not None and server.metrics.port is not None:
             metrics_host = options.get("metrics_host", "127.0.0.1")
             print(f"metrics on http://{metrics_host}:{server.metrics.port}/metrics", flush=True)
         try:

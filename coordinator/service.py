@@ -246,6 +246,9 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
 
     @_unary
     def Heartbeat(self, request, context):
+        if request.leaving:
+            self.scheduler.leave(request.worker_id)
+            return coordinator_pb2.HeartbeatResponse()
         cancel, lost, known, drain = self.scheduler.heartbeat(
             request.worker_id,
             request.running_job_ids,

@@ -15,9 +15,10 @@ import os
 import signal
 from pathlib import Path
 
+from tunefleet import limits
 from tunefleet.defaults import DEFAULT_ARTIFACTS, ENV_COORDINATOR
-from tunefleet.logging_setup import LOG_FORMATS
-from tunefleet.transport import ChannelSecurity, is_loopback, split_host
+from tunefleet.logging_setup import LOG_FORMATS, LOG_LEVELS
+from tunefleet.transport import ChannelSecurity, check_port, is_loopback, split_host
 from tunefleet.worker.artifact_store import ArtifactStore, ArtifactStoreError
 from tunefleet.worker.daemon import WorkerDaemon
 from tunefleet.worker.input_cache import DEFAULT_CACHE_MAX_GB
@@ -33,6 +34,9 @@ __all__ = [
     "run_until_signalled",
     "security_from_args",
 ]
+
+
+ENV_INPUT_CACHE_MAX_GB = "TUNEFLEET_INPUT_CACHE_MAX_GB"
 
 
 class WorkerFlagError(ValueError):
@@ -145,9 +149,9 @@ def add_worker_arguments(parser: argparse.ArgumentParser, *, connection: bool = 
     parser.add_argument(
         "--input-cache-max-gb",
         type=float,
-        default=float(os.environ.get("TUNEFLEET_INPUT_CACHE_MAX_GB") or DEFAULT_CACHE_MAX_GB),
         metavar="GB",
-        help="the cache's size bound; least recently used copies go first (default: %(default)s)",
+        help="the cache's size bound; least recently used copies go first (default: "
+        f"${ENV_INPUT_CACHE_MAX_GB}, else {DEFAULT_CACHE_MAX_GB})",
     )
     add_security_arguments(parser, tls_ca=connection)
 
@@ -201,8 +205,39 @@ def check_worker_arguments(args: argparse.Namespace) -> None:
         )
     if args.drain_grace_s < 0:
         raise WorkerFlagError(f"--drain-grace-s must be >= 0, got {args.drain_grace_s}")
-    if getattr(args, "input_cache_max_gb", 1.0) <= 0:
+    if args.id is not None and not limits.is_safe_name(args.id, limits.MAX_WORKER_ID_CHARS):
+        # The coordinator refuses it at every registration, which the daemon would retry
+        # for ever: a unit file's typo has to stop here, with the rule.
+        raise WorkerFlagError(
+            f"--id {limits.quote(args.id)}: at most {limits.MAX_WORKER_ID_CHARS} characters, "
+            f"{limits.NAME_RULE}"
+        )
+    if str(args.log_level).upper() not in LOG_LEVELS:
+        raise WorkerFlagError(
+            f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {args.log_level!r}"
+        )
+    try:
+        check_port(args.coordinator or "")
+    except ValueError as exc:
+        raise WorkerFlagError(f"--coordinator {exc}") from None
+    args.input_cache_max_gb = input_cache_max_gb(args)
+    if args.input_cache_max_gb <= 0:
         raise WorkerFlagError(f"--input-cache-max-gb must be > 0, got {args.input_cache_max_gb}")
+
+
+def input_cache_max_gb(args: argparse.Namespace) -> float:
+    """--input-cache-max-gb, else $TUNEFLEET_INPUT_CACHE_MAX_GB, else the default. Read
+    here, not as the parser's default: a malformed variable must not break every command
+    that builds the parser (all of ftctl's, `ftctl validate` included)."""
+    if args.input_cache_max_gb is not None:
+        return args.input_cache_max_gb
+    value = os.environ.get(ENV_INPUT_CACHE_MAX_GB) or str(DEFAULT_CACHE_MAX_GB)
+    try:
+        return float(value)
+    except ValueError:
+        raise WorkerFlagError(
+            f"${ENV_INPUT_CACHE_MAX_GB} must be a number of GB, got {value!r}"
+        ) from None
 
 
 def daemon_from_args(args: argparse.Namespace) -> WorkerDaemon:
@@ -219,6 +254,7 @@ def daemon_from_args(args: argparse.Namespace) -> WorkerDaemon:
         except ArtifactStoreError as exc:
             raise WorkerFlagError(f"--artifacts-uri: {exc}") from None
     for flag, folder in (
+        ("--artifacts", args.artifacts),
         ("--work-dir", args.work_dir),
         ("--input-cache-dir", args.input_cache_dir),
     ):
@@ -230,6 +266,15 @@ def daemon_from_args(args: argparse.Namespace) -> WorkerDaemon:
             raise WorkerFlagError(
                 f"{flag}: cannot create {folder}: {exc.strerror or exc}"
             ) from None
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise WorkerFlagError(f"{flag}: {folder} is not writable by this user")
+    try:  # the channel is opened here: unusable TLS files are named now
+        return _daemon(args, security, allowed_roots)
+    except ValueError as exc:
+        raise WorkerFlagError(str(exc)) from None
+
+
+def _daemon(args: argparse.Namespace, security: ChannelSecurity, allowed_roots) -> WorkerDaemon:
     return WorkerDaemon(
         args.coordinator,
         artifacts_root=Path(args.artifacts),
@@ -239,7 +284,7 @@ def daemon_from_args(args: argparse.Namespace) -> WorkerDaemon:
         poll_s=args.poll_s,
         artifacts_uri=args.artifacts_uri,
         cache_dir=Path(args.input_cache_dir) if args.input_cache_dir else None,
-        cache_max_bytes=int(args.input_cache_max_gb * 1024**3),
+        cache_max_bytes=int(input_cache_max_gb(args) * 1024**3),
         security=security,
         allowed_roots=allowed_roots,
         drain_grace_s=args.drain_grace_s,
@@ -297,4 +342,12 @@ def allowed_roots_from_args(args: argparse.Namespace) -> list[str]:
             "no --allowed-root: jobs from %s may read and write any path this user can",
             args.coordinator,
         )
+    for root in roots:
+        if not Path(root).is_dir():
+            # A typo here refuses every job's paths, with a reason that names the job's
+            # path, not this flag: say it once, now (a mount may still be on its way).
+            logging.getLogger("tunefleet.worker").warning(
+                "--allowed-root %s: no such folder; job paths under it are refused until it exists",
+                root,
+            )
     return roots

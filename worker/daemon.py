@@ -76,6 +76,8 @@ _NOT_OURS = frozenset({grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_
 
 # While unhealthy, how often the worker checks whether the cause is gone.
 _HEALTH_PROBE_S = 1.0
+# How long the last call, saying that this worker is leaving, may take.
+_SIGN_OFF_TIMEOUT_S = 2.0
 # After stop(), how long we keep trying to tell the coordinator how the job ended.
 _STOP_PATIENCE_S = 10.0
 
@@ -158,6 +160,7 @@ class WorkerDaemon:
         self._lease_until = 0.0  # time.monotonic() when our lease may have run out
         self._drain_requested = False  # DrainWorker, not a signal, started the stop
         self._gpu_name = ""
+        self._registered = False  # once: then a coordinator knows us, and is told we leave
         self._stopping = threading.Event()  # no new jobs; drain the running one
         self._stopped = threading.Event()  # run() is over: heartbeats end too
         self._stop_count = 0
@@ -185,6 +188,19 @@ class WorkerDaemon:
         """Registers, then acquires and runs jobs until stop()."""
         if self.gpus is None:
             self.gpus, self._gpu_name = detect_gpus()
+        elif self.gpus > 0:
+            # Offered GPUs the host lacks are still placed on: a job that asked for them
+            # trains on the CPU (accelerate falls back) or fails, so say it at the start.
+            seen, self._gpu_name = detect_gpus()
+            if seen < self.gpus:
+                log.warning(
+                    "--gpus %d, but torch sees %d GPU%s on this host: jobs placed on the "
+                    "missing ones train on the CPU or fail (check CUDA_VISIBLE_DEVICES and "
+                    "the driver, or offer fewer)",
+                    self.gpus,
+                    seen,
+                    "" if seen == 1 else "s",
+                )
         heartbeat = threading.Thread(
             target=self._heartbeat_loop, name="tunefleet-heartbeat", daemon=True
         )
@@ -213,6 +229,7 @@ class WorkerDaemon:
             self._stopped.set()
             if heartbeat.is_alive():
                 heartbeat.join(timeout=5)
+            self._sign_off()
             if self.engine_host is not None:
                 self.engine_host.close()
             self._channel.close()
@@ -291,6 +308,7 @@ class WorkerDaemon:
                     continue
                 self._outages.ok("RegisterWorker")
                 self.worker_id = response.worker_id
+                self._registered = True
                 self.heartbeat_interval_s = response.heartbeat_interval_s or 2.0
                 self.lease_timeout_s = response.lease_timeout_s or 10.0
                 self._lease_until = sent_at + self.lease_timeout_s
@@ -344,6 +362,22 @@ class WorkerDaemon:
             self._stub, method, request, stopping=self._stopping, outages=self._outages,
             patience_after_stop_s=patience_after_stop_s, give_up_after_s=give_up_after_s,
         )  # fmt: skip
+
+    def _sign_off(self) -> None:
+        """Tells the coordinator this worker is gone on purpose, after its job was handed
+        back, so that it is forgotten rather than shown (and alerted on) as LOST. Best
+        effort: a coordinator that is down finds out by the lease, as before."""
+        if not self._registered:
+            return
+        request = coordinator_pb2.HeartbeatRequest(worker_id=self.worker_id, leaving=True)
+        try:
+            self._stub.Heartbeat(request, timeout=_SIGN_OFF_TIMEOUT_S)
+        except grpc.RpcError as exc:
+            log.info(
+                "could not sign off from %s (%s): it will see this worker as lost",
+                self.coordinator,
+                exc.code().name,
+            )
 
     def _heartbeat_loop(self) -> None:
         # Until run() ends, not until stop(): a draining job needs its lease to hold.

@@ -53,6 +53,7 @@ from tunefleet.client.cli.common import (  # noqa: E402
     error,
     note,
     print_problems,
+    security,
     stderr,
     unreachable_message,
 )
@@ -138,7 +139,11 @@ def report_error(e: Exception, args: argparse.Namespace) -> int:
         print_problems(e.source or getattr(args, "file", None) or "job spec", e.errors, stderr())
     elif isinstance(e, Unavailable):
         target = e.target or getattr(args, "coordinator", None) or DEFAULT_ADDRESS
-        error(unreachable_message(target))
+        try:
+            tls = security(args).tls if hasattr(args, "tls_ca") else False
+        except TunefleetError:
+            tls = False
+        error(unreachable_message(target, e.message, tls=tls))
     elif isinstance(e, TunefleetError):
         error(e.message)
     elif isinstance(e, _user_error_types()):

@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 
-from tunefleet.transport import ChannelSecurity, is_loopback
+from tunefleet.transport import ChannelSecurity, check_port, is_loopback
 
 __all__ = ["DashboardServer", "missing_dependencies"]
 
@@ -35,6 +35,7 @@ def split_listen(listen: str) -> tuple[str, int]:
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit():
         raise ValueError(f"--listen wants HOST:PORT, got {listen!r}")
+    check_port(listen)
     return host.strip("[]"), int(port)
 
 

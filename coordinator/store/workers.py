@@ -39,6 +39,10 @@ class WorkerTable(Database):
         with self._tx() as db:
             db.execute("UPDATE workers SET state = ? WHERE id = ?", (state, worker_id))
 
+    def delete_worker(self, worker_id: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM workers WHERE id = ?", (worker_id,))
+
     def touch_worker(self, worker_id: str, now: float | None = None) -> None:
         now = time.time() if now is None else now
         with self._tx() as db:

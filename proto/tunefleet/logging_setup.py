@@ -24,6 +24,7 @@ from typing import IO
 
 __all__ = [
     "LOG_FORMATS",
+    "LOG_LEVELS",
     "JobContextFilter",
     "JsonFormatter",
     "configure_command_logging",
@@ -32,6 +33,8 @@ __all__ = [
 ]
 
 LOG_FORMATS = ("text", "json")
+# The level names a command's --log-level takes (any case).
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 _job_id: contextvars.ContextVar[str] = contextvars.ContextVar("tunefleet_job_id", default="")

@@ -23,6 +23,7 @@ import logging
 import os
 import random
 import socket
+import ssl
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "MAX_MESSAGE_BYTES",
+    "MAX_PORT",
     "MAX_CONCURRENT_STREAMS",
     "SDK_CHANNEL_OPTIONS",
     "SERVER_OPTIONS",
@@ -46,6 +48,8 @@ __all__ = [
     "ENV_TOKEN",
     "ENV_TOKEN_FILE",
     "ChannelSecurity",
+    "check_pem_files",
+    "check_port",
     "is_loopback",
     "open_channel",
     "read_token_file",
@@ -222,6 +226,49 @@ def split_host(target: str) -> str:
     return (host if sep and port.isdigit() else target).strip("[]")
 
 
+MAX_PORT = 65535
+
+
+def check_port(address: str) -> None:
+    """ValueError when `address` ("host:port", "dns:///host:port") names a port above
+    65535. gRPC takes such a port modulo 65536 without a word: `--listen 127.0.0.1:99999`
+    served on 34463 and a client dialled 34463, so a typo became a silent wrong port."""
+    port = address.split("///", 1)[-1].rpartition(":")[2]
+    if port.isdigit() and int(port) > MAX_PORT:
+        raise ValueError(f"{address}: port {port} is out of range (0-{MAX_PORT})")
+
+
+def check_pem_files(
+    *, cert: Path | None = None, key: Path | None = None, ca: Path | None = None
+) -> None:
+    """ValueError naming the file when a certificate chain and its key, or a CA bundle,
+    cannot be used. gRPC finds out only when it connects or binds, and then says no more
+    than that the handshake could not start or the port could not be added, which read as
+    "cannot reach coordinator" and "address in use?"."""
+
+    def encrypted() -> bytes:
+        raise ValueError("the key is encrypted; gRPC needs it without a passphrase")
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if cert is not None and key is not None:
+        try:
+            context.load_cert_chain(cert, key, password=encrypted)
+        except (ssl.SSLError, ValueError) as exc:
+            if isinstance(exc, ssl.SSLError):  # OpenSSL's reason, e.g. KEY_VALUES_MISMATCH
+                why = exc.reason if exc.reason else "not PEM, or the two files swapped"
+            else:
+                why = str(exc)
+            raise ValueError(
+                f"{cert} / {key}: not a PEM certificate chain and the private key it was "
+                f"issued for ({why})"
+            ) from None
+    if ca is not None:
+        try:
+            context.load_verify_locations(cafile=str(ca))
+        except ssl.SSLError as exc:
+            raise ValueError(f"{ca}: not a PEM CA certificate ({exc.reason or exc})") from None
+
+
 @dataclass(frozen=True)
 class ChannelSecurity:
     """How a channel authenticates: TLS settings and the bearer token.
@@ -282,6 +329,8 @@ class ChannelSecurity:
         )
 
     def channel_credentials(self) -> grpc.ChannelCredentials:
+        """ValueError naming the file for unreadable or unusable PEM files."""
+
         def read(path: Path | None) -> bytes | None:
             if path is None:
                 return None
@@ -290,10 +339,12 @@ class ChannelSecurity:
             except OSError as exc:
                 raise ValueError(f"cannot read {path}: {exc.strerror}") from None
 
+        ca, key, cert = read(self.ca_file), read(self.key_file), read(self.cert_file)
+        check_pem_files(cert=self.cert_file, key=self.key_file, ca=self.ca_file)
         return grpc.ssl_channel_credentials(
-            root_certificates=read(self.ca_file),
-            private_key=read(self.key_file),
-            certificate_chain=read(self.cert_file),
+            root_certificates=ca,
+            private_key=key,
+            certificate_chain=cert,
         )
 
 
@@ -302,7 +353,9 @@ def open_channel(
     options: Iterable[tuple[str, int | str]] = (),
     security: ChannelSecurity | None = None,
 ) -> grpc.Channel:
-    """A channel to `target` with `security` applied (plaintext, no token when None)."""
+    """A channel to `target` with `security` applied (plaintext, no token when None);
+    ValueError for a port out of range."""
+    check_port(target)
     security = security or ChannelSecurity()
     options = list(options)
     if security.server_name:

@@ -408,3 +408,22 @@ def test_swept_model_folders_are_uploaded_as_folders(tmp_path):
     for url, name in zip(urls, ("small", "large"), strict=True):
         assert url.endswith(f"/{name}") and fs.exists(f"{url.rsplit('/', 1)[0]}/.complete")
         assert json.loads(fs.cat_file(f"{url}/config.json")) == {"size": name}
+
+
+def test_a_file_url_storage_gets_its_folders(tmp_path, tiny_bert):
+    """`--storage-uri file:///mnt/share/inputs` (or a plain path): every upload failed
+    with "no such file: .../sha256/DIGEST/train.csv", the folders it writes into being
+    created by nobody."""
+    train = tmp_path / "train.csv"
+    train.write_text("text,label\ngood,pos\nbad,neg\n")
+    for storage in (f"file://{tmp_path}/share/inputs", str(tmp_path / "plain" / "inputs")):
+        server = start_server("127.0.0.1:0", tmp_path / "c.db", storage_uri=storage)
+        with server, Client(server.address) as client:
+            handle = client.submit(_job(str(train), model=str(tiny_bert)))
+            spec = client.get(handle.id).spec
+        assert spec.data.train.startswith(f"{storage}/sha256/"), spec.data.train
+        assert spec.model.name.startswith(f"{storage}/sha256/"), spec.model.name
+        with fsspec.open(spec.data.train, "rt") as f:
+            assert f.read() == train.read_text()
+        model = Path(spec.model.name.removeprefix("file://"))
+        assert (model / "config.json").read_bytes() == (tiny_bert / "config.json").read_bytes()

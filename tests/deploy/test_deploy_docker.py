@@ -183,6 +183,8 @@ def test_compose_runs_a_coordinator_and_two_workers_sharing_artifacts():
         assert worker["build"]["dockerfile"] == "deploy/docker/Dockerfile.worker"
         assert (DOCKER / worker["build"]["context"] / worker["build"]["dockerfile"]).exists()
         assert "deploy" not in worker, "CPU by default: GPUs come from compose.gpu.yaml"
+        # The image's ENTRYPOINT is tini; a second init makes it warn at every start.
+        assert not worker.get("init"), "tini (the image's entrypoint) is its init"
     assert len(ids) == 2, "each worker needs its own id"
 
 

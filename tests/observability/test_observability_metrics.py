@@ -16,7 +16,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from coordinator_helpers import Client, make_spec, wait_for
+from coordinator_helpers import Client, Worker, make_spec, wait_for
 from observability_helpers import metric, scrape
 from worker_helpers import scripted_command
 
@@ -87,12 +87,14 @@ def test_metrics_show_jobs_queue_workers_gpus_and_rpcs(tmp_path, daemons):
     client = Client(server.address)
     pool = daemons(server.address)
     try:
-        # Two CPU jobs succeed on a CPU worker, which then goes away (and is lost).
+        # Two CPU jobs succeed on a CPU worker, which then stops (and is forgotten); another
+        # registers and vanishes without a word (and is lost).
         cpu_worker = pool.start("w-cpu", "succeed", gpus=0)
         done = [client.submit(make_spec(f"cpu-{i}")).id for i in range(2)]
         for job_id in done:
             wait_for(lambda j=job_id: _state(client, j) == job_pb2.SUCCEEDED, timeout=20)
         pool.stop(cpu_worker)
+        Worker(client.stub, "w-vanished")
 
         # A GPU worker runs a 1-GPU job that keeps going; a 4-GPU job cannot fit anywhere.
         pool.start("w-gpu", "hang", gpus=2)
@@ -163,6 +165,38 @@ def test_metrics_show_jobs_queue_workers_gpus_and_rpcs(tmp_path, daemons):
         again.stop(grace=0)
 
 
+def test_a_worker_that_stops_is_forgotten_and_one_that_vanishes_is_lost(tmp_path, daemons):
+    """Every routine stop (SIGTERM from systemd, Kubernetes or Slurm; a drain) left a LOST
+    worker behind for ever: `ftctl workers` filled with them and the documented alert,
+    tunefleet_workers{state="LOST"} > 0, fired after the first rollout and never cleared."""
+    server = start_server(
+        "127.0.0.1:0", tmp_path / "c.db", heartbeat_interval_s=0.2, lease_timeout_s=1.0,
+        check_paths=False, metrics_port=0,
+    )  # fmt: skip
+    client = Client(server.address)
+    pool = daemons(server.address)
+    try:
+        stopping = pool.start("w-stopping", "hang", gpus=0)
+        running = client.submit(make_spec("running")).id
+        wait_for(lambda: _state(client, running) == job_pb2.RUNNING, timeout=20)
+        Worker(client.stub, "w-vanished")  # registers, then never heard from again
+        pool.stop(stopping)  # SIGTERM's path: drain, hand back the job, exit
+
+        def workers() -> dict:
+            listed = client.stub.ListWorkers(coordinator_pb2.ListWorkersRequest(), timeout=10)
+            return {w.id: w.state for w in listed.workers}
+
+        wait_for(lambda: workers() == {"w-vanished": coordinator_pb2.LOST}, timeout=10)
+        samples = scrape(server.metrics.port)
+        assert metric(samples, "tunefleet_workers", state="LOST") == 1
+        assert metric(samples, "tunefleet_workers", state="LIVE") == 0
+        assert _state(client, running) == job_pb2.QUEUED  # handed back, not lost with it
+    finally:
+        pool.stop_all()
+        client.channel.close()
+        server.stop(grace=0)
+
+
 def test_metrics_are_off_by_default_and_a_taken_port_is_an_error(tmp_path):
     with start_server("127.0.0.1:0", tmp_path / "a.db") as server:
         assert server.metrics.port is None
@@ -210,10 +244,14 @@ def test_ftctl_server_serves_metrics_and_json_logs(tmp_path):
         text=True,
         env={**os.environ, "GRPC_VERBOSITY": "NONE"},
     )
+    early = []  # the JSON log says where it listens; stdout stays empty (one JSON stream)
     try:
-        lines = [proc.stdout.readline(), proc.stdout.readline()]
-        address = re.search(r"listening on (\S+)", lines[0]).group(1)
-        port = int(re.search(r"metrics on http://127.0.0.1:(\d+)/metrics", lines[1]).group(1))
+        while not any("coordinator listening on" in line for line in early):
+            early.append(proc.stderr.readline())
+            assert early[-1], f"the coordinator exited: {early}"
+        text = "".join(early)
+        address = re.search(r"coordinator listening on (127\.0\.0\.1:\d+)", text).group(1)
+        port = int(re.search(r"metrics on http://127.0.0.1:(\d+)/metrics", text).group(1))
         client = Client(address)
         spec = make_spec("via-cli")  # `ftctl server` checks that paths exist
         (tmp_path / "train.csv").write_text("text,label\na,b\n")
@@ -226,9 +264,10 @@ def test_ftctl_server_serves_metrics_and_json_logs(tmp_path):
         assert check(address) == "SERVING"
     finally:
         proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=20)
+        stdout, stderr = proc.communicate(timeout=20)
     assert proc.returncode == 0, stderr
-    records = [json.loads(line) for line in stderr.splitlines() if line.strip()]
+    assert stdout == ""
+    records = [json.loads(line) for line in (text + stderr).splitlines() if line.strip()]
     assert records, "the coordinator logged nothing"
     for record in records:
         assert {"time", "level", "logger", "message"} <= set(record), record

@@ -115,3 +115,91 @@ def test_server_tls_files_must_be_readable(start, pki, tmp_path):
         start(tls=ServerTls(tmp_path / "missing.pem", pki.server_key))
     with pytest.raises(ValueError, match="both"):
         ChannelSecurity.resolve(tls_cert=pki.client_cert, environ={})
+
+
+def _ftctl_error(capsys, address: str, *flags: str) -> str:
+    from tunefleet.client.cli import main
+
+    code = main(["--coordinator", address, "--connect-timeout", "1", *flags, "jobs"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err, err
+    return err.strip().splitlines()[-1]
+
+
+def test_ftctl_says_which_tls_setting_disagrees_instead_of_start_one(
+    capsys, start, pki, tokens_file, monkeypatch, tmp_path
+):
+    """Each of these said "cannot reach coordinator ... Start one on this machine with
+    `ftctl up`" although a coordinator answered: only the TLS settings disagreed."""
+    for name in ("TUNEFLEET_TLS_CA", "TUNEFLEET_TLS_CERT", "TUNEFLEET_TLS_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    token = tmp_path / "alice.token"
+    token.write_text(TOKENS["alice"])
+    tokens = TokenTable.from_file(tokens_file)
+    # On every interface, so that 127.0.0.2 (a name the certificate lacks) reaches it too.
+    tls = start("0.0.0.0:0", tls=ServerTls(pki.server_cert, pki.server_key), tokens=tokens)
+    address, auth = f"127.0.0.1:{tls.port}", ("--token-file", str(token))
+
+    line = _ftctl_error(capsys, address, *auth)  # plaintext
+    assert "closed the connection" in line and "--tls-ca" in line and "ftctl up" not in line
+    line = _ftctl_error(capsys, address, *auth, "--tls-ca", str(pki.rogue_ca))
+    assert "not signed by a CA this client trusts" in line, line
+    line = _ftctl_error(capsys, f"127.0.0.2:{tls.port}", *auth, "--tls-ca", str(pki.ca))
+    assert "does not name 127.0.0.2" in line, line
+
+    plain = start(tokens=tokens)
+    line = _ftctl_error(capsys, plain.address, *auth, "--tls-ca", str(pki.ca))
+    assert "does not speak TLS" in line, line
+
+    mtls = start(tls=ServerTls(pki.server_cert, pki.server_key, pki.ca), tokens=tokens)
+    line = _ftctl_error(capsys, mtls.address, *auth, "--tls-ca", str(pki.ca))
+    assert "--tls-client-ca" in line and "TUNEFLEET_TLS_CERT" in line, line
+
+    # Nothing listening at all: still "start one".
+    plain.stop(grace=0)
+    assert "ftctl up" in _ftctl_error(capsys, plain.address, *auth)
+
+
+def test_unusable_tls_material_is_named_not_reported_as_a_busy_port(start, pki, tmp_path):
+    """Each of these failed as "cannot listen on 127.0.0.1:0 (address in use?)": gRPC
+    only says the port could not be added."""
+    placeholder = tmp_path / "tls.crt"  # deploy/kubernetes/secrets.yaml, not yet replaced
+    placeholder.write_text("REPLACE_ME (PEM certificate chain)")
+    cases = [
+        (ServerTls(placeholder, pki.server_key), "not PEM, or the two files swapped"),
+        (ServerTls(pki.server_key, pki.server_cert), "not PEM, or the two files swapped"),
+        (ServerTls(pki.server_cert, pki.client_key), "KEY_VALUES_MISMATCH"),
+        (ServerTls(pki.server_cert, pki.server_key, placeholder), "--tls-client-ca"),
+    ]
+    for tls, reason in cases:
+        with pytest.raises(ValueError) as info:
+            start(tls=tls)
+        assert reason in str(info.value) and "address in use" not in str(info.value)
+        assert str(tls.client_ca_file or tls.key_file) in str(info.value)
+    start(tls=ServerTls(pki.server_cert, pki.server_key, pki.ca)).stop(grace=0)
+
+
+def test_unusable_client_tls_files_are_named_before_any_connection(capsys, pki, tmp_path):
+    """A CA file that is not PEM, or a client certificate with another's key: the SDK
+    and ftctl said "cannot reach coordinator ... start one", the worker retried "Failed to
+    create security handshaker" for ever."""
+    from tunefleet.client import ValidationError
+    from tunefleet.client.cli import main
+    from tunefleet.worker.__main__ import build_parser
+    from tunefleet.worker.command_line import WorkerFlagError, daemon_from_args
+
+    garbage = tmp_path / "ca.pem"
+    garbage.write_text("REPLACE_ME (PEM CA certificate)")
+    with pytest.raises(ValidationError, match="not a PEM CA certificate"):
+        Client("127.0.0.1:1", tls_ca=garbage)
+    code = main(["--coordinator", "127.0.0.1:1", "--tls-ca", str(garbage), "workers"])
+    err = capsys.readouterr().err
+    assert (
+        code == 1
+        and err == f"error: {garbage}: not a PEM CA certificate (NO_CERTIFICATE_OR_CRL_FOUND)\n"
+    )
+    flags = ["--coordinator", "127.0.0.1:1", "--artifacts", str(tmp_path / "a"), "--gpus", "0"]
+    mismatched = ["--tls-ca", str(pki.ca), "--tls-cert", str(pki.client_cert)]
+    args = build_parser().parse_args([*flags, *mismatched, "--tls-key", str(pki.server_key)])
+    with pytest.raises(WorkerFlagError, match="KEY_VALUES_MISMATCH"):
+        daemon_from_args(args)

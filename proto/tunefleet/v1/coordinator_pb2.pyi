@@ -184,14 +184,16 @@ class RegisterWorkerResponse(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ..., lease_timeout_s: _Optional[float] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("worker_id", "running_job_ids", "unhealthy_reason")
+    __slots__ = ("worker_id", "running_job_ids", "unhealthy_reason", "leaving")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     RUNNING_JOB_IDS_FIELD_NUMBER: _ClassVar[int]
     UNHEALTHY_REASON_FIELD_NUMBER: _ClassVar[int]
+    LEAVING_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     running_job_ids: _containers.RepeatedScalarFieldContainer[str]
     unhealthy_reason: str
-    def __init__(self, worker_id: _Optional[str] = ..., running_job_ids: _Optional[_Iterable[str]] = ..., unhealthy_reason: _Optional[str] = ...) -> None: ...
+    leaving: bool
+    def __init__(self, worker_id: _Optional[str] = ..., running_job_ids: _Optional[_Iterable[str]] = ..., unhealthy_reason: _Optional[str] = ..., leaving: _Optional[bool] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("cancel_job_ids", "known", "lost_job_ids", "drain")
