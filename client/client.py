@@ -52,7 +52,13 @@ from tunefleet.client.uploads import (
 )
 from tunefleet.defaults import DEFAULT_ADDRESS, ENV_COORDINATOR
 from tunefleet.spec.errors import FieldError, SpecError
-from tunefleet.transport import SDK_CHANNEL_OPTIONS, ChannelSecurity, RetryPolicy, open_channel
+from tunefleet.transport import (
+    SDK_CHANNEL_OPTIONS,
+    ChannelSecurity,
+    RetryPolicy,
+    check_target,
+    open_channel,
+)
 from tunefleet.v1 import coordinator_pb2, coordinator_pb2_grpc, spec_pb2
 
 __all__ = [
@@ -102,7 +108,8 @@ class Client(SweepClient):
             hanging in silence until `retry` gives up.
 
     Raises:
-        ValidationError: Unreadable token or TLS files, or a certificate without a key.
+        ValidationError: A target that is not HOST:PORT, unreadable token or TLS files, or a
+            certificate without a key.
     """
 
     def __init__(
@@ -127,6 +134,7 @@ class Client(SweepClient):
         self.timeout = seconds("timeout", timeout)
         self.retry = retry or RetryPolicy()
         try:
+            check_target(self.target, "target" if target else f"${ENV_TARGET}")
             if security is None:
                 security = ChannelSecurity.resolve(
                     token=token, tls=tls, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key

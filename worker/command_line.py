@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tunefleet.defaults import DEFAULT_ARTIFACTS, ENV_COORDINATOR
 from tunefleet.logging_setup import LOG_FORMATS
-from tunefleet.transport import ChannelSecurity, is_loopback, split_host
+from tunefleet.transport import ChannelSecurity, is_loopback, split_host, target_problem
 from tunefleet.worker.artifact_store import ArtifactStore, ArtifactStoreError
 from tunefleet.worker.daemon import WorkerDaemon
 from tunefleet.worker.input_cache import DEFAULT_CACHE_MAX_GB
@@ -189,6 +189,9 @@ def add_security_arguments(parser: argparse.ArgumentParser, *, tls_ca: bool = Tr
 
 def check_worker_arguments(args: argparse.Namespace) -> None:
     """Raises WorkerFlagError for a value no worker can run with."""
+    problem = target_problem(args.coordinator or "")
+    if problem:
+        raise WorkerFlagError(f"--coordinator: {problem}")
     if args.gpus is not None and args.gpus < 0:
         raise WorkerFlagError(f"--gpus must be >= 0, got {args.gpus}")
     if args.poll_s <= 0:
