@@ -526,6 +526,7 @@ class JobHandle:
 
     def get(self) -> Job:
         self.job = self.client.get(self.id)
+        self.id = self.job.id  # a short id, resolved once (as SweepHandle does)
         return self.job
 
     @property
@@ -558,6 +559,7 @@ class JobHandle:
 
     def cancel(self, reason: str = "") -> Job:
         self.job = self.client.cancel(self.id, reason)
+        self.id = self.job.id
         return self.job
 
 

@@ -194,6 +194,10 @@ def test_short_job_ids_work_in_the_sdk_and_every_job_verb(capsys, cluster, job_y
         assert sdk.resolve_job_id(digits[:4].upper()) == sdk.get(job_id.upper()).id == job_id
         assert [e.seq for e in sdk.events(digits[:5], follow=False)]
         assert sdk.job(digits).id == job_id
+        # A handle made from a prefix learns its job's full id on its first call.
+        handle = sdk.job(digits[:4])
+        assert handle.get().id == handle.id == job_id
+        assert repr(handle) == f"JobHandle({job_id!r})"
 
     address = ["--coordinator", cluster.address]
     assert main(["get", digits, *address]) == 0
