@@ -412,10 +412,30 @@ class Client(SweepClient):
             digits = {k.removeprefix(prefix): k for k in ids}
             wanted = full.removeprefix(prefix)
             close = [digits[d] for d in difflib.get_close_matches(wanted, digits, 3, 0.7)]
-            if not close:
+            sweep = self._sweep_named(given) if prefix == JOB_ID_PREFIX and not close else ""
+            if sweep:
+                trials = f"its trials are jobs (`ftctl sweep get {sweep}` lists them)"
+                if full.startswith(SWEEP_ID_PREFIX):
+                    message = f"{sweep} is a sweep, not a job; {trials}"
+                else:
+                    message = f"{noun} {full} not found; those digits are sweep {sweep}'s: {trials}"
+            elif not close:
                 raise not_found from None
-            message = f"{noun} {full} not found; did you mean {', '.join(close)}?"
+            else:
+                message = f"{noun} {full} not found; did you mean {', '.join(close)}?"
         raise NotFound(message, code=not_found.code, target=not_found.target) from None
+
+    def _sweep_named(self, given: str) -> str:
+        """The one sweep whose id `given` names (a sweep id, its digits or a prefix of
+        them) where a job id was wanted, else "": people copy a sweep's digits into a job
+        verb, and "job ... not found" alone hid that the sweep exists."""
+        wanted = normalize_id(given, SWEEP_ID_PREFIX)
+        try:
+            ids = [s.id for s in self.list_sweeps(limit=5000)]
+        except TunefleetError:
+            return ""
+        matches = [i for i in ids if i.startswith(wanted)]
+        return matches[0] if len(matches) == 1 else ""
 
     def _unavailable(self, give_up_s: float) -> None:
         if self.on_unavailable is not None:

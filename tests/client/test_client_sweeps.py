@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -293,6 +294,26 @@ def test_a_sweep_id_may_be_its_digits_or_a_unique_prefix_as_a_job_id_may(
         assert handle.id in capsys.readouterr().out
         assert main(["sweep", "cancel", digits, *flags]) == 0
         assert handle.get().state is SweepState.CANCELLED
+
+
+def test_a_sweep_named_where_a_job_is_wanted_is_pointed_out(capsys, cluster, sweep_yaml):
+    """A sweep's digits in `ftctl get`/`cancel`/`compare`, or its id in `ftctl logs`, were
+    answered "job ... not found" alone, as if nothing had that id."""
+    flags = ["--coordinator", cluster.address]
+    with Client(cluster.address) as client:
+        sweep_id = client.submit_sweep(sweep_yaml).id
+        digits = sweep_id.removeprefix("sweep-")
+        trials = f"its trials are jobs (`ftctl sweep get {sweep_id}` lists them)"
+        with pytest.raises(NotFound) as info:
+            client.get(digits)
+        assert str(info.value) == (
+            f"job job-{digits} not found; those digits are sweep {sweep_id}'s: {trials}"
+        )
+        with pytest.raises(NotFound, match=re.escape(f"{sweep_id} is a sweep, not a job")):
+            list(client.events(sweep_id, follow=False))
+    for argv in (["cancel", digits], ["logs", sweep_id], ["artifacts", sweep_id]):
+        assert main([*argv, *flags]) == 1
+        assert trials in capsys.readouterr().err, argv
 
 
 @pytest.mark.parametrize("verb", ["run", "plan"])
