@@ -10,7 +10,16 @@ import time
 from rich.text import Text
 
 from tunefleet.client.cli import dashboard
-from tunefleet.client.cli.common import EXIT_FAILED, EXIT_OK, Commands, error, stderr, stdout
+from tunefleet.client.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    Commands,
+    error,
+    int_in,
+    seconds_arg,
+    stderr,
+    stdout,
+)
 from tunefleet.client.errors import TunefleetError
 from tunefleet.coordinator.command_line import (
     add_security_arguments,
@@ -30,10 +39,12 @@ def register(commands: Commands) -> None:
     p.add_argument("--listen", default=DEFAULT_ADDRESS, metavar="HOST:PORT")
     p.add_argument("--db", default=DEFAULT_DB_PATH, metavar="PATH")
     p.add_argument("--artifacts", default=DEFAULT_ARTIFACTS, metavar="DIR")
-    p.add_argument("--gpus", type=int, help="GPUs the worker offers (default: all detected)")
+    p.add_argument(
+        "--gpus", type=int_in(0, 2**31 - 1), help="GPUs the worker offers (default: all detected)"
+    )
     p.add_argument(
         "--worker-timeout",
-        type=float,
+        type=seconds_arg,
         default=120.0,
         metavar="S",
         help="give up if the worker has not registered after S seconds",

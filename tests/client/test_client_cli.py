@@ -206,6 +206,12 @@ BAD_INPUTS = [
     (["up", "--listen", "0.0.0.0:0", "--db", "{tmp}/db"], 1, "serves this machine only"),
     (["up", "--listen", "127.0.0.1:0", "--db", "{tmp}"], 1, "is a folder; give the database"),
     (["server", "--listen", "127.0.0.1:0", "--db", "{tmp}"], 1, "is a folder; give the database"),
+    # Not a database: "internal error: DatabaseError: file is not a database" (a bug of ftctl).
+    (["server", "--listen", "127.0.0.1:0", "--db", "{tmp}/job.yaml"], 1, "job.yaml: it is not an"),
+    (["up", "--listen", "127.0.0.1:0", "--db", "{tmp}/job.yaml"], 1, "job.yaml: it is not an SQL"),
+    # The worker's own usage text and "the local worker exited with code 2", after a start.
+    (["up", "--listen", "127.0.0.1:0", "--gpus", "-1"], 2, "--gpus: must be from 0"),
+    (["up", "--worker-timeout", "-5"], 2, "--worker-timeout: expected seconds, 0 or more"),
     (["token", " "], 1, "NAME: required"),
     (["token", "ci", "--role", "root"], 2, "invalid choice: 'root'"),
     (["run", "{tmp}/nope.yaml"], 1, "no such file"),
