@@ -563,8 +563,9 @@ class JobHandle:
         Args:
             timeout: Seconds to wait; raises DeadlineExceeded (a TimeoutError) when the
                 job is still running by then. The job itself keeps running.
-            raise_on_failure: Raise JobFailed (with `.job`) if the job ends FAILED or
-                CANCELLED instead of returning it.
+            raise_on_failure: Raise JobFailed (with `.job`) if the job ends other than
+                SUCCEEDED (FAILED, CANCELLED, or PRUNED: a sweep's trial stopped early, no
+                model) instead of returning it.
         """
         timeout = seconds("timeout", timeout)
         job = self.get()

@@ -81,7 +81,13 @@ def register(commands: Commands) -> None:
         metavar="STATE",
         help="only jobs in this state (repeat or comma-separate: queued,running)",
     )
-    p.add_argument("--limit", type=INT32, default=100)
+    p.add_argument(
+        "--limit",
+        type=INT32,
+        default=100,
+        metavar="N",
+        help="the newest N jobs (default: %(default)s; 0: all)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = commands.add("get", get, "show a job: state, reason, metrics, artifact paths")

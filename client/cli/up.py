@@ -36,9 +36,24 @@ def register(commands: Commands) -> None:
         "run a coordinator and one local worker in the foreground",
         flags=("--tls-ca",),  # the CA the local worker trusts, with --tls-cert
     )
-    p.add_argument("--listen", default=DEFAULT_ADDRESS, metavar="HOST:PORT")
-    p.add_argument("--db", default=DEFAULT_DB_PATH, metavar="PATH")
-    p.add_argument("--artifacts", default=DEFAULT_ARTIFACTS, metavar="DIR")
+    p.add_argument(
+        "--listen",
+        default=DEFAULT_ADDRESS,
+        metavar="HOST:PORT",
+        help="where the coordinator serves; this machine only (default: %(default)s)",
+    )
+    p.add_argument(
+        "--db",
+        default=DEFAULT_DB_PATH,
+        metavar="PATH",
+        help="the coordinator's SQLite database: jobs and events (default: %(default)s)",
+    )
+    p.add_argument(
+        "--artifacts",
+        default=DEFAULT_ARTIFACTS,
+        metavar="DIR",
+        help="where the local worker writes jobs' outputs (default: %(default)s)",
+    )
     p.add_argument(
         "--gpus", type=int_in(0, 2**31 - 1), help="GPUs the worker offers (default: all detected)"
     )
