@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -329,6 +330,37 @@ def test_logs_follow_exits_with_the_job(capsys, cluster, scripted_worker, job_ya
     assert code == 0
     assert out.splitlines()[0] == "QUEUED submitted"
     assert any(line.startswith(f"SUCCEEDED job {job_id}") for line in out.splitlines())
+
+
+@needs_coordinator
+def test_a_followed_job_that_waits_in_the_queue_says_why(
+    capsys, cluster, scripted_worker, job_yaml
+):
+    """A job no worker can take (2 GPUs; the only worker has none) printed "QUEUED
+    submitted" and then nothing while the coordinator knew why it waited."""
+    job_yaml.write_text(job_yaml.read_text() + "resources: {gpus: 2}\n")
+    why = "waiting for a worker with 2 free GPUs; no live worker has that many (the most: 0)"
+
+    def cancel_once_explained() -> None:  # whatever the reason: the follower must end
+        with cluster.client() as sdk:
+            deadline = time.monotonic() + 10
+            while not (queued := sdk.list(states="queued")) or (
+                queued[0].reason != why and time.monotonic() < deadline
+            ):
+                time.sleep(0.2)
+            time.sleep(3)  # longer than the follower's poll
+            sdk.cancel(queued[0].id)
+
+    canceller = threading.Thread(target=cancel_once_explained)
+    canceller.start()
+    try:
+        code, out, err = run_cli(capsys, "submit", job_yaml, "-f", "--coordinator", cluster.address)
+    finally:
+        canceller.join(30)
+    assert code == 3, (out, err)
+    lines = out.splitlines()
+    assert lines[1:3] == ["QUEUED submitted", f"QUEUED {why}"], lines
+    assert out.count(why) == 1
 
 
 @needs_coordinator
