@@ -364,6 +364,20 @@ def test_a_followed_job_that_waits_in_the_queue_says_why(
 
 
 @needs_coordinator
+def test_submit_with_a_used_idempotency_key_and_an_edited_spec_is_refused(
+    capsys, cluster, job_yaml
+):
+    flags = ["--coordinator", cluster.address, "--idempotency-key", "nightly"]
+    code, out, _ = run_cli(capsys, "submit", job_yaml, "-q", *flags)
+    job_id = out.strip()
+    job_yaml.write_text(job_yaml.read_text().replace("epochs: 1", "epochs: 2"))
+    code, out, err = run_cli(capsys, "submit", job_yaml, *flags)
+    assert code == 1 and out == "", (out, err)
+    assert err.startswith(f"error: this idempotency key already submitted {job_id}, from a "), err
+    assert "(it differs in train)" in err
+
+
+@needs_coordinator
 def test_workers(capsys, cluster, scripted_worker):
     code, out, _ = run_cli(capsys, "workers", "--coordinator", cluster.address)
     assert code == 0 and "w-test" in out and "LIVE" in out
