@@ -256,7 +256,7 @@ def logs(args) -> int:
 
 
 def list_jobs(args) -> int:
-    states = [s for arg in args.state or () for s in arg.split(",") if s]
+    states = [s.strip() for arg in args.state or () for s in arg.split(",") if s.strip()]
     with client(args) as sdk:
         jobs = sdk.list(states or None, limit=args.limit)
     console = stdout()

@@ -378,6 +378,14 @@ def test_submit_with_a_used_idempotency_key_and_an_edited_spec_is_refused(
 
 
 @needs_coordinator
+def test_jobs_state_list_may_have_spaces_after_its_commas(capsys, cluster):
+    code, out, _ = run_cli(
+        capsys, "jobs", "--state", "queued, running", "--coordinator", cluster.address
+    )
+    assert (code, out.strip()) == (0, "no jobs in state queued, running")  # was "queued,  running"
+
+
+@needs_coordinator
 def test_workers(capsys, cluster, scripted_worker):
     code, out, _ = run_cli(capsys, "workers", "--coordinator", cluster.address)
     assert code == 0 and "w-test" in out and "LIVE" in out
