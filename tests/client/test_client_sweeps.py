@@ -6,7 +6,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +30,7 @@ from tunefleet.client.cli import main
 from tunefleet.v1 import job_pb2, spec_pb2, sweep_pb2
 
 pytestmark = needs_coordinator
+FTCTL = Path(sys.executable).parent / "ftctl"
 
 
 @pytest.fixture
@@ -294,6 +300,27 @@ def test_a_sweep_id_may_be_its_digits_or_a_unique_prefix_as_a_job_id_may(
         assert handle.id in capsys.readouterr().out
         assert main(["sweep", "cancel", digits, *flags]) == 0
         assert handle.get().state is SweepState.CANCELLED
+
+
+@pytest.mark.parametrize("verb", [["sweep", "submit"], ["submit"]])
+def test_ctrl_c_while_following_says_one_thing_and_exits_130(cluster, sweep_yaml, job_yaml, verb):
+    """A followed sweep said "stopped following; ..." and then "error: interrupted" too; a
+    followed job said only the first (README: one message on stderr)."""
+    path = sweep_yaml if verb[0] == "sweep" else job_yaml
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUNEFLEET_")}
+    proc = subprocess.Popen(
+        [str(FTCTL), *verb, str(path), "-f", "--coordinator", cluster.address],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout.readline().startswith("submitted ")  # following now (no worker)
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=30)[1]
+    assert proc.returncode == 130, err
+    assert err.startswith("stopped following; ") and len(err.strip().splitlines()) == 1, err
 
 
 def test_a_sweep_named_where_a_job_is_wanted_is_pointed_out(capsys, cluster, sweep_yaml):
