@@ -425,18 +425,6 @@ class Client(SweepClient):
                 message = f"{noun} {full} not found; did you mean {', '.join(close)}?"
         raise NotFound(message, code=not_found.code, target=not_found.target) from None
 
-    def _sweep_named(self, given: str) -> str:
-        """The one sweep whose id `given` names (a sweep id, its digits or a prefix of
-        them) where a job id was wanted, else "": people copy a sweep's digits into a job
-        verb, and "job ... not found" alone hid that the sweep exists."""
-        wanted = normalize_id(given, SWEEP_ID_PREFIX)
-        try:
-            ids = [s.id for s in self.list_sweeps(limit=5000)]
-        except TunefleetError:
-            return ""
-        matches = [i for i in ids if i.startswith(wanted)]
-        return matches[0] if len(matches) == 1 else ""
-
     def _unavailable(self, give_up_s: float) -> None:
         if self.on_unavailable is not None:
             self.on_unavailable(self.target, give_up_s)
