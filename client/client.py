@@ -52,7 +52,13 @@ from tunefleet.client.uploads import (
 )
 from tunefleet.defaults import DEFAULT_ADDRESS, ENV_COORDINATOR
 from tunefleet.spec.errors import FieldError, SpecError
-from tunefleet.transport import SDK_CHANNEL_OPTIONS, ChannelSecurity, RetryPolicy, open_channel
+from tunefleet.transport import (
+    SDK_CHANNEL_OPTIONS,
+    ChannelSecurity,
+    RetryPolicy,
+    check_target,
+    open_channel,
+)
 from tunefleet.v1 import coordinator_pb2, coordinator_pb2_grpc, spec_pb2
 
 __all__ = [
@@ -102,7 +108,8 @@ class Client(SweepClient):
             hanging in silence until `retry` gives up.
 
     Raises:
-        ValidationError: Unreadable token or TLS files, or a certificate without a key.
+        ValidationError: A target that is not HOST:PORT, unreadable token or TLS files, or a
+            certificate without a key.
     """
 
     def __init__(
@@ -127,6 +134,7 @@ class Client(SweepClient):
         self.timeout = seconds("timeout", timeout)
         self.retry = retry or RetryPolicy()
         try:
+            check_target(self.target, "target" if target else f"${ENV_TARGET}")
             if security is None:
                 security = ChannelSecurity.resolve(
                     token=token, tls=tls, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key
@@ -404,9 +412,17 @@ class Client(SweepClient):
             digits = {k.removeprefix(prefix): k for k in ids}
             wanted = full.removeprefix(prefix)
             close = [digits[d] for d in difflib.get_close_matches(wanted, digits, 3, 0.7)]
-            if not close:
+            sweep = self._sweep_named(given) if prefix == JOB_ID_PREFIX and not close else ""
+            if sweep:
+                trials = f"its trials are jobs (`ftctl sweep get {sweep}` lists them)"
+                if full.startswith(SWEEP_ID_PREFIX):
+                    message = f"{sweep} is a sweep, not a job; {trials}"
+                else:
+                    message = f"{noun} {full} not found; those digits are sweep {sweep}'s: {trials}"
+            elif not close:
                 raise not_found from None
-            message = f"{noun} {full} not found; did you mean {', '.join(close)}?"
+            else:
+                message = f"{noun} {full} not found; did you mean {', '.join(close)}?"
         raise NotFound(message, code=not_found.code, target=not_found.target) from None
 
     def _unavailable(self, give_up_s: float) -> None:
@@ -518,6 +534,7 @@ class JobHandle:
 
     def get(self) -> Job:
         self.job = self.client.get(self.id)
+        self.id = self.job.id  # a short id, resolved once (as SweepHandle does)
         return self.job
 
     @property
@@ -534,8 +551,9 @@ class JobHandle:
         Args:
             timeout: Seconds to wait; raises DeadlineExceeded (a TimeoutError) when the
                 job is still running by then. The job itself keeps running.
-            raise_on_failure: Raise JobFailed (with `.job`) if the job ends FAILED or
-                CANCELLED instead of returning it.
+            raise_on_failure: Raise JobFailed (with `.job`) if the job ends other than
+                SUCCEEDED (FAILED, CANCELLED, or PRUNED: a sweep's trial stopped early, no
+                model) instead of returning it.
         """
         timeout = seconds("timeout", timeout)
         job = self.get()
@@ -550,6 +568,7 @@ class JobHandle:
 
     def cancel(self, reason: str = "") -> Job:
         self.job = self.client.cancel(self.id, reason)
+        self.id = self.job.id
         return self.job
 
 

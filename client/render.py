@@ -23,7 +23,7 @@ from rich.text import Text
 from tunefleet.client.progress_bar import STAGE_LABELS, LiveBar
 from tunefleet.client.summary_view import compression_table, footnote_texts, headline_lines
 from tunefleet.client.types import Event, Job, JobState, LogLine, Metrics, Report, StateChange
-from tunefleet.limits import printable
+from tunefleet.limits import printable, unclipped
 from tunefleet.progress_phases import stage_of
 
 # Everything shown here that a user (or a worker) wrote goes through `_p`: a job name, a
@@ -189,8 +189,10 @@ class EventRenderer:
     def shown_error(self, text: str) -> bool:
         """Whether `text` (a failure reason, an error line) was printed already, alone or
         as part of a longer error line: the worker relays the engine's error, the state
-        change repeats it as its reason, and the summary would a third time."""
-        text = text.strip()
+        change repeats it as its reason, and the summary would a third time. A reason
+        the worker or the coordinator clipped is compared by what it kept: its "... (truncated, N
+        chars)" end made the FAILED line repeat a long error in full."""
+        text = unclipped(text.strip()).strip()
         if len(text) < 8:
             return text in self._errors
         return any(text in seen or (len(seen) >= 8 and seen in text) for seen in self._errors)

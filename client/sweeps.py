@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
 
-from tunefleet.client.errors import DeadlineExceeded, wire_limit, wire_str
+from tunefleet.client.errors import DeadlineExceeded, TunefleetError, wire_limit, wire_str
 from tunefleet.client.types import JobState, timestamp_to_datetime
 from tunefleet.spec import sweep as space
 from tunefleet.v1 import coordinator_pb2, job_pb2, spec_pb2, sweep_pb2
@@ -233,6 +233,20 @@ class SweepClient:
         return self._with_id(
             sweep_id, call, SWEEP_ID_PREFIX, lambda: [s.id for s in self.list_sweeps(limit=5000)]
         )
+
+    def _sweep_named(self, given: str) -> str:
+        """The one sweep whose id `given` names (a sweep id, its digits or a prefix of
+        them) where a job id was wanted, else "": people copy a sweep's digits into a job
+        verb, and "job ... not found" alone hid that the sweep exists."""
+        wanted = given.strip().lower()
+        if not wanted.startswith(SWEEP_ID_PREFIX):
+            wanted = SWEEP_ID_PREFIX + wanted
+        try:
+            ids = [s.id for s in self.list_sweeps(limit=5000)]
+        except TunefleetError:
+            return ""
+        matches = [i for i in ids if i.startswith(wanted)]
+        return matches[0] if len(matches) == 1 else ""
 
     def sweep(self, sweep_id: str) -> SweepHandle:
         """A handle on an existing sweep (no call is made until you use it)."""

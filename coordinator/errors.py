@@ -43,6 +43,12 @@ class NotFound(CoordinatorError):
     code = grpc.StatusCode.NOT_FOUND
 
 
+class AlreadyExists(CoordinatorError):
+    """What the request would create exists already, made from something else."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
 class FailedPrecondition(CoordinatorError):
     """The request is well formed but the job or worker is not in a state that allows it."""
 
@@ -77,4 +83,21 @@ def invalid_spec(errors: list[tuple[str, str]]) -> InvalidArgument:
     return InvalidArgument(
         f"invalid job spec:{lines}",
         [FieldViolation(path, message) for path, message in errors],
+    )
+
+
+def check_key_reuse(existing_id: str, stored, given) -> None:
+    """Raises AlreadyExists when an idempotency key that made `existing_id` (from the spec
+    `stored`) comes back with another spec `given` (both JobSpec, as prepared). A retry
+    sends the same spec and gets the first job back; a reused key with an edited spec got
+    it back too, silently, and the caller believed the new spec was running."""
+    if stored == given:
+        return
+    fields = [
+        f.name for f in given.DESCRIPTOR.fields if getattr(stored, f.name) != getattr(given, f.name)
+    ]
+    raise AlreadyExists(
+        f"this idempotency key already submitted {existing_id}, from a different spec "
+        f"(it differs in {', '.join(fields)}): use a new key, or the same spec to get "
+        f"{existing_id} back"
     )

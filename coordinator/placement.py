@@ -52,6 +52,7 @@ class Capacity:
     def __init__(self, worker: WorkerRecord, active: Iterable[job_pb2.Job]):
         mine = [j for j in active if worker.id in gang.holders(j)]
         self.job_ids = [j.id for j in mine]
+        self.gpus = worker.resources.gpus
         self.free_gpus = worker.resources.gpus - sum(j.spec.resources.gpus for j in mine)
         self.cpu_busy = any(j.spec.resources.gpus == 0 for j in mine)
 
@@ -185,6 +186,7 @@ def explain_waits(
     keeps its reason (it says when the restart is due); one that could run now keeps
     whatever it said last (a worker's poll will take it)."""
     most_free_gpus = max((c.free_gpus for c in capacities), default=0)
+    most_gpus = max((c.gpus for c in capacities), default=0)
     cpu_slot_free = any(not c.cpu_busy for c in capacities)
     fitting: dict[int, int] = {}  # GPUs -> how many workers could take that much now
     reasons: dict[str, str] = {}
@@ -213,6 +215,8 @@ def explain_waits(
             continue
         elif gpus > 0 and gpus > most_free_gpus:
             reason = f"waiting for a worker with {gpus} free GPUs"
+            if gpus > most_gpus:  # waiting alone will not do: a CPU-only fleet, say
+                reason += f"; no live worker has that many (the most: {most_gpus})"
         elif gpus == 0 and not cpu_slot_free:
             reason = "waiting for a free worker"
         else:

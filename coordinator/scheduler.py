@@ -38,6 +38,7 @@ from tunefleet.coordinator.errors import (
     InvalidArgument,
     NotFound,
     Unavailable,
+    check_key_reuse,
     invalid_spec,
 )
 from tunefleet.coordinator.event_bus import EventBus, Subscription
@@ -155,6 +156,7 @@ class Scheduler:
             if idempotency_key:
                 existing = self.store.find_by_idempotency_key(idempotency_key)
                 if existing is not None:
+                    check_key_reuse(existing.id, existing.spec, spec)
                     return existing
             return self._queue_job(spec, submitter, idempotency_key)
 

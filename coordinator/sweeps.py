@@ -44,6 +44,7 @@ from tunefleet.coordinator.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    check_key_reuse,
     invalid_spec,
 )
 from tunefleet.coordinator.sampler_process import RemoteSampler, Reply
@@ -125,6 +126,7 @@ class Sweeps:
             if idempotency_key:
                 existing = self.store.find_sweep_by_key(idempotency_key)
                 if existing is not None:
+                    check_key_reuse(existing.id, existing.spec, spec)
                     return self._view(existing)
             sweep_id = self._new_id()
             grid_size = len(space.grid(spec.sweep)) if spec.sweep.algorithm == "grid" else 0

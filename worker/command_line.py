@@ -18,7 +18,12 @@ from pathlib import Path
 from tunefleet import limits
 from tunefleet.defaults import DEFAULT_ARTIFACTS, ENV_COORDINATOR
 from tunefleet.logging_setup import LOG_FORMATS, LOG_LEVELS
-from tunefleet.transport import ChannelSecurity, check_port, is_loopback, split_host
+from tunefleet.transport import (
+    ChannelSecurity,
+    is_loopback,
+    split_host,
+    target_problem,
+)
 from tunefleet.worker.artifact_store import ArtifactStore, ArtifactStoreError
 from tunefleet.worker.daemon import WorkerDaemon
 from tunefleet.worker.input_cache import DEFAULT_CACHE_MAX_GB
@@ -193,6 +198,9 @@ def add_security_arguments(parser: argparse.ArgumentParser, *, tls_ca: bool = Tr
 
 def check_worker_arguments(args: argparse.Namespace) -> None:
     """Raises WorkerFlagError for a value no worker can run with."""
+    problem = target_problem(args.coordinator or "")
+    if problem:
+        raise WorkerFlagError(f"--coordinator: {problem}")
     if args.gpus is not None and args.gpus < 0:
         raise WorkerFlagError(f"--gpus must be >= 0, got {args.gpus}")
     if args.poll_s <= 0:
@@ -216,10 +224,6 @@ def check_worker_arguments(args: argparse.Namespace) -> None:
         raise WorkerFlagError(
             f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {args.log_level!r}"
         )
-    try:
-        check_port(args.coordinator or "")
-    except ValueError as exc:
-        raise WorkerFlagError(f"--coordinator {exc}") from None
     args.input_cache_max_gb = input_cache_max_gb(args)
     if args.input_cache_max_gb <= 0:
         raise WorkerFlagError(f"--input-cache-max-gb must be > 0, got {args.input_cache_max_gb}")

@@ -22,7 +22,7 @@ from tunefleet.client.types import JobState
 from tunefleet.client.uploads import UploadProgress
 from tunefleet.defaults import DEFAULT_ADDRESS, ENV_COORDINATOR
 from tunefleet.limits import printable
-from tunefleet.transport import ChannelSecurity, split_host
+from tunefleet.transport import ChannelSecurity, split_host, target_problem
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the job FAILED, or the command itself failed (bad spec, unreachable...)
@@ -70,6 +70,7 @@ def add_global_flags(
 
     add_argument(
         "--coordinator",
+        type=coordinator_arg,
         metavar="HOST:PORT",
         default=default(None),
         help=f"coordinator address (default: ${ENV_COORDINATOR}, else {DEFAULT_ADDRESS})",
@@ -135,6 +136,16 @@ def seconds_arg(text: str) -> float:
 
 
 seconds_arg.__name__ = "seconds"
+
+
+def coordinator_arg(text: str) -> str:
+    """An argparse type: HOST:PORT, refused at once when malformed (a URL, no port) rather
+    than after --connect-timeout of "cannot reach" (see tunefleet.transport.target_problem)."""
+    problem = target_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
 
 INT32 = int_in(-(2**31), 2**31 - 1)
 INT64 = int_in(-(2**63), 2**63 - 1)

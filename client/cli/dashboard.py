@@ -63,9 +63,7 @@ def dashboard(args) -> int:
     except ValueError as e:
         raise TunefleetError(str(e)) from None
     stderr().print(
-        Text(
-            f"dashboard on {server.url}/ (coordinator {server.coordinator or 'default'}); Ctrl-C stops it"
-        )
+        Text(f"dashboard on {server.url}/ (coordinator {server.coordinator}); Ctrl-C stops it")
     )
     try:
         server.serve_forever()

@@ -22,6 +22,7 @@ from rich.text import Text
 from tunefleet.client.cli.common import (
     EXIT_CANCELLED,
     EXIT_FAILED,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     Commands,
     client,
@@ -164,11 +165,11 @@ def submit(args) -> int:
             # coordinator; the submit above still gave up after --connect-timeout.
             with client(args, poll=True) as poller:
                 sweep = follow(poller.sweep(sweep.id), console)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # one message, as a followed job's (no "interrupted")
             note(
                 f"stopped following; sweep {sweep.id} keeps running (ftctl sweep get {sweep.id}{flag})"
             )
-            raise
+            return EXIT_INTERRUPTED
     render_sweep(console, sweep, table=not console.is_terminal)  # the live table stays on screen
     return {SweepState.SUCCEEDED: EXIT_OK, SweepState.CANCELLED: EXIT_CANCELLED}.get(
         sweep.state, EXIT_FAILED

@@ -10,7 +10,16 @@ import time
 from rich.text import Text
 
 from tunefleet.client.cli import dashboard
-from tunefleet.client.cli.common import EXIT_FAILED, EXIT_OK, Commands, error, stderr, stdout
+from tunefleet.client.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    Commands,
+    error,
+    int_in,
+    seconds_arg,
+    stderr,
+    stdout,
+)
 from tunefleet.client.errors import TunefleetError
 from tunefleet.coordinator.command_line import (
     add_security_arguments,
@@ -27,13 +36,30 @@ def register(commands: Commands) -> None:
         "run a coordinator and one local worker in the foreground",
         flags=("--tls-ca",),  # the CA the local worker trusts, with --tls-cert
     )
-    p.add_argument("--listen", default=DEFAULT_ADDRESS, metavar="HOST:PORT")
-    p.add_argument("--db", default=DEFAULT_DB_PATH, metavar="PATH")
-    p.add_argument("--artifacts", default=DEFAULT_ARTIFACTS, metavar="DIR")
-    p.add_argument("--gpus", type=int, help="GPUs the worker offers (default: all detected)")
+    p.add_argument(
+        "--listen",
+        default=DEFAULT_ADDRESS,
+        metavar="HOST:PORT",
+        help="where the coordinator serves; this machine only (default: %(default)s)",
+    )
+    p.add_argument(
+        "--db",
+        default=DEFAULT_DB_PATH,
+        metavar="PATH",
+        help="the coordinator's SQLite database: jobs and events (default: %(default)s)",
+    )
+    p.add_argument(
+        "--artifacts",
+        default=DEFAULT_ARTIFACTS,
+        metavar="DIR",
+        help="where the local worker writes jobs' outputs (default: %(default)s)",
+    )
+    p.add_argument(
+        "--gpus", type=int_in(0, 2**31 - 1), help="GPUs the worker offers (default: all detected)"
+    )
     p.add_argument(
         "--worker-timeout",
-        type=float,
+        type=seconds_arg,
         default=120.0,
         metavar="S",
         help="give up if the worker has not registered after S seconds",

@@ -14,11 +14,13 @@ clear. Needs the `dashboard` extra (starlette, uvicorn, sse-starlette).
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
 
-from tunefleet.transport import ChannelSecurity, check_port, is_loopback
+from tunefleet.defaults import DEFAULT_ADDRESS, ENV_COORDINATOR
+from tunefleet.transport import ChannelSecurity, check_port, check_target, is_loopback
 
 __all__ = ["DashboardServer", "missing_dependencies"]
 
@@ -74,7 +76,10 @@ class DashboardServer:
             )
         self.host, self.port = host, port
         self.tls_cert, self.tls_key = tls_cert, tls_key
-        self.coordinator = coordinator
+        # Resolved now, as the SDK would on each request: the banner names the address
+        # in use ("coordinator default" named none), and a malformed one fails here.
+        self.coordinator = coordinator or os.environ.get(ENV_COORDINATOR) or DEFAULT_ADDRESS
+        check_target(self.coordinator, "--coordinator" if coordinator else f"${ENV_COORDINATOR}")
         self.security = security or ChannelSecurity()
         self.refresh_s = refresh_s
         self.stream_s = stream_s

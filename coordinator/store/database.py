@@ -129,6 +129,17 @@ CREATE INDEX IF NOT EXISTS sweep_trials_by_job ON sweep_trials (job_id);
 """
 
 
+def _open_problem(path: Path, error: sqlite3.DatabaseError) -> str:
+    """Why `path` cannot be the coordinator's database, for the person who named it: sqlite
+    says "file is not a database" or "unable to open database file", which reached users as
+    an internal error of ftctl, naming no file."""
+    if not isinstance(error, sqlite3.OperationalError):  # it read the file: not SQLite
+        why = "it is not an SQLite database (another kind of file?); give a new file's path"
+    else:
+        why = f"{error} (can this user create and write files in {path.parent}?)"
+    return f"cannot open the coordinator database {path}: {why}"
+
+
 class Database:
     """The connection and its transactions; the table classes (jobs, events, workers,
     stats) build their queries on it, and JobStore is all of them on one connection."""
@@ -142,10 +153,13 @@ class Database:
         # later writes must then fail loudly at BEGIN, not nest in it and never be committed.
         self._depth = 0
         # isolation_level=None: we issue BEGIN/COMMIT ourselves (see _tx).
-        self._conn = sqlite3.connect(
-            str(self.path), check_same_thread=False, isolation_level=None, timeout=30.0
-        )
-        self._conn.execute("PRAGMA journal_mode=WAL")
+        try:
+            self._conn = sqlite3.connect(
+                str(self.path), check_same_thread=False, isolation_level=None, timeout=30.0
+            )
+            self._conn.execute("PRAGMA journal_mode=WAL")  # the first read of the file
+        except sqlite3.DatabaseError as e:
+            raise RuntimeError(_open_problem(self.path, e)) from None
         # FULL, not NORMAL: in WAL mode NORMAL may lose the last commits on power loss. A job
         # id we returned to a user, or a state change a worker acted on, must not vanish; the
         # cost (one fsync per commit) is small because workers batch their event reports.

@@ -74,6 +74,15 @@ def clip(text: str, max_bytes: int = MAX_EVENT_TEXT_BYTES) -> str:
     return data[:keep].decode("utf-8", errors="ignore") + marker
 
 
+_CLIP_MARKER = re.compile(r"\.\.\. \(truncated, [\d,]+ (?:bytes|chars)\)$")
+
+
+def unclipped(text: str) -> str:
+    """`text` without the marker `clip` or `clip_chars` ended it with: what is left is the
+    start of the original, to compare with texts that were not clipped."""
+    return _CLIP_MARKER.sub("", text)
+
+
 def clip_chars(text: str, max_chars: int) -> str:
     """Like `clip`, counted in characters (for messages people read)."""
     if len(text) <= max_chars:

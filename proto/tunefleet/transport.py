@@ -50,10 +50,12 @@ __all__ = [
     "ChannelSecurity",
     "check_pem_files",
     "check_port",
+    "check_target",
     "is_loopback",
     "open_channel",
     "read_token_file",
     "split_host",
+    "target_problem",
 ]
 
 ENV_TOKEN = "TUNEFLEET_TOKEN"
@@ -219,6 +221,41 @@ def is_loopback(host: str) -> bool:
     return bool(infos) and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
 
 
+# gRPC's own name-resolver schemes ("dns:///host:port", "unix:/path"...): passed as given.
+_GRPC_SCHEMES = ("dns:", "unix:", "unix-abstract:", "ipv4:", "ipv6:", "vsock:")
+
+
+def target_problem(target: str) -> str:
+    """What is wrong with `target` as a coordinator address ("" when it is HOST:PORT or a
+    gRPC URI). gRPC itself accepts far more and fails late: "http://host:port" (the
+    dashboard's URL, pasted) only fails name resolution, and a target without a port
+    silently means 443, so every call retried "cannot reach" until its deadline, hiding
+    the typo."""
+    if target.startswith(_GRPC_SCHEMES):
+        try:
+            check_port(target)  # dns:///host:99999 too
+        except ValueError as exc:
+            return str(exc)
+        return ""
+    expected = f"expected HOST:PORT (e.g. 127.0.0.1:50051), got {target!r}"
+    if "://" in target:
+        scheme = target.split("://", 1)[0] + "://"
+        return f"{expected}: a gRPC address, not a URL; drop {scheme!r}"
+    host, sep, port = target.rpartition(":")
+    if not sep or not host:
+        return f"{expected}: no port"
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        return f"{expected}: the port must be a number from 1 to 65535"
+    return ""
+
+
+def check_target(target: str, name: str = "coordinator address") -> None:
+    """Raises ValueError, naming `name`, for a target `target_problem` refuses."""
+    problem = target_problem(target)
+    if problem:
+        raise ValueError(f"{name}: {problem}")
+
+
 def split_host(target: str) -> str:
     """ "host:port" / "[::1]:port" / "dns:///host:port" -> host."""
     target = target.split("///", 1)[-1]
@@ -353,9 +390,9 @@ def open_channel(
     options: Iterable[tuple[str, int | str]] = (),
     security: ChannelSecurity | None = None,
 ) -> grpc.Channel:
-    """A channel to `target` with `security` applied (plaintext, no token when None);
-    ValueError for a port out of range."""
-    check_port(target)
+    """A channel to `target` with `security` applied (plaintext, no token when None).
+    Raises ValueError for a target that is not HOST:PORT (see `check_target`)."""
+    check_target(target)
     security = security or ChannelSecurity()
     options = list(options)
     if security.server_name:

@@ -19,7 +19,14 @@ import pytest
 import yaml
 from client_helpers import needs_coordinator, unused_port
 
-from tunefleet.client import JobFailed, JobState, TunefleetError, Unavailable
+from tunefleet.client import (
+    Client,
+    JobFailed,
+    JobState,
+    TunefleetError,
+    Unavailable,
+    ValidationError,
+)
 from tunefleet.client.cli import build_parser, main
 from tunefleet.client.cli import common as cli_common
 from tunefleet.client.cli.jobs import jobs_lines
@@ -27,6 +34,7 @@ from tunefleet.client.client import normalize_job_id
 from tunefleet.client.types import Job
 from tunefleet.spec import load_job_file, spec_to_dict
 from tunefleet.v1 import job_pb2
+from tunefleet.worker.__main__ import main as worker_main
 
 FTCTL = Path(sys.executable).parent / "ftctl"
 
@@ -117,6 +125,48 @@ def test_a_connect_timeout_that_is_no_number_of_seconds_is_a_bad_command_line(ca
     assert f"argument --connect-timeout: expected seconds, 0 or more, got {value}" in err
 
 
+@pytest.mark.parametrize(
+    ("address", "why"),
+    [
+        ("http://127.0.0.1:50051", "a gRPC address, not a URL; drop 'http://'"),
+        ("127.0.0.1", "no port"),
+        ("127.0.0.1:port", "the port must be a number from 1 to 65535"),
+    ],
+)
+def test_a_coordinator_address_that_is_not_host_port_is_refused_at_once(
+    capsys, monkeypatch, address, why
+):
+    """`--coordinator http://127.0.0.1:50051` (the dashboard's URL, pasted) or an address
+    without a port waited out --connect-timeout, then said "cannot reach coordinator",
+    hiding the typo; the SDK and the worker retried it in the same silence."""
+    expected = f"expected HOST:PORT (e.g. 127.0.0.1:50051), got {address!r}: {why}"
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["jobs", "--coordinator", address])
+    assert info.value.code == 2
+    assert f"argument --coordinator: {expected}" in capsys.readouterr().err
+
+    monkeypatch.setenv("TUNEFLEET_COORDINATOR", address)
+    started = time.monotonic()
+    assert main(["jobs"]) == 1
+    assert time.monotonic() - started < 1
+    assert capsys.readouterr().err.strip() == f"error: $TUNEFLEET_COORDINATOR: {expected}"
+    with pytest.raises(ValidationError, match=re.escape(f"$TUNEFLEET_COORDINATOR: {expected}")):
+        Client()
+    with pytest.raises(ValidationError, match=re.escape(f"target: {expected}")):
+        Client(address)
+
+    with pytest.raises(SystemExit) as info:
+        worker_main(["--coordinator", address])
+    assert info.value.code == 2
+    assert f"--coordinator: {expected}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("address", ["localhost:50051", "[::1]:50051", "dns:///127.0.0.1:1"])
+def test_host_port_and_grpc_uris_are_accepted_as_coordinator_addresses(address):
+    assert build_parser().parse_args(["jobs", "--coordinator", address]).coordinator == address
+    Client(address).close()
+
+
 def test_the_connect_timeout_default_is_a_few_seconds():
     args = build_parser().parse_args(["jobs"])
     assert 3 <= args.connect_timeout <= 5
@@ -144,6 +194,10 @@ def test_short_job_ids_work_in_the_sdk_and_every_job_verb(capsys, cluster, job_y
         assert sdk.resolve_job_id(digits[:4].upper()) == sdk.get(job_id.upper()).id == job_id
         assert [e.seq for e in sdk.events(digits[:5], follow=False)]
         assert sdk.job(digits).id == job_id
+        # A handle made from a prefix learns its job's full id on its first call.
+        handle = sdk.job(digits[:4])
+        assert handle.get().id == handle.id == job_id
+        assert repr(handle) == f"JobHandle({job_id!r})"
 
     address = ["--coordinator", cluster.address]
     assert main(["get", digits, *address]) == 0

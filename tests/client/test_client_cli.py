@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -206,6 +207,12 @@ BAD_INPUTS = [
     (["up", "--listen", "0.0.0.0:0", "--db", "{tmp}/db"], 1, "serves this machine only"),
     (["up", "--listen", "127.0.0.1:0", "--db", "{tmp}"], 1, "is a folder; give the database"),
     (["server", "--listen", "127.0.0.1:0", "--db", "{tmp}"], 1, "is a folder; give the database"),
+    # Not a database: "internal error: DatabaseError: file is not a database" (a bug of ftctl).
+    (["server", "--listen", "127.0.0.1:0", "--db", "{tmp}/job.yaml"], 1, "job.yaml: it is not an"),
+    (["up", "--listen", "127.0.0.1:0", "--db", "{tmp}/job.yaml"], 1, "job.yaml: it is not an SQL"),
+    # The worker's own usage text and "the local worker exited with code 2", after a start.
+    (["up", "--listen", "127.0.0.1:0", "--gpus", "-1"], 2, "--gpus: must be from 0"),
+    (["up", "--worker-timeout", "-5"], 2, "--worker-timeout: expected seconds, 0 or more"),
     (["token", " "], 1, "NAME: required"),
     (["token", "ci", "--role", "root"], 2, "invalid choice: 'root'"),
     (["run", "{tmp}/nope.yaml"], 1, "no such file"),
@@ -323,6 +330,59 @@ def test_logs_follow_exits_with_the_job(capsys, cluster, scripted_worker, job_ya
     assert code == 0
     assert out.splitlines()[0] == "QUEUED submitted"
     assert any(line.startswith(f"SUCCEEDED job {job_id}") for line in out.splitlines())
+
+
+@needs_coordinator
+def test_a_followed_job_that_waits_in_the_queue_says_why(
+    capsys, cluster, scripted_worker, job_yaml
+):
+    """A job no worker can take (2 GPUs; the only worker has none) printed "QUEUED
+    submitted" and then nothing while the coordinator knew why it waited."""
+    job_yaml.write_text(job_yaml.read_text() + "resources: {gpus: 2}\n")
+    why = "waiting for a worker with 2 free GPUs; no live worker has that many (the most: 0)"
+
+    def cancel_once_explained() -> None:  # whatever the reason: the follower must end
+        with cluster.client() as sdk:
+            deadline = time.monotonic() + 10
+            while not (queued := sdk.list(states="queued")) or (
+                queued[0].reason != why and time.monotonic() < deadline
+            ):
+                time.sleep(0.2)
+            time.sleep(3)  # longer than the follower's poll
+            sdk.cancel(queued[0].id)
+
+    canceller = threading.Thread(target=cancel_once_explained)
+    canceller.start()
+    try:
+        code, out, err = run_cli(capsys, "submit", job_yaml, "-f", "--coordinator", cluster.address)
+    finally:
+        canceller.join(30)
+    assert code == 3, (out, err)
+    lines = out.splitlines()
+    assert lines[1:3] == ["QUEUED submitted", f"QUEUED {why}"], lines
+    assert out.count(why) == 1
+
+
+@needs_coordinator
+def test_submit_with_a_used_idempotency_key_and_an_edited_spec_is_refused(
+    capsys, cluster, job_yaml
+):
+    flags = ["--coordinator", cluster.address, "--idempotency-key", "nightly"]
+    code, out, _ = run_cli(capsys, "submit", job_yaml, "-q", *flags)
+    job_id = out.strip()
+    job_yaml.write_text(job_yaml.read_text().replace("epochs: 1", "epochs: 2"))
+    code, out, err = run_cli(capsys, "submit", job_yaml, *flags)
+    assert code == 1 and out == "", (out, err)
+    assert err.startswith(f"error: this idempotency key already submitted {job_id}, from a "), err
+    assert "(it differs in train)" in err
+
+
+@needs_coordinator
+def test_jobs_state_list_may_have_spaces_after_its_commas(capsys, cluster):
+    code, out, _ = run_cli(
+        capsys, "jobs", "--state", "queued, running", "--coordinator", cluster.address
+    )
+    assert (code, out.strip()) == (0, "no jobs in state queued, running")  # was "queued,  running"
 
 
 @needs_coordinator

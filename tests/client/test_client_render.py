@@ -9,6 +9,7 @@ from rich.console import Console
 
 from tunefleet.client import Event, Job, JobState, LogLine, Metrics, Report, StateChange
 from tunefleet.client.render import EventRenderer, format_duration, format_metrics
+from tunefleet.limits import MAX_REASON_CHARS, clip_chars
 from tunefleet.v1 import job_pb2
 
 T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
@@ -48,6 +49,18 @@ def test_plain_lines_for_every_kind_of_event():
         "[warning] slow [data] loader",
         "eval  step 50 epoch 1.00 accuracy 0.875 loss 0.3",
     ]
+
+
+def test_a_long_error_is_printed_once_though_the_failed_reason_was_clipped():
+    """The worker (500 characters) and the coordinator (MAX_REASON_CHARS) clip a job's
+    reason and end it with "... (truncated, N chars)": the FAILED line no longer matched
+    the error line above and repeated hundreds of characters of it."""
+    error = "invalid job input: model.name: the hub could not be reached; " + "x" * 1500
+    console, out = plain_console()
+    with EventRenderer(console) as r:
+        r.handle(ev(1, LogLine("error", error)))
+        r.handle(ev(2, StateChange(JobState.FAILED, clip_chars(error, MAX_REASON_CHARS))))
+    assert out.getvalue().splitlines() == [f"[error] {error}", "FAILED"]
 
 
 def test_train_metrics_are_throttled_by_event_time_but_the_last_one_shows():

@@ -6,6 +6,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +30,7 @@ from tunefleet.client.cli import main
 from tunefleet.v1 import job_pb2, spec_pb2, sweep_pb2
 
 pytestmark = needs_coordinator
+FTCTL = Path(sys.executable).parent / "ftctl"
 
 
 @pytest.fixture
@@ -293,6 +300,47 @@ def test_a_sweep_id_may_be_its_digits_or_a_unique_prefix_as_a_job_id_may(
         assert handle.id in capsys.readouterr().out
         assert main(["sweep", "cancel", digits, *flags]) == 0
         assert handle.get().state is SweepState.CANCELLED
+
+
+@pytest.mark.parametrize("verb", [["sweep", "submit"], ["submit"]])
+def test_ctrl_c_while_following_says_one_thing_and_exits_130(cluster, sweep_yaml, job_yaml, verb):
+    """A followed sweep said "stopped following; ..." and then "error: interrupted" too; a
+    followed job said only the first (README: one message on stderr)."""
+    path = sweep_yaml if verb[0] == "sweep" else job_yaml
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUNEFLEET_")}
+    proc = subprocess.Popen(
+        [str(FTCTL), *verb, str(path), "-f", "--coordinator", cluster.address],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout.readline().startswith("submitted ")  # following now (no worker)
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=30)[1]
+    assert proc.returncode == 130, err
+    assert err.startswith("stopped following; ") and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_sweep_named_where_a_job_is_wanted_is_pointed_out(capsys, cluster, sweep_yaml):
+    """A sweep's digits in `ftctl get`/`cancel`/`compare`, or its id in `ftctl logs`, were
+    answered "job ... not found" alone, as if nothing had that id."""
+    flags = ["--coordinator", cluster.address]
+    with Client(cluster.address) as client:
+        sweep_id = client.submit_sweep(sweep_yaml).id
+        digits = sweep_id.removeprefix("sweep-")
+        trials = f"its trials are jobs (`ftctl sweep get {sweep_id}` lists them)"
+        with pytest.raises(NotFound) as info:
+            client.get(digits)
+        assert str(info.value) == (
+            f"job job-{digits} not found; those digits are sweep {sweep_id}'s: {trials}"
+        )
+        with pytest.raises(NotFound, match=re.escape(f"{sweep_id} is a sweep, not a job")):
+            list(client.events(sweep_id, follow=False))
+    for argv in (["cancel", digits], ["logs", sweep_id], ["artifacts", sweep_id]):
+        assert main([*argv, *flags]) == 1
+        assert trials in capsys.readouterr().err, argv
 
 
 @pytest.mark.parametrize("verb", ["run", "plan"])

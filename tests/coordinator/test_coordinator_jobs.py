@@ -34,6 +34,22 @@ def test_same_idempotency_key_returns_the_same_job(client):
     assert len(client.list_jobs()) == 2
 
 
+def test_a_reused_idempotency_key_with_another_spec_is_refused(client):
+    """It returned the first job, silently: `ftctl submit edited.yaml --idempotency-key K`
+    said "submitted job-..." and the caller believed the edited spec was queued."""
+    first = client.submit(make_spec("a"), key="run-1")
+    with pytest.raises(grpc.RpcError) as info:
+        client.submit(make_spec("a", gpus=1, priority=3), key="run-1")
+    assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert info.value.details() == (
+        f"this idempotency key already submitted {first.id}, from a different spec (it "
+        f"differs in resources, priority): use a new key, or the same spec to get {first.id} "
+        "back"
+    )
+    assert client.submit(make_spec("a"), key="run-1").id == first.id  # a retry still is one
+    assert len(client.list_jobs()) == 1
+
+
 def test_invalid_spec_is_refused_with_every_problem(client):
     spec = make_spec("bad")
     spec.train.epochs = 0

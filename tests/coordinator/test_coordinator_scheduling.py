@@ -55,7 +55,9 @@ def test_job_needing_more_gpus_than_any_worker_stays_queued(client):
     assert worker.acquire() is None
     big = client.get(big.id)
     assert big.state == job_pb2.QUEUED
-    assert big.reason == "waiting for a worker with 4 free GPUs"
+    assert big.reason == (
+        "waiting for a worker with 4 free GPUs; no live worker has that many (the most: 2)"
+    )
 
 
 def test_cpu_worker_runs_one_cpu_job_at_a_time(client):

@@ -122,7 +122,7 @@ def test_explain_waits_says_what_each_job_waits_for():
         queued, capacities, now=0.0, source_job=lambda _: None, known_needs={}
     )
     assert reasons == {
-        "big": "waiting for a worker with 4 free GPUs",
+        "big": "waiting for a worker with 4 free GPUs; no live worker has that many (the most: 2)",
         "cpu": "waiting for a free worker",
         "gang": "waiting for 2 workers with 1 free GPUs each at once (1 now)",
     }

@@ -80,6 +80,18 @@ def run_trial(worker: Worker, accuracy: float, steps=(1, 2)) -> str:
     return job.id
 
 
+def test_a_reused_idempotency_key_with_another_sweep_is_refused(sweeper):
+    first = sweeper.submit(sweep_spec(GRID), key="grid-1")
+    assert sweeper.submit(sweep_spec(GRID), key="grid-1").id == first.id  # a retry
+    with pytest.raises(grpc.RpcError) as e:
+        sweeper.submit(sweep_spec({**GRID, "max_concurrent": 1}), key="grid-1")
+    assert e.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert f"already submitted {first.id}, from a different spec (it differs in sweep)" in (
+        e.value.details()
+    )
+    assert [s.id for s in sweeper.list()] == [first.id]
+
+
 def test_bad_space_is_refused_with_every_path(sweeper):
     spec = sweep_spec(
         {

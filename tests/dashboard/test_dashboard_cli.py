@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tunefleet.client.cli import main
+from tunefleet.client.dashboard import DashboardServer
 
 pytest.importorskip("starlette")
 FTCTL = Path(sys.executable).parent / "ftctl"
@@ -44,6 +45,22 @@ def wait_for(url: str, timeout: float = 30.0) -> None:
 def test_dashboard_refuses_to_serve_off_loopback_without_a_certificate(capsys):
     assert main(["dashboard", "--listen", "0.0.0.0:0"]) == 1
     assert "loopback" in capsys.readouterr().err
+
+
+def test_the_dashboard_names_the_coordinator_it_uses_and_refuses_a_malformed_one(
+    capsys, monkeypatch
+):
+    """Without --coordinator the banner said "(coordinator default)" whatever
+    $TUNEFLEET_COORDINATOR held, and a malformed address failed only in the browser."""
+    monkeypatch.delenv("TUNEFLEET_COORDINATOR", raising=False)
+    assert DashboardServer("127.0.0.1:0").coordinator == "127.0.0.1:50051"
+    monkeypatch.setenv("TUNEFLEET_COORDINATOR", "127.0.0.1:59999")
+    assert DashboardServer("127.0.0.1:0").coordinator == "127.0.0.1:59999"
+    assert DashboardServer("127.0.0.1:0", coordinator="[::1]:1").coordinator == "[::1]:1"
+    monkeypatch.setenv("TUNEFLEET_COORDINATOR", "http://127.0.0.1:59999")
+    assert main(["dashboard", "--listen", "127.0.0.1:0"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: $TUNEFLEET_COORDINATOR: expected HOST:PORT"), err
 
 
 def test_ftctl_dashboard_on_a_coordinator_without_tokens_needs_no_login():
