@@ -85,7 +85,7 @@ def test_coordinator_names_a_database_it_cannot_use(tmp_path):
     not_a_db.write_text("these are my notes, not a database\n" * 10)
     for command in (COORDINATOR, [*FTCTL, "server"]):
         result = run([*command, "--listen", "127.0.0.1:0", "--db", str(not_a_db)])
-        assert_one_line_error(result, str(not_a_db), "not a database")
+        assert_one_line_error(result, str(not_a_db), "not an SQLite database")
     assert not_a_db.read_text().startswith("these are my notes")
     # /proc: its folders exist but nothing can be created in them, whoever runs this.
     for command in (COORDINATOR, [*FTCTL, "server"]):
@@ -103,7 +103,7 @@ def test_worker_refuses_bad_flag_values_in_one_line(tmp_path, command):
     assert_one_line_error(result, "--log-level", "'LOUD'", "DEBUG, INFO, WARNING")
     # Dialled 34463 (99999 mod 65536) and retried forever, its log naming another port.
     result = run([*command, "--coordinator", "127.0.0.1:99999", "--artifacts", str(tmp_path)])
-    assert_one_line_error(result, "--coordinator 127.0.0.1:99999", "0-65535")
+    assert_one_line_error(result, "--coordinator", "127.0.0.1:99999", "from 1 to 65535")
     # The coordinator refused the id at every registration, and the worker retried for ever.
     long_id = "gpu-node-0001.cluster.example.org-" + "x" * 40
     for bad_id in ("bad id!", long_id):
