@@ -127,10 +127,11 @@ def security_from_args(args: argparse.Namespace) -> dict:
 def check_server_arguments(args: argparse.Namespace) -> dict:
     """The security options (see security_from_args) once every flag checks out;
     ValueError naming the flag otherwise."""
-    from tunefleet.coordinator.server import check_lease_settings
+    from tunefleet.coordinator.server import check_lease_settings, check_storage_uri
 
     security = security_from_args(args)
     check_lease_settings(args.heartbeat_s, args.lease_s)
+    check_storage_uri(args.storage_uri)
     check_db_path(args.db)
     return security
 

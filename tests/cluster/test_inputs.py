@@ -178,6 +178,55 @@ def test_an_unreachable_store_is_retried_with_backoff_then_named(tmp_path, monke
     assert took >= 0.3 + 0.6  # two waits, doubling
 
 
+def test_a_storage_bucket_that_does_not_exist_is_named_once_without_retries(
+    s3_env, tmp_path, capsys
+):
+    """The store's definite answer (no such bucket) is the submit's one-line error naming
+    the field, the file and the storage, not an internal error; nothing is queued."""
+    train = tmp_path / "train.csv"
+    train.write_text("text,label\na,pos\nb,neg\n")
+    job = tmp_path / "job.yaml"
+    job.write_text(json.dumps(_job(str(train))))
+    storage = "s3://no-such-bucket-here/inputs"
+    with start_server("127.0.0.1:0", tmp_path / "c.db", storage_uri=storage) as server:
+        code = main(["--coordinator", server.address, "submit", str(job)])
+        err = capsys.readouterr().err
+        with Client(server.address) as client:
+            assert client.list() == []
+    assert code == 1, err
+    assert err.startswith(f"error: data.train: cannot upload {train} to {storage}: "), err
+    assert "bucket does not exist" in err and "internal error" not in err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_a_worker_refuses_an_artifacts_bucket_it_cannot_use_before_it_takes_a_job(
+    s3_env, bucket, tmp_path
+):
+    """A missing bucket (or an unreachable store) used to surface only after the first
+    job's training succeeded and its upload failed; the worker now says so as it starts."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+
+    def worker(uri: str, **extra) -> subprocess.CompletedProcess:
+        argv = [sys.executable, "-m", "tunefleet.worker", "--coordinator", "127.0.0.1:1"]
+        argv += ["--artifacts", str(tmp_path / "disk"), "--artifacts-uri", uri]
+        return subprocess.run(
+            argv, env={**env, **extra}, capture_output=True, text=True, timeout=60
+        )
+
+    missing = worker("s3://no-such-bucket-here/artifacts")
+    assert missing.returncode != 0
+    last = missing.stderr.strip().splitlines()[-1]
+    assert last.endswith(
+        "error: --artifacts-uri: s3://no-such-bucket-here/artifacts: the bucket "
+        "no-such-bucket-here does not exist; create it, or fix the URL"
+    ), missing.stderr
+    down = f"http://127.0.0.1:{free_port()}"
+    unreachable = worker(f"{bucket}/artifacts", AWS_ENDPOINT_URL=down, AWS_MAX_ATTEMPTS="1")
+    last = unreachable.stderr.strip().splitlines()[-1]
+    assert f"error: --artifacts-uri: {bucket}/artifacts: cannot reach the store: " in last
+    assert "Traceback" not in missing.stderr + unreachable.stderr
+
+
 def _put(bucket: str, key: str, data: bytes) -> str:
     fsspec.filesystem("s3").pipe_file(f"{bucket.removeprefix('s3://')}/{key}", data)
     return f"{bucket}/{key}"
