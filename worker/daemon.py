@@ -56,6 +56,7 @@ from tunefleet.worker.artifact_store import ArtifactStore, publish_artifacts
 from tunefleet.worker.disk_health import DiskHealth
 from tunefleet.worker.engine.errors import is_no_space
 from tunefleet.worker.engine.launch import free_port
+from tunefleet.worker.engine.lineage import spec_hash
 from tunefleet.worker.engine_process import EngineHost, warm_engine_supported
 from tunefleet.worker.host_info import collective_env, detect_gpus, route_address
 from tunefleet.worker.input_cache import DEFAULT_CACHE_MAX_GB, InputCache
@@ -412,11 +413,13 @@ class WorkerDaemon:
         if inputs.notes:
             report([log_event(note) for note in inputs.notes])
         try:  # the engine reads the cached copies, not the URLs
-            self._run_local_job(inputs.job(job), assignment, report)
+            self._run_local_job(inputs.job(job), assignment, report, spec_hash(job.spec))
         finally:
             inputs.close()
 
-    def _run_local_job(self, job, assignment: coordinator_pb2.Assignment, report) -> None:
+    def _run_local_job(
+        self, job, assignment: coordinator_pb2.Assignment, report, submitted_spec_hash: str
+    ) -> None:
         attempt = assignment.attempt
         out_dir = Path(job.spec.output.dir) if job.spec.output.dir else self.artifacts_root / job.id
         own_storage = not job.spec.output.dir
@@ -449,6 +452,7 @@ class WorkerDaemon:
                 **(self.collective_env if rendezvous is not None else {}),
             },
             engine_host=self.engine_host,
+            submitted_spec_hash=submitted_spec_hash,
         )
         with self._lock:
             self._runner = runner
