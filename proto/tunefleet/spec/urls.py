@@ -6,6 +6,7 @@ with fsspec (tunefleet.worker.input_cache), credentials coming from its environm
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit
 
 __all__ = ["UPLOAD_SCHEMES", "URL_SCHEMES", "is_url", "storage_url_problem", "url_problem"]
@@ -20,14 +21,28 @@ UPLOAD_SCHEMES = ("s3", "gs", "az", "file")
 _SECRET_QUERY_KEYS = ("signature", "sig", "token", "key", "secret", "password", "credential")
 
 
+# A supported scheme with a slash missing or the colon alone (`s3:/bucket/x`, `file:/data`):
+# a typo, not a folder named `s3:` next to the job file.
+_SCHEME_TYPO = re.compile(rf"^({'|'.join(URL_SCHEMES)}):(?!//)", re.IGNORECASE)
+
+
 def is_url(value: str) -> bool:
-    """Whether a path field's value is a URL (SCHEME://...) rather than a path."""
-    return "://" in value[:32]
+    """Whether a path field's value is a URL (SCHEME://...) rather than a path; a
+    supported scheme written with one slash counts (url_problem says what was meant)."""
+    return "://" in value[:32] or _SCHEME_TYPO.match(value) is not None
 
 
 def url_problem(value: str) -> str | None:
     """Why `value`, a URL, cannot be a spec's data or model location (None: it can)."""
-    scheme = value.split("://", 1)[0].lower()
+    typo = _SCHEME_TYPO.match(value) if "://" not in value[:32] else None
+    if typo:
+        scheme = typo.group(1).lower()
+        rest = value[typo.end() :].lstrip("/")
+        meant = f"{scheme}:///{rest}" if scheme == "file" else f"{scheme}://{rest}"
+        return f"not a URL (slashes missing after {scheme}:): did you mean {meant}?"
+    scheme = value.split("://", 1)[0]
+    if scheme.lower() in URL_SCHEMES and scheme != scheme.lower():
+        return f"write the scheme in lower case: {scheme.lower()}://"
     if scheme not in URL_SCHEMES:
         return (
             f"{scheme}:// is not supported; use one of {', '.join(s + '://' for s in URL_SCHEMES)}"
@@ -56,6 +71,8 @@ def storage_url_problem(value: str, schemes: tuple[str, ...] | None = None) -> s
     (or a scheme typo, `s3:/bucket`, which is one too) is refused rather than taken as a
     folder relative to wherever the process happens to run."""
     accepted = ", ".join(f"{s}://" for s in schemes or UPLOAD_SCHEMES)
+    if "://" not in value and _SCHEME_TYPO.match(value):
+        return url_problem(value)
     if "://" not in value:
         return (
             f"not a URL; give the store's URL ({accepted}), e.g. s3://BUCKET/PREFIX, or "
