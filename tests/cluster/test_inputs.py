@@ -11,6 +11,7 @@ import pty
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -252,6 +253,58 @@ def test_the_cache_downloads_once_even_for_two_fetchers_at_once(s3_env, bucket, 
         assert again.downloaded == 0 and again.path.read_bytes() == b"x" * 200_000
     for r in results:
         r.close()
+
+
+def test_what_a_fetcher_killed_mid_download_left_is_removed_not_kept_for_good(
+    s3_env, bucket, tmp_path
+):
+    """A fetcher killed with -9 mid-download leaves its staging folder in tmp/ (a partial
+    copy: 59 MB of a 60 MB object, seen by hand). Neither the size bound nor eviction
+    counted it, so every such kill leaked disk for good. The next download of that key
+    removes it; a later eviction pass removes the others, except one whose download is
+    in progress in another process (a worker sharing the folder)."""
+    url = _put(bucket, "data/train.csv", b"z" * 50_000)
+    other = _put(bucket, "data/other.csv", b"o" * 10)
+    cache = InputCache(tmp_path / "cache", 10**9)
+    with cache.fetch(url) as first:
+        key = first.path.parent.name
+    shutil.rmtree(cache.objects / key)  # as if the first download had never finished
+
+    def leftover(prefix: str) -> Path:
+        staging = Path(tempfile.mkdtemp(prefix=f"{prefix}.", dir=cache.tmp))
+        (staging / "train.csv").write_bytes(b"z" * 20_000)  # the bytes it got
+        return staging
+
+    killed, gone, busy = leftover(key), leftover("f" * 32), leftover("e" * 32)
+    evicted = leftover("evict").rename(cache.tmp / f"evict.{'d' * 32}.1")
+    # Another process is downloading key e...: it holds that key's download lock.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(cache.locks / f"{'e' * 32}.download")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with cache.fetch(url) as again:
+            assert again.downloaded == 50_000 and again.path.read_bytes() == b"z" * 50_000
+            assert not killed.exists()
+        with cache.fetch(other) as fetched:  # a download, then an eviction pass
+            assert fetched.downloaded == 10
+        assert not gone.exists() and not evicted.exists()
+        assert busy.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert sorted(p.name for p in cache.tmp.iterdir()) == [busy.name]
+
+
+_HOLD_LOCK = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(60)
+"""
 
 
 def test_a_download_does_not_wait_for_a_job_that_uses_the_entry(s3_env, bucket, tmp_path):
