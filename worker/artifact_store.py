@@ -24,13 +24,15 @@ the checkpoints out (resumable training state, not a result; `--name checkpoints
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from tunefleet.spec import spec_to_dict
 from tunefleet.spec.urls import storage_url_problem
-from tunefleet.v1 import job_pb2
+from tunefleet.v1 import job_pb2, spec_pb2
 
 log = logging.getLogger(__name__)
 
@@ -147,10 +149,18 @@ class ArtifactStore:
     def job_uri(self, job_id: str) -> str:
         return url_join(self.root_uri, job_id)
 
-    def upload(self, job_id: str, out_dir: Path, artifacts: dict[str, str]) -> dict[str, str]:
+    def upload(
+        self,
+        job_id: str,
+        out_dir: Path,
+        artifacts: dict[str, str],
+        submitted: spec_pb2.JobSpec | None = None,
+    ) -> dict[str, str]:
         """Copies a job's final artifacts; returns the `NAME_uri` entries and `artifacts_uri`.
 
-        A second upload of the same job (a later attempt) replaces the first.
+        A second upload of the same job (a later attempt) replaces the first. `submitted`:
+        the spec as submitted, stored as spec.json in place of the engine's, which names
+        this worker's cached copies of the job's URLs (paths no reader of the store has).
         """
         out_dir = Path(out_dir).resolve()
         items: list[tuple[str, Path, str]] = []
@@ -172,11 +182,17 @@ class ArtifactStore:
         self._clear(job_path)
         uris = {ROOT_KEY: self.job_uri(job_id)}
         count = size = 0
+        spec_json = None
+        if submitted is not None:
+            spec_json = (json.dumps(spec_to_dict(submitted), indent=2) + "\n").encode("utf-8")
         for name, path, relative in items:
             for file, below in _files(path):
                 target = url_join(job_path, relative, below)
                 self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
-                self.fs.put_file(str(file), target)
+                if name == "spec" and not below and spec_json is not None:
+                    self.fs.pipe_file(target, spec_json)
+                else:
+                    self.fs.put_file(str(file), target)
                 count += 1
                 size += file.stat().st_size
             uris[f"{name}{URI_SUFFIX}"] = url_join(self.root_uri, job_id, relative)
@@ -270,9 +286,12 @@ def _get_file(fs, remote: str, target: Path, uri: str) -> None:
         raise
 
 
-def publish_artifacts(store: ArtifactStore | None, job_id: str, out_dir: Path, outcome, report):
+def publish_artifacts(
+    store: ArtifactStore | None, job_id: str, out_dir: Path, outcome, report, submitted=None
+):
     """After a job succeeded, uploads its artifacts to `store` and adds their URLs to the
     outcome; a failed upload turns the outcome into FAILED (the local copy stays).
+    `submitted`: the job's spec as submitted (see ArtifactStore.upload).
 
     `outcome` is the JobRunner's JobOutcome (None: the job is no longer ours); `report`
     sends progress log events to the job's event log. Without a store: `outcome` as is.
@@ -284,7 +303,7 @@ def publish_artifacts(store: ArtifactStore | None, job_id: str, out_dir: Path, o
     destination = store.job_uri(job_id)
     report([log_event(f"uploading artifacts to {destination}")])
     try:
-        uris = store.upload(job_id, out_dir, outcome.artifacts)
+        uris = store.upload(job_id, out_dir, outcome.artifacts, submitted)
     except Exception as exc:
         log.exception("job %s: uploading artifacts to %s failed", job_id, destination)
         return JobOutcome(

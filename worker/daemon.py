@@ -50,7 +50,7 @@ from tunefleet.transport import (
     ChannelSecurity,
     open_channel,
 )
-from tunefleet.v1 import coordinator_pb2, coordinator_pb2_grpc, job_pb2
+from tunefleet.v1 import coordinator_pb2, coordinator_pb2_grpc, job_pb2, spec_pb2
 from tunefleet.worker import checkpoint_sync, job_folder
 from tunefleet.worker.artifact_store import ArtifactStore, publish_artifacts
 from tunefleet.worker.disk_health import DiskHealth
@@ -413,13 +413,14 @@ class WorkerDaemon:
         if inputs.notes:
             report([log_event(note) for note in inputs.notes])
         try:  # the engine reads the cached copies, not the URLs
-            self._run_local_job(inputs.job(job), assignment, report, spec_hash(job.spec))
+            self._run_local_job(inputs.job(job), assignment, report, job.spec)
         finally:
             inputs.close()
 
     def _run_local_job(
-        self, job, assignment: coordinator_pb2.Assignment, report, submitted_spec_hash: str
+        self, job, assignment: coordinator_pb2.Assignment, report, submitted: spec_pb2.JobSpec
     ) -> None:
+        """Runs `job`, whose spec names this worker's copies of the URLs of `submitted`."""
         attempt = assignment.attempt
         out_dir = Path(job.spec.output.dir) if job.spec.output.dir else self.artifacts_root / job.id
         own_storage = not job.spec.output.dir
@@ -452,7 +453,7 @@ class WorkerDaemon:
                 **(self.collective_env if rendezvous is not None else {}),
             },
             engine_host=self.engine_host,
-            submitted_spec_hash=submitted_spec_hash,
+            submitted_spec_hash=spec_hash(submitted),
         )
         with self._lock:
             self._runner = runner
@@ -473,7 +474,9 @@ class WorkerDaemon:
             with checkpoint_sync.synced(self.artifact_store, runner, self._lease_valid, relay):
                 outcome = runner.run(report)
             if runner.machine_rank == 0:  # the job's artifacts are rank 0's
-                outcome = publish_artifacts(self.artifact_store, job.id, out_dir, outcome, report)
+                outcome = publish_artifacts(
+                    self.artifact_store, job.id, out_dir, outcome, report, submitted
+                )
         except Exception as exc:  # a bug of ours must not take the daemon down
             log.exception("job %s: the runner failed", job.id)
             outcome = JobOutcome(

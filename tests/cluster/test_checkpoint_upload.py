@@ -134,7 +134,8 @@ def test_a_job_on_uploaded_data_resumes_on_a_worker_with_another_input_cache(
     """The data and model as the SDK uploads them (s3:// URLs): each worker reads its own
     cached copy, at a path of its own (the cache lives under its --artifacts disk). The
     checkpoints' spec identity is the submitted spec's, so the other worker resumes; it
-    used to see a "different spec" (the cache paths) and fail the job at once."""
+    used to see a "different spec" (the cache paths) and fail the job at once. The
+    spec.json in the store named those cache paths too."""
     data = (
         make_sentiment_csv(tmp_path / "train.csv", 256),
         make_sentiment_csv(tmp_path / "eval.csv", 32, 1),
@@ -162,3 +163,8 @@ def test_a_job_on_uploaded_data_resumes_on_a_worker_with_another_input_cache(
     assert (done.state, done.attempt, done.worker_id) == (job_pb2.SUCCEEDED, 2, "wb"), done.reason
     resumed = resumed_from(cluster.events(job.id), 2)
     assert resumed is not None and resumed >= first["step"] > 0
+    # The stored spec.json is the job's as submitted: its URLs, not wb's cache paths.
+    fs = fsspec.filesystem("s3")
+    fs.invalidate_cache()
+    stored = json.loads(fs.cat_file(done.artifacts["spec_uri"]))
+    assert (stored["data"]["train"], stored["model"]["name"]) == (spec.data.train, spec.model.name)
