@@ -27,11 +27,13 @@ import dataclasses
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from tunefleet.spec import spec_to_dict
 from tunefleet.spec.urls import storage_url_problem
+from tunefleet.transport import Backoff
 from tunefleet.v1 import job_pb2, spec_pb2
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,11 @@ LOCAL_ONLY = frozenset({CHECKPOINTS})
 # Files of the output folder uploaded besides the artifacts, by artifact name.
 EXTRA_FILES = {"spec": "spec.json", "tensorboard": "tensorboard", "attempts": "attempts"}
 RESULT_FILE = "result.json"
+# The final upload: tries, and the first pause (doubling): about 15 s of store outage.
+PUBLISH_TRIES = 5
+PUBLISH_BACKOFF_S = 1.0
+# The store's definite answers: trying again cannot help.
+_DEFINITE_ERRORS = (FileNotFoundError, PermissionError, NotADirectoryError, FileExistsError)
 _CHUNK = 8 << 20  # a download's reads from the store
 
 ReportFn = Callable[[list[job_pb2.Event]], bool]
@@ -287,11 +294,22 @@ def _get_file(fs, remote: str, target: Path, uri: str) -> None:
 
 
 def publish_artifacts(
-    store: ArtifactStore | None, job_id: str, out_dir: Path, outcome, report, submitted=None
+    store: ArtifactStore | None,
+    job_id: str,
+    out_dir: Path,
+    outcome,
+    report,
+    submitted=None,
+    *,
+    tries: int = PUBLISH_TRIES,
+    backoff_s: float = PUBLISH_BACKOFF_S,
 ):
     """After a job succeeded, uploads its artifacts to `store` and adds their URLs to the
-    outcome; a failed upload turns the outcome into FAILED (the local copy stays).
-    `submitted`: the job's spec as submitted (see ArtifactStore.upload).
+    outcome. A store that fails is tried `tries` times with backoff (an upload starts
+    over: it replaces the job's folder); then the outcome is FAILED (the local copy stays),
+    retryable unless the store's answer was definite (no such bucket, access denied): a
+    blip must not throw away a finished training, and the next attempt resumes from the
+    newest checkpoint. `submitted`: the job's spec as submitted (see ArtifactStore.upload).
 
     `outcome` is the JobRunner's JobOutcome (None: the job is no longer ours); `report`
     sends progress log events to the job's event log. Without a store: `outcome` as is.
@@ -302,15 +320,30 @@ def publish_artifacts(
         return outcome
     destination = store.job_uri(job_id)
     report([log_event(f"uploading artifacts to {destination}")])
-    try:
-        uris = store.upload(job_id, out_dir, outcome.artifacts, submitted)
-    except Exception as exc:
-        log.exception("job %s: uploading artifacts to %s failed", job_id, destination)
-        return JobOutcome(
-            job_pb2.FAILED,
-            f"training succeeded but uploading its artifacts to {destination} failed: "
-            f"{type(exc).__name__}: {exc} (the local copy is in {out_dir})"[:500],
-        )
+    backoff = Backoff(backoff_s, 8 * backoff_s)
+    for attempt in range(1, tries + 1):
+        try:
+            uris = store.upload(job_id, out_dir, outcome.artifacts, submitted)
+            break
+        except Exception as exc:
+            definite = isinstance(exc, _DEFINITE_ERRORS)
+            if definite or attempt == tries:
+                log.exception("job %s: uploading artifacts to %s failed", job_id, destination)
+                tried = f" (tried {attempt} times)" if attempt > 1 else ""
+                return JobOutcome(
+                    job_pb2.FAILED,
+                    f"training succeeded but uploading its artifacts to {destination} failed"
+                    f"{tried}: {_why(exc)} (the local copy is in {out_dir})"[:500],
+                    retryable=not definite,
+                )
+            pause = backoff.next()
+            warning = (
+                f"uploading artifacts to {destination} failed (try {attempt} of {tries}): "
+                f"{_why(exc)}; trying again in {pause:.0f} s"
+            )
+            log.warning("job %s: %s", job_id, warning)
+            report([log_event(warning[:1000], "warning")])
+            time.sleep(pause)
     report([log_event(f"artifacts uploaded to {destination}")])
     return dataclasses.replace(outcome, artifacts={**outcome.artifacts, **uris})
 
