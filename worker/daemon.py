@@ -165,6 +165,10 @@ class WorkerDaemon:
         self._lock = threading.Lock()
         self._register_lock = threading.Lock()
         self._runner: JobRunner | None = None
+        # The job whose inputs are being fetched, before it has a runner: heartbeats list it,
+        # or the coordinator would take it back after one lease ("never started the job")
+        # from a worker downloading a model or dataset bigger than a lease's worth.
+        self._preparing: str | None = None
         self._acquire_call: grpc.Future | None = None
         self._outages = RpcOutages()  # RPCs failing right now, to log each outage once
         # Why this worker takes no jobs now (.reason, "" = healthy); sent with heartbeats.
@@ -351,7 +355,7 @@ class WorkerDaemon:
         while not self._stopped.wait(self.heartbeat_interval_s):
             with self._lock:
                 runner = self._runner  # the verdicts below are about this one
-            running = runner.job_id if runner else None
+                running = runner.job_id if runner else self._preparing
             request = coordinator_pb2.HeartbeatRequest(
                 worker_id=self.worker_id,
                 running_job_ids=[running] if running else [],
@@ -401,6 +405,16 @@ class WorkerDaemon:
         def report(events: list[job_pb2.Event]) -> bool:
             return self._report(job.id, attempt, events, next(batches))
 
+        with self._lock:
+            self._preparing = job.id  # until the runner takes over (_run_local_job)
+        try:
+            self._prepare_and_run(job, assignment, report)
+        finally:
+            with self._lock:
+                self._preparing = None
+
+    def _prepare_and_run(self, job, assignment: coordinator_pb2.Assignment, report) -> None:
+        attempt = assignment.attempt
         inputs, refused = prepare_inputs(
             job.spec, self.input_cache, self.path_policy, self.worker_id, self.check_inputs
         )
@@ -456,7 +470,7 @@ class WorkerDaemon:
             submitted_spec_hash=spec_hash(submitted),
         )
         with self._lock:
-            self._runner = runner
+            self._runner, self._preparing = runner, None
         if self._stopping.is_set():  # stop() may have missed the runner
             runner.drain(self._drain_reason())
         log.info(
