@@ -184,8 +184,8 @@ def _retrying(what: str, action: Callable[[], object], *, tries: int, backoff_s:
     for attempt in range(1, tries + 1):
         try:
             return action()
-        except FileNotFoundError:
-            raise
+        except FileNotFoundError as exc:  # a definite answer (no such bucket): no retry
+            raise UploadError(f"{what}: {' '.join(str(exc).split())}") from None
         except Exception as exc:
             if attempt == tries:
                 raise UploadError(

@@ -139,11 +139,12 @@ def security_from_args(args: argparse.Namespace) -> dict:
 def check_server_arguments(args: argparse.Namespace) -> dict:
     """The security options (see security_from_args) once every flag checks out;
     ValueError naming the flag otherwise."""
-    from tunefleet.coordinator.server import check_lease_settings
+    from tunefleet.coordinator.server import check_lease_settings, check_storage_uri
     from tunefleet.transport import MAX_PORT
 
     security = security_from_args(args)
     check_lease_settings(args.heartbeat_s, args.lease_s)
+    check_storage_uri(args.storage_uri)
     if args.metrics_port is not None and not 0 <= args.metrics_port <= MAX_PORT:
         raise ValueError(
             f"--metrics-port must be 0-{MAX_PORT} (0: any free port), got {args.metrics_port}"

@@ -31,6 +31,8 @@ from tunefleet.coordinator.scheduler import Scheduler
 from tunefleet.coordinator.service import CoordinatorService
 from tunefleet.coordinator.store import JobStore
 from tunefleet.defaults import DEFAULT_ADDRESS, DEFAULT_DB_PATH
+from tunefleet.limits import MAX_QUOTE_CHARS, clip_chars
+from tunefleet.spec.urls import UPLOAD_SCHEMES, storage_url_problem
 from tunefleet.transport import SERVER_OPTIONS, check_pem_files, check_port, is_loopback
 from tunefleet.v1 import coordinator_pb2_grpc
 
@@ -271,6 +273,7 @@ def start_server(
         raise ValueError(f"--max-followers must be at least 1, got {max_followers}")
     if max_long_polls < 1:
         raise ValueError(f"max_long_polls must be at least 1, got {max_long_polls}")
+    check_storage_uri(storage_uri)
     warning = check_exposure(
         host, tls=tls is not None, tokens=tokens is not None, insecure=insecure
     )
@@ -390,6 +393,15 @@ def check_lease_settings(heartbeat_s: float, lease_s: float) -> None:
             f"--lease-s ({lease_s}) must be longer than --heartbeat-s ({heartbeat_s}): "
             "a lease must outlive a few lost heartbeats"
         )
+
+
+def check_storage_uri(storage_uri: str) -> None:
+    """Raises ValueError naming --storage-uri when clients could not upload there: they
+    would each fail at submit (or, for a plain path, write to a folder of their own that
+    no worker sees), long after the coordinator started."""
+    problem = storage_url_problem(storage_uri, UPLOAD_SCHEMES) if storage_uri else None
+    if problem:
+        raise ValueError(f"--storage-uri {clip_chars(storage_uri, MAX_QUOTE_CHARS)}: {problem}")
 
 
 def serve(

@@ -24,12 +24,17 @@ the checkpoints out (resumable training state, not a result; `--name checkpoints
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from tunefleet.v1 import job_pb2
+from tunefleet.spec import spec_to_dict
+from tunefleet.spec.urls import storage_url_problem
+from tunefleet.transport import Backoff
+from tunefleet.v1 import job_pb2, spec_pb2
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +59,12 @@ LOCAL_ONLY = frozenset({CHECKPOINTS})
 # Files of the output folder uploaded besides the artifacts, by artifact name.
 EXTRA_FILES = {"spec": "spec.json", "tensorboard": "tensorboard", "attempts": "attempts"}
 RESULT_FILE = "result.json"
+# The final upload: tries, and the first pause (doubling): about 15 s of store outage.
+PUBLISH_TRIES = 5
+PUBLISH_BACKOFF_S = 1.0
+# The store's definite answers: trying again cannot help.
+_DEFINITE_ERRORS = (FileNotFoundError, PermissionError, NotADirectoryError, FileExistsError)
+_CHUNK = 8 << 20  # a download's reads from the store
 
 ReportFn = Callable[[list[job_pb2.Event]], bool]
 
@@ -78,6 +89,16 @@ def _url_to_fs(url: str):
         raise ArtifactStoreError(f"{url}: {exc}") from None
 
 
+def _is_local(fs) -> bool:
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return bool({"file", "local", "memory"} & set(protocols))
+
+
+def _why(exc: BaseException) -> str:
+    """An error from the store in one line: its type and message."""
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
 def url_join(*parts: str) -> str:
     """Joins URL or store path parts with single slashes."""
     return "/".join(p.strip("/") if i else p.rstrip("/") for i, p in enumerate(parts) if p)
@@ -100,10 +121,34 @@ class ArtifactStore:
     def __init__(self, root_uri: str):
         if not root_uri:
             raise ArtifactStoreError("the artifact storage URL is empty")
-        if "://" not in root_uri:  # a plain path: absolute, so the recorded URLs are too
-            root_uri = str(Path(root_uri).resolve())
+        problem = storage_url_problem(root_uri)
+        if problem:  # a plain path or `s3:/x` would be a folder relative to the worker's cwd
+            raise ArtifactStoreError(f"{root_uri}: {problem}")
         self.fs, self.root_path = _url_to_fs(root_uri)
         self.root_uri = root_uri.rstrip("/")
+
+    def check_reachable(self) -> None:
+        """Asks the store about the bucket once (ArtifactStoreError with its answer): a
+        missing bucket, missing credentials or a wrong endpoint would otherwise surface
+        only when the first job's training succeeded and its upload failed. Only an object
+        store's top level (the bucket) must exist: a prefix, or a local folder, is made as
+        needed. Access denied is only logged: credentials scoped to the prefix may write
+        there without being allowed to look at the bucket."""
+        bucket = self.root_path.strip("/").split("/", 1)[0]
+        if _is_local(self.fs) or not bucket:
+            return
+        try:
+            self.fs.info(bucket)
+        except FileNotFoundError:
+            raise ArtifactStoreError(
+                f"{self.root_uri}: the bucket {bucket} does not exist; create it, or fix the URL"
+            ) from None
+        except PermissionError as exc:
+            log.warning("%s: cannot look at the bucket (%s); uploads may still work", self, exc)
+        except Exception as exc:
+            raise ArtifactStoreError(
+                f"{self.root_uri}: cannot reach the store: {_why(exc)}"
+            ) from None
 
     def __repr__(self) -> str:
         return f"ArtifactStore({self.root_uri!r})"
@@ -111,10 +156,18 @@ class ArtifactStore:
     def job_uri(self, job_id: str) -> str:
         return url_join(self.root_uri, job_id)
 
-    def upload(self, job_id: str, out_dir: Path, artifacts: dict[str, str]) -> dict[str, str]:
+    def upload(
+        self,
+        job_id: str,
+        out_dir: Path,
+        artifacts: dict[str, str],
+        submitted: spec_pb2.JobSpec | None = None,
+    ) -> dict[str, str]:
         """Copies a job's final artifacts; returns the `NAME_uri` entries and `artifacts_uri`.
 
-        A second upload of the same job (a later attempt) replaces the first.
+        A second upload of the same job (a later attempt) replaces the first. `submitted`:
+        the spec as submitted, stored as spec.json in place of the engine's, which names
+        this worker's cached copies of the job's URLs (paths no reader of the store has).
         """
         out_dir = Path(out_dir).resolve()
         items: list[tuple[str, Path, str]] = []
@@ -136,11 +189,17 @@ class ArtifactStore:
         self._clear(job_path)
         uris = {ROOT_KEY: self.job_uri(job_id)}
         count = size = 0
+        spec_json = None
+        if submitted is not None:
+            spec_json = (json.dumps(spec_to_dict(submitted), indent=2) + "\n").encode("utf-8")
         for name, path, relative in items:
             for file, below in _files(path):
                 target = url_join(job_path, relative, below)
                 self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
-                self.fs.put_file(str(file), target)
+                if name == "spec" and not below and spec_json is not None:
+                    self.fs.pipe_file(target, spec_json)
+                else:
+                    self.fs.put_file(str(file), target)
                 count += 1
                 size += file.stat().st_size
             uris[f"{name}{URI_SUFFIX}"] = url_join(self.root_uri, job_id, relative)
@@ -176,48 +235,81 @@ def download(
 
     A file lands as dest/NAME; a folder's contents land directly in `dest`, or in
     dest/NAME with `keep_name`. `exclude`: names of the folder's entries to leave out.
+    The store's failures (no credentials, unreachable, access denied) are
+    ArtifactStoreError naming the URL; OSError is this machine's own (the folder, the disk).
     """
     exclude = frozenset(exclude)
     fs, path = _url_to_fs(uri)
     dest = Path(dest)
-    if not fs.exists(path):
+    exists, isdir = _reading(uri, lambda: (fs.exists(path), fs.isdir(path)))
+    if not exists:
         raise ArtifactStoreError(f"{uri} does not exist")
-    if not fs.isdir(path):
+    if not isdir:
         dest.mkdir(parents=True, exist_ok=True)
         target = dest / path.rstrip("/").rsplit("/", 1)[-1]
-        _get_file(fs, path, target)
+        _get_file(fs, path, target, uri)
         return [target]
     root = path.rstrip("/")
     if keep_name:
         dest = dest / root.rsplit("/", 1)[-1]
     files = []
-    for remote in sorted(fs.find(root)):
+    for remote in _reading(uri, lambda: sorted(fs.find(root))):
         relative = remote[len(root) :].lstrip("/") if remote.startswith(root) else remote
         if relative.split("/", 1)[0] in exclude:
             continue
         target = dest.joinpath(*relative.split("/"))
         target.parent.mkdir(parents=True, exist_ok=True)
-        _get_file(fs, remote, target)
+        _get_file(fs, remote, target, url_join(uri, relative))
         files.append(target)
     return files
 
 
-def _get_file(fs, remote: str, target: Path) -> None:
+def _reading(uri: str, action: Callable):
+    """`action()`, a read from the store; its failure as ArtifactStoreError naming `uri`."""
+    try:
+        return action()
+    except FileNotFoundError:
+        raise ArtifactStoreError(f"{uri} does not exist") from None
+    except Exception as exc:
+        raise ArtifactStoreError(f"cannot read {uri}: {_why(exc)}") from None
+
+
+def _get_file(fs, remote: str, target: Path, uri: str) -> None:
     """One file, fetched to a temporary name beside `target` and then renamed: an
     interrupted or failed download never leaves a half-written file under the real name,
-    nor truncates the one a previous download left there."""
+    nor truncates the one a previous download left there. The file is streamed here,
+    rather than by fs.get_file, so that a failed read (the store's) and a failed write
+    (this disk's) are told apart."""
     tmp = target.with_name(f".{target.name}.part")
     try:
-        fs.get_file(remote, str(tmp))
+        with tmp.open("wb") as out:
+            source = _reading(uri, lambda: fs.open(remote, "rb"))
+            with source:
+                while chunk := _reading(uri, lambda: source.read(_CHUNK)):
+                    out.write(chunk)
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 
 
-def publish_artifacts(store: ArtifactStore | None, job_id: str, out_dir: Path, outcome, report):
+def publish_artifacts(
+    store: ArtifactStore | None,
+    job_id: str,
+    out_dir: Path,
+    outcome,
+    report,
+    submitted=None,
+    *,
+    tries: int = PUBLISH_TRIES,
+    backoff_s: float = PUBLISH_BACKOFF_S,
+):
     """After a job succeeded, uploads its artifacts to `store` and adds their URLs to the
-    outcome; a failed upload turns the outcome into FAILED (the local copy stays).
+    outcome. A store that fails is tried `tries` times with backoff (an upload starts
+    over: it replaces the job's folder); then the outcome is FAILED (the local copy stays),
+    retryable unless the store's answer was definite (no such bucket, access denied): a
+    blip must not throw away a finished training, and the next attempt resumes from the
+    newest checkpoint. `submitted`: the job's spec as submitted (see ArtifactStore.upload).
 
     `outcome` is the JobRunner's JobOutcome (None: the job is no longer ours); `report`
     sends progress log events to the job's event log. Without a store: `outcome` as is.
@@ -228,15 +320,30 @@ def publish_artifacts(store: ArtifactStore | None, job_id: str, out_dir: Path, o
         return outcome
     destination = store.job_uri(job_id)
     report([log_event(f"uploading artifacts to {destination}")])
-    try:
-        uris = store.upload(job_id, out_dir, outcome.artifacts)
-    except Exception as exc:
-        log.exception("job %s: uploading artifacts to %s failed", job_id, destination)
-        return JobOutcome(
-            job_pb2.FAILED,
-            f"training succeeded but uploading its artifacts to {destination} failed: "
-            f"{type(exc).__name__}: {exc} (the local copy is in {out_dir})"[:500],
-        )
+    backoff = Backoff(backoff_s, 8 * backoff_s)
+    for attempt in range(1, tries + 1):
+        try:
+            uris = store.upload(job_id, out_dir, outcome.artifacts, submitted)
+            break
+        except Exception as exc:
+            definite = isinstance(exc, _DEFINITE_ERRORS)
+            if definite or attempt == tries:
+                log.exception("job %s: uploading artifacts to %s failed", job_id, destination)
+                tried = f" (tried {attempt} times)" if attempt > 1 else ""
+                return JobOutcome(
+                    job_pb2.FAILED,
+                    f"training succeeded but uploading its artifacts to {destination} failed"
+                    f"{tried}: {_why(exc)} (the local copy is in {out_dir})"[:500],
+                    retryable=not definite,
+                )
+            pause = backoff.next()
+            warning = (
+                f"uploading artifacts to {destination} failed (try {attempt} of {tries}): "
+                f"{_why(exc)}; trying again in {pause:.0f} s"
+            )
+            log.warning("job %s: %s", job_id, warning)
+            report([log_event(warning[:1000], "warning")])
+            time.sleep(pause)
     report([log_event(f"artifacts uploaded to {destination}")])
     return dataclasses.replace(outcome, artifacts={**outcome.artifacts, **uris})
 

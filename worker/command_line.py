@@ -254,7 +254,7 @@ def daemon_from_args(args: argparse.Namespace) -> WorkerDaemon:
     allowed_roots = allowed_roots_from_args(args)
     if args.artifacts_uri:
         try:  # fail now, with the reason, rather than after the first job trained
-            ArtifactStore(args.artifacts_uri)
+            ArtifactStore(args.artifacts_uri).check_reachable()
         except ArtifactStoreError as exc:
             raise WorkerFlagError(f"--artifacts-uri: {exc}") from None
     for flag, folder in (

@@ -50,12 +50,13 @@ from tunefleet.transport import (
     ChannelSecurity,
     open_channel,
 )
-from tunefleet.v1 import coordinator_pb2, coordinator_pb2_grpc, job_pb2
+from tunefleet.v1 import coordinator_pb2, coordinator_pb2_grpc, job_pb2, spec_pb2
 from tunefleet.worker import checkpoint_sync, job_folder
 from tunefleet.worker.artifact_store import ArtifactStore, publish_artifacts
 from tunefleet.worker.disk_health import DiskHealth
 from tunefleet.worker.engine.errors import is_no_space
 from tunefleet.worker.engine.launch import free_port
+from tunefleet.worker.engine.lineage import spec_hash
 from tunefleet.worker.engine_process import EngineHost, warm_engine_supported
 from tunefleet.worker.host_info import collective_env, detect_gpus, route_address
 from tunefleet.worker.input_cache import DEFAULT_CACHE_MAX_GB, InputCache
@@ -167,6 +168,10 @@ class WorkerDaemon:
         self._lock = threading.Lock()
         self._register_lock = threading.Lock()
         self._runner: JobRunner | None = None
+        # The job whose inputs are being fetched, before it has a runner: heartbeats list it,
+        # or the coordinator would take it back after one lease ("never started the job")
+        # from a worker downloading a model or dataset bigger than a lease's worth.
+        self._preparing: str | None = None
         self._acquire_call: grpc.Future | None = None
         self._outages = RpcOutages()  # RPCs failing right now, to log each outage once
         # Why this worker takes no jobs now (.reason, "" = healthy); sent with heartbeats.
@@ -384,7 +389,7 @@ class WorkerDaemon:
         while not self._stopped.wait(self.heartbeat_interval_s):
             with self._lock:
                 runner = self._runner  # the verdicts below are about this one
-            running = runner.job_id if runner else None
+                running = runner.job_id if runner else self._preparing
             request = coordinator_pb2.HeartbeatRequest(
                 worker_id=self.worker_id,
                 running_job_ids=[running] if running else [],
@@ -434,6 +439,16 @@ class WorkerDaemon:
         def report(events: list[job_pb2.Event]) -> bool:
             return self._report(job.id, attempt, events, next(batches))
 
+        with self._lock:
+            self._preparing = job.id  # until the runner takes over (_run_local_job)
+        try:
+            self._prepare_and_run(job, assignment, report)
+        finally:
+            with self._lock:
+                self._preparing = None
+
+    def _prepare_and_run(self, job, assignment: coordinator_pb2.Assignment, report) -> None:
+        attempt = assignment.attempt
         inputs, refused = prepare_inputs(
             job.spec, self.input_cache, self.path_policy, self.worker_id, self.check_inputs
         )
@@ -446,11 +461,14 @@ class WorkerDaemon:
         if inputs.notes:
             report([log_event(note) for note in inputs.notes])
         try:  # the engine reads the cached copies, not the URLs
-            self._run_local_job(inputs.job(job), assignment, report)
+            self._run_local_job(inputs.job(job), assignment, report, job.spec)
         finally:
             inputs.close()
 
-    def _run_local_job(self, job, assignment: coordinator_pb2.Assignment, report) -> None:
+    def _run_local_job(
+        self, job, assignment: coordinator_pb2.Assignment, report, submitted: spec_pb2.JobSpec
+    ) -> None:
+        """Runs `job`, whose spec names this worker's copies of the URLs of `submitted`."""
         attempt = assignment.attempt
         out_dir = Path(job.spec.output.dir) if job.spec.output.dir else self.artifacts_root / job.id
         own_storage = not job.spec.output.dir
@@ -483,9 +501,10 @@ class WorkerDaemon:
                 **(self.collective_env if rendezvous is not None else {}),
             },
             engine_host=self.engine_host,
+            submitted_spec_hash=spec_hash(submitted),
         )
         with self._lock:
-            self._runner = runner
+            self._runner, self._preparing = runner, None
         if self._stopping.is_set():  # stop() may have missed the runner
             runner.drain(self._drain_reason())
         log.info(
@@ -503,7 +522,9 @@ class WorkerDaemon:
             with checkpoint_sync.synced(self.artifact_store, runner, self._lease_valid, relay):
                 outcome = runner.run(report)
             if runner.machine_rank == 0:  # the job's artifacts are rank 0's
-                outcome = publish_artifacts(self.artifact_store, job.id, out_dir, outcome, report)
+                outcome = publish_artifacts(
+                    self.artifact_store, job.id, out_dir, outcome, report, submitted
+                )
         except Exception as exc:  # a bug of ours must not take the daemon down
             log.exception("job %s: the runner failed", job.id)
             outcome = JobOutcome(

@@ -47,13 +47,14 @@ import time
 from typing import IO
 
 from tunefleet.worker.engine.launch import ENGINE_MODULE
+from tunefleet.worker.engine.lineage import SPEC_HASH_ENV
 from tunefleet.worker.engine.warm_host import MAX_MESSAGE_BYTES, decode, encode
 
 log = logging.getLogger(__name__)
 
 HOST_MODULE = "tunefleet.worker.engine.warm_host"
 # Set per attempt (by JobRunner) and read by the engine only at run time.
-PER_ATTEMPT_ENV = frozenset({"TUNEFLEET_JOB_ID", "TUNEFLEET_ATTEMPT"})
+PER_ATTEMPT_ENV = frozenset({"TUNEFLEET_JOB_ID", "TUNEFLEET_ATTEMPT", SPEC_HASH_ENV})
 _REPLY_TIMEOUT_S = 30.0
 
 

@@ -182,6 +182,8 @@ class InputCache:
             fcntl.flock(fd, fcntl.LOCK_EX)
             if entry.is_dir():  # another fetcher downloaded it while this one waited
                 return 0
+            for stale in self.tmp.glob(f"{entry.name}.*"):  # this key's: nobody else's now
+                shutil.rmtree(stale, ignore_errors=True)
             return self._download(fs, remote, listing, entry, name, url)
         finally:
             os.close(fd)  # releases the download lock
@@ -235,6 +237,7 @@ class InputCache:
     def evict(self, keep: str = "") -> list[str]:
         """Removes least recently used entries until the cache fits `max_bytes`; entries in
         use (their lock held by a job) and `keep` stay. Returns the removed keys."""
+        self._remove_leftovers()
         entries = []
         for e in self.objects.iterdir() if self.objects.is_dir() else ():
             with contextlib.suppress(FileNotFoundError):
@@ -265,6 +268,28 @@ class InputCache:
         if removed:
             log.info("input cache: evicted %d entries, %d bytes left", len(removed), total)
         return removed
+
+    def _remove_leftovers(self) -> None:
+        """Removes what a fetcher killed mid-download (kill -9, the OOM killer, a power cut)
+        left in tmp/: a staging folder never renamed into place, which neither the size
+        bound nor eviction counts, so each such kill used to leak a partial copy for good.
+        A staging folder is a leftover when nobody holds its key's download lock (another
+        worker sharing the folder may be downloading into its own right now); an `evict.`
+        folder always is (it was renamed out of objects/ under the key's lock)."""
+        for leftover in self.tmp.iterdir() if self.tmp.is_dir() else ():
+            key = leftover.name.split(".", 1)[0]
+            if key == "evict":
+                shutil.rmtree(leftover, ignore_errors=True)
+                continue
+            fd = os.open(self.locks / f"{key}.download", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # being downloaded
+            else:
+                shutil.rmtree(leftover, ignore_errors=True)
+            finally:
+                os.close(fd)
 
 
 def _tree_size(path: Path) -> int:

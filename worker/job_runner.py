@@ -52,6 +52,7 @@ from pathlib import Path
 from tunefleet.limits import clip_chars
 from tunefleet.spec import spec_to_dict
 from tunefleet.v1 import coordinator_pb2, job_pb2, spec_pb2
+from tunefleet.worker.engine import lineage
 from tunefleet.worker.engine.errors import EXIT_INVALID_INPUT, EXIT_NO_SPACE, is_no_space
 from tunefleet.worker.engine_process import EngineHost, TrainingProcess, start_engine_process
 from tunefleet.worker.event_tail import EventTail, log_event, read_events
@@ -168,6 +169,7 @@ class JobRunner:
         own_storage: bool = False,
         engine_env: dict[str, str] | None = None,
         engine_host: EngineHost | None = None,
+        submitted_spec_hash: str = "",
     ):
         """
         Args:
@@ -187,8 +189,11 @@ class JobRunner:
             engine_env: extra environment of the training process (the worker's shared
                 feature cache: worker/engine/shared_features.py).
             engine_host: forks the training process warm when it can (engine_process.py).
+            submitted_spec_hash: lineage.spec_hash of the spec as submitted, when `job`'s
+                names this worker's cached copies of its URLs (default: `job`'s own).
         """
         self.job = job
+        self.spec_hash = submitted_spec_hash or lineage.spec_hash(job.spec)
         self.attempt = attempt
         self.worker_id = worker_id
         self.out_dir = Path(out_dir)
@@ -339,6 +344,7 @@ class JobRunner:
             PYTHONUNBUFFERED="1",  # so engine.log holds the last lines before a crash
             TUNEFLEET_JOB_ID=self.job_id,
             TUNEFLEET_ATTEMPT=str(self.attempt),
+            **{lineage.SPEC_HASH_ENV: self.spec_hash},
         )
         if self.rendezvous is not None:
             env.update(

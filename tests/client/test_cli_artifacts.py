@@ -7,6 +7,7 @@ scripted worker; its uploaded artifacts are a file:// folder, as a worker's
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,37 @@ def test_downloading_again_replaces_each_file_by_a_rename(capsys, cluster, uploa
     # Written under another name and renamed over it: the old file itself was not rewritten.
     assert kept.read_text() == '{"old": true}'
     assert sorted(p.name for p in Path(dest).rglob("*")) == ["config.json", "model", "result.json"]
+
+
+def test_a_store_that_cannot_be_read_is_one_line_naming_the_url(
+    capsys, cluster, scripted_worker, job_dict, tmp_path, monkeypatch
+):
+    """Missing credentials, a wrong endpoint: the store's failure, with the URL, not an
+    internal error (`this is a bug in ftctl`), and nothing written into the folder."""
+    pytest.importorskip("s3fs")
+    import s3fs
+
+    with cluster.client() as client:
+        job_id = client.submit(job_dict).id
+    job_id, attempt = scripted_worker.acquire()
+    root = f"s3://tunefleet-test/artifacts/{job_id}"
+    artifacts = {"artifacts_uri": root, "model_uri": f"{root}/model"}
+    scripted_worker.finish(job_id, attempt, job_pb2.SUCCEEDED, artifacts=artifacts)
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        down = f"http://127.0.0.1:{s.getsockname()[1]}"
+    for key, value in (("AWS_ACCESS_KEY_ID", "x"), ("AWS_SECRET_ACCESS_KEY", "x")):
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", down)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    s3fs.S3FileSystem.clear_instance_cache()
+    dest = tmp_path / "out"
+    address = ["--coordinator", cluster.address]
+    for names in ([], ["--name", "model"]):
+        assert main(["artifacts", job_id, "--download", str(dest), *names, *address]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: job {job_id}: cannot read {root}"), err
+        assert "EndpointConnectionError" in err and "internal error" not in err, err
+        assert len(err.strip().splitlines()) == 1, err
+    s3fs.S3FileSystem.clear_instance_cache()
+    assert not dest.exists() or not any(dest.rglob("*"))

@@ -202,8 +202,22 @@ BAD_INPUTS = [
     (["worker", "--gpus", "-1"], 1, "--gpus must be >= 0, got -1"),
     (["worker", "--drain-grace-s", "-1"], 1, "--drain-grace-s must be >= 0"),
     (["worker", "--artifacts-uri", "nosuchfs://x"], 1, "--artifacts-uri: nosuchfs://x"),
+    # A plain path or a scheme typo was a folder relative to the worker's cwd.
+    (["worker", "--artifacts-uri", "s3:/b/art"], 1, "did you mean s3://b/art?"),
+    (["worker", "--artifacts-uri", "art"], 1, "--artifacts-uri: art: not a URL; give the"),
+    (["worker", "--artifacts-uri", "file://rel/a"], 1, "file:// needs an absolute path"),
     (["server", "--db", "{tmp}/db", "--lease-s", "1"], 1, "--lease-s (1.0) must be longer"),
     (["server", "--db", "{tmp}/db", "--tls-cert", "x.pem"], 1, "give both --tls-cert"),
+    (
+        ["server", "--listen", "127.0.0.1:0", "--db", "{tmp}/db", "--storage-uri", "s3:/b/in"],
+        1,
+        "--storage-uri s3:/b/in: not a URL (slashes missing after s3:): did you mean s3://b/in?",
+    ),
+    (
+        ["server", "--listen", "127.0.0.1:0", "--db", "{tmp}/db", "--storage-uri", "s4://b/in"],
+        1,
+        "--storage-uri s4://b/in: s4:// is not supported; use one of s3://",
+    ),
     (["up", "--listen", "0.0.0.0:0", "--db", "{tmp}/db"], 1, "serves this machine only"),
     (["up", "--listen", "127.0.0.1:0", "--db", "{tmp}"], 1, "is a folder; give the database"),
     (["server", "--listen", "127.0.0.1:0", "--db", "{tmp}"], 1, "is a folder; give the database"),

@@ -4,9 +4,11 @@ whichever test folders a run collects together."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 FAKE_CREDENTIALS = {
@@ -44,3 +46,32 @@ def clear_s3_instances() -> None:
     import s3fs
 
     s3fs.S3FileSystem.clear_instance_cache()
+
+
+def relay(listen_port: int, target_port: int, *, delay_s: float = 0.0) -> socket.socket:
+    """Forwards each connection to 127.0.0.1:listen_port to target_port, waiting `delay_s`
+    before each chunk the target sends back (a slow store); close() stops accepting. A
+    store that is down until the test calls this, or one that is slow."""
+    server = socket.create_server(("127.0.0.1", listen_port))
+
+    def pipe(src: socket.socket, dst: socket.socket, delay: float) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                time.sleep(delay)
+                dst.sendall(data)
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def accept() -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", target_port))
+            for a, b, delay in ((client, upstream, 0.0), (upstream, client, delay_s)):
+                threading.Thread(target=pipe, args=(a, b, delay), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return server

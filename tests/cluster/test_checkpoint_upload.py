@@ -14,6 +14,7 @@ import fsspec
 import pytest
 from jobfiles import make_sentiment_csv, write_text_job
 
+from tunefleet.client.uploads import local_inputs, upload_inputs
 from tunefleet.spec import load_job_file
 from tunefleet.v1 import job_pb2
 
@@ -31,6 +32,7 @@ from fault_helpers import (  # noqa: E402
 )
 
 pytestmark = pytest.mark.timeout(300)
+TERMINAL = (job_pb2.SUCCEEDED, job_pb2.FAILED, job_pb2.CANCELLED)
 
 
 @pytest.fixture
@@ -124,3 +126,45 @@ def test_a_worker_on_another_disk_resumes_from_the_uploaded_checkpoint(
         f"{len(train_steps(events, attempt=2))} steps on wb, {finished_steps(events)}, "
         f"{contiguous}; {notes[0]}"
     )
+
+
+def test_a_job_on_uploaded_data_resumes_on_a_worker_with_another_input_cache(
+    cluster, bucket, tmp_path, tiny_bert
+):
+    """The data and model as the SDK uploads them (s3:// URLs): each worker reads its own
+    cached copy, at a path of its own (the cache lives under its --artifacts disk). The
+    checkpoints' spec identity is the submitted spec's, so the other worker resumes; it
+    used to see a "different spec" (the cache paths) and fail the job at once. The
+    spec.json in the store named those cache paths too."""
+    data = (
+        make_sentiment_csv(tmp_path / "train.csv", 256),
+        make_sentiment_csv(tmp_path / "eval.csv", 32, 1),
+    )
+    train = {"epochs": 10, "batch_size": 8, "precision": "no", "log_every_steps": 1}
+    train["checkpoint_every_steps"] = 10
+    spec = load_job_file(write_text_job(tmp_path, tiny_bert, data, name="url-ckpt", train=train))
+    present, _, _ = local_inputs(spec)
+    spec, _ = upload_inputs(spec, present, f"{bucket}/inputs")
+    assert spec.data.train.startswith("s3://") and spec.model.name.startswith("s3://")
+
+    def worker(name: str):
+        disk = ("--artifacts", str(tmp_path / f"{name}-disk"))
+        cluster.start_worker(name, extra_args=(*disk, "--artifacts-uri", f"{bucket}/artifacts"))
+        cluster.wait_worker_live(name)
+
+    cluster.start_coordinator()
+    worker("wa")
+    job = cluster.submit(spec)
+    cluster.wait_job(job.id, lambda j: j.state == job_pb2.RUNNING, "the job to run on wa")
+    worker("wb")
+    first = wait_for(lambda: uploaded(bucket, job.id), 120, "a checkpoint upload", 0.3)[0]
+    cluster.workers["wa"].kill9()
+    done = cluster.wait_job(job.id, lambda j: j.state in TERMINAL, "the job to end")
+    assert (done.state, done.attempt, done.worker_id) == (job_pb2.SUCCEEDED, 2, "wb"), done.reason
+    resumed = resumed_from(cluster.events(job.id), 2)
+    assert resumed is not None and resumed >= first["step"] > 0
+    # The stored spec.json is the job's as submitted: its URLs, not wb's cache paths.
+    fs = fsspec.filesystem("s3")
+    fs.invalidate_cache()
+    stored = json.loads(fs.cat_file(done.artifacts["spec_uri"]))
+    assert (stored["data"]["train"], stored["model"]["name"]) == (spec.data.train, spec.model.name)

@@ -11,6 +11,7 @@ import pty
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -178,6 +179,55 @@ def test_an_unreachable_store_is_retried_with_backoff_then_named(tmp_path, monke
     assert took >= 0.3 + 0.6  # two waits, doubling
 
 
+def test_a_storage_bucket_that_does_not_exist_is_named_once_without_retries(
+    s3_env, tmp_path, capsys
+):
+    """The store's definite answer (no such bucket) is the submit's one-line error naming
+    the field, the file and the storage, not an internal error; nothing is queued."""
+    train = tmp_path / "train.csv"
+    train.write_text("text,label\na,pos\nb,neg\n")
+    job = tmp_path / "job.yaml"
+    job.write_text(json.dumps(_job(str(train))))
+    storage = "s3://no-such-bucket-here/inputs"
+    with start_server("127.0.0.1:0", tmp_path / "c.db", storage_uri=storage) as server:
+        code = main(["--coordinator", server.address, "submit", str(job)])
+        err = capsys.readouterr().err
+        with Client(server.address) as client:
+            assert client.list() == []
+    assert code == 1, err
+    assert err.startswith(f"error: data.train: cannot upload {train} to {storage}: "), err
+    assert "bucket does not exist" in err and "internal error" not in err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_a_worker_refuses_an_artifacts_bucket_it_cannot_use_before_it_takes_a_job(
+    s3_env, bucket, tmp_path
+):
+    """A missing bucket (or an unreachable store) used to surface only after the first
+    job's training succeeded and its upload failed; the worker now says so as it starts."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+
+    def worker(uri: str, **extra) -> subprocess.CompletedProcess:
+        argv = [sys.executable, "-m", "tunefleet.worker", "--coordinator", "127.0.0.1:1"]
+        argv += ["--artifacts", str(tmp_path / "disk"), "--artifacts-uri", uri]
+        return subprocess.run(
+            argv, env={**env, **extra}, capture_output=True, text=True, timeout=60
+        )
+
+    missing = worker("s3://no-such-bucket-here/artifacts")
+    assert missing.returncode != 0
+    last = missing.stderr.strip().splitlines()[-1]
+    assert last.endswith(
+        "error: --artifacts-uri: s3://no-such-bucket-here/artifacts: the bucket "
+        "no-such-bucket-here does not exist; create it, or fix the URL"
+    ), missing.stderr
+    down = f"http://127.0.0.1:{free_port()}"
+    unreachable = worker(f"{bucket}/artifacts", AWS_ENDPOINT_URL=down, AWS_MAX_ATTEMPTS="1")
+    last = unreachable.stderr.strip().splitlines()[-1]
+    assert f"error: --artifacts-uri: {bucket}/artifacts: cannot reach the store: " in last
+    assert "Traceback" not in missing.stderr + unreachable.stderr
+
+
 def _put(bucket: str, key: str, data: bytes) -> str:
     fsspec.filesystem("s3").pipe_file(f"{bucket.removeprefix('s3://')}/{key}", data)
     return f"{bucket}/{key}"
@@ -203,6 +253,58 @@ def test_the_cache_downloads_once_even_for_two_fetchers_at_once(s3_env, bucket, 
         assert again.downloaded == 0 and again.path.read_bytes() == b"x" * 200_000
     for r in results:
         r.close()
+
+
+def test_what_a_fetcher_killed_mid_download_left_is_removed_not_kept_for_good(
+    s3_env, bucket, tmp_path
+):
+    """A fetcher killed with -9 mid-download leaves its staging folder in tmp/ (a partial
+    copy: 59 MB of a 60 MB object, seen by hand). Neither the size bound nor eviction
+    counted it, so every such kill leaked disk for good. The next download of that key
+    removes it; a later eviction pass removes the others, except one whose download is
+    in progress in another process (a worker sharing the folder)."""
+    url = _put(bucket, "data/train.csv", b"z" * 50_000)
+    other = _put(bucket, "data/other.csv", b"o" * 10)
+    cache = InputCache(tmp_path / "cache", 10**9)
+    with cache.fetch(url) as first:
+        key = first.path.parent.name
+    shutil.rmtree(cache.objects / key)  # as if the first download had never finished
+
+    def leftover(prefix: str) -> Path:
+        staging = Path(tempfile.mkdtemp(prefix=f"{prefix}.", dir=cache.tmp))
+        (staging / "train.csv").write_bytes(b"z" * 20_000)  # the bytes it got
+        return staging
+
+    killed, gone, busy = leftover(key), leftover("f" * 32), leftover("e" * 32)
+    evicted = leftover("evict").rename(cache.tmp / f"evict.{'d' * 32}.1")
+    # Another process is downloading key e...: it holds that key's download lock.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(cache.locks / f"{'e' * 32}.download")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with cache.fetch(url) as again:
+            assert again.downloaded == 50_000 and again.path.read_bytes() == b"z" * 50_000
+            assert not killed.exists()
+        with cache.fetch(other) as fetched:  # a download, then an eviction pass
+            assert fetched.downloaded == 10
+        assert not gone.exists() and not evicted.exists()
+        assert busy.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert sorted(p.name for p in cache.tmp.iterdir()) == [busy.name]
+
+
+_HOLD_LOCK = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(60)
+"""
 
 
 def test_a_download_does_not_wait_for_a_job_that_uses_the_entry(s3_env, bucket, tmp_path):

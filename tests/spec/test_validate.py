@@ -284,3 +284,24 @@ def test_prune_recovery_steps_are_accepted(job_dir):
     assert prepare(spec) == spec
     bad = text.replace("recovery_steps: 50", "recovery_steps: -1")
     assert ">= 0" in errors_of(write(job_dir, bad))["compression.prune.recovery_steps"]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("s3:/bucket/train.csv", "not a URL (slashes missing after s3:): did you mean s3://"),
+        ("gs:bucket/train.csv", "did you mean gs://bucket/train.csv?"),
+        ("file:/data/train.csv", "did you mean file:///data/train.csv?"),
+        ("S3://bucket/train.csv", "write the scheme in lower case: s3://"),
+    ],
+)
+def test_a_url_with_a_scheme_typo_is_named_not_taken_for_a_relative_path(job_dir, value, message):
+    """`s3:/bucket/x` used to become JOB_DIR/s3:/bucket/x (`no such file`, or on submit a
+    path sent to the workers, which failed there); `S3://` passed here and failed on the
+    worker (fsspec knows only lower-case protocols)."""
+    text = GOOD.replace("train: data/train.csv", f"train: {value}")
+    with pytest.raises(SpecError) as info:
+        load_job_file(write(job_dir, text))
+    errs = {e.path: e.message for e in info.value.errors}
+    assert list(errs) == ["data.train"], errs
+    assert message in errs["data.train"], errs

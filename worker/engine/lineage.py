@@ -22,6 +22,10 @@ from typing import Any
 from tunefleet.v1 import spec_pb2
 
 JOB_ID_ENV = "TUNEFLEET_JOB_ID"  # set by the worker's JobRunner for the training process
+# The hash of the spec as submitted, set by the JobRunner: the engine's spec names this
+# worker's cached copies of the URLs, at paths of its own (its input cache), and a job
+# resumed on another worker from uploaded checkpoints is still the same job.
+SPEC_HASH_ENV = "TUNEFLEET_SPEC_HASH"
 
 
 def spec_hash(spec: spec_pb2.JobSpec) -> str:
@@ -46,7 +50,8 @@ def spec_hash(spec: spec_pb2.JobSpec) -> str:
 
 def identity(spec: spec_pb2.JobSpec) -> dict[str, str]:
     """What this run writes into its checkpoints' manifests."""
-    return {"job_id": os.environ.get(JOB_ID_ENV, ""), "spec_hash": spec_hash(spec)}
+    submitted = os.environ.get(SPEC_HASH_ENV) or spec_hash(spec)
+    return {"job_id": os.environ.get(JOB_ID_ENV, ""), "spec_hash": submitted}
 
 
 def mismatch(manifest: Mapping[str, Any], ours: Mapping[str, str]) -> str | None:
