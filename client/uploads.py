@@ -211,6 +211,12 @@ class _Store:
             ) from None
         self.uri = storage_uri.rstrip("/")
         self.tries, self.backoff_s = tries, backoff_s
+        # A file:// storage has real folders, which put_file does not create. Only there:
+        # an object store's makedirs creates a missing bucket, which would hide the
+        # store's "no such bucket" behind a bucket nobody meant to have.
+        self.local = "file" in (
+            (self.fs.protocol,) if isinstance(self.fs.protocol, str) else self.fs.protocol
+        )
 
     def retry(self, what: str, action: Callable[[], object]):
         return _retrying(what, action, tries=self.tries, backoff_s=self.backoff_s)
@@ -271,9 +277,8 @@ def upload_inputs(
                     sent = None
                     if progress is not None:
                         sent = _bytes_sent(progress, total, done.uploaded_bytes, str(p))
-                    # A file:// (or plain path) storage has real folders, which put_file
-                    # does not create; object stores take this as a no-op.
-                    store.fs.makedirs(r.rsplit("/", 1)[0], exist_ok=True)
+                    if store.local:
+                        store.fs.makedirs(r.rsplit("/", 1)[0], exist_ok=True)
                     store.fs.put_file(str(p), r, **({"callback": sent} if sent else {}))
 
                 store.retry(what, put)

@@ -513,12 +513,12 @@ def test_swept_model_folders_are_uploaded_as_folders(tmp_path):
 
 
 def test_a_file_url_storage_gets_its_folders(tmp_path, tiny_bert):
-    """`--storage-uri file:///mnt/share/inputs` (or a plain path): every upload failed
+    """`--storage-uri file:///mnt/share/inputs`: every upload failed
     with "no such file: .../sha256/DIGEST/train.csv", the folders it writes into being
     created by nobody."""
     train = tmp_path / "train.csv"
     train.write_text("text,label\ngood,pos\nbad,neg\n")
-    for storage in (f"file://{tmp_path}/share/inputs", str(tmp_path / "plain" / "inputs")):
+    for storage in (f"file://{tmp_path}/share/inputs", f"file://{tmp_path}/other/inputs"):
         server = start_server("127.0.0.1:0", tmp_path / "c.db", storage_uri=storage)
         with server, Client(server.address) as client:
             handle = client.submit(_job(str(train), model=str(tiny_bert)))
