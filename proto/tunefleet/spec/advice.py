@@ -96,8 +96,9 @@ def suggest(spec: spec_pb2.JobSpec, size: DataSize) -> Suggestion:
         order, regime = ["lp_ft", "last_k", "full", "head_only"], "size unknown"
     elif per_class < FEW_PER_CLASS:
         # A probe, then a gentle fine-tune of everything: measured, not assumed. 8 per class
-        # of 26 Debian sections (bench/sweep_suggest.py): lp_ft 0.483, the probe 0.392 at
-        # its default lr (0.426 at 2x), last_k 0.393. So lp_ft leads, the probe follows.
+        # of 26 Debian sections (bench/sweep_suggest.py): lp_ft 0.490 (its probe at
+        # probe_lr), the probe alone 0.392 at its default lr (0.426 at 2x), last_k 0.398.
+        # So lp_ft leads, the probe follows.
         order, regime = ["lp_ft", "head_only", "last_k"], "few per class"
     elif per_class < MANY_PER_CLASS:
         order, regime = ["lp_ft", "last_k", "full", "head_only"], "some per class"
