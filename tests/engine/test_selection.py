@@ -117,3 +117,12 @@ def test_an_engine_run_whose_metric_saturates_exports_the_lowest_loss_step(
     assert "tied with step" in selection_record["reason"]
     exporting = f"exporting the model of step {expected}: accuracy {top:.4f} (tied with step"
     assert any(m.startswith(exporting) for m in events.logs()), events.logs()
+
+
+def test_a_long_tie_is_listed_by_its_ends_and_its_count():
+    """A saturated metric ties at every evaluation; the note had one number per step (300
+    of them in one log line)."""
+    state, _ = feed("accuracy", [(step, 1.0, 0.5) for step in range(10, 3010, 10)])
+    note = selection.tie_note(state, "accuracy")
+    assert note.startswith("tied with steps 10, 20, 30, ..., ") and "(299 steps)" in note, note
+    assert len(note) < 120, note

@@ -90,11 +90,22 @@ def tie_note(state: SelectionState, name: str) -> str:
     ties = sorted(state.best_tied_steps)
     if not ties:
         return ""
-    steps = ", ".join(str(s) for s in ties)
-    tied = f"tied with step{'s' if len(ties) > 1 else ''} {steps}"
+    tied = f"tied with step{'s' if len(ties) > 1 else ''} {_steps(ties)}"
     if name == "loss":
         return f"{tied}; the later step"
     return f"{tied}; lowest eval loss {state.best_metrics['loss']:.4f}"
+
+
+# A saturated metric ties at every evaluation: past this many steps the list is cut to its
+# ends (a run of 3,000 steps, evaluated every 10, had one log line of 300 step numbers).
+_MAX_LISTED_TIES = 6
+
+
+def _steps(ties: list[int]) -> str:
+    if len(ties) <= _MAX_LISTED_TIES:
+        return ", ".join(str(s) for s in ties)
+    ends = [*ties[:3], "...", *ties[-2:]]
+    return ", ".join(str(s) for s in ends) + f" ({len(ties)} steps)"
 
 
 def reason(state: SelectionState, name: str) -> str:
