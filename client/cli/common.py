@@ -9,6 +9,7 @@ import contextlib
 import json
 import math
 import os
+import shlex
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -292,8 +293,18 @@ def unreachable_message(target: str, details: str = "", *, tls: bool = False) ->
 
 
 def coordinator_flag(args) -> str:
-    """`--coordinator X` to repeat in printed hints, when the user gave one."""
-    return f" --coordinator {args.coordinator}" if args.coordinator else ""
+    """The connection flags the user gave (`--coordinator X`, `--token-file F`, `--tls-ca
+    C`), to repeat in printed hints: a hint copied without the token or the CA it needs
+    would answer "authentication required" or fail the handshake."""
+    flags = []
+    for flag, value in (
+        ("--coordinator", getattr(args, "coordinator", None)),
+        ("--token-file", getattr(args, "token_file", None)),
+        ("--tls-ca", getattr(args, "tls_ca", None)),
+    ):
+        if value:
+            flags.append(f" {flag} {shlex.quote(str(value))}")
+    return "".join(flags)
 
 
 def state_exit_code(state: JobState) -> int:

@@ -203,3 +203,31 @@ def test_unusable_client_tls_files_are_named_before_any_connection(capsys, pki, 
     args = build_parser().parse_args([*flags, *mismatched, "--tls-key", str(pki.server_key)])
     with pytest.raises(WorkerFlagError, match="KEY_VALUES_MISMATCH"):
         daemon_from_args(args)
+
+
+def test_submit_hints_repeat_the_token_file_and_ca_they_need(
+    capsys, start, pki, tokens_file, tmp_path, monkeypatch
+):
+    """The follow/status/cancel lines after a submit named only --coordinator: copied as
+    printed, each answered "authentication required" (or failed the TLS handshake)."""
+    from tunefleet.client.cli import main
+
+    for name in ("TUNEFLEET_TLS_CA", "TUNEFLEET_TOKEN", "TUNEFLEET_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    token = tmp_path / "my tokens" / "alice.token"
+    token.parent.mkdir()
+    token.write_text(TOKENS["alice"])
+    tls = start(
+        tls=ServerTls(pki.server_cert, pki.server_key), tokens=TokenTable.from_file(tokens_file)
+    )
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "name: hinted\nmodel: {source: torchvision, name: resnet18, init: random, num_labels: 2}\n"
+        "data: {source: torchvision, name: CIFAR10, root: /nowhere}\n"
+    )
+    flags = ["--token-file", str(token), "--tls-ca", str(pki.ca)]
+    code = main(["--coordinator", tls.address, *flags, "submit", str(job), "--no-check-paths"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    for line in [line for line in out.splitlines() if "ftctl " in line]:
+        assert f"--token-file '{token}'" in line and f"--tls-ca {pki.ca}" in line, line
