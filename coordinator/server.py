@@ -25,6 +25,7 @@ from tunefleet.coordinator.auth import (
     RedactBearer,
     TokenTable,
 )
+from tunefleet.coordinator.db_lock import DatabaseLock
 from tunefleet.coordinator.event_bus import EventBus
 from tunefleet.coordinator.metrics import CoordinatorMetrics
 from tunefleet.coordinator.scheduler import Scheduler
@@ -105,7 +106,9 @@ class CoordinatorServer:
         bus: EventBus,
         metrics: CoordinatorMetrics | None = None,
         health=None,
+        db_lock: DatabaseLock | None = None,
     ):
+        self._db_lock = db_lock
         self.metrics = metrics  # .port: where /metrics is served, when it is
         self._health = health
         self._server = server
@@ -150,6 +153,8 @@ class CoordinatorServer:
             if self.metrics is not None:
                 self.metrics.close()
             self.store.close()
+            if self._db_lock is not None:  # another coordinator may serve it from here on
+                self._db_lock.release()
             self._stopped.set()
             log.info("coordinator on %s stopped", self.address)
 
@@ -278,7 +283,7 @@ def start_server(
         host, tls=tls is not None, tokens=tokens is not None, insecure=insecure
     )
     credentials = tls.credentials() if tls is not None else None  # unreadable files fail here
-    store = open_store(db_path)
+    store, db_lock = open_store(db_path, listen)
     bus = EventBus()
     scheduler = Scheduler(
         store,
@@ -315,6 +320,7 @@ def start_server(
         for pool in pools:
             pool.shutdown(wait=False)
         store.close()
+        db_lock.release()
 
     coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
         CoordinatorService(scheduler, max_streams=max_followers), server
@@ -343,6 +349,7 @@ def start_server(
     server.start()
     scheduler.start()
     client_host = "127.0.0.1" if host in ("", "0.0.0.0", "[::]", "::") else host
+    db_lock.record(f"{client_host}:{port}")
     log.info(
         "coordinator listening on %s:%d (db %s; %s, %s)",
         client_host,
@@ -365,15 +372,25 @@ def start_server(
         bus=bus,
         metrics=metrics,
         health=health,
+        db_lock=db_lock,
     )
 
 
-def open_store(db_path: str | Path) -> JobStore:
-    """The JobStore at `db_path`; RuntimeError naming the file when SQLite cannot open or
-    use it (an unwritable folder, a file that is not a database), which SQLite alone says
-    as "unable to open database file" without saying which file."""
+def open_store(db_path: str | Path, address: str) -> tuple[JobStore, DatabaseLock]:
+    """The JobStore at `db_path`, and this coordinator's lock on it (see
+    tunefleet.coordinator.db_lock), taken first: a database another coordinator serves is
+    refused (DatabaseInUse, a RuntimeError naming it and its owner) before it is touched.
+
+    RuntimeError naming the file when SQLite cannot open or use it (an unwritable folder, a
+    file that is not a database), which SQLite alone says as "unable to open database file"
+    without saying which file."""
     try:
-        return JobStore(db_path)
+        db_lock = DatabaseLock.claim(db_path, address)
+        try:
+            return JobStore(db_path), db_lock
+        except BaseException:
+            db_lock.release()
+            raise
     except (sqlite3.Error, OSError) as exc:
         hint = (
             " (does its folder exist, and may this user write there?)"

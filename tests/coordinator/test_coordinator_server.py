@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import signal
 import socket
 import subprocess
@@ -68,3 +70,20 @@ def test_listen_address_in_use_is_a_clear_error(tmp_path):
 def test_bad_listen_address_is_refused(tmp_path):
     with pytest.raises(ValueError, match="HOST:PORT"):
         start_server("localhost", tmp_path / "c.db")
+
+
+def test_a_database_is_served_by_one_coordinator_at_a_time(tmp_path):
+    """In one process as across processes (tests/faults): a second start_server on a
+    database another serves is refused, naming the owner, until that one stops."""
+    db = tmp_path / "coordinator.db"
+    with start_server("127.0.0.1:0", db, check_paths=False) as first:
+        owner = f"pid {os.getpid()}, {first.address}"
+        with pytest.raises(RuntimeError, match=re.escape(f"another coordinator ({owner})")):
+            start_server("127.0.0.1:0", tmp_path / "." / "coordinator.db", check_paths=False)
+        client = Client(first.address)
+        job = client.submit(make_spec("still-served"))
+        client.close()
+    with start_server("127.0.0.1:0", db, check_paths=False) as second:
+        client = Client(second.address)
+        assert [j.id for j in client.list_jobs()] == [job.id]
+        client.close()

@@ -3,6 +3,9 @@ whatever SQLite made durable), restarted on the same database and port."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -12,8 +15,10 @@ import pytest
 from fault_helpers import (
     check_events,
     finished_steps,
+    free_port,
     report,
     state_changes,
+    subprocess_env,
     train_steps,
     wait_for,
 )
@@ -170,3 +175,64 @@ def test_200_concurrent_submits_through_a_coordinator_kill(cluster, make_job):
         f"idempotency key each), all present exactly once ({len(stored)} jobs), "
         f"integrity_check ok"
     )
+
+
+def test_a_second_coordinator_on_the_same_database_is_refused(cluster):
+    """Each coordinator schedules from its own memory (leases, long polls, sweep studies):
+    two on one database placed the same job twice. A second `python -m
+    tunefleet.coordinator`, `ftctl server` or `ftctl up` on another port but the same --db
+    used to start and serve; now each exits 1 with one line naming the owner."""
+    first = cluster.start_coordinator()
+    entry_points = {
+        "python -m tunefleet.coordinator": [sys.executable, "-m", "tunefleet.coordinator"],
+        "ftctl server": [sys.executable, "-m", "tunefleet.client.cli", "server"],
+        "ftctl up": [sys.executable, "-m", "tunefleet.client.cli", "up", "--no-dashboard"],
+    }
+    seconds = {
+        name: subprocess.Popen(
+            [*argv, "--listen", f"127.0.0.1:{free_port()}", "--db", str(cluster.db)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=subprocess_env(),
+            cwd=cluster.root,
+        )
+        for name, argv in entry_points.items()
+    }
+    outcomes = {}
+    try:
+        for name, proc in seconds.items():
+            out, err = proc.communicate(timeout=120)
+            outcomes[name] = (proc.returncode, out, err)
+    finally:
+        for proc in seconds.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    owner = f"(pid {first.pid}, {cluster.address})"
+    for name, (code, out, err) in outcomes.items():
+        assert code == 1, (name, out, err)
+        assert "Traceback" not in out + err, (name, err)
+        line = err.strip().splitlines()[-1]
+        assert f"the database {cluster.db} is in use by another coordinator {owner}" in line, (
+            name,
+            err,
+        )
+        assert "listening" not in out + err, (name, out, err)
+    assert first.alive() and cluster._serving(), first.log()  # the owner serves on
+    assert cluster.integrity_check() == "ok"
+    report(f"a second coordinator on one database, 3 entry points: refused ({line})")
+
+
+def test_a_coordinator_restarts_at_once_after_kill_9(cluster):
+    """The lock goes with the killed process, not with a cleanup: a restart issued right
+    after SIGKILL, before the old process is even reaped, waits the moment the kernel takes
+    to close its files and serves."""
+    cluster.start_coordinator()
+    killed = cluster.coordinator
+    killed.signal(signal.SIGKILL)  # no wait: the restart races the old process's exit
+    cluster.start_coordinator()
+    assert killed.wait(timeout=10) == -signal.SIGKILL
+    assert cluster.coordinator.alive() and cluster._serving(), cluster.coordinator.log()
+    assert "in use by another coordinator" not in cluster.coordinator.log()
