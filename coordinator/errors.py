@@ -13,7 +13,13 @@ from collections.abc import Iterable
 
 import grpc
 
-from tunefleet.status_details import FieldViolation, QuotaViolation, to_status
+from tunefleet.status_details import (
+    WORKER_ID_IN_USE,
+    ErrorInfo,
+    FieldViolation,
+    QuotaViolation,
+    to_status,
+)
 
 
 class CoordinatorError(Exception):
@@ -47,6 +53,27 @@ class AlreadyExists(CoordinatorError):
     """What the request would create exists already, made from something else."""
 
     code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class WorkerIdInUse(AlreadyExists):
+    """Another live worker process holds this worker id (coordinator/worker_instances.py).
+
+    The ErrorInfo (reason WORKER_ID_IN_USE, the id, the holder's host and how long the
+    coordinator waits for a silent holder before giving the id to a new process) lets a
+    worker tell this from other refusals without parsing the message."""
+
+    def __init__(self, message: str, *, worker_id: str, hostname: str, takeover_after_s: float):
+        super().__init__(message)
+        self.metadata = {
+            "worker_id": worker_id,
+            "hostname": hostname,
+            "takeover_after_s": f"{takeover_after_s:g}",
+        }
+
+    def status(self) -> grpc.Status:
+        return to_status(
+            self.code, str(self), error_info=ErrorInfo(WORKER_ID_IN_USE, self.metadata)
+        )
 
 
 class FailedPrecondition(CoordinatorError):

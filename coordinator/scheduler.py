@@ -17,6 +17,7 @@ Who owns what (each module's docstring says more):
 - ingest.py: workers' event reports, stored by group commit under this lock.
 - waits.py: when to explain why queued jobs wait (under this lock, or by the lease watch).
 - gang.py: a multi-node job's members and what a member's end does to the job.
+- worker_instances.py: which worker process holds each worker id (one id started twice).
 - store/: all SQL. event_bus.py: followers, and the follow loop of every event stream.
 """
 
@@ -48,6 +49,7 @@ from tunefleet.coordinator.placement import Capacity
 from tunefleet.coordinator.store import JobStore, WorkerRecord
 from tunefleet.coordinator.sweeps import Sweeps
 from tunefleet.coordinator.waits import WaitReasons
+from tunefleet.coordinator.worker_instances import WorkerInstances
 from tunefleet.states import ACTIVE_STATES, TERMINAL_STATES, is_terminal, state_name
 from tunefleet.v1 import coordinator_pb2, job_pb2, spec_pb2
 
@@ -116,6 +118,10 @@ class Scheduler:
         self._closing = threading.Event()
         self._waits = WaitReasons(store, self._unhealthy, clock=clock, source_job=self.find_source)
         self._waiting = gang.WaitingWorkers()  # the workers a multi-node job can take now
+        # Which process holds each worker id: one id started twice is refused, not shared.
+        self._instances = WorkerInstances(
+            clock=clock, heartbeat_interval_s=heartbeat_interval_s, lease_timeout_s=lease_timeout_s
+        )
         # After a coordinator restart every LIVE worker gets a fresh lease: the workers kept
         # running while we were down and deserve lease_timeout_s to reach us again before
         # their jobs are written off.
@@ -287,16 +293,20 @@ class Scheduler:
         hostname: str = "",
         resources: coordinator_pb2.WorkerResources | None = None,
         address: str = "",
+        instance: str = "",
     ) -> str:
         resources = resources or coordinator_pb2.WorkerResources()
         with self._lock:
             worker_id = worker_id or self._new_worker_id(hostname)
+            previous = self.store.get_worker(worker_id)
+            # Raises WorkerIdInUse while another live process holds the id.
+            takeover = self._instances.register(worker_id, instance, previous)
             self._unhealthy.pop(worker_id, None)  # its heartbeats say so again if it still is
             self._waiting.take(worker_id)  # a part handed to its previous life is void
-            if self.store.get_worker(worker_id) is not None:
+            if previous is not None:
                 # The worker process restarted: whatever it ran before is gone with it.
                 for job in self.store.active_jobs(worker_id):
-                    self._jobs.release(job, f"worker {worker_id} restarted")
+                    self._jobs.release(job, f"worker {worker_id} restarted", detail=takeover)
             self.store.upsert_worker(
                 WorkerRecord(
                     id=worker_id,
@@ -312,16 +322,22 @@ class Scheduler:
             return worker_id
 
     def heartbeat(
-        self, worker_id: str, running_job_ids: Iterable[str], *, unhealthy_reason: str = ""
+        self,
+        worker_id: str,
+        running_job_ids: Iterable[str],
+        *,
+        unhealthy_reason: str = "",
+        instance: str = "",
     ) -> tuple[list[str], list[str], bool, bool]:
         """Renews the worker's lease and records whether it can take jobs; returns (job ids
         it must stop, the part of those that are no longer its own, whether it is known,
-        whether it must drain)."""
+        whether it must drain). WorkerIdInUse: another process holds the id."""
         running = set(running_job_ids)
         with self._lock:
             worker = self.store.get_worker(worker_id)
             if worker is None or worker.state == coordinator_pb2.LOST:
                 return sorted(running), sorted(running), False, False
+            self._instances.check_heartbeat(worker_id, instance, worker)
             if unhealthy_reason != self._unhealthy.get(worker_id, ""):
                 if unhealthy_reason:
                     log.warning("worker %s unhealthy: %s", worker_id, unhealthy_reason)
@@ -344,7 +360,7 @@ class Scheduler:
                     self._jobs.release_if_silent(job, worker_id, now, self.lease_timeout_s)
             return sorted(stop), sorted(lost), True, worker.state == coordinator_pb2.DRAINING
 
-    def leave(self, worker_id: str) -> None:
+    def leave(self, worker_id: str, instance: str = "") -> None:
         """Forgets a worker that exits on purpose (stopped or drained), so that LOST means
         vanished: every routine stop (a rollout, a Slurm allocation's end, a scale-down)
         used to leave a LOST worker behind for ever, and `tunefleet_workers{state="LOST"}
@@ -352,6 +368,9 @@ class Scheduler:
         with self._lock:
             if self.store.get_worker(worker_id) is None:
                 return
+            if not self._instances.holds(worker_id, instance):
+                return  # a process that never held the id, or lost it: not its to end
+            self._instances.forget(worker_id)
             for job in self.store.active_jobs(worker_id):
                 self._jobs.release(job, "worker stopped", detail=f"worker {worker_id} stopped")
             self.store.delete_worker(worker_id)

@@ -32,6 +32,8 @@ from tunefleet.v1 import coordinator_pb2, coordinator_pb2_grpc, job_pb2
 
 log = logging.getLogger(__name__)
 
+# RegisterWorkerRequest.instance: a nonce (workers send 16 hex digits); it is kept in memory.
+_MAX_INSTANCE_CHARS = 64
 _INTERNAL_MESSAGE = "internal error in the coordinator; its log has the details"
 
 # Jobs per ListJobs page (the most a request may ask for, and what 0 means).
@@ -237,6 +239,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
             # Where the other members of a multi-node job reach it: what it says, else where
             # its connection comes from (an older worker, which sends nothing).
             address=request.address or _peer_ip(context),
+            instance=request.instance,
         )
         return coordinator_pb2.RegisterWorkerResponse(
             worker_id=worker_id,
@@ -247,12 +250,13 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
     @_unary
     def Heartbeat(self, request, context):
         if request.leaving:
-            self.scheduler.leave(request.worker_id)
+            self.scheduler.leave(request.worker_id, request.instance)
             return coordinator_pb2.HeartbeatResponse()
         cancel, lost, known, drain = self.scheduler.heartbeat(
             request.worker_id,
             request.running_job_ids,
             unhealthy_reason=limits.clip_chars(request.unhealthy_reason, limits.MAX_REASON_CHARS),
+            instance=request.instance[:_MAX_INSTANCE_CHARS],
         )
         return coordinator_pb2.HeartbeatResponse(
             cancel_job_ids=cancel, lost_job_ids=lost, known=known, drain=drain
@@ -333,6 +337,11 @@ def _check_registration(request) -> None:
         problems.append(
             f"worker_id {limits.quote(request.worker_id)}: at most "
             f"{limits.MAX_WORKER_ID_CHARS} characters, {limits.NAME_RULE}"
+        )
+    if len(request.instance) > _MAX_INSTANCE_CHARS or not request.instance.isprintable():
+        problems.append(
+            f"instance {limits.quote(request.instance)}: at most {_MAX_INSTANCE_CHARS} "
+            "printable characters"
         )
     for field in ("hostname", "address"):
         value = getattr(request, field)

@@ -17,6 +17,7 @@ from tunefleet.worker.command_line import (
     daemon_from_args,
     run_until_signalled,
 )
+from tunefleet.worker.rpc_retry import WorkerIdInUse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +40,11 @@ def main(argv: list[str] | None = None) -> int:
         daemon = daemon_from_args(args)
     except WorkerFlagError as exc:
         parser.error(str(exc))
-    run_until_signalled(daemon)
+    try:
+        run_until_signalled(daemon)
+    except WorkerIdInUse as exc:  # another process runs with our --id: say so, once
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

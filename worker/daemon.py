@@ -26,6 +26,14 @@ places a multi-node job we are its machine rank 0 and host its rendezvous there.
 another worker's poll placed comes back from our own poll, with our machine rank. When the
 gang stops (a member lost, released or failed), our heartbeat says the job is no longer
 ours and the training process is killed like any other requeued job's.
+
+One id, one process: registration and heartbeats carry a nonce made at start (`instance`),
+and a coordinator refuses them while another live process holds our id
+(coordinator/worker_instances.py). Then run() ends, killing any job of ours (it is not ours
+any more), and raises WorkerIdInUse with the coordinator's one-line message, which the CLI
+prints before exiting 1. A registration is retried for as long as the coordinator waits for
+a silent holder (takeover_after_s, a few seconds), since that holder may be our own previous
+process killed with kill -9 a moment ago.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ import functools
 import itertools
 import logging
 import os
+import secrets
 import socket
 import threading
 import time
@@ -67,7 +76,9 @@ from tunefleet.worker.rpc_retry import (
     MAX_BACKOFF_S,
     RPC_TIMEOUT_S,
     RpcOutages,
+    WorkerIdInUse,
     call_with_retry,
+    id_in_use,
 )
 
 log = logging.getLogger(__name__)
@@ -144,6 +155,9 @@ class WorkerDaemon:
         self.engine_env = dict(engine_env or {})
         self.gpus = gpus
         self.worker_id = worker_id or ""
+        # This process among those that may use worker_id (see the module docstring).
+        self.instance = secrets.token_hex(8)
+        self._id_in_use = ""  # the coordinator's refusal: another process holds our id
         self.poll_s = poll_s
         self.command_factory = command_factory
         self.check_inputs = command_factory is None if check_inputs is None else check_inputs
@@ -239,6 +253,8 @@ class WorkerDaemon:
                 self.engine_host.close()
             self._channel.close()
             log.info("worker %s stopped", self.worker_id or "(unregistered)")
+            if self._id_in_use:  # the CLI prints it as its one-line error
+                raise WorkerIdInUse(self._id_in_use)
 
     def stop(self) -> None:
         """Ends run() after draining: a running job checkpoints, stops and is released to
@@ -297,17 +313,35 @@ class WorkerDaemon:
         )
         with self._register_lock:
             backoff = Backoff(0.2, MAX_BACKOFF_S)
+            refused_at = None
             while not self._stopping.is_set():
                 request = coordinator_pb2.RegisterWorkerRequest(
                     worker_id=self.worker_id,
                     hostname=socket.gethostname(),
                     resources=resources,
                     address=self.address,
+                    instance=self.instance,
                 )
                 sent_at = time.monotonic()
                 try:
                     response = self._stub.RegisterWorker(request, timeout=RPC_TIMEOUT_S)
                 except grpc.RpcError as exc:
+                    if (refusal := id_in_use(exc)) is not None:
+                        # The holder may be our previous process, dead a moment ago: wait
+                        # until the coordinator would give its id to us, then give up.
+                        if refused_at is None:
+                            refused_at = sent_at
+                            log.info(
+                                "worker id %s is held by another process; waiting %g s in case "
+                                "it is this worker's previous one",
+                                self.worker_id,
+                                refusal[1],
+                            )
+                        elif sent_at - refused_at > refusal[1] + 1.0:
+                            self._give_up_id(refusal[0])
+                            return False
+                        self._stopping.wait(0.5)
+                        continue
                     self._outages.failed("RegisterWorker", exc)
                     self._stopping.wait(backoff.next())
                     continue
@@ -327,6 +361,18 @@ class WorkerDaemon:
                 )
                 return True
         return False
+
+    def _give_up_id(self, message: str) -> None:
+        """Another live process holds our id: stop at once, and kill any job of ours (the
+        coordinator took it back) without reporting on it."""
+        self._id_in_use = message
+        self._stopping.set()
+        with self._lock:
+            runner, call = self._runner, self._acquire_call
+        if runner is not None and not runner.done:
+            runner.abandon()
+        if call is not None:
+            call.cancel()
 
     def _acquire(self) -> coordinator_pb2.Assignment | None:
         request = coordinator_pb2.AcquireJobRequest(
@@ -372,9 +418,11 @@ class WorkerDaemon:
         """Tells the coordinator this worker is gone on purpose, after its job was handed
         back, so that it is forgotten rather than shown (and alerted on) as LOST. Best
         effort: a coordinator that is down finds out by the lease, as before."""
-        if not self._registered:
-            return
-        request = coordinator_pb2.HeartbeatRequest(worker_id=self.worker_id, leaving=True)
+        if not self._registered or self._id_in_use:
+            return  # the id is another process's now: not ours to sign off
+        request = coordinator_pb2.HeartbeatRequest(
+            worker_id=self.worker_id, leaving=True, instance=self.instance
+        )
         try:
             self._stub.Heartbeat(request, timeout=_SIGN_OFF_TIMEOUT_S)
         except grpc.RpcError as exc:
@@ -394,6 +442,7 @@ class WorkerDaemon:
                 worker_id=self.worker_id,
                 running_job_ids=[running] if running else [],
                 unhealthy_reason=self.health.reason,
+                instance=self.instance,
             )
             sent_at = time.monotonic()
             try:
@@ -401,6 +450,9 @@ class WorkerDaemon:
                     request, timeout=max(self.heartbeat_interval_s, 5.0)
                 )
             except grpc.RpcError as exc:
+                if (refusal := id_in_use(exc)) is not None:
+                    self._give_up_id(refusal[0])  # another process took our id over
+                    return
                 self._outages.failed("Heartbeat", exc)
                 continue
             self._outages.ok("Heartbeat")

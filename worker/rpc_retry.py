@@ -13,6 +13,7 @@ import time
 
 import grpc
 
+from tunefleet.status_details import WORKER_ID_IN_USE, read_details
 from tunefleet.transport import Backoff
 
 log = logging.getLogger("tunefleet.worker.daemon")  # the daemon's lines, as before
@@ -95,3 +96,26 @@ def call_with_retry(
                 time.sleep(min(backoff.next(), remaining))
             else:
                 stopping.wait(backoff.next())
+
+
+class WorkerIdInUse(RuntimeError):
+    """The coordinator refused this worker's id: another live worker process holds it. The
+    message is the coordinator's one line, which says to give each worker its own --id."""
+
+
+def id_in_use(exc: grpc.RpcError) -> tuple[str, float] | None:
+    """(message, how long the coordinator waits for a silent holder before handing the id
+    over) when `exc` is the WORKER_ID_IN_USE refusal; None for any other failure."""
+    if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
+        return None
+    info = read_details(exc).error_info
+    if info is None or info.reason != WORKER_ID_IN_USE:
+        return None
+    try:
+        takeover_after_s = float(info.metadata.get("takeover_after_s", ""))
+    except ValueError:
+        takeover_after_s = 5.0
+    return (
+        exc.details() or f"worker id {info.metadata.get('worker_id')} is in use",
+        takeover_after_s,
+    )

@@ -18,6 +18,7 @@ from tunefleet.worker.command_line import (
     daemon_from_args,
     run_until_signalled,
 )
+from tunefleet.worker.rpc_retry import WorkerIdInUse
 
 
 def register(commands: Commands) -> None:
@@ -47,5 +48,8 @@ def run_worker(args) -> int:
         daemon = daemon_from_args(args)
     except WorkerFlagError as e:
         raise TunefleetError(str(e)) from None
-    run_until_signalled(daemon)
+    try:
+        run_until_signalled(daemon)
+    except WorkerIdInUse as e:  # another process runs with this --id
+        raise TunefleetError(str(e)) from None
     return EXIT_OK

@@ -4,7 +4,9 @@ travel beside its human message, as `google.rpc.Status` details (gRPC's rich err
 The coordinator used to join field errors into its message as "- path: message" lines and
 the SDK split them back, so a message holding a newline (a file name quoted in "no such
 file: ...") came back as two problems. Now each problem is a `google.rpc.BadRequest` field
-violation and each exhausted limit a `google.rpc.QuotaFailure` violation naming its flag;
+violation, each exhausted limit a `google.rpc.QuotaFailure` violation naming its flag, and a
+refusal a client must recognise (a worker id in use by another process) a `google.rpc.ErrorInfo`
+with a stable reason;
 the message stays the readable text it always was, for people and for clients (grpcurl)
 that ignore details. Both ends call this one module, so the shape is written once.
 
@@ -20,7 +22,7 @@ never silently. A status without details is sent exactly as `context.abort` send
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import grpc
@@ -30,6 +32,8 @@ from grpc_status import rpc_status
 
 __all__ = [
     "TRAILER_BUDGET_BYTES",
+    "WORKER_ID_IN_USE",
+    "ErrorInfo",
     "FieldViolation",
     "QuotaViolation",
     "StatusDetails",
@@ -44,6 +48,12 @@ TRAILER_BUDGET_BYTES = 7 * 1024
 # base64 details); the other half for the violations (base64, less the Any's type URL).
 _MESSAGE_COST = TRAILER_BUDGET_BYTES // 2
 _DETAILS_RAW_BYTES = (TRAILER_BUDGET_BYTES // 2) * 3 // 4 - 100
+# ErrorInfo.domain: whose reasons these are.
+_DOMAIN = "tunefleet"
+# ErrorInfo.reason of a registration or heartbeat refused because another live process
+# holds the worker id (metadata: worker_id, hostname, takeover_after_s): the worker stops
+# with the message instead of retrying (tunefleet.worker.rpc_retry.id_in_use).
+WORKER_ID_IN_USE = "WORKER_ID_IN_USE"
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,15 @@ class QuotaViolation:
 
 
 @dataclass(frozen=True)
+class ErrorInfo:
+    """Why a call was refused, as a stable `reason` (e.g. "WORKER_ID_IN_USE") a client can
+    act on without parsing the message, and `metadata` (short strings) about it."""
+
+    reason: str
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class StatusDetails:
     """What `read_details` found in a failed call's status; empty lists when none.
 
@@ -75,6 +94,7 @@ class StatusDetails:
     field_violations: list[FieldViolation]
     quota_violations: list[QuotaViolation]
     has_details: bool = False
+    error_info: ErrorInfo | None = None
 
 
 def to_status(
@@ -83,6 +103,7 @@ def to_status(
     *,
     field_violations: Sequence[FieldViolation] = (),
     quota_violations: Sequence[QuotaViolation] = (),
+    error_info: ErrorInfo | None = None,
 ) -> grpc.Status:
     """The status to pass to `context.abort_with_status`: `message` plus the details.
 
@@ -94,6 +115,10 @@ def to_status(
         details.append(_pack(_bad_request(field_violations, _DETAILS_RAW_BYTES)))
     if quota_violations:
         details.append(_pack(_quota_failure(quota_violations)))
+    if error_info is not None:
+        info = error_details_pb2.ErrorInfo(reason=error_info.reason, domain=_DOMAIN)
+        info.metadata.update(error_info.metadata)
+        details.append(_pack(info))
     if not details:
         return _Status(code, message, None)
     status = status_pb2.Status(
@@ -127,6 +152,7 @@ def read_details(error: grpc.RpcError) -> StatusDetails:
         return StatusDetails([], [])
     fields: list[FieldViolation] = []
     quotas: list[QuotaViolation] = []
+    error_info = None
     for detail in status.details:
         if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
             bad = error_details_pb2.BadRequest()
@@ -138,7 +164,11 @@ def read_details(error: grpc.RpcError) -> StatusDetails:
             quotas += [
                 QuotaViolation(v.subject, v.description, v.quota_value) for v in quota.violations
             ]
-    return StatusDetails(fields, quotas, has_details=True)
+        elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            error_info = ErrorInfo(info.reason, dict(info.metadata))
+    return StatusDetails(fields, quotas, has_details=True, error_info=error_info)
 
 
 def _pack(message) -> any_pb2.Any:

@@ -204,8 +204,10 @@ class Cluster:
         drain_grace_s: float = 30.0,
         tmpfs: dict[Path, str] | None = None,
         extra_args: tuple[str, ...] = (),
+        name: str | None = None,
     ) -> Proc:
-        """A worker process. `tmpfs` ({folder: size, e.g. "64m"}) runs it in a mount
+        """A worker process, known to the test as `name` (default: its id; another name
+        starts a second process with the same --id). `tmpfs` ({folder: size, e.g. "64m"}) runs it in a mount
         namespace of its own (unshare -m; the tests run as root) where each folder is a
         fresh tmpfs of that size: a disk that only this worker sees, which the test can fill
         and empty through /proc/PID/root (see in_worker_mounts)."""
@@ -233,9 +235,10 @@ class Cluster:
                 for folder, size in tmpfs.items()
             )
             argv = ["unshare", "-m", "sh", "-c", f'{mounts} && exec "$@"', "sh", *argv]
-        proc = Proc(worker_id, argv, self.root / f"{worker_id}.log").start()
+        name = name or worker_id
+        proc = Proc(name, argv, self.root / f"{name}.log").start()
         self.procs.append(proc)
-        self.workers[worker_id] = proc
+        self.workers[name] = proc
         return proc
 
     def wait_worker_live(self, worker_id: str) -> None:

@@ -162,16 +162,18 @@ class ListWorkersResponse(_message.Message):
     def __init__(self, workers: _Optional[_Iterable[_Union[Worker, _Mapping]]] = ..., storage_uri: _Optional[str] = ...) -> None: ...
 
 class RegisterWorkerRequest(_message.Message):
-    __slots__ = ("worker_id", "hostname", "resources", "address")
+    __slots__ = ("worker_id", "hostname", "resources", "address", "instance")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     hostname: str
     resources: WorkerResources
     address: str
-    def __init__(self, worker_id: _Optional[str] = ..., hostname: _Optional[str] = ..., resources: _Optional[_Union[WorkerResources, _Mapping]] = ..., address: _Optional[str] = ...) -> None: ...
+    instance: str
+    def __init__(self, worker_id: _Optional[str] = ..., hostname: _Optional[str] = ..., resources: _Optional[_Union[WorkerResources, _Mapping]] = ..., address: _Optional[str] = ..., instance: _Optional[str] = ...) -> None: ...
 
 class RegisterWorkerResponse(_message.Message):
     __slots__ = ("worker_id", "heartbeat_interval_s", "lease_timeout_s")
@@ -184,16 +186,18 @@ class RegisterWorkerResponse(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ..., lease_timeout_s: _Optional[float] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("worker_id", "running_job_ids", "unhealthy_reason", "leaving")
+    __slots__ = ("worker_id", "running_job_ids", "unhealthy_reason", "leaving", "instance")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     RUNNING_JOB_IDS_FIELD_NUMBER: _ClassVar[int]
     UNHEALTHY_REASON_FIELD_NUMBER: _ClassVar[int]
     LEAVING_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     running_job_ids: _containers.RepeatedScalarFieldContainer[str]
     unhealthy_reason: str
     leaving: bool
-    def __init__(self, worker_id: _Optional[str] = ..., running_job_ids: _Optional[_Iterable[str]] = ..., unhealthy_reason: _Optional[str] = ..., leaving: _Optional[bool] = ...) -> None: ...
+    instance: str
+    def __init__(self, worker_id: _Optional[str] = ..., running_job_ids: _Optional[_Iterable[str]] = ..., unhealthy_reason: _Optional[str] = ..., leaving: _Optional[bool] = ..., instance: _Optional[str] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("cancel_job_ids", "known", "lost_job_ids", "drain")
