@@ -55,8 +55,8 @@ from tunefleet.client.cli.common import (  # noqa: E402
     print_problems,
     security,
     stderr,
-    unreachable_message,
 )
+from tunefleet.client.cli.unreachable import unreachable_message  # noqa: E402
 from tunefleet.client.errors import TunefleetError, Unavailable, ValidationError  # noqa: E402
 from tunefleet.defaults import DEFAULT_ADDRESS  # noqa: E402
 

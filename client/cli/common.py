@@ -23,7 +23,7 @@ from tunefleet.client.types import JobState
 from tunefleet.client.uploads import UploadProgress
 from tunefleet.defaults import DEFAULT_ADDRESS, ENV_COORDINATOR
 from tunefleet.limits import printable
-from tunefleet.transport import ChannelSecurity, split_host, target_problem
+from tunefleet.transport import ChannelSecurity, target_problem
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the job FAILED, or the command itself failed (bad spec, unreachable...)
@@ -239,72 +239,15 @@ def connect_attempt_options(connect_timeout_s: float) -> list[tuple[str, int]]:
     return [("grpc.min_reconnect_backoff_ms", int(attempt_s * 1000))]
 
 
-# What gRPC's last connection error says when this client's TLS settings and the
-# coordinator's disagree (a coordinator is there: "start one" would be wrong advice).
-_TLS_MISMATCHES = (
-    (
-        "CERTIFICATE_VERIFY_FAILED",
-        "its TLS certificate is not signed by a CA this client trusts; give the CA that "
-        "signed it with --tls-ca or $TUNEFLEET_TLS_CA",
-    ),
-    (
-        "Hostname Verification",
-        "its TLS certificate does not name {host}; dial a name the certificate lists",
-    ),
-    (
-        "WRONG_VERSION_NUMBER",
-        "it does not speak TLS; drop --tls-ca and $TUNEFLEET_TLS_CA for it",
-    ),
-)
-
-
-def tls_mismatch(target: str, details: str, *, tls: bool) -> str | None:
-    """What a failed connection's details say about TLS, in words; None when nothing.
-    "Socket closed" at once is what a TLS coordinator does to a plaintext client, and what
-    one started with --tls-client-ca does to a client without a certificate it trusts."""
-    for marker, advice in _TLS_MISMATCHES:
-        if marker in details:
-            return advice.format(host=split_host(target))
-    if "Socket closed" in details:
-        if tls:
-            return (
-                "it closed the TLS connection; a coordinator started with --tls-client-ca "
-                "does that to a client without a certificate it trusts "
-                "($TUNEFLEET_TLS_CERT and $TUNEFLEET_TLS_KEY)"
-            )
-        return (
-            "it closed the connection; a coordinator that serves TLS does that to a "
-            "plaintext client: give its CA with --tls-ca or $TUNEFLEET_TLS_CA"
-        )
-    return None
-
-
-def unreachable_message(target: str, details: str = "", *, tls: bool = False) -> str:
-    """What to do when no coordinator answers: start one, or point at the right one; or,
-    when one answered but TLS settings disagree, which setting to change."""
-    mismatch = tls_mismatch(target, details, tls=tls)
-    if mismatch:
-        return f"cannot connect to the coordinator at {target}: {mismatch}"
-    return (
-        f"cannot reach coordinator at {target}. Start one on this machine with `ftctl up` "
-        f"(or `ftctl server`), or point ftctl at yours with --coordinator HOST:PORT or "
-        f"${ENV_COORDINATOR}"
-    )
-
-
 def coordinator_flag(args) -> str:
-    """The connection flags the user gave (`--coordinator X`, `--token-file F`, `--tls-ca
-    C`), to repeat in printed hints: a hint copied without the token or the CA it needs
-    would answer "authentication required" or fail the handshake."""
-    flags = []
-    for flag, value in (
-        ("--coordinator", getattr(args, "coordinator", None)),
+    """The connection flags the user gave, to repeat in printed hints: a hint copied without
+    its --token-file or --tls-ca answered "authentication required" or failed the handshake."""
+    given = (
+        ("--coordinator", args.coordinator),
         ("--token-file", getattr(args, "token_file", None)),
         ("--tls-ca", getattr(args, "tls_ca", None)),
-    ):
-        if value:
-            flags.append(f" {flag} {shlex.quote(str(value))}")
-    return "".join(flags)
+    )
+    return "".join(f" {flag} {shlex.quote(str(value))}" for flag, value in given if value)
 
 
 def state_exit_code(state: JobState) -> int:

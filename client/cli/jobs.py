@@ -5,7 +5,6 @@ listing (one line per job, cut to the terminal) is here, as it is the CLI's alon
 from __future__ import annotations
 
 import argparse
-import threading
 
 from rich.text import Text
 
@@ -27,15 +26,16 @@ from tunefleet.client.cli.common import (
     stdout,
     upload_bar,
 )
+from tunefleet.client.cli.queue_watch import QueueWatch
 from tunefleet.client.client import Client, prepare_spec
-from tunefleet.client.errors import TunefleetError, ValidationError
+from tunefleet.client.errors import ValidationError
 from tunefleet.client.render import (
     STATE_STYLES,
     EventRenderer,
     format_duration,
     render_job,
 )
-from tunefleet.client.types import Job, JobState
+from tunefleet.client.types import Job
 from tunefleet.limits import printable
 
 
@@ -199,43 +199,6 @@ def follow(sdk: Client, job_id: str, after_seq: int, console, throttle_s, flag="
     job = sdk.get(job_id)
     renderer.summary(job)
     return state_exit_code(job.state)
-
-
-class QueueWatch:
-    """Why a followed job still waits in the queue, printed once per new reason.
-
-    That reason (no worker with enough GPUs, a source job not done yet) is set on the job
-    by the coordinator, not sent as an event: a follower printed "QUEUED submitted" and
-    then nothing, for ever when no worker could take the job. While the last state the
-    renderer showed is QUEUED, this asks for the job every `every_s` seconds, on a thread
-    of its own (the event stream blocks the main one)."""
-
-    def __init__(self, sdk: Client, job_id: str, renderer: EventRenderer, job: Job, every_s=2.0):
-        self.sdk, self.job_id, self.renderer, self.every_s = sdk, job_id, renderer, every_s
-        self._shown = {"", "submitted"}  # the reason every job is created with
-        self._queued = job.state is JobState.QUEUED  # before the first event arrives
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="ftctl-queue-watch", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.every_s):
-            last = self.renderer.last_state
-            if not (last.state is JobState.QUEUED if last is not None else self._queued):
-                continue
-            try:
-                job = self.sdk.get(self.job_id)
-            except TunefleetError:
-                continue  # the event stream reports an outage; this only adds a reason
-            if job.state is JobState.QUEUED and job.reason not in self._shown:
-                self._shown.add(job.reason)
-                text = Text("QUEUED", style=STATE_STYLES.get(JobState.QUEUED, ""))
-                self.renderer.print(text.append(f" {printable(job.reason)}"))
 
 
 def logs(args) -> int:
