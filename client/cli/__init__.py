@@ -23,7 +23,9 @@ from the same functions as `ftctl server` and `ftctl worker`, so the flags canno
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import sys
 
 # gRPC core logs connection noise (GOAWAYs, reconnects, bind failures) to stderr; a CLI
 # user gets our one-line errors instead. It reads this when grpc is first imported, which
@@ -60,7 +62,7 @@ from tunefleet.client.cli.unreachable import unreachable_message  # noqa: E402
 from tunefleet.client.errors import TunefleetError, Unavailable, ValidationError  # noqa: E402
 from tunefleet.defaults import DEFAULT_ADDRESS  # noqa: E402
 
-__all__ = ["ENV_DEBUG", "build_parser", "main"]
+__all__ = ["ENV_DEBUG", "build_parser", "console_main", "main"]
 
 # In this order in `ftctl --help`.
 NOUNS = (jobs, sweeps, compare, workers, dashboard, server, worker, up, token, engine, artifacts)
@@ -117,6 +119,20 @@ def main(argv: list[str] | None = None) -> int:
 
             traceback.print_exc()
         return report_error(e, args)
+
+
+def console_main() -> None:
+    """The `ftctl` command: main(), then exit with its code. After a Ctrl-C at once
+    (os._exit, our one line flushed): the interrupted gRPC calls' threads may still be
+    polling, and tearing them down at interpreter exit could print a gRPC core error
+    ("epoll_wait error: Bad file descriptor") under that line, or hold the exit."""
+    code = main()
+    if code == EXIT_INTERRUPTED:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:

@@ -1,7 +1,5 @@
 """`python -m tunefleet.client.cli`: ftctl without its console script."""
 
-import sys
+from tunefleet.client.cli import console_main
 
-from tunefleet.client.cli import main
-
-sys.exit(main())
+console_main()

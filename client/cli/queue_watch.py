@@ -34,7 +34,12 @@ class QueueWatch:
         self._thread.start()
 
     def stop(self) -> None:
+        """Waits (briefly) for a call in flight: the channel closes next, and a call still
+        on it when the process exits had gRPC's core print an epoll error under the
+        follower's one line (a Ctrl-C's, say)."""
         self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=1.0)
 
     def _run(self) -> None:
         while not self._stop.wait(self.every_s):

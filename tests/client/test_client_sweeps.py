@@ -302,6 +302,14 @@ def test_a_sweep_id_may_be_its_digits_or_a_unique_prefix_as_a_job_id_may(
         assert handle.get().state is SweepState.CANCELLED
 
 
+_GRPC_CORE_LOG = re.compile(r"[EWID]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+\.cc:\d+\]")
+
+
+def _sigint_as_a_terminal_gives_it() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 @pytest.mark.parametrize("verb", [["sweep", "submit"], ["submit"]])
 def test_ctrl_c_while_following_says_one_thing_and_exits_130(cluster, sweep_yaml, job_yaml, verb):
     """A followed sweep said "stopped following; ..." and then "error: interrupted" too; a
@@ -314,13 +322,21 @@ def test_ctrl_c_while_following_says_one_thing_and_exits_130(cluster, sweep_yaml
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        # As a user's terminal starts it. A shell's background job (a CI run started with
+        # `&`) ignores SIGINT, and an ignored or blocked signal stays so across exec: this
+        # ftctl would never see the Ctrl-C (the full suite's runs timed out here).
+        preexec_fn=_sigint_as_a_terminal_gives_it,
     )
     assert proc.stdout.readline().startswith("submitted ")  # following now (no worker)
     time.sleep(1)
     proc.send_signal(signal.SIGINT)
     err = proc.communicate(timeout=30)[1]
     assert proc.returncode == 130, err
-    assert err.startswith("stopped following; ") and len(err.strip().splitlines()) == 1, err
+    # gRPC's core may log one line of its own when the interrupted call's poller stops
+    # ("E1207 ... ev_epoll1_linux.cc ... epoll_wait error"), GRPC_VERBOSITY=NONE or not;
+    # ftctl's own output is what must be said once.
+    ours = [line for line in err.splitlines() if line and not _GRPC_CORE_LOG.match(line)]
+    assert len(ours) == 1 and ours[0].startswith("stopped following; "), err
 
 
 def test_a_sweep_named_where_a_job_is_wanted_is_pointed_out(capsys, cluster, sweep_yaml):
