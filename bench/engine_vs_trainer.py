@@ -8,18 +8,21 @@ accuracies.
     .venv/bin/python bench/engine_vs_trainer.py [--strategies full,last_k,head_only]
         [--epochs 1] [--repeats 1] [--limit-train 1600] [--threads N]
         [--data DIR --max-length N]
-        [--variants before,engine,grouped,bf16,no-memory-reuse,eager-attention,foreach-adamw]
+        [--variants before,engine,fp32,grouped,bf16,no-memory-reuse,eager-attention,foreach-adamw]
 
 `--variants` turns the engine's speed levers on or off one at a time (the ablation): each
 variant is one more run per repeat, in the same alternation, and gets its own ratio vs the
 Trainer:
 
-    before           the engine before issue 11: a plain shuffle and no-memory-reuse
-    engine           the engine as a user runs it (defaults: a plain shuffle, as Trainer's)
+    before           the engine before issue 11: a plain shuffle, no-memory-reuse and fp32
+    engine           the engine as a user runs it (defaults: a plain shuffle, as Trainer's;
+                     train.precision auto: bf16 where the CPU has AVX512-BF16/AMX, else fp32)
+    fp32             train.precision: no (the default before 2026-12-07's auto)
     grouped          data.group_by_length: true (length-grouped steps; opt-in, since they
                      can cost accuracy where length follows the class)
     bf16             train.precision: bf16 (Accelerate's bf16 autocast; on a CPU with
-                     AVX512-BF16 or AMX its matrix products run natively in bf16)
+                     AVX512-BF16 or AMX its matrix products run natively in bf16; what
+                     auto picks there)
     no-memory-reuse  freed host memory is unmapped as glibc does by default (host_memory.py)
     eager-attention  attn_implementation="eager" instead of transformers' default SDPA
     foreach-adamw    the multi-tensor AdamW instead of the fused one
@@ -53,9 +56,12 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "examples" / "data" / "topics"
 HP = dict(lr=5e-5, batch_size=32, max_length=48, weight_decay=0.01, max_grad_norm=1.0, seed=0)
 EVAL_BATCH = 64
+# Variants that set train.precision (the others keep its default, auto).
+PRECISION = {"bf16": "bf16", "fp32": "no", "before": "no"}
 VARIANTS = (
     "before",
     "engine",
+    "fp32",
     "grouped",
     "bf16",
     "no-memory-reuse",
@@ -162,7 +168,7 @@ def run_engine(
                 "max_grad_norm": HP["max_grad_norm"],
                 "seed": HP["seed"],
                 "log_every_steps": 10,
-                **({"precision": "bf16"} if variant == "bf16" else {}),
+                **({"precision": PRECISION[variant]} if variant in PRECISION else {}),
             },
             "eval": {"batch_size": EVAL_BATCH},  # as the Trainer's per_device_eval_batch_size
         }

@@ -19,11 +19,18 @@ batch 8, no warmup, max_length 512; tunefleet: its own defaults). Target: tunefl
 
     .venv/bin/python bench/quality_vs_trainer.py [--strategies full,last_k,head_only,defaults]
         [--seeds 0,1,2] [--data DIR]     (DIR: where train.csv/test.csv are, or get written)
+        [--tools trainer,tunefleet] [--precision no|bf16|auto] [--set FIELD=VALUE ...]
+
+`--tools tunefleet` runs tunefleet's side alone (the Trainer's accuracies per seed do not
+change between runs on one machine, README has them); `--precision` sets tunefleet's
+`train.precision` (unset: its default); `--set model.head.init_std=0.1` sets any field of
+tunefleet's job (the value read as YAML), for ablations.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import subprocess
@@ -36,6 +43,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
+import yaml  # noqa: E402
 from hf_baseline import minilm, run_hf_trainer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,7 +89,9 @@ def run_trainer(strategy: str, seed: int, data: Path, out: Path) -> float:
     return run.accuracy
 
 
-def run_engine(strategy: str, seed: int, data: Path, out: Path) -> float:
+def run_engine(
+    strategy: str, seed: int, data: Path, out: Path, precision: str = "", sets: tuple = ()
+) -> float:
     from tunefleet.spec import prepare
     from tunefleet.worker.engine import run_job
 
@@ -91,6 +101,14 @@ def run_engine(strategy: str, seed: int, data: Path, out: Path) -> float:
         "data": {"source": "csv", "train": str(data / "train.csv"), "eval": str(data / "test.csv")},
         "train": {"seed": seed, "log_every_steps": 50},
     }
+    if precision:
+        job["train"]["precision"] = precision
+    for field, value in sets:
+        *parents, leaf = field.split(".")
+        node = job
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
     if strategy != "defaults":
         # The shared hyperparameters, stated: tunefleet's own defaults differ for some
         # (batch 8 for HF models since 2026-12-07).
@@ -114,7 +132,13 @@ def main() -> None:
     ap.add_argument("--strategies", default="full,last_k,head_only,defaults")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--data", type=Path, default=None)
+    ap.add_argument("--tools", default="trainer,tunefleet")
+    ap.add_argument("--precision", default="")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     args = ap.parse_args()
+    tools = args.tools.split(",")
+    sets = tuple((k, yaml.safe_load(v)) for k, v in (a.split("=", 1) for a in args.set))
+    engine = functools.partial(run_engine, precision=args.precision, sets=sets)
     torch.set_num_threads(os.cpu_count() or 1)
     data = dataset(args.data)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -122,7 +146,9 @@ def main() -> None:
     for strategy in args.strategies.split(","):
         accs: dict[str, list[float]] = {"trainer": [], "tunefleet": []}
         for seed in seeds:
-            for tool, fn in (("trainer", run_trainer), ("tunefleet", run_engine)):
+            for tool, fn in (("trainer", run_trainer), ("tunefleet", engine)):
+                if tool not in tools:
+                    continue
                 start = time.perf_counter()
                 with tempfile.TemporaryDirectory() as tmp:
                     acc = fn(strategy, seed, data, Path(tmp))
@@ -132,7 +158,7 @@ def main() -> None:
                     f"  {strategy:9} seed {seed} {tool:9} accuracy {acc:.4f}  ({wall:.0f} s)",
                     flush=True,
                 )
-        t, e = statistics.mean(accs["trainer"]), statistics.mean(accs["tunefleet"])
+        t, e = (statistics.mean(accs[k]) if accs[k] else float("nan") for k in accs)
         rows.append((strategy, accs["trainer"], accs["tunefleet"], t, e))
     print(
         f"\n{'strategy':10} {'Trainer (per seed)':>26} {'tunefleet (per seed)':>26} "

@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 
 from tunefleet.spec import prepare
 from tunefleet.worker.engine import models, run_job
+from tunefleet.worker.engine.devices import native_cpu_bf16, resolve_precision
 from tunefleet.worker.engine.errors import InvalidJobInput
 
 
@@ -99,6 +100,41 @@ def test_bf16_and_max_steps(tmp_path, bert_dir, text_csvs, text_spec, events):
     assert load_file(str(tmp_path / "model" / "model.safetensors"))["classifier.weight"].dtype == (
         torch.float32
     )
+
+
+def test_precision_auto_trains_in_bf16_where_the_hardware_has_it_and_says_so(
+    tmp_path, bert_dir, text_csvs, text_spec, events
+):
+    """The default, `auto`: bf16 autocast on a CPU with AVX512-BF16/AMX (or a bf16 GPU),
+    fp32 elsewhere, named in the run line; the weights stay float32 either way."""
+    spec = text_spec(bert_dir, text_csvs, train={"max_steps": 2, "epochs": 5})
+    assert spec.train.precision == "auto"
+    assert resolve_precision(spec) == ("bf16" if native_cpu_bf16() else "no")
+    run_job(spec, tmp_path, events)
+    run_line = next(m for m in events.logs() if m.startswith("training on"))
+    if native_cpu_bf16():
+        assert "bf16 mixed precision (train.precision auto: this hardware computes bf16" in run_line
+    else:
+        assert "fp32 (no mixed precision) (train.precision auto: no native bf16 here)" in run_line
+    weights = load_file(str(tmp_path / "model" / "model.safetensors"))
+    assert {t.dtype for t in weights.values()} == {torch.float32}
+    for explicit in ("no", "bf16"):
+        spec.train.precision = explicit
+        assert resolve_precision(spec) == explicit
+
+
+def test_a_job_takes_its_own_precision_after_another_accelerate_user_in_the_process(
+    tmp_path, bert_dir, text_csvs, text_spec, events
+):
+    """An HF Trainer (or any Accelerator) earlier in the same process leaves Accelerate's
+    process-wide state at its precision; the job's train.precision must still apply, not
+    fail with "AcceleratorState has already been initialized"."""
+    from accelerate import Accelerator
+
+    Accelerator(cpu=True, mixed_precision="no")  # as a Trainer run before, in a notebook
+    spec = text_spec(bert_dir, text_csvs, train={"precision": "bf16", "max_steps": 1})
+    run_job(spec, tmp_path, events)
+    assert any("bf16 mixed precision" in m for m in events.logs())
 
 
 @pytest.mark.parametrize(

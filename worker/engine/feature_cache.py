@@ -242,7 +242,10 @@ class FrozenFeatures:
     ):
         self.accelerator = accelerator
         self.shared = shared  # other jobs' features, by content (shared_features.py)
-        self.precision = spec.train.precision or "no"
+        # The precision the features are computed in: train.precision auto's choice, too.
+        self.precision = str(
+            getattr(accelerator.mixed_precision, "value", accelerator.mixed_precision)
+        )
         self._fingerprints: dict[Any, str] = {}
         self.model = model  # as prepared: what the loop calls (autocast, DDP...)
         self.plan, self.kind, self.data, self.sampler = plan, kind, data, sampler
@@ -412,12 +415,19 @@ class FrozenFeatures:
         short = key[:16]
 
         def on_wait() -> None:
-            self.note(f"feature cache: another job is computing these features (key {short}); waiting")
+            self.note(
+                f"feature cache: another job is computing these features (key {short}); waiting"
+            )
 
         with self.shared.locked(key, on_wait):
             store = self.shared.load(key, budget)
             if store is not None:
-                return store, time.perf_counter() - start, None, f"features from cache (key {short})"
+                return (
+                    store,
+                    time.perf_counter() - start,
+                    None,
+                    f"features from cache (key {short})",
+                )
             store, seconds, problem = self._build(dataset, prefix, split, budget, check=check)
             if problem is not None:
                 return store, seconds, problem, ""

@@ -36,11 +36,13 @@ def retry_on_oom(
     resume: bool,
 ) -> R:
     """``run(spec, resume)``, again with `halved_micro_batch` (resuming) while it runs out of
-    memory; InvalidJobInput once the micro-batch cannot be halved. After every try,
-    Accelerate's process-wide state is released (the next try or job starts afresh)."""
-    from accelerate.state import AcceleratorState, GradientState
-
+    memory; InvalidJobInput once the micro-batch cannot be halved. Before and after every
+    try, Accelerate's process-wide state is released, so each try and job starts afresh."""
     while True:
+        # Accelerate keeps process-wide singletons, and refuses an Accelerator whose precision
+        # differs from theirs: a Trainer or an earlier job in this process (tests, notebooks,
+        # the in-process API) must not decide this job's train.precision.
+        release_accelerate_state()
         try:
             return run(spec, resume)
         except torch.OutOfMemoryError as exc:
@@ -60,14 +62,20 @@ def retry_on_oom(
                 )
             )
         finally:
-            # Accelerate keeps process-wide singletons; release them so that the next job in
-            # this process (tests, the in-process API) can use another precision/accumulation.
-            AcceleratorState._reset_state(reset_partial_state=False)
-            GradientState._reset_state()
+            release_accelerate_state()  # the next job in this process starts afresh
         # Only here, past the except clause: its traceback held the failed run's frames, and
         # with them its model, optimizer and activations.
         free_accelerator_memory()
         spec, resume = smaller, True
+
+
+def release_accelerate_state() -> None:
+    """Forget Accelerate's process-wide precision and accumulation settings; the process
+    group (PartialState) stays, as a launched job's ranks need it."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
 
 
 def halved_micro_batch(spec: spec_pb2.JobSpec) -> spec_pb2.JobSpec | None:

@@ -54,7 +54,7 @@ from tunefleet.worker.engine import (
 from tunefleet.worker.engine.accumulation import StepShare, share_loss
 from tunefleet.worker.engine.batching import build_loaders
 from tunefleet.worker.engine.checkpoint import TrainerState
-from tunefleet.worker.engine.devices import describe_run, few_steps_warning, make_accelerator
+from tunefleet.worker.engine.devices import make_accelerator, run_lines
 from tunefleet.worker.engine.divergence import DivergenceGuard
 from tunefleet.worker.engine.errors import InvalidJobInput
 from tunefleet.worker.engine.evaluation import evaluate_dataset, evaluate_prepared
@@ -246,11 +246,8 @@ class TrainingRun:
             ),
         )
 
-        global_batch = spec.train.batch_size * acc.num_processes * accum
-        self.emit(log_event(describe_run(acc, global_batch, self.total_steps)))
-        warning = few_steps_warning(spec, self.total_steps, acc.num_processes)
-        if warning:
-            self.emit(log_event(warning, level="warning"))
+        for level, line in run_lines(spec, acc, self.total_steps):
+            self.emit(log_event(line, level=level))
 
     def _restore(self, path: Path) -> None:
         """The main process reads the checkpoint and sends every rank its part."""

@@ -160,7 +160,7 @@ def resolve_defaults(spec: spec_pb2.JobSpec) -> spec_pb2.JobSpec:
     _default(t, "batch_size", default_batch_size(s.model.source, s.data.source))
     _default(t, "grad_accum_steps", 1)
     _default(t, "max_grad_norm", 1.0)
-    _default_str(t, "precision", "no")
+    _default_str(t, "precision", "auto")
     _default(t, "seed", 0)
     _default(t, "log_every_steps", 10)
     _default(t, "checkpoint_every_steps", 0)
