@@ -119,7 +119,7 @@ def test_head_only_trains_exactly_the_new_layer_on_hf_families(model_type, tmp_p
 
 def _stats(head: dict, *, in_features=512, n=400):
     layer = heads.make_head(in_features, n, head, dropout=False)
-    heads.init_head(layer, head, heads.head_weight_std(head, nn.Identity(), "torchvision"))
+    heads.init_head(layer, head, "torchvision", nn.Identity())
     return layer.weight.std().item(), layer.bias.std().item(), layer.bias.abs().max().item()
 
 
@@ -135,7 +135,10 @@ def test_head_init_follows_the_spec():
     assert w == pytest.approx(0.01, rel=0.02) and bmax == 0.0
 
 
-def test_auto_init_is_the_hf_models_own_initializer_range():
+def test_hf_heads_auto_is_the_methods_init_and_model_the_models_own_initializer_range():
+    """auto on a Hugging Face model: the seed method's N(0, 0.01) with 0.01 the variance,
+    weights and bias at std 0.1; init model: the config's initializer_range, bias 0 (what
+    from_pretrained and HF Trainer give)."""
     from transformers import BertConfig, BertForSequenceClassification
 
     config = BertConfig(
@@ -146,11 +149,23 @@ def test_auto_init_is_the_hf_models_own_initializer_range():
         vocab_size=99,
         initializer_range=0.05,
     )
-    model = BertForSequenceClassification(config)
-    model, path = heads.replace_hf_head(model, 300, [str(i) for i in range(300)], _head())
+    labels = [str(i) for i in range(300)]
+    model, path = heads.replace_hf_head(
+        BertForSequenceClassification(config), 300, labels, _head(init="model")
+    )
     layer = model.get_submodule(path)
     assert layer.weight.std().item() == pytest.approx(0.05, rel=0.03)
     assert torch.all(layer.bias == 0)
+    model, path = heads.replace_hf_head(BertForSequenceClassification(config), 300, labels, _head())
+    layer = model.get_submodule(path)
+    assert layer.weight.std().item() == pytest.approx(0.1, rel=0.03)
+    assert layer.bias.std().item() == pytest.approx(0.1, rel=0.25)
+    assert "(auto: method), bias N(0, 0.1^2)" in heads.describe_init(_head(), model, "hf")
+    # An explicit bias_init wins over auto's choice.
+    model, path = heads.replace_hf_head(
+        BertForSequenceClassification(config), 300, labels, _head(bias_init="zeros")
+    )
+    assert torch.all(model.get_submodule(path).bias == 0)
 
 
 def test_unset_dropout_keeps_the_models_own_and_a_value_overrides_it():
@@ -198,7 +213,7 @@ def test_unset_dropout_keeps_the_models_own_and_a_value_overrides_it():
 def test_head_defaults_and_their_validation():
     spec = resolve_defaults(spec_pb2.JobSpec())
     head = spec.model.head
-    assert head.init == "auto" and head.bias_init == "zeros"
+    assert head.init == "auto" and head.bias_init == "auto"
     assert not head.HasField("dropout") and not head.HasField("init_std")
     spec = resolve_defaults(
         spec_pb2.JobSpec(
@@ -217,6 +232,8 @@ def test_head_defaults_and_their_validation():
     }
     for head, path in (
         ({"init": "auto", "init_std": 0.1}, "model.head.init_std"),
+        ({"init": "method", "init_std": 0.1}, "model.head.init_std"),
+        ({"init": "glorot"}, "model.head.init"),
         ({"bias_std": 0.1}, "model.head.bias_std"),
         ({"bias_init": "uniform"}, "model.head.bias_init"),
     ):

@@ -5,10 +5,12 @@ hidden Linear + ReLU + Linear when `head.hidden` asks), sized for this job's lab
 at the old output layer's path; every pretrained layer in front of it (BERT's pooler,
 AlexNet's fc6/fc7) stays the model's and is a body block of the freeze plan.
 
-Init (`head.init`): auto = the model's own recipe (a Hugging Face config's
-initializer_range, else N(0, 0.01^2)); normal = N(0, init_std^2); default = PyTorch's. Bias:
-zeros or N(0, bias_std^2). Dropout: unset keeps the model's own in front of the head; a value
-sets that layer's rate, or adds one where the model has none.
+Init (`head.init`): method = the seed method's N(0, 0.01) with 0.01 the variance (weights and
+bias at std 0.1); model = the model's own recipe (a Hugging Face config's initializer_range,
+else N(0, 0.01^2)); auto = method on Hugging Face models, model on torchvision ones; normal =
+N(0, init_std^2); default = PyTorch's. Bias: auto (N(0, the weights' std^2) under the method,
+else zeros), zeros, or N(0, bias_std^2). Dropout: unset keeps the model's own in front of the
+head; a value sets that layer's rate, or adds one where the model has none.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 from torch import nn
 
-from tunefleet.spec.choices import HEAD_INIT_STD
+from tunefleet.spec.choices import HEAD_INIT_STD, HEAD_METHOD_STD
 from tunefleet.v1 import spec_pb2
 from tunefleet.worker.engine.errors import InvalidJobInput
 
@@ -30,7 +32,7 @@ def head_dict(head: spec_pb2.HeadSpec) -> dict[str, Any]:
     export.load_model rebuilds the same head structure.
     """
     init = head.init or ("normal" if head.HasField("init_std") else "auto")
-    bias_init = head.bias_init or "zeros"
+    bias_init = head.bias_init or "auto"
     std = head.init_std if head.HasField("init_std") else None
     if init == "normal" and std is None:
         std = HEAD_INIT_STD
@@ -66,18 +68,33 @@ def make_head(
     return layers[0] if len(layers) == 1 else nn.Sequential(*layers)
 
 
+def head_recipe(head: dict[str, Any], kind: str) -> str:
+    """method | model | normal | default: what init auto means for this kind of model.
+
+    Why method (the seed's N(0, 0.01 variance), std 0.1) for Hugging Face models: on 26
+    classes of real text, MiniLM's own initializer_range (0.02, what from_pretrained and HF
+    Trainer give) trained 1-2 points worse (bench/quality_vs_trainer.py, README); a larger
+    head passes larger gradients into the body from the first steps. torchvision models keep
+    their own N(0, 0.01^2): their classifiers read wide, unbounded ReLU features (AlexNet's
+    4,096), where std 0.1 would start from saturated logits."""
+    init = head.get("init", "normal")
+    if init == "auto":
+        return "method" if kind == "hf" else "model"
+    return init
+
+
 def head_weight_std(head: dict[str, Any], model: nn.Module, kind: str) -> float | None:
     """The std the new head's weights are drawn with; None for PyTorch's own init.
 
-    init auto is the model's own recipe: a Hugging Face model's config.initializer_range (what
-    its _init_weights gives every Linear, 0.02 for BERT), else 0.01 (torchvision's own
-    classifier init for VGG/MobileNet, and the seed method's scale). Across 26 classes of real
-    text, 0.02 beat 0.01 (bench/quality_vs_trainer.py).
-    """
-    init = head.get("init", "normal")
-    if init == "default":
+    init model is the model's own recipe: a Hugging Face model's config.initializer_range
+    (what its _init_weights gives every Linear, 0.02 for BERT), else 0.01 (torchvision's own
+    classifier init for VGG/MobileNet)."""
+    recipe = head_recipe(head, kind)
+    if recipe == "default":
         return None
-    if init == "auto":
+    if recipe == "method":
+        return HEAD_METHOD_STD
+    if recipe == "model":
         if kind == "hf":
             return float(getattr(getattr(model, "config", None), "initializer_range", 0.02))
         return HEAD_INIT_STD
@@ -85,18 +102,31 @@ def head_weight_std(head: dict[str, Any], model: nn.Module, kind: str) -> float 
     return HEAD_INIT_STD if std is None else float(std)
 
 
-def init_head(module: nn.Module, head: dict[str, Any], std: float | None) -> None:
-    """Draw every Linear of the new head: weights N(0, std), bias zeros or N(0, bias_std)."""
+def head_bias_std(head: dict[str, Any], kind: str, std: float) -> float | None:
+    """The std the new head's bias is drawn with; None for zeros. bias_init auto follows the
+    weights: the method draws the bias as it draws them, every other recipe zeros it."""
+    bias_init = head.get("bias_init") or "auto"
+    if bias_init == "normal":
+        return std if head.get("bias_std") is None else float(head["bias_std"])
+    if bias_init == "auto" and head_recipe(head, kind) == "method":
+        return std
+    return None
+
+
+def init_head(module: nn.Module, head: dict[str, Any], kind: str, model: nn.Module) -> None:
+    """Draw every Linear of the new head: weights N(0, std), bias zeros or N(0, bias_std)
+    (`head_weight_std`, `head_bias_std`); PyTorch's own init is kept for init default."""
+    std = head_weight_std(head, model, kind)
     if std is None:
         return
-    bias_std = head.get("bias_std")
+    bias_std = head_bias_std(head, kind, std)
     for layer in module.modules():
         if isinstance(layer, nn.Linear):
             nn.init.normal_(layer.weight, mean=0.0, std=std)
             if layer.bias is None:
                 continue
-            if head.get("bias_init", "zeros") == "normal":
-                nn.init.normal_(layer.bias, mean=0.0, std=std if bias_std is None else bias_std)
+            if bias_std is not None:
+                nn.init.normal_(layer.bias, mean=0.0, std=bias_std)
             else:
                 nn.init.zeros_(layer.bias)
 
@@ -142,7 +172,7 @@ def replace_torchvision_head(
     if own is not None and head.get("dropout") is not None:
         own.p = head["dropout"]
     new = make_head(old.in_features, num_labels, head, dropout=own is None)
-    init_head(new, head, head_weight_std(head, model, "torchvision"))
+    init_head(new, head, "torchvision", model)
     model.set_submodule(path, new)
     return model, path
 
@@ -173,7 +203,7 @@ def replace_hf_head(
     if has_dropout and rate is not None:
         dropout.p = rate  # "dropout applied to the features just before the head"
     new = make_head(in_features, num_labels, head, dropout=not has_dropout)
-    init_head(new, head, head_weight_std(head, model, "hf"))
+    init_head(new, head, "hf", model)
     model.set_submodule(path, new)
     config = model.config
     config.num_labels = num_labels
@@ -199,6 +229,8 @@ def describe_init(head: dict[str, Any], model: nn.Module, kind: str) -> str:
     std = head_weight_std(head, model, kind)
     if std is None:
         return "PyTorch's default init"
-    bias_std = head["bias_std"] if head["bias_std"] is not None else std
-    bias = "0" if head["bias_init"] == "zeros" else f"N(0, {bias_std:g}^2)"
-    return f"weights N(0, {std:g}^2) ({head['init']}), bias {bias}"
+    bias_std = head_bias_std(head, kind, std)
+    bias = "0" if bias_std is None else f"N(0, {bias_std:g}^2)"
+    init, recipe = head.get("init", "normal"), head_recipe(head, kind)
+    name = f"{init}: {recipe}" if recipe != init else init
+    return f"weights N(0, {std:g}^2) ({name}), bias {bias}"

@@ -7,10 +7,12 @@ TEXT_DATA_SOURCES = ("hf", "csv", "jsonl", "parquet")
 IMAGE_DATA_SOURCES = ("torchvision", "imagefolder")
 TORCHVISION_DATASETS = ("FashionMNIST", "MNIST", "CIFAR10", "CIFAR100")
 AUGMENT = ("none", "light", "strong")
-HEAD_INIT = ("auto", "normal", "default")
-HEAD_BIAS_INIT = ("zeros", "normal")
+HEAD_INIT = ("auto", "method", "model", "normal", "default")
+HEAD_BIAS_INIT = ("auto", "zeros", "normal")
 # head.init normal without init_std: the std of the weights (the seed method's scale).
 HEAD_INIT_STD = 0.01
+# The seed method's N(0, 0.01), 0.01 the variance: head.init method draws weights and bias at std 0.1.
+HEAD_METHOD_STD = 0.1
 STRATEGIES = ("full", "head_only", "last_k", "patterns", "gradual", "lp_ft", "lora")
 FEATURE_CACHE = ("auto", "off")
 UNSUPPORTED_STRATEGIES: tuple[str, ...] = ()

@@ -90,7 +90,7 @@ def resolve_defaults(spec: spec_pb2.JobSpec) -> spec_pb2.JobSpec:
     _default_str(head, "init", "normal" if head.HasField("init_std") else "auto")
     if head.init == "normal":
         _default(head, "init_std", C.HEAD_INIT_STD)
-    _default_str(head, "bias_init", "zeros")
+    _default_str(head, "bias_init", "auto")
     if head.bias_init == "normal":
         _default(head, "bias_std", head.init_std if head.HasField("init_std") else C.HEAD_INIT_STD)
     _default(head, "hidden", 0)

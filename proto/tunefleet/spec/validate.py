@@ -227,10 +227,13 @@ def _model(c: _Check, spec) -> None:
     c.at_least(h, "init_std", "model.head.init_std", 0.0, strict=True)
     c.choice("model.head.bias_init", h.bias_init, C.HEAD_BIAS_INIT, required=False)
     c.at_least(h, "bias_std", "model.head.bias_std", 0.0, strict=True)
-    if h.HasField("init_std") and h.init in ("auto", "default"):
+    if h.HasField("init_std") and h.init in ("auto", "method", "model", "default"):
         c.fail("model.head.init_std", f"applies to init normal only, not init {h.init}")
-    if h.HasField("bias_std") and h.bias_init in ("", "zeros"):
-        c.fail("model.head.bias_std", "applies to bias_init normal only, not zeros")
+    if h.HasField("bias_std") and h.bias_init in ("", "auto", "zeros"):
+        c.fail(
+            "model.head.bias_std",
+            f"applies to bias_init normal only, not {h.bias_init or 'auto'}",
+        )
     c.within(h, "dropout", "model.head.dropout", 0.0, 1.0, high_open=True)
     c.at_least(h, "hidden", "model.head.hidden", 0)
 
