@@ -161,6 +161,15 @@ def test_hf_heads_auto_is_the_methods_init_and_model_the_models_own_initializer_
     assert layer.weight.std().item() == pytest.approx(0.1, rel=0.03)
     assert layer.bias.std().item() == pytest.approx(0.1, rel=0.25)
     assert "(auto: method), bias N(0, 0.1^2)" in heads.describe_init(_head(), model, "hf")
+    # A linear probe first (head_only, lp_ft, gradual): auto is the model's own init.
+    for strategy in ("head_only", "lp_ft", "gradual"):
+        probe = heads.head_dict(spec_pb2.HeadSpec(), strategy)
+        model, path = heads.replace_hf_head(
+            BertForSequenceClassification(config), 300, labels, probe
+        )
+        layer = model.get_submodule(path)
+        assert layer.weight.std().item() == pytest.approx(0.05, rel=0.03), strategy
+        assert torch.all(layer.bias == 0)
     # An explicit bias_init wins over auto's choice.
     model, path = heads.replace_hf_head(
         BertForSequenceClassification(config), 300, labels, _head(bias_init="zeros")

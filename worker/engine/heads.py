@@ -24,9 +24,14 @@ from tunefleet.spec.choices import HEAD_INIT_STD, HEAD_METHOD_STD
 from tunefleet.v1 import spec_pb2
 from tunefleet.worker.engine.errors import InvalidJobInput
 
+# Strategies whose new layer first trains alone, on frozen features (a linear probe): for
+# them init auto keeps the model's own small init (see `head_recipe`).
+PROBE_FIRST = ("head_only", "lp_ft", "gradual")
 
-def head_dict(head: spec_pb2.HeadSpec) -> dict[str, Any]:
-    """The HeadSpec as plain values; None where the model's own choice applies.
+
+def head_dict(head: spec_pb2.HeadSpec, strategy: str = "") -> dict[str, Any]:
+    """The HeadSpec as plain values; None where the model's own choice applies. `strategy`
+    (finetune.strategy) decides what init auto means (`head_recipe`).
 
     This dict is also saved in the exported folder's tunefleet_model.json, from which
     export.load_model rebuilds the same head structure.
@@ -43,6 +48,7 @@ def head_dict(head: spec_pb2.HeadSpec) -> dict[str, Any]:
         "bias_std": head.bias_std if head.HasField("bias_std") else std,
         "dropout": head.dropout if head.HasField("dropout") else None,
         "hidden": head.hidden if head.HasField("hidden") else 0,
+        "probe_first": strategy in PROBE_FIRST,
     }
 
 
@@ -69,17 +75,20 @@ def make_head(
 
 
 def head_recipe(head: dict[str, Any], kind: str) -> str:
-    """method | model | normal | default: what init auto means for this kind of model.
+    """method | model | normal | default: what init auto means for this model and strategy.
 
-    Why method (the seed's N(0, 0.01 variance), std 0.1) for Hugging Face models: on 26
-    classes of real text, MiniLM's own initializer_range (0.02, what from_pretrained and HF
-    Trainer give) trained 1-2 points worse (bench/quality_vs_trainer.py, README); a larger
-    head passes larger gradients into the body from the first steps. torchvision models keep
-    their own N(0, 0.01^2): their classifiers read wide, unbounded ReLU features (AlexNet's
-    4,096), where std 0.1 would start from saturated logits."""
+    auto is the method (the seed's N(0, 0.01 variance), std 0.1) on a Hugging Face model
+    whose body trains from the first step (full, last_k, patterns, lora): on 26 classes of
+    real text, MiniLM's own initializer_range (0.02, what from_pretrained and HF Trainer
+    give) trained 1.5-7 points worse (bench/quality_vs_trainer.py, README), as a larger head
+    passes larger gradients into the body from the first steps. Where the head first trains
+    alone (head_only, lp_ft, gradual: PROBE_FIRST) there is no body to reach, and the large
+    random start cost a 3-epoch probe 8 points, so auto is the model's own init there.
+    torchvision models keep their own N(0, 0.01^2): their classifiers read wide, unbounded
+    ReLU features (AlexNet's 4,096), where std 0.1 would start from saturated logits."""
     init = head.get("init", "normal")
     if init == "auto":
-        return "method" if kind == "hf" else "model"
+        return "method" if kind == "hf" and not head.get("probe_first") else "model"
     return init
 
 

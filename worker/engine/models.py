@@ -201,7 +201,7 @@ def build_model(
 ) -> ModelBundle:
     """Load/build the body named by spec.model and attach a new head for ``num_labels``."""
     kind, arch = model_kind(spec)
-    head = head_dict(spec.model.head)
+    head = head_dict(spec.model.head, spec.finetune.strategy)
     random_init = spec.model.init == "random"
     notes: list[str] = []
     if kind == "hf":
