@@ -77,7 +77,7 @@ def test_two_processes_train_an_epochs_short_last_step_on_its_own_examples(
         "optimizer": {"name": "sgd", "lr": 0.5, "momentum": 0.0},
         "schedule": {"name": "constant"},
     }
-    train = {"epochs": 2, "max_grad_norm": 0.0}
+    train = {"epochs": 2, "max_grad_norm": 0.0, "precision": "no"}  # exact: fp32
     one = text_spec(bert_nodrop_dir, data, train={**train, "batch_size": 8}, **sections)
     run_job(one, tmp_path / "one", events)
     want = events.train_losses()
@@ -140,7 +140,8 @@ def test_two_machines_without_a_shared_folder_resume_exactly_from_rank_0s_checkp
     ranks' RNG (gathered), and on resume rank 0 sends rank 1, whose folder is empty, the
     weights and optimizer state. The interrupted-and-resumed run's losses are those of one
     uninterrupted process with the same global batch."""
-    sections = {"train": {"epochs": 20, "batch_size": 4}, "eval": {"batch_size": 6}}
+    fp32 = {"precision": "no"}  # exact equalities: bf16 rounds by the batch's shape
+    sections = {"train": {"epochs": 20, "batch_size": 4, **fp32}, "eval": {"batch_size": 6}}
     run_job(text_spec(bert_nodrop_dir, text_csvs, **sections), tmp_path / "one", events)
     want = events.train_losses()
     assert len(want) == 120
@@ -148,7 +149,7 @@ def test_two_machines_without_a_shared_folder_resume_exactly_from_rank_0s_checkp
     gang = text_spec(
         bert_nodrop_dir,
         text_csvs,
-        train={"epochs": 20, "batch_size": 2},
+        train={"epochs": 20, "batch_size": 2, **fp32},
         eval={"batch_size": 6},
         resources={"nodes": 2, "processes": 1},
     )

@@ -69,7 +69,8 @@ def test_a_short_run_warns_in_its_events(bert_dir, text_csvs, text_spec, events,
     run_job(spec, tmp_path, events)
     warnings = [e.log.message for e in events.kind("log") if e.log.level == "warning"]
     assert any(w.startswith("only 6 optimizer steps in total") for w in warnings), warnings
-    assert any(m.startswith("training on 1 CPU process, fp32") for m in events.logs())
+    precision = "bf16 mixed precision" if native_cpu_bf16() else "fp32"  # train.precision auto
+    assert any(m.startswith(f"training on 1 CPU process, {precision}") for m in events.logs())
 
 
 def test_csv_errors_name_the_file_line_counting_the_header_and_multiline_fields(

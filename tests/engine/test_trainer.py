@@ -553,7 +553,9 @@ def test_lp_ft_probes_at_probe_lr_then_fine_tunes_the_head_at_its_own(
     run_job(spec, tmp_path, events)
     steps_per_epoch = 24 // 4
     total = 2 * steps_per_epoch
-    train = {e.metrics.step: e.metrics for e in events.kind("metrics") if e.metrics.phase == "train"}
+    train = {
+        e.metrics.step: e.metrics for e in events.kind("metrics") if e.metrics.phase == "train"
+    }
     for step, m in train.items():
         schedule = 1.0 - (step - 1) / total  # linear, no warmup: the step's own lr
         head = 1e-3 if step <= steps_per_epoch else 1e-4

@@ -560,6 +560,9 @@ class TrainingRun:
     def finish(self) -> EngineResult:
         """Export the final model (best, else last), compress if asked, write result.json."""
         acc, s = self.accelerator, self.state
+        # Training is over: drop Accelerate's autocast wrapper from forward, so export and
+        # compression run the plain module (int8 layers take fp32; recovery trains in fp32).
+        self.unwrapped = acc.unwrap_model(self.model, keep_fp32_wrapper=False)
         artifacts: dict[str, str] = {}
         summary: dict[str, float] = {"steps": float(s.global_step)}
         if s.train_time_s > 0:
