@@ -65,6 +65,12 @@ _PRECISION = {
 FEW_STEPS = 50
 
 
+def precision_of(acc: Any) -> str:
+    """The precision an Accelerator computes in ("no", "bf16", "fp16"): train.precision
+    auto's choice, too. Accelerate gives it as a str or an enum, by version."""
+    return str(getattr(acc.mixed_precision, "value", acc.mixed_precision))
+
+
 def run_lines(spec: spec_pb2.JobSpec, acc: Any, total_steps: int) -> list[tuple[str, str]]:
     """The run's first log lines, (level, text): its shape in words, then a warning when it
     takes too few optimizer steps to train anything."""
@@ -85,7 +91,7 @@ def describe_run(acc: Any, global_batch: int, total_steps: int, *, auto: bool = 
     where = f"{n} {device} process{'es' if n > 1 else ''}"
     if n > 1:
         where += " (gloo)" if device == "CPU" else " (nccl)"
-    precision = str(getattr(acc.mixed_precision, "value", acc.mixed_precision))
+    precision = precision_of(acc)
     described = _PRECISION.get(precision, precision)
     if auto:
         described += (

@@ -57,6 +57,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tunefleet.worker.engine import forward
 from tunefleet.worker.engine.data import is_deterministic
+from tunefleet.worker.engine.devices import precision_of
 from tunefleet.worker.engine.events import log_event
 from tunefleet.worker.engine.feature_store import (
     FeatureStore,
@@ -242,10 +243,7 @@ class FrozenFeatures:
     ):
         self.accelerator = accelerator
         self.shared = shared  # other jobs' features, by content (shared_features.py)
-        # The precision the features are computed in: train.precision auto's choice, too.
-        self.precision = str(
-            getattr(accelerator.mixed_precision, "value", accelerator.mixed_precision)
-        )
+        self.precision = precision_of(accelerator)  # what the features are computed in
         self._fingerprints: dict[Any, str] = {}
         self.model = model  # as prepared: what the loop calls (autocast, DDP...)
         self.plan, self.kind, self.data, self.sampler = plan, kind, data, sampler

@@ -7,7 +7,8 @@ AlexNet's fc6/fc7) stays the model's and is a body block of the freeze plan.
 
 Init (`head.init`): method = the seed method's N(0, 0.01) with 0.01 the variance (weights and
 bias at std 0.1); model = the model's own recipe (a Hugging Face config's initializer_range,
-else N(0, 0.01^2)); auto = method on Hugging Face models, model on torchvision ones; normal =
+else N(0, 0.01^2)); auto = method on Hugging Face models whose body trains from the first step,
+model on torchvision ones and where the new layer first trains alone (`head_recipe`); normal =
 N(0, init_std^2); default = PyTorch's. Bias: auto (N(0, the weights' std^2) under the method,
 else zeros), zeros, or N(0, bias_std^2). Dropout: unset keeps the model's own in front of the
 head; a value sets that layer's rate, or adds one where the model has none.
